@@ -1,0 +1,49 @@
+/* agent.h: the daemon: owns the loop, the config, the manager connection and
+ * the moves; dispatches requests; stops gracefully. */
+#ifndef HOSTAGENT_AGENT_H
+#define HOSTAGENT_AGENT_H
+
+#include "config.h"
+#include "move.h"
+#include "ws_client.h"
+
+#include <stdbool.h>
+#include <uv.h>
+
+#define AGENT_HISTORY_MAX 100
+#define AGENT_HISTORY_MS (3600u * 1000u)
+#define AGENT_STOP_GRACE_MS 5000
+
+/* A move that ended: kept an hour for agent.hello and idempotent retries. */
+struct agent_ended {
+    struct move_state st;
+    char *answer_data; /* the answer's data object, printed */
+    uint64_t ended_mono;
+};
+
+struct agent {
+    uv_loop_t loop;
+    struct config cfg;
+    char *config_path;
+    struct ws_client ws;
+    uv_signal_t sig_term, sig_int, sig_hup;
+    uv_timer_t heartbeat;
+    uv_timer_t stop_timer;
+    struct move *moves; /* not ended, in acceptance order (queued ones too) */
+    unsigned n_moves;
+    struct agent_ended history[AGENT_HISTORY_MAX]; /* ring, newest at hist_pos-1 */
+    unsigned hist_pos, hist_len;
+    bool stopping, torn_down;
+    uint64_t started_wall_ms, started_mono;
+    unsigned id_counter;
+    char hostname[256];
+};
+
+/* Takes ownership of cfg. 0 or negative errno (nothing started then). */
+int agent_init(struct agent *a, const char *config_path, struct config *cfg);
+
+/* Runs until stopped by a signal; tears everything down. Returns the exit
+ * status (0). */
+int agent_run(struct agent *a);
+
+#endif

@@ -1,0 +1,67 @@
+/* config.h: the agent's configuration file: keys, defaults, strict parsing. */
+#ifndef HOSTAGENT_CONFIG_H
+#define HOSTAGENT_CONFIG_H
+
+#include "log.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CONFIG_DEFAULT_PATH "/etc/hostagent/agent.conf"
+
+enum verify_mode { VERIFY_METADATA = 0, VERIFY_CHECKSUM = 1 };
+
+struct config_url {
+    bool tls;
+    char *host; /* without IPv6 brackets */
+    int port;
+    char *path; /* path and query, at least "/" */
+};
+
+struct config {
+    char *manager_url;
+    struct config_url url;
+    char *agent_id;
+    char *token_file;
+    char *token; /* the effective token (file, key or HOSTAGENT_TOKEN), or NULL */
+    char **allowed_roots;
+    size_t n_allowed_roots;
+    char *state_dir;
+    enum log_level log_level;
+    enum log_format log_format;
+    uint64_t heartbeat_interval_ms;
+    uint64_t ping_interval_ms;
+    uint64_t progress_interval_ms;
+    uint64_t reconnect_min_ms;
+    uint64_t reconnect_max_ms;
+    unsigned max_concurrent_moves;
+    unsigned max_queued_moves;
+    uint64_t move_timeout_ms; /* 0: none */
+    uint64_t stall_timeout_ms;
+    enum verify_mode verify;
+    uint64_t max_message_bytes;
+    char *ca_file;
+    bool tls_insecure;
+};
+
+/* Problems found while loading, each already formatted "FILE:LINE: message". */
+struct config_errors {
+    char **lines;
+    size_t n;
+};
+
+/* Loads and validates file into cfg (defaults first). Returns 0, or -EINVAL
+ * when errs holds at least one problem; cfg is then freed. */
+int config_load(const char *file, struct config *cfg, struct config_errors *errs);
+void config_free(struct config *cfg);
+void config_errors_free(struct config_errors *errs);
+
+/* Value parsers, exposed for the tests. 0 on success, -EINVAL otherwise. */
+int config_parse_duration(const char *s, uint64_t *ms);
+int config_parse_size(const char *s, uint64_t *bytes);
+int config_parse_bool(const char *s, bool *b);
+int config_parse_url(const char *s, struct config_url *u, const char **why);
+void config_url_free(struct config_url *u);
+
+#endif

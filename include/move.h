@@ -1,0 +1,108 @@
+/* move.h: one accepted move on the event loop: its worker thread, its
+ * progress ring and async wake-up, the frame throttle and its phases. */
+#ifndef HOSTAGENT_MOVE_H
+#define HOSTAGENT_MOVE_H
+
+#include "config.h"
+#include "move_engine.h"
+#include "move_state.h"
+#include "progress_ring.h"
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <uv.h>
+
+struct move;
+
+/* Called on the loop thread. */
+struct move_ops {
+    /* A move.progress frame is due; st is the state to send (seq set).
+     * intermediate: a throttled in-phase frame a newer one may replace;
+     * false for phase changes and the terminal frame (never merged). */
+    void (*frame)(struct move *m, const struct move_state *st, bool intermediate);
+    /* The terminal frame was sent; the owner answers the request and then
+     * calls move_close(). */
+    void (*ended)(struct move *m);
+};
+
+struct move_params {
+    const char *move_id;
+    const char *server_name;
+    const char *old_path; /* as requested: shown in MoveState */
+    const char *new_path;
+    const char *src; /* resolved: what the engine works on */
+    const char *dst;
+    const char *reply; /* NULL: no answer wanted */
+    bool rename;
+    enum verify_mode verify;
+    uint64_t progress_interval_ms;
+};
+
+#define MOVE_RATE_SAMPLES 24
+#define MOVE_LOG_INTERVAL_MS 5000
+#define MOVE_MIN_FRAME_GAP_MS 50
+#define MOVE_FRAME_ENTRIES 100
+#define MOVE_FRAME_BYTES (100ull << 20)
+
+struct move {
+    struct move_state st; /* the loop's view: what the next frame shows */
+    char *reply;
+    char *src, *dst;
+    enum verify_mode verify;
+    uint64_t progress_interval_ms;
+    const struct move_ops *ops;
+    void *owner;
+    struct move *next; /* owner's list */
+
+    uv_loop_t *loop;
+    uv_async_t async; /* worker -> loop: "the ring has items" */
+    uv_timer_t timer; /* a throttled frame that is due later */
+    uv_thread_t thread;
+    bool thread_running;
+    struct progress_ring ring;
+    atomic_int stop; /* move_code to stop with, 0 = run */
+    struct engine_result result; /* written by the worker before its END item */
+
+    /* Loop-side throttle and rate state. */
+    uint64_t mono_started;
+    uint64_t last_frame_ms, last_log_ms, phase_started_ms;
+    uint64_t entries, last_frame_entries; /* entries processed in this phase */
+    uint64_t last_frame_bytes;
+    bool dirty;
+    struct {
+        uint64_t t, bytes;
+    } samples[MOVE_RATE_SAMPLES];
+    unsigned n_samples, sample_pos;
+    uint64_t phase_done, phase_total;
+
+    int open_handles;
+    void (*close_cb)(struct move *m);
+};
+
+/* Sets up the move in phase queued (no frame yet). 0 or negative errno. */
+int move_init(struct move *m, uv_loop_t *loop, const struct move_params *p,
+              const struct move_ops *ops, void *owner);
+
+/* Sends the "queued" frame: the move waits for a free slot. */
+void move_queue(struct move *m);
+
+/* Starts the worker thread. 0 or negative errno (the move then ends in
+ * error at once through ops->ended). */
+int move_run(struct move *m);
+
+/* Asks a running move to stop with code (cancelled, shutting_down, timeout);
+ * ends a queued one at once. No effect while cleaning or after the end. */
+void move_stop(struct move *m, enum move_code code, const char *why);
+
+bool move_is_running(const struct move *m);
+
+/* Closes the handles; cb runs once they are all closed (then free m). Only
+ * after ops->ended. */
+void move_close(struct move *m, void (*cb)(struct move *m));
+
+/* Throttle rule of the protocol, as a pure function for the tests: the
+ * earliest monotonic time at which a frame with the pending changes may go. */
+uint64_t move_frame_due(uint64_t last_frame_ms, uint64_t entries_delta, uint64_t bytes_delta,
+                        uint64_t progress_interval_ms);
+
+#endif

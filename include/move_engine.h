@@ -1,0 +1,52 @@
+/* move_engine.h: moving one directory tree: rename, or copy, verify, make
+ * durable and remove the source; all or nothing. Runs on a worker thread and
+ * knows nothing of the event loop or the network. */
+#ifndef HOSTAGENT_MOVE_ENGINE_H
+#define HOSTAGENT_MOVE_ENGINE_H
+
+#include "config.h"
+#include "move_state.h"
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+struct engine_progress {
+    enum move_phase phase;
+    uint64_t bytes_done, bytes_total;
+    uint64_t files_done, files_total;
+    uint64_t phase_done, phase_total;
+    const char *current; /* path relative to the source, or NULL */
+};
+
+/* Called on the worker thread; phase_start marks the first report of a phase.
+ * Must not block. */
+typedef void (*engine_report_fn)(void *arg, const struct engine_progress *p, bool phase_start);
+
+struct engine_job {
+    const char *src; /* resolved oldPath: an existing directory */
+    const char *dst; /* resolved newPath: absent or an empty directory */
+    bool rename;     /* same filesystem: rename(2) instead of copying */
+    enum verify_mode verify;
+    /* Nonzero: stop as soon as possible and roll back; the value is the
+     * move_code to end with (cancelled, shutting_down, timeout). Ignored once
+     * cleaning began: the copy is verified and the source half removed. */
+    atomic_int *stop;
+    engine_report_fn report;
+    void *arg;
+};
+
+struct engine_result {
+    enum move_code code; /* CODE_NONE on success */
+    char error[MOVE_ERROR_MAX];
+    uint64_t bytes_copied, files_copied;
+};
+
+/* Runs the whole move. Returns 0 on success, -1 with res->code/error set
+ * after rolling back (the source untouched, nothing left under dst). */
+int engine_run(const struct engine_job *job, struct engine_result *res);
+
+/* Maps an errno to the protocol's code. */
+enum move_code engine_errno_code(int err);
+
+#endif

@@ -1,0 +1,85 @@
+/* move_state.h: phases, result codes and the MoveState record sent on the wire. */
+#ifndef HOSTAGENT_MOVE_STATE_H
+#define HOSTAGENT_MOVE_STATE_H
+
+#include <cJSON.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+enum move_phase {
+    PHASE_QUEUED = 0,
+    PHASE_CALCULATING,
+    PHASE_COPYING,
+    PHASE_VERIFYING,
+    PHASE_CLEANING,
+    PHASE_COMPLETE,
+    PHASE_ERROR,
+    PHASE_CANCELLED,
+};
+
+/* Protocol codes, in the protocol's precedence order for validation. */
+enum move_code {
+    CODE_NONE = 0,
+    CODE_INVALID_REQUEST,
+    CODE_PATH_NOT_ALLOWED,
+    CODE_INVALID_PATHS,
+    CODE_SOURCE_MISSING,
+    CODE_DESTINATION_EXISTS,
+    CODE_BUSY,
+    CODE_TOO_MANY_MOVES,
+    CODE_UNKNOWN_SUBJECT,
+    CODE_NOT_FOUND,
+    CODE_NO_SPACE,
+    CODE_PERMISSION_DENIED,
+    CODE_IO_ERROR,
+    CODE_SOURCE_CHANGED,
+    CODE_CANCELLED,
+    CODE_TIMEOUT,
+    CODE_SHUTTING_DOWN,
+    CODE_INTERRUPTED,
+};
+
+#define MOVE_ID_MAX 64
+#define SERVER_NAME_MAX 128
+#define MOVE_ERROR_MAX 512
+#define MOVE_CURRENT_MAX 512
+
+struct move_state {
+    char move_id[MOVE_ID_MAX + 1];
+    char server_name[SERVER_NAME_MAX + 1];
+    char *old_path; /* owned */
+    char *new_path; /* owned */
+    enum move_phase phase;
+    bool rename;
+    uint64_t bytes_total, bytes_copied;
+    uint64_t files_total, files_copied;
+    double percent;
+    double phase_percent;
+    uint64_t bytes_per_second;
+    int64_t eta_seconds; /* < 0: unknown, left out */
+    uint64_t elapsed_ms;
+    char current_file[MOVE_CURRENT_MAX]; /* "" when none */
+    uint64_t seq;
+    uint64_t started_at_ms; /* wall clock */
+    uint64_t ended_at_ms;   /* 0 while not ended */
+    enum move_code code;
+    char error[MOVE_ERROR_MAX];
+};
+
+const char *move_phase_name(enum move_phase p);
+bool move_phase_terminal(enum move_phase p);
+const char *move_code_name(enum move_code c);
+
+/* Frees the owned strings of s (not s itself). */
+void move_state_clear(struct move_state *s);
+/* Deep copy; dst must be cleared or zeroed. */
+void move_state_copy(struct move_state *dst, const struct move_state *src);
+
+/* The MoveState object of the protocol. 64-bit counters are printed exactly;
+ * file names are made valid UTF-8. Caller owns the result. */
+cJSON *move_state_to_json(const struct move_state *s);
+
+/* Adds an exact unsigned 64-bit integer member (cJSON numbers are doubles). */
+void json_add_u64(cJSON *obj, const char *key, uint64_t v);
+
+#endif

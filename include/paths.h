@@ -1,0 +1,33 @@
+/* paths.h: the path rules of the protocol and the allowed-roots check. */
+#ifndef HOSTAGENT_PATHS_H
+#define HOSTAGENT_PATHS_H
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+/* Protocol path syntax: absolute, at most PATH_MAX-1 bytes, components of at
+ * most NAME_MAX bytes, no "//", "." or ".." components, no NUL (a NUL escape
+ * reaches us as U+FFFF, see protocol.c). One trailing '/' is accepted and
+ * removed in norm (PATH_MAX bytes). Returns 0 or -EINVAL with *why. */
+int path_check_syntax(const char *p, char *norm, const char **why);
+
+/* Resolves the existing part of a syntactically valid path: realpath() of the
+ * deepest existing ancestor of its parent, then the rest of the components
+ * appended unchanged (the last one is never followed, so a symlink there stays
+ * a symlink). *nearest_dev gets the st_dev of that ancestor. Returns 0 or a
+ * negative errno. */
+int path_resolve(const char *norm, char *resolved, dev_t *nearest_dev);
+
+/* path is strictly below root (both resolved, no trailing '/'). */
+bool path_inside(const char *path, const char *root);
+
+/* a and b are equal or one contains the other. */
+bool path_overlap(const char *a, const char *b);
+
+/* A directory that holds nothing, or only an empty lost+found. Returns 1
+ * empty, 0 not empty, negative errno on failure. */
+int path_dir_is_empty(const char *dir);
+
+#endif

@@ -1,0 +1,58 @@
+/* progress_ring.h: bounded single-producer/single-consumer ring of progress
+ * reports, from a move's worker thread to the event loop. */
+#ifndef HOSTAGENT_PROGRESS_RING_H
+#define HOSTAGENT_PROGRESS_RING_H
+
+#include "move_state.h"
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+enum progress_kind {
+    PROGRESS_STEP = 0,  /* intermediate: may be merged into a later one */
+    PROGRESS_PHASE = 1, /* a phase began: never merged away */
+    PROGRESS_END = 2,   /* the worker's last word (result): never merged away */
+};
+
+struct progress_item {
+    enum progress_kind kind;
+    enum move_phase phase;
+    uint64_t bytes_done, bytes_total;
+    uint64_t files_done, files_total;
+    uint64_t phase_done, phase_total; /* for phasePercent */
+    enum move_code code;              /* PROGRESS_END only */
+    char error[MOVE_ERROR_MAX];       /* PROGRESS_END only */
+    char current[MOVE_CURRENT_MAX];   /* relative path, "" when none */
+};
+
+#define RING_CAP 64u /* power of two */
+/* Slots only PHASE and END items may take. A move has at most 5 of them
+ * (calculating, copying, verifying, cleaning, end), so they always fit. */
+#define RING_RESERVE 8u
+
+struct progress_ring {
+    struct progress_item slots[RING_CAP];
+    _Atomic uint32_t head; /* next slot to write; only the producer stores it */
+    _Atomic uint32_t tail; /* next slot to read; only the consumer stores it */
+    /* Producer-private: the newest STEP that did not fit. */
+    struct progress_item pending;
+    bool has_pending;
+    uint64_t merged; /* STEP items merged away, for tests and debug logs */
+};
+
+void ring_init(struct progress_ring *r);
+
+/* Producer side. Never blocks: a STEP that finds fewer than RING_RESERVE+1
+ * free slots is kept aside and replaced by the next one (merged); a PHASE or
+ * END item drops a kept STEP (it carries newer counters) and takes a reserved
+ * slot. Returns true when the consumer should be woken. */
+bool ring_push(struct progress_ring *r, const struct progress_item *it);
+
+/* Producer side: moves a kept STEP into the ring if there is room now. */
+bool ring_flush(struct progress_ring *r);
+
+/* Consumer side: takes the oldest item; false when the ring is empty. */
+bool ring_pop(struct progress_ring *r, struct progress_item *out);
+
+#endif

@@ -1,0 +1,43 @@
+/* util.h: allocation policy, container_of, clocks and small string helpers. */
+#ifndef HOSTAGENT_UTIL_H
+#define HOSTAGENT_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define container_of(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Out-of-memory policy, decided once: the agent cannot do anything useful
+ * without memory, so these abort with a message instead of returning NULL. */
+void *xmalloc(size_t n);
+void *xcalloc(size_t nmemb, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+
+/* Monotonic milliseconds (for intervals) and wall-clock milliseconds since
+ * the epoch (for timestamps shown to people). */
+uint64_t util_mono_ms(void);
+uint64_t util_wall_ms(void);
+
+/* Formats wall_ms as RFC 3339 UTC with milliseconds: 2026-11-22T21:04:05.123Z.
+ * buf must hold UTIL_TIME_LEN bytes. */
+#define UTIL_TIME_LEN 32
+void util_rfc3339(uint64_t wall_ms, char *buf);
+
+/* True when s is valid UTF-8 (no overlongs, no surrogates, <= U+10FFFF). */
+bool util_utf8_valid(const char *s, size_t len);
+
+/* Copies src into dst (size dstsz, NUL-terminated), replacing every invalid
+ * UTF-8 sequence by U+FFFD, and truncating on a character boundary. */
+void util_utf8_sanitize(char *dst, size_t dstsz, const char *src);
+
+/* snprintf into a fixed buffer that never fails: truncates silently. */
+void util_fmt(char *buf, size_t sz, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* Human byte rate "88.1MB/s" (decimal units, as the interface doc shows). */
+void util_fmt_rate(char *buf, size_t sz, uint64_t bytes_per_second);
+
+#endif

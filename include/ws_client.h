@@ -1,0 +1,110 @@
+/* ws_client.h: the one outbound WebSocket to the manager (libwebsockets on
+ * the agent's libuv loop): connect, hello, send queue, receive, backoff. */
+#ifndef HOSTAGENT_WS_CLIENT_H
+#define HOSTAGENT_WS_CLIENT_H
+
+#include "config.h"
+
+#include <libwebsockets.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+enum conn_state {
+    CONN_IDLE = 0,   /* not started */
+    CONN_CONNECTING, /* resolving, TCP, TLS, upgrade */
+    CONN_HELLO,      /* upgraded; agent.hello not yet written */
+    CONN_UP,         /* hello written: frames flow */
+    CONN_BACKOFF,    /* waiting before the next attempt */
+    CONN_CLOSING,    /* shutting down: flushing, then "going away" */
+    CONN_CLOSED,     /* shut down for good */
+};
+
+struct ws_client;
+
+struct ws_client_ops {
+    /* Builds agent.hello (malloc'd, cJSON_free'd by the client). */
+    char *(*hello)(struct ws_client *c);
+    /* One complete text message of at most max_message_bytes. */
+    void (*message)(struct ws_client *c, const char *buf, size_t len);
+    /* Every state change; CONN_CLOSED ends the shutdown. */
+    void (*state)(struct ws_client *c, enum conn_state s);
+};
+
+struct ws_msg {
+    struct ws_msg *next;
+    char *merge_key; /* intermediate move.progress: the moveId; else NULL */
+    bool keep;       /* survives a lost connection (answers, move frames) */
+    size_t len;
+    unsigned char *buf; /* LWS_PRE bytes of headroom, then len bytes */
+};
+
+struct ws_client {
+    uv_loop_t *loop;
+    const struct config *cfg; /* owner's; may be replaced between connects */
+    const struct ws_client_ops *ops;
+    void *owner;
+
+    struct lws_context *ctx;
+    struct lws *wsi; /* only between ESTABLISHED and CLOSED */
+    void *foreign_loops[1];
+    lws_retry_bo_t retry; /* lws keeps a pointer: lives as long as we do */
+    enum conn_state state;
+    unsigned attempt;       /* consecutive failed or short connections */
+    unsigned attempt_id;    /* guards against a double failure report */
+    bool attempt_reported;
+    uint64_t up_since_ms;
+    uint64_t last_fail_log_ms;
+    unsigned fails_unlogged;
+
+    uv_timer_t backoff_timer;
+    uv_getaddrinfo_t gai;
+    bool gai_pending;
+    char addr[64];
+    char host_header[300];
+
+    struct ws_msg *head, *tail;
+    size_t queued;
+    char *hello_msg;
+
+    char *rx;
+    size_t rx_len, rx_cap;
+    bool rx_overflow;
+
+    bool want_close;
+    int open_handles;
+};
+
+/* Creates the lws context on loop (foreign loop). 0 or negative errno. */
+int ws_client_init(struct ws_client *c, uv_loop_t *loop, const struct config *cfg,
+                   const struct ws_client_ops *ops, void *owner);
+
+/* Begins connecting; reconnects forever until ws_client_shutdown(). */
+void ws_client_start(struct ws_client *c);
+
+/* Queues one text message (copied). merge_key: an intermediate frame that
+ * replaces a not yet written one with the same key. keep: kept across a
+ * lost connection and sent after the next hello; otherwise dropped when
+ * the connection is not up. */
+void ws_client_send(struct ws_client *c, const char *json, size_t len, const char *merge_key,
+                    bool keep);
+
+/* Flushes what is queued, closes with 1001 "going away", stops reconnecting;
+ * ops->state(CONN_CLOSED) when done. */
+void ws_client_shutdown(struct ws_client *c);
+
+/* First half of the teardown: destroys the lws context's connections and
+ * closes our handles. Run the loop afterwards, then ws_client_free(). */
+void ws_client_close(struct ws_client *c);
+
+/* Second half, after uv_run returned: frees the context and the queue. */
+void ws_client_free(struct ws_client *c);
+
+const char *ws_client_state_name(enum conn_state s);
+
+/* Backoff before attempt n (0-based): min * 2^n capped at max, minus up to
+ * a quarter of jitter, never below min. rnd in [0, 1). */
+uint64_t ws_backoff_delay(uint64_t min_ms, uint64_t max_ms, unsigned n, double rnd);
+
+#endif

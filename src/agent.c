@@ -1,0 +1,619 @@
+/* agent.c: the daemon's top level: requests, validation, moves, hello, stop. */
+#include "agent.h"
+#include "log.h"
+#include "paths.h"
+#include "protocol.h"
+#include "util.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static void agent_maybe_finish_stop(struct agent *a);
+static void agent_start_queued(struct agent *a);
+
+/* --- sending ---------------------------------------------------------------- */
+
+static void agent_send(struct agent *a, const char *subject, cJSON *data, const char *merge_key,
+                       bool keep)
+{
+    char *s = protocol_envelope(subject, data);
+    ws_client_send(&a->ws, s, strlen(s), merge_key, keep);
+    cJSON_free(s);
+}
+
+static void agent_answer(struct agent *a, const char *reply, cJSON *data)
+{
+    if (!reply) {
+        cJSON_Delete(data);
+        return;
+    }
+    agent_send(a, reply, data, NULL, true);
+}
+
+static void agent_refuse(struct agent *a, const char *reply, enum move_code code, const char *why,
+                         const char *server)
+{
+    LOG(LOG_INFO, "request refused", LF_S("server", server ? server : ""),
+        LF_S("code", move_code_name(code)), LF_S("error", why));
+    agent_answer(a, reply, protocol_failure(code, why));
+}
+
+/* --- history of ended moves --------------------------------------------------- */
+
+static void history_prune(struct agent *a)
+{
+    uint64_t now = util_mono_ms();
+    /* Oldest first: drop entries older than an hour. */
+    while (a->hist_len > 0) {
+        unsigned oldest = (a->hist_pos + AGENT_HISTORY_MAX - a->hist_len) % AGENT_HISTORY_MAX;
+        struct agent_ended *h = &a->history[oldest];
+        if (now - h->ended_mono < AGENT_HISTORY_MS)
+            break;
+        move_state_clear(&h->st);
+        free(h->answer_data);
+        h->answer_data = NULL;
+        a->hist_len--;
+    }
+}
+
+static void history_add(struct agent *a, const struct move_state *st, const char *answer_data)
+{
+    struct agent_ended *h = &a->history[a->hist_pos];
+    if (a->hist_len == AGENT_HISTORY_MAX) {
+        move_state_clear(&h->st);
+        free(h->answer_data);
+    } else {
+        a->hist_len++;
+    }
+    memset(&h->st, 0, sizeof h->st);
+    move_state_copy(&h->st, st);
+    h->answer_data = xstrdup(answer_data);
+    h->ended_mono = util_mono_ms();
+    a->hist_pos = (a->hist_pos + 1) % AGENT_HISTORY_MAX;
+}
+
+static struct agent_ended *history_find(struct agent *a, const char *move_id)
+{
+    history_prune(a);
+    for (unsigned k = 0; k < a->hist_len; k++) {
+        unsigned i = (a->hist_pos + AGENT_HISTORY_MAX - 1 - k) % AGENT_HISTORY_MAX;
+        if (strcmp(a->history[i].st.move_id, move_id) == 0)
+            return &a->history[i];
+    }
+    return NULL;
+}
+
+/* --- move callbacks ------------------------------------------------------------ */
+
+static void agent_on_frame(struct move *m, const struct move_state *st, bool intermediate)
+{
+    struct agent *a = m->owner;
+    agent_send(a, "move.progress", move_state_to_json(st), intermediate ? st->move_id : NULL,
+               true);
+}
+
+static cJSON *agent_move_answer(const struct move *m)
+{
+    const struct move_state *s = &m->st;
+    cJSON *d = cJSON_CreateObject();
+    cJSON_AddBoolToObject(d, "success", s->phase == PHASE_COMPLETE);
+    cJSON_AddStringToObject(d, "moveId", s->move_id);
+    cJSON_AddStringToObject(d, "serverName", s->server_name);
+    if (s->phase == PHASE_COMPLETE) {
+        cJSON_AddStringToObject(d, "oldPath", s->old_path);
+        cJSON_AddStringToObject(d, "newPath", s->new_path);
+        cJSON_AddStringToObject(d, "method", s->rename ? "rename" : "copy");
+        json_add_u64(d, "bytesCopied", s->bytes_copied);
+        json_add_u64(d, "filesCopied", s->files_copied);
+        json_add_u64(d, "durationMs", s->ended_at_ms - s->started_at_ms);
+    } else {
+        cJSON *fail = protocol_failure(s->code, s->error);
+        cJSON_AddItemToObject(d, "code", cJSON_DetachItemFromObject(fail, "code"));
+        cJSON_AddItemToObject(d, "error", cJSON_DetachItemFromObject(fail, "error"));
+        cJSON_Delete(fail);
+    }
+    return d;
+}
+
+static void agent_free_move(struct move *m)
+{
+    free(m);
+}
+
+static void agent_on_ended(struct move *m)
+{
+    struct agent *a = m->owner;
+    struct move **pp;
+    cJSON *answer = agent_move_answer(m);
+    char *printed = cJSON_PrintUnformatted(answer);
+    char rate[24];
+    uint64_t dur = m->st.ended_at_ms - m->st.started_at_ms;
+
+    util_fmt_rate(rate, sizeof rate, dur ? m->st.bytes_copied * 1000u / dur : 0);
+    LOG(m->st.phase == PHASE_COMPLETE ? LOG_INFO : LOG_WARN, "move ended",
+        LF_S("move", m->st.move_id), LF_S("server", m->st.server_name),
+        LF_S("outcome", move_phase_name(m->st.phase)),
+        LF_S("code", m->st.code ? move_code_name(m->st.code) : "none"),
+        LF_S("error", m->st.error), LF_U("bytes", m->st.bytes_copied),
+        LF_U("files", m->st.files_copied), LF_U("duration_ms", dur), LF_S("avg_rate", rate));
+    history_add(a, &m->st, printed ? printed : "{}");
+    cJSON_free(printed);
+    agent_answer(a, m->reply, answer);
+
+    for (pp = &a->moves; *pp; pp = &(*pp)->next) {
+        if (*pp == m) {
+            *pp = m->next;
+            a->n_moves--;
+            break;
+        }
+    }
+    move_close(m, agent_free_move);
+    if (!a->stopping)
+        agent_start_queued(a);
+    agent_maybe_finish_stop(a);
+}
+
+static const struct move_ops agent_move_ops = {
+    .frame = agent_on_frame,
+    .ended = agent_on_ended,
+};
+
+static void agent_start_queued(struct agent *a)
+{
+    unsigned running = 0;
+    for (struct move *m = a->moves; m; m = m->next)
+        running += move_is_running(m);
+    for (struct move *m = a->moves; m && running < a->cfg.max_concurrent_moves;) {
+        struct move *next = m->next;
+        if (m->st.phase == PHASE_QUEUED && !move_is_running(m)) {
+            LOG(LOG_INFO, "move started", LF_S("move", m->st.move_id),
+                LF_S("server", m->st.server_name), LF_S("old", m->st.old_path),
+                LF_S("new", m->st.new_path), LF_S("method", m->st.rename ? "rename" : "copy"));
+            if (move_run(m) == 0)
+                running++;
+        }
+        m = next;
+    }
+}
+
+/* --- server.move_data ------------------------------------------------------- */
+
+struct resolved {
+    char old_norm[PATH_MAX], new_norm[PATH_MAX];
+    char old_real[PATH_MAX], new_real[PATH_MAX];
+    bool rename;
+};
+
+static bool inside_a_root(struct agent *a, const char *real, bool *is_root)
+{
+    char root_real[PATH_MAX];
+    *is_root = false;
+    for (size_t i = 0; i < a->cfg.n_allowed_roots; i++) {
+        if (!realpath(a->cfg.allowed_roots[i], root_real))
+            continue; /* a missing root allows nothing */
+        if (strcmp(real, root_real) == 0)
+            *is_root = true;
+        if (path_inside(real, root_real))
+            return true;
+    }
+    return false;
+}
+
+/* The protocol's checks in its precedence order, after the field types. */
+static enum move_code agent_validate(struct agent *a, const struct move_request *r,
+                                     struct resolved *out, char *why, size_t whysz)
+{
+    const char *w;
+    dev_t old_dev = 0, new_dev = 0;
+    struct stat st;
+    bool is_root;
+    int rc;
+
+    if (path_check_syntax(r->old_path, out->old_norm, &w) != 0) {
+        util_fmt(why, whysz, "oldPath %s", w);
+        return CODE_PATH_NOT_ALLOWED;
+    }
+    if (path_check_syntax(r->new_path, out->new_norm, &w) != 0) {
+        util_fmt(why, whysz, "newPath %s", w);
+        return CODE_PATH_NOT_ALLOWED;
+    }
+    if (a->cfg.n_allowed_roots == 0) {
+        util_fmt(why, whysz, "no allowed_roots are configured on this agent");
+        return CODE_PATH_NOT_ALLOWED;
+    }
+    /* Outside the roots is refused with the same words whether it exists or not. */
+    if (path_resolve(out->old_norm, out->old_real, NULL) != 0 ||
+        !inside_a_root(a, out->old_real, &is_root)) {
+        util_fmt(why, whysz, "oldPath %s", is_root ? "must not be an allowed root itself"
+                                                   : "is outside the allowed roots");
+        return CODE_PATH_NOT_ALLOWED;
+    }
+    if ((rc = path_resolve(out->new_norm, out->new_real, &new_dev)) != 0 ||
+        !inside_a_root(a, out->new_real, &is_root)) {
+        util_fmt(why, whysz, "newPath %s", is_root ? "must not be an allowed root itself"
+                                                   : "is outside the allowed roots");
+        return CODE_PATH_NOT_ALLOWED;
+    }
+    if (lstat(out->old_real, &st) == 0 && S_ISLNK(st.st_mode)) {
+        util_fmt(why, whysz, "oldPath must not be a symlink");
+        return CODE_PATH_NOT_ALLOWED;
+    }
+    if (path_overlap(out->old_real, out->new_real)) {
+        util_fmt(why, whysz, "oldPath and newPath are the same or one is inside the other");
+        return CODE_INVALID_PATHS;
+    }
+    if (lstat(out->old_real, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        util_fmt(why, whysz, "oldPath %s does not exist or is not a directory", r->old_path);
+        return CODE_SOURCE_MISSING;
+    }
+    old_dev = st.st_dev;
+    if (lstat(out->new_real, &st) == 0) {
+        if (!S_ISDIR(st.st_mode) || path_dir_is_empty(out->new_real) != 1) {
+            util_fmt(why, whysz, "newPath %s exists and is not an empty directory", r->new_path);
+            return CODE_DESTINATION_EXISTS;
+        }
+        new_dev = st.st_dev;
+    } else if (errno != ENOENT) {
+        util_fmt(why, whysz, "newPath %s cannot be created: %s", r->new_path, strerror(errno));
+        return CODE_DESTINATION_EXISTS;
+    }
+    out->rename = old_dev == new_dev;
+    for (struct move *m = a->moves; m; m = m->next) {
+        if (strcmp(m->st.server_name, r->server_name) == 0) {
+            util_fmt(why, whysz, "server %s is already moving", r->server_name);
+            return CODE_BUSY;
+        }
+        if (r->move_id[0] && strcmp(m->st.move_id, r->move_id) == 0) {
+            util_fmt(why, whysz, "move %s has not ended", r->move_id);
+            return CODE_BUSY;
+        }
+        if (path_overlap(m->src, out->old_real) || path_overlap(m->src, out->new_real) ||
+            path_overlap(m->dst, out->old_real) || path_overlap(m->dst, out->new_real)) {
+            util_fmt(why, whysz, "the paths overlap those of move %s", m->st.move_id);
+            return CODE_BUSY;
+        }
+    }
+    if (a->n_moves >= a->cfg.max_concurrent_moves + a->cfg.max_queued_moves) {
+        util_fmt(why, whysz, "%u moves are running or queued; the queue is full", a->n_moves);
+        return CODE_TOO_MANY_MOVES;
+    }
+    return CODE_NONE;
+}
+
+static void agent_move_data(struct agent *a, const struct frame *f)
+{
+    struct move_request req;
+    struct resolved *res;
+    struct move_params p;
+    struct move *m, **tail;
+    char why[512], id[MOVE_ID_MAX + 1];
+    enum move_code code;
+
+    if (protocol_parse_move_data(f->data, &req, why, sizeof why) != 0) {
+        agent_refuse(a, f->reply, CODE_INVALID_REQUEST, why, NULL);
+        return;
+    }
+    if (req.move_id[0]) {
+        struct agent_ended *h = history_find(a, req.move_id);
+        if (h) {
+            /* Idempotent retry: the recorded answer again, nothing run. */
+            LOG(LOG_INFO, "move already ended; answer sent again", LF_S("move", req.move_id));
+            if (f->reply) {
+                cJSON *d = cJSON_Parse(h->answer_data);
+                agent_answer(a, f->reply, d ? d : cJSON_CreateObject());
+            }
+            return;
+        }
+    }
+    if (a->stopping) {
+        agent_refuse(a, f->reply, CODE_SHUTTING_DOWN, "the agent is shutting down",
+                     req.server_name);
+        return;
+    }
+    res = xmalloc(sizeof *res);
+    code = agent_validate(a, &req, res, why, sizeof why);
+    if (code != CODE_NONE) {
+        agent_refuse(a, f->reply, code, why, req.server_name);
+        free(res);
+        return;
+    }
+    if (req.move_id[0])
+        util_fmt(id, sizeof id, "%s", req.move_id);
+    else
+        util_fmt(id, sizeof id, "mv-%llx-%x-%u", (unsigned long long)util_wall_ms(),
+                 (unsigned)getpid(), ++a->id_counter);
+    p = (struct move_params){
+        .move_id = id,
+        .server_name = req.server_name,
+        .old_path = req.old_path,
+        .new_path = req.new_path,
+        .src = res->old_real,
+        .dst = res->new_real,
+        .reply = f->reply,
+        .rename = res->rename,
+        .verify = a->cfg.verify,
+        .progress_interval_ms = a->cfg.progress_interval_ms,
+    };
+    m = xmalloc(sizeof *m);
+    if (move_init(m, &a->loop, &p, &agent_move_ops, a) != 0) {
+        free(m);
+        free(res);
+        agent_refuse(a, f->reply, CODE_IO_ERROR, "cannot set up the move", req.server_name);
+        return;
+    }
+    free(res);
+    for (tail = &a->moves; *tail; tail = &(*tail)->next)
+        ;
+    *tail = m;
+    a->n_moves++;
+    LOG(LOG_INFO, "move accepted", LF_S("move", id), LF_S("server", req.server_name),
+        LF_S("old", req.old_path), LF_S("new", req.new_path),
+        LF_S("method", m->st.rename ? "rename" : "copy"));
+    move_queue(m); /* the "queued" frame; it starts at once when a slot is free */
+    agent_start_queued(a);
+}
+
+/* --- incoming frames ------------------------------------------------------------ */
+
+static const struct {
+    const char *subject;
+    void (*handle)(struct agent *a, const struct frame *f);
+} handlers[] = {
+    {"server.move_data", agent_move_data},
+};
+
+static void agent_on_message(struct ws_client *c, const char *buf, size_t len)
+{
+    struct agent *a = c->owner;
+    struct frame f;
+    char why[256];
+    size_t i;
+
+    switch (protocol_parse_frame(buf, len, &f, why, sizeof why)) {
+    case FRAME_DROP:
+        LOG(LOG_WARN, "malformed frame dropped", LF_S("reason", why), LF_U("bytes", len));
+        break;
+    case FRAME_INVALID:
+        LOG(LOG_WARN, "malformed frame answered", LF_S("reason", why), LF_S("reply", f.reply));
+        agent_answer(a, f.reply, protocol_failure(CODE_INVALID_REQUEST, why));
+        break;
+    case FRAME_OK:
+        for (i = 0; i < ARRAY_SIZE(handlers); i++) {
+            if (strcmp(handlers[i].subject, f.subject) == 0) {
+                handlers[i].handle(a, &f);
+                break;
+            }
+        }
+        if (i == ARRAY_SIZE(handlers)) {
+            if (f.reply) {
+                util_fmt(why, sizeof why, "unknown subject %s", f.subject);
+                agent_refuse(a, f.reply, CODE_UNKNOWN_SUBJECT, why, NULL);
+            } else {
+                LOG(LOG_INFO, "request with unknown subject dropped", LF_S("subject", f.subject));
+            }
+        }
+        break;
+    }
+    frame_free(&f);
+}
+
+/* --- hello and heartbeat ---------------------------------------------------------- */
+
+static char *agent_hello(struct ws_client *c)
+{
+    struct agent *a = c->owner;
+    cJSON *d = cJSON_CreateObject(), *caps, *moves;
+    char ts[UTIL_TIME_LEN];
+    unsigned listed = 0;
+
+    cJSON_AddStringToObject(d, "agentId", a->cfg.agent_id);
+    cJSON_AddStringToObject(d, "hostname", a->hostname);
+    cJSON_AddStringToObject(d, "version", HOSTAGENT_VERSION);
+    cJSON_AddNumberToObject(d, "protocol", PROTOCOL_VERSION);
+    cJSON_AddNumberToObject(d, "pid", (double)getpid());
+    util_rfc3339(a->started_wall_ms, ts);
+    cJSON_AddStringToObject(d, "startedAt", ts);
+    caps = cJSON_AddArrayToObject(d, "capabilities");
+    for (size_t i = 0; i < ARRAY_SIZE(handlers); i++)
+        cJSON_AddItemToArray(caps, cJSON_CreateString(handlers[i].subject));
+    moves = cJSON_AddArrayToObject(d, "moves");
+    for (struct move *m = a->moves; m; m = m->next)
+        cJSON_AddItemToArray(moves, move_state_to_json(&m->st));
+    history_prune(a);
+    for (unsigned k = 0; k < a->hist_len && listed < AGENT_HISTORY_MAX; k++, listed++) {
+        unsigned i = (a->hist_pos + AGENT_HISTORY_MAX - 1 - k) % AGENT_HISTORY_MAX;
+        cJSON_AddItemToArray(moves, move_state_to_json(&a->history[i].st));
+    }
+    return protocol_envelope("agent.hello", d);
+}
+
+static void agent_on_heartbeat(uv_timer_t *t)
+{
+    struct agent *a = container_of(t, struct agent, heartbeat);
+    cJSON *d;
+    if (a->ws.state != CONN_UP)
+        return;
+    d = cJSON_CreateObject();
+    cJSON_AddStringToObject(d, "agentId", a->cfg.agent_id);
+    json_add_u64(d, "uptimeMs", util_mono_ms() - a->started_mono);
+    cJSON_AddNumberToObject(d, "activeMoves", a->n_moves);
+    agent_send(a, "heartbeat", d, NULL, false);
+}
+
+/* --- stopping --------------------------------------------------------------------- */
+
+static void agent_on_handle_closed(uv_handle_t *h)
+{
+    (void)h;
+}
+
+/* Closes every handle so that uv_run returns (notes: teardown order). */
+static void agent_teardown(struct agent *a)
+{
+    if (a->torn_down)
+        return;
+    a->torn_down = true;
+    ws_client_close(&a->ws);
+    uv_close((uv_handle_t *)&a->sig_term, agent_on_handle_closed);
+    uv_close((uv_handle_t *)&a->sig_int, agent_on_handle_closed);
+    uv_close((uv_handle_t *)&a->sig_hup, agent_on_handle_closed);
+    uv_close((uv_handle_t *)&a->heartbeat, agent_on_handle_closed);
+    uv_close((uv_handle_t *)&a->stop_timer, agent_on_handle_closed);
+}
+
+static void agent_on_stop_timer(uv_timer_t *t)
+{
+    struct agent *a = container_of(t, struct agent, stop_timer);
+    LOG0(LOG_WARN, "the manager did not take the last frames in time; closing anyway");
+    agent_teardown(a);
+}
+
+static void agent_on_conn_state(struct ws_client *c, enum conn_state s)
+{
+    struct agent *a = c->owner;
+    if (s == CONN_CLOSED && a->stopping)
+        agent_teardown(a);
+}
+
+/* Once every move has ended (and its answer is queued), close the link. */
+static void agent_maybe_finish_stop(struct agent *a)
+{
+    if (!a->stopping || a->n_moves > 0 || a->torn_down)
+        return;
+    uv_timer_start(&a->stop_timer, agent_on_stop_timer, AGENT_STOP_GRACE_MS, 0);
+    ws_client_shutdown(&a->ws);
+}
+
+static void agent_stop(struct agent *a, const char *signame)
+{
+    struct move *m, *next;
+    if (a->stopping)
+        return;
+    a->stopping = true;
+    LOG(LOG_INFO, "stopping", LF_S("signal", signame), LF_U("active_moves", a->n_moves));
+    uv_timer_stop(&a->heartbeat);
+    for (m = a->moves; m; m = next) {
+        next = m->next; /* a queued move ends (and leaves the list) at once */
+        move_stop(m, CODE_SHUTTING_DOWN, "the agent is shutting down");
+    }
+    agent_maybe_finish_stop(a);
+}
+
+static void agent_reload(struct agent *a)
+{
+    struct config fresh;
+    struct config_errors errs;
+    if (config_load(a->config_path, &fresh, &errs) != 0) {
+        for (size_t i = 0; i < errs.n; i++)
+            LOG(LOG_ERROR, "config reload failed; keeping the old settings",
+                LF_S("problem", errs.lines[i]));
+        config_errors_free(&errs);
+        return;
+    }
+    /* The URL, state_dir and ping interval are fixed for the process; the
+     * rest applies to new requests and the next connection. */
+    free(fresh.manager_url);
+    config_url_free(&fresh.url);
+    free(fresh.state_dir);
+    fresh.manager_url = a->cfg.manager_url;
+    fresh.url = a->cfg.url;
+    fresh.state_dir = a->cfg.state_dir;
+    fresh.ping_interval_ms = a->cfg.ping_interval_ms;
+    a->cfg.manager_url = NULL;
+    a->cfg.url.host = a->cfg.url.path = NULL;
+    a->cfg.state_dir = NULL;
+    config_free(&a->cfg);
+    a->cfg = fresh;
+    log_setup(a->cfg.log_level, a->cfg.log_format);
+    uv_timer_set_repeat(&a->heartbeat, a->cfg.heartbeat_interval_ms);
+    LOG(LOG_INFO, "config reloaded", LF_S("file", a->config_path));
+}
+
+static void agent_on_signal(uv_signal_t *s, int signum)
+{
+    struct agent *a = s->data;
+    if (signum == SIGHUP)
+        agent_reload(a);
+    else
+        agent_stop(a, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+/* --- lifecycle ---------------------------------------------------------------------- */
+
+static const struct ws_client_ops agent_ws_ops = {
+    .hello = agent_hello,
+    .message = agent_on_message,
+    .state = agent_on_conn_state,
+};
+
+int agent_init(struct agent *a, const char *config_path, struct config *cfg)
+{
+    int rc;
+    memset(a, 0, sizeof *a);
+    a->cfg = *cfg;
+    memset(cfg, 0, sizeof *cfg);
+    a->config_path = xstrdup(config_path);
+    a->started_wall_ms = util_wall_ms();
+    a->started_mono = util_mono_ms();
+    if (gethostname(a->hostname, sizeof a->hostname) != 0)
+        util_fmt(a->hostname, sizeof a->hostname, "unknown");
+    a->hostname[sizeof a->hostname - 1] = '\0';
+    srand((unsigned)(a->started_wall_ms ^ (uint64_t)getpid()));
+
+    rc = uv_loop_init(&a->loop);
+    if (rc != 0)
+        goto fail_loop;
+    uv_signal_init(&a->loop, &a->sig_term);
+    uv_signal_init(&a->loop, &a->sig_int);
+    uv_signal_init(&a->loop, &a->sig_hup);
+    uv_timer_init(&a->loop, &a->heartbeat);
+    uv_timer_init(&a->loop, &a->stop_timer);
+    a->sig_term.data = a->sig_int.data = a->sig_hup.data = a;
+    rc = ws_client_init(&a->ws, &a->loop, &a->cfg, &agent_ws_ops, a);
+    if (rc != 0)
+        goto fail_ws;
+    uv_signal_start(&a->sig_term, agent_on_signal, SIGTERM);
+    uv_signal_start(&a->sig_int, agent_on_signal, SIGINT);
+    uv_signal_start(&a->sig_hup, agent_on_signal, SIGHUP);
+    uv_timer_start(&a->heartbeat, agent_on_heartbeat, a->cfg.heartbeat_interval_ms,
+                   a->cfg.heartbeat_interval_ms);
+    if (a->cfg.n_allowed_roots == 0)
+        LOG0(LOG_WARN, "no allowed_roots configured: every move will be refused");
+    return 0;
+
+fail_ws:
+    a->stopping = true;
+    agent_teardown(a);
+    uv_run(&a->loop, UV_RUN_DEFAULT);
+    ws_client_free(&a->ws);
+    uv_loop_close(&a->loop);
+fail_loop:
+    config_free(&a->cfg);
+    free(a->config_path);
+    return rc;
+}
+
+int agent_run(struct agent *a)
+{
+    int rc;
+    LOG(LOG_INFO, "hostagent starting", LF_S("version", HOSTAGENT_VERSION),
+        LF_S("agent_id", a->cfg.agent_id), LF_S("manager", a->cfg.manager_url));
+    ws_client_start(&a->ws);
+    uv_run(&a->loop, UV_RUN_DEFAULT);
+    ws_client_free(&a->ws);
+    rc = uv_loop_close(&a->loop);
+    if (rc != 0)
+        LOG(LOG_ERROR, "event loop still had open handles at exit", LF_S("error", uv_strerror(rc)));
+    for (unsigned i = 0; i < AGENT_HISTORY_MAX; i++) {
+        move_state_clear(&a->history[i].st);
+        free(a->history[i].answer_data);
+    }
+    LOG0(LOG_INFO, "hostagent stopped");
+    config_free(&a->cfg);
+    free(a->config_path);
+    return 0;
+}

@@ -1,0 +1,722 @@
+/* config.c: reads agent.conf: key = value lines, checked against one key table. */
+#include "config.h"
+#include "util.h"
+
+#include <assert.h>
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum key_type {
+    K_URL,
+    K_AGENT_ID,
+    K_ABS_PATH,
+    K_READABLE_FILE,
+    K_TOKEN,
+    K_TOKEN_FILE,
+    K_ROOTS,
+    K_LEVEL,
+    K_FORMAT,
+    K_DURATION,
+    K_COUNT,
+    K_SIZE,
+    K_BOOL,
+    K_VERIFY,
+};
+
+#define SEC 1000ull
+#define MIN (60ull * SEC)
+#define HOUR (60ull * MIN)
+
+struct key_def {
+    const char *name;
+    enum key_type type;
+    size_t off;
+    uint64_t lo, hi; /* bounds for durations (ms), counts and sizes */
+    bool zero_means_none;
+    bool whole_seconds;
+};
+
+#define F(m) offsetof(struct config, m)
+static const struct key_def key_table[] = {
+    {"manager_url", K_URL, F(manager_url), 0, 0, false, false},
+    {"agent_id", K_AGENT_ID, F(agent_id), 0, 0, false, false},
+    {"token_file", K_TOKEN_FILE, F(token_file), 0, 0, false, false},
+    {"token", K_TOKEN, F(token), 0, 0, false, false},
+    {"allowed_roots", K_ROOTS, F(allowed_roots), 0, 0, false, false},
+    {"state_dir", K_ABS_PATH, F(state_dir), 0, 0, false, false},
+    {"log_level", K_LEVEL, F(log_level), 0, 0, false, false},
+    {"log_format", K_FORMAT, F(log_format), 0, 0, false, false},
+    {"heartbeat_interval", K_DURATION, F(heartbeat_interval_ms), 1 * SEC, HOUR, false, false},
+    {"ping_interval", K_DURATION, F(ping_interval_ms), 1 * SEC, HOUR, false, true},
+    {"progress_interval", K_DURATION, F(progress_interval_ms), 50, MIN, false, false},
+    {"reconnect_min", K_DURATION, F(reconnect_min_ms), 100, HOUR, false, false},
+    {"reconnect_max", K_DURATION, F(reconnect_max_ms), 1 * SEC, 24 * HOUR, false, false},
+    {"max_concurrent_moves", K_COUNT, F(max_concurrent_moves), 1, 64, false, false},
+    {"max_queued_moves", K_COUNT, F(max_queued_moves), 0, 1024, false, false},
+    {"move_timeout", K_DURATION, F(move_timeout_ms), 1 * SEC, 30 * 24 * HOUR, true, false},
+    {"stall_timeout", K_DURATION, F(stall_timeout_ms), 10 * SEC, 24 * HOUR, false, false},
+    {"verify", K_VERIFY, F(verify), 0, 0, false, false},
+    {"max_message_bytes", K_SIZE, F(max_message_bytes), 1024, 64ull << 20, false, false},
+    {"ca_file", K_READABLE_FILE, F(ca_file), 0, 0, false, false},
+    {"tls_insecure", K_BOOL, F(tls_insecure), 0, 0, false, false},
+};
+#undef F
+
+static void config_defaults(struct config *cfg)
+{
+    char host[256];
+    memset(cfg, 0, sizeof *cfg);
+    if (gethostname(host, sizeof host) != 0 || host[0] == '\0')
+        snprintf(host, sizeof host, "localhost");
+    host[sizeof host - 1] = '\0';
+    cfg->agent_id = xstrdup(host);
+    cfg->state_dir = xstrdup("/var/lib/hostagent");
+    cfg->log_level = LOG_INFO;
+    cfg->log_format = LOG_FORMAT_TEXT;
+    cfg->heartbeat_interval_ms = 15 * SEC;
+    cfg->ping_interval_ms = 20 * SEC;
+    cfg->progress_interval_ms = 500;
+    cfg->reconnect_min_ms = 1 * SEC;
+    cfg->reconnect_max_ms = 30 * SEC;
+    cfg->max_concurrent_moves = 2;
+    cfg->max_queued_moves = 16;
+    cfg->move_timeout_ms = 0;
+    cfg->stall_timeout_ms = 5 * MIN;
+    cfg->verify = VERIFY_METADATA;
+    cfg->max_message_bytes = 1u << 20;
+    cfg->tls_insecure = false;
+}
+
+static void errs_add(struct config_errors *errs, const char *file, int line, const char *fmt,
+                     ...) __attribute__((format(printf, 4, 5)));
+
+static void errs_add(struct config_errors *errs, const char *file, int line, const char *fmt, ...)
+{
+    char msg[512], full[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    (void)vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (line > 0)
+        snprintf(full, sizeof full, "%s:%d: %s", file, line, msg);
+    else
+        snprintf(full, sizeof full, "%s: %s", file, msg);
+    errs->lines = xrealloc(errs->lines, (errs->n + 1) * sizeof *errs->lines);
+    errs->lines[errs->n++] = xstrdup(full);
+}
+
+int config_parse_duration(const char *s, uint64_t *ms)
+{
+    char *end;
+    unsigned long long v;
+    uint64_t mult;
+    if (!isdigit((unsigned char)*s))
+        return -EINVAL;
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (errno)
+        return -EINVAL;
+    if (strcmp(end, "") == 0 || strcmp(end, "s") == 0)
+        mult = SEC;
+    else if (strcmp(end, "ms") == 0)
+        mult = 1;
+    else if (strcmp(end, "m") == 0)
+        mult = MIN;
+    else if (strcmp(end, "h") == 0)
+        mult = HOUR;
+    else
+        return -EINVAL;
+    if (v > UINT64_MAX / mult)
+        return -EINVAL;
+    *ms = v * mult;
+    return 0;
+}
+
+int config_parse_size(const char *s, uint64_t *bytes)
+{
+    char *end;
+    unsigned long long v;
+    unsigned shift = 0;
+    if (!isdigit((unsigned char)*s))
+        return -EINVAL;
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (errno)
+        return -EINVAL;
+    if (strcmp(end, "") == 0)
+        shift = 0;
+    else if (strcmp(end, "K") == 0)
+        shift = 10;
+    else if (strcmp(end, "M") == 0)
+        shift = 20;
+    else if (strcmp(end, "G") == 0)
+        shift = 30;
+    else
+        return -EINVAL;
+    if (v > (UINT64_MAX >> shift))
+        return -EINVAL;
+    *bytes = (uint64_t)v << shift;
+    return 0;
+}
+
+int config_parse_bool(const char *s, bool *b)
+{
+    static const char *const yes[] = {"true", "yes", "on", "1"};
+    static const char *const no[] = {"false", "no", "off", "0"};
+    for (size_t i = 0; i < ARRAY_SIZE(yes); i++) {
+        if (strcmp(s, yes[i]) == 0) {
+            *b = true;
+            return 0;
+        }
+        if (strcmp(s, no[i]) == 0) {
+            *b = false;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+void config_url_free(struct config_url *u)
+{
+    free(u->host);
+    free(u->path);
+    memset(u, 0, sizeof *u);
+}
+
+int config_parse_url(const char *s, struct config_url *u, const char **why)
+{
+    const char *p, *host_end, *port_start = NULL, *path;
+    size_t hlen;
+    memset(u, 0, sizeof *u);
+    if (strncmp(s, "ws://", 5) == 0) {
+        p = s + 5;
+    } else if (strncmp(s, "wss://", 6) == 0) {
+        p = s + 6;
+        u->tls = true;
+    } else {
+        *why = "must start with ws:// or wss://";
+        return -EINVAL;
+    }
+    for (const char *c = s; *c; c++) {
+        if ((unsigned char)*c <= ' ' || (unsigned char)*c >= 0x7f) {
+            *why = "must not contain spaces or control characters";
+            return -EINVAL;
+        }
+    }
+    path = p + strcspn(p, "/?");
+    if (memchr(p, '@', (size_t)(path - p))) {
+        *why = "must not contain user information (put the token in token_file)";
+        return -EINVAL;
+    }
+    if (*p == '[') {
+        host_end = strchr(p, ']');
+        if (!host_end || host_end > path) {
+            *why = "has an unterminated IPv6 address";
+            return -EINVAL;
+        }
+        hlen = (size_t)(host_end - p - 1);
+        p++;
+        if (host_end[1] == ':')
+            port_start = host_end + 2;
+        else if (host_end + 1 != path) {
+            *why = "has junk after the IPv6 address";
+            return -EINVAL;
+        }
+    } else {
+        const char *colon = memchr(p, ':', (size_t)(path - p));
+        host_end = colon ? colon : path;
+        hlen = (size_t)(host_end - p);
+        if (colon)
+            port_start = colon + 1;
+    }
+    if (hlen == 0 || hlen > 253) {
+        *why = "has no host name";
+        return -EINVAL;
+    }
+    u->port = u->tls ? 443 : 80;
+    if (port_start) {
+        long port = 0;
+        if (port_start == path) {
+            *why = "has an empty port";
+            return -EINVAL;
+        }
+        for (const char *c = port_start; c < path; c++) {
+            if (!isdigit((unsigned char)*c) || port > 65535) {
+                *why = "has a bad port";
+                return -EINVAL;
+            }
+            port = port * 10 + (*c - '0');
+        }
+        if (port < 1 || port > 65535) {
+            *why = "has a port out of range (1-65535)";
+            return -EINVAL;
+        }
+        u->port = (int)port;
+    }
+    u->host = xstrndup(p, hlen);
+    if (*path == '/')
+        u->path = xstrdup(path);
+    else {
+        /* "ws://h?x" has an empty path: the request line needs "/?x". */
+        u->path = xmalloc(strlen(path) + 2);
+        u->path[0] = '/';
+        strcpy(u->path + 1, path);
+    }
+    return 0;
+}
+
+/* Absolute, normalized path: no empty, "." or ".." components. */
+static int abs_path_ok(const char *s, const char **why)
+{
+    const char *c = s;
+    if (*s != '/') {
+        *why = "must be an absolute path";
+        return 0;
+    }
+    if (strlen(s) >= PATH_MAX) {
+        *why = "is too long";
+        return 0;
+    }
+    while (*c) {
+        const char *comp = ++c;
+        size_t n = strcspn(comp, "/");
+        c = comp + n;
+        if (n == 0 && *c == '\0' && comp != s + 1)
+            break; /* one trailing slash */
+        if (n == 0 && !(comp == s + 1 && *c == '\0')) {
+            *why = "has an empty component (//)";
+            return 0;
+        }
+        if ((n == 1 && comp[0] == '.') || (n == 2 && comp[0] == '.' && comp[1] == '.')) {
+            *why = "must not contain . or .. components";
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static char *strip_trailing_slash(char *s)
+{
+    size_t n = strlen(s);
+    if (n > 1 && s[n - 1] == '/')
+        s[n - 1] = '\0';
+    return s;
+}
+
+static int token_ok(const char *t)
+{
+    if (*t == '\0')
+        return 0;
+    for (const unsigned char *p = (const unsigned char *)t; *p; p++)
+        if (*p < 0x21 || *p > 0x7e)
+            return 0; /* printable ASCII only: it goes into an HTTP header */
+    return 1;
+}
+
+static char *read_token_file(const char *path, const char **why)
+{
+    char buf[4097];
+    size_t n;
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        *why = strerror(errno);
+        return NULL;
+    }
+    n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    if (n == sizeof buf - 1) {
+        *why = "token is longer than 4096 bytes";
+        return NULL;
+    }
+    buf[n] = '\0';
+    if (n > 0 && buf[n - 1] == '\n')
+        buf[--n] = '\0';
+    if (n > 0 && buf[n - 1] == '\r')
+        buf[--n] = '\0';
+    if (!token_ok(buf)) {
+        *why = "token must be non-empty printable ASCII without spaces";
+        return NULL;
+    }
+    return xstrdup(buf);
+}
+
+static void free_roots(struct config *cfg)
+{
+    for (size_t i = 0; i < cfg->n_allowed_roots; i++)
+        free(cfg->allowed_roots[i]);
+    free(cfg->allowed_roots);
+    cfg->allowed_roots = NULL;
+    cfg->n_allowed_roots = 0;
+}
+
+static int parse_roots(struct config *cfg, const char *v, const char **why)
+{
+    const char *p = v;
+    free_roots(cfg);
+    for (;;) {
+        size_t n = strcspn(p, ",");
+        char *item;
+        while (n > 0 && isspace((unsigned char)*p)) {
+            p++;
+            n--;
+        }
+        while (n > 0 && isspace((unsigned char)p[n - 1]))
+            n--;
+        item = xstrndup(p, n);
+        if (!abs_path_ok(item, why) || strcmp(item, "/") == 0) {
+            if (strcmp(item, "/") == 0)
+                *why = "must not be / itself";
+            free(item);
+            free_roots(cfg);
+            return -EINVAL;
+        }
+        strip_trailing_slash(item);
+        cfg->allowed_roots =
+            xrealloc(cfg->allowed_roots, (cfg->n_allowed_roots + 1) * sizeof(char *));
+        cfg->allowed_roots[cfg->n_allowed_roots++] = item;
+        p += strcspn(p, ",");
+        if (*p == '\0')
+            break;
+        p++;
+    }
+    return 0;
+}
+
+static void set_str(struct config *cfg, size_t off, const char *v)
+{
+    char **slot = (char **)(void *)((char *)cfg + off);
+    free(*slot);
+    *slot = xstrdup(v);
+}
+
+/* Applies one key; returns 0 or -EINVAL with *why (a sentence fragment). */
+static int apply_key(struct config *cfg, const struct key_def *k, const char *v, const char **why,
+                     char *whybuf, size_t whysz)
+{
+    void *slot = (char *)cfg + k->off;
+    uint64_t n;
+    switch (k->type) {
+    case K_URL: {
+        struct config_url u;
+        if (config_parse_url(v, &u, why) != 0)
+            return -EINVAL;
+        config_url_free(&cfg->url);
+        cfg->url = u;
+        set_str(cfg, k->off, v);
+        return 0;
+    }
+    case K_AGENT_ID:
+        if (*v == '\0' || strlen(v) > 128 || strspn(v, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmn"
+                                                       "opqrstuvwxyz0123456789._-") != strlen(v)) {
+            *why = "must be 1-128 characters of A-Z a-z 0-9 . _ -";
+            return -EINVAL;
+        }
+        set_str(cfg, k->off, v);
+        return 0;
+    case K_ABS_PATH:
+        if (!abs_path_ok(v, why))
+            return -EINVAL;
+        set_str(cfg, k->off, v);
+        strip_trailing_slash(*(char **)slot);
+        return 0;
+    case K_READABLE_FILE:
+        if (!abs_path_ok(v, why))
+            return -EINVAL;
+        if (access(v, R_OK) != 0) {
+            util_fmt(whybuf, whysz, "cannot be read: %s", strerror(errno));
+            *why = whybuf;
+            return -EINVAL;
+        }
+        set_str(cfg, k->off, v);
+        return 0;
+    case K_TOKEN:
+        if (!token_ok(v)) {
+            *why = "must be non-empty printable ASCII without spaces";
+            return -EINVAL;
+        }
+        set_str(cfg, k->off, v);
+        return 0;
+    case K_TOKEN_FILE: {
+        char *tok;
+        const char *twhy = NULL;
+        if (!abs_path_ok(v, why))
+            return -EINVAL;
+        tok = read_token_file(v, &twhy);
+        if (!tok) {
+            util_fmt(whybuf, whysz, "cannot be used: %s", twhy);
+            *why = whybuf;
+            return -EINVAL;
+        }
+        set_str(cfg, k->off, v);
+        free(cfg->token);
+        cfg->token = tok;
+        return 0;
+    }
+    case K_ROOTS:
+        return parse_roots(cfg, v, why);
+    case K_LEVEL:
+        if (log_level_parse(v, (enum log_level *)slot) != 0) {
+            *why = "must be error, warn, info or debug";
+            return -EINVAL;
+        }
+        return 0;
+    case K_FORMAT:
+        if (strcmp(v, "text") == 0)
+            *(enum log_format *)slot = LOG_FORMAT_TEXT;
+        else if (strcmp(v, "json") == 0)
+            *(enum log_format *)slot = LOG_FORMAT_JSON;
+        else {
+            *why = "must be text or json";
+            return -EINVAL;
+        }
+        return 0;
+    case K_VERIFY:
+        if (strcmp(v, "metadata") == 0)
+            *(enum verify_mode *)slot = VERIFY_METADATA;
+        else if (strcmp(v, "checksum") == 0)
+            *(enum verify_mode *)slot = VERIFY_CHECKSUM;
+        else {
+            *why = "must be metadata or checksum";
+            return -EINVAL;
+        }
+        return 0;
+    case K_BOOL:
+        if (config_parse_bool(v, (bool *)slot) != 0) {
+            *why = "must be true or false (yes/no, on/off, 1/0)";
+            return -EINVAL;
+        }
+        return 0;
+    case K_DURATION:
+        if (config_parse_duration(v, &n) != 0) {
+            *why = "must be a duration such as 500ms, 15s, 5m or 1h";
+            return -EINVAL;
+        }
+        if (n == 0 && k->zero_means_none) {
+            *(uint64_t *)slot = 0;
+            return 0;
+        }
+        if (n < k->lo || n > k->hi) {
+            util_fmt(whybuf, whysz, "must be between %llums and %llums%s", (unsigned long long)k->lo,
+                     (unsigned long long)k->hi, k->zero_means_none ? " (or 0 for none)" : "");
+            *why = whybuf;
+            return -EINVAL;
+        }
+        if (k->whole_seconds && n % SEC != 0) {
+            *why = "must be a whole number of seconds";
+            return -EINVAL;
+        }
+        *(uint64_t *)slot = n;
+        return 0;
+    case K_COUNT: {
+        char *end;
+        unsigned long long c;
+        errno = 0;
+        c = strtoull(v, &end, 10);
+        if (!isdigit((unsigned char)*v) || *end || errno || c < k->lo || c > k->hi) {
+            util_fmt(whybuf, whysz, "must be a whole number from %llu to %llu",
+                     (unsigned long long)k->lo, (unsigned long long)k->hi);
+            *why = whybuf;
+            return -EINVAL;
+        }
+        *(unsigned *)slot = (unsigned)c;
+        return 0;
+    }
+    case K_SIZE:
+        if (config_parse_size(v, &n) != 0 || n < k->lo || n > k->hi) {
+            util_fmt(whybuf, whysz, "must be a size from 1K to 64M (K, M, G are powers of 1024)");
+            *why = whybuf;
+            return -EINVAL;
+        }
+        *(uint64_t *)slot = n;
+        return 0;
+    }
+    return -EINVAL;
+}
+
+/* The line a key was set on (0 when not set). */
+static int seen_line(const int *seen, const char *name)
+{
+    for (size_t i = 0; i < ARRAY_SIZE(key_table); i++)
+        if (strcmp(key_table[i].name, name) == 0)
+            return seen[i];
+    assert(!"unknown key name");
+    return 0;
+}
+
+/* Splits one line into key and value (in place). Returns 1 for a key line,
+ * 0 for a blank or comment line, -1 with *why for a malformed line. */
+static int split_line(char *line, char **key, char **val, const char **why)
+{
+    char *p = line, *eq, *v, *out;
+    while (isspace((unsigned char)*p))
+        p++;
+    if (*p == '\0' || *p == '#')
+        return 0;
+    eq = strchr(p, '=');
+    if (!eq) {
+        *why = "expected key = value";
+        return -1;
+    }
+    *key = p;
+    for (char *e = eq; e > p && isspace((unsigned char)e[-1]); e--)
+        e[-1] = '\0';
+    *eq = '\0';
+    if (**key == '\0') {
+        *why = "missing key before =";
+        return -1;
+    }
+    v = eq + 1;
+    while (isspace((unsigned char)*v))
+        v++;
+    if (*v == '"') {
+        out = *val = v;
+        for (v++; *v && *v != '"'; v++) {
+            if (*v == '\\' && (v[1] == '"' || v[1] == '\\'))
+                v++;
+            *out++ = *v;
+        }
+        if (*v != '"') {
+            *why = "unterminated quoted value";
+            return -1;
+        }
+        *out = '\0';
+        for (v++; isspace((unsigned char)*v); v++)
+            ;
+        if (*v != '\0' && *v != '#') {
+            *why = "unexpected text after the quoted value";
+            return -1;
+        }
+        return 1;
+    }
+    *val = v;
+    for (char *c = v; *c; c++) {
+        if (*c == '#' && (c == v || isspace((unsigned char)c[-1]))) {
+            *c = '\0';
+            break;
+        }
+    }
+    for (char *e = v + strlen(v); e > v && isspace((unsigned char)e[-1]); e--)
+        e[-1] = '\0';
+    return 1;
+}
+
+int config_load(const char *file, struct config *cfg, struct config_errors *errs)
+{
+    FILE *f;
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    int lineno = 0;
+    int seen[ARRAY_SIZE(key_table)] = {0};
+    const char *env_token;
+
+    memset(errs, 0, sizeof *errs);
+    config_defaults(cfg);
+    f = fopen(file, "re");
+    if (!f) {
+        errs_add(errs, file, 0, "cannot open: %s", strerror(errno));
+        config_free(cfg);
+        return -EINVAL;
+    }
+    while ((len = getline(&line, &cap, f)) >= 0) {
+        char *key = NULL, *val = NULL;
+        const char *why = NULL;
+        char whybuf[256];
+        const struct key_def *k = NULL;
+        size_t ki;
+        int r;
+        lineno++;
+        if ((size_t)len != strlen(line)) {
+            errs_add(errs, file, lineno, "line contains a NUL byte");
+            continue;
+        }
+        r = split_line(line, &key, &val, &why);
+        if (r == 0)
+            continue;
+        if (r < 0) {
+            errs_add(errs, file, lineno, "%s", why);
+            continue;
+        }
+        for (ki = 0; ki < ARRAY_SIZE(key_table); ki++) {
+            if (strcmp(key_table[ki].name, key) == 0) {
+                k = &key_table[ki];
+                break;
+            }
+        }
+        if (!k) {
+            errs_add(errs, file, lineno, "unknown key '%s'", key);
+            continue;
+        }
+        if (seen[ki]) {
+            errs_add(errs, file, lineno, "key '%s' given twice (first on line %d)", key, seen[ki]);
+            continue;
+        }
+        seen[ki] = lineno;
+        if ((k->type == K_TOKEN && seen_line(seen, "token_file")) ||
+            (k->type == K_TOKEN_FILE && seen_line(seen, "token"))) {
+            errs_add(errs, file, lineno, "both token and token_file are set; use only one");
+            continue;
+        }
+        if (apply_key(cfg, k, val, &why, whybuf, sizeof whybuf) != 0)
+            errs_add(errs, file, lineno, "%s %s", key, why);
+    }
+    free(line);
+    fclose(f);
+
+    if (!seen_line(seen, "manager_url"))
+        errs_add(errs, file, 0, "missing required key manager_url");
+    if (cfg->reconnect_min_ms > cfg->reconnect_max_ms) {
+        int at = seen_line(seen, "reconnect_max");
+        if (seen_line(seen, "reconnect_min") > at)
+            at = seen_line(seen, "reconnect_min");
+        errs_add(errs, file, at, "reconnect_min must not be larger than reconnect_max");
+    }
+
+    env_token = getenv("HOSTAGENT_TOKEN");
+    if (env_token && *env_token) {
+        if (!token_ok(env_token))
+            errs_add(errs, file, 0,
+                     "HOSTAGENT_TOKEN must be printable ASCII without spaces");
+        else {
+            free(cfg->token);
+            cfg->token = xstrdup(env_token);
+        }
+    }
+    if (errs->n > 0) {
+        config_free(cfg);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+void config_free(struct config *cfg)
+{
+    free(cfg->manager_url);
+    config_url_free(&cfg->url);
+    free(cfg->agent_id);
+    free(cfg->token_file);
+    if (cfg->token) {
+        /* Do not leave the secret lying in freed memory. */
+        memset(cfg->token, 0, strlen(cfg->token));
+        free(cfg->token);
+    }
+    free_roots(cfg);
+    free(cfg->state_dir);
+    free(cfg->ca_file);
+    memset(cfg, 0, sizeof *cfg);
+}
+
+void config_errors_free(struct config_errors *errs)
+{
+    for (size_t i = 0; i < errs->n; i++)
+        free(errs->lines[i]);
+    free(errs->lines);
+    memset(errs, 0, sizeof *errs);
+}

@@ -1,0 +1,391 @@
+/* move.c: a move on the event loop: worker thread, ring drain, frames, phases. */
+#include "move.h"
+#include "log.h"
+#include "util.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* --- worker thread ------------------------------------------------------- */
+
+static void fill_item(struct progress_item *it, const struct engine_progress *p)
+{
+    it->phase = p->phase;
+    it->bytes_done = p->bytes_done;
+    it->bytes_total = p->bytes_total;
+    it->files_done = p->files_done;
+    it->files_total = p->files_total;
+    it->phase_done = p->phase_done;
+    it->phase_total = p->phase_total;
+    if (p->current)
+        util_fmt(it->current, sizeof it->current, "%s", p->current);
+    else
+        it->current[0] = '\0';
+}
+
+/* The engine's progress callback, on the worker: into the ring, then wake
+ * the loop. uv_async_send coalesces, so a burst costs one wake-up. */
+static void move_report(void *arg, const struct engine_progress *p, bool phase_start)
+{
+    struct move *m = arg;
+    struct progress_item it;
+    it.kind = phase_start ? PROGRESS_PHASE : PROGRESS_STEP;
+    it.code = CODE_NONE;
+    it.error[0] = '\0';
+    fill_item(&it, p);
+    if (ring_push(&m->ring, &it))
+        uv_async_send(&m->async);
+}
+
+static void move_worker(void *arg)
+{
+    struct move *m = arg;
+    struct engine_job job = {
+        .src = m->src,
+        .dst = m->dst,
+        .rename = m->st.rename,
+        .verify = m->verify,
+        .stop = &m->stop,
+        .report = move_report,
+        .arg = m,
+    };
+    struct progress_item it;
+    struct engine_result res;
+
+    engine_run(&job, &res);
+    memset(&it, 0, sizeof it);
+    it.kind = PROGRESS_END;
+    it.code = res.code;
+    util_fmt(it.error, sizeof it.error, "%s", res.error);
+    it.bytes_done = res.bytes_copied;
+    it.files_done = res.files_copied;
+    ring_push(&m->ring, &it);
+    uv_async_send(&m->async);
+}
+
+/* --- loop side: state ------------------------------------------------------ */
+
+static void enter_state(struct move *m, enum move_phase next)
+{
+    uint64_t now = util_mono_ms();
+    if (m->st.phase == next)
+        return;
+    LOG(LOG_INFO, "move phase", LF_S("move", m->st.move_id), LF_S("server", m->st.server_name),
+        LF_S("from", move_phase_name(m->st.phase)), LF_S("to", move_phase_name(next)),
+        LF_U("phase_ms", now - m->phase_started_ms));
+    m->st.phase = next;
+    m->phase_started_ms = now;
+    m->entries = m->last_frame_entries = 0;
+    m->phase_done = m->phase_total = 0;
+}
+
+uint64_t move_frame_due(uint64_t last_frame_ms, uint64_t entries_delta, uint64_t bytes_delta,
+                        uint64_t progress_interval_ms)
+{
+    uint64_t wait = progress_interval_ms;
+    if (entries_delta >= MOVE_FRAME_ENTRIES || bytes_delta >= MOVE_FRAME_BYTES)
+        wait = 0;
+    if (wait < MOVE_MIN_FRAME_GAP_MS)
+        wait = MOVE_MIN_FRAME_GAP_MS;
+    return last_frame_ms + wait;
+}
+
+static void rate_sample(struct move *m, uint64_t now)
+{
+    unsigned last = (m->sample_pos + MOVE_RATE_SAMPLES - 1) % MOVE_RATE_SAMPLES;
+    if (m->n_samples > 0 && now - m->samples[last].t < 250)
+        return;
+    m->samples[m->sample_pos].t = now;
+    m->samples[m->sample_pos].bytes = m->st.bytes_copied;
+    m->sample_pos = (m->sample_pos + 1) % MOVE_RATE_SAMPLES;
+    if (m->n_samples < MOVE_RATE_SAMPLES)
+        m->n_samples++;
+}
+
+/* Bytes per second over the last ~5 s of samples. */
+static uint64_t rate_current(const struct move *m, uint64_t now)
+{
+    const unsigned first =
+        (m->sample_pos + MOVE_RATE_SAMPLES - m->n_samples) % MOVE_RATE_SAMPLES;
+    for (unsigned k = 0; k < m->n_samples; k++) {
+        unsigned i = (first + k) % MOVE_RATE_SAMPLES;
+        if (now - m->samples[i].t <= 5000 && now > m->samples[i].t + 100)
+            return (m->st.bytes_copied - m->samples[i].bytes) * 1000u / (now - m->samples[i].t);
+    }
+    return 0;
+}
+
+/* Derived fields: percent, phasePercent, rate, ETA, elapsed. */
+static void move_refresh(struct move *m, uint64_t now)
+{
+    struct move_state *s = &m->st;
+    s->elapsed_ms = now - m->mono_started;
+    s->eta_seconds = -1;
+    switch (s->phase) {
+    case PHASE_QUEUED:
+    case PHASE_CALCULATING:
+        s->percent = 0;
+        s->phase_percent = 0;
+        break;
+    case PHASE_COPYING:
+        s->percent = s->bytes_total ? 100.0 * (double)s->bytes_copied / (double)s->bytes_total : 0;
+        s->phase_percent = s->bytes_total ? s->percent
+                           : s->files_total
+                               ? 100.0 * (double)s->files_copied / (double)s->files_total
+                               : 0;
+        rate_sample(m, now);
+        s->bytes_per_second = rate_current(m, now);
+        if (s->bytes_per_second > 0 && s->bytes_total >= s->bytes_copied)
+            s->eta_seconds = (int64_t)((s->bytes_total - s->bytes_copied + s->bytes_per_second - 1) /
+                                       s->bytes_per_second);
+        break;
+    case PHASE_VERIFYING:
+    case PHASE_CLEANING:
+        s->percent = 100;
+        s->phase_percent =
+            m->phase_total ? 100.0 * (double)m->phase_done / (double)m->phase_total : 100;
+        s->bytes_per_second = 0;
+        break;
+    case PHASE_COMPLETE:
+        s->percent = 100;
+        s->phase_percent = 100;
+        s->bytes_per_second = 0;
+        s->eta_seconds = 0;
+        break;
+    case PHASE_ERROR:
+    case PHASE_CANCELLED:
+        s->bytes_per_second = 0;
+        break;
+    }
+}
+
+static void move_log_progress(struct move *m, uint64_t now)
+{
+    char files[48], bytes[48], rate[24], eta[24];
+    m->last_log_ms = now;
+    util_fmt(files, sizeof files, "%llu/%llu", (unsigned long long)m->st.files_copied,
+             (unsigned long long)m->st.files_total);
+    util_fmt(bytes, sizeof bytes, "%llu/%llu", (unsigned long long)m->st.bytes_copied,
+             (unsigned long long)m->st.bytes_total);
+    util_fmt_rate(rate, sizeof rate, m->st.bytes_per_second);
+    if (m->st.eta_seconds >= 0)
+        util_fmt(eta, sizeof eta, "%llds", (long long)m->st.eta_seconds);
+    else
+        util_fmt(eta, sizeof eta, "unknown");
+    LOG(LOG_INFO, "move progress", LF_S("move", m->st.move_id),
+        LF_S("phase", move_phase_name(m->st.phase)), LF_I("percent", (int)m->st.percent),
+        LF_S("files", files), LF_S("bytes", bytes), LF_S("rate", rate), LF_S("eta", eta));
+}
+
+static void move_send_frame(struct move *m, uint64_t now, bool intermediate)
+{
+    move_refresh(m, now);
+    m->st.seq++;
+    m->last_frame_ms = now;
+    m->last_frame_entries = m->entries;
+    m->last_frame_bytes = m->st.bytes_copied;
+    m->dirty = false;
+    uv_timer_stop(&m->timer);
+    m->ops->frame(m, &m->st, intermediate);
+    if (now - m->last_log_ms >= MOVE_LOG_INTERVAL_MS && !move_phase_terminal(m->st.phase))
+        move_log_progress(m, now);
+}
+
+static void move_on_timer(uv_timer_t *t);
+
+/* Sends an intermediate frame now if the throttle allows, or arms the timer. */
+static void move_maybe_frame(struct move *m)
+{
+    uint64_t now = util_mono_ms(), due;
+    if (!m->dirty || move_phase_terminal(m->st.phase))
+        return;
+    due = move_frame_due(m->last_frame_ms, m->entries - m->last_frame_entries,
+                         m->st.bytes_copied - m->last_frame_bytes, m->progress_interval_ms);
+    if (now >= due)
+        move_send_frame(m, now, true);
+    else
+        uv_timer_start(&m->timer, move_on_timer, due - now, 0);
+}
+
+static void move_on_timer(uv_timer_t *t)
+{
+    move_maybe_frame(container_of(t, struct move, timer));
+}
+
+static void move_finish(struct move *m, enum move_code code, const char *error)
+{
+    uint64_t now = util_mono_ms();
+    if (code == CODE_NONE)
+        enter_state(m, PHASE_COMPLETE);
+    else
+        enter_state(m, code == CODE_CANCELLED ? PHASE_CANCELLED : PHASE_ERROR);
+    m->st.code = code;
+    util_fmt(m->st.error, sizeof m->st.error, "%s", error ? error : "");
+    m->st.current_file[0] = '\0';
+    m->st.ended_at_ms = util_wall_ms();
+    move_send_frame(m, now, false);
+    m->ops->ended(m);
+}
+
+/* One item from the worker, in order. */
+static void move_apply(struct move *m, const struct progress_item *it)
+{
+    if (it->kind == PROGRESS_END) {
+        /* The worker's last act was this push: the join is immediate. */
+        uv_thread_join(&m->thread);
+        m->thread_running = false;
+        move_finish(m, it->code, it->error);
+        return;
+    }
+    if (it->kind == PROGRESS_PHASE)
+        enter_state(m, it->phase);
+    /* Counters never go down: merged or late items cannot move them back. */
+    if (it->bytes_total > m->st.bytes_total)
+        m->st.bytes_total = it->bytes_total;
+    if (it->files_total > m->st.files_total)
+        m->st.files_total = it->files_total;
+    if (it->bytes_done > m->st.bytes_copied)
+        m->st.bytes_copied = it->bytes_done;
+    if (it->files_done > m->st.files_copied)
+        m->st.files_copied = it->files_done;
+    m->phase_done = it->phase_done;
+    m->phase_total = it->phase_total;
+    m->entries = m->st.phase == PHASE_CALCULATING ? it->files_total
+                 : m->st.phase == PHASE_COPYING   ? it->files_done
+                                                  : it->phase_done;
+    util_fmt(m->st.current_file, sizeof m->st.current_file, "%s", it->current);
+    if (it->kind == PROGRESS_PHASE)
+        move_send_frame(m, util_mono_ms(), false); /* never merged, not throttled */
+    else
+        m->dirty = true;
+}
+
+static void move_on_async(uv_async_t *h)
+{
+    struct move *m = container_of(h, struct move, async);
+    struct progress_item it;
+    /* Coalescing wake-up: drain everything each time. */
+    while (m->thread_running && ring_pop(&m->ring, &it))
+        move_apply(m, &it);
+    move_maybe_frame(m);
+}
+
+/* --- public ------------------------------------------------------------------ */
+
+int move_init(struct move *m, uv_loop_t *loop, const struct move_params *p,
+              const struct move_ops *ops, void *owner)
+{
+    int rc;
+    memset(m, 0, sizeof *m);
+    m->loop = loop;
+    m->ops = ops;
+    m->owner = owner;
+    util_fmt(m->st.move_id, sizeof m->st.move_id, "%s", p->move_id);
+    util_fmt(m->st.server_name, sizeof m->st.server_name, "%s", p->server_name);
+    m->st.old_path = xstrdup(p->old_path);
+    m->st.new_path = xstrdup(p->new_path);
+    m->st.rename = p->rename;
+    m->st.phase = PHASE_QUEUED;
+    m->st.eta_seconds = -1;
+    m->st.started_at_ms = util_wall_ms();
+    m->mono_started = m->phase_started_ms = util_mono_ms();
+    m->src = xstrdup(p->src);
+    m->dst = xstrdup(p->dst);
+    m->reply = p->reply ? xstrdup(p->reply) : NULL;
+    m->verify = p->verify;
+    m->progress_interval_ms = p->progress_interval_ms;
+    ring_init(&m->ring);
+    atomic_init(&m->stop, CODE_NONE);
+
+    rc = uv_async_init(loop, &m->async, move_on_async);
+    if (rc != 0)
+        goto fail_async;
+    m->open_handles++;
+    rc = uv_timer_init(loop, &m->timer);
+    if (rc != 0)
+        goto fail_timer;
+    m->open_handles++;
+    return 0;
+
+fail_timer:
+    /* The async handle is open: the caller must still move_close(). */
+    return rc;
+fail_async:
+    free(m->src);
+    free(m->dst);
+    free(m->reply);
+    move_state_clear(&m->st);
+    return rc;
+}
+
+void move_queue(struct move *m)
+{
+    move_send_frame(m, util_mono_ms(), false);
+}
+
+int move_run(struct move *m)
+{
+    int rc;
+    assert(m->st.phase == PHASE_QUEUED);
+    m->mono_started = util_mono_ms(); /* move_timeout counts from leaving the queue */
+    m->thread_running = true;
+    /* Not the libuv threadpool: a long copy would starve uv_fs and DNS work. */
+    rc = uv_thread_create(&m->thread, move_worker, m);
+    if (rc != 0) {
+        char why[128];
+        m->thread_running = false;
+        util_fmt(why, sizeof why, "cannot start a worker thread: %s", uv_strerror(rc));
+        move_finish(m, CODE_IO_ERROR, why);
+        return rc;
+    }
+    return 0;
+}
+
+void move_stop(struct move *m, enum move_code code, const char *why)
+{
+    if (move_phase_terminal(m->st.phase))
+        return;
+    if (!m->thread_running) {
+        move_finish(m, code, why);
+        return;
+    }
+    /* The worker polls this between chunks and entries. */
+    int none = CODE_NONE;
+    atomic_compare_exchange_strong(&m->stop, &none, (int)code);
+}
+
+bool move_is_running(const struct move *m)
+{
+    return m->thread_running;
+}
+
+static void move_on_handle_closed(uv_handle_t *h)
+{
+    struct move *m = h->data;
+    if (--m->open_handles == 0) {
+        free(m->src);
+        free(m->dst);
+        free(m->reply);
+        move_state_clear(&m->st);
+        if (m->close_cb)
+            m->close_cb(m);
+    }
+}
+
+void move_close(struct move *m, void (*cb)(struct move *m))
+{
+    assert(!m->thread_running);
+    m->close_cb = cb;
+    m->async.data = m;
+    m->timer.data = m;
+    if (m->open_handles == 0) {
+        if (cb)
+            cb(m);
+        return;
+    }
+    if (m->open_handles == 2)
+        uv_close((uv_handle_t *)&m->timer, move_on_handle_closed);
+    uv_close((uv_handle_t *)&m->async, move_on_handle_closed);
+}

@@ -1,0 +1,142 @@
+/* paths.c: syntax rules for manager-supplied paths, and root containment. */
+#include "paths.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int path_check_syntax(const char *p, char *norm, const char **why)
+{
+    size_t len = strlen(p);
+    const char *c;
+    if (p[0] != '/') {
+        *why = "must be an absolute path";
+        return -EINVAL;
+    }
+    if (len >= PATH_MAX) {
+        *why = "is too long";
+        return -EINVAL;
+    }
+    if (strstr(p, "\xef\xbf\xbf")) {
+        *why = "contains a NUL character";
+        return -EINVAL;
+    }
+    if (len == 1) {
+        *why = "must not be /";
+        return -EINVAL;
+    }
+    memcpy(norm, p, len + 1);
+    if (norm[len - 1] == '/')
+        norm[--len] = '\0';
+    for (c = norm; *c;) {
+        const char *comp = c + 1;
+        size_t n = strcspn(comp, "/");
+        if (n == 0) {
+            *why = "has an empty component (//)";
+            return -EINVAL;
+        }
+        if ((n == 1 && comp[0] == '.') || (n == 2 && comp[0] == '.' && comp[1] == '.')) {
+            *why = "must not contain . or .. components";
+            return -EINVAL;
+        }
+        if (n > NAME_MAX) {
+            *why = "has a component longer than 255 bytes";
+            return -EINVAL;
+        }
+        c = comp + n;
+    }
+    return 0;
+}
+
+int path_resolve(const char *norm, char *resolved, dev_t *nearest_dev)
+{
+    char anc[PATH_MAX], real[PATH_MAX];
+    size_t cut;
+    struct stat st;
+    const char *rest;
+
+    /* Start from the parent: the last component is never followed. */
+    cut = (size_t)(strrchr(norm, '/') - norm);
+    for (;;) {
+        if (cut == 0) {
+            strcpy(anc, "/");
+        } else {
+            memcpy(anc, norm, cut);
+            anc[cut] = '\0';
+        }
+        if (realpath(anc, real)) {
+            break;
+        }
+        if (errno != ENOENT)
+            return -errno;
+        /* The ancestor does not exist yet: try its parent. */
+        while (cut > 0 && norm[--cut] != '/')
+            ;
+    }
+    if (stat(real, &st) != 0)
+        return -errno;
+    if (nearest_dev)
+        *nearest_dev = st.st_dev;
+    rest = norm + cut; /* begins with '/' */
+    if (strlen(real) + strlen(rest) >= PATH_MAX)
+        return -ENAMETOOLONG;
+    strcpy(resolved, strcmp(real, "/") == 0 ? "" : real);
+    strcat(resolved, rest);
+    return 0;
+}
+
+bool path_inside(const char *path, const char *root)
+{
+    size_t n = strlen(root);
+    if (strcmp(root, "/") == 0)
+        return path[0] == '/' && path[1] != '\0';
+    return strncmp(path, root, n) == 0 && path[n] == '/' && path[n + 1] != '\0';
+}
+
+bool path_overlap(const char *a, const char *b)
+{
+    return strcmp(a, b) == 0 || path_inside(a, b) || path_inside(b, a);
+}
+
+int path_dir_is_empty(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int empty = 1;
+    if (!d)
+        return -errno;
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        if (strcmp(e->d_name, "lost+found") == 0) {
+            int fd = openat(dirfd(d), "lost+found", O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+            DIR *lf;
+            struct dirent *le;
+            if (fd < 0) {
+                empty = 0;
+                break;
+            }
+            lf = fdopendir(fd);
+            if (!lf) {
+                close(fd);
+                empty = 0;
+                break;
+            }
+            while ((le = readdir(lf)) != NULL)
+                if (strcmp(le->d_name, ".") != 0 && strcmp(le->d_name, "..") != 0)
+                    empty = 0;
+            closedir(lf);
+            if (!empty)
+                break;
+            continue;
+        }
+        empty = 0;
+        break;
+    }
+    closedir(d);
+    return empty;
+}

@@ -1,0 +1,176 @@
+/* util.c: allocation policy, clocks and string helpers shared by all modules. */
+#include "util.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static void util_oom(size_t n)
+{
+    /* No logger here on purpose: the logger itself may need memory. */
+    char msg[96];
+    int len = snprintf(msg, sizeof msg, "hostagent: out of memory (%zu bytes)\n", n);
+    if (len > 0)
+        (void)!write(2, msg, (size_t)len);
+    abort();
+}
+
+void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p)
+        util_oom(n);
+    return p;
+}
+
+void *xcalloc(size_t nmemb, size_t size)
+{
+    void *p = calloc(nmemb ? nmemb : 1, size ? size : 1);
+    if (!p)
+        util_oom(nmemb * size);
+    return p;
+}
+
+void *xrealloc(void *p, size_t n)
+{
+    void *q = realloc(p, n ? n : 1);
+    if (!q)
+        util_oom(n);
+    return q;
+}
+
+char *xstrdup(const char *s)
+{
+    return xstrndup(s, strlen(s));
+}
+
+char *xstrndup(const char *s, size_t n)
+{
+    char *p = xmalloc(n + 1);
+    memcpy(p, s, n);
+    p[n] = '\0';
+    return p;
+}
+
+uint64_t util_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+uint64_t util_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+void util_rfc3339(uint64_t wall_ms, char *buf)
+{
+    time_t secs = (time_t)(wall_ms / 1000u);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    /* Years past 9999 do not fit; the casts keep the compiler's bound small. */
+    snprintf(buf, UTIL_TIME_LEN, "%04u-%02u-%02uT%02u:%02u:%02u.%03uZ",
+             (unsigned)(tm.tm_year + 1900) % 10000u, (unsigned)(tm.tm_mon + 1) % 100u,
+             (unsigned)tm.tm_mday % 100u, (unsigned)tm.tm_hour % 100u, (unsigned)tm.tm_min % 100u,
+             (unsigned)tm.tm_sec % 100u, (unsigned)(wall_ms % 1000u));
+}
+
+/* Length of the valid UTF-8 sequence at s (at most len bytes), 0 if invalid. */
+static size_t utf8_seq_len(const unsigned char *s, size_t len)
+{
+    unsigned c = s[0];
+    size_t n;
+    unsigned cp;
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf) {
+        n = 2;
+        cp = c & 0x1f;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        n = 3;
+        cp = c & 0x0f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        n = 4;
+        cp = c & 0x07;
+    } else {
+        return 0;
+    }
+    if (n > len)
+        return 0;
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (s[i] & 0x3f);
+    }
+    if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10ffff ||
+        (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return n;
+}
+
+bool util_utf8_valid(const char *s, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    while (len > 0) {
+        size_t n = utf8_seq_len(p, len);
+        if (n == 0)
+            return false;
+        p += n;
+        len -= n;
+    }
+    return true;
+}
+
+void util_utf8_sanitize(char *dst, size_t dstsz, const char *src)
+{
+    const unsigned char *p = (const unsigned char *)src;
+    size_t left = strlen(src), out = 0;
+    if (dstsz == 0)
+        return;
+    while (left > 0) {
+        size_t n = utf8_seq_len(p, left);
+        const unsigned char *from = p;
+        size_t take = n;
+        if (n == 0) {
+            from = (const unsigned char *)"\xef\xbf\xbd";
+            take = 3;
+            n = 1;
+        }
+        if (out + take >= dstsz)
+            break;
+        memcpy(dst + out, from, take);
+        out += take;
+        p += n;
+        left -= n;
+    }
+    dst[out] = '\0';
+}
+
+void util_fmt(char *buf, size_t sz, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    (void)vsnprintf(buf, sz, fmt, ap);
+    va_end(ap);
+}
+
+void util_fmt_rate(char *buf, size_t sz, uint64_t bps)
+{
+    static const char *units[] = {"B/s", "kB/s", "MB/s", "GB/s", "TB/s"};
+    double v = (double)bps;
+    size_t u = 0;
+    while (v >= 1000.0 && u + 1 < ARRAY_SIZE(units)) {
+        v /= 1000.0;
+        u++;
+    }
+    if (u == 0)
+        util_fmt(buf, sz, "%lluB/s", (unsigned long long)bps);
+    else
+        util_fmt(buf, sz, "%.1f%s", v, units[u]);
+}

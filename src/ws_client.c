@@ -1,0 +1,559 @@
+/* ws_client.c: the manager connection: libwebsockets client on our libuv loop. */
+#include "ws_client.h"
+#include "log.h"
+#include "util.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define UP_RESET_MS 30000 /* the backoff resets only after this long up */
+#define FAIL_LOG_GAP_MS 60000
+
+static const char *const state_names[] = {
+    [CONN_IDLE] = "idle",       [CONN_CONNECTING] = "connecting", [CONN_HELLO] = "hello",
+    [CONN_UP] = "up",           [CONN_BACKOFF] = "backoff",       [CONN_CLOSING] = "closing",
+    [CONN_CLOSED] = "closed",
+};
+
+const char *ws_client_state_name(enum conn_state s)
+{
+    return state_names[s];
+}
+
+static void enter_state(struct ws_client *c, enum conn_state next)
+{
+    if (c->state == next)
+        return;
+    LOG(LOG_DEBUG, "connection state", LF_S("from", state_names[c->state]),
+        LF_S("to", state_names[next]));
+    c->state = next;
+    if (c->ops->state)
+        c->ops->state(c, next);
+}
+
+uint64_t ws_backoff_delay(uint64_t min_ms, uint64_t max_ms, unsigned n, double rnd)
+{
+    uint64_t d = min_ms, jitter;
+    while (n-- > 0 && d < max_ms)
+        d *= 2;
+    if (d > max_ms)
+        d = max_ms;
+    jitter = (uint64_t)((double)(d / 4) * rnd);
+    d -= jitter;
+    return d < min_ms ? min_ms : d;
+}
+
+/* --- queue --------------------------------------------------------------- */
+
+static void msg_free(struct ws_msg *m)
+{
+    free(m->merge_key);
+    free(m->buf);
+    free(m);
+}
+
+static void queue_drop_unkept(struct ws_client *c)
+{
+    struct ws_msg **pp = &c->head;
+    c->tail = NULL;
+    while (*pp) {
+        struct ws_msg *m = *pp;
+        if (!m->keep) {
+            *pp = m->next;
+            c->queued--;
+            msg_free(m);
+        } else {
+            c->tail = m;
+            pp = &m->next;
+        }
+    }
+}
+
+void ws_client_send(struct ws_client *c, const char *json, size_t len, const char *merge_key,
+                    bool keep)
+{
+    struct ws_msg *m;
+    if (c->state == CONN_CLOSED)
+        return;
+    if (!keep && c->state != CONN_UP)
+        return;
+    if (merge_key) {
+        /* The newer state replaces a queued one of the same move; it goes to
+         * the tail so that this move's frames stay in seq order. */
+        struct ws_msg **pp = &c->head, *prev = NULL;
+        while (*pp) {
+            if ((*pp)->merge_key && strcmp((*pp)->merge_key, merge_key) == 0) {
+                struct ws_msg *old = *pp;
+                *pp = old->next;
+                if (c->tail == old)
+                    c->tail = prev;
+                c->queued--;
+                msg_free(old);
+                break;
+            }
+            prev = *pp;
+            pp = &(*pp)->next;
+        }
+    }
+    m = xcalloc(1, sizeof *m);
+    m->merge_key = merge_key ? xstrdup(merge_key) : NULL;
+    m->keep = keep;
+    m->len = len;
+    m->buf = xmalloc(LWS_PRE + len);
+    memcpy(m->buf + LWS_PRE, json, len);
+    if (c->tail)
+        c->tail->next = m;
+    else
+        c->head = m;
+    c->tail = m;
+    c->queued++;
+    if (c->wsi && c->state == CONN_UP)
+        lws_callback_on_writable(c->wsi);
+}
+
+/* --- connecting -------------------------------------------------------------- */
+
+static void on_backoff_timer(uv_timer_t *t);
+
+static bool host_is_loopback(const char *host)
+{
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (strcmp(host, "localhost") == 0)
+        return true;
+    if (inet_pton(AF_INET, host, &a4) == 1)
+        return (ntohl(a4.s_addr) >> 24) == 127;
+    if (inet_pton(AF_INET6, host, &a6) == 1)
+        return IN6_IS_ADDR_LOOPBACK(&a6);
+    return false;
+}
+
+/* A connection attempt ended (failed, or a connection was lost): back off. */
+static void attempt_over(struct ws_client *c, const char *reason)
+{
+    uint64_t now = util_mono_ms(), delay;
+    bool was_up = c->state == CONN_UP || c->state == CONN_HELLO;
+    c->wsi = NULL;
+    c->rx_len = 0;
+    c->rx_overflow = false;
+    free(c->hello_msg);
+    c->hello_msg = NULL;
+    queue_drop_unkept(c);
+    if (c->state == CONN_CLOSING || c->state == CONN_CLOSED) {
+        enter_state(c, CONN_CLOSED);
+        return;
+    }
+    if (was_up && now - c->up_since_ms >= UP_RESET_MS)
+        c->attempt = 0;
+    delay = ws_backoff_delay(c->cfg->reconnect_min_ms, c->cfg->reconnect_max_ms, c->attempt,
+                             (double)rand() / ((double)RAND_MAX + 1.0));
+    c->attempt++;
+    /* The first failure is a warning; while the manager stays away, at most
+     * one line a minute, so hours of downtime do not flood the journal. */
+    if (was_up || c->last_fail_log_ms == 0 || now - c->last_fail_log_ms >= FAIL_LOG_GAP_MS) {
+        LOG(LOG_WARN, was_up ? "connection lost" : "connection failed",
+            LF_S("url", c->cfg->manager_url), LF_S("reason", reason),
+            LF_U("retry_in_ms", delay), LF_U("failures_since_last_log", c->fails_unlogged));
+        c->last_fail_log_ms = was_up ? 0 : now;
+        c->fails_unlogged = 0;
+    } else {
+        c->fails_unlogged++;
+        LOG(LOG_DEBUG, "connection failed", LF_S("reason", reason), LF_U("retry_in_ms", delay));
+    }
+    enter_state(c, CONN_BACKOFF);
+    uv_timer_start(&c->backoff_timer, on_backoff_timer, delay, 0);
+}
+
+static void connect_to(struct ws_client *c)
+{
+    struct lws_client_connect_info ci;
+    const struct config_url *u = &c->cfg->url;
+    bool v6 = strchr(u->host, ':') != NULL;
+    unsigned id;
+
+    if ((u->tls && u->port != 443) || (!u->tls && u->port != 80))
+        util_fmt(c->host_header, sizeof c->host_header, v6 ? "[%s]:%d" : "%s:%d", u->host,
+                 u->port);
+    else
+        util_fmt(c->host_header, sizeof c->host_header, v6 ? "[%s]" : "%s", u->host);
+    if (c->cfg->token && !u->tls && !host_is_loopback(u->host))
+        LOG(LOG_WARN, "the token is sent over unencrypted ws:// to a host that is not loopback",
+            LF_S("url", c->cfg->manager_url));
+    if (u->tls && c->cfg->tls_insecure)
+        LOG(LOG_WARN, "tls_insecure is set: the manager's certificate is NOT verified",
+            LF_S("url", c->cfg->manager_url));
+
+    memset(&ci, 0, sizeof ci);
+    ci.context = c->ctx;
+    ci.address = c->addr;
+    ci.port = u->port;
+    ci.path = u->path;
+    ci.host = c->host_header;
+    ci.origin = c->host_header;
+    ci.protocol = NULL; /* no subprotocol header */
+    ci.local_protocol_name = "hostagent";
+    ci.ietf_version_or_minus_one = -1;
+    ci.retry_and_idle_policy = &c->retry;
+    if (u->tls) {
+        ci.ssl_connection = LCCSCF_USE_SSL;
+        if (c->cfg->tls_insecure)
+            ci.ssl_connection |= LCCSCF_ALLOW_SELFSIGNED | LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK |
+                                 LCCSCF_ALLOW_EXPIRED | LCCSCF_ALLOW_INSECURE;
+    }
+    id = ++c->attempt_id;
+    c->attempt_reported = false;
+    LOG(LOG_DEBUG, "connecting", LF_S("url", c->cfg->manager_url), LF_S("address", c->addr));
+    if (!lws_client_connect_via_info(&ci) && c->attempt_id == id && !c->attempt_reported) {
+        /* No callback comes for this failure: schedule the retry ourselves. */
+        c->attempt_reported = true;
+        attempt_over(c, "could not start the connection");
+    }
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    struct ws_client *c = container_of(req, struct ws_client, gai);
+    c->gai_pending = false;
+    if (status == UV_ECANCELED || c->state != CONN_CONNECTING) {
+        uv_freeaddrinfo(res);
+        if (c->state == CONN_CLOSING)
+            enter_state(c, CONN_CLOSED);
+        return;
+    }
+    if (status != 0 || !res) {
+        char why[160];
+        util_fmt(why, sizeof why, "cannot resolve %s: %s", c->cfg->url.host, uv_strerror(status));
+        uv_freeaddrinfo(res);
+        attempt_over(c, why);
+        return;
+    }
+    if (res->ai_family == AF_INET6)
+        uv_ip6_name((struct sockaddr_in6 *)(void *)res->ai_addr, c->addr, sizeof c->addr);
+    else
+        uv_ip4_name((struct sockaddr_in *)(void *)res->ai_addr, c->addr, sizeof c->addr);
+    uv_freeaddrinfo(res);
+    connect_to(c);
+}
+
+/* Resolves off the loop (uv_getaddrinfo), since this lws build would call a
+ * blocking getaddrinfo on the loop thread. */
+static void start_attempt(struct ws_client *c)
+{
+    struct addrinfo hints;
+    char port[8];
+    int rc;
+    enter_state(c, CONN_CONNECTING);
+    memset(&hints, 0, sizeof hints);
+    hints.ai_socktype = SOCK_STREAM;
+    util_fmt(port, sizeof port, "%d", c->cfg->url.port);
+    rc = uv_getaddrinfo(c->loop, &c->gai, on_resolved, c->cfg->url.host, port, &hints);
+    if (rc != 0) {
+        char why[160];
+        util_fmt(why, sizeof why, "cannot resolve %s: %s", c->cfg->url.host, uv_strerror(rc));
+        attempt_over(c, why);
+        return;
+    }
+    c->gai_pending = true;
+}
+
+static void on_backoff_timer(uv_timer_t *t)
+{
+    struct ws_client *c = container_of(t, struct ws_client, backoff_timer);
+    if (c->state == CONN_BACKOFF)
+        start_attempt(c);
+}
+
+/* --- the lws callback and its cases ---------------------------------------- */
+
+static int on_append_headers(struct ws_client *c, struct lws *wsi, void *in, size_t len)
+{
+    unsigned char **p = (unsigned char **)in, *end = *p + len;
+    if (c->cfg->token) {
+        char auth[4200];
+        util_fmt(auth, sizeof auth, "Bearer %s", c->cfg->token);
+        if (lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, (unsigned char *)auth,
+                                         (int)strlen(auth), p, end))
+            return -1;
+        memset(auth, 0, sizeof auth);
+    }
+    if (lws_add_http_header_by_name(wsi, (const unsigned char *)"X-Agent-Id:",
+                                    (const unsigned char *)c->cfg->agent_id,
+                                    (int)strlen(c->cfg->agent_id), p, end))
+        return -1;
+    return 0;
+}
+
+static void on_established(struct ws_client *c, struct lws *wsi)
+{
+    c->wsi = wsi;
+    c->attempt_reported = true;
+    c->up_since_ms = util_mono_ms();
+    c->last_fail_log_ms = 0;
+    LOG(LOG_INFO, "connected", LF_S("url", c->cfg->manager_url), LF_S("address", c->addr));
+    enter_state(c, CONN_HELLO);
+    /* agent.hello goes first on every connection, before anything queued. */
+    c->hello_msg = c->ops->hello(c);
+    lws_callback_on_writable(wsi);
+}
+
+static int write_text(struct lws *wsi, unsigned char *buf, size_t len)
+{
+    int n = lws_write(wsi, buf + LWS_PRE, len, LWS_WRITE_TEXT);
+    return n < (int)len ? -1 : 0;
+}
+
+static int on_writeable(struct ws_client *c, struct lws *wsi)
+{
+    struct ws_msg *m;
+    if (c->hello_msg) {
+        size_t len = strlen(c->hello_msg);
+        unsigned char *buf = xmalloc(LWS_PRE + len);
+        int rc;
+        memcpy(buf + LWS_PRE, c->hello_msg, len);
+        rc = write_text(wsi, buf, len);
+        free(buf);
+        free(c->hello_msg);
+        c->hello_msg = NULL;
+        if (rc != 0)
+            return -1;
+        LOG(LOG_INFO, "hello sent", LF_U("queued", c->queued));
+        if (c->state == CONN_HELLO)
+            enter_state(c, CONN_UP);
+        if (c->head || c->want_close)
+            lws_callback_on_writable(wsi);
+        return 0;
+    }
+    /* lws also calls WRITEABLE on its own (around pings): the queue may be empty. */
+    m = c->head;
+    if (!m) {
+        if (c->want_close) {
+            lws_close_reason(wsi, LWS_CLOSE_STATUS_GOINGAWAY, (unsigned char *)"going away", 10);
+            return -1;
+        }
+        return 0;
+    }
+    c->head = m->next;
+    if (!c->head)
+        c->tail = NULL;
+    c->queued--;
+    if (write_text(wsi, m->buf, m->len) != 0) {
+        msg_free(m);
+        return -1;
+    }
+    msg_free(m);
+    if (c->head || c->want_close)
+        lws_callback_on_writable(wsi);
+    return 0;
+}
+
+static void on_receive(struct ws_client *c, struct lws *wsi, const void *in, size_t len)
+{
+    if (lws_frame_is_binary(wsi)) {
+        LOG(LOG_DEBUG, "binary frame from the manager ignored", LF_U("bytes", len));
+        return;
+    }
+    if (lws_is_first_fragment(wsi)) {
+        c->rx_len = 0;
+        c->rx_overflow = false;
+    }
+    if (!c->rx_overflow) {
+        if (c->rx_len + len > c->cfg->max_message_bytes) {
+            /* Drop the message, not the link; never buffer it whole. */
+            c->rx_overflow = true;
+            c->rx_len = 0;
+        } else {
+            if (c->rx_len + len > c->rx_cap) {
+                c->rx_cap = c->rx_len + len > c->rx_cap * 2 ? c->rx_len + len : c->rx_cap * 2;
+                c->rx = xrealloc(c->rx, c->rx_cap);
+            }
+            memcpy(c->rx + c->rx_len, in, len);
+            c->rx_len += len;
+        }
+    }
+    if (!lws_is_final_fragment(wsi) || lws_remaining_packet_payload(wsi) != 0)
+        return;
+    if (c->rx_overflow) {
+        LOG(LOG_WARN, "message from the manager over max_message_bytes dropped",
+            LF_U("max_message_bytes", c->cfg->max_message_bytes));
+        c->rx_overflow = false;
+        return;
+    }
+    c->ops->message(c, c->rx, c->rx_len);
+    c->rx_len = 0;
+}
+
+static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                       size_t len)
+{
+    struct ws_client *c = lws_context_user(lws_get_context(wsi));
+    (void)user;
+    if (!c)
+        return 0;
+    switch (reason) {
+    case LWS_CALLBACK_CLIENT_APPEND_HANDSHAKE_HEADER:
+        return on_append_headers(c, wsi, in, len);
+    case LWS_CALLBACK_CLIENT_ESTABLISHED:
+        on_established(c, wsi);
+        return 0;
+    case LWS_CALLBACK_CLIENT_WRITEABLE:
+        return on_writeable(c, wsi);
+    case LWS_CALLBACK_CLIENT_RECEIVE:
+        on_receive(c, wsi, in, len);
+        return 0;
+    case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+        LOG(LOG_INFO, "manager closed the connection",
+            LF_I("code", len >= 2 ? (((const unsigned char *)in)[0] << 8) |
+                                        ((const unsigned char *)in)[1]
+                                  : 0));
+        return 0;
+    case LWS_CALLBACK_CLIENT_CONNECTION_ERROR: {
+        char why[256];
+        util_fmt(why, sizeof why, "%.*s", in ? (int)len : 0, in ? (const char *)in : "");
+        if (!in || !why[0])
+            util_fmt(why, sizeof why, "connection error");
+        if (!c->attempt_reported) {
+            c->attempt_reported = true;
+            attempt_over(c, why);
+        }
+        return 0;
+    }
+    case LWS_CALLBACK_CLIENT_CLOSED:
+        if (c->wsi == wsi)
+            attempt_over(c, "closed");
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+static const struct lws_protocols protocols[] = {
+    {"hostagent", ws_callback, 0, 0, 0, NULL, 0},
+    {NULL, NULL, 0, 0, 0, NULL, 0},
+};
+
+/* libwebsockets' own log lines go through our logger. */
+static void lws_log_emit(int level, const char *line)
+{
+    char buf[512];
+    size_t n;
+    util_fmt(buf, sizeof buf, "%s", line);
+    n = strlen(buf);
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+        buf[--n] = '\0';
+    LOG(level == LLL_ERR ? LOG_ERROR : level == LLL_WARN ? LOG_WARN : LOG_DEBUG, "libwebsockets",
+        LF_S("detail", buf));
+}
+
+/* --- lifecycle ------------------------------------------------------------------ */
+
+int ws_client_init(struct ws_client *c, uv_loop_t *loop, const struct config *cfg,
+                   const struct ws_client_ops *ops, void *owner)
+{
+    struct lws_context_creation_info info;
+    static const uint32_t retry_table[] = {1000}; /* unused: we back off ourselves */
+    int rc;
+
+    memset(c, 0, sizeof *c);
+    c->loop = loop;
+    c->cfg = cfg;
+    c->ops = ops;
+    c->owner = owner;
+    c->foreign_loops[0] = loop;
+    c->retry.retry_ms_table = retry_table;
+    c->retry.retry_ms_table_count = 1;
+    c->retry.conceal_count = LWS_RETRY_CONCEAL_ALWAYS;
+    c->retry.secs_since_valid_ping = (uint16_t)(cfg->ping_interval_ms / 1000);
+    c->retry.secs_since_valid_hangup = (uint16_t)(3 * (cfg->ping_interval_ms / 1000));
+
+    lws_set_log_level(log_get_level() >= LOG_DEBUG ? (LLL_ERR | LLL_WARN | LLL_NOTICE)
+                                                   : (LLL_ERR | LLL_WARN),
+                      lws_log_emit);
+
+    rc = uv_timer_init(loop, &c->backoff_timer);
+    if (rc != 0)
+        return rc;
+    c->open_handles = 1;
+
+    memset(&info, 0, sizeof info);
+    info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+    info.foreign_loops = c->foreign_loops;
+    info.port = CONTEXT_PORT_NO_LISTEN;
+    info.protocols = protocols;
+    info.user = c;
+    info.gid = (gid_t)-1;
+    info.uid = (uid_t)-1;
+    info.timeout_secs = 15;
+    if (cfg->ca_file)
+        info.client_ssl_ca_filepath = cfg->ca_file;
+    c->ctx = lws_create_context(&info);
+    if (!c->ctx) {
+        LOG0(LOG_ERROR, "cannot create the libwebsockets context (is libwebsockets-evlib-uv "
+                        "installed?)");
+        return -EIO;
+    }
+    return 0;
+}
+
+void ws_client_start(struct ws_client *c)
+{
+    if (c->state == CONN_IDLE)
+        start_attempt(c);
+}
+
+void ws_client_shutdown(struct ws_client *c)
+{
+    enum conn_state was = c->state;
+    if (was == CONN_CLOSING || was == CONN_CLOSED)
+        return;
+    uv_timer_stop(&c->backoff_timer);
+    enter_state(c, CONN_CLOSING);
+    if ((was == CONN_UP || was == CONN_HELLO) && c->wsi) {
+        c->want_close = true;
+        lws_callback_on_writable(c->wsi);
+        return;
+    }
+    if (c->gai_pending) {
+        uv_cancel((uv_req_t *)&c->gai); /* on_resolved finishes the close */
+        return;
+    }
+    /* Idle, backing off, or mid-handshake: lws_context_destroy ends it. */
+    enter_state(c, CONN_CLOSED);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct ws_client *c = h->data;
+    c->open_handles--;
+}
+
+void ws_client_close(struct ws_client *c)
+{
+    /* First destroy only starts lws' shutdown (CLIENT_CLOSED may fire in it). */
+    c->state = CONN_CLOSED;
+    if (c->ctx)
+        lws_context_destroy(c->ctx);
+    c->backoff_timer.data = c;
+    if (c->open_handles > 0)
+        uv_close((uv_handle_t *)&c->backoff_timer, on_handle_closed);
+}
+
+void ws_client_free(struct ws_client *c)
+{
+    /* The second destroy, after the loop ran dry, frees the context. */
+    if (c->ctx)
+        lws_context_destroy(c->ctx);
+    c->ctx = NULL;
+    while (c->head) {
+        struct ws_msg *m = c->head;
+        c->head = m->next;
+        msg_free(m);
+    }
+    c->tail = NULL;
+    free(c->hello_msg);
+    free(c->rx);
+    c->hello_msg = NULL;
+    c->rx = NULL;
+}
