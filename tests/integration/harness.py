@@ -1,0 +1,243 @@
+"""Shared pieces of the integration tests: the real hostagent binary, a real
+WebSocket manager (tests/manager/refmanager.py), scratch directories with a
+second filesystem (tmpfs), and tree snapshots that compare content and
+metadata."""
+import hashlib
+import os
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "manager"))
+from refmanager import Manager  # noqa: E402
+
+BIN = os.environ.get("HOSTAGENT_BIN") or os.path.join(HERE, "..", "..", "build", "hostagent")
+SANITIZED = bool(os.environ.get("HOSTAGENT_SANITIZE"))
+
+
+def require_root():
+    if os.geteuid() != 0:
+        if os.environ.get("HOSTAGENT_ALLOW_SKIP_ROOT"):
+            raise unittest.SkipTest("not root and HOSTAGENT_ALLOW_SKIP_ROOT is set: skipped on request")
+        raise AssertionError("integration tests need root (tmpfs mounts, setpriv); "
+                             "set HOSTAGENT_ALLOW_SKIP_ROOT=1 to skip them explicitly")
+
+
+class Scratch:
+    """A scratch directory with `a` on the disk's filesystem and `b` a tmpfs."""
+
+    def __init__(self, tmpfs_size="256m"):
+        require_root()
+        self.base = tempfile.mkdtemp(prefix="hostagent-it-", dir="/var/tmp")
+        os.chmod(self.base, 0o755)  # the agent may run as nobody
+        self.a = os.path.join(self.base, "a")
+        self.b = os.path.join(self.base, "b")
+        self.state = os.path.join(self.base, "state")
+        os.mkdir(self.a)
+        os.mkdir(self.b)
+        os.mkdir(self.state)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=" + tmpfs_size, "tmpfs", self.b], check=True)
+        assert os.stat(self.a).st_dev != os.stat(self.b).st_dev
+
+    def close(self):
+        subprocess.run(["umount", "-l", self.b], check=False)
+        subprocess.run(["rm", "-rf", "--one-file-system", self.base], check=False)
+
+
+class Agent:
+    """The real hostagent process with a generated config."""
+
+    def __init__(self, manager, scratch, extra=None, env=None, user=None, roots=None):
+        self.cfg_path = os.path.join(scratch.base, "agent.conf")
+        self.log_path = os.path.join(scratch.base, "agent.log")
+        conf = {
+            "manager_url": manager.url,
+            "agent_id": "it-agent",
+            "token": "it-token-0123456789",
+            "allowed_roots": ", ".join(roots or [scratch.a, scratch.b]),
+            "state_dir": scratch.state,
+            "heartbeat_interval": "15s",
+            "ping_interval": "20s",
+            "progress_interval": "100ms",
+            "reconnect_min": "200ms",
+            "reconnect_max": "2s",
+            "log_level": "debug",
+        }
+        conf.update(extra or {})
+        with open(self.cfg_path, "w") as f:
+            for k, v in conf.items():
+                if v is not None:
+                    f.write("%s = %s\n" % (k, v))
+        os.chmod(self.cfg_path, 0o644)
+        cmd = [BIN, "--config", self.cfg_path]
+        if user:
+            cmd = ["setpriv", "--reuid", user, "--regid", "nogroup", "--clear-groups", "--"] + cmd
+        full_env = dict(os.environ)
+        full_env.pop("HOSTAGENT_TOKEN", None)
+        full_env.update(env or {})
+        self.logf = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, stderr=self.logf, stdout=self.logf, env=full_env)
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+            raise AssertionError("agent did not stop within %ss" % timeout)
+        finally:
+            self.logf.close()
+        return rc
+
+    def log(self):
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+
+class AgentTestCase(unittest.TestCase):
+    """Starts a manager, a scratch area and (on demand) an agent per test."""
+
+    tmpfs_size = "256m"
+
+    def setUp(self):
+        self.scratch = Scratch(self.tmpfs_size)
+        self.manager = Manager().start()
+        self.agent = None
+
+    def start_agent(self, **kw):
+        self.agent = Agent(self.manager, self.scratch, **kw)
+        return self.manager.wait_connection(timeout=20)
+
+    def tearDown(self):
+        try:
+            if self.agent is not None and self.agent.proc.poll() is None:
+                rc = self.agent.stop()
+                if rc != 0:
+                    print(self.agent.log()[-5000:], file=sys.stderr)
+                self.assertEqual(rc, 0, "agent exit status (sanitizer or leak report in log?)")
+            self.assertEqual(self.manager.errors, [])
+        finally:
+            self.manager.stop()
+            self.scratch.close()
+
+    # --- helpers --------------------------------------------------------
+    def move(self, server, old, new, move_id=None, timeout=120):
+        data = {"serverName": server, "oldPath": old, "newPath": new}
+        if move_id:
+            data["moveId"] = move_id
+        reply = self.manager.request("server.move_data", data)
+        return self.manager.wait_answer(reply, timeout)
+
+    def assert_refused(self, data, code, contains=None):
+        before = len(self.manager.frames())
+        reply = self.manager.request("server.move_data", data)
+        ans = self.manager.wait_answer(reply, 20)
+        self.assertFalse(ans["success"], ans)
+        self.assertEqual(ans["code"], code, ans)
+        self.assertNotIn("moveId", ans)
+        self.assertIsInstance(ans["error"], str)
+        if contains:
+            self.assertIn(contains, ans["error"])
+        self.assertEqual(len(self.manager.frames()), before, "a refused request sent frames")
+        return ans
+
+
+# --- trees --------------------------------------------------------------------
+
+def make_tree(root, n_small=300, big_mib=0, seed=1):
+    """A game-server-like tree: nested dirs, small files with varied modes and
+    nanosecond mtimes, an empty dir, relative/absolute/dangling symlinks, an
+    optional big file of random-ish content. Returns the tree's root."""
+    os.makedirs(root)
+    rnd = seed
+    dirs = [root]
+    for d in ("world", "world/region", "world/data", "plugins", "plugins/conf", "logs", "empty"):
+        p = os.path.join(root, d)
+        os.makedirs(p, exist_ok=True)
+        dirs.append(p)
+    modes = [0o644, 0o600, 0o755, 0o640, 0o444, 0o4755, 0o2750]
+    for i in range(n_small):
+        rnd = (rnd * 1103515245 + 12345) & 0x7FFFFFFF
+        d = dirs[1 + rnd % 5]
+        p = os.path.join(d, "file-%04d.dat" % i)
+        with open(p, "wb") as f:
+            f.write(hashlib.sha256(b"%d" % i).digest() * (1 + rnd % 40))
+        os.chmod(p, modes[i % len(modes)])
+        os.utime(p, ns=(1600000000_000000000 + i * 1_000_001, 1650000000_123456789 + i * 7_000_003))
+    with open(os.path.join(root, "name with spaces & \"quotes\".txt"), "w") as f:
+        f.write("odd name\n")
+    os.symlink("world/data/file-0003.dat", os.path.join(root, "rel-link"))
+    os.symlink("/etc/hostname", os.path.join(root, "abs-link"))
+    os.symlink("does/not/exist", os.path.join(root, "plugins", "dangling"))
+    os.utime(os.path.join(root, "rel-link"), ns=(1500000000_000000001, 1500000000_999999999), follow_symlinks=False)
+    if big_mib:
+        with open(os.path.join(root, "world", "big.bin"), "wb") as f:
+            block = hashlib.sha512(b"big").digest() * 16384  # 1 MiB
+            for i in range(big_mib):
+                f.write(block[i % 64:] + block[:i % 64])
+    os.chmod(os.path.join(root, "plugins", "conf"), 0o750)
+    for i, d in enumerate(reversed(dirs)):
+        os.utime(d, ns=(1700000000_000000000 + i, 1700000000_555555555 + i))
+    return root
+
+
+def sparse_tree(root, size_mib):
+    os.makedirs(root)
+    with open(os.path.join(root, "sparse.img"), "wb") as f:
+        f.truncate(size_mib << 20)
+    with open(os.path.join(root, "level.dat"), "w") as f:
+        f.write("level\n")
+    return root
+
+
+def snapshot(root, content=True):
+    """rel path -> (type, mode, size, mtime_ns, uid, gid, link target, sha256)."""
+    out = {}
+    st = os.lstat(root)
+    out["."] = ("d", stat.S_IMODE(st.st_mode), 0, st.st_mtime_ns, st.st_uid, st.st_gid, None, None)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            rel = os.path.relpath(p, root)
+            st = os.lstat(p)
+            link = digest = None
+            if stat.S_ISLNK(st.st_mode):
+                kind, link = "l", os.readlink(p)
+            elif stat.S_ISDIR(st.st_mode):
+                kind = "d"
+            elif stat.S_ISREG(st.st_mode):
+                kind = "f"
+                if content:
+                    h = hashlib.sha256()
+                    with open(p, "rb") as f:
+                        for chunk in iter(lambda: f.read(1 << 20), b""):
+                            h.update(chunk)
+                    digest = h.hexdigest()
+            else:
+                kind = "other"
+            size = st.st_size if kind == "f" else 0
+            out[rel] = (kind, stat.S_IMODE(st.st_mode), size, st.st_mtime_ns, st.st_uid, st.st_gid, link, digest)
+    return out
+
+
+def tree_totals(snap):
+    entries = len(snap) - 1
+    size = sum(v[2] for v in snap.values() if v[0] == "f")
+    return entries, size
+
+
+def wait_until(pred, timeout=20, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for " + what)

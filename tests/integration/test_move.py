@@ -1,0 +1,213 @@
+"""server.move_data end to end: the real agent, a real manager, real files."""
+import json
+import os
+import subprocess
+import unittest
+
+from harness import AgentTestCase, make_tree, snapshot, sparse_tree, tree_totals
+
+PHASE_ORDER = ["queued", "calculating", "copying", "verifying", "cleaning", "complete", "error", "cancelled"]
+
+
+class FrameChecks:
+    def check_frames(self, frames, move_id, final_phase):
+        self.assertTrue(frames, "no move.progress frames")
+        for f in frames:
+            self.assertEqual(f["moveId"], move_id)
+            for key in ("serverName", "oldPath", "newPath", "phase", "method", "bytesTotal", "bytesCopied",
+                        "filesTotal", "filesCopied", "percent", "phasePercent", "bytesPerSecond",
+                        "elapsedMs", "seq", "startedAt"):
+                self.assertIn(key, f)
+            self.assertTrue(0 <= f["percent"] <= 100 and 0 <= f["phasePercent"] <= 100, f)
+        phases = [f["phase"] for f in frames]
+        self.assertEqual(phases[0], "queued")
+        self.assertEqual(phases[-1], final_phase)
+        self.assertEqual([p for p in phases if p in ("complete", "error", "cancelled")], [final_phase],
+                         "exactly one terminal frame, and last")
+        idx = [PHASE_ORDER.index(p) for p in phases]
+        self.assertEqual(idx, sorted(idx), "phases out of order: %s" % phases)
+        for a, b in zip(frames, frames[1:]):
+            self.assertGreater(b["seq"], a["seq"])
+            self.assertGreaterEqual(b["bytesCopied"], a["bytesCopied"])
+            self.assertGreaterEqual(b["filesCopied"], a["filesCopied"])
+            self.assertGreaterEqual(b["elapsedMs"], a["elapsedMs"])
+            if a["phase"] == b["phase"]:
+                # In-phase frames: at most 20 a second (sender-side clock).
+                self.assertGreaterEqual(b["elapsedMs"] - a["elapsedMs"], 50, (a, b))
+        term = frames[-1]
+        self.assertIn("endedAt", term)
+        if final_phase in ("error", "cancelled"):
+            self.assertIn("code", term)
+            self.assertIn("error", term)
+        else:
+            self.assertNotIn("code", term)
+
+
+class MoveTest(AgentTestCase, FrameChecks):
+    def test_cross_filesystem_move_is_exact(self):
+        self.start_agent()
+        src = make_tree(os.path.join(self.scratch.a, "mc-1"), n_small=300, big_mib=40)
+        before = snapshot(src)
+        entries, size = tree_totals(before)
+        dst = os.path.join(self.scratch.b, "servers", "mc-1")  # parent is missing: created
+        ans = self.move("mc-1", src, dst, move_id="mv-cross-1")
+        self.assertEqual(ans, {
+            "success": True, "moveId": "mv-cross-1", "serverName": "mc-1", "oldPath": src,
+            "newPath": dst, "method": "copy", "bytesCopied": size, "filesCopied": entries,
+            "durationMs": ans["durationMs"]})
+        self.assertIsInstance(ans["durationMs"], int)
+        self.assertFalse(os.path.exists(src), "source still there")
+        self.assertEqual(snapshot(dst), before, "destination differs from the source")
+
+        frames = self.manager.frames("mv-cross-1")
+        self.check_frames(frames, "mv-cross-1", "complete")
+        self.assertEqual([p for p in ["queued", "calculating", "copying", "verifying", "cleaning", "complete"]],
+                         sorted(set(f["phase"] for f in frames), key=PHASE_ORDER.index))
+        last = frames[-1]
+        self.assertEqual((last["filesTotal"], last["filesCopied"]), (entries, entries))
+        self.assertEqual((last["bytesTotal"], last["bytesCopied"]), (size, size))
+        self.assertEqual(last["percent"], 100)
+        self.assertEqual(last["method"], "copy")
+        # The terminal frame comes before the answer on the wire.
+        msgs = [m["subject"] for m in self.manager.all_messages()]
+        term_at = max(i for i, m in enumerate(self.manager.all_messages())
+                      if m["subject"] == "move.progress" and m["data"]["phase"] == "complete")
+        self.assertLess(term_at, max(i for i, s in enumerate(msgs) if s.startswith("_INBOX")))
+        log = self.agent.log()
+        self.assertIn("move started", log)
+        self.assertIn("move ended", log)
+        self.assertNotIn("it-token-0123456789", log)
+
+    def test_big_file_streams_progress(self):
+        self.tmpfs_size = "1g"
+        self.scratch.close()
+        from harness import Scratch
+        self.scratch = Scratch("1g")
+        self.start_agent()
+        src = sparse_tree(os.path.join(self.scratch.a, "big"), 512)
+        dst = os.path.join(self.scratch.b, "big")
+        ans = self.move("big", src, dst, move_id="mv-big")
+        self.assertTrue(ans["success"], ans)
+        frames = self.manager.frames("mv-big")
+        self.check_frames(frames, "mv-big", "complete")
+        copying = [f for f in frames if f["phase"] == "copying"]
+        self.assertGreaterEqual(len(copying), 3, "expected live frames while copying")
+        mid = [f for f in copying if 0 < f["bytesCopied"] < f["bytesTotal"]]
+        self.assertTrue(mid, "no frame inside the big file")
+        self.assertTrue(any(f["bytesPerSecond"] > 0 for f in copying), "no copy rate reported")
+        self.assertTrue(any("etaSeconds" in f for f in copying), "no ETA reported")
+        self.assertTrue(all(abs(f["percent"] - 100.0 * f["bytesCopied"] / f["bytesTotal"]) < 0.01 for f in copying))
+        self.assertTrue(any(f.get("currentFile") == "sparse.img" for f in copying))
+        self.assertEqual(os.path.getsize(os.path.join(dst, "sparse.img")), 512 << 20)
+
+    def test_same_filesystem_is_a_rename(self):
+        self.start_agent()
+        src = make_tree(os.path.join(self.scratch.a, "mc-2"), n_small=50)
+        before = snapshot(src)
+        dst = os.path.join(self.scratch.a, "moved", "deeper", "mc-2")
+        ans = self.move("mc-2", src, dst, move_id="mv-rename")
+        self.assertTrue(ans["success"], ans)
+        self.assertEqual((ans["method"], ans["bytesCopied"], ans["filesCopied"]), ("rename", 0, 0))
+        self.assertEqual(snapshot(dst), before)
+        self.assertFalse(os.path.exists(src))
+        frames = self.manager.frames("mv-rename")
+        self.check_frames(frames, "mv-rename", "complete")
+        self.assertEqual([f["phase"] for f in frames], ["queued", "calculating", "complete"])
+        self.assertTrue(all(f["method"] == "rename" for f in frames))
+        self.assertEqual(frames[-1]["percent"], 100)
+
+    def test_into_existing_empty_directory(self):
+        self.start_agent()
+        src = make_tree(os.path.join(self.scratch.a, "mc-3"), n_small=20)
+        before = snapshot(src)
+        dst = os.path.join(self.scratch.b, "target")
+        os.makedirs(os.path.join(dst, "lost+found"))  # an empty lost+found counts as empty
+        ans = self.move("mc-3", src, dst)
+        self.assertTrue(ans["success"], ans)
+        self.assertTrue(ans["moveId"])  # generated
+        after = snapshot(dst)
+        self.assertEqual(after.pop("lost+found")[0], "d")
+        self.assertEqual(after, before)
+
+    def test_idempotent_retry(self):
+        self.start_agent()
+        src = make_tree(os.path.join(self.scratch.a, "mc-4"), n_small=5)
+        dst = os.path.join(self.scratch.b, "mc-4")
+        first = self.move("mc-4", src, dst, move_id="mv-retry")
+        n_frames = len(self.manager.frames())
+        again = self.move("mc-4", src, dst, move_id="mv-retry")
+        self.assertEqual(again, first)
+        self.assertEqual(len(self.manager.frames()), n_frames, "a retry must not run the move again")
+
+
+class FailingMoveTest(AgentTestCase, FrameChecks):
+    tmpfs_size = "8m"
+
+    def assert_untouched(self, src, before, dst):
+        self.assertEqual(snapshot(src), before, "source changed by a failed move")
+        self.assertFalse(os.path.lexists(dst), "partial destination left behind")
+
+    def test_full_disk_rolls_back(self):
+        self.start_agent()
+        src = make_tree(os.path.join(self.scratch.a, "mc-full"), n_small=100, big_mib=20)
+        before = snapshot(src)
+        dst = os.path.join(self.scratch.b, "nested", "mc-full")
+        ans = self.move("mc-full", src, dst, move_id="mv-full")
+        self.assertFalse(ans["success"])
+        self.assertEqual(ans["code"], "no_space", ans)
+        self.assertEqual(ans["moveId"], "mv-full")
+        self.assertIn(self.scratch.b, ans["error"])
+        self.assert_untouched(src, before, dst)
+        self.assertEqual(os.listdir(self.scratch.b), [], "created parents left behind")
+        frames = self.manager.frames("mv-full")
+        self.check_frames(frames, "mv-full", "error")
+        self.assertEqual(frames[-1]["code"], "no_space")
+
+    def test_fifo_fails_with_io_error_naming_it(self):
+        self.start_agent()
+        src = make_tree(os.path.join(self.scratch.a, "mc-fifo"), n_small=10)
+        os.mkfifo(os.path.join(src, "plugins", "console.pipe"))
+        before = snapshot(src)
+        dst = os.path.join(self.scratch.b, "mc-fifo")
+        ans = self.move("mc-fifo", src, dst)
+        self.assertEqual(ans["code"], "io_error", ans)
+        self.assertIn("plugins/console.pipe", ans["error"])
+        self.assertIn("fifo", ans["error"])
+        self.assert_untouched(src, before, dst)
+
+    def test_unreadable_file_as_unprivileged_agent(self):
+        # The agent runs as nobody; one file in the tree is root's and private.
+        for d in (self.scratch.a, self.scratch.b, self.scratch.state):
+            os.chown(d, 65534, 65534)
+        src = make_tree(os.path.join(self.scratch.a, "mc-perm"), n_small=30)
+        subprocess.run(["chown", "-R", "nobody:nogroup", src], check=True)
+        secret = os.path.join(src, "world", "secret.dat")
+        with open(secret, "w") as f:
+            f.write("root only\n")
+        os.chmod(secret, 0o600)
+        before = snapshot(src)
+        self.start_agent(user="nobody")
+        dst = os.path.join(self.scratch.b, "mc-perm")
+        ans = self.move("mc-perm", src, dst)
+        self.assertEqual(ans["code"], "permission_denied", ans)
+        self.assertIn("world/secret.dat", ans["error"])
+        self.assert_untouched(src, before, dst)
+
+    def test_unwritable_destination_as_unprivileged_agent(self):
+        for d in (self.scratch.a, self.scratch.state):
+            os.chown(d, 65534, 65534)
+        src = make_tree(os.path.join(self.scratch.a, "mc-ro"), n_small=10)
+        subprocess.run(["chown", "-R", "nobody:nogroup", src], check=True)
+        before = snapshot(src)
+        locked = os.path.join(self.scratch.b, "locked")
+        os.mkdir(locked, 0o755)  # root's: nobody cannot create inside
+        self.start_agent(user="nobody")
+        dst = os.path.join(locked, "mc-ro")
+        ans = self.move("mc-ro", src, dst)
+        self.assertEqual(ans["code"], "permission_denied", ans)
+        self.assert_untouched(src, before, dst)
+        self.assertEqual(os.listdir(locked), [])
+
+
+if __name__ == "__main__":
+    unittest.main()
