@@ -114,7 +114,7 @@ class ValidationTest(AgentTestCase):
 
     def test_busy(self):
         src_before = snapshot(self.src)
-        big = sparse_tree(os.path.join(self.scratch.a, "big"), 768)
+        big = sparse_tree(os.path.join(self.scratch.a, "big"), 200)
         os.mkdir(os.path.join(big, "sub"))
         dst = os.path.join(self.scratch.b, "big")
         first = self.manager.request("server.move_data",
