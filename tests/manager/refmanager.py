@@ -146,6 +146,7 @@ class Manager:
         self._cond = threading.Condition()
         self._ids = itertools.count(1)
         self.accept = True  # False: refuse upgrades with 503
+        self.attempts = []  # monotonic time of every upgrade request, refused ones too
 
     # --- server ---------------------------------------------------------
     async def _handle(self, reader, writer):
@@ -162,6 +163,8 @@ class Manager:
                 k, v = line.split(":", 1)
                 headers[k.strip().lower()] = v.strip()
         key = headers.get("sec-websocket-key")
+        self.attempts.append(time.monotonic())
+        self._notify()
         if method != "GET" or not key or headers.get("upgrade", "").lower() != "websocket" or not self.accept:
             writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
             await writer.drain()

@@ -1,0 +1,42 @@
+"""The daemon under valgrind: connect, move a tree, stop; no errors, no leaks.
+Registered only for builds without sanitizers (they cannot share a process)."""
+import os
+import re
+import shutil
+import signal
+import subprocess
+import unittest
+
+from harness import BIN, AgentTestCase, Manager, make_tree, snapshot
+
+
+class ValgrindTest(AgentTestCase):
+    def test_daemon_is_valgrind_clean(self):
+        self.assertIsNotNone(shutil.which("valgrind"), "valgrind is not installed")
+        src = make_tree(os.path.join(self.scratch.a, "vg"), n_small=30, big_mib=1)
+        before = snapshot(src)
+        conf = os.path.join(self.scratch.base, "vg.conf")
+        with open(conf, "w") as f:
+            f.write("manager_url = %s\nallowed_roots = %s, %s\nstate_dir = %s\nprogress_interval = 50ms\n"
+                    % (self.manager.url, self.scratch.a, self.scratch.b, self.scratch.state))
+        vlog = os.path.join(self.scratch.base, "valgrind.log")
+        proc = subprocess.Popen(["valgrind", "--leak-check=full", "--errors-for-leak-kinds=definite,indirect",
+                                 "--error-exitcode=99", "--log-file=" + vlog, BIN, "--config", conf],
+                                stderr=subprocess.DEVNULL)
+        try:
+            self.manager.wait_connection(timeout=60)
+            ans = self.move("vg", src, os.path.join(self.scratch.b, "vg"), timeout=120)
+            self.assertTrue(ans["success"], ans)
+            self.assertEqual(snapshot(os.path.join(self.scratch.b, "vg")), before)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            rc = proc.wait(120)
+        report = open(vlog).read()
+        self.assertEqual(rc, 0, report[-4000:])
+        self.assertIn("ERROR SUMMARY: 0 errors", report)
+        m = re.search(r"definitely lost: ([\d,]+) bytes", report)
+        self.assertTrue(m is None or m.group(1) == "0", report[-4000:])
+
+
+if __name__ == "__main__":
+    unittest.main()
