@@ -73,6 +73,7 @@ struct ws_client {
     bool rx_overflow;
 
     bool want_close;
+    bool close_sent; /* our close frame is out; waiting for the echo */
     int open_handles;
 };
 

@@ -305,6 +305,33 @@ static int write_text(struct lws *wsi, unsigned char *buf, size_t len)
     return n < (int)len ? -1 : 0;
 }
 
+/* Everything queued is written: close with 1001 "going away".
+ *
+ * Why not lws_close_reason() and return -1: Debian's lws 4.1 is built with
+ * _DEBUG, and on libuv its "close_and_handled uv repeat test" closes the wsi
+ * a second time right after lws queued the close frame, so the socket is
+ * dropped without it (seen with lws' own debug log). Instead the close frame
+ * is written here with lws' internal opcode 4 (LWS_WRITE_CLOSE, which the
+ * public header leaves out but lws_write() handles), the manager echoes it
+ * and that ends the connection; a manager that never answers is cut off by
+ * the timeout. */
+#define WS_WRITE_CLOSE ((enum lws_write_protocol)4)
+
+static int send_going_away(struct lws *wsi)
+{
+    static const char reason[] = "going away";
+    unsigned char buf[LWS_PRE + 2 + sizeof reason];
+    unsigned char *p = buf + LWS_PRE;
+    LOG0(LOG_DEBUG, "closing the connection: going away");
+    p[0] = (unsigned char)(LWS_CLOSE_STATUS_GOINGAWAY >> 8);
+    p[1] = (unsigned char)(LWS_CLOSE_STATUS_GOINGAWAY & 0xff);
+    memcpy(p + 2, reason, sizeof reason - 1);
+    if (lws_write(wsi, p, 2 + sizeof reason - 1, WS_WRITE_CLOSE) < 0)
+        return -1;
+    lws_set_timeout(wsi, PENDING_TIMEOUT_CLOSE_ACK, 3);
+    return 0;
+}
+
 static int on_writeable(struct ws_client *c, struct lws *wsi)
 {
     struct ws_msg *m;
@@ -329,9 +356,9 @@ static int on_writeable(struct ws_client *c, struct lws *wsi)
     /* lws also calls WRITEABLE on its own (around pings): the queue may be empty. */
     m = c->head;
     if (!m) {
-        if (c->want_close) {
-            lws_close_reason(wsi, LWS_CLOSE_STATUS_GOINGAWAY, (unsigned char *)"going away", 10);
-            return -1;
+        if (c->want_close && !c->close_sent) {
+            c->close_sent = true;
+            return send_going_away(wsi);
         }
         return 0;
     }
@@ -404,7 +431,8 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
         on_receive(c, wsi, in, len);
         return 0;
     case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
-        LOG(LOG_INFO, "manager closed the connection",
+        LOG(c->close_sent ? LOG_DEBUG : LOG_INFO,
+            c->close_sent ? "manager answered our close" : "manager closed the connection",
             LF_I("code", len >= 2 ? (((const unsigned char *)in)[0] << 8) |
                                         ((const unsigned char *)in)[1]
                                   : 0));
