@@ -1,0 +1,24 @@
+#!/bin/sh
+# Installs what hostagent needs to build, test and run the demo on Debian 12.
+# Safe to run again: apt-get only installs what is missing. Needs root.
+set -eu
+
+PKGS="cmake make gcc pkg-config libwebsockets-dev libwebsockets-evlib-uv \
+libuv1-dev libcjson-dev libcmocka-dev python3 valgrind util-linux procps"
+
+missing=""
+for p in $PKGS; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing="$missing $p"
+    fi
+done
+
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "deps: missing packages:$missing (run as root to install them)" >&2
+        exit 1
+    fi
+    echo "deps: installing$missing"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
+fi

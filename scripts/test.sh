@@ -1,0 +1,38 @@
+#!/bin/sh
+# The whole test suite, as CI runs it (.ci/run calls this script):
+#   1. plain build, warnings as errors: every unit and integration test,
+#      including the valgrind run of the daemon;
+#   2. AddressSanitizer + UndefinedBehaviorSanitizer build: the whole suite
+#      again (without valgrind, which cannot run a sanitized binary);
+#   3. ThreadSanitizer build: the worker/loop hand-off tests (label handoff).
+# Installs what it needs first (Debian 12, as root). Integration tests mount
+# tmpfs and drop to `nobody`, so they need root; HOSTAGENT_ALLOW_SKIP_ROOT=1
+# skips them explicitly instead of failing.
+set -eu
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+out=${HOSTAGENT_TEST_BUILD_DIR:-$here/build/ci}
+jobs=$(nproc 2>/dev/null || echo 2)
+
+"$here/scripts/deps.sh"
+
+run_build() { # name sanitizer ctest-args...
+    name=$1 san=$2
+    shift 2
+    echo "=== $name: configure and build"
+    cmake -S "$here" -B "$out/$name" -DHOSTAGENT_WERROR=ON -DHOSTAGENT_SANITIZE="$san" >/dev/null
+    cmake --build "$out/$name" -j "$jobs"
+    echo "=== $name: tests"
+    (cd "$out/$name" && ctest --output-on-failure -j "$jobs" "$@")
+}
+
+# halt_on_error makes every ASan/UBSan report a failure; leak checking is on.
+export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1:exitcode=86"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1"
+
+start=$(date +%s)
+run_build plain ""
+run_build asan address
+run_build tsan thread -L handoff
+echo "=== all test builds passed in $(( $(date +%s) - start )) s"
