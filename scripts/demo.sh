@@ -1,0 +1,91 @@
+#!/bin/sh
+# The demo: builds hostagent, makes a sample game-server tree on disk, mounts
+# a tmpfs as a second filesystem ("the new SSD"), starts the reference
+# manager and the agent on 127.0.0.1, and has the manager ask for one
+# server.move_data across the two filesystems. The manager prints every
+# move.progress frame as it arrives; the agent's own log follows. Needs root
+# (for the tmpfs mount); installs what it needs first.
+set -eu
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+port=${DEMO_PORT:-8765}
+size_mb=${DEMO_SIZE_MB:-768}
+work=${DEMO_DIR:-/var/tmp/hostagent-demo}
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "demo: run as root (it mounts a tmpfs): sudo $0" >&2
+    exit 1
+fi
+"$here/scripts/deps.sh"
+
+echo "=== building"
+cmake -S "$here" -B "$here/build/demo" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$here/build/demo" -j "$(nproc)" >/dev/null
+bin="$here/build/demo/hostagent"
+"$bin" --version
+
+agent_pid=""
+cleanup() {
+    [ -n "$agent_pid" ] && kill "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null || true
+    mountpoint -q "$work/ssd" && umount "$work/ssd" || true
+    rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+cleanup
+mkdir -p "$work/disk/servers" "$work/ssd"
+mount -t tmpfs -o size=$((size_mb * 2))m hostagent-demo "$work/ssd"
+mkdir -p "$work/ssd/servers"
+
+echo "=== making a sample server tree of about $size_mb MiB"
+srv="$work/disk/servers/mc-survival"
+mkdir -p "$srv/world/region" "$srv/world/playerdata" "$srv/plugins/empty" "$srv/logs"
+big=$((size_mb / 2))
+head -c "${big}M" /dev/urandom >"$srv/world/level.dat_backup"
+i=0
+while [ $i -lt $((size_mb - big)) ]; do
+    head -c 1M /dev/urandom >"$srv/world/region/r.$i.0.mca"
+    i=$((i + 1))
+done
+for p in alice bob carol; do echo "{\"name\": \"$p\"}" >"$srv/world/playerdata/$p.json"; done
+echo "motd=hostagent demo" >"$srv/server.properties"
+chmod 600 "$srv/server.properties"
+ln -s world/level.dat_backup "$srv/level-link"
+ln -s /nonexistent/target "$srv/logs/dangling"
+touch -d "2024-01-02 03:04:05.123456789" "$srv/server.properties"
+echo "    $(find "$srv" | wc -l) entries, $(du -sh "$srv" | cut -f1)"
+
+cat >"$work/agent.conf" <<CONF
+manager_url = ws://127.0.0.1:$port/agent
+agent_id = demo-host
+allowed_roots = $work/disk/servers, $work/ssd/servers
+state_dir = $work/state
+progress_interval = 250ms
+CONF
+mkdir -p "$work/state"
+
+echo "=== starting the reference manager on port $port and the agent (log: $work/agent.log)"
+python3 "$here/tests/manager/refmanager.py" --port "$port" \
+    --move mc-survival "$srv" "$work/ssd/servers/mc-survival" &
+manager_pid=$!
+tries=0
+until python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $port), 1)" 2>/dev/null; do
+    tries=$((tries + 1))
+    if [ $tries -gt 50 ]; then
+        echo "demo: the reference manager did not start (is port $port free? DEMO_PORT=... picks another)" >&2
+        exit 1
+    fi
+    sleep 0.1
+done
+"$bin" --config "$work/agent.conf" 2>"$work/agent.log" &
+agent_pid=$!
+status=0
+wait "$manager_pid" || status=$?
+kill "$agent_pid" && wait "$agent_pid" || true
+agent_pid=""
+
+echo "=== the agent's log"
+cat "$work/agent.log"
+echo "=== after the move"
+echo "old path exists: $([ -e "$srv" ] && echo yes || echo no)"
+ls -la "$work/ssd/servers/mc-survival" "$work/ssd/servers/mc-survival/logs"
+exit $status
