@@ -681,6 +681,11 @@ static void eng_rollback(struct eng *e)
 
 /* --- the whole move ------------------------------------------------------- */
 
+static int eng_copy_move(struct eng *e);
+
+/* Same device: one rename(2). EXDEV still happens between two mounts of one
+ * filesystem (bind mounts share st_dev); then the move copies instead, still
+ * inside its calculating phase, keeping the parents made for it. */
 static int eng_rename(struct eng *e)
 {
     if (make_parents(e) != 0)
@@ -691,6 +696,15 @@ static int eng_rename(struct eng *e)
     }
     if (rename(e->job->src, e->job->dst) != 0) {
         int err = errno;
+        if (err == EXDEV) {
+            LOG(LOG_INFO, "rename crossed a mount of the same filesystem; copying instead",
+                LF_S("old", e->job->src), LF_S("new", e->job->dst));
+            if (eng_copy_move(e) != 0) {
+                remove_parents(e); /* also when the walk failed, before any rollback */
+                return -1;
+            }
+            return 0;
+        }
         remove_parents(e);
         return eng_fail_errno(e, err, "rename", e->job->src, NULL);
     }

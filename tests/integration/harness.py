@@ -41,10 +41,18 @@ class Scratch:
         os.mkdir(self.a)
         os.mkdir(self.b)
         os.mkdir(self.state)
+        self.extra_mounts = []
         subprocess.run(["mount", "-t", "tmpfs", "-o", "size=" + tmpfs_size, "tmpfs", self.b], check=True)
         assert os.stat(self.a).st_dev != os.stat(self.b).st_dev
 
+    def mount(self, *args, at):
+        """Mounts something more (unmounted again by close())."""
+        subprocess.run(["mount", *args, at], check=True)
+        self.extra_mounts.append(at)
+
     def close(self):
+        for at in reversed(self.extra_mounts):
+            subprocess.run(["umount", "-l", at], check=False)
         subprocess.run(["umount", "-l", self.b], check=False)
         subprocess.run(["rm", "-rf", "--one-file-system", self.base], check=False)
 

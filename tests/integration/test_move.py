@@ -116,6 +116,30 @@ class MoveTest(AgentTestCase, FrameChecks):
         self.assertTrue(all(f["method"] == "rename" for f in frames))
         self.assertEqual(frames[-1]["percent"], 100)
 
+    def test_bind_mount_of_same_filesystem_falls_back_to_copy(self):
+        # Same st_dev, different mounts: rename(2) says EXDEV and the move copies.
+        shadow = os.path.join(self.scratch.base, "shadow")
+        bound = os.path.join(self.scratch.a, "bound")
+        os.mkdir(shadow)
+        os.mkdir(bound)
+        self.scratch.mount("--bind", shadow, at=bound)
+        self.start_agent()
+        src = make_tree(os.path.join(self.scratch.a, "mc-b"), n_small=40, big_mib=2)
+        before = snapshot(src)
+        entries, size = tree_totals(before)
+        dst = os.path.join(bound, "new", "mc-b")
+        ans = self.move("mc-b", src, dst, move_id="mv-bind")
+        self.assertTrue(ans["success"], ans)
+        # The method was announced before the rename was tried, and never changes.
+        self.assertEqual((ans["method"], ans["bytesCopied"], ans["filesCopied"]), ("rename", size, entries))
+        self.assertFalse(os.path.exists(src))
+        self.assertEqual(snapshot(dst), before)
+        self.assertEqual(snapshot(os.path.join(shadow, "new", "mc-b")), before)
+        frames = self.manager.frames("mv-bind")
+        self.check_frames(frames, "mv-bind", "complete")
+        self.assertIn("copying", [f["phase"] for f in frames])
+        self.assertIn("copying instead", self.agent.log())
+
     def test_into_existing_empty_directory(self):
         self.start_agent()
         src = make_tree(os.path.join(self.scratch.a, "mc-3"), n_small=20)
