@@ -20,11 +20,11 @@ struct log_field {
 
 #define LF_S(k, v) ((struct log_field){.key = (k), .type = LOG_F_STR, .s = (v)})
 #define LF_I(k, v) ((struct log_field){.key = (k), .type = LOG_F_INT, .i = (long long)(v)})
-#define LF_U(k, v) ((struct log_field){.key = (k), .type = LOG_F_UINT, .u = (unsigned long long)(v)})
+#define LF_U(k, v)                                                                                 \
+    ((struct log_field){.key = (k), .type = LOG_F_UINT, .u = (unsigned long long)(v)})
 
 /* LOG(level, "message", LF_S("move", id), LF_U("bytes", n)); LOG0 without fields. */
-#define LOG(level, msg, ...)                                                                       \
-    log_emit((level), (msg), (const struct log_field[]){__VA_ARGS__, {0}})
+#define LOG(level, msg, ...) log_emit((level), (msg), (const struct log_field[]){__VA_ARGS__, {0}})
 #define LOG0(level, msg) log_emit((level), (msg), NULL)
 
 /* Sets level and format; safe to call at any time from the loop thread

@@ -60,7 +60,7 @@ struct move {
     uv_thread_t thread;
     bool thread_running;
     struct progress_ring ring;
-    atomic_int stop; /* move_code to stop with, 0 = run */
+    atomic_int stop;             /* move_code to stop with, 0 = run */
     struct engine_result result; /* written by the worker before its END item */
 
     /* Loop-side throttle and rate state. */

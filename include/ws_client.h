@@ -51,8 +51,8 @@ struct ws_client {
     void *foreign_loops[1];
     lws_retry_bo_t retry; /* lws keeps a pointer: lives as long as we do */
     enum conn_state state;
-    unsigned attempt;       /* consecutive failed or short connections */
-    unsigned attempt_id;    /* guards against a double failure report */
+    unsigned attempt;    /* consecutive failed or short connections */
+    unsigned attempt_id; /* guards against a double failure report */
     bool attempt_reported;
     uint64_t up_since_ms;
     uint64_t last_fail_log_ms;

@@ -92,8 +92,7 @@ static struct agent_ended *history_find(struct agent *a, const char *move_id)
 static void agent_on_frame(struct move *m, const struct move_state *st, bool intermediate)
 {
     struct agent *a = m->owner;
-    agent_send(a, "move.progress", move_state_to_json(st), intermediate ? st->move_id : NULL,
-               true);
+    agent_send(a, "move.progress", move_state_to_json(st), intermediate ? st->move_id : NULL, true);
 }
 
 static cJSON *agent_move_answer(const struct move *m)
@@ -137,9 +136,9 @@ static void agent_on_ended(struct move *m)
     LOG(m->st.phase == PHASE_COMPLETE ? LOG_INFO : LOG_WARN, "move ended",
         LF_S("move", m->st.move_id), LF_S("server", m->st.server_name),
         LF_S("outcome", move_phase_name(m->st.phase)),
-        LF_S("code", m->st.code ? move_code_name(m->st.code) : "none"),
-        LF_S("error", m->st.error), LF_U("bytes", m->st.bytes_copied),
-        LF_U("files", m->st.files_copied), LF_U("duration_ms", dur), LF_S("avg_rate", rate));
+        LF_S("code", m->st.code ? move_code_name(m->st.code) : "none"), LF_S("error", m->st.error),
+        LF_U("bytes", m->st.bytes_copied), LF_U("files", m->st.files_copied),
+        LF_U("duration_ms", dur), LF_S("avg_rate", rate));
     history_add(a, &m->st, printed ? printed : "{}");
     cJSON_free(printed);
     agent_answer(a, m->reply, answer);
@@ -228,14 +227,14 @@ static enum move_code agent_validate(struct agent *a, const struct move_request 
     /* Outside the roots is refused with the same words whether it exists or not. */
     if (path_resolve(out->old_norm, out->old_real, NULL) != 0 ||
         !inside_a_root(a, out->old_real, &is_root)) {
-        util_fmt(why, whysz, "oldPath %s", is_root ? "must not be an allowed root itself"
-                                                   : "is outside the allowed roots");
+        util_fmt(why, whysz, "oldPath %s",
+                 is_root ? "must not be an allowed root itself" : "is outside the allowed roots");
         return CODE_PATH_NOT_ALLOWED;
     }
     if ((rc = path_resolve(out->new_norm, out->new_real, &new_dev)) != 0 ||
         !inside_a_root(a, out->new_real, &is_root)) {
-        util_fmt(why, whysz, "newPath %s", is_root ? "must not be an allowed root itself"
-                                                   : "is outside the allowed roots");
+        util_fmt(why, whysz, "newPath %s",
+                 is_root ? "must not be an allowed root itself" : "is outside the allowed roots");
         return CODE_PATH_NOT_ALLOWED;
     }
     if (lstat(out->old_real, &st) == 0 && S_ISLNK(st.st_mode)) {

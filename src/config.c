@@ -94,8 +94,8 @@ static void config_defaults(struct config *cfg)
     cfg->tls_insecure = false;
 }
 
-static void errs_add(struct config_errors *errs, const char *file, int line, const char *fmt,
-                     ...) __attribute__((format(printf, 4, 5)));
+static void errs_add(struct config_errors *errs, const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 static void errs_add(struct config_errors *errs, const char *file, int line, const char *fmt, ...)
 {
@@ -413,8 +413,9 @@ static int apply_key(struct config *cfg, const struct key_def *k, const char *v,
         return 0;
     }
     case K_AGENT_ID:
-        if (*v == '\0' || strlen(v) > 128 || strspn(v, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmn"
-                                                       "opqrstuvwxyz0123456789._-") != strlen(v)) {
+        if (*v == '\0' || strlen(v) > 128 ||
+            strspn(v, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmn"
+                      "opqrstuvwxyz0123456789._-") != strlen(v)) {
             *why = "must be 1-128 characters of A-Z a-z 0-9 . _ -";
             return -EINVAL;
         }
@@ -503,8 +504,9 @@ static int apply_key(struct config *cfg, const struct key_def *k, const char *v,
             return 0;
         }
         if (n < k->lo || n > k->hi) {
-            util_fmt(whybuf, whysz, "must be between %llums and %llums%s", (unsigned long long)k->lo,
-                     (unsigned long long)k->hi, k->zero_means_none ? " (or 0 for none)" : "");
+            util_fmt(whybuf, whysz, "must be between %llums and %llums%s",
+                     (unsigned long long)k->lo, (unsigned long long)k->hi,
+                     k->zero_means_none ? " (or 0 for none)" : "");
             *why = whybuf;
             return -EINVAL;
         }
@@ -682,8 +684,7 @@ int config_load(const char *file, struct config *cfg, struct config_errors *errs
     env_token = getenv("HOSTAGENT_TOKEN");
     if (env_token && *env_token) {
         if (!token_ok(env_token))
-            errs_add(errs, file, 0,
-                     "HOSTAGENT_TOKEN must be printable ASCII without spaces");
+            errs_add(errs, file, 0, "HOSTAGENT_TOKEN must be printable ASCII without spaces");
         else {
             free(cfg->token);
             cfg->token = xstrdup(env_token);

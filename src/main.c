@@ -16,14 +16,13 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "usage: hostagent [--config FILE]            run the agent in the foreground\n"
-            "       hostagent --check-config [--config FILE]\n"
-            "       hostagent move [--verify=metadata|checksum] [--json] OLD NEW\n"
-            "       hostagent --version | --help\n"
-            "\n"
-            "The default config file is " CONFIG_DEFAULT_PATH ".\n"
-            "Signals: SIGTERM/SIGINT stop gracefully, SIGHUP reloads the config.\n");
+    fprintf(out, "usage: hostagent [--config FILE]            run the agent in the foreground\n"
+                 "       hostagent --check-config [--config FILE]\n"
+                 "       hostagent move [--verify=metadata|checksum] [--json] OLD NEW\n"
+                 "       hostagent --version | --help\n"
+                 "\n"
+                 "The default config file is " CONFIG_DEFAULT_PATH ".\n"
+                 "Signals: SIGTERM/SIGINT stop gracefully, SIGHUP reloads the config.\n");
 }
 
 static int run_check_config(const char *file)
@@ -82,9 +81,8 @@ static void cli_report(void *arg, const struct engine_progress *p, bool phase_st
         return;
     cm->last_print_ms = now;
     cm->phase = p->phase;
-    pct = p->phase == PHASE_COPYING ? (p->bytes_total ? 100.0 * (double)p->bytes_done /
-                                                            (double)p->bytes_total
-                                                      : 0)
+    pct = p->phase == PHASE_COPYING
+              ? (p->bytes_total ? 100.0 * (double)p->bytes_done / (double)p->bytes_total : 0)
           : p->phase > PHASE_COPYING ? 100.0
                                      : 0.0;
     if (cm->json) {
@@ -102,8 +100,8 @@ static void cli_report(void *arg, const struct engine_progress *p, bool phase_st
         s.files_total = p->files_total;
         s.files_copied = p->files_done;
         s.percent = pct;
-        s.phase_percent = p->phase_total ? 100.0 * (double)p->phase_done / (double)p->phase_total
-                                         : 0;
+        s.phase_percent =
+            p->phase_total ? 100.0 * (double)p->phase_done / (double)p->phase_total : 0;
         s.eta_seconds = -1;
         s.elapsed_ms = now - cm->started_ms;
         s.started_at_ms = util_wall_ms() - s.elapsed_ms;
@@ -113,8 +111,8 @@ static void cli_report(void *arg, const struct engine_progress *p, bool phase_st
         cJSON_free(txt);
         cJSON_Delete(o);
     } else {
-        printf("%-11s %6.2f%%  files %llu/%llu  bytes %llu/%llu\n", move_phase_name(p->phase),
-               pct, (unsigned long long)p->files_done, (unsigned long long)p->files_total,
+        printf("%-11s %6.2f%%  files %llu/%llu  bytes %llu/%llu\n", move_phase_name(p->phase), pct,
+               (unsigned long long)p->files_done, (unsigned long long)p->files_total,
                (unsigned long long)p->bytes_done, (unsigned long long)p->bytes_total);
     }
     fflush(stdout);

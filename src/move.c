@@ -107,8 +107,7 @@ static void rate_sample(struct move *m, uint64_t now)
 /* Bytes per second over the last ~5 s of samples. */
 static uint64_t rate_current(const struct move *m, uint64_t now)
 {
-    const unsigned first =
-        (m->sample_pos + MOVE_RATE_SAMPLES - m->n_samples) % MOVE_RATE_SAMPLES;
+    const unsigned first = (m->sample_pos + MOVE_RATE_SAMPLES - m->n_samples) % MOVE_RATE_SAMPLES;
     for (unsigned k = 0; k < m->n_samples; k++) {
         unsigned i = (first + k) % MOVE_RATE_SAMPLES;
         if (now - m->samples[i].t <= 5000 && now > m->samples[i].t + 100)
@@ -138,8 +137,9 @@ static void move_refresh(struct move *m, uint64_t now)
         rate_sample(m, now);
         s->bytes_per_second = rate_current(m, now);
         if (s->bytes_per_second > 0 && s->bytes_total >= s->bytes_copied)
-            s->eta_seconds = (int64_t)((s->bytes_total - s->bytes_copied + s->bytes_per_second - 1) /
-                                       s->bytes_per_second);
+            s->eta_seconds =
+                (int64_t)((s->bytes_total - s->bytes_copied + s->bytes_per_second - 1) /
+                          s->bytes_per_second);
         break;
     case PHASE_VERIFYING:
     case PHASE_CLEANING:

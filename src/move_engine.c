@@ -15,14 +15,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define COPY_CHUNK (8u << 20) /* bytes per in-kernel copy call: bounds progress and cancel latency */
+#define COPY_CHUNK                                                                                 \
+    (8u << 20) /* bytes per in-kernel copy call: bounds progress and cancel latency */
 #define RW_BUF (1u << 20)
 
 struct entry {
     char *rel; /* path relative to the source root */
     struct stat st;
-    char *link;       /* symlink target */
-    size_t hl_first;  /* for a hard link seen before: index+1 of its first name */
+    char *link;      /* symlink target */
+    size_t hl_first; /* for a hard link seen before: index+1 of its first name */
 };
 
 /* Open-addressing table (dev, ino) -> first entry index, only for files with
@@ -32,7 +33,7 @@ struct hl_table {
         dev_t dev;
         ino_t ino;
         size_t idx1; /* index+1, 0 = empty */
-    } *slots;
+    } * slots;
     size_t cap, used;
 };
 
@@ -254,8 +255,8 @@ static int walk_dir(struct eng *e, const char *rel, char ***stack, size_t *sn, s
         } else {
             /* Opening a fifo for reading would block forever: refuse. */
             closedir(d);
-            return eng_fail(e, CODE_IO_ERROR, "cannot move %s/%s: %s is not supported",
-                            e->job->src, en->rel, type_name(en->st.st_mode));
+            return eng_fail(e, CODE_IO_ERROR, "cannot move %s/%s: %s is not supported", e->job->src,
+                            en->rel, type_name(en->st.st_mode));
         }
         e->prog.files_total = e->n;
         e->prog.phase_done = e->n;
@@ -323,8 +324,8 @@ static int copy_data(struct eng *e, int sfd, int dfd, const struct entry *en)
             return -1;
         if (e->use_cfr) {
             got = copy_file_range(sfd, NULL, dfd, NULL, COPY_CHUNK, 0);
-            if (file_done == 0 && ((got < 0 && cfr_unsupported(errno)) ||
-                                   (got == 0 && en->st.st_size > 0))) {
+            if (file_done == 0 &&
+                ((got < 0 && cfr_unsupported(errno)) || (got == 0 && en->st.st_size > 0))) {
                 e->use_cfr = false;
                 continue;
             }
@@ -523,8 +524,8 @@ static int verify_entry(struct eng *e, const struct entry *en)
     struct stat s, d;
     mode_t m = en->st.st_mode;
     if (fstatat(e->srcfd, en->rel, &s, AT_SYMLINK_NOFOLLOW) != 0)
-        return eng_fail(e, CODE_SOURCE_CHANGED, "%s/%s disappeared while the move ran",
-                        e->job->src, en->rel);
+        return eng_fail(e, CODE_SOURCE_CHANGED, "%s/%s disappeared while the move ran", e->job->src,
+                        en->rel);
     /* A directory's mtime changes when an entry is added, removed or renamed. */
     if ((s.st_mode & S_IFMT) != (m & S_IFMT) || s.st_ino != en->st.st_ino ||
         (!S_ISDIR(m) && s.st_size != en->st.st_size) || !same_time(&s.st_mtim, &en->st.st_mtim))
@@ -543,9 +544,8 @@ static int verify_entry(struct eng *e, const struct entry *en)
         char target[PATH_MAX];
         ssize_t n = readlinkat(e->dstfd, en->rel, target, sizeof target - 1);
         if (n < 0 || (target[n] = '\0', strcmp(target, en->link) != 0))
-            return eng_fail(e, CODE_IO_ERROR,
-                            "verification failed: link %s/%s points elsewhere", e->job->dst,
-                            en->rel);
+            return eng_fail(e, CODE_IO_ERROR, "verification failed: link %s/%s points elsewhere",
+                            e->job->dst, en->rel);
     }
     if (S_ISREG(m) && e->job->verify == VERIFY_CHECKSUM && !en->hl_first)
         return compare_content(e, en);

@@ -8,10 +8,10 @@
 #include <string.h>
 
 static const char *const phase_names[] = {
-    [PHASE_QUEUED] = "queued",       [PHASE_CALCULATING] = "calculating",
-    [PHASE_COPYING] = "copying",     [PHASE_VERIFYING] = "verifying",
-    [PHASE_CLEANING] = "cleaning",   [PHASE_COMPLETE] = "complete",
-    [PHASE_ERROR] = "error",         [PHASE_CANCELLED] = "cancelled",
+    [PHASE_QUEUED] = "queued",     [PHASE_CALCULATING] = "calculating",
+    [PHASE_COPYING] = "copying",   [PHASE_VERIFYING] = "verifying",
+    [PHASE_CLEANING] = "cleaning", [PHASE_COMPLETE] = "complete",
+    [PHASE_ERROR] = "error",       [PHASE_CANCELLED] = "cancelled",
 };
 
 static const char *const code_names[] = {

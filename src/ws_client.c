@@ -13,8 +13,8 @@
 #define FAIL_LOG_GAP_MS 60000
 
 static const char *const state_names[] = {
-    [CONN_IDLE] = "idle",       [CONN_CONNECTING] = "connecting", [CONN_HELLO] = "hello",
-    [CONN_UP] = "up",           [CONN_BACKOFF] = "backoff",       [CONN_CLOSING] = "closing",
+    [CONN_IDLE] = "idle",     [CONN_CONNECTING] = "connecting", [CONN_HELLO] = "hello",
+    [CONN_UP] = "up",         [CONN_BACKOFF] = "backoff",       [CONN_CLOSING] = "closing",
     [CONN_CLOSED] = "closed",
 };
 
@@ -155,8 +155,8 @@ static void attempt_over(struct ws_client *c, const char *reason)
      * one line a minute, so hours of downtime do not flood the journal. */
     if (was_up || c->last_fail_log_ms == 0 || now - c->last_fail_log_ms >= FAIL_LOG_GAP_MS) {
         LOG(LOG_WARN, was_up ? "connection lost" : "connection failed",
-            LF_S("url", c->cfg->manager_url), LF_S("reason", reason),
-            LF_U("retry_in_ms", delay), LF_U("failures_since_last_log", c->fails_unlogged));
+            LF_S("url", c->cfg->manager_url), LF_S("reason", reason), LF_U("retry_in_ms", delay),
+            LF_U("failures_since_last_log", c->fails_unlogged));
         c->last_fail_log_ms = was_up ? 0 : now;
         c->fails_unlogged = 0;
     } else {
@@ -175,8 +175,7 @@ static void connect_to(struct ws_client *c)
     unsigned id;
 
     if ((u->tls && u->port != 443) || (!u->tls && u->port != 80))
-        util_fmt(c->host_header, sizeof c->host_header, v6 ? "[%s]:%d" : "%s:%d", u->host,
-                 u->port);
+        util_fmt(c->host_header, sizeof c->host_header, v6 ? "[%s]:%d" : "%s:%d", u->host, u->port);
     else
         util_fmt(c->host_header, sizeof c->host_header, v6 ? "[%s]" : "%s", u->host);
     if (c->cfg->token && !u->tls && !host_is_loopback(u->host))
@@ -279,9 +278,9 @@ static int on_append_headers(struct ws_client *c, struct lws *wsi, void *in, siz
             return -1;
         memset(auth, 0, sizeof auth);
     }
-    if (lws_add_http_header_by_name(wsi, (const unsigned char *)"X-Agent-Id:",
-                                    (const unsigned char *)c->cfg->agent_id,
-                                    (int)strlen(c->cfg->agent_id), p, end))
+    if (lws_add_http_header_by_name(
+            wsi, (const unsigned char *)"X-Agent-Id:", (const unsigned char *)c->cfg->agent_id,
+            (int)strlen(c->cfg->agent_id), p, end))
         return -1;
     return 0;
 }
@@ -433,9 +432,9 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
     case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
         LOG(c->close_sent ? LOG_DEBUG : LOG_INFO,
             c->close_sent ? "manager answered our close" : "manager closed the connection",
-            LF_I("code", len >= 2 ? (((const unsigned char *)in)[0] << 8) |
-                                        ((const unsigned char *)in)[1]
-                                  : 0));
+            LF_I("code",
+                 len >= 2 ? (((const unsigned char *)in)[0] << 8) | ((const unsigned char *)in)[1]
+                          : 0));
         return 0;
     case LWS_CALLBACK_CLIENT_CONNECTION_ERROR: {
         char why[256];
@@ -471,8 +470,10 @@ static void lws_log_emit(int level, const char *line)
     n = strlen(buf);
     while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
         buf[--n] = '\0';
-    LOG(level == LLL_ERR ? LOG_ERROR : level == LLL_WARN ? LOG_WARN : LOG_DEBUG, "libwebsockets",
-        LF_S("detail", buf));
+    LOG(level == LLL_ERR    ? LOG_ERROR
+        : level == LLL_WARN ? LOG_WARN
+                            : LOG_DEBUG,
+        "libwebsockets", LF_S("detail", buf));
 }
 
 /* --- lifecycle ------------------------------------------------------------------ */

@@ -210,8 +210,7 @@ static void test_bad_values_name_their_line(void **state)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         struct config cfg;
         char text[512], first[1024], want[128];
-        snprintf(text, sizeof text, "# line 1\nmanager_url = ws://127.0.0.1/\n%s\n",
-                 cases[i].line);
+        snprintf(text, sizeof text, "# line 1\nmanager_url = ws://127.0.0.1/\n%s\n", cases[i].line);
         if (strncmp(cases[i].line, "manager_url", 11) == 0)
             snprintf(text, sizeof text, "# line 1\n\n%s\n", cases[i].line);
         assert_true(load(text, &cfg, first, sizeof first) >= 1);

@@ -19,8 +19,18 @@ static void test_syntax(void **state)
     char norm[PATH_MAX], longp[PATH_MAX + 10], longname[300];
     const char *why;
     static const char *const bad[] = {
-        "relative/path", "", "/", "/srv//x", "/srv/./x", "/srv/../etc", "/srv/x/..",
-        "/srv/x/.", "//srv", "/srv/x//", "/srv/a\xef\xbf\xbf" "b",
+        "relative/path",
+        "",
+        "/",
+        "/srv//x",
+        "/srv/./x",
+        "/srv/../etc",
+        "/srv/x/..",
+        "/srv/x/.",
+        "//srv",
+        "/srv/x//",
+        "/srv/a\xef\xbf\xbf"
+        "b",
     };
     (void)state;
     assert_int_equal(path_check_syntax("/srv/games/mc-1", norm, &why), 0);

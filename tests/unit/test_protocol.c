@@ -145,9 +145,8 @@ static void test_move_data_fields(void **state)
     assert_string_equal(r.move_id, "m-1");
     assert_string_equal(r.old_path, "/srv/a");
     assert_string_equal(r.new_path, "/srv/b");
-    assert_int_equal(move_data("{\"serverName\":\"mc\",\"oldPath\":\"/a\",\"newPath\":\"/b\"}", &r,
-                               why),
-                     0);
+    assert_int_equal(
+        move_data("{\"serverName\":\"mc\",\"oldPath\":\"/a\",\"newPath\":\"/b\"}", &r, why), 0);
     assert_string_equal(r.move_id, "");
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         if (move_data(bad[i].json, &r, why) == 0 || !strstr(why, bad[i].field))
@@ -177,8 +176,8 @@ static void test_nul_escape_is_visible(void **state)
     const cJSON *op;
     (void)state;
     /* cJSON would cut "/srv/a\u0000/../etc" at the NUL; we must still see it. */
-    assert_int_equal(parse("{\"subject\":\"s\",\"data\":{\"oldPath\":\"/srv/a\\u0000x\"}}", &f, why),
-                     FRAME_OK);
+    assert_int_equal(
+        parse("{\"subject\":\"s\",\"data\":{\"oldPath\":\"/srv/a\\u0000x\"}}", &f, why), FRAME_OK);
     op = cJSON_GetObjectItemCaseSensitive(f.data, "oldPath");
     assert_non_null(strstr(op->valuestring, "\xef\xbf\xbf"));
     frame_free(&f);
@@ -253,8 +252,8 @@ static void test_move_state_json(void **state)
 static void test_log_lines(void **state)
 {
     char buf[1024];
-    const struct log_field f[] = {LF_S("move", "mv-1"), LF_S("file", "a b\"c\n"), LF_U("n", 42),
-                                  LF_I("d", -3), {0}};
+    const struct log_field f[] = {
+        LF_S("move", "mv-1"), LF_S("file", "a b\"c\n"), LF_U("n", 42), LF_I("d", -3), {0}};
     (void)state;
     log_format_line(buf, sizeof buf, LOG_INFO, "move started", f, 1795381445123ull, 0,
                     LOG_FORMAT_TEXT);
