@@ -11,7 +11,7 @@
 #include <uv.h>
 
 #define AGENT_HISTORY_MAX 100
-#define AGENT_HISTORY_MS (3600u * 1000u)
+#define AGENT_HISTORY_MS (3600ull * 1000ull)
 #define AGENT_STOP_GRACE_MS 5000
 
 /* A move that ended: kept an hour for agent.hello and idempotent retries. */

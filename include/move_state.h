@@ -43,6 +43,7 @@ enum move_code {
 #define SERVER_NAME_MAX 128
 #define MOVE_ERROR_MAX 512
 #define MOVE_CURRENT_MAX 512
+#define MOVE_TEXT_MAX 512 /* the larger of the two above */
 
 struct move_state {
     char move_id[MOVE_ID_MAX + 1];

@@ -210,7 +210,6 @@ static enum move_code agent_validate(struct agent *a, const struct move_request 
     dev_t old_dev = 0, new_dev = 0;
     struct stat st;
     bool is_root;
-    int rc;
 
     if (path_check_syntax(r->old_path, out->old_norm, &w) != 0) {
         util_fmt(why, whysz, "oldPath %s", w);
@@ -225,13 +224,15 @@ static enum move_code agent_validate(struct agent *a, const struct move_request 
         return CODE_PATH_NOT_ALLOWED;
     }
     /* Outside the roots is refused with the same words whether it exists or not. */
+    is_root = false;
     if (path_resolve(out->old_norm, out->old_real, NULL) != 0 ||
         !inside_a_root(a, out->old_real, &is_root)) {
         util_fmt(why, whysz, "oldPath %s",
                  is_root ? "must not be an allowed root itself" : "is outside the allowed roots");
         return CODE_PATH_NOT_ALLOWED;
     }
-    if ((rc = path_resolve(out->new_norm, out->new_real, &new_dev)) != 0 ||
+    is_root = false;
+    if (path_resolve(out->new_norm, out->new_real, &new_dev) != 0 ||
         !inside_a_root(a, out->new_real, &is_root)) {
         util_fmt(why, whysz, "newPath %s",
                  is_root ? "must not be an allowed root itself" : "is outside the allowed roots");

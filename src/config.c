@@ -60,7 +60,7 @@ static const struct key_def key_table[] = {
     {"reconnect_max", K_DURATION, F(reconnect_max_ms), 1 * SEC, 24 * HOUR, false, false},
     {"max_concurrent_moves", K_COUNT, F(max_concurrent_moves), 1, 64, false, false},
     {"max_queued_moves", K_COUNT, F(max_queued_moves), 0, 1024, false, false},
-    {"move_timeout", K_DURATION, F(move_timeout_ms), 1 * SEC, 30 * 24 * HOUR, true, false},
+    {"move_timeout", K_DURATION, F(move_timeout_ms), 1 * SEC, 30ull * 24 * HOUR, true, false},
     {"stall_timeout", K_DURATION, F(stall_timeout_ms), 10 * SEC, 24 * HOUR, false, false},
     {"verify", K_VERIFY, F(verify), 0, 0, false, false},
     {"max_message_bytes", K_SIZE, F(max_message_bytes), 1024, 64ull << 20, false, false},

@@ -175,7 +175,8 @@ static char *join_rel(const char *dir, const char *name)
     p = xmalloc(a + b + 2);
     memcpy(p, dir, a);
     p[a] = '/';
-    memcpy(p + a + 1, name, b + 1);
+    memcpy(p + a + 1, name, b);
+    p[a + 1 + b] = '\0';
     return p;
 }
 

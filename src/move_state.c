@@ -85,7 +85,7 @@ static void add_percent(cJSON *obj, const char *key, double v)
 
 static void add_clean_string(cJSON *obj, const char *key, const char *s)
 {
-    char clean[MOVE_CURRENT_MAX > MOVE_ERROR_MAX ? MOVE_CURRENT_MAX : MOVE_ERROR_MAX];
+    char clean[MOVE_TEXT_MAX];
     util_utf8_sanitize(clean, sizeof clean, s);
     cJSON_AddStringToObject(obj, key, clean);
 }

@@ -41,7 +41,7 @@ uint64_t ws_backoff_delay(uint64_t min_ms, uint64_t max_ms, unsigned n, double r
         d *= 2;
     if (d > max_ms)
         d = max_ms;
-    jitter = (uint64_t)((double)(d / 4) * rnd);
+    jitter = (uint64_t)((double)d / 4.0 * rnd);
     d -= jitter;
     return d < min_ms ? min_ms : d;
 }
