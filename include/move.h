@@ -65,6 +65,7 @@ struct move {
 
     /* Loop-side throttle and rate state. */
     uint64_t mono_started;
+    uint64_t mono_run_started; /* left the queue (0 while queued) */
     uint64_t last_frame_ms, last_log_ms, phase_started_ms;
     uint64_t entries, last_frame_entries; /* entries processed in this phase */
     uint64_t last_frame_bytes;

@@ -4,7 +4,8 @@
 set -eu
 
 PKGS="cmake make gcc pkg-config libwebsockets-dev libwebsockets-evlib-uv \
-libuv1-dev libcjson-dev libcmocka-dev python3 valgrind util-linux procps"
+libuv1-dev libcjson-dev libcmocka-dev python3 valgrind util-linux procps \
+clang-format clang-tidy"
 
 missing=""
 for p in $PKGS; do

@@ -1,5 +1,6 @@
 #!/bin/sh
 # The whole test suite, as CI runs it (.ci/run calls this script):
+#   0. clang-format and clang-tidy must be clean (scripts/lint.sh);
 #   1. plain build, warnings as errors: every unit and integration test,
 #      including the valgrind run of the daemon;
 #   2. AddressSanitizer + UndefinedBehaviorSanitizer build: the whole suite
@@ -32,6 +33,8 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1"
 
 start=$(date +%s)
+echo "=== lint: clang-format and clang-tidy"
+"$here/scripts/lint.sh"
 run_build plain ""
 run_build asan address
 run_build tsan thread -L handoff

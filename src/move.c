@@ -329,7 +329,7 @@ int move_run(struct move *m)
 {
     int rc;
     assert(m->st.phase == PHASE_QUEUED);
-    m->mono_started = util_mono_ms(); /* move_timeout counts from leaving the queue */
+    m->mono_run_started = util_mono_ms(); /* move_timeout counts from leaving the queue */
     m->thread_running = true;
     /* Not the libuv threadpool: a long copy would starve uv_fs and DNS work. */
     rc = uv_thread_create(&m->thread, move_worker, m);
