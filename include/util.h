@@ -11,6 +11,8 @@
 
 /* Out-of-memory policy, decided once: the agent cannot do anything useful
  * without memory, so these abort with a message instead of returning NULL. */
+/* The out-of-memory policy, decided once: a message on stderr, then abort(). */
+_Noreturn void util_oom(size_t n);
 void *xmalloc(size_t n);
 void *xcalloc(size_t nmemb, size_t size);
 void *xrealloc(void *p, size_t n);

@@ -1,62 +1,78 @@
-/* move_engine.c: the file-tree move: walk, copy, verify, sync, remove, rollback. */
+/* move_engine.c: the file-tree move: rename, or calculate, check space, copy,
+ * make durable, verify, remove the source; roll back on any failure. */
 #include "move_engine.h"
+#include "file_copy.h"
 #include "log.h"
+#include "tree_walk.h"
 #include "util.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/sendfile.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
-#define COPY_CHUNK                                                                                 \
-    (8u << 20) /* bytes per in-kernel copy call: bounds progress and cancel latency */
-#define RW_BUF (1u << 20)
+#define REPORT_GAP_MS 10 /* at most ~100 reports a second reach the ring */
 
-struct entry {
-    char *rel; /* path relative to the source root */
-    struct stat st;
-    char *link;      /* symlink target */
-    size_t hl_first; /* for a hard link seen before: index+1 of its first name */
+/* One inode with several names inside the tree, by its source identity. */
+struct hl_slot {
+    dev_t dev;
+    ino_t ino;
+    bool used;
+    bool verified; /* the verify pass met its first name */
+    char *dst_rel; /* destination path of its first name, once copied */
+    ino_t dst_ino; /* the destination inode, seen by the verify pass */
 };
 
-/* Open-addressing table (dev, ino) -> first entry index, only for files with
- * st_nlink > 1. */
 struct hl_table {
-    struct hl_slot {
-        dev_t dev;
-        ino_t ino;
-        size_t idx1; /* index+1, 0 = empty */
-    } * slots;
+    struct hl_slot *slots;
     size_t cap, used;
 };
+
+/* Space promised to moves copying now, per destination filesystem, so that
+ * two moves to one disk do not both count the same free space. */
+struct space_claim {
+    dev_t dev;
+    _Atomic uint64_t remaining;
+    struct space_claim *next;
+};
+
+static pthread_mutex_t claims_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct space_claim *claims;
 
 struct eng {
     const struct engine_job *job;
     struct engine_result *res;
-    struct entry *ents;
-    size_t n, cap;
-    size_t created; /* ents[0..created) exist under dst */
+    struct engine_progress prog;
+    struct copy_ctx cc;
+    bool is_root, noatime_ok;
     int srcfd, dstfd;
     dev_t src_dev;
-    bool dst_preexisted, dst_created;
+    struct stat src_st;
+    bool dst_created, dst_preexisted, dst_had_lf;
     struct stat dst_orig;
     char **made_parents; /* created above dst, outermost first */
     size_t n_made;
     struct hl_table hl;
-    struct engine_progress prog;
-    bool use_cfr, use_sendfile;
-    char *buf, *buf2;
-    bool is_root;
+    uint64_t need_bytes, need_inodes, blksize;
+    struct space_claim claim;
+    bool claimed;
+    uint64_t *hashes; /* checksum mode: one per copied regular file, walk order */
+    size_t n_hashes, cap_hashes, hash_pos;
+    uint64_t entries; /* entries met by the current pass */
+    uint64_t last_report;
+    const char *side_root;   /* the root the current pass names in errors */
+    struct tree_walk *cur_w; /* the entry being copied, for reports inside it */
+    const char *cur_name;
 };
 
-/* --- results and reporting ---------------------------------------------- */
+/* --- results and reporting ---------------------------------------------------- */
 
 enum move_code engine_errno_code(int err)
 {
@@ -87,15 +103,7 @@ static int eng_fail(struct eng *e, enum move_code code, const char *fmt, ...)
     return -1;
 }
 
-/* Fails with the code of err, naming what and where: "copy /a/b: No space". */
-static int eng_fail_errno(struct eng *e, int err, const char *what, const char *root,
-                          const char *rel)
-{
-    return eng_fail(e, engine_errno_code(err), "%s %s%s%s: %s", what, root, rel && *rel ? "/" : "",
-                    rel ? rel : "", strerror(err));
-}
-
-static int eng_check_stop(struct eng *e)
+static int eng_stop_code(struct eng *e)
 {
     int code = atomic_load_explicit(e->job->stop, memory_order_relaxed);
     if (code == CODE_NONE)
@@ -107,10 +115,58 @@ static int eng_check_stop(struct eng *e)
                                                  : "the move was stopped");
 }
 
-static void eng_report(struct eng *e, const char *current, bool phase_start)
+/* Fails with the code of err, naming what and where: "copy /a/b: No space". */
+static int eng_fail_at(struct eng *e, int err, const char *what, const char *root, const char *rel)
+{
+    if (err == ECANCELED)
+        return eng_stop_code(e);
+    if (err == ESTALE)
+        return eng_fail(e, CODE_SOURCE_CHANGED,
+                        "%s%s%s changed while it was being moved (stop the game server first)",
+                        root, rel && *rel ? "/" : "", rel ? rel : "");
+    return eng_fail(e, engine_errno_code(err), "%s %s%s%s: %s", what, root, rel && *rel ? "/" : "",
+                    rel ? rel : "", strerror(err));
+}
+
+/* The same for an entry `name` of the walk's current directory. */
+static int eng_fail_w(struct eng *e, struct tree_walk *w, int err, const char *what,
+                      const char *root, const char *name)
+{
+    char rel[MOVE_ERROR_MAX / 2];
+    tree_walk_relpath(w, name, rel, sizeof rel);
+    return eng_fail_at(e, err, what, root, rel);
+}
+
+/* A failure of the walk itself (reading a directory, a swapped entry). */
+static int eng_fail_walk(struct eng *e, struct tree_walk *w)
+{
+    if (e->res->code != CODE_NONE)
+        return -1;
+    if (w->changed)
+        return eng_fail_at(e, ESTALE, "", e->side_root, w->err_where);
+    if (w->err == EXDEV)
+        return eng_fail(e, CODE_IO_ERROR, "%s %s/%s; unmount it first", w->err_what, e->side_root,
+                        w->err_where);
+    return eng_fail_at(e, w->err ? w->err : EIO, w->err_what ? w->err_what : "walk", e->side_root,
+                       w->err_where);
+}
+
+static void eng_report_now(struct eng *e, const char *current, bool phase_start)
 {
     e->prog.current = current;
     e->job->report(e->job->arg, &e->prog, phase_start);
+    e->last_report = util_mono_ms();
+}
+
+/* Reports at most every REPORT_GAP_MS; the path is only built when sent. */
+static void eng_report(struct eng *e, struct tree_walk *w, const char *name)
+{
+    char rel[MOVE_CURRENT_MAX];
+    if (util_mono_ms() - e->last_report < REPORT_GAP_MS)
+        return;
+    if (w)
+        tree_walk_relpath(w, name, rel, sizeof rel);
+    eng_report_now(e, w ? rel : NULL, false);
 }
 
 static void eng_phase(struct eng *e, enum move_phase phase, uint64_t phase_total)
@@ -118,10 +174,23 @@ static void eng_phase(struct eng *e, enum move_phase phase, uint64_t phase_total
     e->prog.phase = phase;
     e->prog.phase_done = 0;
     e->prog.phase_total = phase_total;
-    eng_report(e, NULL, true);
+    eng_report_now(e, NULL, true);
 }
 
-/* --- hard-link table ----------------------------------------------------- */
+static void eng_on_bytes(void *arg, uint64_t delta)
+{
+    struct eng *e = arg;
+    e->prog.bytes_done += delta;
+    if (e->claimed) {
+        uint64_t r = atomic_load(&e->claim.remaining);
+        atomic_store(&e->claim.remaining, r > delta ? r - delta : 0);
+    }
+    if (e->prog.phase == PHASE_COPYING)
+        e->prog.phase_done = e->prog.bytes_done;
+    eng_report(e, e->cur_w, e->cur_name);
+}
+
+/* --- hard links ------------------------------------------------------------------ */
 
 static size_t hl_hash(dev_t dev, ino_t ino)
 {
@@ -129,480 +198,652 @@ static size_t hl_hash(dev_t dev, ino_t ino)
     return (size_t)(h ^ (h >> 29));
 }
 
-/* Returns the index+1 of the first name of (dev, ino), or records idx and
- * returns 0. */
-static size_t hl_lookup_or_add(struct hl_table *t, dev_t dev, ino_t ino, size_t idx)
+/* The slot of (dev, ino); *fresh tells whether it was just added. */
+static struct hl_slot *hl_get(struct hl_table *t, dev_t dev, ino_t ino, bool *fresh)
 {
     size_t i;
     if ((t->used + 1) * 2 > t->cap) {
         struct hl_table bigger = {xcalloc(t->cap ? t->cap * 2 : 64, sizeof(struct hl_slot)),
                                   t->cap ? t->cap * 2 : 64, 0};
-        for (i = 0; i < t->cap; i++)
-            if (t->slots[i].idx1)
-                hl_lookup_or_add(&bigger, t->slots[i].dev, t->slots[i].ino, t->slots[i].idx1 - 1);
+        for (i = 0; i < t->cap; i++) {
+            if (t->slots[i].used) {
+                bool f;
+                *hl_get(&bigger, t->slots[i].dev, t->slots[i].ino, &f) = t->slots[i];
+            }
+        }
         free(t->slots);
         *t = bigger;
     }
-    for (i = hl_hash(dev, ino) & (t->cap - 1); t->slots[i].idx1; i = (i + 1) & (t->cap - 1))
-        if (t->slots[i].dev == dev && t->slots[i].ino == ino)
-            return t->slots[i].idx1;
-    t->slots[i] = (struct hl_slot){dev, ino, idx + 1};
+    for (i = hl_hash(dev, ino) & (t->cap - 1); t->slots[i].used; i = (i + 1) & (t->cap - 1)) {
+        if (t->slots[i].dev == dev && t->slots[i].ino == ino) {
+            *fresh = false;
+            return &t->slots[i];
+        }
+    }
+    memset(&t->slots[i], 0, sizeof t->slots[i]);
+    t->slots[i].used = true;
+    t->slots[i].dev = dev;
+    t->slots[i].ino = ino;
     t->used++;
+    *fresh = true;
+    return &t->slots[i];
+}
+
+static void hl_free(struct hl_table *t)
+{
+    for (size_t i = 0; i < t->cap; i++)
+        free(t->slots[i].dst_rel);
+    free(t->slots);
+    t->slots = NULL;
+    t->cap = t->used = 0;
+}
+
+/* Opens the directory holding `rel` (relative to root) one component at a
+ * time, so that any path length works and no symlink is followed. */
+static int open_parent_of(int root, const char *rel, const char **base)
+{
+    char comp[NAME_MAX + 1];
+    const char *p = rel, *slash;
+    int fd = dup(root);
+    while (fd >= 0 && (slash = strchr(p, '/')) != NULL) {
+        size_t n = (size_t)(slash - p);
+        int next;
+        if (n > NAME_MAX) {
+            close(fd);
+            errno = ENAMETOOLONG;
+            return -1;
+        }
+        memcpy(comp, p, n);
+        comp[n] = '\0';
+        next = openat(fd, comp, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        close(fd);
+        fd = next;
+        p = slash + 1;
+    }
+    *base = p;
+    return fd;
+}
+
+/* --- calculating -------------------------------------------------------------------- */
+
+static uint64_t round_up(uint64_t n, uint64_t to)
+{
+    return (n + to - 1) / to * to;
+}
+
+static int calc_entry(struct tree_walk *w, const char *name, const struct stat *st)
+{
+    struct eng *e = w->arg;
+    e->prog.files_total++;
+    e->need_inodes++;
+    if (S_ISREG(st->st_mode)) {
+        bool fresh = true;
+        if (st->st_nlink > 1)
+            hl_get(&e->hl, st->st_dev, st->st_ino, &fresh);
+        if (fresh) {
+            bool sparse = (uint64_t)st->st_blocks * 512 < (uint64_t)st->st_size;
+            e->prog.bytes_total += (uint64_t)st->st_size;
+            e->need_bytes += round_up(
+                sparse ? (uint64_t)st->st_blocks * 512 : (uint64_t)st->st_size, e->blksize);
+        } else {
+            e->need_inodes--; /* another name of an inode already counted */
+        }
+    } else if (S_ISDIR(st->st_mode) || (S_ISLNK(st->st_mode) && st->st_size > 60)) {
+        e->need_bytes += e->blksize;
+    }
+    e->prog.phase_done = e->prog.files_total;
+    if (eng_stop_code(e) != 0)
+        return -1;
+    eng_report(e, w, name);
     return 0;
 }
 
-/* --- calculating: the walk ------------------------------------------------ */
-
-static const char *type_name(mode_t m)
+static int calc_dir(struct tree_walk *w, const char *name, const struct stat *st)
 {
-    if (S_ISFIFO(m))
-        return "fifo";
-    if (S_ISCHR(m))
-        return "character device";
-    if (S_ISBLK(m))
-        return "block device";
-    if (S_ISSOCK(m))
-        return "socket";
-    return "unknown file type";
+    return calc_entry(w, name, st) != 0 ? -1 : 0;
 }
 
-static char *join_rel(const char *dir, const char *name)
+static int eng_calculate(struct eng *e)
 {
-    size_t a = strlen(dir), b = strlen(name);
-    char *p;
-    if (a == 0)
-        return xstrdup(name);
-    p = xmalloc(a + b + 2);
-    memcpy(p, dir, a);
-    p[a] = '/';
-    memcpy(p + a + 1, name, b);
-    p[a + 1 + b] = '\0';
-    return p;
+    static const struct tree_walk_ops ops = {calc_entry, calc_dir, NULL};
+    struct tree_walk w = {.ops = &ops, .arg = e, .need_stat = true, .strict_dev = true};
+    int rc;
+    e->side_root = e->job->src;
+    rc = tree_walk_run(&w, e->srcfd, -1);
+    if (rc != 0 && e->res->code == CODE_NONE)
+        eng_fail_walk(e, &w);
+    tree_walk_free(&w);
+    return rc;
 }
 
-/* Lists one source directory, appending its children to ents; directories
- * are pushed on the explicit stack (no C recursion, so depth is unbounded). */
-static int walk_dir(struct eng *e, const char *rel, char ***stack, size_t *sn, size_t *scap)
+/* Fails early when the tree cannot fit, counting what other moves copying
+ * to the same filesystem still need. */
+static int eng_check_space(struct eng *e)
 {
-    int fd = openat(e->srcfd, *rel ? rel : ".", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    DIR *d;
-    struct dirent *de;
-    if (fd < 0)
-        return eng_fail_errno(e, errno, "open directory", e->job->src, rel);
-    d = fdopendir(fd);
-    if (!d) {
-        int err = errno;
-        close(fd);
-        return eng_fail_errno(e, err, "read directory", e->job->src, rel);
+    struct statvfs vfs;
+    uint64_t avail, others = 0;
+    struct space_claim *c;
+    if (fstatvfs(e->dstfd, &vfs) != 0)
+        return eng_fail_at(e, errno, "statvfs", e->job->dst, NULL);
+    avail = (uint64_t)vfs.f_bavail * vfs.f_frsize;
+    pthread_mutex_lock(&claims_lock);
+    for (c = claims; c; c = c->next)
+        if (c->dev == e->claim.dev)
+            others += atomic_load(&c->remaining);
+    if (e->need_bytes + others > avail) {
+        pthread_mutex_unlock(&claims_lock);
+        return eng_fail(e, CODE_NO_SPACE,
+                        "%s cannot hold the tree: it needs %llu bytes, %llu are free%s",
+                        e->job->dst, (unsigned long long)e->need_bytes,
+                        (unsigned long long)(avail > others ? avail - others : 0),
+                        others ? " after what other moves to this filesystem still need" : "");
     }
-    for (;;) {
-        struct entry *en;
-        errno = 0;
-        de = readdir(d);
-        if (!de) {
-            if (errno) {
-                int err = errno;
-                closedir(d);
-                return eng_fail_errno(e, err, "read directory", e->job->src, rel);
-            }
+    if (vfs.f_files > 0 && e->need_inodes > (uint64_t)vfs.f_favail) {
+        pthread_mutex_unlock(&claims_lock);
+        return eng_fail(e, CODE_NO_SPACE,
+                        "%s cannot hold the tree: it needs %llu inodes, %llu are free", e->job->dst,
+                        (unsigned long long)e->need_inodes, (unsigned long long)vfs.f_favail);
+    }
+    atomic_store(&e->claim.remaining, e->need_bytes);
+    e->claim.next = claims;
+    claims = &e->claim;
+    e->claimed = true;
+    pthread_mutex_unlock(&claims_lock);
+    return 0;
+}
+
+static void eng_release_space(struct eng *e)
+{
+    struct space_claim **pp;
+    if (!e->claimed)
+        return;
+    pthread_mutex_lock(&claims_lock);
+    for (pp = &claims; *pp; pp = &(*pp)->next) {
+        if (*pp == &e->claim) {
+            *pp = e->claim.next;
             break;
         }
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-            continue;
-        if (e->n == e->cap) {
-            e->cap = e->cap ? e->cap * 2 : 1024;
-            e->ents = xrealloc(e->ents, e->cap * sizeof *e->ents);
-        }
-        en = &e->ents[e->n];
-        memset(en, 0, sizeof *en);
-        en->rel = join_rel(rel, de->d_name);
-        e->n++;
-        if (fstatat(dirfd(d), de->d_name, &en->st, AT_SYMLINK_NOFOLLOW) != 0) {
-            int err = errno;
-            closedir(d);
-            return eng_fail_errno(e, err, "stat", e->job->src, en->rel);
-        }
-        if (S_ISDIR(en->st.st_mode)) {
-            if (en->st.st_dev != e->src_dev) {
-                closedir(d);
-                return eng_fail(e, CODE_IO_ERROR,
-                                "another filesystem is mounted inside the source at %s/%s; "
-                                "unmount it first",
-                                e->job->src, en->rel);
-            }
-            if (*sn == *scap) {
-                *scap = *scap ? *scap * 2 : 64;
-                *stack = xrealloc(*stack, *scap * sizeof **stack);
-            }
-            (*stack)[(*sn)++] = xstrdup(en->rel);
-        } else if (S_ISLNK(en->st.st_mode)) {
-            size_t cap = (size_t)en->st.st_size + 1;
-            ssize_t got;
-            if (cap < 64 || cap > PATH_MAX)
-                cap = PATH_MAX;
-            en->link = xmalloc(cap);
-            got = readlinkat(dirfd(d), de->d_name, en->link, cap - 1);
-            if (got < 0) {
-                int err = errno;
-                closedir(d);
-                return eng_fail_errno(e, err, "read link", e->job->src, en->rel);
-            }
-            en->link[got] = '\0';
-        } else if (S_ISREG(en->st.st_mode)) {
-            if (en->st.st_nlink > 1)
-                en->hl_first = hl_lookup_or_add(&e->hl, en->st.st_dev, en->st.st_ino, e->n - 1);
-            if (!en->hl_first)
-                e->prog.bytes_total += (uint64_t)en->st.st_size;
-        } else {
-            /* Opening a fifo for reading would block forever: refuse. */
-            closedir(d);
-            return eng_fail(e, CODE_IO_ERROR, "cannot move %s/%s: %s is not supported", e->job->src,
-                            en->rel, type_name(en->st.st_mode));
-        }
-        e->prog.files_total = e->n;
-        e->prog.phase_done = e->n;
-        eng_report(e, en->rel, false);
-        if (eng_check_stop(e) != 0) {
-            closedir(d);
-            return -1;
-        }
     }
-    closedir(d);
-    return 0;
+    pthread_mutex_unlock(&claims_lock);
+    e->claimed = false;
 }
 
-static int eng_walk(struct eng *e)
+/* --- copying ------------------------------------------------------------------------ */
+
+static int open_source_file(struct eng *e, int dir, const char *name)
 {
-    char **stack = NULL;
-    size_t sn = 0, scap = 0;
-    int rc;
-    rc = walk_dir(e, "", &stack, &sn, &scap);
-    while (rc == 0 && sn > 0) {
-        char *rel = stack[--sn];
-        rc = walk_dir(e, rel, &stack, &sn, &scap);
-        free(rel);
+    int fd;
+    /* O_NOATIME keeps the source's access times (owner or CAP_FOWNER only). */
+    if (e->noatime_ok) {
+        fd = openat(dir, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOATIME);
+        if (fd >= 0 || errno != EPERM)
+            return fd;
+        e->noatime_ok = false;
     }
-    while (sn > 0)
-        free(stack[--sn]);
-    free(stack);
-    return rc;
+    return openat(dir, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 }
 
-/* --- copying ---------------------------------------------------------------- */
-
-static bool cfr_unsupported(int err)
+static bool same_content_stat(const struct stat *a, const struct stat *b)
 {
-    return err == EXDEV || err == ENOSYS || err == EOPNOTSUPP || err == EINVAL || err == EPERM ||
-           err == ENOTTY || err == EBADF || err == ETXTBSY || err == EACCES || err == ENOENT;
+    return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
 }
 
-static ssize_t write_all(int fd, const char *buf, size_t n)
+static int copy_regular(struct eng *e, struct tree_walk *w, const char *name, const struct stat *st)
 {
-    size_t off = 0;
-    while (off < n) {
-        ssize_t w = write(fd, buf + off, n - off);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        off += (size_t)w;
-    }
-    return (ssize_t)n;
-}
+    int sdir = tree_walk_fd(w, 0), ddir = tree_walk_fd(w, 1);
+    int sfd, dfd, rc;
+    struct stat after;
+    uint64_t hash = 0, start = e->prog.bytes_done;
+    bool on_write;
 
-/* Copies sfd to dfd in bounded chunks (progress and cancel between them),
- * preferring in-kernel copies. copy_file_range fails with EXDEV across
- * filesystems (the usual case here), so sendfile, also in the kernel, comes
- * next, then read/write. A method found unsupported is not tried again for
- * this move. */
-static int copy_data(struct eng *e, int sfd, int dfd, const struct entry *en)
-{
-    uint64_t file_done = 0;
-    for (;;) {
-        ssize_t got;
-        if (eng_check_stop(e) != 0)
-            return -1;
-        if (e->use_cfr) {
-            got = copy_file_range(sfd, NULL, dfd, NULL, COPY_CHUNK, 0);
-            if (file_done == 0 &&
-                ((got < 0 && cfr_unsupported(errno)) || (got == 0 && en->st.st_size > 0))) {
-                e->use_cfr = false;
-                continue;
-            }
-        } else if (e->use_sendfile) {
-            got = sendfile(dfd, sfd, NULL, COPY_CHUNK);
-            if (got < 0 && file_done == 0 && (errno == EINVAL || errno == ENOSYS)) {
-                e->use_sendfile = false;
-                continue;
-            }
-        } else {
-            got = read(sfd, e->buf, RW_BUF);
-            if (got > 0 && write_all(dfd, e->buf, (size_t)got) < 0)
-                return eng_fail_errno(e, errno, "write", e->job->dst, en->rel);
-        }
-        if (got < 0) {
-            if (errno == EINTR)
-                continue;
-            /* ENOSPC and friends come from the write side: name the destination. */
-            return eng_fail_errno(e, errno, "copy to", e->job->dst, en->rel);
-        }
-        if (got == 0)
-            return 0;
-        file_done += (uint64_t)got;
-        e->prog.bytes_done += (uint64_t)got;
-        e->prog.phase_done = e->prog.bytes_done;
-        eng_report(e, en->rel, false);
-    }
-}
-
-static int copy_file(struct eng *e, size_t i)
-{
-    struct entry *en = &e->ents[i];
-    struct stat now;
-    struct timespec times[2] = {en->st.st_atim, en->st.st_mtim};
-    int sfd, dfd, rc = 0;
-
-    sfd = openat(e->srcfd, en->rel, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    e->cur_w = w;
+    e->cur_name = name;
+    sfd = open_source_file(e, sdir, name);
     if (sfd < 0)
-        return eng_fail_errno(e, errno, "open", e->job->src, en->rel);
-    if (fstat(sfd, &now) != 0 || !S_ISREG(now.st_mode) || now.st_ino != en->st.st_ino) {
-        close(sfd);
-        return eng_fail(e, CODE_SOURCE_CHANGED, "%s/%s was replaced while the move ran",
-                        e->job->src, en->rel);
-    }
-    dfd = openat(e->dstfd, en->rel, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        return eng_fail_w(e, w, errno, "open", e->job->src, name);
+    dfd = openat(ddir, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (dfd < 0) {
-        rc = eng_fail_errno(e, errno, "create", e->job->dst, en->rel);
+        rc = errno;
         close(sfd);
-        return rc;
+        return eng_fail_w(e, w, rc, "create", e->job->dst, name);
     }
-    e->created = i + 1;
-    rc = copy_data(e, sfd, dfd, en);
-    if (rc == 0 && fstat(sfd, &now) == 0 &&
-        (now.st_size != en->st.st_size || now.st_mtim.tv_sec != en->st.st_mtim.tv_sec ||
-         now.st_mtim.tv_nsec != en->st.st_mtim.tv_nsec))
-        rc = eng_fail(e, CODE_SOURCE_CHANGED,
-                      "%s/%s changed while it was being copied (stop the game server first)",
-                      e->job->src, en->rel);
-    /* Owner first: chown clears set-user-ID bits that fchmod then restores. */
-    if (rc == 0 && e->is_root && fchown(dfd, en->st.st_uid, en->st.st_gid) != 0)
-        rc = eng_fail_errno(e, errno, "chown", e->job->dst, en->rel);
-    if (rc == 0 && fchmod(dfd, en->st.st_mode & 07777) != 0)
-        rc = eng_fail_errno(e, errno, "chmod", e->job->dst, en->rel);
-    if (rc == 0 && futimens(dfd, times) != 0)
-        rc = eng_fail_errno(e, errno, "set times of", e->job->dst, en->rel);
-    if (close(dfd) != 0 && rc == 0)
-        rc = eng_fail_errno(e, errno, "close", e->job->dst, en->rel);
+    rc = copy_data(&e->cc, sfd, dfd, st, &hash, &on_write);
+    e->cur_w = NULL;
+    if (rc != 0) {
+        close(sfd);
+        close(dfd);
+        return eng_fail_w(e, w, -rc, on_write ? "write" : "read",
+                          on_write ? e->job->dst : e->job->src, name);
+    }
+    /* Changed while we copied it (or swapped before we opened it)? */
+    if (fstat(sfd, &after) != 0 || !same_content_stat(st, &after)) {
+        close(sfd);
+        close(dfd);
+        return eng_fail_w(e, w, ESTALE, "", e->job->src, name);
+    }
+    rc = copy_meta_fd(&e->cc, sfd, dfd, st, e->is_root);
     close(sfd);
-    return rc;
-}
-
-static int copy_entry(struct eng *e, size_t i)
-{
-    struct entry *en = &e->ents[i];
-    mode_t m = en->st.st_mode;
-    if (S_ISDIR(m)) {
-        /* 0700 while filling it; the real mode and times come at the end. */
-        if (mkdirat(e->dstfd, en->rel, 0700) != 0)
-            return eng_fail_errno(e, errno, "create directory", e->job->dst, en->rel);
-        e->created = i + 1;
-    } else if (S_ISLNK(m)) {
-        struct timespec times[2] = {en->st.st_atim, en->st.st_mtim};
-        if (symlinkat(en->link, e->dstfd, en->rel) != 0)
-            return eng_fail_errno(e, errno, "create symlink", e->job->dst, en->rel);
-        e->created = i + 1;
-        if (e->is_root &&
-            fchownat(e->dstfd, en->rel, en->st.st_uid, en->st.st_gid, AT_SYMLINK_NOFOLLOW) != 0)
-            return eng_fail_errno(e, errno, "chown", e->job->dst, en->rel);
-        if (utimensat(e->dstfd, en->rel, times, AT_SYMLINK_NOFOLLOW) != 0)
-            return eng_fail_errno(e, errno, "set times of", e->job->dst, en->rel);
-    } else if (en->hl_first) {
-        if (linkat(e->dstfd, e->ents[en->hl_first - 1].rel, e->dstfd, en->rel, 0) != 0)
-            return eng_fail_errno(e, errno, "create hard link", e->job->dst, en->rel);
-        e->created = i + 1;
-    } else {
-        return copy_file(e, i);
+    if (rc != 0) {
+        close(dfd);
+        return eng_fail_w(e, w, -rc, "set attributes of", e->job->dst, name);
+    }
+    if (close(dfd) != 0)
+        return eng_fail_w(e, w, errno, "write", e->job->dst, name);
+    /* Holes count as copied: make the counter land on the file's size. */
+    e->prog.bytes_done = start + (uint64_t)st->st_size;
+    if (e->cc.checksum) {
+        if (e->n_hashes == e->cap_hashes) {
+            e->cap_hashes = e->cap_hashes ? e->cap_hashes * 2 : 256;
+            e->hashes = xrealloc(e->hashes, e->cap_hashes * sizeof *e->hashes);
+        }
+        e->hashes[e->n_hashes++] = hash;
     }
     return 0;
 }
 
-static int apply_dir_meta(struct eng *e, int dirfd, const char *rel, const struct stat *st)
+static int copy_hardlink(struct eng *e, struct tree_walk *w, const char *name,
+                         struct hl_slot *first)
 {
-    struct timespec times[2] = {st->st_atim, st->st_mtim};
-    const char *name = rel ? rel : "";
-    int flags = rel ? 0 : AT_EMPTY_PATH;
-    if (e->is_root && fchownat(dirfd, name, st->st_uid, st->st_gid, flags) != 0)
-        return eng_fail_errno(e, errno, "chown", e->job->dst, rel);
-    if (rel ? fchmodat(dirfd, rel, st->st_mode & 07777, 0) != 0
-            : fchmod(dirfd, st->st_mode & 07777) != 0)
-        return eng_fail_errno(e, errno, "chmod", e->job->dst, rel);
-    if (rel ? utimensat(dirfd, rel, times, 0) != 0 : futimens(dirfd, times) != 0)
-        return eng_fail_errno(e, errno, "set times of", e->job->dst, rel);
+    const char *base;
+    int pfd = open_parent_of(e->dstfd, first->dst_rel, &base);
+    int rc = 0;
+    if (pfd < 0)
+        return eng_fail_at(e, errno, "open", e->job->dst, first->dst_rel);
+    if (linkat(pfd, base, tree_walk_fd(w, 1), name, 0) != 0)
+        rc = eng_fail_w(e, w, errno, "create hard link", e->job->dst, name);
+    close(pfd);
+    return rc;
+}
+
+static int copy_symlink(struct eng *e, struct tree_walk *w, const char *name, const struct stat *st)
+{
+    size_t cap = (size_t)st->st_size + 2;
+    char *target = xmalloc(cap);
+    ssize_t n = readlinkat(tree_walk_fd(w, 0), name, target, cap);
+    int rc = 0;
+    if (n < 0)
+        rc = eng_fail_w(e, w, errno, "read link", e->job->src, name);
+    else if ((size_t)n != (size_t)st->st_size)
+        rc = eng_fail_w(e, w, ESTALE, "", e->job->src, name);
+    else {
+        target[n] = '\0';
+        if (symlinkat(target, tree_walk_fd(w, 1), name) != 0)
+            rc = eng_fail_w(e, w, errno, "create symlink", e->job->dst, name);
+    }
+    free(target);
+    return rc;
+}
+
+static int copy_entry(struct tree_walk *w, const char *name, const struct stat *st)
+{
+    struct eng *e = w->arg;
+    int rc = 0;
+    if (eng_stop_code(e) != 0)
+        return -1;
+    eng_report(e, w, name);
+    if (S_ISREG(st->st_mode)) {
+        struct hl_slot *hs = NULL;
+        bool fresh = true;
+        if (st->st_nlink > 1)
+            hs = hl_get(&e->hl, st->st_dev, st->st_ino, &fresh);
+        if (hs && hs->dst_rel) {
+            rc = copy_hardlink(e, w, name, hs);
+        } else {
+            rc = copy_regular(e, w, name, st);
+            if (rc == 0 && hs) {
+                char *rel = xmalloc(w->path_cap + strlen(name) + 2);
+                tree_walk_relpath(w, name, rel, w->path_cap + strlen(name) + 2);
+                hs->dst_rel = rel;
+            }
+        }
+    } else {
+        if (S_ISLNK(st->st_mode))
+            rc = copy_symlink(e, w, name, st);
+        else if (mknodat(tree_walk_fd(w, 1), name, (st->st_mode & S_IFMT) | 0600, st->st_rdev) != 0)
+            rc = eng_fail_w(e, w, errno, "create", e->job->dst, name);
+        /* Never opened: a fifo would block a reader forever. */
+        if (rc == 0 && (rc = copy_meta_at(&e->cc, tree_walk_fd(w, 0), tree_walk_fd(w, 1), name, st,
+                                          e->is_root)) != 0)
+            rc = eng_fail_w(e, w, -rc, "set attributes of", e->job->dst, name);
+    }
+    if (rc != 0)
+        return -1;
+    e->prog.files_done++;
+    return 0;
+}
+
+static int copy_dir_pre(struct tree_walk *w, const char *name, const struct stat *st)
+{
+    struct eng *e = w->arg;
+    (void)st;
+    if (eng_stop_code(e) != 0)
+        return -1;
+    /* 0700 while it is filled; its own mode and times come after its contents. */
+    if (mkdirat(tree_walk_fd(w, 1), name, 0700) != 0) {
+        bool reuse_lf =
+            errno == EEXIST && w->depth == 1 && e->dst_had_lf && strcmp(name, "lost+found") == 0;
+        if (!reuse_lf)
+            return eng_fail_w(e, w, errno, "create directory", e->job->dst, name);
+    }
+    e->prog.files_done++;
+    eng_report(e, w, name);
+    return 0;
+}
+
+static int copy_dir_post(struct tree_walk *w, const char *name, const struct stat *st,
+                         const int fds[2])
+{
+    struct eng *e = w->arg;
+    struct stat after;
+    int rc;
+    /* A directory whose entries changed while we copied it. */
+    if (fstat(fds[0], &after) != 0 || after.st_mtim.tv_sec != st->st_mtim.tv_sec ||
+        after.st_mtim.tv_nsec != st->st_mtim.tv_nsec)
+        return eng_fail_w(e, w, ESTALE, "", e->job->src, name);
+    rc = copy_meta_fd(&e->cc, fds[0], fds[1], st, e->is_root);
+    if (rc != 0)
+        return eng_fail_w(e, w, -rc, "set attributes of", e->job->dst, name);
     return 0;
 }
 
 static int eng_copy(struct eng *e)
 {
-    struct stat root_st;
+    static const struct tree_walk_ops ops = {copy_entry, copy_dir_pre, copy_dir_post};
+    struct tree_walk w = {
+        .ops = &ops, .arg = e, .mirrored = true, .need_stat = true, .strict_dev = true};
+    struct stat after;
+    int rc;
     eng_phase(e, PHASE_COPYING, e->prog.bytes_total);
-    for (size_t i = 0; i < e->n; i++) {
-        if (eng_check_stop(e) != 0 || copy_entry(e, i) != 0)
-            return -1;
-        e->prog.files_done++;
-        eng_report(e, e->ents[i].rel, false);
-    }
-    /* Directory times last, children before parents: writing into a
-     * directory would change its mtime again. */
-    for (size_t i = e->n; i-- > 0;)
-        if (S_ISDIR(e->ents[i].st.st_mode) &&
-            apply_dir_meta(e, e->dstfd, e->ents[i].rel, &e->ents[i].st) != 0)
-            return -1;
-    if (fstat(e->srcfd, &root_st) != 0)
-        return eng_fail_errno(e, errno, "stat", e->job->src, NULL);
-    if (apply_dir_meta(e, e->dstfd, NULL, &root_st) != 0)
+    e->side_root = e->job->src;
+    rc = tree_walk_run(&w, e->srcfd, e->dstfd);
+    if (rc != 0 && e->res->code == CODE_NONE)
+        eng_fail_walk(e, &w);
+    tree_walk_free(&w);
+    if (rc != 0)
         return -1;
-    /* Durable before anything is verified or removed: one syncfs of the
-     * destination filesystem instead of an fsync per file. */
+    if (fstat(e->srcfd, &after) != 0 || after.st_mtim.tv_sec != e->src_st.st_mtim.tv_sec ||
+        after.st_mtim.tv_nsec != e->src_st.st_mtim.tv_nsec)
+        return eng_fail_at(e, ESTALE, "", e->job->src, NULL);
+    rc = copy_meta_fd(&e->cc, e->srcfd, e->dstfd, &e->src_st, e->is_root);
+    if (rc != 0)
+        return eng_fail_at(e, -rc, "set attributes of", e->job->dst, NULL);
+    if (e->cc.xattr_warnings)
+        LOG(LOG_WARN, "some extended attributes could not be copied", LF_S("dst", e->job->dst),
+            LF_U("count", e->cc.xattr_warnings), LF_S("first", e->cc.xattr_first_warning));
+    /* Durable before the source may go: one syncfs writes back the whole
+     * destination filesystem (cheaper than an fsync per file). */
     if (syncfs(e->dstfd) != 0)
-        return eng_fail_errno(e, errno, "sync", e->job->dst, NULL);
+        return eng_fail_at(e, errno, "sync", e->job->dst, NULL);
     return 0;
 }
 
-/* --- verifying -------------------------------------------------------------- */
+/* --- verifying ---------------------------------------------------------------------- */
 
-static bool same_time(const struct timespec *a, const struct timespec *b)
+/* Compares one entry of the copy with its source, field by field. */
+static int verify_stat(struct eng *e, struct tree_walk *w, const char *name, const struct stat *s,
+                       const struct stat *d)
 {
-    return a->tv_sec == b->tv_sec && a->tv_nsec == b->tv_nsec;
-}
-
-static int compare_content(struct eng *e, const struct entry *en)
-{
-    int sfd = openat(e->srcfd, en->rel, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    int dfd = openat(e->dstfd, en->rel, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    int rc = 0;
-    if (sfd < 0 || dfd < 0) {
-        rc = eng_fail_errno(e, errno, "open for verification", sfd < 0 ? e->job->src : e->job->dst,
-                            en->rel);
-        goto out;
+    mode_t mask = S_IFMT | 07777;
+    const char *what = NULL;
+    if ((s->st_mode & S_IFMT) != (d->st_mode & S_IFMT))
+        what = "type";
+    else if (!S_ISDIR(s->st_mode) && s->st_size != d->st_size)
+        what = "size";
+    else if (s->st_mtim.tv_sec != d->st_mtim.tv_sec || s->st_mtim.tv_nsec != d->st_mtim.tv_nsec)
+        what = "modification time";
+    if (what) /* these follow the source: it changed after it was copied */
+        return eng_fail_w(e, w, ESTALE, "", e->job->src, name);
+    if (!e->is_root)
+        mask &= (mode_t)~S_ISGID; /* may be dropped by the kernel for us */
+    if (!S_ISLNK(s->st_mode) && ((s->st_mode ^ d->st_mode) & mask))
+        what = "mode";
+    else if (e->is_root && (s->st_uid != d->st_uid || s->st_gid != d->st_gid))
+        what = "owner";
+    else if ((S_ISCHR(s->st_mode) || S_ISBLK(s->st_mode)) && s->st_rdev != d->st_rdev)
+        what = "device number";
+    if (what) {
+        char rel[MOVE_ERROR_MAX / 2];
+        tree_walk_relpath(w, name, rel, sizeof rel);
+        return eng_fail(e, CODE_IO_ERROR, "verification failed: %s differs for %s/%s", what,
+                        e->job->dst, rel);
     }
-    /* The copy was synced: drop its cached pages so the re-read hits the disk. */
-    (void)posix_fadvise(dfd, 0, 0, POSIX_FADV_DONTNEED);
-    for (;;) {
-        ssize_t a = read(sfd, e->buf, RW_BUF), b, got = 0;
-        if (a < 0) {
-            rc = eng_fail_errno(e, errno, "read", e->job->src, en->rel);
-            break;
-        }
-        while (got < a) {
-            b = read(dfd, e->buf2 + got, (size_t)(a - got));
-            if (b <= 0)
-                break;
-            got += b;
-        }
-        if (got != a || memcmp(e->buf, e->buf2, (size_t)a) != 0) {
-            rc = eng_fail(e, CODE_IO_ERROR, "verification failed: content of %s/%s differs",
-                          e->job->dst, en->rel);
-            break;
-        }
-        if (a == 0)
-            break;
-        if (eng_check_stop(e) != 0) {
-            rc = -1;
-            break;
-        }
-    }
-out:
-    if (sfd >= 0)
-        close(sfd);
-    if (dfd >= 0)
-        close(dfd);
-    return rc;
-}
-
-static int verify_entry(struct eng *e, const struct entry *en)
-{
-    struct stat s, d;
-    mode_t m = en->st.st_mode;
-    if (fstatat(e->srcfd, en->rel, &s, AT_SYMLINK_NOFOLLOW) != 0)
-        return eng_fail(e, CODE_SOURCE_CHANGED, "%s/%s disappeared while the move ran", e->job->src,
-                        en->rel);
-    /* A directory's mtime changes when an entry is added, removed or renamed. */
-    if ((s.st_mode & S_IFMT) != (m & S_IFMT) || s.st_ino != en->st.st_ino ||
-        (!S_ISDIR(m) && s.st_size != en->st.st_size) || !same_time(&s.st_mtim, &en->st.st_mtim))
-        return eng_fail(e, CODE_SOURCE_CHANGED,
-                        "%s/%s changed while the move ran (stop the game server first)",
-                        e->job->src, en->rel);
-    if (fstatat(e->dstfd, en->rel, &d, AT_SYMLINK_NOFOLLOW) != 0)
-        return eng_fail_errno(e, errno, "verification failed: stat", e->job->dst, en->rel);
-    if ((d.st_mode & S_IFMT) != (m & S_IFMT) || (S_ISREG(m) && d.st_size != en->st.st_size) ||
-        (!S_ISLNK(m) && (d.st_mode & 07777) != (m & 07777)) ||
-        !same_time(&d.st_mtim, &en->st.st_mtim) ||
-        (e->is_root && (d.st_uid != en->st.st_uid || d.st_gid != en->st.st_gid)))
-        return eng_fail(e, CODE_IO_ERROR, "verification failed: %s/%s differs from the source",
-                        e->job->dst, en->rel);
-    if (S_ISLNK(m)) {
-        char target[PATH_MAX];
-        ssize_t n = readlinkat(e->dstfd, en->rel, target, sizeof target - 1);
-        if (n < 0 || (target[n] = '\0', strcmp(target, en->link) != 0))
-            return eng_fail(e, CODE_IO_ERROR, "verification failed: link %s/%s points elsewhere",
-                            e->job->dst, en->rel);
-    }
-    if (S_ISREG(m) && e->job->verify == VERIFY_CHECKSUM && !en->hl_first)
-        return compare_content(e, en);
     return 0;
+}
+
+static int verify_content(struct eng *e, struct tree_walk *w, const char *name)
+{
+    uint64_t h = 0;
+    int fd = openat(tree_walk_fd(w, 1), name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC), rc;
+    if (fd < 0)
+        return eng_fail_w(e, w, errno, "open", e->job->dst, name);
+    e->cc.progress = NULL; /* verifying counts entries, not bytes */
+    rc = copy_hash_file(&e->cc, fd, &h);
+    close(fd);
+    if (rc != 0)
+        return eng_fail_w(e, w, -rc, "read", e->job->dst, name);
+    if (e->hash_pos >= e->n_hashes || e->hashes[e->hash_pos] != h) {
+        char rel[MOVE_ERROR_MAX / 2];
+        tree_walk_relpath(w, name, rel, sizeof rel);
+        return eng_fail(e, CODE_IO_ERROR, "verification failed: content differs for %s/%s",
+                        e->job->dst, rel);
+    }
+    e->hash_pos++;
+    return 0;
+}
+
+static int verify_entry(struct tree_walk *w, const char *name, const struct stat *s)
+{
+    struct eng *e = w->arg;
+    struct stat d;
+    if (eng_stop_code(e) != 0)
+        return -1;
+    if (fstatat(tree_walk_fd(w, 1), name, &d, AT_SYMLINK_NOFOLLOW) != 0)
+        /* Not in the copy: the source gained it after the copy passed by. */
+        return eng_fail_w(e, w, errno == ENOENT ? ESTALE : errno, "stat", e->job->dst, name);
+    if (verify_stat(e, w, name, s, &d) != 0)
+        return -1;
+    if (S_ISLNK(s->st_mode)) {
+        char a[PATH_MAX], b[PATH_MAX];
+        ssize_t na = readlinkat(tree_walk_fd(w, 0), name, a, sizeof a);
+        ssize_t nb = readlinkat(tree_walk_fd(w, 1), name, b, sizeof b);
+        if (na < 0 || nb < 0 || na != nb || memcmp(a, b, (size_t)na) != 0)
+            return eng_fail_w(e, w, ESTALE, "", e->job->src, name);
+    }
+    if (S_ISREG(s->st_mode)) {
+        struct hl_slot *hs = NULL;
+        bool fresh = true;
+        if (s->st_nlink > 1)
+            hs = hl_get(&e->hl, s->st_dev, s->st_ino, &fresh);
+        if (hs && hs->verified) {
+            if (d.st_ino != hs->dst_ino) {
+                char rel[MOVE_ERROR_MAX / 2];
+                tree_walk_relpath(w, name, rel, sizeof rel);
+                return eng_fail(e, CODE_IO_ERROR,
+                                "verification failed: %s/%s is not a hard link of %s", e->job->dst,
+                                rel, hs->dst_rel ? hs->dst_rel : "its first name");
+            }
+        } else {
+            if (hs) {
+                hs->verified = true;
+                hs->dst_ino = d.st_ino;
+            }
+            if (e->cc.checksum && verify_content(e, w, name) != 0)
+                return -1;
+        }
+    }
+    e->entries++;
+    e->prog.phase_done = e->entries;
+    eng_report(e, w, name);
+    return 0;
+}
+
+static int verify_dir(struct tree_walk *w, const char *name, const struct stat *st)
+{
+    return verify_entry(w, name, st) != 0 ? -1 : 0;
 }
 
 static int eng_verify(struct eng *e)
 {
-    if (e->job->verify == VERIFY_CHECKSUM && e->n > 0) {
-        e->buf2 = xmalloc(RW_BUF);
-    }
-    eng_phase(e, PHASE_VERIFYING, e->n);
-    for (size_t i = 0; i < e->n; i++) {
-        if (eng_check_stop(e) != 0 || verify_entry(e, &e->ents[i]) != 0)
-            return -1;
-        e->prog.phase_done = i + 1;
-        eng_report(e, e->ents[i].rel, false);
-    }
+    static const struct tree_walk_ops ops = {verify_entry, verify_dir, NULL};
+    struct tree_walk w = {
+        .ops = &ops, .arg = e, .mirrored = true, .need_stat = true, .strict_dev = true};
+    struct stat s, d;
+    int rc;
+    eng_phase(e, PHASE_VERIFYING, e->prog.files_done);
+    e->entries = 0;
+    e->side_root = e->job->src;
+    rc = tree_walk_run(&w, e->srcfd, e->dstfd);
+    if (rc != 0 && e->res->code == CODE_NONE)
+        eng_fail_walk(e, &w);
+    tree_walk_free(&w);
+    if (rc != 0)
+        return -1;
+    /* Fewer entries than were copied: something was removed from the source. */
+    if (e->entries != e->prog.files_done)
+        return eng_fail(e, CODE_SOURCE_CHANGED,
+                        "%s changed while it was being moved: %llu entries copied, %llu now "
+                        "(stop the game server first)",
+                        e->job->src, (unsigned long long)e->prog.files_done,
+                        (unsigned long long)e->entries);
+    if (fstat(e->srcfd, &s) != 0 || fstat(e->dstfd, &d) != 0)
+        return eng_fail_at(e, errno, "stat", e->job->dst, NULL);
+    return verify_stat(e, &w, NULL, &s, &d);
+}
+
+/* --- cleaning (the source) and rolling back (the destination) ---------------------- */
+
+static int clean_entry(struct tree_walk *w, const char *name, const struct stat *st)
+{
+    struct eng *e = w->arg;
+    (void)st;
+    if (unlinkat(tree_walk_fd(w, 0), name, 0) != 0)
+        return eng_fail_w(e, w, errno,
+                          "the copy is complete at the destination, but could not remove",
+                          e->job->src, name);
+    e->prog.phase_done++;
+    eng_report(e, w, name);
     return 0;
 }
 
-/* --- cleaning --------------------------------------------------------------- */
+static int clean_unlinkat_dir(struct tree_walk *w, const char *name, const struct stat *st,
+                              const int fds[2])
+{
+    struct eng *e = w->arg;
+    (void)st;
+    (void)fds;
+    if (unlinkat(tree_walk_fd(w, 0), name, AT_REMOVEDIR) != 0)
+        return eng_fail_w(e, w, errno,
+                          "the copy is complete at the destination, but could not remove",
+                          e->job->src, name);
+    e->prog.phase_done++;
+    eng_report(e, w, name);
+    return 0;
+}
 
-/* Removes the source, deepest entries first. Not cancellable: the copy is
- * complete and durable, so finishing is the safe direction. */
 static int eng_clean(struct eng *e)
 {
-    eng_phase(e, PHASE_CLEANING, e->n);
-    for (size_t i = e->n; i-- > 0;) {
-        const struct entry *en = &e->ents[i];
-        if (unlinkat(e->srcfd, en->rel, S_ISDIR(en->st.st_mode) ? AT_REMOVEDIR : 0) != 0)
-            return eng_fail_errno(e, errno,
-                                  "copy is complete at the destination, but could not remove",
-                                  e->job->src, en->rel);
-        e->prog.phase_done = e->n - i;
-        eng_report(e, en->rel, false);
-    }
+    static const struct tree_walk_ops ops = {clean_entry, NULL, clean_unlinkat_dir};
+    struct tree_walk w = {.ops = &ops, .arg = e, .strict_dev = true};
+    int rc;
+    eng_phase(e, PHASE_CLEANING, e->prog.files_done);
+    e->side_root = e->job->src;
+    rc = tree_walk_run(&w, e->srcfd, -1);
+    if (rc != 0 && e->res->code == CODE_NONE)
+        eng_fail_walk(e, &w);
+    tree_walk_free(&w);
+    if (rc != 0)
+        return -1;
     if (rmdir(e->job->src) != 0) {
         /* A mount point stays (empty); anything else is an error. */
         if (errno != EBUSY)
-            return eng_fail_errno(e, errno,
-                                  "copy is complete at the destination, but could not remove",
-                                  e->job->src, NULL);
+            return eng_fail_at(e, errno,
+                               "the copy is complete at the destination, but could not remove",
+                               e->job->src, NULL);
         LOG(LOG_INFO, "source is a mount point; its contents moved and it stays",
             LF_S("path", e->job->src));
     }
     return 0;
 }
 
-/* --- destination setup and rollback ---------------------------------------- */
+static void rollback_warn(struct tree_walk *w, const char *name)
+{
+    struct eng *e = w->arg;
+    char rel[MOVE_ERROR_MAX / 2];
+    int err = errno;
+    tree_walk_relpath(w, name, rel, sizeof rel);
+    LOG(LOG_WARN, "rollback could not remove an entry", LF_S("root", e->job->dst),
+        LF_S("path", rel), LF_S("reason", strerror(err)));
+}
+
+static int rollback_entry(struct tree_walk *w, const char *name, const struct stat *st)
+{
+    (void)st;
+    if (unlinkat(tree_walk_fd(w, 0), name, 0) != 0 && errno != ENOENT)
+        rollback_warn(w, name);
+    return 0;
+}
+
+static int rollback_dir_pre(struct tree_walk *w, const char *name, const struct stat *st)
+{
+    (void)st;
+    /* Our directories may already carry read-only modes: open them up. */
+    (void)fchmodat(tree_walk_fd(w, 0), name, 0700, AT_SYMLINK_NOFOLLOW);
+    return 0;
+}
+
+static int rollback_dir_post(struct tree_walk *w, const char *name, const struct stat *st,
+                             const int fds[2])
+{
+    struct eng *e = w->arg;
+    (void)st;
+    (void)fds;
+    if (w->depth == 1 && e->dst_had_lf && strcmp(name, "lost+found") == 0)
+        return 0; /* it was there before the move */
+    if (unlinkat(tree_walk_fd(w, 0), name, AT_REMOVEDIR) != 0 && errno != ENOENT)
+        rollback_warn(w, name);
+    return 0;
+}
+
+/* Removes everything under dst (which was empty but for an empty lost+found
+ * when the move began), then dst itself if the move made it (or gives it its
+ * old mode, owner and times back), then the parents made for it. */
+static void eng_rollback(struct eng *e)
+{
+    static const struct tree_walk_ops ops = {rollback_entry, rollback_dir_pre, rollback_dir_post};
+    if (e->dstfd >= 0) {
+        struct tree_walk w = {.ops = &ops, .arg = e};
+        (void)fchmod(e->dstfd, 0700);
+        if (tree_walk_run(&w, e->dstfd, -1) != 0)
+            LOG(LOG_WARN, "rollback could not walk the destination", LF_S("path", e->job->dst),
+                LF_S("where", w.err_where), LF_S("reason", strerror(w.err)));
+        tree_walk_free(&w);
+        if (e->dst_preexisted) {
+            struct timespec times[2] = {e->dst_orig.st_atim, e->dst_orig.st_mtim};
+            if (e->is_root)
+                (void)fchown(e->dstfd, e->dst_orig.st_uid, e->dst_orig.st_gid);
+            (void)fchmod(e->dstfd, e->dst_orig.st_mode & 07777);
+            (void)futimens(e->dstfd, times);
+        }
+        close(e->dstfd);
+        e->dstfd = -1;
+    }
+    if (e->dst_created && rmdir(e->job->dst) != 0)
+        LOG(LOG_WARN, "rollback could not remove the destination", LF_S("path", e->job->dst),
+            LF_S("reason", strerror(errno)));
+    for (size_t i = e->n_made; i-- > 0;)
+        (void)rmdir(e->made_parents[i]);
+}
+
+/* --- destination setup ----------------------------------------------------------- */
 
 /* Creates the missing parents of dst, remembering them for rollback. */
 static int make_parents(struct eng *e)
 {
     char path[PATH_MAX];
     size_t len = strlen(e->job->dst);
+    if (len >= sizeof path)
+        return eng_fail_at(e, ENAMETOOLONG, "create", e->job->dst, NULL);
     memcpy(path, e->job->dst, len + 1);
     for (char *p = path + 1; (p = strchr(p, '/')) != NULL; p++) {
         *p = '\0';
@@ -611,18 +852,11 @@ static int make_parents(struct eng *e)
             e->made_parents[e->n_made++] = xstrdup(path);
         } else if (errno != EEXIST) {
             int err = errno;
-            *p = '/';
-            return eng_fail_errno(e, err, "create directory", path, NULL);
+            return eng_fail_at(e, err, "create directory", path, NULL);
         }
         *p = '/';
     }
     return 0;
-}
-
-static void remove_parents(struct eng *e)
-{
-    for (size_t i = e->n_made; i-- > 0;)
-        (void)rmdir(e->made_parents[i]);
 }
 
 static int open_dst(struct eng *e)
@@ -635,52 +869,28 @@ static int open_dst(struct eng *e)
         e->dst_preexisted = true;
         e->dst_orig = st;
     } else if (errno != ENOENT) {
-        return eng_fail_errno(e, errno, "stat", e->job->dst, NULL);
+        return eng_fail_at(e, errno, "stat", e->job->dst, NULL);
     } else if (mkdir(e->job->dst, 0700) != 0) {
-        return eng_fail_errno(e, errno, "create directory", e->job->dst, NULL);
+        return eng_fail_at(e, errno, "create directory", e->job->dst, NULL);
     } else {
         e->dst_created = true;
     }
     e->dstfd = open(e->job->dst, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (e->dstfd < 0)
-        return eng_fail_errno(e, errno, "open", e->job->dst, NULL);
+        return eng_fail_at(e, errno, "open", e->job->dst, NULL);
+    if (e->dst_preexisted) {
+        struct stat lf;
+        e->dst_had_lf = fstatat(e->dstfd, "lost+found", &lf, AT_SYMLINK_NOFOLLOW) == 0;
+    }
+    if (fstat(e->dstfd, &st) != 0)
+        return eng_fail_at(e, errno, "stat", e->job->dst, NULL);
+    e->claim.dev = st.st_dev;
+    e->blksize = st.st_blksize > 0 ? (uint64_t)st.st_blksize : 4096;
+    copy_caps_load(&e->cc.caps, e->src_dev, st.st_dev);
     return 0;
 }
 
-/* Removes exactly what this move created under dst, newest first; dst itself
- * is removed if the move made it, or given back its old mode and times. */
-static void eng_rollback(struct eng *e)
-{
-    if (e->dstfd >= 0) {
-        /* Directories may already carry read-only modes: open them up first. */
-        for (size_t i = 0; i < e->created; i++)
-            if (S_ISDIR(e->ents[i].st.st_mode))
-                (void)fchmodat(e->dstfd, e->ents[i].rel, 0700, 0);
-        (void)fchmod(e->dstfd, 0700);
-        for (size_t i = e->created; i-- > 0;) {
-            const struct entry *en = &e->ents[i];
-            if (unlinkat(e->dstfd, en->rel, S_ISDIR(en->st.st_mode) ? AT_REMOVEDIR : 0) != 0 &&
-                errno != ENOENT)
-                LOG(LOG_WARN, "rollback could not remove an entry", LF_S("root", e->job->dst),
-                    LF_S("path", en->rel), LF_S("reason", strerror(errno)));
-        }
-        if (e->dst_preexisted) {
-            struct timespec times[2] = {e->dst_orig.st_atim, e->dst_orig.st_mtim};
-            (void)fchmod(e->dstfd, e->dst_orig.st_mode & 07777);
-            if (e->is_root)
-                (void)fchown(e->dstfd, e->dst_orig.st_uid, e->dst_orig.st_gid);
-            (void)futimens(e->dstfd, times);
-        }
-        close(e->dstfd);
-        e->dstfd = -1;
-    }
-    if (e->dst_created && rmdir(e->job->dst) != 0)
-        LOG(LOG_WARN, "rollback could not remove the destination", LF_S("path", e->job->dst),
-            LF_S("reason", strerror(errno)));
-    remove_parents(e);
-}
-
-/* --- the whole move ------------------------------------------------------- */
+/* --- the whole move ---------------------------------------------------------------- */
 
 static int eng_copy_move(struct eng *e);
 
@@ -691,8 +901,8 @@ static int eng_rename(struct eng *e)
 {
     if (make_parents(e) != 0)
         return -1;
-    if (eng_check_stop(e) != 0) {
-        remove_parents(e);
+    if (eng_stop_code(e) != 0) {
+        eng_rollback(e);
         return -1;
     }
     if (rename(e->job->src, e->job->dst) != 0) {
@@ -700,37 +910,35 @@ static int eng_rename(struct eng *e)
         if (err == EXDEV) {
             LOG(LOG_INFO, "rename crossed a mount of the same filesystem; copying instead",
                 LF_S("old", e->job->src), LF_S("new", e->job->dst));
-            if (eng_copy_move(e) != 0) {
-                remove_parents(e); /* also when the walk failed, before any rollback */
-                return -1;
-            }
-            return 0;
+            return eng_copy_move(e);
         }
-        remove_parents(e);
-        return eng_fail_errno(e, err, "rename", e->job->src, NULL);
+        eng_rollback(e);
+        return eng_fail_at(e, err, "rename", e->job->src, NULL);
     }
     return 0;
 }
 
 static int eng_copy_move(struct eng *e)
 {
-    struct stat st;
     e->srcfd = open(e->job->src, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (e->srcfd < 0)
-        return eng_fail_errno(e, errno, "open", e->job->src, NULL);
-    if (fstat(e->srcfd, &st) != 0)
-        return eng_fail_errno(e, errno, "stat", e->job->src, NULL);
-    e->src_dev = st.st_dev;
-    if (eng_walk(e) != 0)
-        return -1;
-    e->res->files_copied = 0;
-    e->buf = xmalloc(RW_BUF);
-    if (make_parents(e) != 0 || open_dst(e) != 0 || eng_copy(e) != 0 || eng_verify(e) != 0) {
+    if (e->srcfd < 0 || fstat(e->srcfd, &e->src_st) != 0) {
+        eng_fail_at(e, errno, "open", e->job->src, NULL);
         eng_rollback(e);
         return -1;
     }
+    e->src_dev = e->src_st.st_dev;
+    e->blksize = 4096;
+    if (make_parents(e) != 0 || open_dst(e) != 0 || eng_calculate(e) != 0 ||
+        eng_check_space(e) != 0 || eng_copy(e) != 0 || eng_verify(e) != 0) {
+        eng_release_space(e);
+        eng_rollback(e);
+        return -1;
+    }
+    eng_release_space(e);
+    copy_caps_save(&e->cc.caps);
     e->res->bytes_copied = e->prog.bytes_done;
     e->res->files_copied = e->prog.files_done;
+    /* From here the copy is whole and durable: a failure keeps it. */
     return eng_clean(e);
 }
 
@@ -743,8 +951,12 @@ int engine_run(const struct engine_job *job, struct engine_result *res)
     e.job = job;
     e.res = res;
     e.srcfd = e.dstfd = -1;
-    e.use_cfr = e.use_sendfile = true;
     e.is_root = geteuid() == 0;
+    e.noatime_ok = true;
+    e.cc.checksum = job->verify == VERIFY_CHECKSUM;
+    e.cc.stop = job->stop;
+    e.cc.progress = eng_on_bytes;
+    e.cc.arg = &e;
 
     eng_phase(&e, PHASE_CALCULATING, 0);
     if (job->rename)
@@ -756,16 +968,11 @@ int engine_run(const struct engine_job *job, struct engine_result *res)
         close(e.srcfd);
     if (e.dstfd >= 0)
         close(e.dstfd);
-    for (size_t i = 0; i < e.n; i++) {
-        free(e.ents[i].rel);
-        free(e.ents[i].link);
-    }
-    free(e.ents);
-    free(e.hl.slots);
+    hl_free(&e.hl);
     for (size_t i = 0; i < e.n_made; i++)
         free(e.made_parents[i]);
     free(e.made_parents);
-    free(e.buf);
-    free(e.buf2);
+    free(e.hashes);
+    free(e.cc.buf);
     return rc;
 }

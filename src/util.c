@@ -8,7 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static void util_oom(size_t n)
+void util_oom(size_t n)
 {
     /* No logger here on purpose: the logger itself may need memory. */
     char msg[96];

@@ -3,6 +3,7 @@ WebSocket manager (tests/manager/refmanager.py), scratch directories with a
 second filesystem (tmpfs), and tree snapshots that compare content and
 metadata."""
 import hashlib
+import contextlib
 import os
 import signal
 import stat
@@ -136,6 +137,21 @@ class AgentTestCase(unittest.TestCase):
             self.scratch.close()
 
     # --- helpers --------------------------------------------------------
+    @contextlib.contextmanager
+    def paused_agent(self):
+        """Freezes the agent (all its threads) while the body runs: what the
+        body sends waits in the socket, and the copy resumes where it was."""
+        pid = self.agent.proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        def state():
+            with open("/proc/%d/stat" % pid) as f:
+                return f.read().rsplit(")", 1)[1].split()[0]
+        wait_until(lambda: state() == "T", 10, "agent stopped")
+        try:
+            yield
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
     def move(self, server, old, new, move_id=None, timeout=120):
         data = {"serverName": server, "oldPath": old, "newPath": new}
         if move_id:
@@ -194,6 +210,18 @@ def make_tree(root, n_small=300, big_mib=0, seed=1):
     os.chmod(os.path.join(root, "plugins", "conf"), 0o750)
     for i, d in enumerate(reversed(dirs)):
         os.utime(d, ns=(1700000000_000000000 + i, 1700000000_555555555 + i))
+    return root
+
+
+def dense_tree(root, size_mib):
+    """One big file of real (allocated) zero blocks, so copying it takes time."""
+    os.makedirs(root)
+    chunk = b"\0" * (1 << 20)
+    with open(os.path.join(root, "world.img"), "wb") as f:
+        for _ in range(size_mib):
+            f.write(chunk)
+    with open(os.path.join(root, "level.dat"), "w") as f:
+        f.write("level\n")
     return root
 
 

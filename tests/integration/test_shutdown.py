@@ -5,7 +5,7 @@ import signal
 import time
 import unittest
 
-from harness import AgentTestCase, Scratch, make_tree, snapshot, sparse_tree
+from harness import AgentTestCase, Scratch, dense_tree, make_tree, snapshot
 
 
 class ShutdownTest(AgentTestCase):
@@ -13,16 +13,19 @@ class ShutdownTest(AgentTestCase):
 
     def test_sigterm_during_copy(self):
         conn = self.start_agent()
-        src = sparse_tree(os.path.join(self.scratch.a, "mc-stop"), 900)
+        src = dense_tree(os.path.join(self.scratch.a, "mc-stop"), 200)
         make_tree(os.path.join(src, "extra"), n_small=20)
         before = snapshot(src, content=False)
         dst = os.path.join(self.scratch.b, "deep", "mc-stop")
         reply = self.manager.request("server.move_data",
                                      {"serverName": "mc-stop", "oldPath": src, "newPath": dst, "moveId": "mv-stop"})
-        self.manager.wait_for(lambda: any(f["phase"] == "copying" and f["bytesCopied"] > 0
+        self.manager.wait_for(lambda: any(f["phase"] == "copying"
                                           for f in self.manager.frames("mv-stop")), 30, "copying")
+        # Frozen early in the copy, the SIGTERM is pending when it resumes.
+        with self.paused_agent():
+            os.kill(self.agent.proc.pid, signal.SIGTERM)
         t0 = time.monotonic()
-        rc = self.agent.stop(signal.SIGTERM)
+        rc = self.agent.proc.wait(10)
         took = time.monotonic() - t0
         self.assertEqual(rc, 0, self.agent.log()[-3000:])
         self.assertLess(took, 10)

@@ -2,7 +2,7 @@
 import os
 import unittest
 
-from harness import AgentTestCase, make_tree, snapshot, sparse_tree
+from harness import AgentTestCase, dense_tree, make_tree, snapshot
 
 
 class ValidationTest(AgentTestCase):
@@ -114,25 +114,34 @@ class ValidationTest(AgentTestCase):
 
     def test_busy(self):
         src_before = snapshot(self.src)
-        big = sparse_tree(os.path.join(self.scratch.a, "big"), 200)
+        big = dense_tree(os.path.join(self.scratch.a, "big"), 200)
         os.mkdir(os.path.join(big, "sub"))
         dst = os.path.join(self.scratch.b, "big")
         first = self.manager.request("server.move_data",
                                      {"serverName": "big-1", "oldPath": big, "newPath": dst, "moveId": "mv-long"})
         self.check_untouched = False  # the long move changes the roots on purpose
-        self.manager.wait_for(lambda: self.manager.frames("mv-long"), 20, "first frame of the long move")
+        self.manager.wait_for(lambda: any(f["phase"] == "copying" for f in self.manager.frames("mv-long")),
+                              20, "the long move copying")
         b = self.scratch.b
-        self.assert_refused(self.req(self.src, os.path.join(b, "x"), server="big-1"), "busy", "big-1")
-        self.assert_refused(self.req(self.src, os.path.join(b, "x"), moveId="mv-long"), "busy")
-        self.assert_refused(self.req(self.src, os.path.join(dst, "inside")), "busy")
-        self.assert_refused(self.req(os.path.join(big, "sub"), os.path.join(b, "y")), "busy")
+        cases = [(self.req(self.src, os.path.join(b, "x"), server="big-1"), "big-1"),
+                 (self.req(self.src, os.path.join(b, "x"), moveId="mv-long"), "mv-long"),
+                 (self.req(self.src, os.path.join(dst, "inside")), "overlap"),
+                 (self.req(os.path.join(big, "sub"), os.path.join(b, "y")), "overlap")]
+        # Frozen early in the copy: the requests are answered long before it ends.
+        with self.paused_agent():
+            replies = [self.manager.request("server.move_data", data) for data, _ in cases]
+        for reply, (_, word) in zip(replies, cases):
+            ans = self.manager.wait_answer(reply, 20)
+            self.assertEqual((ans["success"], ans["code"]), (False, "busy"), ans)
+            self.assertIn(word, ans["error"])
+        self.assertTrue(self.manager.frames("mv-long")[-1]["phase"] not in ("complete", "error"))
         ans = self.manager.wait_answer(first, 120)
         self.assertTrue(ans["success"], ans)
         # Everything but the long move's own paths is as it was.
         self.assertEqual(snapshot(self.src), src_before)
         self.assertFalse(os.path.exists(os.path.join(b, "x")))
         self.assertFalse(os.path.exists(os.path.join(b, "y")))
-        self.assertEqual(sorted(os.listdir(dst)), ["level.dat", "sparse.img", "sub"])
+        self.assertEqual(sorted(os.listdir(dst)), ["level.dat", "sub", "world.img"])
         self.assertEqual(snapshot(self.outside), self.before[2])
 
 

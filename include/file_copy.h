@@ -1,0 +1,73 @@
+/* file_copy.h: copying one file's content and metadata between two open
+ * descriptors: reflink, copy_file_range, sendfile or read/write (whichever
+ * works between the two filesystems, learned once per pair), holes kept, in
+ * bounded chunks so that progress and stop requests are seen inside big
+ * files; extended attributes, owner, mode and times. */
+#ifndef HOSTAGENT_FILE_COPY_H
+#define HOSTAGENT_FILE_COPY_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#define FILE_COPY_CHUNK (8u << 20) /* bytes between progress reports and stop checks */
+
+/* What works between one source and one destination filesystem. */
+struct copy_caps {
+    dev_t src_dev, dst_dev;
+    bool no_clone, no_cfr, no_sendfile;
+};
+
+/* Fills caps from what earlier moves learned about this pair (process-wide). */
+void copy_caps_load(struct copy_caps *caps, dev_t src_dev, dev_t dst_dev);
+/* Remembers caps for later moves between the same pair. */
+void copy_caps_save(const struct copy_caps *caps);
+
+struct copy_ctx {
+    struct copy_caps caps;
+    bool checksum; /* hash the content while copying (forces read/write) */
+    atomic_int *stop;
+    /* Bytes of the current file done (holes included), after each chunk. */
+    void (*progress)(void *arg, uint64_t delta);
+    void *arg;
+    char *buf; /* FILE_COPY_BUF bytes, allocated on first use */
+    unsigned xattr_warnings;
+    char xattr_first_warning[256];
+};
+
+/* Copies st->st_size bytes from sfd (at offset 0) to the empty file dfd.
+ * Returns 0; -ECANCELED when *stop was set; -ESTALE when the source ended
+ * early (it changed); another -errno on failure, with *failed_on_write set
+ * when the destination side failed. On success with checksum, *hash is the
+ * content's 64-bit XXH3 (holes hashed as zeros). */
+int copy_data(struct copy_ctx *c, int sfd, int dfd, const struct stat *st, uint64_t *hash,
+              bool *failed_on_write);
+
+/* XXH3 of the whole content of fd, read from the disk: fsync, then drop the
+ * cached pages so the read is not served from memory. */
+int copy_hash_file(struct copy_ctx *c, int fd, uint64_t *hash);
+
+/* Extended attributes from one entry to another, either by descriptors
+ * (sfd/dfd >= 0) or, for symlinks and special files that cannot be opened,
+ * by /proc/self/fd/<dirfd>/<name> paths without following the last
+ * component. An attribute the destination cannot hold (unsupported, or a
+ * namespace we may not write) is counted in c->xattr_warnings, not an error.
+ * Returns 0 or -errno (reading the source failed, or writing failed for
+ * another reason). */
+int copy_xattrs(struct copy_ctx *c, int sfd, int sdir, const char *sname, int dfd, int ddir,
+                const char *dname);
+
+/* Owner (when root), extended attributes, mode and times, from an open
+ * source to an open destination, in that order: chown first (it clears
+ * setuid/setgid and file capabilities), xattrs while the new entry is still
+ * writable, then the mode, then the times. Returns 0 or -errno. */
+int copy_meta_fd(struct copy_ctx *c, int sfd, int dfd, const struct stat *st, bool is_root);
+
+/* The same for an entry that is not opened (symlink, fifo, device), relative
+ * to its directories, never following it. */
+int copy_meta_at(struct copy_ctx *c, int sdir, int ddir, const char *name, const struct stat *st,
+                 bool is_root);
+
+#endif

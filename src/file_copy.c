@@ -1,0 +1,404 @@
+/* file_copy.c: one file's content and metadata (see file_copy.h). */
+#include "file_copy.h"
+#include "util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/sendfile.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#define FILE_COPY_BUF (1u << 20)
+#define CAPS_CACHE 16
+
+/* --- what works between two filesystems ------------------------------------ */
+
+static pthread_mutex_t caps_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct copy_caps caps_cache[CAPS_CACHE];
+static unsigned caps_used, caps_next;
+
+void copy_caps_load(struct copy_caps *caps, dev_t src_dev, dev_t dst_dev)
+{
+    memset(caps, 0, sizeof *caps);
+    caps->src_dev = src_dev;
+    caps->dst_dev = dst_dev;
+    pthread_mutex_lock(&caps_lock);
+    for (unsigned i = 0; i < caps_used; i++)
+        if (caps_cache[i].src_dev == src_dev && caps_cache[i].dst_dev == dst_dev)
+            *caps = caps_cache[i];
+    pthread_mutex_unlock(&caps_lock);
+}
+
+void copy_caps_save(const struct copy_caps *caps)
+{
+    unsigned i;
+    pthread_mutex_lock(&caps_lock);
+    for (i = 0; i < caps_used; i++)
+        if (caps_cache[i].src_dev == caps->src_dev && caps_cache[i].dst_dev == caps->dst_dev)
+            break;
+    if (i == caps_used) {
+        if (caps_used < CAPS_CACHE)
+            caps_used++;
+        else
+            i = caps_next++ % CAPS_CACHE; /* forget the oldest pair */
+    }
+    caps_cache[i] = *caps;
+    pthread_mutex_unlock(&caps_lock);
+}
+
+/* coreutils' list: these mean "not between these files", not a failure. */
+static bool cfr_unsupported(int err)
+{
+    return err == ENOSYS || err == ENOTTY || err == EOPNOTSUPP || err == EINVAL || err == EBADF ||
+           err == EXDEV || err == ETXTBSY || err == EPERM || err == EACCES || err == ENOENT;
+}
+
+/* --- content ------------------------------------------------------------------ */
+
+static bool stopped(const struct copy_ctx *c)
+{
+    return c->stop && atomic_load_explicit(c->stop, memory_order_relaxed) != 0;
+}
+
+static int write_all(int fd, const char *p, size_t n, off_t off)
+{
+    while (n > 0) {
+        ssize_t w = pwrite(fd, p, n, off);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        p += w;
+        n -= (size_t)w;
+        off += w;
+    }
+    return 0;
+}
+
+static void hash_zeros(struct copy_ctx *c, XXH3_state_t *h, uint64_t n)
+{
+    memset(c->buf, 0, FILE_COPY_BUF);
+    while (n > 0) {
+        size_t k = n < FILE_COPY_BUF ? (size_t)n : FILE_COPY_BUF;
+        XXH3_64bits_update(h, c->buf, k);
+        n -= k;
+    }
+}
+
+/* Copies [off, end) at the same offsets. Returns 0, -ECANCELED, -ESTALE
+ * (source shorter than expected) or -errno (*wr set for a write failure). */
+static int copy_range(struct copy_ctx *c, int sfd, int dfd, off_t off, off_t end, XXH3_state_t *h,
+                      bool *wr)
+{
+    while (off < end) {
+        size_t want = (size_t)(end - off < FILE_COPY_CHUNK ? end - off : FILE_COPY_CHUNK);
+        size_t done = 0;
+        if (stopped(c))
+            return -ECANCELED;
+        if (!h && !c->caps.no_cfr) {
+            loff_t so = off, dof = off;
+            ssize_t n = copy_file_range(sfd, &so, dfd, &dof, want, 0);
+            if (n > 0) {
+                done = (size_t)n;
+            } else if ((n < 0 && cfr_unsupported(errno)) || (n == 0 && off == 0)) {
+                /* A 0 at offset 0 means "cannot" (procfs and the like), not EOF. */
+                c->caps.no_cfr = true;
+                continue;
+            } else if (n == 0) {
+                return -ESTALE;
+            } else {
+                *wr = errno == ENOSPC || errno == EDQUOT || errno == EFBIG;
+                return -errno;
+            }
+        } else if (!h && !c->caps.no_sendfile) {
+            off_t so = off;
+            ssize_t n;
+            if (lseek(dfd, off, SEEK_SET) < 0) {
+                *wr = true;
+                return -errno;
+            }
+            n = sendfile(dfd, sfd, &so, want);
+            if (n > 0) {
+                done = (size_t)n;
+            } else if (n < 0 && (errno == EINVAL || errno == ENOSYS) && off == 0) {
+                c->caps.no_sendfile = true;
+                continue;
+            } else if (n == 0) {
+                return -ESTALE;
+            } else {
+                /* sendfile does not say which side failed: the source was
+                 * readable a moment ago, so a full disk is the usual cause. */
+                *wr = errno == ENOSPC || errno == EDQUOT || errno == EFBIG || errno == EIO;
+                return -errno;
+            }
+        } else {
+            ssize_t n;
+            if (want > FILE_COPY_BUF)
+                want = FILE_COPY_BUF;
+            n = pread(sfd, c->buf, want, off);
+            if (n < 0) {
+                if (errno == EINTR)
+                    continue;
+                return -errno;
+            }
+            if (n == 0)
+                return -ESTALE;
+            if (h)
+                XXH3_64bits_update(h, c->buf, (size_t)n);
+            {
+                int rc = write_all(dfd, c->buf, (size_t)n, off);
+                if (rc != 0) {
+                    *wr = true;
+                    return rc;
+                }
+            }
+            done = (size_t)n;
+        }
+        off += (off_t)done;
+        if (c->progress)
+            c->progress(c->arg, done);
+    }
+    return 0;
+}
+
+int copy_data(struct copy_ctx *c, int sfd, int dfd, const struct stat *st, uint64_t *hash,
+              bool *failed_on_write)
+{
+    XXH3_state_t *h = NULL;
+    off_t size = st->st_size, off = 0;
+    bool sparse = (off_t)st->st_blocks * 512 < size;
+    int rc = 0;
+
+    *failed_on_write = false;
+    if (!c->buf)
+        c->buf = xmalloc(FILE_COPY_BUF);
+    if (c->checksum) {
+        h = XXH3_createState();
+        if (!h)
+            util_oom(0);
+        XXH3_64bits_reset(h);
+    } else if (!c->caps.no_clone && size > 0 && !sparse) {
+        /* A reflink shares the blocks: instant, and exact. */
+        if (ioctl(dfd, FICLONE, sfd) == 0) {
+            if (c->progress)
+                c->progress(c->arg, (uint64_t)size);
+            return 0;
+        }
+        c->caps.no_clone = true;
+    }
+
+    if (sparse) {
+        /* Copy the data regions only; holes stay holes (and count as done). */
+        while (off < size && rc == 0) {
+            off_t data = lseek(sfd, off, SEEK_DATA), hole;
+            if (data < 0) {
+                if (errno == ENXIO)
+                    data = size; /* nothing but a hole to the end */
+                else {
+                    rc = copy_range(c, sfd, dfd, off, size, h, failed_on_write);
+                    off = size;
+                    break;
+                }
+            }
+            if (data > size)
+                data = size;
+            if (data > off) {
+                if (h)
+                    hash_zeros(c, h, (uint64_t)(data - off));
+                if (c->progress)
+                    c->progress(c->arg, (uint64_t)(data - off));
+                off = data;
+            }
+            if (off >= size)
+                break;
+            hole = lseek(sfd, off, SEEK_HOLE);
+            if (hole < 0 || hole > size)
+                hole = size;
+            rc = copy_range(c, sfd, dfd, off, hole, h, failed_on_write);
+            off = hole;
+        }
+        if (rc == 0 && ftruncate(dfd, size) != 0) {
+            *failed_on_write = true;
+            rc = -errno;
+        }
+    } else {
+        rc = copy_range(c, sfd, dfd, 0, size, h, failed_on_write);
+    }
+    if (h) {
+        if (rc == 0)
+            *hash = XXH3_64bits_digest(h);
+        XXH3_freeState(h);
+    }
+    return rc;
+}
+
+int copy_hash_file(struct copy_ctx *c, int fd, uint64_t *hash)
+{
+    XXH3_state_t *h;
+    off_t off = 0;
+    if (!c->buf)
+        c->buf = xmalloc(FILE_COPY_BUF);
+    /* Written back already (syncfs); fsync again is cheap and makes the
+     * pages clean so that DONTNEED really drops them. */
+    if (fsync(fd) != 0)
+        return -errno;
+    (void)posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    h = XXH3_createState();
+    if (!h)
+        util_oom(0);
+    XXH3_64bits_reset(h);
+    for (;;) {
+        ssize_t n;
+        if (stopped(c)) {
+            XXH3_freeState(h);
+            return -ECANCELED;
+        }
+        n = pread(fd, c->buf, FILE_COPY_BUF, off);
+        if (n < 0) {
+            int err = errno;
+            if (err == EINTR)
+                continue;
+            XXH3_freeState(h);
+            return -err;
+        }
+        if (n == 0)
+            break;
+        XXH3_64bits_update(h, c->buf, (size_t)n);
+        off += n;
+        if (c->progress)
+            c->progress(c->arg, (uint64_t)n);
+    }
+    *hash = XXH3_64bits_digest(h);
+    XXH3_freeState(h);
+    return 0;
+}
+
+/* --- extended attributes --------------------------------------------------------- */
+
+static void proc_path(char *buf, size_t size, int dir, const char *name)
+{
+    util_fmt(buf, size, "/proc/self/fd/%d/%s", dir, name);
+}
+
+/* Is this a failure to write that the destination simply cannot hold? */
+static bool xattr_unsupported(int err, const char *name)
+{
+    if (err == EOPNOTSUPP)
+        return true;
+    /* trusted.* and some security.* need privileges we may not have. */
+    return (err == EPERM || err == EACCES) &&
+           (strncmp(name, "trusted.", 8) == 0 || strncmp(name, "security.", 9) == 0);
+}
+
+int copy_xattrs(struct copy_ctx *c, int sfd, int sdir, const char *sname, int dfd, int ddir,
+                const char *dname)
+{
+    char spath[64 + 256], dpath[64 + 256];
+    char *list = NULL, *val = NULL;
+    ssize_t ln;
+    size_t vcap = 0;
+    int rc = 0;
+
+    if (sfd < 0) {
+        if (strlen(sname) > 255 || strlen(dname) > 255)
+            return -ENAMETOOLONG;
+        proc_path(spath, sizeof spath, sdir, sname);
+        proc_path(dpath, sizeof dpath, ddir, dname);
+    }
+    for (;;) {
+        ln = sfd >= 0 ? flistxattr(sfd, NULL, 0) : llistxattr(spath, NULL, 0);
+        if (ln <= 0)
+            return ln == 0 || errno == EOPNOTSUPP ? 0 : -errno;
+        list = xmalloc((size_t)ln);
+        ln = sfd >= 0 ? flistxattr(sfd, list, (size_t)ln) : llistxattr(spath, list, (size_t)ln);
+        if (ln >= 0)
+            break;
+        free(list);
+        list = NULL;
+        if (errno != ERANGE) /* grew in between: ask again */
+            return -errno;
+    }
+    for (char *name = list; name < list + ln; name += strlen(name) + 1) {
+        ssize_t vl;
+        int w;
+        for (;;) {
+            vl = sfd >= 0 ? fgetxattr(sfd, name, val, vcap) : lgetxattr(spath, name, val, vcap);
+            if (vl >= 0 && (size_t)vl <= vcap && val)
+                break;
+            if (vl < 0 && errno != ERANGE) {
+                vl = -1;
+                break;
+            }
+            vl = sfd >= 0 ? fgetxattr(sfd, name, NULL, 0) : lgetxattr(spath, name, NULL, 0);
+            if (vl < 0)
+                break;
+            vcap = (size_t)vl + 1;
+            val = xrealloc(val, vcap);
+        }
+        if (vl < 0) {
+            if (errno == ENODATA) /* removed in between */
+                continue;
+            rc = -errno;
+            break;
+        }
+        w = dfd >= 0 ? fsetxattr(dfd, name, val, (size_t)vl, 0)
+                     : lsetxattr(dpath, name, val, (size_t)vl, 0);
+        if (w != 0) {
+            int err = errno;
+            if (!xattr_unsupported(err, name)) {
+                rc = -err;
+                break;
+            }
+            if (c->xattr_warnings++ == 0)
+                util_fmt(c->xattr_first_warning, sizeof c->xattr_first_warning, "%s: %s", name,
+                         strerror(err));
+        }
+    }
+    free(list);
+    free(val);
+    return rc;
+}
+
+/* --- owner, mode, times -------------------------------------------------------- */
+
+int copy_meta_fd(struct copy_ctx *c, int sfd, int dfd, const struct stat *st, bool is_root)
+{
+    struct timespec times[2] = {st->st_atim, st->st_mtim};
+    int rc;
+    if (is_root && fchown(dfd, st->st_uid, st->st_gid) != 0)
+        return -errno;
+    /* xattrs while the new entry is still writable for us (0600/0700). */
+    if ((rc = copy_xattrs(c, sfd, -1, NULL, dfd, -1, NULL)) != 0)
+        return rc;
+    if (fchmod(dfd, st->st_mode & 07777) != 0)
+        return -errno;
+    if (futimens(dfd, times) != 0)
+        return -errno;
+    return 0;
+}
+
+int copy_meta_at(struct copy_ctx *c, int sdir, int ddir, const char *name, const struct stat *st,
+                 bool is_root)
+{
+    struct timespec times[2] = {st->st_atim, st->st_mtim};
+    int rc;
+    if (is_root && fchownat(ddir, name, st->st_uid, st->st_gid, AT_SYMLINK_NOFOLLOW) != 0)
+        return -errno;
+    if ((rc = copy_xattrs(c, -1, sdir, name, -1, ddir, name)) != 0)
+        return rc;
+    /* A symlink's mode means nothing (and cannot be set on Linux). */
+    if (!S_ISLNK(st->st_mode) &&
+        fchmodat(ddir, name, st->st_mode & 07777, AT_SYMLINK_NOFOLLOW) != 0)
+        return -errno;
+    if (utimensat(ddir, name, times, AT_SYMLINK_NOFOLLOW) != 0)
+        return -errno;
+    return 0;
+}
