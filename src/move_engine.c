@@ -325,7 +325,8 @@ static int eng_check_space(struct eng *e)
     struct space_claim *c;
     if (fstatvfs(e->dstfd, &vfs) != 0)
         return eng_fail_at(e, errno, "statvfs", e->job->dst, NULL);
-    avail = (uint64_t)vfs.f_bavail * vfs.f_frsize;
+    /* A filesystem without a size (ramfs, some FUSE) says 0 of 0: no check. */
+    avail = vfs.f_blocks ? (uint64_t)vfs.f_bavail * vfs.f_frsize : UINT64_MAX / 2;
     pthread_mutex_lock(&claims_lock);
     for (c = claims; c; c = c->next)
         if (c->dev == e->claim.dev)

@@ -1,0 +1,312 @@
+/* cli_move.c: `hostagent move`: one move with the daemon's engine, with a
+ * progress bar on a terminal, plain lines otherwise, or MoveState JSON lines;
+ * Ctrl-C (or SIGTERM) cancels and rolls back. */
+#include "cli_move.h"
+#include "move_engine.h"
+#include "paths.h"
+#include "util.h"
+
+#include <cjson/cJSON.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define RATE_SAMPLES 24 /* every >= 250 ms: the last ~5 s */
+
+enum cli_output { OUT_TTY, OUT_LINES, OUT_JSON };
+
+struct cli_move {
+    enum cli_output out;
+    uint64_t started_ms, last_ms;
+    uint64_t seq;
+    const char *old_path, *new_path;
+    bool drawn; /* a bar is on the screen (needs a newline before other output) */
+    struct {
+        uint64_t t, bytes;
+    } samples[RATE_SAMPLES];
+    unsigned n_samples, pos;
+};
+
+/* The signal handler only stores into a lock-free atomic. */
+static atomic_int *cli_stop;
+
+static void cli_on_signal(int sig)
+{
+    (void)sig;
+    atomic_store(cli_stop, CODE_CANCELLED);
+}
+
+static uint64_t cli_rate(struct cli_move *cm, uint64_t now, uint64_t bytes)
+{
+    unsigned last = (cm->pos + RATE_SAMPLES - 1) % RATE_SAMPLES;
+    if (cm->n_samples == 0 || now - cm->samples[last].t >= 250) {
+        cm->samples[cm->pos].t = now;
+        cm->samples[cm->pos].bytes = bytes;
+        cm->pos = (cm->pos + 1) % RATE_SAMPLES;
+        if (cm->n_samples < RATE_SAMPLES)
+            cm->n_samples++;
+    }
+    for (unsigned k = 0; k < cm->n_samples; k++) {
+        unsigned i = (cm->pos + RATE_SAMPLES - cm->n_samples + k) % RATE_SAMPLES;
+        if (now - cm->samples[i].t <= 5000 && now > cm->samples[i].t + 100)
+            return (bytes - cm->samples[i].bytes) * 1000u / (now - cm->samples[i].t);
+    }
+    return 0;
+}
+
+static void fmt_bytes(char *buf, size_t sz, uint64_t n)
+{
+    static const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    double v = (double)n;
+    size_t u = 0;
+    while (v >= 1024.0 && u + 1 < ARRAY_SIZE(units)) {
+        v /= 1024.0;
+        u++;
+    }
+    if (u == 0)
+        util_fmt(buf, sz, "%lluB", (unsigned long long)n);
+    else
+        util_fmt(buf, sz, "%.1f%s", v, units[u]);
+}
+
+static unsigned term_width(void)
+{
+    struct winsize ws;
+    if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col >= 40)
+        return ws.ws_col;
+    return 80;
+}
+
+static void cli_draw_bar(struct cli_move *cm, const struct move_state *s)
+{
+    char done[16], total[16], rate[16], eta[16], head[160], line[1024];
+    unsigned width = term_width(), bar = 20, filled;
+    size_t used, room;
+    const char *cur = s->current_file;
+    fmt_bytes(done, sizeof done, s->bytes_copied);
+    fmt_bytes(total, sizeof total, s->bytes_total);
+    util_fmt_rate(rate, sizeof rate, s->bytes_per_second);
+    if (s->eta_seconds >= 0)
+        util_fmt(eta, sizeof eta, "%llds", (long long)s->eta_seconds);
+    else
+        util_fmt(eta, sizeof eta, "?");
+    filled = (unsigned)(s->percent / 100.0 * bar + 0.5);
+    if (filled > bar)
+        filled = bar;
+    util_fmt(head, sizeof head, "%-11s [%.*s%*s] %5.1f%% %s/%s %llu/%llu files %s eta %s ",
+             move_phase_name(s->phase), (int)filled, "####################", (int)(bar - filled),
+             "", s->percent, done, total, (unsigned long long)s->files_copied,
+             (unsigned long long)s->files_total, rate, eta);
+    used = strlen(head);
+    room = width - 1 > used ? width - 1 - used : 0;
+    /* The current file, shortened from the left to what is left of the line. */
+    if (strlen(cur) > room)
+        cur = room > 3 ? cur + strlen(cur) - (room - 3) : "";
+    util_fmt(line, sizeof line, "\r%s%s%s\033[K", head,
+             cur != s->current_file && room > 3 ? "..." : "", cur);
+    fputs(line, stdout);
+    cm->drawn = true;
+}
+
+static void cli_print_line(const struct move_state *s)
+{
+    char rate[16];
+    util_fmt_rate(rate, sizeof rate, s->bytes_per_second);
+    printf("%-11s %6.2f%%  files %llu/%llu  bytes %llu/%llu  %s", move_phase_name(s->phase),
+           s->percent, (unsigned long long)s->files_copied, (unsigned long long)s->files_total,
+           (unsigned long long)s->bytes_copied, (unsigned long long)s->bytes_total, rate);
+    if (s->eta_seconds >= 0)
+        printf("  eta %llds", (long long)s->eta_seconds);
+    if (s->current_file[0])
+        printf("  %s", s->current_file);
+    putchar('\n');
+}
+
+/* One state out: a bar, a line or a JSON object. */
+static void cli_emit(struct cli_move *cm, const struct engine_progress *p, enum move_code code,
+                     const char *error)
+{
+    uint64_t now = util_mono_ms();
+    struct move_state s;
+    memset(&s, 0, sizeof s);
+    util_fmt(s.move_id, sizeof s.move_id, "cli");
+    util_fmt(s.server_name, sizeof s.server_name, "cli");
+    s.old_path = (char *)cm->old_path;
+    s.new_path = (char *)cm->new_path;
+    s.phase = p->phase;
+    s.bytes_total = p->bytes_total;
+    s.bytes_copied = p->bytes_done;
+    s.files_total = p->files_total;
+    s.files_copied = p->files_done;
+    s.code = code;
+    util_fmt(s.error, sizeof s.error, "%s", error ? error : "");
+    s.percent = p->phase == PHASE_COPYING
+                    ? (p->bytes_total ? 100.0 * (double)p->bytes_done / (double)p->bytes_total : 0)
+                : p->phase > PHASE_COPYING ? 100.0
+                                           : 0.0;
+    s.phase_percent = p->phase_total ? 100.0 * (double)p->phase_done / (double)p->phase_total : 0;
+    s.eta_seconds = -1;
+    if (p->phase == PHASE_COPYING) {
+        s.bytes_per_second = cli_rate(cm, now, p->bytes_done);
+        if (s.bytes_per_second > 0)
+            s.eta_seconds = (int64_t)((p->bytes_total - p->bytes_done + s.bytes_per_second - 1) /
+                                      s.bytes_per_second);
+    }
+    s.elapsed_ms = now - cm->started_ms;
+    s.started_at_ms = util_wall_ms() - s.elapsed_ms;
+    s.seq = ++cm->seq;
+    util_fmt(s.current_file, sizeof s.current_file, "%s", p->current ? p->current : "");
+    if (cm->out == OUT_JSON) {
+        cJSON *o = move_state_to_json(&s);
+        char *txt = cJSON_PrintUnformatted(o);
+        printf("%s\n", txt);
+        cJSON_free(txt);
+        cJSON_Delete(o);
+    } else if (cm->out == OUT_TTY) {
+        cli_draw_bar(cm, &s);
+    } else {
+        cli_print_line(&s);
+    }
+    fflush(stdout);
+}
+
+static void cli_report(void *arg, const struct engine_progress *p, bool phase_start)
+{
+    struct cli_move *cm = arg;
+    uint64_t now = util_mono_ms(), gap = cm->out == OUT_TTY ? 100 : 500;
+    if (!phase_start && now - cm->last_ms < gap)
+        return;
+    cm->last_ms = now;
+    cli_emit(cm, p, CODE_NONE, NULL);
+}
+
+/* The checks the daemon makes, without the allowed roots. Returns 0, or the
+ * exit status after printing the code and the reason. */
+static int cli_check(const char *old_arg, const char *new_arg, char *old_real, char *new_real,
+                     bool *rename)
+{
+    char old_norm[PATH_MAX], new_norm[PATH_MAX];
+    const char *why = NULL;
+    dev_t new_dev, old_dev;
+    struct stat st;
+    if (path_check_syntax(old_arg, old_norm, &why) != 0 ||
+        path_resolve(old_norm, old_real, NULL) != 0) {
+        fprintf(stderr, "hostagent move: path_not_allowed: OLD %s\n", why ? why : "is invalid");
+        return 1;
+    }
+    why = NULL;
+    if (path_check_syntax(new_arg, new_norm, &why) != 0 ||
+        path_resolve(new_norm, new_real, &new_dev) != 0) {
+        fprintf(stderr, "hostagent move: path_not_allowed: NEW %s\n", why ? why : "is invalid");
+        return 1;
+    }
+    if (lstat(old_real, &st) == 0 && S_ISLNK(st.st_mode)) {
+        fprintf(stderr, "hostagent move: path_not_allowed: OLD must not be a symlink\n");
+        return 1;
+    }
+    if (path_overlap(old_real, new_real)) {
+        fprintf(stderr, "hostagent move: invalid_paths: OLD and NEW are the same or nested\n");
+        return 1;
+    }
+    if (lstat(old_real, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "hostagent move: source_missing: %s is not a directory\n", old_arg);
+        return 1;
+    }
+    old_dev = st.st_dev;
+    if (lstat(new_real, &st) == 0) {
+        if (!S_ISDIR(st.st_mode) || path_dir_is_empty(new_real) != 1) {
+            fprintf(stderr, "hostagent move: destination_exists: %s\n", new_arg);
+            return 1;
+        }
+        new_dev = st.st_dev; /* an empty mount point counts as its own filesystem */
+    }
+    *rename = old_dev == new_dev;
+    return 0;
+}
+
+int cli_move_main(int argc, char **argv)
+{
+    struct cli_move cm;
+    struct engine_job job;
+    struct engine_result res;
+    struct sigaction sa;
+    atomic_int stop;
+    char old_real[PATH_MAX], new_real[PATH_MAX], size[16];
+    const char *args[2];
+    int nargs = 0, rc;
+    bool json = false;
+
+    memset(&cm, 0, sizeof cm);
+    memset(&job, 0, sizeof job);
+    job.verify = VERIFY_METADATA;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0)
+            json = true;
+        else if (strcmp(argv[i], "--verify=metadata") == 0)
+            job.verify = VERIFY_METADATA;
+        else if (strcmp(argv[i], "--verify=checksum") == 0)
+            job.verify = VERIFY_CHECKSUM;
+        else if (argv[i][0] == '-' && argv[i][1] != '\0') {
+            fprintf(stderr, "hostagent move: unknown option %s\n", argv[i]);
+            return 2;
+        } else if (nargs < 2)
+            args[nargs++] = argv[i];
+        else {
+            fprintf(stderr, "hostagent move: too many arguments\n");
+            return 2;
+        }
+    }
+    if (nargs != 2) {
+        fprintf(stderr, "usage: hostagent move [--verify=metadata|checksum] [--json] OLD NEW\n");
+        return 2;
+    }
+    if ((rc = cli_check(args[0], args[1], old_real, new_real, &job.rename)) != 0)
+        return rc;
+
+    atomic_init(&stop, CODE_NONE);
+    cli_stop = &stop;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = cli_on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    cm.out = json ? OUT_JSON : isatty(STDOUT_FILENO) ? OUT_TTY : OUT_LINES;
+    cm.old_path = args[0];
+    cm.new_path = args[1];
+    cm.started_ms = util_mono_ms();
+    job.src = old_real;
+    job.dst = new_real;
+    job.stop = &stop;
+    job.report = cli_report;
+    job.arg = &cm;
+    rc = engine_run(&job, &res);
+    if (json) {
+        struct engine_progress end;
+        memset(&end, 0, sizeof end);
+        end.phase = rc == 0                      ? PHASE_COMPLETE
+                    : res.code == CODE_CANCELLED ? PHASE_CANCELLED
+                                                 : PHASE_ERROR;
+        end.bytes_done = end.bytes_total = res.bytes_copied;
+        end.files_done = end.files_total = res.files_copied;
+        cli_emit(&cm, &end, res.code, rc == 0 ? NULL : res.error);
+    }
+    if (cm.drawn)
+        putchar('\n');
+    fflush(stdout);
+    if (rc != 0) {
+        fprintf(stderr, "hostagent move: %s: %s\n", move_code_name(res.code), res.error);
+        return 1;
+    }
+    fmt_bytes(size, sizeof size, res.bytes_copied);
+    if (!json)
+        printf("done: %s %s -> %s: %llu entries, %s in %.2f s\n", job.rename ? "renamed" : "moved",
+               args[0], args[1], (unsigned long long)res.files_copied, size,
+               (double)(util_mono_ms() - cm.started_ms) / 1000.0);
+    return 0;
+}
