@@ -272,6 +272,7 @@ int cli_move_main(int argc, char **argv)
     cli_stop = &stop;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = cli_on_signal;
+    sa.sa_flags = SA_RESTART;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);

@@ -108,6 +108,8 @@ static int copy_range(struct copy_ctx *c, int sfd, int dfd, off_t off, off_t end
             ssize_t n = copy_file_range(sfd, &so, dfd, &dof, want, 0);
             if (n > 0) {
                 done = (size_t)n;
+            } else if (n < 0 && errno == EINTR) {
+                continue;
             } else if ((n < 0 && cfr_unsupported(errno)) || (n == 0 && off == 0)) {
                 /* A 0 at offset 0 means "cannot" (procfs and the like), not EOF. */
                 c->caps.no_cfr = true;
@@ -128,6 +130,8 @@ static int copy_range(struct copy_ctx *c, int sfd, int dfd, off_t off, off_t end
             n = sendfile(dfd, sfd, &so, want);
             if (n > 0) {
                 done = (size_t)n;
+            } else if (n < 0 && errno == EINTR) {
+                continue;
             } else if (n < 0 && (errno == EINVAL || errno == ENOSYS) && off == 0) {
                 c->caps.no_sendfile = true;
                 continue;

@@ -433,6 +433,10 @@ static int copy_regular(struct eng *e, struct tree_walk *w, const char *name, co
         return eng_fail_w(e, w, errno, "write", e->job->dst, name);
     /* Holes count as copied: make the counter land on the file's size. */
     e->prog.bytes_done = start + (uint64_t)st->st_size;
+    /* A file that changed between the calculation and its copy (a consistent
+     * copy of its newer state) must not push the counter past the total. */
+    if (e->prog.bytes_done > e->prog.bytes_total)
+        e->prog.bytes_total = e->prog.bytes_done;
     if (e->cc.checksum) {
         if (e->n_hashes == e->cap_hashes) {
             e->cap_hashes = e->cap_hashes ? e->cap_hashes * 2 : 256;
@@ -615,7 +619,9 @@ static int verify_stat(struct eng *e, struct tree_walk *w, const char *name, con
 static int verify_content(struct eng *e, struct tree_walk *w, const char *name)
 {
     uint64_t h = 0;
-    int fd = openat(tree_walk_fd(w, 1), name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC), rc;
+    /* O_NOATIME: reading it back must not change the copy's access time
+     * (we own the copy, or are root, so the flag is allowed). */
+    int fd = openat(tree_walk_fd(w, 1), name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOATIME), rc;
     if (fd < 0)
         return eng_fail_w(e, w, errno, "open", e->job->dst, name);
     e->cc.progress = NULL; /* verifying counts entries, not bytes */
