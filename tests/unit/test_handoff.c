@@ -211,7 +211,9 @@ static void test_stop_midway_rolls_back(void **state)
     last = &rec->frames[rec->n - 1];
     assert_int_equal(last->phase, PHASE_ERROR);
     assert_int_equal(last->code, CODE_SHUTTING_DOWN);
-    assert_true(last->bytes_copied < last->bytes_total);
+    /* Stopped before the source's removal began (holes copy fast, so the
+     * stop may land while verifying). */
+    assert_true(rec->n >= 2 && rec->frames[rec->n - 2].phase < PHASE_CLEANING);
     snprintf(cmd, sizeof cmd, "test -f %s/src/big && test ! -e %s/dst && rm -rf %s", base, base,
              base);
     assert_int_equal(system(cmd), 0);
