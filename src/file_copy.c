@@ -123,7 +123,8 @@ static int copy_range(struct copy_ctx *c, int sfd, int dfd, off_t off, off_t end
         } else if (!h && !c->caps.no_sendfile) {
             off_t so = off;
             ssize_t n;
-            if (lseek(dfd, off, SEEK_SET) < 0) {
+            /* sendfile writes at the file position: a new file starts at 0. */
+            if (off != 0 && lseek(dfd, off, SEEK_SET) < 0) {
                 *wr = true;
                 return -errno;
             }
