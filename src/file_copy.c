@@ -205,13 +205,12 @@ int copy_data(struct copy_ctx *c, int sfd, int dfd, const struct stat *st, uint6
         while (off < size && rc == 0) {
             off_t data = lseek(sfd, off, SEEK_DATA), hole;
             if (data < 0) {
-                if (errno == ENXIO)
-                    data = size; /* nothing but a hole to the end */
-                else {
+                if (errno != ENXIO) {
+                    /* No SEEK_DATA here: copy the rest as it is. */
                     rc = copy_range(c, sfd, dfd, off, size, h, failed_on_write);
-                    off = size;
                     break;
                 }
+                data = size; /* nothing but a hole to the end */
             }
             if (data > size)
                 data = size;
