@@ -236,3 +236,33 @@ class FailingMoveTest(AgentTestCase, FrameChecks):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class SharedDiskTest(AgentTestCase, FrameChecks):
+    tmpfs_size = "160m"
+
+    def test_space_promised_to_a_running_move_is_not_counted_twice(self):
+        # Each tree fits on the disk alone, not both: the second move must fail
+        # early with no_space although the first has written little so far.
+        self.start_agent()
+        a = dense_tree(os.path.join(self.scratch.a, "a"), 100)
+        b = dense_tree(os.path.join(self.scratch.a, "b"), 100)
+        before_b = snapshot(b, content=False)
+        first = self.manager.request("server.move_data", {"serverName": "a", "oldPath": a,
+                                                          "newPath": os.path.join(self.scratch.b, "a"),
+                                                          "moveId": "mv-a"})
+        self.manager.wait_for(lambda: any(f["phase"] == "copying" for f in self.manager.frames("mv-a")),
+                              20, "the first move copying")
+        with self.paused_agent():
+            second = self.manager.request("server.move_data", {"serverName": "b", "oldPath": b,
+                                                               "newPath": os.path.join(self.scratch.b, "b"),
+                                                               "moveId": "mv-b"})
+        ans = self.manager.wait_answer(second, 60)
+        self.assertEqual((ans["success"], ans["code"]), (False, "no_space"), ans)
+        self.assertIn("other moves", ans["error"])
+        self.check_frames(self.manager.frames("mv-b"), "mv-b", "error")
+        self.assertNotIn("copying", [f["phase"] for f in self.manager.frames("mv-b")])
+        self.assertEqual(snapshot(b, content=False), before_b)
+        self.assertTrue(self.manager.wait_answer(first, 60)["success"])
+        self.assertEqual(os.listdir(self.scratch.b), ["a"])
+
