@@ -65,7 +65,8 @@ struct move {
 
     /* Loop-side throttle and rate state. */
     uint64_t mono_started;
-    uint64_t mono_run_started; /* left the queue (0 while queued) */
+    uint64_t mono_run_started;     /* left the queue (0 while queued) */
+    char stop_why[MOVE_ERROR_MAX]; /* the error text of a requested stop */
     uint64_t last_frame_ms, last_log_ms, phase_started_ms;
     uint64_t entries, last_frame_entries; /* entries processed in this phase */
     uint64_t last_frame_bytes;
@@ -91,9 +92,11 @@ void move_queue(struct move *m);
  * error at once through ops->ended). */
 int move_run(struct move *m);
 
-/* Asks a running move to stop with code (cancelled, shutting_down, timeout);
- * ends a queued one at once. No effect while cleaning or after the end. */
-void move_stop(struct move *m, enum move_code code, const char *why);
+/* Asks a running move to stop with code (cancelled, shutting_down, timeout)
+ * and why (its error text); ends a queued one at once. Returns 0 when taken
+ * (or a stop is already under way), -EBUSY when the move is cleaning (its
+ * copy is whole: it will complete), -ENOENT after its end. */
+int move_stop(struct move *m, enum move_code code, const char *why);
 
 bool move_is_running(const struct move *m);
 

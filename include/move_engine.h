@@ -23,14 +23,20 @@ struct engine_progress {
  * Must not block. */
 typedef void (*engine_report_fn)(void *arg, const struct engine_progress *p, bool phase_start);
 
+/* The value of *stop once cleaning began: a stop request can no longer be
+ * taken (the copy is whole, the source is being removed). */
+#define ENGINE_STOP_LOCKED (-1)
+
 struct engine_job {
     const char *src; /* resolved oldPath: an existing directory */
     const char *dst; /* resolved newPath: absent or an empty directory */
     bool rename;     /* same filesystem: rename(2) instead of copying */
     enum verify_mode verify;
     /* Nonzero: stop as soon as possible and roll back; the value is the
-     * move_code to end with (cancelled, shutting_down, timeout). Ignored once
-     * cleaning began: the copy is verified and the source half removed. */
+     * move_code to end with (cancelled, shutting_down, timeout). Set it with
+     * a compare-exchange from 0: the engine swaps in ENGINE_STOP_LOCKED when
+     * cleaning begins, after which no stop is taken (the copy is verified and
+     * the source is being removed). */
     atomic_int *stop;
     engine_report_fn report;
     void *arg;

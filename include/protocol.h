@@ -48,6 +48,16 @@ int protocol_parse_move_data(const cJSON *data, struct move_request *req, char *
  * malloc'd string (free with cJSON_free). */
 char *protocol_envelope(const char *subject, cJSON *data);
 
+/* Which moves a server.move_cancel or server.move_status names. */
+struct move_selector {
+    char server_name[SERVER_NAME_MAX + 1]; /* "" when absent */
+    char move_id[MOVE_ID_MAX + 1];         /* "" when absent */
+};
+
+/* {"serverName"} and/or {"moveId"}, each optional here (invalid_request when
+ * present and malformed). Both given: a move must match both. */
+int protocol_parse_selector(const cJSON *data, struct move_selector *sel, char *why, size_t whysz);
+
 /* {"success":false,"code":..,"error":..} for simple failures. */
 cJSON *protocol_failure(enum move_code code, const char *error);
 

@@ -357,6 +357,88 @@ static void agent_move_data(struct agent *a, const struct frame *f)
     agent_start_queued(a);
 }
 
+/* --- cancel and status ---------------------------------------------------------- */
+
+static bool selector_matches(const struct move_selector *s, const struct move_state *st)
+{
+    return (!s->server_name[0] || strcmp(s->server_name, st->server_name) == 0) &&
+           (!s->move_id[0] || strcmp(s->move_id, st->move_id) == 0);
+}
+
+static void agent_move_cancel(struct agent *a, const struct frame *f)
+{
+    struct move_selector sel;
+    struct move *m;
+    char why[256], id[MOVE_ID_MAX + 1];
+    cJSON *d;
+    bool queued;
+
+    if (protocol_parse_selector(f->data, &sel, why, sizeof why) != 0) {
+        agent_refuse(a, f->reply, CODE_INVALID_REQUEST, why, NULL);
+        return;
+    }
+    if (!sel.server_name[0] && !sel.move_id[0]) {
+        agent_refuse(a, f->reply, CODE_INVALID_REQUEST, "serverName or moveId is required", NULL);
+        return;
+    }
+    for (m = a->moves; m; m = m->next)
+        if (!move_phase_terminal(m->st.phase) && selector_matches(&sel, &m->st))
+            break;
+    if (!m) {
+        util_fmt(why, sizeof why, "no move of %s%s%s has not ended", sel.server_name,
+                 sel.server_name[0] && sel.move_id[0] ? " / " : "", sel.move_id);
+        agent_refuse(a, f->reply, CODE_NOT_FOUND, why, sel.server_name);
+        return;
+    }
+    util_fmt(id, sizeof id, "%s", m->st.move_id);
+    queued = m->st.phase == PHASE_QUEUED;
+    /* A queued move ends at once inside move_stop (its frames and answer go
+     * out then): answer the cancel first. A running one may refuse (cleaning). */
+    if (!queued && move_stop(m, CODE_CANCELLED, "the move was cancelled") == -EBUSY) {
+        util_fmt(why, sizeof why,
+                 "move %s is removing its source after a verified copy; it cannot be cancelled "
+                 "and will complete",
+                 id);
+        agent_refuse(a, f->reply, CODE_BUSY, why, m->st.server_name);
+        return;
+    }
+    LOG(LOG_INFO, "move cancel requested", LF_S("move", id), LF_S("queued", queued ? "yes" : "no"));
+    d = cJSON_CreateObject();
+    cJSON_AddTrueToObject(d, "success");
+    cJSON_AddStringToObject(d, "moveId", id);
+    agent_answer(a, f->reply, d);
+    if (queued)
+        move_stop(m, CODE_CANCELLED, "the move was cancelled while queued");
+}
+
+static void agent_move_status(struct agent *a, const struct frame *f)
+{
+    struct move_selector sel;
+    char why[256];
+    cJSON *d, *moves;
+    unsigned listed = 0;
+
+    if (protocol_parse_selector(f->data, &sel, why, sizeof why) != 0) {
+        agent_refuse(a, f->reply, CODE_INVALID_REQUEST, why, NULL);
+        return;
+    }
+    d = cJSON_CreateObject();
+    cJSON_AddTrueToObject(d, "success");
+    moves = cJSON_AddArrayToObject(d, "moves");
+    for (struct move *m = a->moves; m; m = m->next)
+        if (selector_matches(&sel, &m->st))
+            cJSON_AddItemToArray(moves, move_state_to_json(&m->st));
+    history_prune(a);
+    for (unsigned k = 0; k < a->hist_len && listed < AGENT_HISTORY_MAX; k++) {
+        unsigned i = (a->hist_pos + AGENT_HISTORY_MAX - 1 - k) % AGENT_HISTORY_MAX;
+        if (selector_matches(&sel, &a->history[i].st)) {
+            cJSON_AddItemToArray(moves, move_state_to_json(&a->history[i].st));
+            listed++;
+        }
+    }
+    agent_answer(a, f->reply, d);
+}
+
 /* --- incoming frames ------------------------------------------------------------ */
 
 static const struct {
@@ -364,6 +446,8 @@ static const struct {
     void (*handle)(struct agent *a, const struct frame *f);
 } handlers[] = {
     {"server.move_data", agent_move_data},
+    {"server.move_cancel", agent_move_cancel},
+    {"server.move_status", agent_move_status},
 };
 
 static void agent_on_message(struct ws_client *c, const char *buf, size_t len)

@@ -37,8 +37,9 @@ static atomic_int *cli_stop;
 
 static void cli_on_signal(int sig)
 {
+    int none = CODE_NONE;
     (void)sig;
-    atomic_store(cli_stop, CODE_CANCELLED);
+    atomic_compare_exchange_strong(cli_stop, &none, CODE_CANCELLED);
 }
 
 static uint64_t cli_rate(struct cli_move *cm, uint64_t now, uint64_t bytes)

@@ -64,7 +64,8 @@ static bool cfr_unsupported(int err)
 
 static bool stopped(const struct copy_ctx *c)
 {
-    return c->stop && atomic_load_explicit(c->stop, memory_order_relaxed) != 0;
+    int v = c->stop ? atomic_load_explicit(c->stop, memory_order_relaxed) : 0;
+    return v > 0; /* negative: locked for cleaning, not a stop */
 }
 
 static int write_all(int fd, const char *p, size_t n, off_t off)

@@ -236,7 +236,10 @@ static void move_apply(struct move *m, const struct progress_item *it)
         /* The worker's last act was this push: the join is immediate. */
         uv_thread_join(&m->thread);
         m->thread_running = false;
-        move_finish(m, it->code, it->error);
+        /* A stop we asked for ends with our words, not the engine's. */
+        move_finish(m, it->code,
+                    (int)it->code == atomic_load(&m->stop) && m->stop_why[0] ? m->stop_why
+                                                                             : it->error);
         return;
     }
     if (it->kind == PROGRESS_PHASE)
@@ -343,17 +346,22 @@ int move_run(struct move *m)
     return 0;
 }
 
-void move_stop(struct move *m, enum move_code code, const char *why)
+int move_stop(struct move *m, enum move_code code, const char *why)
 {
+    int none = CODE_NONE;
     if (move_phase_terminal(m->st.phase))
-        return;
+        return -ENOENT;
     if (!m->thread_running) {
         move_finish(m, code, why);
-        return;
+        return 0;
     }
-    /* The worker polls this between chunks and entries. */
-    int none = CODE_NONE;
-    atomic_compare_exchange_strong(&m->stop, &none, (int)code);
+    /* The worker polls this between chunks and entries; it swaps in
+     * ENGINE_STOP_LOCKED when cleaning begins, and then the stop is refused. */
+    if (atomic_compare_exchange_strong(&m->stop, &none, (int)code)) {
+        util_fmt(m->stop_why, sizeof m->stop_why, "%s", why ? why : "");
+        return 0;
+    }
+    return none == ENGINE_STOP_LOCKED ? -EBUSY : 0;
 }
 
 bool move_is_running(const struct move *m)

@@ -106,7 +106,7 @@ static int eng_fail(struct eng *e, enum move_code code, const char *fmt, ...)
 static int eng_stop_code(struct eng *e)
 {
     int code = atomic_load_explicit(e->job->stop, memory_order_relaxed);
-    if (code == CODE_NONE)
+    if (code == CODE_NONE || code == ENGINE_STOP_LOCKED)
         return 0;
     return eng_fail(e, (enum move_code)code, "%s",
                     code == CODE_CANCELLED       ? "the move was cancelled"
@@ -925,6 +925,15 @@ static int eng_rename(struct eng *e)
     return 0;
 }
 
+/* From here on no stop is taken: a request that came first wins instead. */
+static int eng_lock_for_cleaning(struct eng *e)
+{
+    int expected = CODE_NONE;
+    if (atomic_compare_exchange_strong(e->job->stop, &expected, ENGINE_STOP_LOCKED))
+        return 0;
+    return eng_stop_code(e);
+}
+
 static int eng_copy_move(struct eng *e)
 {
     e->srcfd = open(e->job->src, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -936,7 +945,8 @@ static int eng_copy_move(struct eng *e)
     e->src_dev = e->src_st.st_dev;
     e->blksize = 4096;
     if (make_parents(e) != 0 || open_dst(e) != 0 || eng_calculate(e) != 0 ||
-        eng_check_space(e) != 0 || eng_copy(e) != 0 || eng_verify(e) != 0) {
+        eng_check_space(e) != 0 || eng_copy(e) != 0 || eng_verify(e) != 0 ||
+        eng_lock_for_cleaning(e) != 0) {
         eng_release_space(e);
         eng_rollback(e);
         return -1;

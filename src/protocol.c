@@ -156,6 +156,28 @@ int protocol_parse_move_data(const cJSON *data, struct move_request *req, char *
     return 0;
 }
 
+int protocol_parse_selector(const cJSON *data, struct move_selector *sel, char *why, size_t whysz)
+{
+    const cJSON *sn = cJSON_GetObjectItemCaseSensitive(data, "serverName");
+    const cJSON *mi = cJSON_GetObjectItemCaseSensitive(data, "moveId");
+    memset(sel, 0, sizeof *sel);
+    if (sn && (!cJSON_IsString(sn) || !protocol_name_ok(sn->valuestring, SERVER_NAME_MAX))) {
+        util_fmt(why, whysz, "serverName must be a string of 1-%d characters of A-Z a-z 0-9 . _ -",
+                 SERVER_NAME_MAX);
+        return -1;
+    }
+    if (mi && (!cJSON_IsString(mi) || !protocol_name_ok(mi->valuestring, MOVE_ID_MAX))) {
+        util_fmt(why, whysz, "moveId must be a string of 1-%d characters of A-Z a-z 0-9 . _ -",
+                 MOVE_ID_MAX);
+        return -1;
+    }
+    if (sn)
+        util_fmt(sel->server_name, sizeof sel->server_name, "%s", sn->valuestring);
+    if (mi)
+        util_fmt(sel->move_id, sizeof sel->move_id, "%s", mi->valuestring);
+    return 0;
+}
+
 char *protocol_envelope(const char *subject, cJSON *data)
 {
     cJSON *env = cJSON_CreateObject();

@@ -1,0 +1,119 @@
+"""server.move_cancel and server.move_status against the real agent."""
+import os
+
+from harness import AgentTestCase, dense_tree, make_tree, snapshot
+
+
+class ControlTest(AgentTestCase):
+    def start_move(self, server, src, dst, move_id):
+        return self.manager.request("server.move_data", {"serverName": server, "oldPath": src,
+                                                         "newPath": dst, "moveId": move_id})
+
+    def wait_phase(self, move_id, phase, timeout=30):
+        self.manager.wait_for(lambda: any(f["phase"] == phase for f in self.manager.frames(move_id)),
+                              timeout, "%s in phase %s" % (move_id, phase))
+
+    def index_of(self, reply):
+        return [m["subject"] for m in self.manager.all_messages()].index(reply)
+
+    def test_cancel_a_running_move_rolls_it_back(self):
+        conn = self.start_agent()
+        hello = conn.messages[0][1]["data"]
+        self.assertEqual(sorted(hello["capabilities"]),
+                         ["server.move_cancel", "server.move_data", "server.move_status"])
+        src = dense_tree(os.path.join(self.scratch.a, "mc"), 200)
+        make_tree(os.path.join(src, "world"), n_small=30)
+        before = snapshot(src, content=False)
+        dst = os.path.join(self.scratch.b, "new", "mc")
+        move = self.start_move("mc", src, dst, "mv-c1")
+        self.wait_phase("mv-c1", "copying")
+        with self.paused_agent():  # cancel while it is early in the copy
+            cancel = self.manager.request("server.move_cancel", {"moveId": "mv-c1"})
+        self.assertEqual(self.manager.wait_answer(cancel, 20), {"success": True, "moveId": "mv-c1"})
+        ans = self.manager.wait_answer(move, 60)
+        self.assertEqual((ans["success"], ans["code"], ans["moveId"]), (False, "cancelled", "mv-c1"))
+        term = self.manager.frames("mv-c1")[-1]
+        self.assertEqual((term["phase"], term["code"]), ("cancelled", "cancelled"))
+        self.assertLess(self.index_of(cancel), self.index_of(move), "the cancel is answered at once")
+        self.assertEqual(snapshot(src, content=False), before)
+        self.assertEqual(os.listdir(self.scratch.b), [], "the copy and its created parents are gone")
+
+    def test_cancel_a_queued_move_removes_it(self):
+        self.start_agent(extra={"max_concurrent_moves": "1"})
+        a = dense_tree(os.path.join(self.scratch.a, "a"), 200)
+        b = make_tree(os.path.join(self.scratch.a, "b"), n_small=10)
+        before_b = snapshot(b)
+        first = self.start_move("a", a, os.path.join(self.scratch.b, "a"), "mv-a")
+        self.wait_phase("mv-a", "copying")
+        with self.paused_agent():
+            second = self.start_move("b", b, os.path.join(self.scratch.b, "b"), "mv-b")
+            cancel = self.manager.request("server.move_cancel", {"serverName": "b"})
+        self.assertEqual(self.manager.wait_answer(cancel, 20), {"success": True, "moveId": "mv-b"})
+        ans = self.manager.wait_answer(second, 20)
+        self.assertEqual((ans["success"], ans["code"]), (False, "cancelled"))
+        self.assertEqual([f["phase"] for f in self.manager.frames("mv-b")], ["queued", "cancelled"])
+        self.assertEqual(snapshot(b), before_b)
+        self.assertTrue(self.manager.wait_answer(first, 60)["success"])
+        self.assertEqual(os.listdir(self.scratch.b), ["a"])
+
+    def test_cancel_while_cleaning_is_refused_and_the_move_completes(self):
+        self.tmpfs_size = "256m"
+        src = os.path.join(self.scratch.a, "many")
+        for d in range(8):
+            os.makedirs(os.path.join(src, "d%d" % d))
+            for i in range(1000):
+                open(os.path.join(src, "d%d" % d, "f%d" % i), "wb").close()
+        self.start_agent()
+        dst = os.path.join(self.scratch.b, "many")
+        move = self.start_move("many", src, dst, "mv-clean")
+        self.wait_phase("mv-clean", "cleaning")
+        with self.paused_agent():
+            cancel = self.manager.request("server.move_cancel", {"serverName": "many"})
+        ans = self.manager.wait_answer(cancel, 20)
+        self.assertEqual((ans["success"], ans["code"]), (False, "busy"), ans)
+        self.assertIn("cannot be cancelled", ans["error"])
+        self.assertTrue(self.manager.wait_answer(move, 60)["success"])
+        self.assertEqual(self.manager.frames("mv-clean")[-1]["phase"], "complete")
+        self.assertFalse(os.path.exists(src))
+        self.assertEqual(sum(len(f) for _, _, f in os.walk(dst)), 8000)
+
+    def test_cancel_refusals(self):
+        self.start_agent()
+        for data, code in [({"moveId": "nope"}, "not_found"), ({"serverName": "nobody-here"}, "not_found"),
+                           ({}, "invalid_request"), ({"serverName": 5}, "invalid_request"),
+                           ({"moveId": "bad id"}, "invalid_request")]:
+            reply = self.manager.request("server.move_cancel", data)
+            ans = self.manager.wait_answer(reply, 20)
+            self.assertEqual((ans["success"], ans["code"]), (False, code), (data, ans))
+            self.assertIsInstance(ans["error"], str)
+
+    def test_status_lists_running_and_ended_moves(self):
+        self.start_agent()
+        big = dense_tree(os.path.join(self.scratch.a, "big"), 200)
+        small = make_tree(os.path.join(self.scratch.a, "small"), n_small=5)
+        done = self.start_move("small", small, os.path.join(self.scratch.b, "small"), "mv-small")
+        self.assertTrue(self.manager.wait_answer(done, 30)["success"])
+        running = self.start_move("big", big, os.path.join(self.scratch.b, "big"), "mv-big")
+        self.wait_phase("mv-big", "copying")
+        with self.paused_agent():
+            every = self.manager.request("server.move_status", {})
+            by_server = self.manager.request("server.move_status", {"serverName": "big"})
+            by_id = self.manager.request("server.move_status", {"moveId": "mv-small"})
+            none = self.manager.request("server.move_status", {"serverName": "other"})
+            bad = self.manager.request("server.move_status", {"moveId": 7})
+        ans = self.manager.wait_answer(every, 20)
+        self.assertTrue(ans["success"])
+        self.assertEqual(sorted(m["moveId"] for m in ans["moves"]), ["mv-big", "mv-small"])
+        phases = {m["moveId"]: m["phase"] for m in ans["moves"]}
+        self.assertEqual(phases["mv-small"], "complete")
+        self.assertIn(phases["mv-big"], ("copying", "verifying", "cleaning"))
+        big_state = self.manager.wait_answer(by_server, 20)["moves"]
+        self.assertEqual([m["moveId"] for m in big_state], ["mv-big"])
+        for key in ("bytesTotal", "bytesCopied", "filesTotal", "seq", "startedAt", "method"):
+            self.assertIn(key, big_state[0])
+        small_state = self.manager.wait_answer(by_id, 20)["moves"]
+        self.assertEqual([(m["moveId"], m["phase"]) for m in small_state], [("mv-small", "complete")])
+        self.assertIn("endedAt", small_state[0])
+        self.assertEqual(self.manager.wait_answer(none, 20), {"success": True, "moves": []})
+        self.assertEqual(self.manager.wait_answer(bad, 20)["code"], "invalid_request")
+        self.assertTrue(self.manager.wait_answer(running, 60)["success"])
