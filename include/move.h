@@ -36,6 +36,8 @@ struct move_params {
     bool rename;
     enum verify_mode verify;
     uint64_t progress_interval_ms;
+    uint64_t move_timeout_ms;  /* 0: none; counted from leaving the queue */
+    uint64_t stall_timeout_ms; /* 0: none; no byte, entry or phase progress */
 };
 
 #define MOVE_RATE_SAMPLES 24
@@ -57,6 +59,7 @@ struct move {
     uv_loop_t *loop;
     uv_async_t async; /* worker -> loop: "the ring has items" */
     uv_timer_t timer; /* a throttled frame that is due later */
+    uv_timer_t limit; /* once a second while running: move_timeout, stall_timeout */
     uv_thread_t thread;
     bool thread_running;
     struct progress_ring ring;
@@ -67,6 +70,8 @@ struct move {
     uint64_t mono_started;
     uint64_t mono_run_started;     /* left the queue (0 while queued) */
     char stop_why[MOVE_ERROR_MAX]; /* the error text of a requested stop */
+    uint64_t move_timeout_ms, stall_timeout_ms;
+    uint64_t last_progress_ms; /* last time a counter or the phase moved */
     uint64_t last_frame_ms, last_log_ms, phase_started_ms;
     uint64_t entries, last_frame_entries; /* entries processed in this phase */
     uint64_t last_frame_bytes;

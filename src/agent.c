@@ -337,6 +337,8 @@ static void agent_move_data(struct agent *a, const struct frame *f)
         .rename = res->rename,
         .verify = a->cfg.verify,
         .progress_interval_ms = a->cfg.progress_interval_ms,
+        .move_timeout_ms = a->cfg.move_timeout_ms,
+        .stall_timeout_ms = a->cfg.stall_timeout_ms,
     };
     m = xmalloc(sizeof *m);
     if (move_init(m, &a->loop, &p, &agent_move_ops, a) != 0) {

@@ -5,6 +5,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -42,6 +43,8 @@ static void move_report(void *arg, const struct engine_progress *p, bool phase_s
 static void move_worker(void *arg)
 {
     struct move *m = arg;
+    /* Named for operators (top -H, ps -L) and for the tests' freezer. */
+    (void)pthread_setname_np(pthread_self(), "ha-move");
     struct engine_job job = {
         .src = m->src,
         .dst = m->dst,
@@ -217,6 +220,7 @@ static void move_on_timer(uv_timer_t *t)
 static void move_finish(struct move *m, enum move_code code, const char *error)
 {
     uint64_t now = util_mono_ms();
+    uv_timer_stop(&m->limit);
     if (code == CODE_NONE)
         enter_state(m, PHASE_COMPLETE);
     else
@@ -229,9 +233,35 @@ static void move_finish(struct move *m, enum move_code code, const char *error)
     m->ops->ended(m);
 }
 
+/* Once a second while the worker runs. A move in cleaning refuses the stop
+ * (its copy is whole) and is left to finish. */
+static void move_on_limit(uv_timer_t *t)
+{
+    struct move *m = container_of(t, struct move, limit);
+    uint64_t now = util_mono_ms();
+    char why[160];
+    if (m->move_timeout_ms && now - m->mono_run_started >= m->move_timeout_ms)
+        util_fmt(why, sizeof why, "the move ran past move_timeout (%llu s)",
+                 (unsigned long long)(m->move_timeout_ms / 1000));
+    else if (m->stall_timeout_ms && now - m->last_progress_ms >= m->stall_timeout_ms)
+        util_fmt(why, sizeof why, "the move made no progress for %llu s (stall_timeout)",
+                 (unsigned long long)(m->stall_timeout_ms / 1000));
+    else
+        return;
+    if (move_stop(m, CODE_TIMEOUT, why) == 0) {
+        LOG(LOG_WARN, "move timed out; rolling back", LF_S("move", m->st.move_id),
+            LF_S("server", m->st.server_name), LF_S("reason", why));
+        uv_timer_stop(&m->limit);
+    }
+}
+
 /* One item from the worker, in order. */
 static void move_apply(struct move *m, const struct progress_item *it)
 {
+    if (it->kind == PROGRESS_PHASE || it->bytes_done > m->st.bytes_copied ||
+        it->files_done > m->st.files_copied || it->files_total > m->st.files_total ||
+        it->phase_done != m->phase_done)
+        m->last_progress_ms = util_mono_ms();
     if (it->kind == PROGRESS_END) {
         /* The worker's last act was this push: the join is immediate. */
         uv_thread_join(&m->thread);
@@ -299,6 +329,8 @@ int move_init(struct move *m, uv_loop_t *loop, const struct move_params *p,
     m->reply = p->reply ? xstrdup(p->reply) : NULL;
     m->verify = p->verify;
     m->progress_interval_ms = p->progress_interval_ms;
+    m->move_timeout_ms = p->move_timeout_ms;
+    m->stall_timeout_ms = p->stall_timeout_ms;
     ring_init(&m->ring);
     atomic_init(&m->stop, CODE_NONE);
 
@@ -308,12 +340,16 @@ int move_init(struct move *m, uv_loop_t *loop, const struct move_params *p,
     m->open_handles++;
     rc = uv_timer_init(loop, &m->timer);
     if (rc != 0)
-        goto fail_timer;
+        goto fail_handles;
+    m->open_handles++;
+    rc = uv_timer_init(loop, &m->limit);
+    if (rc != 0)
+        goto fail_handles;
     m->open_handles++;
     return 0;
 
-fail_timer:
-    /* The async handle is open: the caller must still move_close(). */
+fail_handles:
+    /* Some handles are open: the caller must still move_close(). */
     return rc;
 fail_async:
     free(m->src);
@@ -333,6 +369,9 @@ int move_run(struct move *m)
     int rc;
     assert(m->st.phase == PHASE_QUEUED);
     m->mono_run_started = util_mono_ms(); /* move_timeout counts from leaving the queue */
+    m->last_progress_ms = m->mono_run_started;
+    if (m->move_timeout_ms || m->stall_timeout_ms)
+        uv_timer_start(&m->limit, move_on_limit, 1000, 1000);
     m->thread_running = true;
     /* Not the libuv threadpool: a long copy would starve uv_fs and DNS work. */
     rc = uv_thread_create(&m->thread, move_worker, m);
@@ -388,12 +427,17 @@ void move_close(struct move *m, void (*cb)(struct move *m))
     m->close_cb = cb;
     m->async.data = m;
     m->timer.data = m;
+    m->limit.data = m;
     if (m->open_handles == 0) {
         if (cb)
             cb(m);
         return;
     }
-    if (m->open_handles == 2)
+    /* Handles were opened in this order; open_handles only drops in the
+     * close callbacks, which run later. */
+    if (m->open_handles >= 3)
+        uv_close((uv_handle_t *)&m->limit, move_on_handle_closed);
+    if (m->open_handles >= 2)
         uv_close((uv_handle_t *)&m->timer, move_on_handle_closed);
     uv_close((uv_handle_t *)&m->async, move_on_handle_closed);
 }

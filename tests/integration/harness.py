@@ -138,6 +138,46 @@ class AgentTestCase(unittest.TestCase):
 
     # --- helpers --------------------------------------------------------
     @contextlib.contextmanager
+    def frozen_workers(self):
+        """Freezes only the agent's move threads ("ha-move") with the cgroup v1
+        freezer: the event loop keeps running (timers, frames, requests) while
+        the copy makes no progress at all."""
+        pid = self.agent.proc.pid
+        tids = []
+        for tid in os.listdir("/proc/%d/task" % pid):
+            with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
+                if f.read().strip() == "ha-move":
+                    tids.append(tid)
+        self.assertTrue(tids, "no move thread to freeze")
+        root = "/sys/fs/cgroup/freezer"
+        self.assertTrue(os.path.isdir(root), "the cgroup v1 freezer is needed for this test")
+        cg = os.path.join(root, "hostagent-test-%d" % os.getpid())
+        os.makedirs(cg, exist_ok=True)
+
+        def put(path, value):
+            with open(path, "w") as f:
+                f.write(value)
+
+        def state():
+            with open(os.path.join(cg, "freezer.state")) as f:
+                return f.read().strip()
+        try:
+            for tid in tids:
+                put(os.path.join(cg, "tasks"), tid)
+            put(os.path.join(cg, "freezer.state"), "FROZEN")
+            wait_until(lambda: state() == "FROZEN", 10, "move threads frozen")
+            yield
+        finally:
+            put(os.path.join(cg, "freezer.state"), "THAWED")
+            wait_until(lambda: state() == "THAWED", 10, "move threads thawed")
+            for tid in tids:
+                try:
+                    put(os.path.join(root, "tasks"), tid)
+                except OSError:
+                    pass  # the thread has ended
+            os.rmdir(cg)
+
+    @contextlib.contextmanager
     def paused_agent(self):
         """Freezes the agent (all its threads) while the body runs: what the
         body sends waits in the socket, and the copy resumes where it was."""

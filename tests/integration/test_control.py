@@ -77,6 +77,29 @@ class ControlTest(AgentTestCase):
         self.assertFalse(os.path.exists(src))
         self.assertEqual(sum(len(f) for _, _, f in os.walk(dst)), 8000)
 
+    def run_into_timeout(self, extra, words):
+        self.start_agent(extra=extra)
+        src = dense_tree(os.path.join(self.scratch.a, "mc"), 200)
+        before = snapshot(src, content=False)
+        dst = os.path.join(self.scratch.b, "mc")
+        move = self.start_move("mc", src, dst, "mv-slow")
+        self.wait_phase("mv-slow", "copying")
+        with self.frozen_workers():  # the copy stalls; the loop keeps time
+            self.manager.wait_for(lambda: "move timed out" in self.agent.log(), 30, "the timeout")
+        ans = self.manager.wait_answer(move, 60)
+        self.assertEqual((ans["success"], ans["code"]), (False, "timeout"), ans)
+        self.assertIn(words, ans["error"])
+        term = self.manager.frames("mv-slow")[-1]
+        self.assertEqual((term["phase"], term["code"]), ("error", "timeout"))
+        self.assertEqual(snapshot(src, content=False), before)
+        self.assertEqual(os.listdir(self.scratch.b), [])
+
+    def test_stall_timeout(self):
+        self.run_into_timeout({"stall_timeout": "10s"}, "no progress for 10 s")
+
+    def test_move_timeout(self):
+        self.run_into_timeout({"move_timeout": "2s"}, "ran past move_timeout (2 s)")
+
     def test_cancel_refusals(self):
         self.start_agent()
         for data, code in [({"moveId": "nope"}, "not_found"), ({"serverName": "nobody-here"}, "not_found"),
