@@ -46,6 +46,30 @@ class ShutdownTest(AgentTestCase):
         self.assertIn("stopping", log)
         self.assertIn("hostagent stopped", log)
 
+    def test_sigterm_during_cleaning_finishes_the_move(self):
+        conn = self.start_agent()
+        src = os.path.join(self.scratch.a, "many")
+        for d in range(8):
+            os.makedirs(os.path.join(src, "d%d" % d))
+            for i in range(1000):
+                open(os.path.join(src, "d%d" % d, "f%d" % i), "wb").close()
+        dst = os.path.join(self.scratch.b, "many")
+        reply = self.manager.request("server.move_data",
+                                     {"serverName": "many", "oldPath": src, "newPath": dst, "moveId": "mv-cl"})
+        self.manager.wait_for(lambda: any(f["phase"] == "cleaning" for f in self.manager.frames("mv-cl")),
+                              30, "cleaning")
+        # The copy is verified and the source half gone: the move completes first.
+        with self.paused_agent():
+            os.kill(self.agent.proc.pid, signal.SIGTERM)
+        self.assertEqual(self.agent.proc.wait(30), 0, self.agent.log()[-3000:])
+        ans = self.manager.wait_answer(reply, 10)
+        self.assertTrue(ans["success"], ans)
+        self.assertEqual(self.manager.frames("mv-cl")[-1]["phase"], "complete")
+        self.assertFalse(os.path.exists(src))
+        self.assertEqual(sum(len(f) for _, _, f in os.walk(dst)), 8000)
+        self.manager.wait_for(lambda: conn.closed, 5, "connection closed")
+        self.assertEqual(conn.close_code, 1001)
+
     def test_sigint_while_idle_and_disconnected(self):
         self.manager.accept = False
         from harness import Agent
