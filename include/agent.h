@@ -4,6 +4,7 @@
 #define HOSTAGENT_AGENT_H
 
 #include "config.h"
+#include "journal.h"
 #include "move.h"
 #include "ws_client.h"
 
@@ -19,10 +20,12 @@ struct agent_ended {
     struct move_state st;
     char *answer_data; /* the answer's data object, printed */
     uint64_t ended_mono;
+    struct journal_rec *jr; /* until delivered and an hour old; NULL without */
 };
 
 struct agent {
     uv_loop_t loop;
+    struct journal journal;
     struct config cfg;
     char *config_path;
     struct ws_client ws;

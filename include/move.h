@@ -4,6 +4,7 @@
 #define HOSTAGENT_MOVE_H
 
 #include "config.h"
+#include "journal.h"
 #include "move_engine.h"
 #include "move_state.h"
 #include "progress_ring.h"
@@ -38,6 +39,13 @@ struct move_params {
     uint64_t progress_interval_ms;
     uint64_t move_timeout_ms;  /* 0: none; counted from leaving the queue */
     uint64_t stall_timeout_ms; /* 0: none; no byte, entry or phase progress */
+    /* The move's journal record (the owner's; NULL: no journal). The worker
+     * rewrites it at each phase change, the owner before and after. */
+    struct journal_rec *jr;
+    const struct journal *journal;
+    /* ENGINE_UNDO/ENGINE_FINISH: a move found unfinished in the journal at
+     * start; it resumes from jr's phase, counters and seq. */
+    enum engine_mode mode;
 };
 
 #define MOVE_RATE_SAMPLES 24
@@ -70,6 +78,10 @@ struct move {
     uint64_t mono_started;
     uint64_t mono_run_started;     /* left the queue (0 while queued) */
     char stop_why[MOVE_ERROR_MAX]; /* the error text of a requested stop */
+    struct journal_rec *jr;
+    const struct journal *journal;
+    enum engine_mode mode;
+    _Atomic uint64_t seq_sent; /* the loop's seq, for the worker's journal writes */
     uint64_t move_timeout_ms, stall_timeout_ms;
     uint64_t last_progress_ms; /* last time a counter or the phase moved */
     uint64_t last_frame_ms, last_log_ms, phase_started_ms;

@@ -10,6 +10,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/stat.h>
 
 struct engine_progress {
     enum move_phase phase;
@@ -27,6 +28,17 @@ typedef void (*engine_report_fn)(void *arg, const struct engine_progress *p, boo
  * taken (the copy is whole, the source is being removed). */
 #define ENGINE_STOP_LOCKED (-1)
 
+enum engine_mode {
+    ENGINE_MOVE = 0, /* the whole move */
+    ENGINE_UNDO,     /* after a crash before cleaning: remove the partial copy */
+    ENGINE_FINISH,   /* after a crash during cleaning: remove the rest of the source */
+};
+
+/* Called on the worker when a phase begins, before its work. Its failure
+ * stops the move before cleaning (the journal must say "cleaning" before
+ * anything of the source is removed); in other phases it is only logged. */
+typedef int (*engine_phase_fn)(void *arg, const struct engine_progress *p);
+
 struct engine_job {
     const char *src; /* resolved oldPath: an existing directory */
     const char *dst; /* resolved newPath: absent or an empty directory */
@@ -39,7 +51,14 @@ struct engine_job {
      * the source is being removed). */
     atomic_int *stop;
     engine_report_fn report;
+    engine_phase_fn on_phase; /* may be NULL */
     void *arg;
+    enum engine_mode mode;
+    /* ENGINE_UNDO: the destination as the journal recorded it at acceptance. */
+    bool dst_preexisted;
+    struct stat dst_orig;
+    char *const *made_parents;
+    size_t n_made;
 };
 
 struct engine_result {

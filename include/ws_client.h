@@ -30,12 +30,17 @@ struct ws_client_ops {
     void (*message)(struct ws_client *c, const char *buf, size_t len);
     /* Every state change; CONN_CLOSED ends the shutdown. */
     void (*state)(struct ws_client *c, enum conn_state s);
+    /* A message sent with an ack_key is known to have reached the manager:
+     * a pong answering a ping sent after it arrived. */
+    void (*acked)(struct ws_client *c, const char *ack_key);
 };
 
 struct ws_msg {
     struct ws_msg *next;
     char *merge_key; /* intermediate move.progress: the moveId; else NULL */
     bool keep;       /* survives a lost connection (answers, move frames) */
+    char *ack_key;   /* kept after writing until a later ping's pong; else NULL */
+    uint64_t ping_no; /* written before this ping of ours was sent */
     size_t len;
     unsigned char *buf; /* LWS_PRE bytes of headroom, then len bytes */
 };
@@ -66,6 +71,12 @@ struct ws_client {
 
     struct ws_msg *head, *tail;
     size_t queued;
+    /* Written, waiting for the pong of a ping sent after them; put back at
+     * the head of the queue when the connection is lost. */
+    struct ws_msg *unacked_head, *unacked_tail;
+    uint64_t pings_sent;
+    bool ping_wanted;
+    uint64_t close_deadline_ms; /* stop waiting for acks before the close */
     char *hello_msg;
 
     char *rx;
@@ -89,7 +100,7 @@ void ws_client_start(struct ws_client *c);
  * lost connection and sent after the next hello; otherwise dropped when
  * the connection is not up. */
 void ws_client_send(struct ws_client *c, const char *json, size_t len, const char *merge_key,
-                    bool keep);
+                    bool keep, const char *ack_key);
 
 /* Flushes what is queued, closes with 1001 "going away", stops reconnecting;
  * ops->state(CONN_CLOSED) when done. */

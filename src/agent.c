@@ -18,10 +18,10 @@ static void agent_start_queued(struct agent *a);
 /* --- sending ---------------------------------------------------------------- */
 
 static void agent_send(struct agent *a, const char *subject, cJSON *data, const char *merge_key,
-                       bool keep)
+                       bool keep, const char *ack_key)
 {
     char *s = protocol_envelope(subject, data);
-    ws_client_send(&a->ws, s, strlen(s), merge_key, keep);
+    ws_client_send(&a->ws, s, strlen(s), merge_key, keep, ack_key);
     cJSON_free(s);
 }
 
@@ -31,7 +31,13 @@ static void agent_answer(struct agent *a, const char *reply, cJSON *data)
         cJSON_Delete(data);
         return;
     }
-    agent_send(a, reply, data, NULL, true);
+    agent_send(a, reply, data, NULL, true, NULL);
+}
+
+/* Keys of the messages whose delivery is acknowledged (see ws_client). */
+static void ack_key(char *buf, size_t sz, const char *kind, const char *move_id)
+{
+    util_fmt(buf, sz, "%s:%s", kind, move_id);
 }
 
 static void agent_refuse(struct agent *a, const char *reply, enum move_code code, const char *why,
@@ -44,6 +50,21 @@ static void agent_refuse(struct agent *a, const char *reply, enum move_code code
 
 /* --- history of ended moves --------------------------------------------------- */
 
+/* Frees an entry; its journal file goes only once the answer was delivered
+ * (otherwise a restart sends it again). */
+static void history_forget(struct agent *a, struct agent_ended *h)
+{
+    if (h->jr) {
+        if (h->jr->delivered)
+            journal_remove(&a->journal, h->jr->move_id);
+        journal_rec_free(h->jr);
+        h->jr = NULL;
+    }
+    move_state_clear(&h->st);
+    free(h->answer_data);
+    h->answer_data = NULL;
+}
+
 static void history_prune(struct agent *a)
 {
     uint64_t now = util_mono_ms();
@@ -53,26 +74,24 @@ static void history_prune(struct agent *a)
         struct agent_ended *h = &a->history[oldest];
         if (now - h->ended_mono < AGENT_HISTORY_MS)
             break;
-        move_state_clear(&h->st);
-        free(h->answer_data);
-        h->answer_data = NULL;
+        history_forget(a, h);
         a->hist_len--;
     }
 }
 
-static void history_add(struct agent *a, const struct move_state *st, const char *answer_data)
+static void history_add(struct agent *a, const struct move_state *st, const char *answer_data,
+                        struct journal_rec *jr, uint64_t ended_mono)
 {
     struct agent_ended *h = &a->history[a->hist_pos];
-    if (a->hist_len == AGENT_HISTORY_MAX) {
-        move_state_clear(&h->st);
-        free(h->answer_data);
-    } else {
+    if (a->hist_len == AGENT_HISTORY_MAX)
+        history_forget(a, h);
+    else
         a->hist_len++;
-    }
     memset(&h->st, 0, sizeof h->st);
     move_state_copy(&h->st, st);
     h->answer_data = xstrdup(answer_data);
-    h->ended_mono = util_mono_ms();
+    h->jr = jr;
+    h->ended_mono = ended_mono;
     a->hist_pos = (a->hist_pos + 1) % AGENT_HISTORY_MAX;
 }
 
@@ -92,12 +111,14 @@ static struct agent_ended *history_find(struct agent *a, const char *move_id)
 static void agent_on_frame(struct move *m, const struct move_state *st, bool intermediate)
 {
     struct agent *a = m->owner;
-    agent_send(a, "move.progress", move_state_to_json(st), intermediate ? st->move_id : NULL, true);
+    char key[MOVE_ID_MAX + 16];
+    ack_key(key, sizeof key, "final", st->move_id);
+    agent_send(a, "move.progress", move_state_to_json(st), intermediate ? st->move_id : NULL, true,
+               move_phase_terminal(st->phase) ? key : NULL);
 }
 
-static cJSON *agent_move_answer(const struct move *m)
+static cJSON *agent_move_answer(const struct move_state *s)
 {
-    const struct move_state *s = &m->st;
     cJSON *d = cJSON_CreateObject();
     cJSON_AddBoolToObject(d, "success", s->phase == PHASE_COMPLETE);
     cJSON_AddStringToObject(d, "moveId", s->move_id);
@@ -127,9 +148,10 @@ static void agent_on_ended(struct move *m)
 {
     struct agent *a = m->owner;
     struct move **pp;
-    cJSON *answer = agent_move_answer(m);
+    cJSON *answer = agent_move_answer(&m->st);
     char *printed = cJSON_PrintUnformatted(answer);
-    char rate[24];
+    char rate[24], key[MOVE_ID_MAX + 16];
+    struct journal_rec *jr = m->jr;
     uint64_t dur = m->st.ended_at_ms - m->st.started_at_ms;
 
     util_fmt_rate(rate, sizeof rate, dur ? m->st.bytes_copied * 1000u / dur : 0);
@@ -139,9 +161,31 @@ static void agent_on_ended(struct move *m)
         LF_S("code", m->st.code ? move_code_name(m->st.code) : "none"), LF_S("error", m->st.error),
         LF_U("bytes", m->st.bytes_copied), LF_U("files", m->st.files_copied),
         LF_U("duration_ms", dur), LF_S("avg_rate", rate));
-    history_add(a, &m->st, printed ? printed : "{}");
+    if (jr) {
+        /* The outcome is durable before the answer goes out. */
+        jr->phase = m->st.phase;
+        jr->code = m->st.code;
+        util_fmt(jr->error, sizeof jr->error, "%s", m->st.error);
+        jr->bytes_total = m->st.bytes_total;
+        jr->bytes_copied = m->st.bytes_copied;
+        jr->files_total = m->st.files_total;
+        jr->files_copied = m->st.files_copied;
+        jr->seq = m->st.seq;
+        jr->ended_at_ms = m->st.ended_at_ms;
+        free(jr->answer);
+        jr->answer = xstrdup(printed ? printed : "{}");
+        jr->delivered = false;
+        (void)journal_write(&a->journal, jr);
+        m->jr = NULL;
+    }
+    history_add(a, &m->st, printed ? printed : "{}", jr, util_mono_ms());
     cJSON_free(printed);
-    agent_answer(a, m->reply, answer);
+    if (m->reply) {
+        ack_key(key, sizeof key, "answer", m->st.move_id);
+        agent_send(a, m->reply, answer, NULL, true, key);
+    } else {
+        cJSON_Delete(answer);
+    }
 
     for (pp = &a->moves; *pp; pp = &(*pp)->next) {
         if (*pp == m) {
@@ -290,6 +334,7 @@ static void agent_move_data(struct agent *a, const struct frame *f)
     struct resolved *res;
     struct move_params p;
     struct move *m, **tail;
+    struct journal_rec *jr;
     char why[512], id[MOVE_ID_MAX + 1];
     enum move_code code;
 
@@ -326,6 +371,28 @@ static void agent_move_data(struct agent *a, const struct frame *f)
     else
         util_fmt(id, sizeof id, "mv-%llx-%x-%u", (unsigned long long)util_wall_ms(),
                  (unsigned)getpid(), ++a->id_counter);
+    jr = xcalloc(1, sizeof *jr);
+    util_fmt(jr->move_id, sizeof jr->move_id, "%s", id);
+    util_fmt(jr->server_name, sizeof jr->server_name, "%s", req.server_name);
+    jr->old_path = xstrdup(req.old_path);
+    jr->new_path = xstrdup(req.new_path);
+    jr->src = xstrdup(res->old_real);
+    jr->dst = xstrdup(res->new_real);
+    jr->reply = f->reply ? xstrdup(f->reply) : NULL;
+    jr->rename = res->rename;
+    jr->verify = a->cfg.verify;
+    jr->dst_preexisted = lstat(res->new_real, &jr->dst_orig) == 0;
+    journal_missing_parents(jr, res->new_real);
+    jr->started_at_ms = util_wall_ms();
+    jr->phase = PHASE_QUEUED;
+    if (journal_write(&a->journal, jr) != 0) {
+        journal_rec_free(jr);
+        free(res);
+        agent_refuse(a, f->reply, CODE_IO_ERROR,
+                     "cannot record the move in the journal (state_dir); nothing was touched",
+                     req.server_name);
+        return;
+    }
     p = (struct move_params){
         .move_id = id,
         .server_name = req.server_name,
@@ -339,9 +406,13 @@ static void agent_move_data(struct agent *a, const struct frame *f)
         .progress_interval_ms = a->cfg.progress_interval_ms,
         .move_timeout_ms = a->cfg.move_timeout_ms,
         .stall_timeout_ms = a->cfg.stall_timeout_ms,
+        .jr = jr,
+        .journal = &a->journal,
     };
     m = xmalloc(sizeof *m);
     if (move_init(m, &a->loop, &p, &agent_move_ops, a) != 0) {
+        journal_remove(&a->journal, jr->move_id);
+        journal_rec_free(jr);
         free(m);
         free(res);
         agent_refuse(a, f->reply, CODE_IO_ERROR, "cannot set up the move", req.server_name);
@@ -527,7 +598,7 @@ static void agent_on_heartbeat(uv_timer_t *t)
     cJSON_AddStringToObject(d, "agentId", a->cfg.agent_id);
     json_add_u64(d, "uptimeMs", util_mono_ms() - a->started_mono);
     cJSON_AddNumberToObject(d, "activeMoves", a->n_moves);
-    agent_send(a, "heartbeat", d, NULL, false);
+    agent_send(a, "heartbeat", d, NULL, false, NULL);
 }
 
 /* --- stopping --------------------------------------------------------------------- */
@@ -630,10 +701,184 @@ static void agent_on_signal(uv_signal_t *s, int signum)
 
 /* --- lifecycle ---------------------------------------------------------------------- */
 
+/* --- delivery and recovery ------------------------------------------------------ */
+
+/* The manager has it: a pong came for a ping sent after the message. A move's
+ * outcome is delivered with its answer (or, without a reply, its terminal frame). */
+static void agent_on_acked(struct ws_client *c, const char *key)
+{
+    struct agent *a = c->owner;
+    const char *colon = strchr(key, ':');
+    struct agent_ended *h;
+    if (!colon)
+        return;
+    h = history_find(a, colon + 1);
+    if (!h || !h->jr || h->jr->delivered)
+        return;
+    if (strncmp(key, "answer:", 7) == 0 || (!h->jr->reply && strncmp(key, "final:", 6) == 0)) {
+        h->jr->delivered = true;
+        (void)journal_write(&a->journal, h->jr);
+        LOG(LOG_DEBUG, "move outcome delivered", LF_S("move", h->jr->move_id));
+    }
+}
+
+static void rec_to_state(const struct journal_rec *r, struct move_state *st)
+{
+    memset(st, 0, sizeof *st);
+    util_fmt(st->move_id, sizeof st->move_id, "%s", r->move_id);
+    util_fmt(st->server_name, sizeof st->server_name, "%s", r->server_name);
+    st->old_path = xstrdup(r->old_path);
+    st->new_path = xstrdup(r->new_path);
+    st->rename = r->rename;
+    st->phase = r->phase;
+    st->bytes_total = r->bytes_total;
+    st->bytes_copied = r->bytes_copied;
+    st->files_total = r->files_total;
+    st->files_copied = r->files_copied;
+    st->percent = r->phase == PHASE_COMPLETE ? 100
+                  : r->bytes_total ? 100.0 * (double)r->bytes_copied / (double)r->bytes_total
+                                   : 0;
+    st->phase_percent = r->phase == PHASE_COMPLETE ? 100 : 0;
+    st->eta_seconds = r->phase == PHASE_COMPLETE ? 0 : -1;
+    st->seq = r->seq;
+    st->started_at_ms = r->started_at_ms;
+    st->ended_at_ms = r->ended_at_ms;
+    st->elapsed_ms = r->ended_at_ms > r->started_at_ms ? r->ended_at_ms - r->started_at_ms : 0;
+    st->code = r->code;
+    util_fmt(st->error, sizeof st->error, "%s", r->error);
+}
+
+/* Sends a recorded outcome again: the terminal frame (same seq: the manager
+ * deduplicates) and the answer, both acknowledged. */
+static void agent_resend_outcome(struct agent *a, const struct journal_rec *r,
+                                 const struct move_state *st)
+{
+    char key[MOVE_ID_MAX + 16];
+    ack_key(key, sizeof key, "final", r->move_id);
+    agent_send(a, "move.progress", move_state_to_json(st), NULL, true, key);
+    if (r->reply) {
+        cJSON *d = cJSON_Parse(r->answer ? r->answer : "{}");
+        ack_key(key, sizeof key, "answer", r->move_id);
+        agent_send(a, r->reply, d ? d : cJSON_CreateObject(), NULL, true, key);
+    }
+}
+
+/* Ends a journaled move here and now (a rename found done or not done). */
+static void agent_end_recovered(struct agent *a, struct journal_rec *r, enum move_code code,
+                                const char *error)
+{
+    struct move_state st;
+    cJSON *ans;
+    char *printed;
+    r->phase = code == CODE_NONE ? PHASE_COMPLETE : PHASE_ERROR;
+    r->code = code;
+    util_fmt(r->error, sizeof r->error, "%s", error ? error : "");
+    r->ended_at_ms = util_wall_ms();
+    r->seq += JOURNAL_SEQ_HEADROOM;
+    rec_to_state(r, &st);
+    ans = agent_move_answer(&st);
+    printed = cJSON_PrintUnformatted(ans);
+    cJSON_Delete(ans);
+    free(r->answer);
+    r->answer = xstrdup(printed ? printed : "{}");
+    cJSON_free(printed);
+    r->delivered = false;
+    (void)journal_write(&a->journal, r);
+    LOG(code == CODE_NONE ? LOG_INFO : LOG_WARN, "unfinished move settled from the journal",
+        LF_S("move", r->move_id), LF_S("outcome", move_phase_name(r->phase)),
+        LF_S("error", r->error));
+    agent_resend_outcome(a, r, &st);
+    history_add(a, &st, r->answer, r, util_mono_ms());
+    move_state_clear(&st);
+}
+
+static void agent_recover_one(void *arg, struct journal_rec *r)
+{
+    struct agent *a = arg;
+    struct move_state st;
+    struct move_params p;
+    struct move *m, **tail;
+
+    if (move_phase_terminal(r->phase)) {
+        uint64_t now = util_wall_ms(), age = now > r->ended_at_ms ? now - r->ended_at_ms : 0;
+        uint64_t mono = util_mono_ms();
+        if (r->delivered && age >= AGENT_HISTORY_MS) {
+            journal_remove(&a->journal, r->move_id);
+            journal_rec_free(r);
+            return;
+        }
+        rec_to_state(r, &st);
+        if (!r->delivered) {
+            LOG(LOG_INFO, "answer not yet delivered; it is sent again after hello",
+                LF_S("move", r->move_id));
+            agent_resend_outcome(a, r, &st);
+        }
+        history_add(a, &st, r->answer ? r->answer : "{}", r,
+                    mono > age ? mono - (age < AGENT_HISTORY_MS ? age : AGENT_HISTORY_MS) : 0);
+        move_state_clear(&st);
+        return;
+    }
+    LOG(LOG_WARN, "found a move the agent did not finish", LF_S("move", r->move_id),
+        LF_S("server", r->server_name), LF_S("phase", move_phase_name(r->phase)),
+        LF_S("method", r->rename ? "rename" : "copy"));
+    if (r->rename && r->phase <= PHASE_CALCULATING) {
+        struct stat sb;
+        bool src_there = lstat(r->src, &sb) == 0, dst_there = lstat(r->dst, &sb) == 0;
+        if (!src_there && dst_there) {
+            agent_end_recovered(a, r, CODE_NONE, NULL);
+            return;
+        }
+        for (size_t i = r->n_made; i-- > 0;)
+            (void)rmdir(r->made_parents[i]); /* only empty ones go */
+        agent_end_recovered(a, r, CODE_INTERRUPTED,
+                            "the agent stopped before the rename; nothing was moved");
+        return;
+    }
+    /* Undo the partial copy, or finish removing the source: a worker's job. */
+    p = (struct move_params){
+        .move_id = r->move_id,
+        .server_name = r->server_name,
+        .old_path = r->old_path,
+        .new_path = r->new_path,
+        .src = r->src,
+        .dst = r->dst,
+        .reply = r->reply,
+        .rename = r->rename,
+        .verify = r->verify,
+        .progress_interval_ms = a->cfg.progress_interval_ms,
+        .jr = r,
+        .journal = &a->journal,
+        .mode = r->phase == PHASE_CLEANING ? ENGINE_FINISH : ENGINE_UNDO,
+    };
+    m = xmalloc(sizeof *m);
+    if (move_init(m, &a->loop, &p, &agent_move_ops, a) != 0) {
+        LOG(LOG_ERROR, "cannot resume the move; its journal file stays", LF_S("move", r->move_id));
+        journal_rec_free(r);
+        free(m);
+        return;
+    }
+    for (tail = &a->moves; *tail; tail = &(*tail)->next)
+        ;
+    *tail = m;
+    a->n_moves++;
+    move_queue(m); /* announces it in its journaled phase */
+    if (move_run(m) != 0)
+        LOG(LOG_ERROR, "cannot start the worker to resume the move", LF_S("move", r->move_id));
+}
+
+static void agent_recover(struct agent *a)
+{
+    unsigned bad = journal_load(&a->journal, agent_recover_one, a);
+    if (bad)
+        LOG(LOG_ERROR, "unreadable journal files were set aside", LF_U("count", bad),
+            LF_S("state_dir", a->cfg.state_dir));
+}
+
 static const struct ws_client_ops agent_ws_ops = {
     .hello = agent_hello,
     .message = agent_on_message,
     .state = agent_on_conn_state,
+    .acked = agent_on_acked,
 };
 
 int agent_init(struct agent *a, const char *config_path, struct config *cfg)
@@ -650,6 +895,14 @@ int agent_init(struct agent *a, const char *config_path, struct config *cfg)
     a->hostname[sizeof a->hostname - 1] = '\0';
     srand((unsigned)(a->started_wall_ms ^ (uint64_t)getpid()));
 
+    {
+        char why[512];
+        rc = journal_open(&a->journal, a->cfg.state_dir, why, sizeof why);
+        if (rc != 0) {
+            LOG(LOG_ERROR, "cannot start", LF_S("reason", why));
+            goto fail_journal;
+        }
+    }
     rc = uv_loop_init(&a->loop);
     if (rc != 0)
         goto fail_loop;
@@ -669,6 +922,7 @@ int agent_init(struct agent *a, const char *config_path, struct config *cfg)
                    a->cfg.heartbeat_interval_ms);
     if (a->cfg.n_allowed_roots == 0)
         LOG0(LOG_WARN, "no allowed_roots configured: every move will be refused");
+    agent_recover(a);
     return 0;
 
 fail_ws:
@@ -678,6 +932,8 @@ fail_ws:
     ws_client_free(&a->ws);
     uv_loop_close(&a->loop);
 fail_loop:
+    journal_close(&a->journal);
+fail_journal:
     config_free(&a->cfg);
     free(a->config_path);
     return rc;
@@ -694,10 +950,14 @@ int agent_run(struct agent *a)
     rc = uv_loop_close(&a->loop);
     if (rc != 0)
         LOG(LOG_ERROR, "event loop still had open handles at exit", LF_S("error", uv_strerror(rc)));
+    /* Memory only: the journal files stay for the next start (delivered ones
+     * still serve idempotent retries within the hour). */
     for (unsigned i = 0; i < AGENT_HISTORY_MAX; i++) {
         move_state_clear(&a->history[i].st);
         free(a->history[i].answer_data);
+        journal_rec_free(a->history[i].jr);
     }
+    journal_close(&a->journal);
     LOG0(LOG_INFO, "hostagent stopped");
     config_free(&a->cfg);
     free(a->config_path);

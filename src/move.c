@@ -40,6 +40,21 @@ static void move_report(void *arg, const struct engine_progress *p, bool phase_s
         uv_async_send(&m->async);
 }
 
+/* On the worker, when a phase begins: the journal says so before its work
+ * (for cleaning, before anything of the source is removed). */
+static int move_on_phase(void *arg, const struct engine_progress *p)
+{
+    struct move *m = arg;
+    struct journal_rec *jr = m->jr;
+    jr->phase = p->phase;
+    jr->bytes_total = p->bytes_total;
+    jr->bytes_copied = p->bytes_done;
+    jr->files_total = p->files_total;
+    jr->files_copied = p->files_done;
+    jr->seq = atomic_load(&m->seq_sent);
+    return journal_write(m->journal, jr);
+}
+
 static void move_worker(void *arg)
 {
     struct move *m = arg;
@@ -52,11 +67,19 @@ static void move_worker(void *arg)
         .verify = m->verify,
         .stop = &m->stop,
         .report = move_report,
+        .on_phase = m->jr && m->journal ? move_on_phase : NULL,
         .arg = m,
+        .mode = m->mode,
     };
     struct progress_item it;
     struct engine_result res;
 
+    if (m->jr) {
+        job.dst_preexisted = m->jr->dst_preexisted;
+        job.dst_orig = m->jr->dst_orig;
+        job.made_parents = m->jr->made_parents;
+        job.n_made = m->jr->n_made;
+    }
     engine_run(&job, &res);
     memset(&it, 0, sizeof it);
     it.kind = PROGRESS_END;
@@ -186,6 +209,7 @@ static void move_send_frame(struct move *m, uint64_t now, bool intermediate)
 {
     move_refresh(m, now);
     m->st.seq++;
+    atomic_store(&m->seq_sent, m->st.seq);
     m->last_frame_ms = now;
     m->last_frame_entries = m->entries;
     m->last_frame_bytes = m->st.bytes_copied;
@@ -331,8 +355,24 @@ int move_init(struct move *m, uv_loop_t *loop, const struct move_params *p,
     m->progress_interval_ms = p->progress_interval_ms;
     m->move_timeout_ms = p->move_timeout_ms;
     m->stall_timeout_ms = p->stall_timeout_ms;
+    m->jr = p->jr;
+    m->journal = p->journal;
+    m->mode = p->mode;
+    if (p->mode != ENGINE_MOVE && p->jr) {
+        /* Resumed from the journal: its phase and counters, a seq past
+         * anything sent before, its acceptance time. */
+        m->st.phase = p->jr->phase;
+        m->st.bytes_total = p->jr->bytes_total;
+        m->st.bytes_copied = p->jr->bytes_copied;
+        m->st.files_total = p->jr->files_total;
+        m->st.files_copied = p->jr->files_copied;
+        m->st.seq = p->jr->seq + JOURNAL_SEQ_HEADROOM;
+        m->st.started_at_ms = p->jr->started_at_ms;
+    }
     ring_init(&m->ring);
-    atomic_init(&m->stop, CODE_NONE);
+    /* A resumed move only cleans up: nothing to cancel any more. */
+    atomic_init(&m->stop, p->mode == ENGINE_MOVE ? CODE_NONE : ENGINE_STOP_LOCKED);
+    atomic_init(&m->seq_sent, m->st.seq);
 
     rc = uv_async_init(loop, &m->async, move_on_async);
     if (rc != 0)
@@ -367,7 +407,7 @@ void move_queue(struct move *m)
 int move_run(struct move *m)
 {
     int rc;
-    assert(m->st.phase == PHASE_QUEUED);
+    assert(m->st.phase == PHASE_QUEUED || m->mode != ENGINE_MOVE);
     m->mono_run_started = util_mono_ms(); /* move_timeout counts from leaving the queue */
     m->last_progress_ms = m->mono_run_started;
     if (m->move_timeout_ms || m->stall_timeout_ms)

@@ -169,12 +169,16 @@ static void eng_report(struct eng *e, struct tree_walk *w, const char *name)
     eng_report_now(e, w ? rel : NULL, false);
 }
 
-static void eng_phase(struct eng *e, enum move_phase phase, uint64_t phase_total)
+static int eng_phase(struct eng *e, enum move_phase phase, uint64_t phase_total)
 {
+    int rc = 0;
     e->prog.phase = phase;
     e->prog.phase_done = 0;
     e->prog.phase_total = phase_total;
+    if (e->job->on_phase)
+        rc = e->job->on_phase(e->job->arg, &e->prog);
     eng_report_now(e, NULL, true);
+    return rc;
 }
 
 static void eng_on_bytes(void *arg, uint64_t delta)
@@ -559,7 +563,7 @@ static int eng_copy(struct eng *e)
         .ops = &ops, .arg = e, .mirrored = true, .need_stat = true, .strict_dev = true};
     struct stat after;
     int rc;
-    eng_phase(e, PHASE_COPYING, e->prog.bytes_total);
+    (void)eng_phase(e, PHASE_COPYING, e->prog.bytes_total);
     e->side_root = e->job->src;
     rc = tree_walk_run(&w, e->srcfd, e->dstfd);
     if (rc != 0 && e->res->code == CODE_NONE)
@@ -697,7 +701,7 @@ static int eng_verify(struct eng *e)
         .ops = &ops, .arg = e, .mirrored = true, .need_stat = true, .strict_dev = true};
     struct stat s, d;
     int rc;
-    eng_phase(e, PHASE_VERIFYING, e->prog.files_done);
+    (void)eng_phase(e, PHASE_VERIFYING, e->prog.files_done);
     e->entries = 0;
     e->side_root = e->job->src;
     rc = tree_walk_run(&w, e->srcfd, e->dstfd);
@@ -748,12 +752,12 @@ static int clean_unlinkat_dir(struct tree_walk *w, const char *name, const struc
     return 0;
 }
 
+/* Removes the source, deepest first (the caller entered the cleaning phase). */
 static int eng_clean(struct eng *e)
 {
     static const struct tree_walk_ops ops = {clean_entry, NULL, clean_unlinkat_dir};
     struct tree_walk w = {.ops = &ops, .arg = e, .strict_dev = true};
     int rc;
-    eng_phase(e, PHASE_CLEANING, e->prog.files_done);
     e->side_root = e->job->src;
     rc = tree_walk_run(&w, e->srcfd, -1);
     if (rc != 0 && e->res->code == CODE_NONE)
@@ -925,13 +929,18 @@ static int eng_rename(struct eng *e)
     return 0;
 }
 
-/* From here on no stop is taken: a request that came first wins instead. */
+/* From here on no stop is taken: a request that came first wins instead.
+ * The cleaning phase is recorded (journal) before anything is removed. */
 static int eng_lock_for_cleaning(struct eng *e)
 {
     int expected = CODE_NONE;
-    if (atomic_compare_exchange_strong(e->job->stop, &expected, ENGINE_STOP_LOCKED))
-        return 0;
-    return eng_stop_code(e);
+    if (!atomic_compare_exchange_strong(e->job->stop, &expected, ENGINE_STOP_LOCKED))
+        return eng_stop_code(e);
+    if (eng_phase(e, PHASE_CLEANING, e->prog.files_done) != 0)
+        return eng_fail(e, CODE_IO_ERROR,
+                        "cannot record the cleaning phase in the journal; the source was "
+                        "not touched and the copy was removed");
+    return 0;
 }
 
 static int eng_copy_move(struct eng *e)
@@ -959,6 +968,46 @@ static int eng_copy_move(struct eng *e)
     return eng_clean(e);
 }
 
+/* After a crash before cleaning: the source is whole; remove what the move
+ * made at the destination, as eng_rollback would have. */
+static int eng_undo(struct eng *e)
+{
+    const struct engine_job *job = e->job;
+    e->dst_preexisted = job->dst_preexisted;
+    e->dst_orig = job->dst_orig;
+    e->made_parents = xcalloc(job->n_made + 1, sizeof(char *));
+    for (size_t i = 0; i < job->n_made; i++)
+        e->made_parents[e->n_made++] = xstrdup(job->made_parents[i]);
+    e->dstfd = open(job->dst, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (e->dstfd >= 0) {
+        struct stat lf;
+        e->dst_created = !job->dst_preexisted;
+        if (job->dst_preexisted)
+            e->dst_had_lf = fstatat(e->dstfd, "lost+found", &lf, AT_SYMLINK_NOFOLLOW) == 0;
+    } else if (errno != ENOENT) {
+        LOG(LOG_WARN, "cannot open the partial copy to remove it", LF_S("path", job->dst),
+            LF_S("reason", strerror(errno)));
+    }
+    eng_rollback(e);
+    return eng_fail(e, CODE_INTERRUPTED,
+                    "the agent stopped during the move; the partial copy at %s was removed and "
+                    "%s is as it was",
+                    job->dst, job->src);
+}
+
+/* After a crash during cleaning: the copy was verified and durable; remove
+ * what is left of the source. */
+static int eng_finish(struct eng *e)
+{
+    e->srcfd = open(e->job->src, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (e->srcfd < 0) {
+        if (errno == ENOENT)
+            return 0; /* it was all gone already */
+        return eng_fail_at(e, errno, "open", e->job->src, NULL);
+    }
+    return eng_clean(e);
+}
+
 int engine_run(const struct engine_job *job, struct engine_result *res)
 {
     struct eng e;
@@ -975,11 +1024,18 @@ int engine_run(const struct engine_job *job, struct engine_result *res)
     e.cc.progress = eng_on_bytes;
     e.cc.arg = &e;
 
-    eng_phase(&e, PHASE_CALCULATING, 0);
-    if (job->rename)
-        rc = eng_rename(&e);
-    else
-        rc = eng_copy_move(&e);
+    switch (job->mode) {
+    case ENGINE_UNDO:
+        rc = eng_undo(&e);
+        break;
+    case ENGINE_FINISH:
+        rc = eng_finish(&e);
+        break;
+    default:
+        (void)eng_phase(&e, PHASE_CALCULATING, 0);
+        rc = job->rename ? eng_rename(&e) : eng_copy_move(&e);
+        break;
+    }
 
     if (e.srcfd >= 0)
         close(e.srcfd);

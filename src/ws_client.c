@@ -50,9 +50,28 @@ uint64_t ws_backoff_delay(uint64_t min_ms, uint64_t max_ms, unsigned n, double r
 
 static void msg_free(struct ws_msg *m)
 {
+    free(m->ack_key);
     free(m->merge_key);
     free(m->buf);
     free(m);
+}
+
+/* After a lost connection: what was written but never acknowledged goes
+ * first again, in order, so it follows the next hello. */
+static void queue_requeue_unacked(struct ws_client *c)
+{
+    size_t n = 0;
+    if (!c->unacked_head)
+        return;
+    for (struct ws_msg *m = c->unacked_head; m; m = m->next)
+        n++;
+    c->unacked_tail->next = c->head;
+    if (!c->head)
+        c->tail = c->unacked_tail;
+    c->head = c->unacked_head;
+    c->queued += n;
+    c->unacked_head = c->unacked_tail = NULL;
+    c->ping_wanted = false;
 }
 
 static void queue_drop_unkept(struct ws_client *c)
@@ -73,7 +92,7 @@ static void queue_drop_unkept(struct ws_client *c)
 }
 
 void ws_client_send(struct ws_client *c, const char *json, size_t len, const char *merge_key,
-                    bool keep)
+                    bool keep, const char *ack_key)
 {
     struct ws_msg *m;
     if (c->state == CONN_CLOSED)
@@ -100,7 +119,8 @@ void ws_client_send(struct ws_client *c, const char *json, size_t len, const cha
     }
     m = xcalloc(1, sizeof *m);
     m->merge_key = merge_key ? xstrdup(merge_key) : NULL;
-    m->keep = keep;
+    m->ack_key = ack_key ? xstrdup(ack_key) : NULL;
+    m->keep = keep || ack_key;
     m->len = len;
     m->buf = xmalloc(LWS_PRE + len);
     memcpy(m->buf + LWS_PRE, json, len);
@@ -142,6 +162,7 @@ static void attempt_over(struct ws_client *c, const char *reason)
     free(c->hello_msg);
     c->hello_msg = NULL;
     queue_drop_unkept(c);
+    queue_requeue_unacked(c);
     if (c->state == CONN_CLOSING || c->state == CONN_CLOSED) {
         enter_state(c, CONN_CLOSED);
         return;
@@ -316,6 +337,9 @@ static int write_text(struct lws *wsi, unsigned char *buf, size_t len)
  * the timeout. */
 #define WS_WRITE_CLOSE ((enum lws_write_protocol)4)
 
+/* How long a stop waits for the pong that acknowledges the last answers. */
+#define WS_CLOSE_ACK_WAIT_MS 2000
+
 static int send_going_away(struct lws *wsi)
 {
     static const char reason[] = "going away";
@@ -352,10 +376,24 @@ static int on_writeable(struct ws_client *c, struct lws *wsi)
             lws_callback_on_writable(wsi);
         return 0;
     }
+    /* A ping after acknowledged-delivery messages: its pong proves they arrived. */
+    if (c->ping_wanted) {
+        unsigned char ping[LWS_PRE + 32];
+        int n = snprintf((char *)ping + LWS_PRE, 32, "ha:%llu",
+                         (unsigned long long)++c->pings_sent);
+        c->ping_wanted = false;
+        if (lws_write(wsi, ping + LWS_PRE, (size_t)n, LWS_WRITE_PING) < n)
+            return -1;
+        if (c->head || c->want_close)
+            lws_callback_on_writable(wsi);
+        return 0;
+    }
     /* lws also calls WRITEABLE on its own (around pings): the queue may be empty. */
     m = c->head;
     if (!m) {
-        if (c->want_close && !c->close_sent) {
+        /* Before "going away", give the manager a moment to acknowledge. */
+        if (c->want_close && !c->close_sent &&
+            (!c->unacked_head || util_mono_ms() >= c->close_deadline_ms)) {
             c->close_sent = true;
             return send_going_away(wsi);
         }
@@ -366,13 +404,57 @@ static int on_writeable(struct ws_client *c, struct lws *wsi)
         c->tail = NULL;
     c->queued--;
     if (write_text(wsi, m->buf, m->len) != 0) {
-        msg_free(m);
+        /* Lost with the connection: an acknowledged-delivery one goes back. */
+        if (m->ack_key) {
+            m->next = c->head;
+            c->head = m;
+            if (!c->tail)
+                c->tail = m;
+            c->queued++;
+        } else {
+            msg_free(m);
+        }
         return -1;
     }
-    msg_free(m);
-    if (c->head || c->want_close)
+    if (m->ack_key) {
+        m->next = NULL;
+        m->ping_no = c->pings_sent + 1;
+        if (c->unacked_tail)
+            c->unacked_tail->next = m;
+        else
+            c->unacked_head = m;
+        c->unacked_tail = m;
+        c->ping_wanted = true;
+    } else {
+        msg_free(m);
+    }
+    if (c->head || c->want_close || c->ping_wanted)
         lws_callback_on_writable(wsi);
     return 0;
+}
+
+/* A pong to one of our pings "ha:N": everything written before ping N arrived. */
+static void on_pong(struct ws_client *c, const void *in, size_t len)
+{
+    char buf[32];
+    unsigned long long n;
+    if (len == 0 || len >= sizeof buf)
+        return;
+    memcpy(buf, in, len);
+    buf[len] = '\0';
+    if (sscanf(buf, "ha:%llu", &n) != 1)
+        return; /* lws' own keepalive */
+    while (c->unacked_head && c->unacked_head->ping_no <= n) {
+        struct ws_msg *m = c->unacked_head;
+        c->unacked_head = m->next;
+        if (!c->unacked_head)
+            c->unacked_tail = NULL;
+        if (c->ops->acked)
+            c->ops->acked(c, m->ack_key);
+        msg_free(m);
+    }
+    if (c->want_close && c->wsi)
+        lws_callback_on_writable(c->wsi);
 }
 
 static void on_receive(struct ws_client *c, struct lws *wsi, const void *in, size_t len)
@@ -428,6 +510,9 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
         return on_writeable(c, wsi);
     case LWS_CALLBACK_CLIENT_RECEIVE:
         on_receive(c, wsi, in, len);
+        return 0;
+    case LWS_CALLBACK_CLIENT_RECEIVE_PONG:
+        on_pong(c, in, len);
         return 0;
     case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
         LOG(c->close_sent ? LOG_DEBUG : LOG_INFO,
@@ -532,6 +617,14 @@ void ws_client_start(struct ws_client *c)
         start_attempt(c);
 }
 
+/* The acknowledgements did not come in time: close anyway. */
+static void on_close_deadline(uv_timer_t *t)
+{
+    struct ws_client *c = t->data;
+    if (c->wsi && c->want_close)
+        lws_callback_on_writable(c->wsi);
+}
+
 void ws_client_shutdown(struct ws_client *c)
 {
     enum conn_state was = c->state;
@@ -541,6 +634,9 @@ void ws_client_shutdown(struct ws_client *c)
     enter_state(c, CONN_CLOSING);
     if ((was == CONN_UP || was == CONN_HELLO) && c->wsi) {
         c->want_close = true;
+        c->close_deadline_ms = util_mono_ms() + WS_CLOSE_ACK_WAIT_MS;
+        c->backoff_timer.data = c;
+        uv_timer_start(&c->backoff_timer, on_close_deadline, WS_CLOSE_ACK_WAIT_MS, 0);
         lws_callback_on_writable(c->wsi);
         return;
     }
@@ -581,6 +677,12 @@ void ws_client_free(struct ws_client *c)
         msg_free(m);
     }
     c->tail = NULL;
+    while (c->unacked_head) {
+        struct ws_msg *m = c->unacked_head;
+        c->unacked_head = m->next;
+        msg_free(m);
+    }
+    c->unacked_tail = NULL;
     free(c->hello_msg);
     free(c->rx);
     c->hello_msg = NULL;

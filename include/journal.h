@@ -1,0 +1,71 @@
+/* journal.h: the move journal in state_dir: one small JSON file per move,
+ * written atomically (temp file, fsync, rename, fsync of the directory) at
+ * acceptance, at every phase change and at the end, so that a restarted agent
+ * knows what each move was doing and which answers were never delivered. The
+ * running agent holds an exclusive lock on state_dir. */
+#ifndef HOSTAGENT_JOURNAL_H
+#define HOSTAGENT_JOURNAL_H
+
+#include "config.h"
+#include "move_state.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+
+/* A restarted agent continues a move's seq from the journal plus this much,
+ * so its frames always follow whatever was sent after the last write. */
+#define JOURNAL_SEQ_HEADROOM (1ull << 24)
+
+struct journal {
+    char *dir;   /* state_dir */
+    char *moves; /* state_dir/moves */
+    int lock_fd;
+};
+
+/* Everything needed to answer a move, or to finish or undo it after a crash. */
+struct journal_rec {
+    char move_id[MOVE_ID_MAX + 1];
+    char server_name[SERVER_NAME_MAX + 1];
+    char *old_path, *new_path; /* as requested */
+    char *src, *dst;           /* resolved */
+    char *reply;               /* NULL: no answer wanted */
+    bool rename;
+    enum verify_mode verify;
+    bool dst_preexisted;       /* newPath was an empty directory */
+    struct stat dst_orig;      /* its mode, owner and times then */
+    char **made_parents;       /* ancestors of dst missing at acceptance, outermost first */
+    size_t n_made;
+    uint64_t started_at_ms, ended_at_ms, seq;
+    enum move_phase phase;
+    uint64_t bytes_total, bytes_copied, files_total, files_copied;
+    enum move_code code;
+    char error[MOVE_ERROR_MAX];
+    char *answer;   /* the answer's data object, printed; NULL until the end */
+    bool delivered; /* the manager acknowledged the answer (a pong after it) */
+};
+
+/* Creates state_dir (and moves/) if needed and takes the lock. Fails with a
+ * sentence in why when another agent holds it. 0 or negative errno. */
+int journal_open(struct journal *j, const char *state_dir, char *why, size_t whysz);
+void journal_close(struct journal *j);
+
+/* Writes (replaces) the record of rec->move_id atomically. 0 or -errno. */
+int journal_write(const struct journal *j, const struct journal_rec *rec);
+
+/* Removes a move's record. */
+void journal_remove(const struct journal *j, const char *move_id);
+
+/* Calls fn for every readable record (fn takes ownership: free it with
+ * journal_rec_free). A file that cannot be parsed is logged and renamed to
+ * "<name>.corrupt": nothing is deleted on a guess. Returns the number of
+ * records set aside. */
+unsigned journal_load(const struct journal *j, void (*fn)(void *arg, struct journal_rec *rec),
+                      void *arg);
+
+/* Fills made_parents with the missing ancestors of path (outermost first). */
+void journal_missing_parents(struct journal_rec *rec, const char *path);
+
+void journal_rec_free(struct journal_rec *rec);
+
+#endif

@@ -1,0 +1,472 @@
+/* journal.c: the move journal in state_dir (see journal.h). */
+#include "journal.h"
+#include "log.h"
+#include "util.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#define JOURNAL_VERSION 1
+#define JOURNAL_MAX_BYTES (1u << 20)
+
+static int mkdir_p(const char *path, mode_t mode)
+{
+    char buf[PATH_MAX];
+    size_t len = strlen(path);
+    if (len >= sizeof buf)
+        return -ENAMETOOLONG;
+    memcpy(buf, path, len + 1);
+    for (char *p = buf + 1;; p++) {
+        if (*p == '/' || *p == '\0') {
+            char c = *p;
+            *p = '\0';
+            if (mkdir(buf, mode) != 0 && errno != EEXIST)
+                return -errno;
+            *p = c;
+            if (c == '\0')
+                break;
+        }
+    }
+    return 0;
+}
+
+static int fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc = 0;
+    if (fd < 0)
+        return -errno;
+    if (fsync(fd) != 0)
+        rc = -errno;
+    close(fd);
+    return rc;
+}
+
+int journal_open(struct journal *j, const char *state_dir, char *why, size_t whysz)
+{
+    char path[PATH_MAX], pid[32];
+    int rc, n;
+    memset(j, 0, sizeof *j);
+    j->lock_fd = -1;
+    if ((rc = mkdir_p(state_dir, 0700)) != 0) {
+        util_fmt(why, whysz, "cannot create state_dir %s: %s", state_dir, strerror(-rc));
+        return rc;
+    }
+    util_fmt(path, sizeof path, "%s/moves", state_dir);
+    if (mkdir(path, 0700) != 0 && errno != EEXIST) {
+        rc = -errno;
+        util_fmt(why, whysz, "cannot create %s: %s", path, strerror(errno));
+        return rc;
+    }
+    j->dir = xstrdup(state_dir);
+    j->moves = xstrdup(path);
+    util_fmt(path, sizeof path, "%s/lock", state_dir);
+    j->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (j->lock_fd < 0) {
+        rc = -errno;
+        util_fmt(why, whysz, "cannot open %s: %s", path, strerror(errno));
+        goto fail;
+    }
+    if (flock(j->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        char other[32] = "";
+        rc = -errno;
+        n = (int)pread(j->lock_fd, other, sizeof other - 1, 0);
+        other[n > 0 ? n : 0] = '\0';
+        other[strcspn(other, "\n")] = '\0';
+        if (other[0])
+            util_fmt(why, whysz,
+                     "another hostagent (pid %s) is running with state_dir %s (it holds %s)",
+                     other, state_dir, path);
+        else
+            util_fmt(why, whysz, "another hostagent is running with state_dir %s (it holds %s)",
+                     state_dir, path);
+        goto fail;
+    }
+    n = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+    if (ftruncate(j->lock_fd, 0) != 0 || pwrite(j->lock_fd, pid, (size_t)n, 0) != n) {
+        rc = -errno;
+        util_fmt(why, whysz, "cannot write %s: %s", path, strerror(errno));
+        goto fail;
+    }
+    return 0;
+fail:
+    journal_close(j);
+    return rc;
+}
+
+void journal_close(struct journal *j)
+{
+    if (j->lock_fd >= 0)
+        close(j->lock_fd);
+    j->lock_fd = -1;
+    free(j->dir);
+    free(j->moves);
+    j->dir = j->moves = NULL;
+}
+
+/* --- writing ----------------------------------------------------------------------- */
+
+static void add_time(cJSON *o, const char *key, const struct timespec *t)
+{
+    cJSON *a = cJSON_AddArrayToObject(o, key);
+    cJSON_AddItemToArray(a, cJSON_CreateNumber((double)t->tv_sec));
+    cJSON_AddItemToArray(a, cJSON_CreateNumber((double)t->tv_nsec));
+}
+
+static cJSON *rec_to_json(const struct journal_rec *r)
+{
+    cJSON *o = cJSON_CreateObject(), *a;
+    cJSON_AddNumberToObject(o, "version", JOURNAL_VERSION);
+    cJSON_AddStringToObject(o, "moveId", r->move_id);
+    cJSON_AddStringToObject(o, "serverName", r->server_name);
+    cJSON_AddStringToObject(o, "oldPath", r->old_path);
+    cJSON_AddStringToObject(o, "newPath", r->new_path);
+    cJSON_AddStringToObject(o, "src", r->src);
+    cJSON_AddStringToObject(o, "dst", r->dst);
+    if (r->reply)
+        cJSON_AddStringToObject(o, "reply", r->reply);
+    cJSON_AddStringToObject(o, "method", r->rename ? "rename" : "copy");
+    cJSON_AddStringToObject(o, "verify", r->verify == VERIFY_CHECKSUM ? "checksum" : "metadata");
+    cJSON_AddBoolToObject(o, "dstPreexisted", r->dst_preexisted);
+    if (r->dst_preexisted) {
+        cJSON_AddNumberToObject(o, "dstMode", r->dst_orig.st_mode & 07777);
+        cJSON_AddNumberToObject(o, "dstUid", r->dst_orig.st_uid);
+        cJSON_AddNumberToObject(o, "dstGid", r->dst_orig.st_gid);
+        add_time(o, "dstAtime", &r->dst_orig.st_atim);
+        add_time(o, "dstMtime", &r->dst_orig.st_mtim);
+    }
+    a = cJSON_AddArrayToObject(o, "madeParents");
+    for (size_t i = 0; i < r->n_made; i++)
+        cJSON_AddItemToArray(a, cJSON_CreateString(r->made_parents[i]));
+    json_add_u64(o, "startedAtMs", r->started_at_ms);
+    json_add_u64(o, "seq", r->seq);
+    cJSON_AddStringToObject(o, "phase", move_phase_name(r->phase));
+    json_add_u64(o, "bytesTotal", r->bytes_total);
+    json_add_u64(o, "bytesCopied", r->bytes_copied);
+    json_add_u64(o, "filesTotal", r->files_total);
+    json_add_u64(o, "filesCopied", r->files_copied);
+    if (move_phase_terminal(r->phase)) {
+        json_add_u64(o, "endedAtMs", r->ended_at_ms);
+        cJSON_AddStringToObject(o, "code", move_code_name(r->code));
+        cJSON_AddStringToObject(o, "error", r->error);
+        if (r->answer)
+            cJSON_AddRawToObject(o, "answer", r->answer);
+        cJSON_AddBoolToObject(o, "delivered", r->delivered);
+    }
+    return o;
+}
+
+int journal_write(const struct journal *j, const struct journal_rec *rec)
+{
+    char path[PATH_MAX], tmp[PATH_MAX];
+    cJSON *o = rec_to_json(rec);
+    char *text = cJSON_PrintUnformatted(o);
+    size_t len;
+    int fd, rc = 0;
+    cJSON_Delete(o);
+    if (!text)
+        util_oom(0);
+    len = strlen(text);
+    util_fmt(path, sizeof path, "%s/%s.json", j->moves, rec->move_id);
+    util_fmt(tmp, sizeof tmp, "%s/.%s.tmp", j->moves, rec->move_id);
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        rc = -errno;
+    } else {
+        if (write(fd, text, len) != (ssize_t)len || write(fd, "\n", 1) != 1)
+            rc = errno ? -errno : -EIO;
+        else if (fsync(fd) != 0)
+            rc = -errno;
+        if (close(fd) != 0 && rc == 0)
+            rc = -errno;
+        if (rc == 0 && rename(tmp, path) != 0)
+            rc = -errno;
+        if (rc == 0)
+            rc = fsync_dir(j->moves);
+        if (rc != 0)
+            (void)unlink(tmp);
+    }
+    cJSON_free(text);
+    if (rc != 0)
+        LOG(LOG_ERROR, "cannot write the journal", LF_S("move", rec->move_id),
+            LF_S("path", path), LF_S("reason", strerror(-rc)));
+    return rc;
+}
+
+void journal_remove(const struct journal *j, const char *move_id)
+{
+    char path[PATH_MAX];
+    util_fmt(path, sizeof path, "%s/%s.json", j->moves, move_id);
+    if (unlink(path) == 0)
+        (void)fsync_dir(j->moves);
+}
+
+/* --- reading ------------------------------------------------------------------------ */
+
+static const char *get_str(const cJSON *o, const char *key, bool required, bool *bad)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (cJSON_IsString(v))
+        return v->valuestring;
+    if (v || required)
+        *bad = true;
+    return NULL;
+}
+
+static uint64_t get_u64(const cJSON *o, const char *key, bool *bad)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble > 9007199254740992.0 ||
+        v->valuedouble != (double)(uint64_t)v->valuedouble) {
+        *bad = true;
+        return 0;
+    }
+    return (uint64_t)v->valuedouble;
+}
+
+static void get_time(const cJSON *o, const char *key, struct timespec *t, bool *bad)
+{
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(o, key);
+    const cJSON *s = cJSON_GetArrayItem(a, 0), *n = cJSON_GetArrayItem(a, 1);
+    if (!cJSON_IsArray(a) || !cJSON_IsNumber(s) || !cJSON_IsNumber(n)) {
+        *bad = true;
+        return;
+    }
+    t->tv_sec = (time_t)s->valuedouble;
+    t->tv_nsec = (long)n->valuedouble;
+}
+
+static bool phase_from(const char *s, enum move_phase *p)
+{
+    for (int i = PHASE_QUEUED; i <= PHASE_CANCELLED; i++) {
+        if (strcmp(move_phase_name((enum move_phase)i), s) == 0) {
+            *p = (enum move_phase)i;
+            return true;
+        }
+    }
+    return false;
+}
+
+static bool code_from(const char *s, enum move_code *c)
+{
+    for (int i = CODE_NONE; i <= CODE_INTERRUPTED; i++) {
+        if (strcmp(move_code_name((enum move_code)i), s) == 0) {
+            *c = (enum move_code)i;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Parses one record strictly; NULL when anything is missing or odd. */
+static struct journal_rec *rec_from_json(const cJSON *o, const char *file_id)
+{
+    struct journal_rec *r = xcalloc(1, sizeof *r);
+    const cJSON *mp, *ans, *dl;
+    const char *s;
+    bool bad = false;
+
+    if (!cJSON_IsObject(o) || get_u64(o, "version", &bad) != JOURNAL_VERSION || bad)
+        goto fail;
+    s = get_str(o, "moveId", true, &bad);
+    if (!s || strlen(s) > MOVE_ID_MAX || strcmp(s, file_id) != 0)
+        goto fail;
+    util_fmt(r->move_id, sizeof r->move_id, "%s", s);
+    s = get_str(o, "serverName", true, &bad);
+    if (!s || strlen(s) > SERVER_NAME_MAX)
+        goto fail;
+    util_fmt(r->server_name, sizeof r->server_name, "%s", s);
+#define DUP_STR(field, key, req)                                                                   \
+    do {                                                                                           \
+        const char *v_ = get_str(o, key, req, &bad);                                               \
+        r->field = v_ ? xstrdup(v_) : NULL;                                                        \
+    } while (0)
+    DUP_STR(old_path, "oldPath", true);
+    DUP_STR(new_path, "newPath", true);
+    DUP_STR(src, "src", true);
+    DUP_STR(dst, "dst", true);
+    DUP_STR(reply, "reply", false);
+#undef DUP_STR
+    s = get_str(o, "method", true, &bad);
+    if (bad || (strcmp(s, "rename") != 0 && strcmp(s, "copy") != 0))
+        goto fail;
+    r->rename = strcmp(s, "rename") == 0;
+    s = get_str(o, "verify", true, &bad);
+    if (bad)
+        goto fail;
+    r->verify = strcmp(s, "checksum") == 0 ? VERIFY_CHECKSUM : VERIFY_METADATA;
+    r->dst_preexisted = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "dstPreexisted"));
+    if (r->dst_preexisted) {
+        r->dst_orig.st_mode = (mode_t)get_u64(o, "dstMode", &bad);
+        r->dst_orig.st_uid = (uid_t)get_u64(o, "dstUid", &bad);
+        r->dst_orig.st_gid = (gid_t)get_u64(o, "dstGid", &bad);
+        get_time(o, "dstAtime", &r->dst_orig.st_atim, &bad);
+        get_time(o, "dstMtime", &r->dst_orig.st_mtim, &bad);
+    }
+    mp = cJSON_GetObjectItemCaseSensitive(o, "madeParents");
+    if (!cJSON_IsArray(mp))
+        goto fail;
+    r->made_parents = xcalloc((size_t)cJSON_GetArraySize(mp) + 1, sizeof(char *));
+    for (const cJSON *it = mp->child; it; it = it->next) {
+        if (!cJSON_IsString(it))
+            goto fail;
+        r->made_parents[r->n_made++] = xstrdup(it->valuestring);
+    }
+    r->started_at_ms = get_u64(o, "startedAtMs", &bad);
+    r->seq = get_u64(o, "seq", &bad);
+    r->bytes_total = get_u64(o, "bytesTotal", &bad);
+    r->bytes_copied = get_u64(o, "bytesCopied", &bad);
+    r->files_total = get_u64(o, "filesTotal", &bad);
+    r->files_copied = get_u64(o, "filesCopied", &bad);
+    s = get_str(o, "phase", true, &bad);
+    if (bad || !phase_from(s, &r->phase))
+        goto fail;
+    if (move_phase_terminal(r->phase)) {
+        r->ended_at_ms = get_u64(o, "endedAtMs", &bad);
+        s = get_str(o, "code", true, &bad);
+        if (bad || !code_from(s, &r->code))
+            goto fail;
+        s = get_str(o, "error", true, &bad);
+        if (bad)
+            goto fail;
+        util_fmt(r->error, sizeof r->error, "%s", s);
+        ans = cJSON_GetObjectItemCaseSensitive(o, "answer");
+        if (!cJSON_IsObject(ans))
+            goto fail;
+        {
+            char *printed = cJSON_PrintUnformatted(ans);
+            if (!printed)
+                util_oom(0);
+            r->answer = xstrdup(printed);
+            cJSON_free(printed);
+        }
+        dl = cJSON_GetObjectItemCaseSensitive(o, "delivered");
+        if (!cJSON_IsBool(dl))
+            goto fail;
+        r->delivered = cJSON_IsTrue(dl);
+    }
+    if (bad)
+        goto fail;
+    return r;
+fail:
+    journal_rec_free(r);
+    return NULL;
+}
+
+static char *read_small_file(int dirfd, const char *name, size_t *len)
+{
+    int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    struct stat st;
+    char *buf;
+    ssize_t n;
+    if (fd < 0)
+        return NULL;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > JOURNAL_MAX_BYTES) {
+        close(fd);
+        return NULL;
+    }
+    buf = xmalloc((size_t)st.st_size + 1);
+    n = read(fd, buf, (size_t)st.st_size);
+    close(fd);
+    if (n != st.st_size) {
+        free(buf);
+        return NULL;
+    }
+    buf[n] = '\0';
+    *len = (size_t)n;
+    return buf;
+}
+
+unsigned journal_load(const struct journal *j, void (*fn)(void *arg, struct journal_rec *rec),
+                      void *arg)
+{
+    DIR *d = opendir(j->moves);
+    struct dirent *de;
+    unsigned set_aside = 0;
+    if (!d) {
+        LOG(LOG_ERROR, "cannot read the journal", LF_S("path", j->moves),
+            LF_S("reason", strerror(errno)));
+        return 0;
+    }
+    while ((de = readdir(d)) != NULL) {
+        size_t nl = strlen(de->d_name), len = 0;
+        char id[MOVE_ID_MAX + 1], *text;
+        struct journal_rec *rec = NULL;
+        cJSON *o;
+        if (de->d_name[0] == '.') {
+            if (nl > 4 && strcmp(de->d_name + nl - 4, ".tmp") == 0)
+                (void)unlinkat(dirfd(d), de->d_name, 0); /* a write cut short: never renamed */
+            continue;
+        }
+        if (nl <= 5 || strcmp(de->d_name + nl - 5, ".json") != 0 || nl - 5 > MOVE_ID_MAX)
+            continue;
+        memcpy(id, de->d_name, nl - 5);
+        id[nl - 5] = '\0';
+        text = read_small_file(dirfd(d), de->d_name, &len);
+        o = text ? cJSON_ParseWithLength(text, len) : NULL;
+        if (o)
+            rec = rec_from_json(o, id);
+        cJSON_Delete(o);
+        free(text);
+        if (rec) {
+            fn(arg, rec);
+            continue;
+        }
+        {
+            char from[PATH_MAX], to[PATH_MAX];
+            util_fmt(from, sizeof from, "%s/%s", j->moves, de->d_name);
+            util_fmt(to, sizeof to, "%s.corrupt", from);
+            LOG(LOG_ERROR,
+                "journal file is unreadable; set aside, nothing touched: check this move's "
+                "paths by hand",
+                LF_S("file", from), LF_S("moved_to", to));
+            if (rename(from, to) != 0)
+                LOG(LOG_ERROR, "cannot set the journal file aside", LF_S("file", from),
+                    LF_S("reason", strerror(errno)));
+            set_aside++;
+        }
+    }
+    closedir(d);
+    return set_aside;
+}
+
+void journal_missing_parents(struct journal_rec *rec, const char *path)
+{
+    char buf[PATH_MAX];
+    struct stat st;
+    size_t len = strlen(path);
+    if (len >= sizeof buf)
+        return;
+    memcpy(buf, path, len + 1);
+    for (char *p = buf + 1; (p = strchr(p, '/')) != NULL; p++) {
+        *p = '\0';
+        if (lstat(buf, &st) != 0 && errno == ENOENT) {
+            rec->made_parents = xrealloc(rec->made_parents, (rec->n_made + 1) * sizeof(char *));
+            rec->made_parents[rec->n_made++] = xstrdup(buf);
+        }
+        *p = '/';
+    }
+}
+
+void journal_rec_free(struct journal_rec *rec)
+{
+    if (!rec)
+        return;
+    free(rec->old_path);
+    free(rec->new_path);
+    free(rec->src);
+    free(rec->dst);
+    free(rec->reply);
+    for (size_t i = 0; i < rec->n_made; i++)
+        free(rec->made_parents[i]);
+    free(rec->made_parents);
+    free(rec->answer);
+    free(rec);
+}
