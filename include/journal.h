@@ -32,9 +32,9 @@ struct journal_rec {
     char *reply;               /* NULL: no answer wanted */
     bool rename;
     enum verify_mode verify;
-    bool dst_preexisted;       /* newPath was an empty directory */
-    struct stat dst_orig;      /* its mode, owner and times then */
-    char **made_parents;       /* ancestors of dst missing at acceptance, outermost first */
+    bool dst_preexisted;  /* newPath was an empty directory */
+    struct stat dst_orig; /* its mode, owner and times then */
+    char **made_parents;  /* ancestors of dst missing at acceptance, outermost first */
     size_t n_made;
     uint64_t started_at_ms, ended_at_ms, seq;
     enum move_phase phase;

@@ -37,9 +37,9 @@ struct ws_client_ops {
 
 struct ws_msg {
     struct ws_msg *next;
-    char *merge_key; /* intermediate move.progress: the moveId; else NULL */
-    bool keep;       /* survives a lost connection (answers, move frames) */
-    char *ack_key;   /* kept after writing until a later ping's pong; else NULL */
+    char *merge_key;  /* intermediate move.progress: the moveId; else NULL */
+    bool keep;        /* survives a lost connection (answers, move frames) */
+    char *ack_key;    /* kept after writing until a later ping's pong; else NULL */
     uint64_t ping_no; /* written before this ping of ours was sent */
     size_t len;
     unsigned char *buf; /* LWS_PRE bytes of headroom, then len bytes */

@@ -82,8 +82,8 @@ int journal_open(struct journal *j, const char *state_dir, char *why, size_t why
         other[strcspn(other, "\n")] = '\0';
         if (other[0])
             util_fmt(why, whysz,
-                     "another hostagent (pid %s) is running with state_dir %s (it holds %s)",
-                     other, state_dir, path);
+                     "another hostagent (pid %s) is running with state_dir %s (it holds %s)", other,
+                     state_dir, path);
         else
             util_fmt(why, whysz, "another hostagent is running with state_dir %s (it holds %s)",
                      state_dir, path);
@@ -195,8 +195,8 @@ int journal_write(const struct journal *j, const struct journal_rec *rec)
     }
     cJSON_free(text);
     if (rc != 0)
-        LOG(LOG_ERROR, "cannot write the journal", LF_S("move", rec->move_id),
-            LF_S("path", path), LF_S("reason", strerror(-rc)));
+        LOG(LOG_ERROR, "cannot write the journal", LF_S("move", rec->move_id), LF_S("path", path),
+            LF_S("reason", strerror(-rc)));
     return rc;
 }
 

@@ -379,8 +379,8 @@ static int on_writeable(struct ws_client *c, struct lws *wsi)
     /* A ping after acknowledged-delivery messages: its pong proves they arrived. */
     if (c->ping_wanted) {
         unsigned char ping[LWS_PRE + 32];
-        int n = snprintf((char *)ping + LWS_PRE, 32, "ha:%llu",
-                         (unsigned long long)++c->pings_sent);
+        int n =
+            snprintf((char *)ping + LWS_PRE, 32, "ha:%llu", (unsigned long long)++c->pings_sent);
         c->ping_wanted = false;
         if (lws_write(wsi, ping + LWS_PRE, (size_t)n, LWS_WRITE_PING) < n)
             return -1;

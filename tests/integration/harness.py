@@ -61,9 +61,9 @@ class Scratch:
 class Agent:
     """The real hostagent process with a generated config."""
 
-    def __init__(self, manager, scratch, extra=None, env=None, user=None, roots=None):
+    def __init__(self, manager, scratch, extra=None, env=None, user=None, roots=None, log_name="agent.log"):
         self.cfg_path = os.path.join(scratch.base, "agent.conf")
-        self.log_path = os.path.join(scratch.base, "agent.log")
+        self.log_path = os.path.join(scratch.base, log_name)
         conf = {
             "manager_url": manager.url,
             "agent_id": "it-agent",
@@ -190,7 +190,10 @@ class AgentTestCase(unittest.TestCase):
         try:
             yield
         finally:
-            os.kill(pid, signal.SIGCONT)
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass  # the body killed it
 
     def move(self, server, old, new, move_id=None, timeout=120):
         data = {"serverName": server, "oldPath": old, "newPath": new}
