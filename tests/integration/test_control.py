@@ -1,5 +1,6 @@
 """server.move_cancel and server.move_status against the real agent."""
 import os
+import time
 
 from harness import AgentTestCase, dense_tree, make_tree, snapshot
 
@@ -37,6 +38,53 @@ class ControlTest(AgentTestCase):
         self.assertLess(self.index_of(cancel), self.index_of(move), "the cancel is answered at once")
         self.assertEqual(snapshot(src, content=False), before)
         self.assertEqual(os.listdir(self.scratch.b), [], "the copy and its created parents are gone")
+
+    def test_cancel_many_small_files_is_prompt(self):
+        self.start_agent()
+        src = os.path.join(self.scratch.a, "many")
+        for d in range(10):
+            os.makedirs(os.path.join(src, "d%d" % d))
+            for i in range(1500):
+                with open(os.path.join(src, "d%d" % d, "f%d" % i), "wb") as f:
+                    f.write(b"x" * 100)
+        before = snapshot(src, content=False)
+        move = self.start_move("many", src, os.path.join(self.scratch.b, "many"), "mv-many")
+        self.manager.wait_for(lambda: any(f["phase"] == "copying" and f["filesCopied"] >= 2000
+                                          for f in self.manager.frames("mv-many")), 60, "mid-copy")
+        t0 = time.monotonic()
+        cancel = self.manager.request("server.move_cancel", {"moveId": "mv-many"})
+        self.assertTrue(self.manager.wait_answer(cancel, 20)["success"])
+        t_answer = time.monotonic() - t0
+        ans = self.manager.wait_answer(move, 60)
+        t_end = time.monotonic() - t0
+        print("\ncancel of 15,000 small files: answered in %.0f ms, rolled back and ended in %.0f ms"
+              % (t_answer * 1000, t_end * 1000))
+        self.assertEqual(ans["code"], "cancelled", ans)
+        self.assertEqual(snapshot(src, content=False), before)
+        self.assertEqual(os.listdir(self.scratch.b), [])
+
+    def test_queue_runs_in_order_with_one_slot(self):
+        self.start_agent(extra={"max_concurrent_moves": "1"})
+        srcs = [make_tree(os.path.join(self.scratch.a, "s%d" % i), n_small=20) for i in range(4)]
+        with self.paused_agent():  # all four arrive together
+            replies = [self.start_move("s%d" % i, s, os.path.join(self.scratch.b, "s%d" % i), "mv-q%d" % i)
+                       for i, s in enumerate(srcs)]
+        for r in replies:
+            self.assertTrue(self.manager.wait_answer(r, 60)["success"])
+        first_copy = {}
+        ended = {}
+        for i, m in enumerate(self.manager.all_messages()):
+            if m["subject"] == "move.progress":
+                d = m["data"]
+                if d["phase"] == "calculating":
+                    first_copy.setdefault(d["moveId"], i)
+                if d["phase"] == "complete":
+                    ended[d["moveId"]] = i
+        order = sorted(first_copy, key=first_copy.get)
+        self.assertEqual(order, ["mv-q0", "mv-q1", "mv-q2", "mv-q3"])
+        for a, b in zip(order, order[1:]):
+            self.assertLess(ended[a], first_copy[b], "one at a time: %s must end before %s starts" % (a, b))
+        self.assertEqual(sorted(os.listdir(self.scratch.b)), ["s0", "s1", "s2", "s3"])
 
     def test_cancel_a_queued_move_removes_it(self):
         self.start_agent(extra={"max_concurrent_moves": "1"})
