@@ -5,6 +5,7 @@
 
 #include "config.h"
 #include "journal.h"
+#include "notify.h"
 #include "move.h"
 #include "ws_client.h"
 
@@ -16,6 +17,11 @@
 #define AGENT_STOP_GRACE_MS 5000
 
 /* A move that ended: kept an hour for agent.hello and idempotent retries. */
+/* Under systemd, a stop waiting for rollbacks asks for this much more time,
+ * this often. */
+#define AGENT_EXTEND_USEC 20000000ull
+#define AGENT_EXTEND_EVERY_MS 5000u
+
 struct agent_ended {
     struct move_state st;
     char *answer_data; /* the answer's data object, printed */
@@ -32,6 +38,9 @@ struct agent {
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t heartbeat;
     uv_timer_t stop_timer;
+    uv_timer_t notify_timer; /* systemd: watchdog pings, stop-timeout extensions */
+    struct notify notify;
+    uint64_t last_watchdog_ms, last_extend_ms;
     struct move *moves; /* not ended, in acceptance order (queued ones too) */
     unsigned n_moves;
     struct agent_ended history[AGENT_HISTORY_MAX]; /* ring, newest at hist_pos-1 */

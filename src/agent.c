@@ -620,6 +620,7 @@ static void agent_teardown(struct agent *a)
     uv_close((uv_handle_t *)&a->sig_hup, agent_on_handle_closed);
     uv_close((uv_handle_t *)&a->heartbeat, agent_on_handle_closed);
     uv_close((uv_handle_t *)&a->stop_timer, agent_on_handle_closed);
+    uv_close((uv_handle_t *)&a->notify_timer, agent_on_handle_closed);
 }
 
 static void agent_on_stop_timer(uv_timer_t *t)
@@ -629,9 +630,36 @@ static void agent_on_stop_timer(uv_timer_t *t)
     agent_teardown(a);
 }
 
+/* STATUS= for systemctl status: the connection and the moves. */
+static void agent_notify_status(struct agent *a)
+{
+    notify_send(&a->notify, "STATUS=%s%s; %u move%s active", a->stopping ? "stopping, " : "",
+                a->ws.state == CONN_UP ? "connected to the manager"
+                                       : ws_client_state_name(a->ws.state),
+                a->n_moves, a->n_moves == 1 ? "" : "s");
+}
+
+/* Once a second under systemd: the watchdog, and while a stop waits for
+ * rollbacks, more time before systemd would kill us half-way. */
+static void agent_on_notify_timer(uv_timer_t *t)
+{
+    struct agent *a = container_of(t, struct agent, notify_timer);
+    uint64_t now = util_mono_ms();
+    if (a->notify.watchdog_usec && now - a->last_watchdog_ms >= a->notify.watchdog_usec / 2000) {
+        notify_send(&a->notify, "WATCHDOG=1");
+        a->last_watchdog_ms = now;
+    }
+    if (a->stopping && a->n_moves > 0 && now - a->last_extend_ms >= AGENT_EXTEND_EVERY_MS) {
+        notify_send(&a->notify, "EXTEND_TIMEOUT_USEC=%llu", (unsigned long long)AGENT_EXTEND_USEC);
+        agent_notify_status(a);
+        a->last_extend_ms = now;
+    }
+}
+
 static void agent_on_conn_state(struct ws_client *c, enum conn_state s)
 {
     struct agent *a = c->owner;
+    agent_notify_status(a);
     if (s == CONN_CLOSED && a->stopping)
         agent_teardown(a);
 }
@@ -652,6 +680,9 @@ static void agent_stop(struct agent *a, const char *signame)
         return;
     a->stopping = true;
     LOG(LOG_INFO, "stopping", LF_S("signal", signame), LF_U("active_moves", a->n_moves));
+    notify_send(&a->notify, "STOPPING=1");
+    a->last_extend_ms = 0;
+    agent_on_notify_timer(&a->notify_timer); /* the first extension at once */
     uv_timer_stop(&a->heartbeat);
     for (m = a->moves; m; m = next) {
         next = m->next; /* a queued move ends (and leaves the list) at once */
@@ -911,6 +942,10 @@ int agent_init(struct agent *a, const char *config_path, struct config *cfg)
     uv_signal_init(&a->loop, &a->sig_hup);
     uv_timer_init(&a->loop, &a->heartbeat);
     uv_timer_init(&a->loop, &a->stop_timer);
+    uv_timer_init(&a->loop, &a->notify_timer);
+    notify_init(&a->notify);
+    if (a->notify.fd >= 0)
+        uv_timer_start(&a->notify_timer, agent_on_notify_timer, 1000, 1000);
     a->sig_term.data = a->sig_int.data = a->sig_hup.data = a;
     rc = ws_client_init(&a->ws, &a->loop, &a->cfg, &agent_ws_ops, a);
     if (rc != 0)
@@ -926,6 +961,7 @@ int agent_init(struct agent *a, const char *config_path, struct config *cfg)
     return 0;
 
 fail_ws:
+    notify_close(&a->notify);
     a->stopping = true;
     agent_teardown(a);
     uv_run(&a->loop, UV_RUN_DEFAULT);
@@ -945,6 +981,8 @@ int agent_run(struct agent *a)
     LOG(LOG_INFO, "hostagent starting", LF_S("version", HOSTAGENT_VERSION),
         LF_S("agent_id", a->cfg.agent_id), LF_S("manager", a->cfg.manager_url));
     ws_client_start(&a->ws);
+    notify_send(&a->notify, "READY=1");
+    agent_notify_status(a);
     uv_run(&a->loop, UV_RUN_DEFAULT);
     ws_client_free(&a->ws);
     rc = uv_loop_close(&a->loop);
@@ -958,6 +996,7 @@ int agent_run(struct agent *a)
         journal_rec_free(a->history[i].jr);
     }
     journal_close(&a->journal);
+    notify_close(&a->notify);
     LOG0(LOG_INFO, "hostagent stopped");
     config_free(&a->cfg);
     free(a->config_path);
