@@ -1,5 +1,6 @@
 """server.move_cancel and server.move_status against the real agent."""
 import os
+import signal
 import time
 
 from harness import AgentTestCase, dense_tree, make_tree, snapshot
@@ -192,3 +193,35 @@ class ControlTest(AgentTestCase):
         self.assertEqual(self.manager.wait_answer(none, 20), {"success": True, "moves": []})
         self.assertEqual(self.manager.wait_answer(bad, 20)["code"], "invalid_request")
         self.assertTrue(self.manager.wait_answer(running, 60)["success"])
+
+
+class ReloadTest(AgentTestCase):
+    def test_sighup_reloads_without_dropping_the_connection_or_moves(self):
+        conn = self.start_agent()
+        src = dense_tree(os.path.join(self.scratch.a, "big"), 200)
+        other = make_tree(os.path.join(self.scratch.a, "other"), n_small=3)
+        move = self.manager.request("server.move_data", {"serverName": "big", "oldPath": src,
+                                                         "newPath": os.path.join(self.scratch.b, "big"),
+                                                         "moveId": "mv-hup"})
+        self.manager.wait_for(lambda: any(f["phase"] == "copying" for f in self.manager.frames("mv-hup")),
+                              20, "copying")
+        with open(self.agent.cfg_path) as f:
+            text = f.read()
+        # Only the disk root stays allowed: new requests to the tmpfs are refused.
+        lines = [ln for ln in text.splitlines() if not ln.startswith("allowed_roots")]
+        with self.paused_agent():
+            with open(self.agent.cfg_path, "w") as f:
+                f.write("\n".join(lines + ["allowed_roots = " + self.scratch.a]) + "\n")
+            os.kill(self.agent.proc.pid, signal.SIGHUP)
+        self.manager.wait_for(lambda: "config reloaded" in self.agent.log(), 10, "reload")
+        self.assert_refused({"serverName": "other", "oldPath": other,
+                             "newPath": os.path.join(self.scratch.b, "other")}, "path_not_allowed")
+        self.assertTrue(self.manager.wait_answer(move, 60)["success"])
+        # A broken file is reported and the settings stay.
+        with open(self.agent.cfg_path, "a") as f:
+            f.write("no_such_key = 1\n")
+        os.kill(self.agent.proc.pid, signal.SIGHUP)
+        self.manager.wait_for(lambda: "config reload failed" in self.agent.log(), 10, "failed reload")
+        self.assertIn("no_such_key", self.agent.log())
+        self.assertFalse(conn.closed, "the connection survived both reloads")
+        self.assertEqual(len(self.manager.connections), 1)
