@@ -732,6 +732,15 @@ static void agent_on_signal(uv_signal_t *s, int signum)
 
 /* --- lifecycle ---------------------------------------------------------------------- */
 
+/* A token file others can read is a token others can use. */
+static void agent_check_token_file(struct agent *a)
+{
+    struct stat st;
+    if (a->cfg.token_file && stat(a->cfg.token_file, &st) == 0 && (st.st_mode & 077))
+        LOG(LOG_WARN, "token_file is readable by group or others; chmod 600 it",
+            LF_S("token_file", a->cfg.token_file));
+}
+
 /* --- delivery and recovery ------------------------------------------------------ */
 
 /* The manager has it: a pong came for a ping sent after the message. A move's
@@ -957,6 +966,7 @@ int agent_init(struct agent *a, const char *config_path, struct config *cfg)
                    a->cfg.heartbeat_interval_ms);
     if (a->cfg.n_allowed_roots == 0)
         LOG0(LOG_WARN, "no allowed_roots configured: every move will be refused");
+    agent_check_token_file(a);
     agent_recover(a);
     return 0;
 

@@ -152,10 +152,16 @@ static bool host_is_loopback(const char *host)
 }
 
 /* A connection attempt ended (failed, or a connection was lost): back off. */
-static void attempt_over(struct ws_client *c, const char *reason)
+static void attempt_over(struct ws_client *c, const char *why)
 {
+    char reason[512];
     uint64_t now = util_mono_ms(), delay;
     bool was_up = c->state == CONN_UP || c->state == CONN_HELLO;
+    /* lws' TLS errors are terse: say what to look at. */
+    util_fmt(reason, sizeof reason, "%s%s", why,
+             strstr(why, "SSL") ? "; the manager's certificate was not accepted (check ca_file, "
+                                  "the certificate chain and its host name)"
+                                : "");
     c->wsi = NULL;
     c->rx_len = 0;
     c->rx_overflow = false;

@@ -135,8 +135,11 @@ class Connection:
 
 
 class Manager:
-    def __init__(self, host="127.0.0.1", port=0, answer_pings=True, on_message=None):
+    def __init__(self, host="127.0.0.1", port=0, answer_pings=True, on_message=None, ssl_context=None,
+                 url_host=None):
         self.host, self.port = host, port
+        self.ssl_context = ssl_context  # wss:// when set
+        self.url_host = url_host or host  # the name the agent is given (TLS checks it)
         self.answer_pings = answer_pings
         self.on_message = on_message
         self.connections = []
@@ -186,7 +189,8 @@ class Manager:
             self.loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self.loop)
             server = self.loop.run_until_complete(
-                asyncio.start_server(self._handle, self.host, self.port, limit=1 << 24))
+                asyncio.start_server(self._handle, self.host, self.port, limit=1 << 24,
+                                     ssl=self.ssl_context))
             self.port = server.sockets[0].getsockname()[1]
             self._server = server
             ready.set()
@@ -210,7 +214,7 @@ class Manager:
 
     @property
     def url(self):
-        return "ws://%s:%d/agent" % (self.host, self.port)
+        return "%s://%s:%d/agent" % ("wss" if self.ssl_context else "ws", self.url_host, self.port)
 
     # --- waiting ----------------------------------------------------------
     def _notify(self):
