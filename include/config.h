@@ -5,6 +5,7 @@
 #include "log.h"
 
 #include <stdbool.h>
+#include <stdio.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -54,6 +55,9 @@ struct config_errors {
 /* Loads and validates file into cfg (defaults first). Returns 0, or -EINVAL
  * when errs holds at least one problem; cfg is then freed. */
 int config_load(const char *file, struct config *cfg, struct config_errors *errs);
+
+/* The same from an open stream; file names it in the messages. */
+int config_load_stream(FILE *f, const char *file, struct config *cfg, struct config_errors *errs);
 void config_free(struct config *cfg);
 void config_errors_free(struct config_errors *errs);
 

@@ -4,7 +4,7 @@
 set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
-files=$(ls src/*.c include/*.h tests/unit/*.c)
+files=$(ls src/*.c include/*.h tests/unit/*.c tests/fuzz/*.c)
 clang-format --dry-run --Werror $files
 cmake -S . -B build/lint -DCMAKE_EXPORT_COMPILE_COMMANDS=ON >/dev/null
 out=$(clang-tidy -p build/lint --quiet src/*.c 2>/dev/null | grep "warning:" || true)

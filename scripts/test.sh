@@ -5,7 +5,9 @@
 #      including the valgrind run of the daemon;
 #   2. AddressSanitizer + UndefinedBehaviorSanitizer build: the whole suite
 #      again (without valgrind, which cannot run a sanitized binary);
-#   3. ThreadSanitizer build: the worker/loop hand-off tests (label handoff).
+#   3. ThreadSanitizer build: the worker/loop hand-off tests (label handoff);
+#   4. libFuzzer: the frame/request parser and the config parser, about a
+#      minute in all (scripts/fuzz.sh).
 # Installs what it needs first (Debian 12, as root). Integration tests mount
 # tmpfs and drop to `nobody`, so they need root; HOSTAGENT_ALLOW_SKIP_ROOT=1
 # skips them explicitly instead of failing.
@@ -38,4 +40,6 @@ echo "=== lint: clang-format and clang-tidy"
 run_build plain ""
 run_build asan address
 run_build tsan thread -L handoff
+echo "=== fuzz: frame parser and config parser, ${FUZZ_SECONDS:-30}s each (clang, ASan+UBSan)"
+"$here/scripts/fuzz.sh"
 echo "=== all test builds passed in $(( $(date +%s) - start )) s"

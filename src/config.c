@@ -5,6 +5,8 @@
 #include <assert.h>
 #include <ctype.h>
 #include <errno.h>
+#include <sys/stat.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -323,14 +325,27 @@ static int token_ok(const char *t)
 static char *read_token_file(const char *path, const char **why)
 {
     char buf[4097];
+    struct stat st;
+    ssize_t got;
     size_t n;
-    FILE *f = fopen(path, "re");
-    if (!f) {
+    /* O_NONBLOCK and a regular-file check: a fifo here must not hang the start. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0) {
         *why = strerror(errno);
         return NULL;
     }
-    n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        *why = "is not a regular file";
+        return NULL;
+    }
+    got = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (got < 0) {
+        *why = strerror(errno);
+        return NULL;
+    }
+    n = (size_t)got;
     if (n == sizeof buf - 1) {
         *why = "token is longer than 4096 bytes";
         return NULL;
@@ -611,7 +626,21 @@ static int split_line(char *line, char **key, char **val, const char **why)
 
 int config_load(const char *file, struct config *cfg, struct config_errors *errs)
 {
-    FILE *f;
+    FILE *f = fopen(file, "re");
+    int rc;
+    if (!f) {
+        memset(errs, 0, sizeof *errs);
+        errs_add(errs, file, 0, "cannot open: %s", strerror(errno));
+        memset(cfg, 0, sizeof *cfg);
+        return -EINVAL;
+    }
+    rc = config_load_stream(f, file, cfg, errs);
+    fclose(f);
+    return rc;
+}
+
+int config_load_stream(FILE *f, const char *file, struct config *cfg, struct config_errors *errs)
+{
     char *line = NULL;
     size_t cap = 0;
     ssize_t len;
@@ -621,12 +650,6 @@ int config_load(const char *file, struct config *cfg, struct config_errors *errs
 
     memset(errs, 0, sizeof *errs);
     config_defaults(cfg);
-    f = fopen(file, "re");
-    if (!f) {
-        errs_add(errs, file, 0, "cannot open: %s", strerror(errno));
-        config_free(cfg);
-        return -EINVAL;
-    }
     while ((len = getline(&line, &cap, f)) >= 0) {
         char *key = NULL, *val = NULL;
         const char *why = NULL;
@@ -670,7 +693,6 @@ int config_load(const char *file, struct config *cfg, struct config_errors *errs
             errs_add(errs, file, lineno, "%s %s", key, why);
     }
     free(line);
-    fclose(f);
 
     if (!seen_line(seen, "manager_url"))
         errs_add(errs, file, 0, "missing required key manager_url");
