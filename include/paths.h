@@ -26,6 +26,11 @@ bool path_inside(const char *path, const char *root);
 /* a and b are equal or one contains the other. */
 bool path_overlap(const char *a, const char *b);
 
+/* The same by identity: a or b (an existing directory) is the other one or
+ * one of its existing ancestors, as when a bind mount shows one directory
+ * under two names. */
+bool path_overlap_by_id(const char *a, const char *b);
+
 /* A directory that holds nothing, or only an empty lost+found. Returns 1
  * empty, 0 not empty, negative errno on failure. */
 int path_dir_is_empty(const char *dir);

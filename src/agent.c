@@ -286,7 +286,8 @@ static enum move_code agent_validate(struct agent *a, const struct move_request 
         util_fmt(why, whysz, "oldPath must not be a symlink");
         return CODE_PATH_NOT_ALLOWED;
     }
-    if (path_overlap(out->old_real, out->new_real)) {
+    if (path_overlap(out->old_real, out->new_real) ||
+        path_overlap_by_id(out->old_real, out->new_real)) {
         util_fmt(why, whysz, "oldPath and newPath are the same or one is inside the other");
         return CODE_INVALID_PATHS;
     }

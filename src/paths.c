@@ -102,6 +102,34 @@ bool path_overlap(const char *a, const char *b)
     return strcmp(a, b) == 0 || path_inside(a, b) || path_inside(b, a);
 }
 
+/* Is the directory `dir` (dev, ino) the path p or one of its existing
+ * ancestors? */
+static bool id_on_path(dev_t dev, ino_t ino, const char *p)
+{
+    char buf[PATH_MAX];
+    size_t len = strlen(p);
+    struct stat st;
+    if (len >= sizeof buf)
+        return false;
+    memcpy(buf, p, len + 1);
+    for (;;) {
+        if (stat(buf, &st) == 0 && st.st_dev == dev && st.st_ino == ino)
+            return true;
+        char *slash = strrchr(buf, '/');
+        if (!slash || slash == buf)
+            return false;
+        *slash = '\0';
+    }
+}
+
+bool path_overlap_by_id(const char *a, const char *b)
+{
+    struct stat sa, sb;
+    if (stat(a, &sa) == 0 && S_ISDIR(sa.st_mode) && id_on_path(sa.st_dev, sa.st_ino, b))
+        return true;
+    return stat(b, &sb) == 0 && S_ISDIR(sb.st_mode) && id_on_path(sb.st_dev, sb.st_ino, a);
+}
+
 int path_dir_is_empty(const char *dir)
 {
     DIR *d = opendir(dir);

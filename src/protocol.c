@@ -52,6 +52,8 @@ enum frame_status protocol_parse_frame(const char *buf, size_t len, struct frame
     char *copy;
     const char *end = NULL;
     const cJSON *subject, *reply, *data;
+    bool trailing = false;
+    int depth;
 
     memset(f, 0, sizeof *f);
     if (!util_utf8_valid(buf, len)) {
@@ -59,19 +61,21 @@ enum frame_status protocol_parse_frame(const char *buf, size_t len, struct frame
         return FRAME_DROP;
     }
     copy = xstrndup(buf, len);
-    if (raw_scan(copy, len) > JSON_DEPTH_MAX) {
+    depth = raw_scan(copy, len);
+    /* Deeper than cJSON's own limit never reaches the parser; between our
+     * limit and that one it is parsed only to read a reply to refuse to. */
+    if (depth > CJSON_NESTING_LIMIT) {
         free(copy);
         util_fmt(why, whysz, "JSON nested deeper than %d levels", JSON_DEPTH_MAX);
         return FRAME_DROP;
     }
+    if (depth > JSON_DEPTH_MAX)
+        util_fmt(why, whysz, "JSON nested deeper than %d levels", JSON_DEPTH_MAX);
     f->root = cJSON_ParseWithLengthOpts(copy, len, &end, 0);
     if (f->root && end) {
         while (end < copy + len && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r'))
             end++;
-        if (end != copy + len) {
-            cJSON_Delete(f->root);
-            f->root = NULL;
-        }
+        trailing = end != copy + len;
     }
     free(copy);
     if (!f->root) {
@@ -89,6 +93,11 @@ enum frame_status protocol_parse_frame(const char *buf, size_t len, struct frame
     }
     if (reply)
         f->reply = reply->valuestring;
+    if (depth > JSON_DEPTH_MAX || trailing) {
+        if (trailing)
+            util_fmt(why, whysz, "frame has data after its JSON object");
+        return f->reply ? FRAME_INVALID : FRAME_DROP;
+    }
     subject = cJSON_GetObjectItemCaseSensitive(f->root, "subject");
     if (!string_ok(subject, SUBJECT_MAX)) {
         util_fmt(why, whysz, "field subject must be a string of 1-%d bytes", SUBJECT_MAX);

@@ -51,11 +51,12 @@ struct bad_frame {
 static void test_malformed_frames(void **state)
 {
     static char long_subject[400];
-    static char deep[200];
+    static char deep[200], deep_reply[200], abyss[4200];
     static const struct bad_frame cases[] = {
         {"not json", FRAME_DROP, "not valid JSON"},
         {"", FRAME_DROP, "not valid JSON"},
-        {"{\"subject\":\"x\"} trailing", FRAME_DROP, "not valid JSON"},
+        {"{\"subject\":\"x\"} trailing", FRAME_DROP, "data after its JSON object"},
+        {"{\"subject\":\"x\",\"reply\":\"r\"} {}", FRAME_INVALID, "data after its JSON object"},
         {"{\"subject\":\"x\"", FRAME_DROP, "not valid JSON"},
         {"[1,2]", FRAME_DROP, "not a JSON object"},
         {"\"str\"", FRAME_DROP, "not a JSON object"},
@@ -73,6 +74,8 @@ static void test_malformed_frames(void **state)
         {"{\"subject\":\"\xff\xfe\"}", FRAME_DROP, "UTF-8"},
         {long_subject, FRAME_INVALID, "subject"},
         {deep, FRAME_DROP, "nested"},
+        {deep_reply, FRAME_INVALID, "nested"},
+        {abyss, FRAME_DROP, "nested"},
     };
     (void)state;
     snprintf(long_subject, sizeof long_subject, "{\"reply\":\"r\",\"subject\":\"%0300d\"}", 0);
@@ -82,6 +85,15 @@ static void test_malformed_frames(void **state)
     for (int i = 0; i < 40; i++)
         strcat(deep, "]");
     strcat(deep, "}");
+    /* The same with a reply: refused, not dropped. */
+    snprintf(deep_reply, sizeof deep_reply, "{\"reply\":\"r\",%s", deep + 1);
+    /* Past cJSON's own limit: never parsed at all. */
+    strcpy(abyss, "{\"reply\":\"r\",\"data\":");
+    for (int i = 0; i < 2000; i++)
+        strcat(abyss, "[");
+    for (int i = 0; i < 2000; i++)
+        strcat(abyss, "]");
+    strcat(abyss, "}");
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         struct frame f;
         char why[256] = "";

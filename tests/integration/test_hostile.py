@@ -1,0 +1,154 @@
+"""A battery of malformed and hostile input on ONE connection: each case gets
+its exact code (or is dropped unanswered), then the connection must be the
+same one, the agent must still answer, and no file anywhere may have changed."""
+import json
+import os
+import re
+import time
+
+from harness import AgentTestCase, make_tree, snapshot
+
+LONG_SUBJECT = "s" * 300
+DEEP = '{"a":' * 60 + "1" + "}" * 60
+
+
+class HostileInputTest(AgentTestCase):
+    def setUp(self):
+        super().setUp()
+        a, b = self.scratch.a, self.scratch.b
+        self.src = make_tree(os.path.join(a, "mc"), n_small=10)
+        os.makedirs(os.path.join(b, "full"))
+        with open(os.path.join(b, "full", "x"), "w") as f:
+            f.write("x")
+        with open(os.path.join(a, "plainfile"), "w") as f:
+            f.write("not a dir")
+        self.outside = os.path.join(self.scratch.base, "outside")
+        os.makedirs(os.path.join(self.outside, "victim", "data"))
+        with open(os.path.join(self.outside, "victim", "data", "precious"), "w") as f:
+            f.write("must survive")
+        os.symlink(self.outside, os.path.join(a, "escape"))
+        os.symlink(self.src, os.path.join(a, "link-to-mc"))
+        # The same directory under a second name (a bind mount): equal by identity.
+        os.makedirs(os.path.join(b, "alias"))
+        self.scratch.mount("--bind", a, at=os.path.join(b, "alias"))
+        self.start_agent(extra={"max_message_bytes": "64K"})
+
+    def cases(self):
+        a, b, src, out = self.scratch.a, self.scratch.b, self.src, self.outside
+
+        def mv(old, new, **kw):
+            d = {"serverName": "mc", "oldPath": old, "newPath": new}
+            d.update(kw)
+            return d
+        md = "server.move_data"
+        # (name, kind, payload, expected code or None for "dropped")
+        return [
+            ("not json", "raw", "this is not json", None),
+            ("json array", "raw", "[1, 2, 3]", None),
+            ("json string", "raw", '"server.move_data"', None),
+            ("empty object", "raw", "{}", None),
+            ("empty subject", "raw", '{"subject": ""}', None),
+            ("subject not a string", "raw", '{"subject": 5, "reply": "r-subj-type"}', "invalid_request"),
+            ("over-long subject", "raw", json.dumps({"subject": LONG_SUBJECT, "reply": "r-long"}),
+             "invalid_request"),
+            ("deep nesting", "raw", '{"subject": "x", "reply": "r-deep", "data": %s}' % DEEP, "invalid_request"),
+            ("reply not a string", "raw", '{"subject": "server.move_data", "reply": 7}', None),
+            ("invalid utf-8", "raw", b'{"subject": "server.move_data", "reply": "r-utf\xff"}', None),
+            ("trailing garbage", "raw", '{"subject": "x", "reply": "r-trail"} {}', "invalid_request"),
+            ("data not an object", "raw", '{"subject": "server.move_data", "reply": "r-data", "data": []}',
+             "invalid_request"),
+            ("oversized frame", "raw", json.dumps({"subject": md, "reply": "r-big", "data": {"pad": "x" * 70000}}),
+             None),
+            ("binary frame", "binary", b"\x00\x01binary", None),
+            ("missing serverName", md, {"oldPath": src, "newPath": b + "/n"}, "invalid_request"),
+            ("serverName a number", md, mv(src, b + "/n", serverName=12), "invalid_request"),
+            ("serverName with a space", md, mv(src, b + "/n", serverName="mc 1"), "invalid_request"),
+            ("serverName too long", md, mv(src, b + "/n", serverName="m" * 129), "invalid_request"),
+            ("serverName with a slash", md, mv(src, b + "/n", serverName="../mc"), "invalid_request"),
+            ("moveId bad characters", md, mv(src, b + "/n", moveId="mv/1"), "invalid_request"),
+            ("moveId too long", md, mv(src, b + "/n", moveId="m" * 65), "invalid_request"),
+            ("moveId not a string", md, mv(src, b + "/n", moveId=["x"]), "invalid_request"),
+            ("oldPath missing", md, {"serverName": "mc", "newPath": b + "/n"}, "invalid_request"),
+            ("oldPath a number", md, mv(3, b + "/n"), "invalid_request"),
+            ("newPath null", md, mv(src, None), "invalid_request"),
+            ("relative oldPath", md, mv("mc", b + "/n"), "path_not_allowed"),
+            ("relative newPath", md, mv(src, "n"), "path_not_allowed"),
+            ("dot-dot in oldPath", md, mv(a + "/x/../mc", b + "/n"), "path_not_allowed"),
+            ("dot-dot escaping newPath", md, mv(src, b + "/../../etc/n"), "path_not_allowed"),
+            ("dot component", md, mv(src, b + "/./n"), "path_not_allowed"),
+            ("double slash", md, mv(a + "//mc", b + "/n"), "path_not_allowed"),
+            ("NUL in oldPath", md, mv(src + "\u0000/x", b + "/n"), "path_not_allowed"),
+            ("NUL in newPath", md, mv(src, b + "/n\u0000"), "path_not_allowed"),
+            ("symlink escape in oldPath", md, mv(a + "/escape/victim", b + "/n"), "path_not_allowed"),
+            ("symlink escape in newPath", md, mv(src, a + "/escape/victim/data"), "path_not_allowed"),
+            ("oldPath outside the roots", md, mv(out + "/victim", b + "/n"), "path_not_allowed"),
+            ("newPath outside the roots", md, mv(src, out + "/n"), "path_not_allowed"),
+            ("oldPath is /", md, mv("/", b + "/n"), "path_not_allowed"),
+            ("oldPath is a root", md, mv(a, b + "/n"), "path_not_allowed"),
+            ("newPath is a root", md, mv(src, b), "path_not_allowed"),
+            ("oldPath is a symlink", md, mv(a + "/link-to-mc", b + "/n"), "path_not_allowed"),
+            ("path too long", md, mv(src, b + "/" + "/".join(["d" * 200] * 25)), "path_not_allowed"),
+            ("component too long", md, mv(src, b + "/" + "x" * 256), "path_not_allowed"),
+            ("equal paths", md, mv(src, src), "invalid_paths"),
+            ("equal with a trailing slash", md, mv(src, src + "/"), "invalid_paths"),
+            ("newPath inside oldPath", md, mv(src, src + "/world/n"), "invalid_paths"),
+            ("oldPath inside newPath", md, mv(src + "/world", src), "invalid_paths"),
+            ("oldPath inside a missing newPath", md, mv(src + "/world", src + "/world/x/y"), "invalid_paths"),
+            ("same directory by identity", md, mv(src, b + "/alias/mc"), "invalid_paths"),
+            ("missing source", md, mv(a + "/nothing-here", b + "/n"), "source_missing"),
+            ("file as source", md, mv(a + "/plainfile", b + "/n"), "source_missing"),
+            ("non-empty destination", md, mv(src, b + "/full"), "destination_exists"),
+            ("file as destination", md, mv(src, b + "/full/x"), "destination_exists"),
+            ("unknown subject", "server.format_disk", {"really": True}, "unknown_subject"),
+            ("unknown subject without reply", "noreply:server.format_disk", {}, None),
+            ("cancel of an unknown move", "server.move_cancel", {"moveId": "mv-none"}, "not_found"),
+            ("cancel without fields", "server.move_cancel", {}, "invalid_request"),
+            ("cancel with a bad field", "server.move_cancel", {"serverName": {"a": 1}}, "invalid_request"),
+            ("status with a bad field", "server.move_status", {"moveId": "bad id"}, "invalid_request"),
+        ]
+
+    def test_battery(self):
+        conn = self.manager.current
+        everything = (snapshot(self.scratch.a), snapshot(self.scratch.b), snapshot(self.outside))
+        cases = self.cases()
+        self.assertGreaterEqual(len(cases), 40)
+        expected = []
+        for name, kind, payload, code in cases:
+            if kind == "raw":
+                conn.send_text(payload)
+                reply = None
+                if code:
+                    reply = re.search(r'"reply": "([^"]+)"', payload).group(1)
+            elif kind == "binary":
+                conn.send_binary(payload)
+                reply = None
+            elif kind.startswith("noreply:"):
+                self.manager.request(kind[len("noreply:"):], payload, reply=False)
+                reply = None
+            else:
+                reply = self.manager.request(kind, payload)
+            expected.append((name, reply, code))
+        # A valid request after all of it is answered on the same connection.
+        status = self.manager.request("server.move_status", {})
+        st = self.manager.wait_answer(status, 20)
+        self.assertEqual(st, {"success": True, "moves": []}, json.dumps(st)[:2000])
+        for name, reply, code in expected:
+            if code is None:
+                continue
+            ans = self.manager.wait_answer(reply, 10)
+            self.assertEqual((ans.get("success"), ans.get("code")), (False, code), "%s: %s" % (name, ans))
+            self.assertIsInstance(ans.get("error"), str, name)
+            self.assertNotIn("moveId", ans, name)
+        # Nothing else was answered: the dropped ones got no message at all.
+        time.sleep(0.3)
+        answers = [m for m in conn.messages if m[1] and m[1]["subject"] not in
+                   ("agent.hello", "heartbeat", "move.progress")]
+        self.assertEqual(len(answers), sum(1 for _, _, c in expected if c) + 1)
+        self.assertEqual(self.manager.frames(), [], "no move was started")
+        self.assertEqual(self.manager.connections, [conn], "the connection was never dropped")
+        self.assertFalse(conn.closed)
+        self.assertEqual((snapshot(self.scratch.a), snapshot(self.scratch.b), snapshot(self.outside)),
+                         everything, "hostile input changed files")
+        log = self.agent.log()
+        self.assertIn("malformed frame dropped", log)
+        self.assertIn("over max_message_bytes dropped", log)
