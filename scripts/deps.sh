@@ -4,7 +4,7 @@
 set -eu
 
 PKGS="cmake make gcc pkg-config libwebsockets-dev libwebsockets-evlib-uv \
-libuv1-dev libcjson-dev libxxhash-dev libcmocka-dev python3 valgrind util-linux procps openssl \
+libuv1-dev libcjson-dev libxxhash-dev libcmocka-dev python3 valgrind util-linux procps openssl systemd \
 clang-format clang-tidy clang libclang-rt-14-dev"
 
 missing=""
