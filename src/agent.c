@@ -12,6 +12,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* A request's paths as checked: normalised, and resolved in their existing part. */
+struct resolved {
+    char old_norm[PATH_MAX], new_norm[PATH_MAX];
+    char old_real[PATH_MAX], new_real[PATH_MAX];
+    bool rename;
+};
+
 static void agent_maybe_finish_stop(struct agent *a);
 static void agent_start_queued(struct agent *a);
 
@@ -205,6 +212,31 @@ static const struct move_ops agent_move_ops = {
     .ended = agent_on_ended,
 };
 
+static enum move_code agent_check_paths(struct agent *a, const char *old_path, const char *new_path,
+                                        struct resolved *out, char *why, size_t whysz);
+
+/* A queued move's paths are checked again when it leaves the queue: the
+ * roots, the symlinks and the destination may have changed meanwhile. */
+static bool agent_recheck(struct agent *a, struct move *m)
+{
+    struct resolved *res = xmalloc(sizeof *res);
+    char why[512];
+    enum move_code code =
+        agent_check_paths(a, m->st.old_path, m->st.new_path, res, why, sizeof why);
+    if (code == CODE_NONE && (strcmp(res->old_real, m->src) != 0 ||
+                              strcmp(res->new_real, m->dst) != 0 || res->rename != m->st.rename)) {
+        code = CODE_PATH_NOT_ALLOWED;
+        util_fmt(why, sizeof why, "the paths resolve differently than when the move was accepted");
+    }
+    free(res);
+    if (code == CODE_NONE)
+        return true;
+    LOG(LOG_WARN, "queued move no longer valid", LF_S("move", m->st.move_id),
+        LF_S("code", move_code_name(code)), LF_S("error", why));
+    move_stop(m, code, why); /* ends it at once; its end restarts the queue */
+    return false;
+}
+
 static void agent_start_queued(struct agent *a)
 {
     unsigned running = 0;
@@ -213,6 +245,8 @@ static void agent_start_queued(struct agent *a)
     for (struct move *m = a->moves; m && running < a->cfg.max_concurrent_moves;) {
         struct move *next = m->next;
         if (m->st.phase == PHASE_QUEUED && !move_is_running(m)) {
+            if (!agent_recheck(a, m))
+                return;
             LOG(LOG_INFO, "move started", LF_S("move", m->st.move_id),
                 LF_S("server", m->st.server_name), LF_S("old", m->st.old_path),
                 LF_S("new", m->st.new_path), LF_S("method", m->st.rename ? "rename" : "copy"));
@@ -224,12 +258,6 @@ static void agent_start_queued(struct agent *a)
 }
 
 /* --- server.move_data ------------------------------------------------------- */
-
-struct resolved {
-    char old_norm[PATH_MAX], new_norm[PATH_MAX];
-    char old_real[PATH_MAX], new_real[PATH_MAX];
-    bool rename;
-};
 
 static bool inside_a_root(struct agent *a, const char *real, bool *is_root)
 {
@@ -247,19 +275,21 @@ static bool inside_a_root(struct agent *a, const char *real, bool *is_root)
 }
 
 /* The protocol's checks in its precedence order, after the field types. */
-static enum move_code agent_validate(struct agent *a, const struct move_request *r,
-                                     struct resolved *out, char *why, size_t whysz)
+/* The path rules, in the protocol's order: path_not_allowed, invalid_paths,
+ * source_missing, destination_exists. Fills out on success. */
+static enum move_code agent_check_paths(struct agent *a, const char *old_path, const char *new_path,
+                                        struct resolved *out, char *why, size_t whysz)
 {
     const char *w;
     dev_t old_dev = 0, new_dev = 0;
     struct stat st;
     bool is_root;
 
-    if (path_check_syntax(r->old_path, out->old_norm, &w) != 0) {
+    if (path_check_syntax(old_path, out->old_norm, &w) != 0) {
         util_fmt(why, whysz, "oldPath %s", w);
         return CODE_PATH_NOT_ALLOWED;
     }
-    if (path_check_syntax(r->new_path, out->new_norm, &w) != 0) {
+    if (path_check_syntax(new_path, out->new_norm, &w) != 0) {
         util_fmt(why, whysz, "newPath %s", w);
         return CODE_PATH_NOT_ALLOWED;
     }
@@ -292,21 +322,30 @@ static enum move_code agent_validate(struct agent *a, const struct move_request 
         return CODE_INVALID_PATHS;
     }
     if (lstat(out->old_real, &st) != 0 || !S_ISDIR(st.st_mode)) {
-        util_fmt(why, whysz, "oldPath %s does not exist or is not a directory", r->old_path);
+        util_fmt(why, whysz, "oldPath %s does not exist or is not a directory", old_path);
         return CODE_SOURCE_MISSING;
     }
     old_dev = st.st_dev;
     if (lstat(out->new_real, &st) == 0) {
         if (!S_ISDIR(st.st_mode) || path_dir_is_empty(out->new_real) != 1) {
-            util_fmt(why, whysz, "newPath %s exists and is not an empty directory", r->new_path);
+            util_fmt(why, whysz, "newPath %s exists and is not an empty directory", new_path);
             return CODE_DESTINATION_EXISTS;
         }
         new_dev = st.st_dev;
     } else if (errno != ENOENT) {
-        util_fmt(why, whysz, "newPath %s cannot be created: %s", r->new_path, strerror(errno));
+        util_fmt(why, whysz, "newPath %s cannot be created: %s", new_path, strerror(errno));
         return CODE_DESTINATION_EXISTS;
     }
     out->rename = old_dev == new_dev;
+    return CODE_NONE;
+}
+
+static enum move_code agent_validate(struct agent *a, const struct move_request *r,
+                                     struct resolved *out, char *why, size_t whysz)
+{
+    enum move_code code = agent_check_paths(a, r->old_path, r->new_path, out, why, whysz);
+    if (code != CODE_NONE)
+        return code;
     for (struct move *m = a->moves; m; m = m->next) {
         if (strcmp(m->st.server_name, r->server_name) == 0) {
             util_fmt(why, whysz, "server %s is already moving", r->server_name);

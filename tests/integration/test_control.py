@@ -225,3 +225,30 @@ class ReloadTest(AgentTestCase):
         self.assertIn("no_such_key", self.agent.log())
         self.assertFalse(conn.closed, "the connection survived both reloads")
         self.assertEqual(len(self.manager.connections), 1)
+
+
+class QueueRecheckTest(AgentTestCase):
+    def test_queued_move_paths_are_checked_again_when_it_starts(self):
+        self.start_agent(extra={"max_concurrent_moves": "1"})
+        a = dense_tree(os.path.join(self.scratch.a, "a"), 100)
+        b = make_tree(os.path.join(self.scratch.a, "b"), n_small=5)
+        outside = os.path.join(self.scratch.base, "outside")
+        make_tree(outside, n_small=5)
+        before_outside = snapshot(outside)
+        first = self.manager.request("server.move_data", {"serverName": "a", "oldPath": a,
+                                                          "newPath": os.path.join(self.scratch.b, "a")})
+        self.manager.wait_for(lambda: any(f["phase"] == "copying" for f in self.manager.frames()), 20, "copying")
+        with self.frozen_workers():  # the first move holds the only slot
+            second = self.manager.request("server.move_data", {"serverName": "b", "oldPath": b,
+                                                               "newPath": os.path.join(self.scratch.b, "b"),
+                                                               "moveId": "mv-swapped"})
+            self.manager.wait_for(lambda: self.manager.frames("mv-swapped"), 20, "queued")
+            # While it waits, its source is swapped for a symlink to outside the roots.
+            os.rename(b, b + ".moved-away")
+            os.symlink(outside, b)
+        self.assertTrue(self.manager.wait_answer(first, 60)["success"])
+        ans = self.manager.wait_answer(second, 20)
+        self.assertEqual((ans["success"], ans["code"]), (False, "path_not_allowed"), ans)
+        self.assertEqual([f["phase"] for f in self.manager.frames("mv-swapped")], ["queued", "error"])
+        self.assertEqual(snapshot(outside), before_outside)
+        self.assertFalse(os.path.exists(os.path.join(self.scratch.b, "b")))
