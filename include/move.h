@@ -33,7 +33,8 @@ struct move_params {
     const char *new_path;
     const char *src; /* resolved: what the engine works on */
     const char *dst;
-    const char *reply; /* NULL: no answer wanted */
+    const char *src_root, *dst_root; /* the allowed roots holding them (NULL: "/") */
+    const char *reply;               /* NULL: no answer wanted */
     bool rename;
     enum verify_mode verify;
     uint64_t progress_interval_ms;
@@ -58,6 +59,7 @@ struct move {
     struct move_state st; /* the loop's view: what the next frame shows */
     char *reply;
     char *src, *dst;
+    char *src_root, *dst_root; /* NULL: "/" */
     enum verify_mode verify;
     uint64_t progress_interval_ms;
     const struct move_ops *ops;

@@ -42,7 +42,12 @@ typedef int (*engine_phase_fn)(void *arg, const struct engine_progress *p);
 struct engine_job {
     const char *src; /* resolved oldPath: an existing directory */
     const char *dst; /* resolved newPath: absent or an empty directory */
-    bool rename;     /* same filesystem: rename(2) instead of copying */
+    /* The allowed roots holding src and dst (resolved; NULL: "/"). The top
+     * paths are opened beneath them without following any symlink
+     * (openat2 RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS), so a component swapped
+     * for a symlink after the checks cannot redirect the move. */
+    const char *src_root, *dst_root;
+    bool rename; /* same filesystem: rename(2) instead of copying */
     enum verify_mode verify;
     /* Nonzero: stop as soon as possible and roll back; the value is the
      * move_code to end with (cancelled, shutting_down, timeout). Set it with

@@ -259,7 +259,9 @@ static void agent_start_queued(struct agent *a)
 
 /* --- server.move_data ------------------------------------------------------- */
 
-static bool inside_a_root(struct agent *a, const char *real, bool *is_root)
+/* Is real strictly inside an allowed root? root_out (PATH_MAX, may be NULL)
+ * gets that root, resolved. */
+static bool inside_a_root_at(struct agent *a, const char *real, bool *is_root, char *root_out)
 {
     char root_real[PATH_MAX];
     *is_root = false;
@@ -268,10 +270,18 @@ static bool inside_a_root(struct agent *a, const char *real, bool *is_root)
             continue; /* a missing root allows nothing */
         if (strcmp(real, root_real) == 0)
             *is_root = true;
-        if (path_inside(real, root_real))
+        if (path_inside(real, root_real)) {
+            if (root_out)
+                memcpy(root_out, root_real, strlen(root_real) + 1);
             return true;
+        }
     }
     return false;
+}
+
+static bool inside_a_root(struct agent *a, const char *real, bool *is_root)
+{
+    return inside_a_root_at(a, real, is_root, NULL);
 }
 
 /* The protocol's checks in its precedence order, after the field types. */
@@ -376,6 +386,7 @@ static void agent_move_data(struct agent *a, const struct frame *f)
     struct move *m, **tail;
     struct journal_rec *jr;
     char why[512], id[MOVE_ID_MAX + 1];
+    static char src_root[PATH_MAX], dst_root[PATH_MAX]; /* copied by move_init */
     enum move_code code;
 
     if (protocol_parse_move_data(f->data, &req, why, sizeof why) != 0) {
@@ -433,6 +444,11 @@ static void agent_move_data(struct agent *a, const struct frame *f)
                      req.server_name);
         return;
     }
+    {
+        bool is_root;
+        (void)inside_a_root_at(a, res->old_real, &is_root, src_root);
+        (void)inside_a_root_at(a, res->new_real, &is_root, dst_root);
+    }
     p = (struct move_params){
         .move_id = id,
         .server_name = req.server_name,
@@ -440,6 +456,8 @@ static void agent_move_data(struct agent *a, const struct frame *f)
         .new_path = req.new_path,
         .src = res->old_real,
         .dst = res->new_real,
+        .src_root = src_root,
+        .dst_root = dst_root,
         .reply = f->reply,
         .rename = res->rename,
         .verify = a->cfg.verify,
@@ -878,6 +896,7 @@ static void agent_recover_one(void *arg, struct journal_rec *r)
     struct move_state st;
     struct move_params p;
     struct move *m, **tail;
+    static char src_root[PATH_MAX], dst_root[PATH_MAX]; /* copied by move_init */
 
     if (move_phase_terminal(r->phase)) {
         uint64_t now = util_wall_ms(), age = now > r->ended_at_ms ? now - r->ended_at_ms : 0;
@@ -915,6 +934,13 @@ static void agent_recover_one(void *arg, struct journal_rec *r)
         return;
     }
     /* Undo the partial copy, or finish removing the source: a worker's job. */
+    {
+        bool is_root;
+        if (!inside_a_root_at(a, r->src, &is_root, src_root))
+            util_fmt(src_root, sizeof src_root, "/");
+        if (!inside_a_root_at(a, r->dst, &is_root, dst_root))
+            util_fmt(dst_root, sizeof dst_root, "/");
+    }
     p = (struct move_params){
         .move_id = r->move_id,
         .server_name = r->server_name,
@@ -922,6 +948,8 @@ static void agent_recover_one(void *arg, struct journal_rec *r)
         .new_path = r->new_path,
         .src = r->src,
         .dst = r->dst,
+        .src_root = src_root,
+        .dst_root = dst_root,
         .reply = r->reply,
         .rename = r->rename,
         .verify = r->verify,

@@ -63,6 +63,8 @@ static void move_worker(void *arg)
     struct engine_job job = {
         .src = m->src,
         .dst = m->dst,
+        .src_root = m->src_root,
+        .dst_root = m->dst_root,
         .rename = m->st.rename,
         .verify = m->verify,
         .stop = &m->stop,
@@ -349,6 +351,8 @@ int move_init(struct move *m, uv_loop_t *loop, const struct move_params *p,
     m->st.started_at_ms = util_wall_ms();
     m->mono_started = m->phase_started_ms = util_mono_ms();
     m->src = xstrdup(p->src);
+    m->src_root = p->src_root ? xstrdup(p->src_root) : NULL;
+    m->dst_root = p->dst_root ? xstrdup(p->dst_root) : NULL;
     m->dst = xstrdup(p->dst);
     m->reply = p->reply ? xstrdup(p->reply) : NULL;
     m->verify = p->verify;
@@ -393,6 +397,8 @@ fail_handles:
     return rc;
 fail_async:
     free(m->src);
+    free(m->src_root);
+    free(m->dst_root);
     free(m->dst);
     free(m->reply);
     move_state_clear(&m->st);
@@ -453,6 +459,8 @@ static void move_on_handle_closed(uv_handle_t *h)
     struct move *m = h->data;
     if (--m->open_handles == 0) {
         free(m->src);
+        free(m->src_root);
+        free(m->dst_root);
         free(m->dst);
         free(m->reply);
         move_state_clear(&m->st);

@@ -7,6 +7,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <linux/openat2.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
@@ -16,6 +17,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #define REPORT_GAP_MS 10 /* at most ~100 reports a second reach the ring */
@@ -67,8 +69,10 @@ struct eng {
     size_t n_hashes, cap_hashes, hash_pos;
     uint64_t entries; /* entries met by the current pass */
     uint64_t last_report;
-    const char *side_root;   /* the root the current pass names in errors */
-    struct tree_walk *cur_w; /* the entry being copied, for reports inside it */
+    const char *side_root;           /* the root the current pass names in errors */
+    int src_pfd, dst_pfd;            /* the parents of src and dst, opened beneath their roots */
+    const char *src_base, *dst_base; /* their last components */
+    struct tree_walk *cur_w;         /* the entry being copied, for reports inside it */
     const char *cur_name;
 };
 
@@ -765,7 +769,7 @@ static int eng_clean(struct eng *e)
     tree_walk_free(&w);
     if (rc != 0)
         return -1;
-    if (rmdir(e->job->src) != 0) {
+    if (unlinkat(e->src_pfd, e->src_base, AT_REMOVEDIR) != 0) {
         /* A mount point stays (empty); anything else is an error. */
         if (errno != EBUSY)
             return eng_fail_at(e, errno,
@@ -839,41 +843,142 @@ static void eng_rollback(struct eng *e)
         close(e->dstfd);
         e->dstfd = -1;
     }
-    if (e->dst_created && rmdir(e->job->dst) != 0)
+    if (e->dst_created && e->dst_pfd >= 0 && unlinkat(e->dst_pfd, e->dst_base, AT_REMOVEDIR) != 0)
         LOG(LOG_WARN, "rollback could not remove the destination", LF_S("path", e->job->dst),
             LF_S("reason", strerror(errno)));
     for (size_t i = e->n_made; i-- > 0;)
         (void)rmdir(e->made_parents[i]);
 }
 
-/* --- destination setup ----------------------------------------------------------- */
+/* --- the top paths, beneath their roots --------------------------------------------- */
 
-/* Creates the missing parents of dst, remembering them for rollback. */
-static int make_parents(struct eng *e)
+/* Opens the directory rel (relative, normalised) beneath dirfd, following no
+ * symlink in any component: openat2 where the kernel has it, else one
+ * O_NOFOLLOW component at a time. */
+static int open_beneath(int dirfd, const char *rel)
 {
-    char path[PATH_MAX];
-    size_t len = strlen(e->job->dst);
-    if (len >= sizeof path)
-        return eng_fail_at(e, ENAMETOOLONG, "create", e->job->dst, NULL);
-    memcpy(path, e->job->dst, len + 1);
-    for (char *p = path + 1; (p = strchr(p, '/')) != NULL; p++) {
-        *p = '\0';
-        if (mkdir(path, 0755) == 0) {
-            e->made_parents = xrealloc(e->made_parents, (e->n_made + 1) * sizeof(char *));
-            e->made_parents[e->n_made++] = xstrdup(path);
-        } else if (errno != EEXIST) {
-            int err = errno;
-            return eng_fail_at(e, err, "create directory", path, NULL);
+    struct open_how how;
+    char comp[NAME_MAX + 1];
+    const char *p = rel;
+    long r;
+    int fd;
+    memset(&how, 0, sizeof how);
+    how.flags = O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    r = syscall(SYS_openat2, dirfd, rel, &how, sizeof how);
+    if (r >= 0 || errno != ENOSYS)
+        return (int)r;
+    fd = fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
+    while (fd >= 0 && *p) {
+        const char *slash = strchr(p, '/');
+        size_t n = slash ? (size_t)(slash - p) : strlen(p);
+        int next;
+        if (n == 0 || n > NAME_MAX || (n <= 2 && p[0] == '.' && (n == 1 || p[1] == '.'))) {
+            close(fd);
+            errno = EXDEV;
+            return -1;
         }
-        *p = '/';
+        memcpy(comp, p, n);
+        comp[n] = '\0';
+        next = openat(fd, comp, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        close(fd);
+        fd = next;
+        p += n + (slash ? 1 : 0);
     }
+    return fd;
+}
+
+/* path relative to root (both resolved, path strictly inside root). */
+static const char *rel_to(const char *path, const char *root)
+{
+    size_t n = root ? strlen(root) : 0;
+    if (!root || strcmp(root, "/") == 0)
+        return path + 1;
+    return strncmp(path, root, n) == 0 && path[n] == '/' ? path + n + 1 : path + 1;
+}
+
+/* A failure to open beneath the root: a component changed after the checks. */
+static int eng_fail_changed(struct eng *e, int err, const char *path)
+{
+    if (err == ELOOP || err == EXDEV || err == ENOTDIR)
+        return eng_fail(e, CODE_PATH_NOT_ALLOWED,
+                        "%s changed after it was checked (a symlink or file appeared in its path); "
+                        "nothing was touched",
+                        path);
+    return eng_fail_at(e, err, "open", path, NULL);
+}
+
+/* Opens the parent of src beneath its root; src_base is its last component. */
+static int eng_open_src_parent(struct eng *e)
+{
+    const char *rel = rel_to(e->job->src, e->job->src_root);
+    const char *slash = strrchr(rel, '/');
+    int rootfd = open(e->job->src_root ? e->job->src_root : "/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    char dir[PATH_MAX];
+    if (rootfd < 0)
+        return eng_fail_at(e, errno, "open", e->job->src_root, NULL);
+    e->src_base = slash ? slash + 1 : rel;
+    if (slash) {
+        util_fmt(dir, sizeof dir, "%.*s", (int)(slash - rel), rel);
+        e->src_pfd = open_beneath(rootfd, dir);
+    } else {
+        e->src_pfd = fcntl(rootfd, F_DUPFD_CLOEXEC, 0);
+    }
+    close(rootfd);
+    if (e->src_pfd < 0)
+        return eng_fail_changed(e, errno, e->job->src);
     return 0;
 }
+
+/* Opens (creating what is missing, remembered for rollback) the parent of dst
+ * beneath its root, one component at a time, never through a symlink. */
+static int eng_open_dst_parent(struct eng *e, bool create)
+{
+    const char *rel = rel_to(e->job->dst, e->job->dst_root);
+    const char *p = rel, *slash;
+    char comp[NAME_MAX + 1], made[PATH_MAX];
+    int fd = open(e->job->dst_root ? e->job->dst_root : "/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return eng_fail_at(e, errno, "open", e->job->dst_root, NULL);
+    while ((slash = strchr(p, '/')) != NULL) {
+        size_t n = (size_t)(slash - p);
+        int next;
+        if (n == 0 || n > NAME_MAX) {
+            close(fd);
+            return eng_fail_changed(e, EXDEV, e->job->dst);
+        }
+        memcpy(comp, p, n);
+        comp[n] = '\0';
+        util_fmt(made, sizeof made, "%.*s", (int)(slash - e->job->dst), e->job->dst);
+        if (create && mkdirat(fd, comp, 0755) == 0) {
+            e->made_parents = xrealloc(e->made_parents, (e->n_made + 1) * sizeof(char *));
+            e->made_parents[e->n_made++] = xstrdup(made);
+        } else if (create && errno != EEXIST) {
+            int err = errno;
+            close(fd);
+            return eng_fail_at(e, err, "create directory", made, NULL);
+        }
+        next = openat(fd, comp, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        close(fd);
+        if (next < 0) {
+            if (!create && errno == ENOENT)
+                return 1; /* (undo) the parent never came to be */
+            return eng_fail_changed(e, errno, e->job->dst);
+        }
+        fd = next;
+        p = slash + 1;
+    }
+    e->dst_pfd = fd;
+    e->dst_base = p;
+    return 0;
+}
+
+/* --- destination setup ----------------------------------------------------------- */
 
 static int open_dst(struct eng *e)
 {
     struct stat st;
-    if (lstat(e->job->dst, &st) == 0) {
+    if (fstatat(e->dst_pfd, e->dst_base, &st, AT_SYMLINK_NOFOLLOW) == 0) {
         if (!S_ISDIR(st.st_mode))
             return eng_fail(e, CODE_DESTINATION_EXISTS, "%s exists and is not a directory",
                             e->job->dst);
@@ -881,12 +986,12 @@ static int open_dst(struct eng *e)
         e->dst_orig = st;
     } else if (errno != ENOENT) {
         return eng_fail_at(e, errno, "stat", e->job->dst, NULL);
-    } else if (mkdir(e->job->dst, 0700) != 0) {
+    } else if (mkdirat(e->dst_pfd, e->dst_base, 0700) != 0) {
         return eng_fail_at(e, errno, "create directory", e->job->dst, NULL);
     } else {
         e->dst_created = true;
     }
-    e->dstfd = open(e->job->dst, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    e->dstfd = openat(e->dst_pfd, e->dst_base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (e->dstfd < 0)
         return eng_fail_at(e, errno, "open", e->job->dst, NULL);
     if (e->dst_preexisted) {
@@ -910,13 +1015,15 @@ static int eng_copy_move(struct eng *e);
  * inside its calculating phase, keeping the parents made for it. */
 static int eng_rename(struct eng *e)
 {
-    if (make_parents(e) != 0)
+    if (eng_open_src_parent(e) != 0 || eng_open_dst_parent(e, true) != 0) {
+        eng_rollback(e);
         return -1;
+    }
     if (eng_stop_code(e) != 0) {
         eng_rollback(e);
         return -1;
     }
-    if (rename(e->job->src, e->job->dst) != 0) {
+    if (renameat(e->src_pfd, e->src_base, e->dst_pfd, e->dst_base) != 0) {
         int err = errno;
         if (err == EXDEV) {
             LOG(LOG_INFO, "rename crossed a mount of the same filesystem; copying instead",
@@ -945,17 +1052,24 @@ static int eng_lock_for_cleaning(struct eng *e)
 
 static int eng_copy_move(struct eng *e)
 {
-    e->srcfd = open(e->job->src, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if ((e->src_pfd < 0 && eng_open_src_parent(e) != 0) ||
+        (e->dst_pfd < 0 && eng_open_dst_parent(e, true) != 0)) {
+        eng_rollback(e);
+        return -1;
+    }
+    e->srcfd = openat(e->src_pfd, e->src_base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (e->srcfd < 0 || fstat(e->srcfd, &e->src_st) != 0) {
-        eng_fail_at(e, errno, "open", e->job->src, NULL);
+        if (errno == ELOOP || errno == ENOTDIR)
+            eng_fail_changed(e, errno, e->job->src);
+        else
+            eng_fail_at(e, errno, "open", e->job->src, NULL);
         eng_rollback(e);
         return -1;
     }
     e->src_dev = e->src_st.st_dev;
     e->blksize = 4096;
-    if (make_parents(e) != 0 || open_dst(e) != 0 || eng_calculate(e) != 0 ||
-        eng_check_space(e) != 0 || eng_copy(e) != 0 || eng_verify(e) != 0 ||
-        eng_lock_for_cleaning(e) != 0) {
+    if (open_dst(e) != 0 || eng_calculate(e) != 0 || eng_check_space(e) != 0 || eng_copy(e) != 0 ||
+        eng_verify(e) != 0 || eng_lock_for_cleaning(e) != 0) {
         eng_release_space(e);
         eng_rollback(e);
         return -1;
@@ -973,22 +1087,41 @@ static int eng_copy_move(struct eng *e)
 static int eng_undo(struct eng *e)
 {
     const struct engine_job *job = e->job;
+    bool left = false;
+    int prc;
     e->dst_preexisted = job->dst_preexisted;
     e->dst_orig = job->dst_orig;
     e->made_parents = xcalloc(job->n_made + 1, sizeof(char *));
     for (size_t i = 0; i < job->n_made; i++)
         e->made_parents[e->n_made++] = xstrdup(job->made_parents[i]);
-    e->dstfd = open(job->dst, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    prc = eng_open_dst_parent(e, false);
+    if (prc == 0) {
+        e->dstfd = openat(e->dst_pfd, e->dst_base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (e->dstfd < 0 && errno != ENOENT) {
+            left = true;
+            LOG(LOG_WARN, "cannot open the partial copy to remove it; it is left in place",
+                LF_S("path", job->dst), LF_S("reason", strerror(errno)));
+        }
+    } else if (prc < 0) {
+        /* Its path changed (a symlink appeared): never follow it. */
+        left = true;
+        LOG(LOG_WARN, "cannot open the partial copy to remove it; it is left in place",
+            LF_S("path", job->dst), LF_S("reason", e->res->error));
+    }
+    e->res->code = CODE_NONE;
+    e->res->error[0] = '\0';
     if (e->dstfd >= 0) {
         struct stat lf;
         e->dst_created = !job->dst_preexisted;
         if (job->dst_preexisted)
             e->dst_had_lf = fstatat(e->dstfd, "lost+found", &lf, AT_SYMLINK_NOFOLLOW) == 0;
-    } else if (errno != ENOENT) {
-        LOG(LOG_WARN, "cannot open the partial copy to remove it", LF_S("path", job->dst),
-            LF_S("reason", strerror(errno)));
     }
     eng_rollback(e);
+    if (left)
+        return eng_fail(e, CODE_INTERRUPTED,
+                        "the agent stopped during the move; %s is as it was, but the partial copy "
+                        "at %s could not be checked safely and was left for you to remove",
+                        job->src, job->dst);
     return eng_fail(e, CODE_INTERRUPTED,
                     "the agent stopped during the move; the partial copy at %s was removed and "
                     "%s is as it was",
@@ -999,7 +1132,15 @@ static int eng_undo(struct eng *e)
  * what is left of the source. */
 static int eng_finish(struct eng *e)
 {
-    e->srcfd = open(e->job->src, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (eng_open_src_parent(e) != 0) {
+        if (e->res->code == CODE_IO_ERROR && errno == ENOENT) {
+            e->res->code = CODE_NONE; /* its parent is gone too: nothing left */
+            e->res->error[0] = '\0';
+            return 0;
+        }
+        return -1;
+    }
+    e->srcfd = openat(e->src_pfd, e->src_base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (e->srcfd < 0) {
         if (errno == ENOENT)
             return 0; /* it was all gone already */
@@ -1016,7 +1157,7 @@ int engine_run(const struct engine_job *job, struct engine_result *res)
     memset(&e, 0, sizeof e);
     e.job = job;
     e.res = res;
-    e.srcfd = e.dstfd = -1;
+    e.srcfd = e.dstfd = e.src_pfd = e.dst_pfd = -1;
     e.is_root = geteuid() == 0;
     e.noatime_ok = true;
     e.cc.checksum = job->verify == VERIFY_CHECKSUM;
@@ -1041,6 +1182,10 @@ int engine_run(const struct engine_job *job, struct engine_result *res)
         close(e.srcfd);
     if (e.dstfd >= 0)
         close(e.dstfd);
+    if (e.src_pfd >= 0)
+        close(e.src_pfd);
+    if (e.dst_pfd >= 0)
+        close(e.dst_pfd);
     hl_free(&e.hl);
     for (size_t i = 0; i < e.n_made; i++)
         free(e.made_parents[i]);

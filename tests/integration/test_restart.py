@@ -134,3 +134,27 @@ class RestartTest(AgentTestCase):
         r = subprocess.run([BIN, "--config", self.agent.cfg_path], capture_output=True, text=True, timeout=20)
         self.assertEqual(r.returncode, 1)
         self.assertIn("another hostagent (pid %d)" % self.agent.proc.pid, r.stderr)
+
+    def test_recovery_never_follows_a_symlink_swapped_into_the_destination(self):
+        # After a crash, the partial copy's parent is swapped for a symlink to a
+        # directory outside the roots that holds a same-named tree. Undoing the
+        # copy must not follow it: the outside tree is untouched.
+        self.start_agent()
+        src = dense_tree(os.path.join(self.scratch.a, "mc"), 200)
+        dst = os.path.join(self.scratch.b, "new", "mc")
+        reply = self.request_move("mc", src, dst, "mv-swap")
+        self.wait_phase("mv-swap", "copying")
+        with self.paused_agent():
+            self.kill_agent()
+        outside = os.path.join(self.scratch.base, "outside")
+        make_tree(os.path.join(outside, "mc"), n_small=10)
+        before_outside = snapshot(outside)
+        os.rename(os.path.join(self.scratch.b, "new"), os.path.join(self.scratch.b, "new.real"))
+        os.symlink(outside, os.path.join(self.scratch.b, "new"))
+        self.restart_agent(1)
+        ans = self.manager.wait_answer(reply, 60)
+        self.assertEqual((ans["success"], ans["code"]), (False, "interrupted"), ans)
+        self.assertIn("left for you to remove", ans["error"])
+        self.assertEqual(snapshot(outside), before_outside, "the rollback followed a symlink")
+        self.assertTrue(os.path.isdir(os.path.join(src)), "the source is whole")
+        self.assertIn("cannot open the partial copy", self.agent.log())
