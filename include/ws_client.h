@@ -83,6 +83,7 @@ struct ws_client {
     size_t rx_len, rx_cap;
     bool rx_overflow;
 
+    bool rx_paused; /* not reading requests while the manager does not read answers */
     bool want_close;
     bool close_sent; /* our close frame is out; waiting for the echo */
     int open_handles;

@@ -48,6 +48,12 @@ uint64_t ws_backoff_delay(uint64_t min_ms, uint64_t max_ms, unsigned n, double r
 
 /* --- queue --------------------------------------------------------------- */
 
+/* A manager that sends requests without reading the answers: past this many
+ * queued messages we stop reading its requests (TCP then pushes back on it),
+ * and read again once the queue is down to the low mark. */
+#define WS_QUEUE_HIGH 2048u
+#define WS_QUEUE_LOW 512u
+
 static void msg_free(struct ws_msg *m)
 {
     free(m->ack_key);
@@ -132,6 +138,12 @@ void ws_client_send(struct ws_client *c, const char *json, size_t len, const cha
     c->queued++;
     if (c->wsi && c->state == CONN_UP)
         lws_callback_on_writable(c->wsi);
+    if (c->wsi && !c->rx_paused && c->queued >= WS_QUEUE_HIGH) {
+        LOG(LOG_WARN, "the manager is not reading; its requests wait until it does",
+            LF_U("queued", c->queued));
+        lws_rx_flow_control(c->wsi, 0);
+        c->rx_paused = true;
+    }
 }
 
 /* --- connecting -------------------------------------------------------------- */
@@ -165,6 +177,7 @@ static void attempt_over(struct ws_client *c, const char *why)
     c->wsi = NULL;
     c->rx_len = 0;
     c->rx_overflow = false;
+    c->rx_paused = false;
     free(c->hello_msg);
     c->hello_msg = NULL;
     queue_drop_unkept(c);
@@ -409,6 +422,10 @@ static int on_writeable(struct ws_client *c, struct lws *wsi)
     if (!c->head)
         c->tail = NULL;
     c->queued--;
+    if (c->rx_paused && c->queued <= WS_QUEUE_LOW) {
+        lws_rx_flow_control(wsi, 1);
+        c->rx_paused = false;
+    }
     if (write_text(wsi, m->buf, m->len) != 0) {
         /* Lost with the connection: an acknowledged-delivery one goes back. */
         if (m->ack_key) {

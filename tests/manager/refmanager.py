@@ -123,6 +123,11 @@ class Connection:
         fut = asyncio.run_coroutine_threadsafe(self._send_frame(OP_TEXT, payload), self.manager.loop)
         fut.result(5)
 
+    def pause_reading(self, paused=True):
+        """Stops (or resumes) reading what the agent sends, as a stuck manager would."""
+        t = self.writer.transport
+        self.manager.loop.call_soon_threadsafe(t.pause_reading if paused else t.resume_reading)
+
     def send_binary(self, payload):
         fut = asyncio.run_coroutine_threadsafe(self._send_frame(OP_BIN, payload), self.manager.loop)
         fut.result(5)
