@@ -45,7 +45,7 @@ class LogTest(AgentTestCase):
         self.assertEqual(self.agent.stop(), 0)
         lines = [ln for ln in self.agent.log().splitlines() if ln]
         self.assertTrue(all(ln[0] == "<" and ln[2] == ">" for ln in lines), lines[:5])
-        self.assertTrue(any(ln.startswith("<6>hostagent starting") for ln in lines), lines[:5])
+        self.assertTrue(any(ln.startswith("<6>info hostagent starting") for ln in lines), lines[:5])
 
 
 class ProgressBarTest(AgentTestCase):
