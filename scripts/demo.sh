@@ -1,14 +1,17 @@
 #!/bin/sh
 # The demo: builds hostagent, makes a sample game-server tree on disk, mounts
 # a tmpfs as a second filesystem ("the new SSD"), starts the reference
-# manager and the agent on 127.0.0.1, and has the manager ask for one
-# server.move_data across the two filesystems. The manager prints every
-# move.progress frame as it arrives; the agent's own log follows. Needs root
-# (for the tmpfs mount); installs what it needs first.
+# manager (with its live view page on http://127.0.0.1:8080/) and the agent
+# on 127.0.0.1, and has the manager ask for one server.move_data across the
+# two filesystems. The page shows the move as a live progress bar; the
+# terminal prints every move.progress frame; the agent's log follows. On a
+# terminal the page stays up after the move until Ctrl-C (DEMO_NO_HOLD=1: exit
+# at once). Needs root (for the tmpfs mount); installs what it needs first.
 set -eu
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 port=${DEMO_PORT:-8765}
+web_port=${DEMO_WEB_PORT:-8080}
 size_mb=${DEMO_SIZE_MB:-768}
 work=${DEMO_DIR:-/var/tmp/hostagent-demo}
 
@@ -64,7 +67,9 @@ CONF
 mkdir -p "$work/state"
 
 echo "=== starting the reference manager on port $port and the agent (log: $work/agent.log)"
-python3 "$here/tests/manager/refmanager.py" --port "$port" \
+hold="--move-delay 0"
+[ -t 0 ] && [ -z "${DEMO_NO_HOLD:-}" ] && hold="--hold --move-delay 8"
+python3 "$here/tests/manager/refmanager.py" --port "$port" --web-port "$web_port" $hold \
     --move mc-survival "$srv" "$work/ssd/servers/mc-survival" &
 manager_pid=$!
 tries=0
@@ -78,6 +83,7 @@ until python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $por
 done
 "$bin" --config "$work/agent.conf" 2>"$work/agent.log" &
 agent_pid=$!
+echo "=== the live view: http://127.0.0.1:$web_port/ (the move shows there as it runs)"
 status=0
 wait "$manager_pid" || status=$?
 kill "$agent_pid" && wait "$agent_pid" || true

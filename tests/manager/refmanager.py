@@ -290,6 +290,11 @@ def main():
     ap.add_argument("--move", nargs=3, metavar=("SERVER", "OLD", "NEW"),
                     help="after the agent's hello, send one server.move_data and exit on its answer")
     ap.add_argument("--print-frames", action="store_true", help="print every frame as JSON")
+    ap.add_argument("--web-port", type=int, help="serve the live view on 127.0.0.1:PORT")
+    ap.add_argument("--move-delay", type=float, default=0,
+                    help="with --move: wait this many seconds after the agent connects")
+    ap.add_argument("--hold", action="store_true",
+                    help="with --move: keep serving after the answer until Ctrl-C")
     args = ap.parse_args()
 
     def show(conn, msg):
@@ -314,12 +319,24 @@ def main():
 
     m = Manager(port=args.port, on_message=show).start()
     print("reference manager listening on %s" % m.url, flush=True)
+    if args.web_port is not None:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from liveview import LiveView
+        view = LiveView(m, port=args.web_port).start()
+        print("live view: open %s in a browser" % view.url, flush=True)
     try:
         if args.move:
             m.wait_connection(timeout=3600)
+            if args.move_delay:
+                print("the agent is connected; the move starts in %g s" % args.move_delay, flush=True)
+                time.sleep(args.move_delay)
             server, old, new = args.move
             reply = m.request("server.move_data", {"serverName": server, "oldPath": old, "newPath": new})
             ans = m.wait_answer(reply, timeout=24 * 3600)
+            if args.hold:
+                print("the move is done; the live view stays up until Ctrl-C", flush=True)
+                while True:
+                    time.sleep(3600)
             sys.exit(0 if ans.get("success") else 1)
         while True:
             time.sleep(3600)
