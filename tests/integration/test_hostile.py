@@ -6,7 +6,7 @@ import os
 import re
 import time
 
-from harness import AgentTestCase, make_tree, snapshot
+from harness import SANITIZED, AgentTestCase, make_tree, snapshot
 
 LONG_SUBJECT = "s" * 300
 DEEP = '{"a":' * 60 + "1" + "}" * 60
@@ -152,3 +152,30 @@ class HostileInputTest(AgentTestCase):
         log = self.agent.log()
         self.assertIn("malformed frame dropped", log)
         self.assertIn("over max_message_bytes dropped", log)
+
+
+class FloodTest(AgentTestCase):
+    def test_a_manager_that_does_not_read_is_pushed_back(self):
+        # The manager floods requests and stops reading the answers: the agent
+        # must stop reading requests (TCP pushes back) instead of queueing
+        # answers without bound, then answer everything once it reads again.
+        conn = self.start_agent()
+        conn.pause_reading(True)
+        pad = "p" * 240
+        sent = 0
+        while sent < 60000 and "the manager is not reading" not in self.agent.log():
+            for _ in range(1000):
+                conn.send_text(json.dumps({"subject": "x.unknown." + pad, "reply": "r%d.%s" % (sent, pad)}))
+                sent += 1
+        self.assertIn("the manager is not reading", self.agent.log())
+        with open("/proc/%d/status" % self.agent.proc.pid) as f:
+            rss_kib = int([ln for ln in f if ln.startswith("VmRSS")][0].split()[1])
+        if not SANITIZED:  # ASan's shadow memory would dwarf the bound
+            self.assertLess(rss_kib, 64 * 1024, "queued answers must stay bounded")
+        conn.pause_reading(False)
+        last = "r%d.%s" % (sent - 1, pad)
+        self.manager.wait_for(lambda: self.manager.answers(last), 60, "the last answer")
+        answered = sum(1 for _, m, _ in conn.messages if m and m["subject"].startswith("r"))
+        self.assertEqual(answered, sent)
+        self.assertEqual(self.manager.connections, [conn])
+        self.assertFalse(conn.closed)
