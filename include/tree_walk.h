@@ -32,6 +32,8 @@ struct tree_walk_ops {
      * fds[1] mirror or -1) are still open; the walk's current directory is
      * its parent again. 0 continues, <0 stops. */
     int (*dir_post)(struct tree_walk *w, const char *name, const struct stat *st, const int fds[2]);
+    /* Optional: the root's entries are done, its descriptors still open. */
+    int (*root_post)(struct tree_walk *w);
 };
 
 struct tree_walk_level {

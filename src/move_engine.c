@@ -4,6 +4,7 @@
 #include "file_copy.h"
 #include "log.h"
 #include "tree_walk.h"
+#include "unlink_pool.h"
 #include "util.h"
 
 #include <errno.h>
@@ -72,6 +73,8 @@ struct eng {
     const char *side_root;           /* the root the current pass names in errors */
     int src_pfd, dst_pfd;            /* the parents of src and dst, opened beneath their roots */
     const char *src_base, *dst_base; /* their last components */
+    struct unlink_pool *pool;        /* cleaning: parallel unlinks (NULL: inline) */
+    uint64_t dirs_removed;           /* cleaning with the pool: directories done */
     struct tree_walk *cur_w;         /* the entry being copied, for reports inside it */
     const char *cur_name;
 };
@@ -313,7 +316,7 @@ static int calc_dir(struct tree_walk *w, const char *name, const struct stat *st
 
 static int eng_calculate(struct eng *e)
 {
-    static const struct tree_walk_ops ops = {calc_entry, calc_dir, NULL};
+    static const struct tree_walk_ops ops = {calc_entry, calc_dir, NULL, NULL};
     struct tree_walk w = {.ops = &ops, .arg = e, .need_stat = true, .strict_dev = true};
     int rc;
     e->side_root = e->job->src;
@@ -562,7 +565,7 @@ static int copy_dir_post(struct tree_walk *w, const char *name, const struct sta
 
 static int eng_copy(struct eng *e)
 {
-    static const struct tree_walk_ops ops = {copy_entry, copy_dir_pre, copy_dir_post};
+    static const struct tree_walk_ops ops = {copy_entry, copy_dir_pre, copy_dir_post, NULL};
     struct tree_walk w = {
         .ops = &ops, .arg = e, .mirrored = true, .need_stat = true, .strict_dev = true};
     struct stat after;
@@ -700,7 +703,7 @@ static int verify_dir(struct tree_walk *w, const char *name, const struct stat *
 
 static int eng_verify(struct eng *e)
 {
-    static const struct tree_walk_ops ops = {verify_entry, verify_dir, NULL};
+    static const struct tree_walk_ops ops = {verify_entry, verify_dir, NULL, NULL};
     struct tree_walk w = {
         .ops = &ops, .arg = e, .mirrored = true, .need_stat = true, .strict_dev = true};
     struct stat s, d;
@@ -728,10 +731,45 @@ static int eng_verify(struct eng *e)
 
 /* --- cleaning (the source) and rolling back (the destination) ---------------------- */
 
+/* Waits for the removals under way in the current directory; a failure is
+ * the move's (the copy is kept). */
+static int clean_barrier(struct eng *e, struct tree_walk *w)
+{
+    char name[NAME_MAX + 1];
+    int err;
+    if (!e->pool)
+        return 0;
+    err = unlink_pool_wait(e->pool, name, sizeof name);
+    e->prog.phase_done = atomic_load(&e->pool->done) + e->dirs_removed;
+    if (err)
+        return eng_fail_w(e, w, err,
+                          "the copy is complete at the destination, but could not remove",
+                          e->job->src, name);
+    return 0;
+}
+
+static int clean_root_post(struct tree_walk *w)
+{
+    return clean_barrier(w->arg, w) == 0 ? 0 : -1;
+}
+
+static int clean_dir_pre(struct tree_walk *w, const char *name, const struct stat *st)
+{
+    (void)name;
+    (void)st;
+    return clean_barrier(w->arg, w) == 0 ? 0 : -1;
+}
+
 static int clean_entry(struct tree_walk *w, const char *name, const struct stat *st)
 {
     struct eng *e = w->arg;
     (void)st;
+    if (e->pool) {
+        unlink_pool_submit(e->pool, tree_walk_fd(w, 0), name);
+        e->prog.phase_done = atomic_load(&e->pool->done) + e->dirs_removed;
+        eng_report(e, w, name);
+        return 0;
+    }
     if (unlinkat(tree_walk_fd(w, 0), name, 0) != 0)
         return eng_fail_w(e, w, errno,
                           "the copy is complete at the destination, but could not remove",
@@ -747,10 +785,14 @@ static int clean_unlinkat_dir(struct tree_walk *w, const char *name, const struc
     struct eng *e = w->arg;
     (void)st;
     (void)fds;
+    /* Its files first: they were removed through fds[0], still open here. */
+    if (clean_barrier(e, w) != 0)
+        return -1;
     if (unlinkat(tree_walk_fd(w, 0), name, AT_REMOVEDIR) != 0)
         return eng_fail_w(e, w, errno,
                           "the copy is complete at the destination, but could not remove",
                           e->job->src, name);
+    e->dirs_removed++;
     e->prog.phase_done++;
     eng_report(e, w, name);
     return 0;
@@ -759,11 +801,23 @@ static int clean_unlinkat_dir(struct tree_walk *w, const char *name, const struc
 /* Removes the source, deepest first (the caller entered the cleaning phase). */
 static int eng_clean(struct eng *e)
 {
-    static const struct tree_walk_ops ops = {clean_entry, NULL, clean_unlinkat_dir};
+    static const struct tree_walk_ops ops = {clean_entry, clean_dir_pre, clean_unlinkat_dir,
+                                             clean_root_post};
     struct tree_walk w = {.ops = &ops, .arg = e, .strict_dev = true};
+    struct unlink_pool pool;
     int rc;
     e->side_root = e->job->src;
+    if (unlink_pool_init(&pool) == 0 && pool.n_threads > 0)
+        e->pool = &pool;
     rc = tree_walk_run(&w, e->srcfd, -1);
+    /* Whatever a failed walk left in flight (the root's files were waited
+     * for in clean_root_post, while its descriptor was open). */
+    if (e->pool) {
+        if (clean_barrier(e, &w) != 0)
+            rc = -1;
+        unlink_pool_close(&pool);
+        e->pool = NULL;
+    }
     if (rc != 0 && e->res->code == CODE_NONE)
         eng_fail_walk(e, &w);
     tree_walk_free(&w);
@@ -825,7 +879,8 @@ static int rollback_dir_post(struct tree_walk *w, const char *name, const struct
  * old mode, owner and times back), then the parents made for it. */
 static void eng_rollback(struct eng *e)
 {
-    static const struct tree_walk_ops ops = {rollback_entry, rollback_dir_pre, rollback_dir_post};
+    static const struct tree_walk_ops ops = {rollback_entry, rollback_dir_pre, rollback_dir_post,
+                                             NULL};
     if (e->dstfd >= 0) {
         struct tree_walk w = {.ops = &ops, .arg = e};
         (void)fchmod(e->dstfd, 0700);

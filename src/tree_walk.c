@@ -311,8 +311,11 @@ int tree_walk_run(struct tree_walk *w, int root_fd, int mirror_fd)
         struct tree_walk_level *l = &w->lv[w->depth - 1];
         if (l->next == l->n) {
             if (w->depth == 1) {
+                int rc = w->ops->root_post ? w->ops->root_post(w) : 0;
                 level_close(l);
                 w->depth = 0;
+                if (rc != 0)
+                    return -1;
                 break;
             }
             if (pop_level(w) != 0)

@@ -192,7 +192,8 @@ class ControlTest(AgentTestCase):
         self.assertIn("endedAt", small_state[0])
         self.assertEqual(self.manager.wait_answer(none, 20), {"success": True, "moves": []})
         self.assertEqual(self.manager.wait_answer(bad, 20)["code"], "invalid_request")
-        self.assertTrue(self.manager.wait_answer(running, 60)["success"])
+        ans_running = self.manager.wait_answer(running, 60)
+        self.assertTrue(ans_running["success"], ans_running)
 
 
 class ReloadTest(AgentTestCase):
