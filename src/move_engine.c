@@ -70,7 +70,6 @@ struct eng {
     size_t n_hashes, cap_hashes, hash_pos;
     uint64_t entries; /* entries met by the current pass */
     uint64_t last_report;
-    const char *side_root;           /* the root the current pass names in errors */
     int src_pfd, dst_pfd;            /* the parents of src and dst, opened beneath their roots */
     const char *src_base, *dst_base; /* their last components */
     struct unlink_pool *pool;        /* cleaning: parallel unlinks (NULL: inline) */
@@ -144,18 +143,37 @@ static int eng_fail_w(struct eng *e, struct tree_walk *w, int err, const char *w
     return eng_fail_at(e, err, what, root, rel);
 }
 
-/* A failure of the walk itself (reading a directory, a swapped entry). */
+/* A failure of the walk itself (reading a directory, a swapped entry); the
+ * walks that report errors all run over the source. */
 static int eng_fail_walk(struct eng *e, struct tree_walk *w)
 {
     if (e->res->code != CODE_NONE)
         return -1;
     if (w->changed)
-        return eng_fail_at(e, ESTALE, "", e->side_root, w->err_where);
+        return eng_fail_at(e, ESTALE, "", e->job->src, w->err_where);
     if (w->err == EXDEV)
-        return eng_fail(e, CODE_IO_ERROR, "%s %s/%s; unmount it first", w->err_what, e->side_root,
+        return eng_fail(e, CODE_IO_ERROR, "%s %s/%s; unmount it first", w->err_what, e->job->src,
                         w->err_where);
-    return eng_fail_at(e, w->err ? w->err : EIO, w->err_what ? w->err_what : "walk", e->side_root,
+    return eng_fail_at(e, w->err ? w->err : EIO, w->err_what ? w->err_what : "walk", e->job->src,
                        w->err_where);
+}
+
+/* Runs one pass over the source (mirrored on the destination when asked),
+ * turning a failure of the walk itself into the move's error. */
+static int eng_walk_source(struct eng *e, const struct tree_walk_ops *ops, bool mirrored)
+{
+    struct tree_walk w = {
+        .ops = ops, .arg = e, .mirrored = mirrored, .need_stat = true, .strict_dev = true};
+    int rc = tree_walk_run(&w, e->srcfd, mirrored ? e->dstfd : -1);
+    if (rc != 0 && e->res->code == CODE_NONE)
+        eng_fail_walk(e, &w);
+    tree_walk_free(&w);
+    return rc;
+}
+
+static bool same_mtime(const struct stat *a, const struct stat *b)
+{
+    return a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
 }
 
 static void eng_report_now(struct eng *e, const char *current, bool phase_start)
@@ -309,22 +327,11 @@ static int calc_entry(struct tree_walk *w, const char *name, const struct stat *
     return 0;
 }
 
-static int calc_dir(struct tree_walk *w, const char *name, const struct stat *st)
-{
-    return calc_entry(w, name, st) != 0 ? -1 : 0;
-}
-
 static int eng_calculate(struct eng *e)
 {
-    static const struct tree_walk_ops ops = {calc_entry, calc_dir, NULL, NULL};
-    struct tree_walk w = {.ops = &ops, .arg = e, .need_stat = true, .strict_dev = true};
-    int rc;
-    e->side_root = e->job->src;
-    rc = tree_walk_run(&w, e->srcfd, -1);
-    if (rc != 0 && e->res->code == CODE_NONE)
-        eng_fail_walk(e, &w);
-    tree_walk_free(&w);
-    return rc;
+    /* A directory is counted like any entry, then descended (0). */
+    static const struct tree_walk_ops ops = {calc_entry, calc_entry, NULL, NULL};
+    return eng_walk_source(e, &ops, false);
 }
 
 /* Fails early when the tree cannot fit, counting what other moves copying
@@ -398,7 +405,7 @@ static int open_source_file(struct eng *e, int dir, const char *name)
 static bool same_content_stat(const struct stat *a, const struct stat *b)
 {
     return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
-           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+           same_mtime(a, b);
 }
 
 static int copy_regular(struct eng *e, struct tree_walk *w, const char *name, const struct stat *st)
@@ -554,8 +561,7 @@ static int copy_dir_post(struct tree_walk *w, const char *name, const struct sta
     struct stat after;
     int rc;
     /* A directory whose entries changed while we copied it. */
-    if (fstat(fds[0], &after) != 0 || after.st_mtim.tv_sec != st->st_mtim.tv_sec ||
-        after.st_mtim.tv_nsec != st->st_mtim.tv_nsec)
+    if (fstat(fds[0], &after) != 0 || !same_mtime(&after, st))
         return eng_fail_w(e, w, ESTALE, "", e->job->src, name);
     rc = copy_meta_fd(&e->cc, fds[0], fds[1], st, e->is_root);
     if (rc != 0)
@@ -566,20 +572,12 @@ static int copy_dir_post(struct tree_walk *w, const char *name, const struct sta
 static int eng_copy(struct eng *e)
 {
     static const struct tree_walk_ops ops = {copy_entry, copy_dir_pre, copy_dir_post, NULL};
-    struct tree_walk w = {
-        .ops = &ops, .arg = e, .mirrored = true, .need_stat = true, .strict_dev = true};
     struct stat after;
     int rc;
     (void)eng_phase(e, PHASE_COPYING, e->prog.bytes_total);
-    e->side_root = e->job->src;
-    rc = tree_walk_run(&w, e->srcfd, e->dstfd);
-    if (rc != 0 && e->res->code == CODE_NONE)
-        eng_fail_walk(e, &w);
-    tree_walk_free(&w);
-    if (rc != 0)
+    if (eng_walk_source(e, &ops, true) != 0)
         return -1;
-    if (fstat(e->srcfd, &after) != 0 || after.st_mtim.tv_sec != e->src_st.st_mtim.tv_sec ||
-        after.st_mtim.tv_nsec != e->src_st.st_mtim.tv_nsec)
+    if (fstat(e->srcfd, &after) != 0 || !same_mtime(&after, &e->src_st))
         return eng_fail_at(e, ESTALE, "", e->job->src, NULL);
     rc = copy_meta_fd(&e->cc, e->srcfd, e->dstfd, &e->src_st, e->is_root);
     if (rc != 0)
@@ -606,7 +604,7 @@ static int verify_stat(struct eng *e, struct tree_walk *w, const char *name, con
         what = "type";
     else if (!S_ISDIR(s->st_mode) && s->st_size != d->st_size)
         what = "size";
-    else if (s->st_mtim.tv_sec != d->st_mtim.tv_sec || s->st_mtim.tv_nsec != d->st_mtim.tv_nsec)
+    else if (!same_mtime(s, d))
         what = "modification time";
     if (what) /* these follow the source: it changed after it was copied */
         return eng_fail_w(e, w, ESTALE, "", e->job->src, name);
@@ -696,26 +694,15 @@ static int verify_entry(struct tree_walk *w, const char *name, const struct stat
     return 0;
 }
 
-static int verify_dir(struct tree_walk *w, const char *name, const struct stat *st)
-{
-    return verify_entry(w, name, st) != 0 ? -1 : 0;
-}
-
 static int eng_verify(struct eng *e)
 {
-    static const struct tree_walk_ops ops = {verify_entry, verify_dir, NULL, NULL};
-    struct tree_walk w = {
-        .ops = &ops, .arg = e, .mirrored = true, .need_stat = true, .strict_dev = true};
+    /* A directory is checked like any entry, then descended (0). */
+    static const struct tree_walk_ops ops = {verify_entry, verify_entry, NULL, NULL};
+    struct tree_walk at_root = {0}; /* names the root itself in errors */
     struct stat s, d;
-    int rc;
     (void)eng_phase(e, PHASE_VERIFYING, e->prog.files_done);
     e->entries = 0;
-    e->side_root = e->job->src;
-    rc = tree_walk_run(&w, e->srcfd, e->dstfd);
-    if (rc != 0 && e->res->code == CODE_NONE)
-        eng_fail_walk(e, &w);
-    tree_walk_free(&w);
-    if (rc != 0)
+    if (eng_walk_source(e, &ops, true) != 0)
         return -1;
     /* Fewer entries than were copied: something was removed from the source. */
     if (e->entries != e->prog.files_done)
@@ -726,7 +713,7 @@ static int eng_verify(struct eng *e)
                         (unsigned long long)e->entries);
     if (fstat(e->srcfd, &s) != 0 || fstat(e->dstfd, &d) != 0)
         return eng_fail_at(e, errno, "stat", e->job->dst, NULL);
-    return verify_stat(e, &w, NULL, &s, &d);
+    return verify_stat(e, &at_root, NULL, &s, &d);
 }
 
 /* --- cleaning (the source) and rolling back (the destination) ---------------------- */
@@ -806,7 +793,6 @@ static int eng_clean(struct eng *e)
     struct tree_walk w = {.ops = &ops, .arg = e, .strict_dev = true};
     struct unlink_pool pool;
     int rc;
-    e->side_root = e->job->src;
     if (unlink_pool_init(&pool) == 0 && pool.n_threads > 0)
         e->pool = &pool;
     rc = tree_walk_run(&w, e->srcfd, -1);

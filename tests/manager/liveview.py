@@ -10,6 +10,8 @@ import asyncio
 import json
 import os
 
+from refmanager import read_http_head
+
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "liveview.html")
 
 
@@ -63,17 +65,15 @@ class LiveView:
 
     # --- HTTP ------------------------------------------------------------------
     async def _handle(self, reader, writer):
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        request = await read_http_head(reader)
+        if request is None:
             writer.close()
             return
-        lines = head.decode("latin-1").split("\r\n")
-        method, path = (lines[0].split(" ") + ["", ""])[:2]
-        length = 0
-        for line in lines[1:]:
-            if line.lower().startswith("content-length:"):
-                length = int(line.split(":", 1)[1].strip() or 0)
+        method, path, headers = request
+        try:
+            length = int(headers.get("content-length", "0") or 0)
+        except ValueError:
+            length = -1
         body = await reader.readexactly(length) if 0 < length <= 65536 else b""
         try:
             if method == "GET" and path == "/":

@@ -29,6 +29,23 @@ GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONT, OP_TEXT, OP_BIN, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 
 
+async def read_http_head(reader):
+    """Reads an HTTP request line and headers: (method, path, {lowercased
+    name: value}), or None when the client went away or sent too much."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    method, path = (lines[0].split(" ") + ["", ""])[:2]
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            k, v = line.split(":", 1)
+            headers[k.strip().lower()] = v.strip()
+    return method, path, headers
+
+
 class Connection:
     """One agent connection: the upgrade request and everything received."""
 
@@ -158,18 +175,11 @@ class Manager:
 
     # --- server ---------------------------------------------------------
     async def _handle(self, reader, writer):
-        try:
-            request = await reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        request = await read_http_head(reader)
+        if request is None:
             writer.close()
             return
-        lines = request.decode("latin-1").split("\r\n")
-        method, path, _ = (lines[0].split(" ") + ["", "", ""])[:3]
-        headers = {}
-        for line in lines[1:]:
-            if ":" in line:
-                k, v = line.split(":", 1)
-                headers[k.strip().lower()] = v.strip()
+        method, path, headers = request
         key = headers.get("sec-websocket-key")
         self.attempts.append(time.monotonic())
         self._notify()
