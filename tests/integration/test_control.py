@@ -1,4 +1,5 @@
 """server.move_cancel and server.move_status against the real agent."""
+import contextlib
 import os
 import signal
 import time
@@ -137,7 +138,12 @@ class ControlTest(AgentTestCase):
         dst = os.path.join(self.scratch.b, "mc")
         move = self.start_move("mc", src, dst, "mv-slow")
         self.wait_phase("mv-slow", "copying")
-        with self.frozen_workers():  # the copy stalls; the loop keeps time
+        with contextlib.ExitStack() as frozen:
+            # Stop the whole agent at once (the copy cannot run on while the
+            # freezer is set up), freeze its move thread, then let the loop
+            # run again: the copy stalls, the loop keeps time.
+            with self.paused_agent():
+                frozen.enter_context(self.frozen_workers())
             self.manager.wait_for(lambda: "move timed out" in self.agent.log(), 30, "the timeout")
         ans = self.manager.wait_answer(move, 60)
         self.assertEqual((ans["success"], ans["code"]), (False, "timeout"), ans)
@@ -239,7 +245,9 @@ class QueueRecheckTest(AgentTestCase):
         first = self.manager.request("server.move_data", {"serverName": "a", "oldPath": a,
                                                           "newPath": os.path.join(self.scratch.b, "a")})
         self.manager.wait_for(lambda: any(f["phase"] == "copying" for f in self.manager.frames()), 20, "copying")
-        with self.frozen_workers():  # the first move holds the only slot
+        with contextlib.ExitStack() as frozen:  # the first move holds the only slot
+            with self.paused_agent():  # so that it cannot finish meanwhile
+                frozen.enter_context(self.frozen_workers())
             second = self.manager.request("server.move_data", {"serverName": "b", "oldPath": b,
                                                                "newPath": os.path.join(self.scratch.b, "b"),
                                                                "moveId": "mv-swapped"})
