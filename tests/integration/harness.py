@@ -256,6 +256,15 @@ def make_tree(root, n_small=300, big_mib=0, seed=1):
     return root
 
 
+def many_files(root, dirs=8, per_dir=1000):
+    """dirs directories of per_dir empty files: slow to clean, quick to copy."""
+    for d in range(dirs):
+        os.makedirs(os.path.join(root, "d%d" % d))
+        for i in range(per_dir):
+            open(os.path.join(root, "d%d" % d, "f%d" % i), "wb").close()
+    return root
+
+
 def dense_tree(root, size_mib):
     """One big file of real (allocated) zero blocks, so copying it takes time."""
     os.makedirs(root)

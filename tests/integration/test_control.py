@@ -4,7 +4,7 @@ import os
 import signal
 import time
 
-from harness import AgentTestCase, dense_tree, make_tree, snapshot
+from harness import AgentTestCase, dense_tree, make_tree, many_files, snapshot
 
 
 class ControlTest(AgentTestCase):
@@ -113,10 +113,7 @@ class ControlTest(AgentTestCase):
     def test_cancel_while_cleaning_is_refused_and_the_move_completes(self):
         self.tmpfs_size = "256m"
         src = os.path.join(self.scratch.a, "many")
-        for d in range(8):
-            os.makedirs(os.path.join(src, "d%d" % d))
-            for i in range(1000):
-                open(os.path.join(src, "d%d" % d, "f%d" % i), "wb").close()
+        many_files(src)
         self.start_agent()
         dst = os.path.join(self.scratch.b, "many")
         move = self.start_move("many", src, dst, "mv-clean")

@@ -4,16 +4,8 @@ import json
 import os
 import subprocess
 
-from harness import BIN, Agent, AgentTestCase, dense_tree, make_tree, snapshot
+from harness import BIN, Agent, AgentTestCase, dense_tree, make_tree, many_files, snapshot
 from refmanager import Manager
-
-
-def many_files(root, dirs=8, per_dir=1000):
-    for d in range(dirs):
-        os.makedirs(os.path.join(root, "d%d" % d))
-        for i in range(per_dir):
-            open(os.path.join(root, "d%d" % d, "f%d" % i), "wb").close()
-    return root
 
 
 class RestartTest(AgentTestCase):

@@ -5,7 +5,7 @@ import signal
 import time
 import unittest
 
-from harness import AgentTestCase, Scratch, dense_tree, make_tree, snapshot
+from harness import AgentTestCase, Scratch, dense_tree, make_tree, many_files, snapshot
 
 
 class ShutdownTest(AgentTestCase):
@@ -49,10 +49,7 @@ class ShutdownTest(AgentTestCase):
     def test_sigterm_during_cleaning_finishes_the_move(self):
         conn = self.start_agent()
         src = os.path.join(self.scratch.a, "many")
-        for d in range(8):
-            os.makedirs(os.path.join(src, "d%d" % d))
-            for i in range(1000):
-                open(os.path.join(src, "d%d" % d, "f%d" % i), "wb").close()
+        many_files(src)
         dst = os.path.join(self.scratch.b, "many")
         reply = self.manager.request("server.move_data",
                                      {"serverName": "many", "oldPath": src, "newPath": dst, "moveId": "mv-cl"})
