@@ -237,6 +237,21 @@ static bool agent_recheck(struct agent *a, struct move *m)
     return false;
 }
 
+/* Would m start at once: a free slot and no earlier move still waiting? */
+static bool agent_slot_free(const struct agent *a, const struct move *m)
+{
+    unsigned running = 0;
+    for (const struct move *o = a->moves; o; o = o->next) {
+        if (o == m)
+            continue;
+        if (move_is_running(o))
+            running++;
+        else if (o->st.phase == PHASE_QUEUED)
+            return false;
+    }
+    return running < a->cfg.max_concurrent_moves;
+}
+
 static void agent_start_queued(struct agent *a)
 {
     unsigned running = 0;
@@ -484,7 +499,10 @@ static void agent_move_data(struct agent *a, const struct frame *f)
     LOG(LOG_INFO, "move accepted", LF_S("move", id), LF_S("server", req.server_name),
         LF_S("old", req.old_path), LF_S("new", req.new_path),
         LF_S("method", m->st.rename ? "rename" : "copy"));
-    move_queue(m); /* the "queued" frame; it starts at once when a slot is free */
+    /* A move that can start at once begins with "calculating" (the worker's
+     * first frame); only one that has to wait sends "queued". */
+    if (!agent_slot_free(a, m))
+        move_queue(m);
     agent_start_queued(a);
 }
 

@@ -7,6 +7,7 @@
 #include "util.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -26,6 +27,7 @@ struct cli_move {
     uint64_t seq;
     const char *old_path, *new_path;
     bool drawn; /* a bar is on the screen (needs a newline before other output) */
+    bool rename;
     struct {
         uint64_t t, bytes;
     } samples[RATE_SAMPLES];
@@ -83,9 +85,24 @@ static unsigned term_width(void)
     return 80;
 }
 
+/* A finished move reads as finished: its duration and its average rate
+ * (bytes / duration) instead of a current rate of 0 and an ETA of 0. */
+static void cli_fmt_finished(char *rate, size_t rsz, char *when, size_t wsz,
+                             const struct move_state *s)
+{
+    uint64_t ms = s->elapsed_ms ? s->elapsed_ms : 1;
+    char avg[16];
+    util_fmt_rate(avg, sizeof avg, s->bytes_copied * 1000u / ms);
+    util_fmt(when, wsz, "in %.2f s", (double)s->elapsed_ms / 1000.0);
+    if (s->rename)
+        util_fmt(rate, rsz, "renamed");
+    else
+        util_fmt(rate, rsz, "avg %s", avg);
+}
+
 static void cli_draw_bar(struct cli_move *cm, const struct move_state *s)
 {
-    char done[16], total[16], rate[16], eta[16], head[160], line[1024];
+    char done[16], total[16], rate[24], eta[24], head[176], line[1024];
     unsigned width = term_width(), bar = 20, filled;
     size_t used, room;
     const char *cur = s->current_file;
@@ -93,13 +110,15 @@ static void cli_draw_bar(struct cli_move *cm, const struct move_state *s)
     fmt_bytes(total, sizeof total, s->bytes_total);
     util_fmt_rate(rate, sizeof rate, s->bytes_per_second);
     if (s->eta_seconds >= 0)
-        util_fmt(eta, sizeof eta, "%llds", (long long)s->eta_seconds);
+        util_fmt(eta, sizeof eta, "eta %llds", (long long)s->eta_seconds);
     else
-        util_fmt(eta, sizeof eta, "?");
+        util_fmt(eta, sizeof eta, "eta ?");
+    if (s->phase == PHASE_COMPLETE)
+        cli_fmt_finished(rate, sizeof rate, eta, sizeof eta, s);
     filled = (unsigned)(s->percent / 100.0 * bar + 0.5);
     if (filled > bar)
         filled = bar;
-    util_fmt(head, sizeof head, "%-11s [%.*s%*s] %5.1f%% %s/%s %llu/%llu files %s eta %s ",
+    util_fmt(head, sizeof head, "%-11s [%.*s%*s] %5.1f%% %s/%s %llu/%llu files %s %s ",
              move_phase_name(s->phase), (int)filled, "####################", (int)(bar - filled),
              "", s->percent, done, total, (unsigned long long)s->files_copied,
              (unsigned long long)s->files_total, rate, eta);
@@ -116,12 +135,16 @@ static void cli_draw_bar(struct cli_move *cm, const struct move_state *s)
 
 static void cli_print_line(const struct move_state *s)
 {
-    char rate[16];
+    char rate[24], when[24];
     util_fmt_rate(rate, sizeof rate, s->bytes_per_second);
+    if (s->phase == PHASE_COMPLETE)
+        cli_fmt_finished(rate, sizeof rate, when, sizeof when, s);
     printf("%-11s %6.2f%%  files %llu/%llu  bytes %llu/%llu  %s", move_phase_name(s->phase),
            s->percent, (unsigned long long)s->files_copied, (unsigned long long)s->files_total,
            (unsigned long long)s->bytes_copied, (unsigned long long)s->bytes_total, rate);
-    if (s->eta_seconds >= 0)
+    if (s->phase == PHASE_COMPLETE)
+        printf("  %s", when);
+    else if (s->eta_seconds >= 0)
         printf("  eta %llds", (long long)s->eta_seconds);
     if (s->current_file[0])
         printf("  %s", s->current_file);
@@ -139,6 +162,7 @@ static void cli_emit(struct cli_move *cm, const struct engine_progress *p, enum 
     util_fmt(s.server_name, sizeof s.server_name, "cli");
     s.old_path = (char *)cm->old_path;
     s.new_path = (char *)cm->new_path;
+    s.rename = cm->rename;
     s.phase = p->phase;
     s.bytes_total = p->bytes_total;
     s.bytes_copied = p->bytes_done;
@@ -186,42 +210,128 @@ static void cli_report(void *arg, const struct engine_progress *p, bool phase_st
     cli_emit(cm, p, CODE_NONE, NULL);
 }
 
+/* A command-line path made absolute as mv(1) sees it: a relative one is
+ * taken from the current directory; "." and empty components go; ".." goes
+ * up from the real directory reached so far (the kernel's meaning, also past
+ * a symlink), or lexically where that does not exist yet. A last component
+ * of "." or ".." is refused: it names a directory by where it is seen from.
+ * Returns 0, or -ENAMETOOLONG / -EINVAL / a getcwd error. */
+static int cli_absolute(const char *arg, char *out, size_t outsz)
+{
+    char joined[2 * PATH_MAX], real[PATH_MAX], *save = NULL, *comp;
+    size_t len = strlen(arg), n = 0;
+    while (len > 1 && arg[len - 1] == '/')
+        len--;
+    if (len == 0)
+        return -EINVAL;
+    {
+        const char *last = arg + len;
+        while (last > arg && last[-1] != '/')
+            last--;
+        if ((arg + len - last == 1 && last[0] == '.') ||
+            (arg + len - last == 2 && last[0] == '.' && last[1] == '.'))
+            return -EINVAL;
+    }
+    if (arg[0] == '/') {
+        if ((size_t)snprintf(joined, sizeof joined, "%.*s", (int)len, arg) >= sizeof joined)
+            return -ENAMETOOLONG;
+    } else {
+        if (!getcwd(real, sizeof real))
+            return -errno;
+        if ((size_t)snprintf(joined, sizeof joined, "%s/%.*s", real, (int)len, arg) >=
+            sizeof joined)
+            return -ENAMETOOLONG;
+    }
+    out[0] = '\0';
+    for (comp = strtok_r(joined, "/", &save); comp; comp = strtok_r(NULL, "/", &save)) {
+        if (strcmp(comp, ".") == 0)
+            continue;
+        if (strcmp(comp, "..") == 0) {
+            char *slash;
+            if (n > 0 && realpath(out, real) && strlen(real) < outsz)
+                strcpy(out, real);
+            slash = strrchr(out, '/');
+            n = slash ? (size_t)(slash - out) : 0;
+            out[n] = '\0';
+            continue;
+        }
+        if (n + 1 + strlen(comp) >= outsz)
+            return -ENAMETOOLONG;
+        out[n++] = '/';
+        strcpy(out + n, comp);
+        n += strlen(comp);
+    }
+    if (n == 0)
+        strcpy(out, "/");
+    return 0;
+}
+
+/* "ARG" as typed, and the absolute path when it differs: "data (/srv/data)". */
+static const char *cli_name(char *buf, size_t sz, const char *arg, const char *abs)
+{
+    if (strcmp(arg, abs) == 0)
+        util_fmt(buf, sz, "%s", arg);
+    else
+        util_fmt(buf, sz, "%s (%s)", arg, abs);
+    return buf;
+}
+
 /* The checks the daemon makes, without the allowed roots. Returns 0, or the
- * exit status after printing the code and the reason. */
+ * exit status after printing the code and the reason; each path is named as
+ * typed and as resolved. */
 static int cli_check(const char *old_arg, const char *new_arg, char *old_real, char *new_real,
                      bool *rename)
 {
-    char old_norm[PATH_MAX], new_norm[PATH_MAX];
+    char old_abs[PATH_MAX], new_abs[PATH_MAX], old_norm[PATH_MAX], new_norm[PATH_MAX];
+    char on[2 * PATH_MAX + 8], nn[2 * PATH_MAX + 8];
     const char *why = NULL;
     dev_t new_dev, old_dev;
     struct stat st;
-    if (path_check_syntax(old_arg, old_norm, &why) != 0 ||
+    int err;
+    if ((err = cli_absolute(old_arg, old_abs, sizeof old_abs)) != 0) {
+        fprintf(stderr, "hostagent move: path_not_allowed: OLD %s: %s\n", old_arg,
+                err == -EINVAL ? "give the directory by its name, not '.', '..' or ''"
+                               : strerror(-err));
+        return 1;
+    }
+    if ((err = cli_absolute(new_arg, new_abs, sizeof new_abs)) != 0) {
+        fprintf(stderr, "hostagent move: path_not_allowed: NEW %s: %s\n", new_arg,
+                err == -EINVAL ? "give the directory by its name, not '.', '..' or ''"
+                               : strerror(-err));
+        return 1;
+    }
+    cli_name(on, sizeof on, old_arg, old_abs);
+    cli_name(nn, sizeof nn, new_arg, new_abs);
+    if (path_check_syntax(old_abs, old_norm, &why) != 0 ||
         path_resolve(old_norm, old_real, NULL) != 0) {
-        fprintf(stderr, "hostagent move: path_not_allowed: OLD %s\n", why ? why : "is invalid");
+        fprintf(stderr, "hostagent move: path_not_allowed: OLD %s %s\n", on,
+                why ? why : "is invalid");
         return 1;
     }
     why = NULL;
-    if (path_check_syntax(new_arg, new_norm, &why) != 0 ||
+    if (path_check_syntax(new_abs, new_norm, &why) != 0 ||
         path_resolve(new_norm, new_real, &new_dev) != 0) {
-        fprintf(stderr, "hostagent move: path_not_allowed: NEW %s\n", why ? why : "is invalid");
+        fprintf(stderr, "hostagent move: path_not_allowed: NEW %s %s\n", nn,
+                why ? why : "is invalid");
         return 1;
     }
     if (lstat(old_real, &st) == 0 && S_ISLNK(st.st_mode)) {
-        fprintf(stderr, "hostagent move: path_not_allowed: OLD must not be a symlink\n");
+        fprintf(stderr, "hostagent move: path_not_allowed: OLD %s must not be a symlink\n", on);
         return 1;
     }
     if (path_overlap(old_real, new_real)) {
-        fprintf(stderr, "hostagent move: invalid_paths: OLD and NEW are the same or nested\n");
+        fprintf(stderr, "hostagent move: invalid_paths: OLD %s and NEW %s are the same or nested\n",
+                on, nn);
         return 1;
     }
     if (lstat(old_real, &st) != 0 || !S_ISDIR(st.st_mode)) {
-        fprintf(stderr, "hostagent move: source_missing: %s is not a directory\n", old_arg);
+        fprintf(stderr, "hostagent move: source_missing: %s is not a directory\n", on);
         return 1;
     }
     old_dev = st.st_dev;
     if (lstat(new_real, &st) == 0) {
         if (!S_ISDIR(st.st_mode) || path_dir_is_empty(new_real) != 1) {
-            fprintf(stderr, "hostagent move: destination_exists: %s\n", new_arg);
+            fprintf(stderr, "hostagent move: destination_exists: %s\n", nn);
             return 1;
         }
         new_dev = st.st_dev; /* an empty mount point counts as its own filesystem */
@@ -282,13 +392,14 @@ int cli_move_main(int argc, char **argv)
     cm.old_path = args[0];
     cm.new_path = args[1];
     cm.started_ms = util_mono_ms();
+    cm.rename = job.rename;
     job.src = old_real;
     job.dst = new_real;
     job.stop = &stop;
     job.report = cli_report;
     job.arg = &cm;
     rc = engine_run(&job, &res);
-    if (json) {
+    if (json || rc == 0) {
         struct engine_progress end;
         memset(&end, 0, sizeof end);
         end.phase = rc == 0                      ? PHASE_COMPLETE
@@ -306,9 +417,15 @@ int cli_move_main(int argc, char **argv)
         return 1;
     }
     fmt_bytes(size, sizeof size, res.bytes_copied);
-    if (!json)
-        printf("done: %s %s -> %s: %llu entries, %s in %.2f s\n", job.rename ? "renamed" : "moved",
-               args[0], args[1], (unsigned long long)res.files_copied, size,
-               (double)(util_mono_ms() - cm.started_ms) / 1000.0);
+    if (!json) {
+        uint64_t ms = util_mono_ms() - cm.started_ms;
+        char avg[16];
+        util_fmt_rate(avg, sizeof avg, res.bytes_copied * 1000u / (ms ? ms : 1));
+        printf("done: %s %s -> %s: %llu entries, %s in %.2f s", job.rename ? "renamed" : "moved",
+               args[0], args[1], (unsigned long long)res.files_copied, size, (double)ms / 1000.0);
+        if (!job.rename)
+            printf(" (avg %s)", avg);
+        putchar('\n');
+    }
     return 0;
 }

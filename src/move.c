@@ -414,6 +414,11 @@ int move_run(struct move *m)
 {
     int rc;
     assert(m->st.phase == PHASE_QUEUED || m->mode != ENGINE_MOVE);
+    /* Leaving the queue is "calculating" at once on the loop's side too, so
+     * status, cancel and the slot count never see a started move as queued;
+     * the worker's own phase item then sends the frame. */
+    if (m->mode == ENGINE_MOVE)
+        enter_state(m, PHASE_CALCULATING);
     m->mono_run_started = util_mono_ms(); /* move_timeout counts from leaving the queue */
     m->last_progress_ms = m->mono_run_started;
     if (m->move_timeout_ms || m->stall_timeout_ms)

@@ -77,6 +77,48 @@ class CliTest(unittest.TestCase):
         finally:
             s.close()
 
+    def test_move_takes_relative_paths_like_mv(self):
+        s = Scratch("64m")
+        try:
+            src = make_tree(os.path.join(s.a, "srv", "mc"), n_small=20, big_mib=1)
+            before = snapshot(src)
+            os.symlink(s.b, os.path.join(s.a, "ssd"))  # ".." after a symlink goes up from its target
+            os.mkdir(os.path.join(s.b, "games"))
+            cwd = os.path.join(s.a, "srv")
+            # Relative to the current directory, across filesystems, with "./"
+            # and ".." components and a trailing slash, as mv takes them.
+            r = run("move", "mc/", "../ssd/games/../games/./mc", cwd=cwd)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            dst = os.path.join(s.b, "games", "mc")
+            self.assertEqual(snapshot(dst), before)
+            self.assertFalse(os.path.exists(src))
+            # Back again from inside the destination filesystem, on one
+            # filesystem (a rename) and with a plain relative name.
+            r = run("move", "mc", "mc2", cwd=os.path.join(s.b, "games"))
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(snapshot(os.path.join(s.b, "games", "mc2")), before)
+            # Errors name the path as typed and as resolved.
+            r = run("move", "missing", "../x", cwd=cwd)
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("source_missing: missing (%s) is not a directory" % os.path.join(cwd, "missing"),
+                          r.stderr)
+            r = run("move", "mc2", "mc2/inside", cwd=os.path.join(s.b, "games"))
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("invalid_paths: OLD mc2 (%s)" % os.path.join(s.b, "games", "mc2"), r.stderr)
+            os.mkdir(os.path.join(s.a, "full"))
+            open(os.path.join(s.a, "full", "x"), "w").close()
+            r = run("move", "../../b/games/mc2", "../full", cwd=cwd)
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("destination_exists: ../full (%s)" % os.path.join(s.a, "full"), r.stderr)
+            # "." and ".." name a directory by where it is seen from: refused.
+            for bad in (".", "..", "mc2/.", "./.."):
+                r = run("move", bad, os.path.join(s.b, "y"), cwd=os.path.join(s.b, "games"))
+                self.assertEqual(r.returncode, 1, bad)
+                self.assertIn("path_not_allowed: OLD %s:" % bad, r.stderr)
+            self.assertEqual(snapshot(os.path.join(s.b, "games", "mc2")), before)
+        finally:
+            s.close()
+
 
 if __name__ == "__main__":
     unittest.main()

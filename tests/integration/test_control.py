@@ -88,6 +88,12 @@ class ControlTest(AgentTestCase):
                     ended[d["moveId"]] = i
         order = sorted(first_copy, key=first_copy.get)
         self.assertEqual(order, ["mv-q0", "mv-q1", "mv-q2", "mv-q3"])
+        # The first found the slot free and began with "calculating"; the
+        # others waited, so theirs begin with "queued".
+        firsts = {i: [f["phase"] for f in self.manager.frames("mv-q%d" % i)][:2] for i in range(4)}
+        self.assertEqual(firsts[0], ["calculating", "copying"])
+        for i in (1, 2, 3):
+            self.assertEqual(firsts[i], ["queued", "calculating"], i)
         for a, b in zip(order, order[1:]):
             self.assertLess(ended[a], first_copy[b], "one at a time: %s must end before %s starts" % (a, b))
         self.assertEqual(sorted(os.listdir(self.scratch.b)), ["s0", "s1", "s2", "s3"])

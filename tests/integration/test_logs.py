@@ -77,6 +77,13 @@ class ProgressBarTest(AgentTestCase):
         self.assertIn("eta", text)
         self.assertIn("150.0MiB", text)
         self.assertIn("done: moved", text)
+        # The last bar reads as finished: duration and average rate, not a
+        # current rate of 0 and an ETA of 0.
+        last_bar = [b for b in text.split("\r") if b.strip()][-2]
+        self.assertRegex(last_bar, r"^complete +\[#{20}\] 100\.0% 150\.0MiB/150\.0MiB \d+/\d+ files "
+                                   r"avg \d+(\.\d)?[kMG]?B/s in \d+\.\d\d s", last_bar)
+        self.assertNotIn("eta", last_bar)
+        self.assertRegex(text, r"done: moved .* in \d+\.\d\d s \(avg \d+(\.\d)?[kMG]?B/s\)")
         self.assertFalse(os.path.exists(src))
 
     def test_plain_lines_when_not_a_terminal(self):
@@ -86,3 +93,5 @@ class ProgressBarTest(AgentTestCase):
         self.assertNotIn("\r", r.stdout)
         self.assertTrue(r.stdout.splitlines()[0].startswith("calculating"))
         self.assertTrue(r.stdout.splitlines()[-1].startswith("done: moved"))
+        fin = r.stdout.splitlines()[-2]
+        self.assertRegex(fin, r"^complete +100\.00%  files \d+/\d+  bytes \d+/\d+  avg \S+B/s  in \d+\.\d\d s$")

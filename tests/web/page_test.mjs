@@ -22,10 +22,15 @@ try {
   await page.waitForSelector('.move[data-phase="complete"]', { timeout: 120000 });
   const width = await page.$eval('.move[data-phase="complete"] .bar', (e) => e.style.width);
   if (parseFloat(width) !== 100) throw new Error("final bar width " + width);
+  // A finished move reads as finished: its duration and average rate.
+  const meta = await page.textContent('.move[data-phase="complete"] .meta');
+  const done = /done in (\d+(\.\d)?) (ms|s) · avg (\d+(\.\d)?) (B|KiB|MiB|GiB)\/s/.exec(meta);
+  if (!done) throw new Error("finished move shows no duration and average rate: " + meta);
+  if (/ETA|0 B\/s/.test(meta)) throw new Error("finished move still shows a rate/ETA: " + meta);
   const log = await page.evaluate(() => window.progressLog);
   const mid = log.filter((p) => p.phase === "copying" && p.percent > 0 && p.percent < 100);
   const phases = [...new Set(log.map((p) => p.phase))];
-  console.log(JSON.stringify({ frames: log.length, midCopy: mid.length, phases }));
+  console.log(JSON.stringify({ frames: log.length, midCopy: mid.length, phases, finished: done[0] }));
   if (!mid.length) throw new Error("the bar never showed a copy in progress");
   for (const p of ["copying", "verifying", "complete"])
     if (!phases.includes(p)) throw new Error("phase " + p + " never shown");
