@@ -15,6 +15,8 @@
 #define AGENT_HISTORY_MAX 100
 #define AGENT_HISTORY_MS (3600ull * 1000ull)
 #define AGENT_STOP_GRACE_MS 5000
+/* A server.move_status answer stops adding moves past this size. */
+#define AGENT_STATUS_MAX_BYTES (256u << 10)
 
 /* A move that ended: kept an hour for agent.hello and idempotent retries. */
 /* Under systemd, a stop waiting for rollbacks asks for this much more time,

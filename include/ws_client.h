@@ -70,7 +70,8 @@ struct ws_client {
     char host_header[300];
 
     struct ws_msg *head, *tail;
-    size_t queued;
+    size_t queued, queued_bytes; /* messages and payload bytes waiting to be written */
+    size_t queued_bytes_peak;    /* since the queue was last empty */
     /* Written, waiting for the pong of a ping sent after them; put back at
      * the head of the queue when the connection is lost. */
     struct ws_msg *unacked_head, *unacked_tail;

@@ -560,12 +560,31 @@ static void agent_move_cancel(struct agent *a, const struct frame *f)
         move_stop(m, CODE_CANCELLED, "the move was cancelled while queued");
 }
 
+/* Adds one MoveState to a status answer while the answer stays under
+ * AGENT_STATUS_MAX_BYTES (paths and file names can make one state tens of
+ * kilobytes, and a manager may ask often); past it, counts it as omitted. */
+static void status_add(cJSON *moves, const struct move_state *st, size_t *bytes, unsigned *omitted)
+{
+    cJSON *o = move_state_to_json(st);
+    char *txt = *omitted ? NULL : cJSON_PrintUnformatted(o);
+    size_t len = txt ? strlen(txt) + 1 : 0;
+    cJSON_free(txt);
+    if (*omitted || *bytes + len > AGENT_STATUS_MAX_BYTES) {
+        (*omitted)++;
+        cJSON_Delete(o);
+        return;
+    }
+    *bytes += len;
+    cJSON_AddItemToArray(moves, o);
+}
+
 static void agent_move_status(struct agent *a, const struct frame *f)
 {
     struct move_selector sel;
     char why[256];
     cJSON *d, *moves;
-    unsigned listed = 0;
+    unsigned listed = 0, omitted = 0;
+    size_t bytes = 64;
 
     if (protocol_parse_selector(f->data, &sel, why, sizeof why) != 0) {
         agent_refuse(a, f->reply, CODE_INVALID_REQUEST, why, NULL);
@@ -576,14 +595,18 @@ static void agent_move_status(struct agent *a, const struct frame *f)
     moves = cJSON_AddArrayToObject(d, "moves");
     for (struct move *m = a->moves; m; m = m->next)
         if (selector_matches(&sel, &m->st))
-            cJSON_AddItemToArray(moves, move_state_to_json(&m->st));
+            status_add(moves, &m->st, &bytes, &omitted);
     history_prune(a);
     for (unsigned k = 0; k < a->hist_len && listed < AGENT_HISTORY_MAX; k++) {
         unsigned i = (a->hist_pos + AGENT_HISTORY_MAX - 1 - k) % AGENT_HISTORY_MAX;
         if (selector_matches(&sel, &a->history[i].st)) {
-            cJSON_AddItemToArray(moves, move_state_to_json(&a->history[i].st));
+            status_add(moves, &a->history[i].st, &bytes, &omitted);
             listed++;
         }
+    }
+    if (omitted) {
+        cJSON_AddTrueToObject(d, "truncated");
+        cJSON_AddNumberToObject(d, "omitted", omitted);
     }
     agent_answer(a, f->reply, d);
 }

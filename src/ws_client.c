@@ -4,7 +4,9 @@
 #include "util.h"
 
 #include <arpa/inet.h>
+#include <assert.h>
 #include <errno.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,10 +51,50 @@ uint64_t ws_backoff_delay(uint64_t min_ms, uint64_t max_ms, unsigned n, double r
 /* --- queue --------------------------------------------------------------- */
 
 /* A manager that sends requests without reading the answers: past this many
- * queued messages we stop reading its requests (TCP then pushes back on it),
- * and read again once the queue is down to the low mark. */
+ * queued messages, or this many queued bytes (one status answer can be near
+ * 1 MiB: a count alone does not bound memory), we stop reading its requests
+ * (TCP then pushes back on it), and read again once the queue is down to
+ * both low marks. */
 #define WS_QUEUE_HIGH 2048u
 #define WS_QUEUE_LOW 512u
+#define WS_QUEUE_HIGH_BYTES (8u << 20)
+#define WS_QUEUE_LOW_BYTES (2u << 20)
+
+/* Queue accounting: every message in (n = 1) or out (n = -1) of the
+ * to-be-written queue goes through here. */
+static void queue_count(struct ws_client *c, const struct ws_msg *m, int n)
+{
+    if (n > 0) {
+        c->queued++;
+        c->queued_bytes += m->len;
+        if (c->queued_bytes > c->queued_bytes_peak)
+            c->queued_bytes_peak = c->queued_bytes;
+    } else {
+        assert(c->queued > 0 && c->queued_bytes >= m->len);
+        c->queued--;
+        c->queued_bytes -= m->len;
+    }
+}
+
+static bool queue_full(const struct ws_client *c)
+{
+    return c->queued >= WS_QUEUE_HIGH || c->queued_bytes >= WS_QUEUE_HIGH_BYTES;
+}
+
+static bool queue_drained(const struct ws_client *c)
+{
+    return c->queued <= WS_QUEUE_LOW && c->queued_bytes <= WS_QUEUE_LOW_BYTES;
+}
+
+/* After a large backlog has been written, hand the freed memory back to the
+ * system (glibc keeps freed heap otherwise: 326 MB stayed 267 MB). */
+static void queue_give_back(struct ws_client *c)
+{
+    if (c->queued == 0 && c->queued_bytes_peak >= WS_QUEUE_LOW_BYTES) {
+        c->queued_bytes_peak = 0;
+        malloc_trim(0);
+    }
+}
 
 static void msg_free(struct ws_msg *m)
 {
@@ -66,16 +108,14 @@ static void msg_free(struct ws_msg *m)
  * first again, in order, so it follows the next hello. */
 static void queue_requeue_unacked(struct ws_client *c)
 {
-    size_t n = 0;
     if (!c->unacked_head)
         return;
     for (struct ws_msg *m = c->unacked_head; m; m = m->next)
-        n++;
+        queue_count(c, m, 1);
     c->unacked_tail->next = c->head;
     if (!c->head)
         c->tail = c->unacked_tail;
     c->head = c->unacked_head;
-    c->queued += n;
     c->unacked_head = c->unacked_tail = NULL;
     c->ping_wanted = false;
 }
@@ -88,7 +128,7 @@ static void queue_drop_unkept(struct ws_client *c)
         struct ws_msg *m = *pp;
         if (!m->keep) {
             *pp = m->next;
-            c->queued--;
+            queue_count(c, m, -1);
             msg_free(m);
         } else {
             c->tail = m;
@@ -115,7 +155,7 @@ void ws_client_send(struct ws_client *c, const char *json, size_t len, const cha
                 *pp = old->next;
                 if (c->tail == old)
                     c->tail = prev;
-                c->queued--;
+                queue_count(c, old, -1);
                 msg_free(old);
                 break;
             }
@@ -135,12 +175,12 @@ void ws_client_send(struct ws_client *c, const char *json, size_t len, const cha
     else
         c->head = m;
     c->tail = m;
-    c->queued++;
+    queue_count(c, m, 1);
     if (c->wsi && c->state == CONN_UP)
         lws_callback_on_writable(c->wsi);
-    if (c->wsi && !c->rx_paused && c->queued >= WS_QUEUE_HIGH) {
+    if (c->wsi && !c->rx_paused && queue_full(c)) {
         LOG(LOG_WARN, "the manager is not reading; its requests wait until it does",
-            LF_U("queued", c->queued));
+            LF_U("queued", c->queued), LF_U("queued_bytes", c->queued_bytes));
         lws_rx_flow_control(c->wsi, 0);
         c->rx_paused = true;
     }
@@ -421,8 +461,8 @@ static int on_writeable(struct ws_client *c, struct lws *wsi)
     c->head = m->next;
     if (!c->head)
         c->tail = NULL;
-    c->queued--;
-    if (c->rx_paused && c->queued <= WS_QUEUE_LOW) {
+    queue_count(c, m, -1);
+    if (c->rx_paused && queue_drained(c)) {
         lws_rx_flow_control(wsi, 1);
         c->rx_paused = false;
     }
@@ -433,7 +473,7 @@ static int on_writeable(struct ws_client *c, struct lws *wsi)
             c->head = m;
             if (!c->tail)
                 c->tail = m;
-            c->queued++;
+            queue_count(c, m, 1);
         } else {
             msg_free(m);
         }
@@ -451,6 +491,7 @@ static int on_writeable(struct ws_client *c, struct lws *wsi)
     } else {
         msg_free(m);
     }
+    queue_give_back(c);
     if (c->head || c->want_close || c->ping_wanted)
         lws_callback_on_writable(wsi);
     return 0;

@@ -179,3 +179,50 @@ class FloodTest(AgentTestCase):
         self.assertEqual(answered, sent)
         self.assertEqual(self.manager.connections, [conn])
         self.assertFalse(conn.closed)
+
+
+class StatusFloodTest(AgentTestCase):
+    def test_big_status_answers_are_bounded_in_bytes(self):
+        # A hundred ended moves with long paths make each status answer large;
+        # a manager that asks for status without reading must be pushed back
+        # by bytes (not after 2,048 answers of ~1 MB), each answer is capped,
+        # and the memory comes back once it reads again.
+        conn = self.start_agent()
+        deep = self.scratch.a
+        for i in range(16):  # ~3.3 KB of path below the root
+            deep = os.path.join(deep, ("d%02d" % i) + "x" * 200)
+        os.makedirs(deep)
+        for i in range(100):
+            os.mkdir(os.path.join(deep, "s%03d" % i))
+            ans = self.move("s%03d" % i, os.path.join(deep, "s%03d" % i), os.path.join(deep, "t%03d" % i))
+            self.assertTrue(ans["success"], ans)
+        one = self.manager.wait_answer(self.manager.request("server.move_status", {}), 20)
+        body = len(json.dumps(one, separators=(",", ":")))
+        self.assertLessEqual(body, 256 * 1024 + 4096, "a status answer is capped")
+        self.assertTrue(one.get("truncated"), "100 long states do not fit: the answer says it is cut")
+        self.assertEqual(len(one["moves"]) + one["omitted"], 100)
+        self.assertEqual(one["moves"][0]["serverName"], "s099", "newest first")
+
+        def rss_kib():
+            with open("/proc/%d/status" % self.agent.proc.pid) as f:
+                return int([ln for ln in f if ln.startswith("VmRSS")][0].split()[1])
+        conn.pause_reading(True)
+        sent = 0
+        while sent < 3000 and "the manager is not reading" not in self.agent.log():
+            for _ in range(50):
+                conn.send_text(json.dumps({"subject": "server.move_status", "reply": "st%d" % sent, "data": {}}))
+                sent += 1
+        self.assertIn("the manager is not reading", self.agent.log())
+        self.assertLess(sent, 1000, "pushed back by bytes, long before 2,048 answers")
+        time.sleep(1)
+        peak = rss_kib()
+        if not SANITIZED:  # ASan's shadow memory would dwarf the bound
+            self.assertLess(peak, 64 * 1024, "queued answers must stay bounded in bytes")
+        conn.pause_reading(False)
+        self.manager.wait_for(lambda: self.manager.answers("st%d" % (sent - 1)), 120, "the last answer")
+        answered = sum(1 for _, m, _ in conn.messages if m and m["subject"].startswith("st"))
+        self.assertEqual(answered, sent)
+        time.sleep(0.5)
+        if not SANITIZED:
+            self.assertLess(rss_kib(), 32 * 1024, "memory is given back once the backlog is written")
+        self.assertFalse(conn.closed)
