@@ -5,6 +5,7 @@
 
 #include "config.h"
 #include "journal.h"
+#include "metrics.h"
 #include "notify.h"
 #include "move.h"
 #include "ws_client.h"
@@ -51,6 +52,9 @@ struct agent {
     uint64_t started_wall_ms, started_mono;
     unsigned id_counter;
     char hostname[256];
+    /* metrics_file: rewritten every heartbeat_interval, also while stopping. */
+    uv_timer_t metrics_timer;
+    struct metrics metrics;
 };
 
 /* Takes ownership of cfg. 0 or negative errno (nothing started then). */

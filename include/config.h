@@ -44,6 +44,7 @@ struct config {
     uint64_t max_message_bytes;
     char *ca_file;
     bool tls_insecure;
+    char *metrics_file; /* NULL: no metrics */
 };
 
 /* Problems found while loading, each already formatted "FILE:LINE: message". */

@@ -77,6 +77,7 @@ struct ws_client {
     struct ws_msg *unacked_head, *unacked_tail;
     uint64_t pings_sent;
     bool ping_wanted;
+    uint64_t last_pong_wall_ms; /* any pong (ours or lws' keepalive); 0: none yet */
     uint64_t close_deadline_ms; /* stop waiting for acks before the close */
     char *hello_msg;
 

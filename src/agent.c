@@ -52,6 +52,7 @@ static void agent_refuse(struct agent *a, const char *reply, enum move_code code
 {
     LOG(LOG_INFO, "request refused", LF_S("server", server ? server : ""),
         LF_S("code", move_code_name(code)), LF_S("error", why));
+    metrics_refused(&a->metrics, code);
     agent_answer(a, reply, protocol_failure(code, why));
 }
 
@@ -168,6 +169,7 @@ static void agent_on_ended(struct move *m)
         LF_S("code", m->st.code ? move_code_name(m->st.code) : "none"), LF_S("error", m->st.error),
         LF_U("bytes", m->st.bytes_copied), LF_U("files", m->st.files_copied),
         LF_U("duration_ms", dur), LF_S("avg_rate", rate));
+    metrics_move_ended(&a->metrics, &m->st);
     if (jr) {
         /* The outcome is durable before the answer goes out. */
         jr->phase = m->st.phase;
@@ -635,6 +637,7 @@ static void agent_on_message(struct ws_client *c, const char *buf, size_t len)
         break;
     case FRAME_INVALID:
         LOG(LOG_WARN, "malformed frame answered", LF_S("reason", why), LF_S("reply", f.reply));
+        metrics_refused(&a->metrics, CODE_INVALID_REQUEST);
         agent_answer(a, f.reply, protocol_failure(CODE_INVALID_REQUEST, why));
         break;
     case FRAME_OK:
@@ -700,6 +703,26 @@ static void agent_on_heartbeat(uv_timer_t *t)
     agent_send(a, "heartbeat", d, NULL, false, NULL);
 }
 
+/* --- metrics ------------------------------------------------------------------------ */
+
+/* The gauges as they are now, then the file (when metrics_file is set). */
+static void agent_write_metrics(struct agent *a)
+{
+    unsigned active = 0;
+    for (struct move *m = a->moves; m; m = m->next)
+        active += move_is_running(m);
+    a->metrics.moves_active = active;
+    a->metrics.moves_queued = a->n_moves - active;
+    a->metrics.last_pong_wall_ms = a->ws.last_pong_wall_ms;
+    metrics_conn_state(&a->metrics, a->ws.state);
+    metrics_update_file(&a->metrics, a->cfg.metrics_file);
+}
+
+static void agent_on_metrics_timer(uv_timer_t *t)
+{
+    agent_write_metrics(container_of(t, struct agent, metrics_timer));
+}
+
 /* --- stopping --------------------------------------------------------------------- */
 
 static void agent_on_handle_closed(uv_handle_t *h)
@@ -720,6 +743,7 @@ static void agent_teardown(struct agent *a)
     uv_close((uv_handle_t *)&a->heartbeat, agent_on_handle_closed);
     uv_close((uv_handle_t *)&a->stop_timer, agent_on_handle_closed);
     uv_close((uv_handle_t *)&a->notify_timer, agent_on_handle_closed);
+    uv_close((uv_handle_t *)&a->metrics_timer, agent_on_handle_closed);
 }
 
 static void agent_on_stop_timer(uv_timer_t *t)
@@ -758,6 +782,7 @@ static void agent_on_notify_timer(uv_timer_t *t)
 static void agent_on_conn_state(struct ws_client *c, enum conn_state s)
 {
     struct agent *a = c->owner;
+    metrics_conn_state(&a->metrics, s);
     agent_notify_status(a);
     if (s == CONN_CLOSED && a->stopping)
         agent_teardown(a);
@@ -817,7 +842,10 @@ static void agent_reload(struct agent *a)
     a->cfg = fresh;
     log_setup(a->cfg.log_level, a->cfg.log_format);
     uv_timer_set_repeat(&a->heartbeat, a->cfg.heartbeat_interval_ms);
+    uv_timer_set_repeat(&a->metrics_timer, a->cfg.heartbeat_interval_ms);
+    a->metrics.agent_id = a->cfg.agent_id;
     LOG(LOG_INFO, "config reloaded", LF_S("file", a->config_path));
+    agent_write_metrics(a); /* a new metrics_file at once; the old one goes */
 }
 
 static void agent_on_signal(uv_signal_t *s, int signum)
@@ -927,6 +955,7 @@ static void agent_end_recovered(struct agent *a, struct journal_rec *r, enum mov
         LF_S("move", r->move_id), LF_S("outcome", move_phase_name(r->phase)),
         LF_S("error", r->error));
     agent_resend_outcome(a, r, &st);
+    metrics_move_ended(&a->metrics, &st);
     history_add(a, &st, r->answer, r, util_mono_ms());
     move_state_clear(&st);
 }
@@ -1061,6 +1090,8 @@ int agent_init(struct agent *a, const char *config_path, struct config *cfg)
     uv_timer_init(&a->loop, &a->heartbeat);
     uv_timer_init(&a->loop, &a->stop_timer);
     uv_timer_init(&a->loop, &a->notify_timer);
+    uv_timer_init(&a->loop, &a->metrics_timer);
+    metrics_init(&a->metrics, HOSTAGENT_VERSION, a->cfg.agent_id);
     notify_init(&a->notify);
     if (a->notify.fd >= 0)
         uv_timer_start(&a->notify_timer, agent_on_notify_timer, 1000, 1000);
@@ -1072,6 +1103,8 @@ int agent_init(struct agent *a, const char *config_path, struct config *cfg)
     uv_signal_start(&a->sig_int, agent_on_signal, SIGINT);
     uv_signal_start(&a->sig_hup, agent_on_signal, SIGHUP);
     uv_timer_start(&a->heartbeat, agent_on_heartbeat, a->cfg.heartbeat_interval_ms,
+                   a->cfg.heartbeat_interval_ms);
+    uv_timer_start(&a->metrics_timer, agent_on_metrics_timer, a->cfg.heartbeat_interval_ms,
                    a->cfg.heartbeat_interval_ms);
     if (a->cfg.n_allowed_roots == 0)
         LOG0(LOG_WARN, "no allowed_roots configured: every move will be refused");
@@ -1102,7 +1135,10 @@ int agent_run(struct agent *a)
     ws_client_start(&a->ws);
     notify_send(&a->notify, "READY=1");
     agent_notify_status(a);
+    agent_write_metrics(a);
     uv_run(&a->loop, UV_RUN_DEFAULT);
+    agent_write_metrics(a); /* the last values: closed, nothing running */
+    metrics_free(&a->metrics);
     ws_client_free(&a->ws);
     rc = uv_loop_close(&a->loop);
     if (rc != 0)

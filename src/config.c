@@ -19,6 +19,7 @@ enum key_type {
     K_URL,
     K_AGENT_ID,
     K_ABS_PATH,
+    K_FILE_PATH,
     K_READABLE_FILE,
     K_TOKEN,
     K_TOKEN_FILE,
@@ -68,6 +69,7 @@ static const struct key_def key_table[] = {
     {"max_message_bytes", K_SIZE, F(max_message_bytes), 1024, 64ull << 20, false, false},
     {"ca_file", K_READABLE_FILE, F(ca_file), 0, 0, false, false},
     {"tls_insecure", K_BOOL, F(tls_insecure), 0, 0, false, false},
+    {"metrics_file", K_FILE_PATH, F(metrics_file), 0, 0, false, false},
 };
 #undef F
 
@@ -442,6 +444,17 @@ static int apply_key(struct config *cfg, const struct key_def *k, const char *v,
         set_str(cfg, k->off, v);
         strip_trailing_slash(*(char **)slot);
         return 0;
+    case K_FILE_PATH:
+        /* A file the agent writes: its directory is not checked here, so a
+         * missing one never keeps the agent from starting (the writes log it). */
+        if (!abs_path_ok(v, why))
+            return -EINVAL;
+        if (v[strlen(v) - 1] == '/') {
+            *why = "must name a file, not a directory";
+            return -EINVAL;
+        }
+        set_str(cfg, k->off, v);
+        return 0;
     case K_READABLE_FILE:
         if (!abs_path_ok(v, why))
             return -EINVAL;
@@ -733,6 +746,7 @@ void config_free(struct config *cfg)
     free_roots(cfg);
     free(cfg->state_dir);
     free(cfg->ca_file);
+    free(cfg->metrics_file);
     memset(cfg, 0, sizeof *cfg);
 }
 

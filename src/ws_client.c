@@ -502,6 +502,7 @@ static void on_pong(struct ws_client *c, const void *in, size_t len)
 {
     char buf[32];
     unsigned long long n;
+    c->last_pong_wall_ms = util_wall_ms(); /* the manager answers: shown in the metrics */
     if (len == 0 || len >= sizeof buf)
         return;
     memcpy(buf, in, len);

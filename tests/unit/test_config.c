@@ -71,7 +71,8 @@ static void test_every_key(void **state)
              "verify = checksum\n"
              "max_message_bytes = 2M\n"
              "ca_file = %s\n"
-             "tls_insecure = yes\n",
+             "tls_insecure = yes\n"
+             "metrics_file = /var/lib/node_exporter/hostagent.prom\n",
              tokfile, tokfile);
     unsetenv("HOSTAGENT_TOKEN");
     assert_int_equal(load(text, &cfg, NULL, 0), 0);
@@ -102,6 +103,7 @@ static void test_every_key(void **state)
     assert_int_equal(cfg.max_message_bytes, 2u << 20);
     assert_string_equal(cfg.ca_file, tokfile);
     assert_true(cfg.tls_insecure);
+    assert_string_equal(cfg.metrics_file, "/var/lib/node_exporter/hostagent.prom");
     config_free(&cfg);
     unlink(tokfile);
 }
@@ -133,6 +135,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg.max_message_bytes, 1u << 20);
     assert_null(cfg.ca_file);
     assert_false(cfg.tls_insecure);
+    assert_null(cfg.metrics_file);
     assert_non_null(cfg.agent_id);
     config_free(&cfg);
 }
@@ -198,6 +201,10 @@ static void test_bad_values_name_their_line(void **state)
         {"max_message_bytes = 1T", "size"},
         {"max_message_bytes = 100", "size"},
         {"ca_file = /nonexistent/ca.pem", "cannot be read"},
+        {"metrics_file = hostagent.prom", "absolute"},
+        {"metrics_file = /var/lib/../x.prom", ".."},
+        {"metrics_file = /var/lib/node_exporter/", "must name a file"},
+        {"metrics_file = /", "must name a file"},
         {"tls_insecure = maybe", "true or false"},
         {"no_such_key = 1", "unknown key 'no_such_key'"},
         {"just words", "expected key = value"},
