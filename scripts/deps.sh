@@ -5,7 +5,7 @@ set -eu
 
 PKGS="cmake make gcc pkg-config libwebsockets-dev libwebsockets-evlib-uv \
 libuv1-dev libcjson-dev libxxhash-dev libcmocka-dev python3 valgrind util-linux procps openssl systemd \
-clang-format clang-tidy clang libclang-rt-14-dev chromium"
+clang-format clang-tidy clang libclang-rt-14-dev chromium python3-prometheus-client"
 
 missing=""
 for p in $PKGS; do
