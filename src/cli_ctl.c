@@ -112,6 +112,7 @@ static int ctl_connect(const char *path)
 static cJSON *ctl_exchange(int fd, const char *request, char *why, size_t whysz)
 {
     size_t len = strlen(request), done = 0, cap = 4096, have = 0;
+    int send_err = 0;
     uint64_t deadline = util_mono_ms() + CTL_TIMEOUT_MS;
     char *buf, *nl = NULL;
     cJSON *answer;
@@ -121,8 +122,10 @@ static cJSON *ctl_exchange(int fd, const char *request, char *why, size_t whysz)
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
-            util_fmt(why, whysz, "cannot send the request: %s", strerror(errno));
-            return NULL;
+            /* A refusal (busy, permission_denied) is written and the
+             * connection closed at once: read it before giving up. */
+            send_err = errno;
+            break;
         }
         done += (size_t)n;
     }
@@ -154,6 +157,10 @@ static cJSON *ctl_exchange(int fd, const char *request, char *why, size_t whysz)
             continue;
         if (n < 0) {
             util_fmt(why, whysz, "cannot read the answer: %s", strerror(errno));
+            goto fail;
+        }
+        if (n == 0 && send_err) {
+            util_fmt(why, whysz, "cannot send the request: %s", strerror(send_err));
             goto fail;
         }
         if (n == 0) {
@@ -197,10 +204,16 @@ static const char *str_of(const cJSON *o, const char *key, const char *dflt)
 static bool num_of(const cJSON *o, const char *key, double *out)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!cJSON_IsNumber(v))
+    char *end;
+    if (cJSON_IsNumber(v)) {
+        *out = v->valuedouble;
+        return true;
+    }
+    /* MoveState built here (from state_dir) holds its numbers as raw text. */
+    if (!cJSON_IsRaw(v) || !v->valuestring)
         return false;
-    *out = v->valuedouble;
-    return true;
+    *out = strtod(v->valuestring, &end);
+    return end != v->valuestring && *end == '\0';
 }
 
 static void fmt_eta(char *buf, size_t sz, uint64_t s)
