@@ -13,8 +13,8 @@
 #include <uv.h>
 
 #define CONTROL_MAX_CLIENTS 8
-#define CONTROL_LINE_MAX (64u * 1024u) /* one request, without its newline */
-#define CONTROL_IDLE_MS 10000u         /* a client silent this long is closed */
+#define CONTROL_LINE_MAX 65536u /* one request, without its newline */
+#define CONTROL_IDLE_MS 10000u  /* a client silent this long is closed */
 #define CONTROL_BACKLOG 16
 
 struct control;
@@ -67,8 +67,8 @@ struct control {
  * socket another process answers on, or a file there that is not a socket,
  * is an error. 0, or negative errno with a sentence in why (nothing then
  * needs closing but what control_close does: call it in every case). */
-int control_init(struct control *c, uv_loop_t *loop, const char *path, const struct control_ops *ops,
-                 void *owner, char *why, size_t whysz);
+int control_init(struct control *c, uv_loop_t *loop, const char *path,
+                 const struct control_ops *ops, void *owner, char *why, size_t whysz);
 
 /* Closes the server and every client (their memory is freed from the close
  * callbacks, so the loop must run on) and removes the socket file. Safe to

@@ -420,8 +420,7 @@ static void agent_move_data(struct agent *a, const struct frame *f, const struct
         }
     }
     if (a->stopping) {
-        agent_refuse(a, o, CODE_SHUTTING_DOWN, "the agent is shutting down",
-                     req.server_name);
+        agent_refuse(a, o, CODE_SHUTTING_DOWN, "the agent is shutting down", req.server_name);
         return;
     }
     res = xmalloc(sizeof *res);

@@ -261,7 +261,7 @@ static void ctl_print_table(const cJSON *moves)
                                            "RATE",   "ETA",     "CODE"};
     int width[COLS];
     int n = cJSON_GetArraySize(moves), i = 0;
-    char (*cells)[COLS][160];
+    char(*cells)[COLS][160];
     const cJSON *m;
 
     if (n == 0) {
@@ -341,10 +341,10 @@ static int ctl_cmp(const void *x, const void *y)
 static void ctl_sort(cJSON *arr)
 {
     int n = cJSON_GetArraySize(arr);
-    cJSON **items = xcalloc((size_t)n + 1, sizeof *items);
+    cJSON **items = xcalloc((size_t)n + 1, sizeof(cJSON *));
     for (int i = n; i-- > 0;)
         items[i] = cJSON_DetachItemFromArray(arr, i);
-    qsort(items, (size_t)n, sizeof *items, ctl_cmp);
+    qsort(items, (size_t)n, sizeof(cJSON *), ctl_cmp);
     for (int i = 0; i < n; i++)
         cJSON_AddItemToArray(arr, items[i]);
     free(items);
@@ -401,8 +401,9 @@ static int ctl_status_offline(const struct ctl_args *a, const struct config *cfg
     int rc = journal_read(cfg->state_dir, ctl_offline_rec, &o, &unreadable);
 
     if (rc != 0 && rc != -ENOENT) {
-        fprintf(stderr, "hostagent status: no daemon answers on control socket %s (%s), and "
-                        "state_dir %s cannot be read: %s\n",
+        fprintf(stderr,
+                "hostagent status: no daemon answers on control socket %s (%s), and "
+                "state_dir %s cannot be read: %s\n",
                 cfg->control_socket, strerror(-conn_err), cfg->state_dir, strerror(-rc));
         cJSON_Delete(o.moves);
         return 1;
@@ -418,8 +419,9 @@ static int ctl_status_offline(const struct ctl_args *a, const struct config *cfg
     ctl_sort(o.moves);
     ctl_print_moves(o.moves, a->json);
     if (o.unfinished && !holder)
-        fprintf(note, "%u move%s did not end: the daemon's next start rolls %s back (or finishes "
-                      "%s cleaning) and answers the manager\n",
+        fprintf(note,
+                "%u move%s did not end: the daemon's next start rolls %s back (or finishes "
+                "%s cleaning) and answers the manager\n",
                 o.unfinished, o.unfinished == 1 ? "" : "s", o.unfinished == 1 ? "it" : "them",
                 o.unfinished == 1 ? "its" : "their");
     if (unreadable)
@@ -475,9 +477,8 @@ static int ctl_run(const struct ctl_args *a, const struct config *cfg)
     if (fd < 0) {
         fprintf(stderr, "hostagent %s: cannot reach the daemon's control socket %s: %s%s\n", a->cmd,
                 cfg->control_socket, strerror(-fd),
-                fd == -EACCES || fd == -EPERM
-                    ? " (it serves only root and the daemon's user)"
-                    : "");
+                fd == -EACCES || fd == -EPERM ? " (it serves only root and the daemon's user)"
+                                              : "");
         return 1;
     }
     request = ctl_request_text(a);
@@ -485,8 +486,7 @@ static int ctl_run(const struct ctl_args *a, const struct config *cfg)
     free(request);
     close(fd);
     if (!answer) {
-        fprintf(stderr, "hostagent %s: %s (control socket %s)\n", a->cmd, why,
-                cfg->control_socket);
+        fprintf(stderr, "hostagent %s: %s (control socket %s)\n", a->cmd, why, cfg->control_socket);
         return 1;
     }
     if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(answer, "success"))) {

@@ -279,8 +279,7 @@ static void control_on_connection(uv_stream_t *server, int status)
     }
     c->n_clients++;
     cl->counted = true;
-    LOG(LOG_DEBUG, "control socket client connected", LF_U("uid", cred.uid),
-        LF_I("pid", cred.pid));
+    LOG(LOG_DEBUG, "control socket client connected", LF_U("uid", cred.uid), LF_I("pid", cred.pid));
     client_start_reading(cl);
 }
 
@@ -338,8 +337,8 @@ static int control_clear_stale(const char *path, char *why, size_t whysz)
     return 0;
 }
 
-int control_init(struct control *c, uv_loop_t *loop, const char *path, const struct control_ops *ops,
-                 void *owner, char *why, size_t whysz)
+int control_init(struct control *c, uv_loop_t *loop, const char *path,
+                 const struct control_ops *ops, void *owner, char *why, size_t whysz)
 {
     char dir[PATH_MAX], *slash;
     struct stat st;
