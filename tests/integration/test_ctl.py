@@ -362,7 +362,13 @@ class NoDaemonTest(CtlTestCase):
 
     def test_status_without_daemon_or_journal(self):
         self.start_agent()
+        lingering = self.connect()  # a client half-way through a line does not hold up a stop
+        lingering.sendall(b'{"subject":')
+        t0 = time.monotonic()
         self.assertEqual(self.agent.stop(), 0)
+        self.assertLess(time.monotonic() - t0, 5)
+        self.assertEqual(lingering.read_until_closed(), b"")
+        lingering.close()
         self.assertFalse(os.path.exists(self.agent.control_socket), "a stopped daemon removes its socket")
         r = self.status()
         self.assertEqual(r.returncode, 0, r.stderr)
