@@ -4,6 +4,7 @@
 #define HOSTAGENT_AGENT_H
 
 #include "config.h"
+#include "control.h"
 #include "journal.h"
 #include "metrics.h"
 #include "notify.h"
@@ -38,6 +39,7 @@ struct agent {
     struct config cfg;
     char *config_path;
     struct ws_client ws;
+    struct control control; /* hostagent status / cancel */
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t heartbeat;
     uv_timer_t stop_timer;

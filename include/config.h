@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #define CONFIG_DEFAULT_PATH "/etc/hostagent/agent.conf"
+#define CONFIG_DEFAULT_CONTROL_SOCKET "/run/hostagent/control.sock"
 
 enum verify_mode { VERIFY_METADATA = 0, VERIFY_CHECKSUM = 1 };
 
@@ -29,6 +30,7 @@ struct config {
     char **allowed_roots;
     size_t n_allowed_roots;
     char *state_dir;
+    char *control_socket; /* `hostagent status` / `cancel` talk to the daemon here */
     enum log_level log_level;
     enum log_format log_format;
     uint64_t heartbeat_interval_ms;

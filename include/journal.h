@@ -63,6 +63,16 @@ void journal_remove(const struct journal *j, const char *move_id);
 unsigned journal_load(const struct journal *j, void (*fn)(void *arg, struct journal_rec *rec),
                       void *arg);
 
+/* The same without the lock and without touching anything (for `hostagent
+ * status` while no daemon runs): unreadable files are only counted. 0, or
+ * -errno when state_dir/moves cannot be read. */
+int journal_read(const char *state_dir, void (*fn)(void *arg, struct journal_rec *rec), void *arg,
+                 unsigned *unreadable);
+
+/* The MoveState a record stands for (counters, phase, outcome; no rate).
+ * Clear st with move_state_clear. */
+void journal_rec_state(const struct journal_rec *r, struct move_state *st);
+
 /* Fills made_parents with the missing ancestors of path (outermost first). */
 void journal_missing_parents(struct journal_rec *rec, const char *path);
 

@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #define container_of(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
@@ -41,5 +42,8 @@ void util_fmt(char *buf, size_t sz, const char *fmt, ...) __attribute__((format(
 
 /* Human byte rate "88.1MB/s" (decimal units, as the interface doc shows). */
 void util_fmt_rate(char *buf, size_t sz, uint64_t bytes_per_second);
+
+/* mkdir -p: creates path and its missing parents with mode. 0 or -errno. */
+int util_mkdir_p(const char *path, mode_t mode);
 
 #endif

@@ -32,13 +32,27 @@ static void agent_send(struct agent *a, const char *subject, cJSON *data, const 
     cJSON_free(s);
 }
 
-static void agent_answer(struct agent *a, const char *reply, cJSON *data)
+/* Where a request came from and where its answer goes: the manager (its
+ * reply subject, NULL when it wants none) or a control socket client (the
+ * answer is handed back through answer). who names the asker in the logs. */
+struct origin {
+    const char *reply;
+    cJSON **answer;
+    const char *who;
+};
+
+static void agent_answer(struct agent *a, const struct origin *o, cJSON *data)
 {
-    if (!reply) {
+    if (o->answer) {
+        cJSON_Delete(*o->answer);
+        *o->answer = data;
+        return;
+    }
+    if (!o->reply) {
         cJSON_Delete(data);
         return;
     }
-    agent_send(a, reply, data, NULL, true, NULL);
+    agent_send(a, o->reply, data, NULL, true, NULL);
 }
 
 /* Keys of the messages whose delivery is acknowledged (see ws_client). */
@@ -47,13 +61,13 @@ static void ack_key(char *buf, size_t sz, const char *kind, const char *move_id)
     util_fmt(buf, sz, "%s:%s", kind, move_id);
 }
 
-static void agent_refuse(struct agent *a, const char *reply, enum move_code code, const char *why,
-                         const char *server)
+static void agent_refuse(struct agent *a, const struct origin *o, enum move_code code,
+                         const char *why, const char *server)
 {
     LOG(LOG_INFO, "request refused", LF_S("server", server ? server : ""),
-        LF_S("code", move_code_name(code)), LF_S("error", why));
+        LF_S("code", move_code_name(code)), LF_S("error", why), LF_S("via", o->who));
     metrics_refused(&a->metrics, code);
-    agent_answer(a, reply, protocol_failure(code, why));
+    agent_answer(a, o, protocol_failure(code, why));
 }
 
 /* --- history of ended moves --------------------------------------------------- */
@@ -395,7 +409,7 @@ static enum move_code agent_validate(struct agent *a, const struct move_request 
     return CODE_NONE;
 }
 
-static void agent_move_data(struct agent *a, const struct frame *f)
+static void agent_move_data(struct agent *a, const struct frame *f, const struct origin *o)
 {
     struct move_request req;
     struct resolved *res;
@@ -407,7 +421,7 @@ static void agent_move_data(struct agent *a, const struct frame *f)
     enum move_code code;
 
     if (protocol_parse_move_data(f->data, &req, why, sizeof why) != 0) {
-        agent_refuse(a, f->reply, CODE_INVALID_REQUEST, why, NULL);
+        agent_refuse(a, o, CODE_INVALID_REQUEST, why, NULL);
         return;
     }
     if (req.move_id[0]) {
@@ -417,20 +431,19 @@ static void agent_move_data(struct agent *a, const struct frame *f)
             LOG(LOG_INFO, "move already ended; answer sent again", LF_S("move", req.move_id));
             if (f->reply) {
                 cJSON *d = cJSON_Parse(h->answer_data);
-                agent_answer(a, f->reply, d ? d : cJSON_CreateObject());
+                agent_answer(a, o, d ? d : cJSON_CreateObject());
             }
             return;
         }
     }
     if (a->stopping) {
-        agent_refuse(a, f->reply, CODE_SHUTTING_DOWN, "the agent is shutting down",
-                     req.server_name);
+        agent_refuse(a, o, CODE_SHUTTING_DOWN, "the agent is shutting down", req.server_name);
         return;
     }
     res = xmalloc(sizeof *res);
     code = agent_validate(a, &req, res, why, sizeof why);
     if (code != CODE_NONE) {
-        agent_refuse(a, f->reply, code, why, req.server_name);
+        agent_refuse(a, o, code, why, req.server_name);
         free(res);
         return;
     }
@@ -456,7 +469,7 @@ static void agent_move_data(struct agent *a, const struct frame *f)
     if (journal_write(&a->journal, jr) != 0) {
         journal_rec_free(jr);
         free(res);
-        agent_refuse(a, f->reply, CODE_IO_ERROR,
+        agent_refuse(a, o, CODE_IO_ERROR,
                      "cannot record the move in the journal (state_dir); nothing was touched",
                      req.server_name);
         return;
@@ -490,7 +503,7 @@ static void agent_move_data(struct agent *a, const struct frame *f)
         journal_rec_free(jr);
         free(m);
         free(res);
-        agent_refuse(a, f->reply, CODE_IO_ERROR, "cannot set up the move", req.server_name);
+        agent_refuse(a, o, CODE_IO_ERROR, "cannot set up the move", req.server_name);
         return;
     }
     free(res);
@@ -516,7 +529,7 @@ static bool selector_matches(const struct move_selector *s, const struct move_st
            (!s->move_id[0] || strcmp(s->move_id, st->move_id) == 0);
 }
 
-static void agent_move_cancel(struct agent *a, const struct frame *f)
+static void agent_move_cancel(struct agent *a, const struct frame *f, const struct origin *o)
 {
     struct move_selector sel;
     struct move *m;
@@ -525,11 +538,11 @@ static void agent_move_cancel(struct agent *a, const struct frame *f)
     bool queued;
 
     if (protocol_parse_selector(f->data, &sel, why, sizeof why) != 0) {
-        agent_refuse(a, f->reply, CODE_INVALID_REQUEST, why, NULL);
+        agent_refuse(a, o, CODE_INVALID_REQUEST, why, NULL);
         return;
     }
     if (!sel.server_name[0] && !sel.move_id[0]) {
-        agent_refuse(a, f->reply, CODE_INVALID_REQUEST, "serverName or moveId is required", NULL);
+        agent_refuse(a, o, CODE_INVALID_REQUEST, "serverName or moveId is required", NULL);
         return;
     }
     for (m = a->moves; m; m = m->next)
@@ -538,7 +551,7 @@ static void agent_move_cancel(struct agent *a, const struct frame *f)
     if (!m) {
         util_fmt(why, sizeof why, "no move of %s%s%s has not ended", sel.server_name,
                  sel.server_name[0] && sel.move_id[0] ? " / " : "", sel.move_id);
-        agent_refuse(a, f->reply, CODE_NOT_FOUND, why, sel.server_name);
+        agent_refuse(a, o, CODE_NOT_FOUND, why, sel.server_name);
         return;
     }
     util_fmt(id, sizeof id, "%s", m->st.move_id);
@@ -550,14 +563,15 @@ static void agent_move_cancel(struct agent *a, const struct frame *f)
                  "move %s is removing its source after a verified copy; it cannot be cancelled "
                  "and will complete",
                  id);
-        agent_refuse(a, f->reply, CODE_BUSY, why, m->st.server_name);
+        agent_refuse(a, o, CODE_BUSY, why, m->st.server_name);
         return;
     }
-    LOG(LOG_INFO, "move cancel requested", LF_S("move", id), LF_S("queued", queued ? "yes" : "no"));
+    LOG(LOG_INFO, "move cancel requested", LF_S("move", id), LF_S("queued", queued ? "yes" : "no"),
+        LF_S("via", o->who));
     d = cJSON_CreateObject();
     cJSON_AddTrueToObject(d, "success");
     cJSON_AddStringToObject(d, "moveId", id);
-    agent_answer(a, f->reply, d);
+    agent_answer(a, o, d);
     if (queued)
         move_stop(m, CODE_CANCELLED, "the move was cancelled while queued");
 }
@@ -580,7 +594,7 @@ static void status_add(cJSON *moves, const struct move_state *st, size_t *bytes,
     cJSON_AddItemToArray(moves, o);
 }
 
-static void agent_move_status(struct agent *a, const struct frame *f)
+static void agent_move_status(struct agent *a, const struct frame *f, const struct origin *o)
 {
     struct move_selector sel;
     char why[256];
@@ -589,7 +603,7 @@ static void agent_move_status(struct agent *a, const struct frame *f)
     size_t bytes = 64;
 
     if (protocol_parse_selector(f->data, &sel, why, sizeof why) != 0) {
-        agent_refuse(a, f->reply, CODE_INVALID_REQUEST, why, NULL);
+        agent_refuse(a, o, CODE_INVALID_REQUEST, why, NULL);
         return;
     }
     d = cJSON_CreateObject();
@@ -610,14 +624,14 @@ static void agent_move_status(struct agent *a, const struct frame *f)
         cJSON_AddTrueToObject(d, "truncated");
         cJSON_AddNumberToObject(d, "omitted", omitted);
     }
-    agent_answer(a, f->reply, d);
+    agent_answer(a, o, d);
 }
 
 /* --- incoming frames ------------------------------------------------------------ */
 
 static const struct {
     const char *subject;
-    void (*handle)(struct agent *a, const struct frame *f);
+    void (*handle)(struct agent *a, const struct frame *f, const struct origin *o);
 } handlers[] = {
     {"server.move_data", agent_move_data},
     {"server.move_cancel", agent_move_cancel},
@@ -630,6 +644,7 @@ static void agent_on_message(struct ws_client *c, const char *buf, size_t len)
     struct frame f;
     char why[256];
     size_t i;
+    struct origin o = {.who = "manager"};
 
     switch (protocol_parse_frame(buf, len, &f, why, sizeof why)) {
     case FRAME_DROP:
@@ -638,19 +653,21 @@ static void agent_on_message(struct ws_client *c, const char *buf, size_t len)
     case FRAME_INVALID:
         LOG(LOG_WARN, "malformed frame answered", LF_S("reason", why), LF_S("reply", f.reply));
         metrics_refused(&a->metrics, CODE_INVALID_REQUEST);
-        agent_answer(a, f.reply, protocol_failure(CODE_INVALID_REQUEST, why));
+        o.reply = f.reply;
+        agent_answer(a, &o, protocol_failure(CODE_INVALID_REQUEST, why));
         break;
     case FRAME_OK:
+        o.reply = f.reply;
         for (i = 0; i < ARRAY_SIZE(handlers); i++) {
             if (strcmp(handlers[i].subject, f.subject) == 0) {
-                handlers[i].handle(a, &f);
+                handlers[i].handle(a, &f, &o);
                 break;
             }
         }
         if (i == ARRAY_SIZE(handlers)) {
             if (f.reply) {
                 util_fmt(why, sizeof why, "unknown subject %s", f.subject);
-                agent_refuse(a, f.reply, CODE_UNKNOWN_SUBJECT, why, NULL);
+                agent_refuse(a, &o, CODE_UNKNOWN_SUBJECT, why, NULL);
             } else {
                 LOG(LOG_INFO, "request with unknown subject dropped", LF_S("subject", f.subject));
             }
@@ -659,6 +676,51 @@ static void agent_on_message(struct ws_client *c, const char *buf, size_t len)
     }
     frame_free(&f);
 }
+
+/* A request on the control socket: the manager's status and cancel, answered
+ * with the same data object; malformed input gets invalid_request. */
+static char *agent_on_control(struct control *c, const struct control_peer *peer, const char *line,
+                              size_t len)
+{
+    struct agent *a = c->owner;
+    struct frame f;
+    cJSON *answer = NULL;
+    char why[256], who[96], *printed, *out;
+    struct origin o = {.answer = &answer, .who = who};
+
+    util_fmt(who, sizeof who, "control socket uid %u pid %d", (unsigned)peer->uid, (int)peer->pid);
+    switch (protocol_parse_frame(line, len, &f, why, sizeof why)) {
+    case FRAME_DROP:
+    case FRAME_INVALID:
+        agent_refuse(a, &o, CODE_INVALID_REQUEST, why, NULL);
+        break;
+    case FRAME_OK:
+        if (strcmp(f.subject, "server.move_status") == 0) {
+            agent_move_status(a, &f, &o);
+        } else if (strcmp(f.subject, "server.move_cancel") == 0) {
+            agent_move_cancel(a, &f, &o);
+        } else {
+            util_fmt(why, sizeof why,
+                     "subject %s is not served on the control socket (only server.move_status "
+                     "and server.move_cancel)",
+                     f.subject);
+            agent_refuse(a, &o, CODE_UNKNOWN_SUBJECT, why, NULL);
+        }
+        break;
+    }
+    frame_free(&f);
+    printed = answer ? cJSON_PrintUnformatted(answer) : NULL;
+    cJSON_Delete(answer);
+    if (!printed)
+        util_oom(0);
+    out = xstrdup(printed);
+    cJSON_free(printed);
+    return out;
+}
+
+static const struct control_ops agent_control_ops = {
+    .request = agent_on_control,
+};
 
 /* --- hello and heartbeat ---------------------------------------------------------- */
 
@@ -737,6 +799,7 @@ static void agent_teardown(struct agent *a)
         return;
     a->torn_down = true;
     ws_client_close(&a->ws);
+    control_close(&a->control);
     uv_close((uv_handle_t *)&a->sig_term, agent_on_handle_closed);
     uv_close((uv_handle_t *)&a->sig_int, agent_on_handle_closed);
     uv_close((uv_handle_t *)&a->sig_hup, agent_on_handle_closed);
@@ -826,18 +889,21 @@ static void agent_reload(struct agent *a)
         config_errors_free(&errs);
         return;
     }
-    /* The URL, state_dir and ping interval are fixed for the process; the
+    /* The URL, state_dir, control_socket and ping interval are fixed for the process; the
      * rest applies to new requests and the next connection. */
     free(fresh.manager_url);
     config_url_free(&fresh.url);
     free(fresh.state_dir);
+    free(fresh.control_socket);
     fresh.manager_url = a->cfg.manager_url;
     fresh.url = a->cfg.url;
     fresh.state_dir = a->cfg.state_dir;
+    fresh.control_socket = a->cfg.control_socket;
     fresh.ping_interval_ms = a->cfg.ping_interval_ms;
     a->cfg.manager_url = NULL;
     a->cfg.url.host = a->cfg.url.path = NULL;
     a->cfg.state_dir = NULL;
+    a->cfg.control_socket = NULL;
     config_free(&a->cfg);
     a->cfg = fresh;
     log_setup(a->cfg.log_level, a->cfg.log_format);
@@ -889,32 +955,6 @@ static void agent_on_acked(struct ws_client *c, const char *key)
     }
 }
 
-static void rec_to_state(const struct journal_rec *r, struct move_state *st)
-{
-    memset(st, 0, sizeof *st);
-    util_fmt(st->move_id, sizeof st->move_id, "%s", r->move_id);
-    util_fmt(st->server_name, sizeof st->server_name, "%s", r->server_name);
-    st->old_path = xstrdup(r->old_path);
-    st->new_path = xstrdup(r->new_path);
-    st->rename = r->rename;
-    st->phase = r->phase;
-    st->bytes_total = r->bytes_total;
-    st->bytes_copied = r->bytes_copied;
-    st->files_total = r->files_total;
-    st->files_copied = r->files_copied;
-    st->percent = r->phase == PHASE_COMPLETE ? 100
-                  : r->bytes_total ? 100.0 * (double)r->bytes_copied / (double)r->bytes_total
-                                   : 0;
-    st->phase_percent = r->phase == PHASE_COMPLETE ? 100 : 0;
-    st->eta_seconds = r->phase == PHASE_COMPLETE ? 0 : -1;
-    st->seq = r->seq;
-    st->started_at_ms = r->started_at_ms;
-    st->ended_at_ms = r->ended_at_ms;
-    st->elapsed_ms = r->ended_at_ms > r->started_at_ms ? r->ended_at_ms - r->started_at_ms : 0;
-    st->code = r->code;
-    util_fmt(st->error, sizeof st->error, "%s", r->error);
-}
-
 /* Sends a recorded outcome again: the terminal frame (same seq: the manager
  * deduplicates) and the answer, both acknowledged. */
 static void agent_resend_outcome(struct agent *a, const struct journal_rec *r,
@@ -942,7 +982,7 @@ static void agent_end_recovered(struct agent *a, struct journal_rec *r, enum mov
     util_fmt(r->error, sizeof r->error, "%s", error ? error : "");
     r->ended_at_ms = util_wall_ms();
     r->seq += JOURNAL_SEQ_HEADROOM;
-    rec_to_state(r, &st);
+    journal_rec_state(r, &st);
     ans = agent_move_answer(&st);
     printed = cJSON_PrintUnformatted(ans);
     cJSON_Delete(ans);
@@ -976,7 +1016,7 @@ static void agent_recover_one(void *arg, struct journal_rec *r)
             journal_rec_free(r);
             return;
         }
-        rec_to_state(r, &st);
+        journal_rec_state(r, &st);
         if (!r->delivered) {
             LOG(LOG_INFO, "answer not yet delivered; it is sent again after hello",
                 LF_S("move", r->move_id));
@@ -1099,6 +1139,15 @@ int agent_init(struct agent *a, const char *config_path, struct config *cfg)
     rc = ws_client_init(&a->ws, &a->loop, &a->cfg, &agent_ws_ops, a);
     if (rc != 0)
         goto fail_ws;
+    {
+        char why[512];
+        rc = control_init(&a->control, &a->loop, a->cfg.control_socket, &agent_control_ops, a, why,
+                          sizeof why);
+        if (rc != 0) {
+            LOG(LOG_ERROR, "cannot start", LF_S("reason", why));
+            goto fail_ws;
+        }
+    }
     uv_signal_start(&a->sig_term, agent_on_signal, SIGTERM);
     uv_signal_start(&a->sig_int, agent_on_signal, SIGINT);
     uv_signal_start(&a->sig_hup, agent_on_signal, SIGHUP);

@@ -6,6 +6,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -31,6 +32,7 @@ enum key_type {
     K_SIZE,
     K_BOOL,
     K_VERIFY,
+    K_SOCKET,
 };
 
 #define SEC 1000ull
@@ -70,6 +72,7 @@ static const struct key_def key_table[] = {
     {"ca_file", K_READABLE_FILE, F(ca_file), 0, 0, false, false},
     {"tls_insecure", K_BOOL, F(tls_insecure), 0, 0, false, false},
     {"metrics_file", K_FILE_PATH, F(metrics_file), 0, 0, false, false},
+    {"control_socket", K_SOCKET, F(control_socket), 0, 0, false, false},
 };
 #undef F
 
@@ -82,6 +85,7 @@ static void config_defaults(struct config *cfg)
     host[sizeof host - 1] = '\0';
     cfg->agent_id = xstrdup(host);
     cfg->state_dir = xstrdup("/var/lib/hostagent");
+    cfg->control_socket = xstrdup(CONFIG_DEFAULT_CONTROL_SOCKET);
     cfg->log_level = LOG_INFO;
     cfg->log_format = LOG_FORMAT_TEXT;
     cfg->heartbeat_interval_ms = 15 * SEC;
@@ -455,6 +459,21 @@ static int apply_key(struct config *cfg, const struct key_def *k, const char *v,
         }
         set_str(cfg, k->off, v);
         return 0;
+    case K_SOCKET:
+        if (!abs_path_ok(v, why))
+            return -EINVAL;
+        if (strlen(v) >= sizeof(((struct sockaddr_un *)NULL)->sun_path)) {
+            util_fmt(whybuf, whysz, "must be shorter than %zu bytes (a Unix socket's limit)",
+                     sizeof(((struct sockaddr_un *)NULL)->sun_path));
+            *why = whybuf;
+            return -EINVAL;
+        }
+        if (v[strlen(v) - 1] == '/') {
+            *why = "must name a file, not a directory";
+            return -EINVAL;
+        }
+        set_str(cfg, k->off, v);
+        return 0;
     case K_READABLE_FILE:
         if (!abs_path_ok(v, why))
             return -EINVAL;
@@ -745,6 +764,7 @@ void config_free(struct config *cfg)
     }
     free_roots(cfg);
     free(cfg->state_dir);
+    free(cfg->control_socket);
     free(cfg->ca_file);
     free(cfg->metrics_file);
     memset(cfg, 0, sizeof *cfg);

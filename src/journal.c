@@ -17,27 +17,6 @@
 #define JOURNAL_VERSION 1
 #define JOURNAL_MAX_BYTES (1u << 20)
 
-static int mkdir_p(const char *path, mode_t mode)
-{
-    char buf[PATH_MAX];
-    size_t len = strlen(path);
-    if (len >= sizeof buf)
-        return -ENAMETOOLONG;
-    memcpy(buf, path, len + 1);
-    for (char *p = buf + 1;; p++) {
-        if (*p == '/' || *p == '\0') {
-            char c = *p;
-            *p = '\0';
-            if (mkdir(buf, mode) != 0 && errno != EEXIST)
-                return -errno;
-            *p = c;
-            if (c == '\0')
-                break;
-        }
-    }
-    return 0;
-}
-
 static int fsync_dir(const char *dir)
 {
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc = 0;
@@ -55,7 +34,7 @@ int journal_open(struct journal *j, const char *state_dir, char *why, size_t why
     int rc, n;
     memset(j, 0, sizeof *j);
     j->lock_fd = -1;
-    if ((rc = mkdir_p(state_dir, 0700)) != 0) {
+    if ((rc = util_mkdir_p(state_dir, 0700)) != 0) {
         util_fmt(why, whysz, "cannot create state_dir %s: %s", state_dir, strerror(-rc));
         return rc;
     }
@@ -384,24 +363,22 @@ static char *read_small_file(int dirfd, const char *name, size_t *len)
     return buf;
 }
 
-unsigned journal_load(const struct journal *j, void (*fn)(void *arg, struct journal_rec *rec),
-                      void *arg)
+/* Reads every record file of the moves directory d (at path moves) and hands
+ * the readable ones to fn. With repair (the daemon holding the lock), a temp
+ * file cut short is removed and an unreadable record renamed "*.corrupt";
+ * without, nothing is touched. Returns the number of unreadable records. */
+static unsigned journal_scan(DIR *d, const char *moves, bool repair,
+                             void (*fn)(void *arg, struct journal_rec *rec), void *arg)
 {
-    DIR *d = opendir(j->moves);
     struct dirent *de;
-    unsigned set_aside = 0;
-    if (!d) {
-        LOG(LOG_ERROR, "cannot read the journal", LF_S("path", j->moves),
-            LF_S("reason", strerror(errno)));
-        return 0;
-    }
+    unsigned unreadable = 0;
     while ((de = readdir(d)) != NULL) {
         size_t nl = strlen(de->d_name), len = 0;
         char id[MOVE_ID_MAX + 1], *text;
         struct journal_rec *rec = NULL;
         cJSON *o;
         if (de->d_name[0] == '.') {
-            if (nl > 4 && strcmp(de->d_name + nl - 4, ".tmp") == 0)
+            if (repair && nl > 4 && strcmp(de->d_name + nl - 4, ".tmp") == 0)
                 (void)unlinkat(dirfd(d), de->d_name, 0); /* a write cut short: never renamed */
             continue;
         }
@@ -419,9 +396,10 @@ unsigned journal_load(const struct journal *j, void (*fn)(void *arg, struct jour
             fn(arg, rec);
             continue;
         }
-        {
+        unreadable++;
+        if (repair) {
             char from[PATH_MAX], to[PATH_MAX];
-            util_fmt(from, sizeof from, "%s/%s", j->moves, de->d_name);
+            util_fmt(from, sizeof from, "%s/%s", moves, de->d_name);
             util_fmt(to, sizeof to, "%s.corrupt", from);
             LOG(LOG_ERROR,
                 "journal file is unreadable; set aside, nothing touched: check this move's "
@@ -430,11 +408,64 @@ unsigned journal_load(const struct journal *j, void (*fn)(void *arg, struct jour
             if (rename(from, to) != 0)
                 LOG(LOG_ERROR, "cannot set the journal file aside", LF_S("file", from),
                     LF_S("reason", strerror(errno)));
-            set_aside++;
         }
     }
+    return unreadable;
+}
+
+unsigned journal_load(const struct journal *j, void (*fn)(void *arg, struct journal_rec *rec),
+                      void *arg)
+{
+    DIR *d = opendir(j->moves);
+    unsigned set_aside;
+    if (!d) {
+        LOG(LOG_ERROR, "cannot read the journal", LF_S("path", j->moves),
+            LF_S("reason", strerror(errno)));
+        return 0;
+    }
+    set_aside = journal_scan(d, j->moves, true, fn, arg);
     closedir(d);
     return set_aside;
+}
+
+int journal_read(const char *state_dir, void (*fn)(void *arg, struct journal_rec *rec), void *arg,
+                 unsigned *unreadable)
+{
+    char moves[PATH_MAX];
+    DIR *d;
+    util_fmt(moves, sizeof moves, "%s/moves", state_dir);
+    d = opendir(moves);
+    if (!d)
+        return -errno;
+    *unreadable = journal_scan(d, moves, false, fn, arg);
+    closedir(d);
+    return 0;
+}
+
+void journal_rec_state(const struct journal_rec *r, struct move_state *st)
+{
+    memset(st, 0, sizeof *st);
+    util_fmt(st->move_id, sizeof st->move_id, "%s", r->move_id);
+    util_fmt(st->server_name, sizeof st->server_name, "%s", r->server_name);
+    st->old_path = xstrdup(r->old_path);
+    st->new_path = xstrdup(r->new_path);
+    st->rename = r->rename;
+    st->phase = r->phase;
+    st->bytes_total = r->bytes_total;
+    st->bytes_copied = r->bytes_copied;
+    st->files_total = r->files_total;
+    st->files_copied = r->files_copied;
+    st->percent = r->phase == PHASE_COMPLETE ? 100
+                  : r->bytes_total ? 100.0 * (double)r->bytes_copied / (double)r->bytes_total
+                                   : 0;
+    st->phase_percent = r->phase == PHASE_COMPLETE ? 100 : 0;
+    st->eta_seconds = r->phase == PHASE_COMPLETE ? 0 : -1;
+    st->seq = r->seq;
+    st->started_at_ms = r->started_at_ms;
+    st->ended_at_ms = r->ended_at_ms;
+    st->elapsed_ms = r->ended_at_ms > r->started_at_ms ? r->ended_at_ms - r->started_at_ms : 0;
+    st->code = r->code;
+    util_fmt(st->error, sizeof st->error, "%s", r->error);
 }
 
 void journal_missing_parents(struct journal_rec *rec, const char *path)

@@ -1,5 +1,7 @@
-/* main.c: command line: the daemon, --check-config, --version, --help, move. */
+/* main.c: command line: the daemon, --check-config, --version, --help, move,
+ * status, cancel. */
 #include "agent.h"
+#include "cli_ctl.h"
 #include "cli_move.h"
 #include "config.h"
 #include "log.h"
@@ -18,6 +20,8 @@ static void usage(FILE *out)
     fprintf(out, "usage: hostagent [--config FILE]            run the agent in the foreground\n"
                  "       hostagent --check-config [--config FILE]\n"
                  "       hostagent move [--verify=metadata|checksum] [--json] OLD NEW\n"
+                 "       hostagent status [--json] [--config FILE]\n"
+                 "       hostagent cancel [--config FILE] MOVE_ID | --server NAME\n"
                  "       hostagent --version | --help\n"
                  "\n"
                  "The default config file is " CONFIG_DEFAULT_PATH ".\n"
@@ -69,6 +73,8 @@ int main(int argc, char **argv)
 
     if (argc >= 2 && strcmp(argv[1], "move") == 0)
         return cli_move_main(argc - 2, argv + 2);
+    if (argc >= 2 && (strcmp(argv[1], "status") == 0 || strcmp(argv[1], "cancel") == 0))
+        return cli_ctl_main(argc - 1, argv + 1);
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--version") == 0) {
             printf("hostagent %s\n", HOSTAGENT_VERSION);

@@ -1,10 +1,13 @@
 /* util.c: allocation policy, clocks and string helpers shared by all modules. */
 #include "util.h"
 
+#include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -173,4 +176,25 @@ void util_fmt_rate(char *buf, size_t sz, uint64_t bps)
         util_fmt(buf, sz, "%lluB/s", (unsigned long long)bps);
     else
         util_fmt(buf, sz, "%.1f%s", v, units[u]);
+}
+
+int util_mkdir_p(const char *path, mode_t mode)
+{
+    char buf[PATH_MAX];
+    size_t len = strlen(path);
+    if (len >= sizeof buf)
+        return -ENAMETOOLONG;
+    memcpy(buf, path, len + 1);
+    for (char *p = buf + 1;; p++) {
+        if (*p == '/' || *p == '\0') {
+            char c = *p;
+            *p = '\0';
+            if (mkdir(buf, mode) != 0 && errno != EEXIST)
+                return -errno;
+            *p = c;
+            if (c == '\0')
+                break;
+        }
+    }
+    return 0;
 }

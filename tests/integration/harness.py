@@ -64,6 +64,12 @@ class Agent:
     def __init__(self, manager, scratch, extra=None, env=None, user=None, roots=None, log_name="agent.log"):
         self.cfg_path = os.path.join(scratch.base, "agent.conf")
         self.log_path = os.path.join(scratch.base, log_name)
+        # Each test its own control socket: agents of other checkouts may run
+        # on this machine at the same time.
+        self.control_socket = os.path.join(scratch.base, "run", "control.sock")
+        if user and not os.path.isdir(os.path.dirname(self.control_socket)):
+            os.mkdir(os.path.dirname(self.control_socket), 0o700)
+            subprocess.run(["chown", user, os.path.dirname(self.control_socket)], check=True)
         conf = {
             "manager_url": manager.url,
             "agent_id": "it-agent",
@@ -76,6 +82,7 @@ class Agent:
             "reconnect_min": "200ms",
             "reconnect_max": "2s",
             "log_level": "debug",
+            "control_socket": self.control_socket,
         }
         conf.update(extra or {})
         with open(self.cfg_path, "w") as f:

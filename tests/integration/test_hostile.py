@@ -208,12 +208,15 @@ class StatusFloodTest(AgentTestCase):
                 return int([ln for ln in f if ln.startswith("VmRSS")][0].split()[1])
         conn.pause_reading(True)
         sent = 0
-        while sent < 3000 and "the manager is not reading" not in self.agent.log():
+        while sent < 20000 and "the manager is not reading" not in self.agent.log():
             for _ in range(50):
                 conn.send_text(json.dumps({"subject": "server.move_status", "reply": "st%d" % sent, "data": {}}))
                 sent += 1
-        self.assertIn("the manager is not reading", self.agent.log())
-        self.assertLess(sent, 1000, "pushed back by bytes, long before 2,048 answers")
+        pause = re.search(r"the manager is not reading.* queued=(\d+) queued_bytes=(\d+)", self.agent.log())
+        self.assertIsNotNone(pause, "the agent never stopped reading")
+        queued, queued_bytes = int(pause.group(1)), int(pause.group(2))
+        self.assertLess(queued, 100, "pushed back by bytes, long before 2,048 answers")
+        self.assertGreaterEqual(queued_bytes, 8 << 20)
         time.sleep(1)
         peak = rss_kib()
         if not SANITIZED:  # ASan's shadow memory would dwarf the bound

@@ -41,7 +41,8 @@ class UnitTest(unittest.TestCase):
         s = self.settings()
         for key, value in [("Type", "notify"), ("Restart", "on-failure"), ("NoNewPrivileges", "yes"),
                            ("ProtectSystem", "strict"), ("PrivateTmp", "yes"), ("ProtectHome", "no"),
-                           ("StateDirectory", "hostagent")]:
+                           ("StateDirectory", "hostagent"), ("RuntimeDirectory", "hostagent"),
+                           ("RuntimeDirectoryMode", "0700")]:
             self.assertEqual(s.get(key), [value], key)
         self.assertIn("kill -HUP", s["ExecReload"][0])
         self.assertTrue(s.get("WatchdogSec"))

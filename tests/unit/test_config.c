@@ -72,7 +72,8 @@ static void test_every_key(void **state)
              "max_message_bytes = 2M\n"
              "ca_file = %s\n"
              "tls_insecure = yes\n"
-             "metrics_file = /var/lib/node_exporter/hostagent.prom\n",
+             "metrics_file = /var/lib/node_exporter/hostagent.prom\n"
+             "control_socket = /run/ha/ctl.sock\n",
              tokfile, tokfile);
     unsetenv("HOSTAGENT_TOKEN");
     assert_int_equal(load(text, &cfg, NULL, 0), 0);
@@ -104,6 +105,7 @@ static void test_every_key(void **state)
     assert_string_equal(cfg.ca_file, tokfile);
     assert_true(cfg.tls_insecure);
     assert_string_equal(cfg.metrics_file, "/var/lib/node_exporter/hostagent.prom");
+    assert_string_equal(cfg.control_socket, "/run/ha/ctl.sock");
     config_free(&cfg);
     unlink(tokfile);
 }
@@ -120,6 +122,7 @@ static void test_defaults(void **state)
     assert_null(cfg.token);
     assert_int_equal(cfg.n_allowed_roots, 0);
     assert_string_equal(cfg.state_dir, "/var/lib/hostagent");
+    assert_string_equal(cfg.control_socket, "/run/hostagent/control.sock");
     assert_int_equal(cfg.log_level, LOG_INFO);
     assert_int_equal(cfg.log_format, LOG_FORMAT_TEXT);
     assert_int_equal(cfg.heartbeat_interval_ms, 15000);
@@ -206,6 +209,13 @@ static void test_bad_values_name_their_line(void **state)
         {"metrics_file = /var/lib/node_exporter/", "must name a file"},
         {"metrics_file = /", "must name a file"},
         {"tls_insecure = maybe", "true or false"},
+        {"control_socket = run/ctl.sock", "absolute"},
+        {"control_socket = /run/../ctl.sock", ".."},
+        {"control_socket = /run/hostagent/", "must name a file"},
+        {"control_socket = /", "must name a file"},
+        {"control_socket = /run/hostagent/a-socket-path-that-is-far-too-long-for-sun-path-"
+         "which-holds-only-108-bytes-including-its-terminating-nul.sock",
+         "shorter than 108 bytes"},
         {"no_such_key = 1", "unknown key 'no_such_key'"},
         {"just words", "expected key = value"},
         {"= value", "missing key"},
@@ -226,6 +236,26 @@ static void test_bad_values_name_their_line(void **state)
             fail_msg("case '%s': got '%s', want prefix '%s' and '%s'", cases[i].line, first, want,
                      cases[i].expect);
     }
+}
+
+/* A Unix socket's path holds 107 bytes and its NUL. */
+static void test_control_socket_length(void **state)
+{
+    struct config cfg;
+    char text[256], name[120];
+    (void)state;
+    unsetenv("HOSTAGENT_TOKEN");
+    memset(name, 'x', sizeof name);
+    memcpy(name, "/run/", 5);
+    name[107] = '\0';
+    snprintf(text, sizeof text, "manager_url = ws://h\ncontrol_socket = %s\n", name);
+    assert_int_equal(load(text, &cfg, NULL, 0), 0);
+    assert_int_equal(strlen(cfg.control_socket), 107);
+    config_free(&cfg);
+    name[107] = 'x';
+    name[108] = '\0';
+    snprintf(text, sizeof text, "manager_url = ws://h\ncontrol_socket = %s\n", name);
+    assert_int_equal(load(text, &cfg, NULL, 0), 1);
 }
 
 static void test_structural_errors(void **state)
@@ -319,6 +349,7 @@ int main(void)
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_comments_quotes_env),
         cmocka_unit_test(test_bad_values_name_their_line),
+        cmocka_unit_test(test_control_socket_length),
         cmocka_unit_test(test_structural_errors),
         cmocka_unit_test(test_value_parsers),
         cmocka_unit_test(test_urls),

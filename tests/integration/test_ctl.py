@@ -1,0 +1,428 @@
+"""`hostagent status` and `hostagent cancel` against the real daemon mid-move,
+over its control socket: the table and --json, cancel by id and by server,
+refusals, a peer that is not root refused (SO_PEERCRED), hostile clients that
+never disturb a move, status from state_dir when no daemon runs, and the
+socket's permissions and lifetime."""
+import contextlib
+import json
+import os
+import socket
+import stat
+import subprocess
+import time
+
+from harness import BIN, Agent, AgentTestCase, dense_tree, make_tree, snapshot, wait_until
+
+
+def ctl(cfg, *args, user=None, timeout=30):
+    cmd = [BIN, *args, "--config", cfg]
+    if user:
+        cmd = ["setpriv", "--reuid", user, "--regid", "nogroup", "--clear-groups", "--"] + cmd
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+class CtlTestCase(AgentTestCase):
+    def start_move(self, server, src, dst, move_id):
+        return self.manager.request("server.move_data", {"serverName": server, "oldPath": src,
+                                                         "newPath": dst, "moveId": move_id})
+
+    def wait_phase(self, move_id, phase, timeout=30):
+        self.manager.wait_for(lambda: any(f["phase"] == phase for f in self.manager.frames(move_id)),
+                              timeout, "%s in phase %s" % (move_id, phase))
+
+    @contextlib.contextmanager
+    def stalled_copy(self):
+        """Holds the move threads still while the loop (and so the control
+        socket) keeps running."""
+        with contextlib.ExitStack() as frozen:
+            with self.paused_agent():  # the copy cannot run on while the freezer is set
+                frozen.enter_context(self.frozen_workers())
+            yield
+
+    def status(self, *extra, user=None):
+        return ctl(self.agent.cfg_path, "status", *extra, user=user)
+
+    def connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(20)
+        s.connect(self.agent.control_socket)
+        return Client(s)
+
+
+class Client:
+    """One control socket connection, read line by line."""
+
+    def __init__(self, s):
+        self.s = s
+        self.buf = b""
+
+    def sendall(self, data):
+        self.s.sendall(data)
+
+    def shutdown(self, how):
+        self.s.shutdown(how)
+
+    def _recv(self):
+        try:
+            return self.s.recv(65536)
+        except ConnectionResetError:
+            # The daemon closed with our bytes unread (an oversize line):
+            # what it wrote before has been read already.
+            return b""
+
+    def read_line(self):
+        while b"\n" not in self.buf:
+            chunk = self._recv()
+            if not chunk:
+                return None
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def read_until_closed(self):
+        while True:
+            chunk = self._recv()
+            if not chunk:
+                out, self.buf = self.buf, b""
+                return out
+            self.buf += chunk
+
+    def close(self):
+        self.s.close()
+
+
+class StatusCancelTest(CtlTestCase):
+    def test_status_table_json_and_cancel_by_id_mid_move(self):
+        self.start_agent()
+        small = make_tree(os.path.join(self.scratch.a, "small"), n_small=5)
+        done = self.start_move("small", small, os.path.join(self.scratch.b, "small"), "mv-small")
+        self.assertTrue(self.manager.wait_answer(done, 30)["success"])
+        big = dense_tree(os.path.join(self.scratch.a, "big"), 200)
+        before = snapshot(big, content=False)
+        move = self.start_move("big", big, os.path.join(self.scratch.b, "big"), "mv-big")
+        self.wait_phase("mv-big", "copying")
+        with self.stalled_copy():
+            r = self.status()
+            self.assertEqual(r.returncode, 0, r.stderr)
+            lines = r.stdout.splitlines()
+            self.assertEqual(lines[0].split(), ["SERVER", "MOVE", "ID", "PHASE", "PERCENT", "RATE", "ETA", "CODE"])
+            rows = {ln.split()[1]: ln.split() for ln in lines[1:]}
+            self.assertEqual(set(rows), {"mv-big", "mv-small"}, r.stdout)
+            self.assertEqual(rows["mv-big"][:3], ["big", "mv-big", "copying"])
+            self.assertTrue(rows["mv-big"][3].endswith("%"))
+            self.assertEqual(rows["mv-big"][6], "-")
+            self.assertEqual(rows["mv-small"], ["small", "mv-small", "complete", "100.0%", "-", "-", "-"])
+            self.assertEqual(lines[1].split()[1], "mv-big", "moves not ended come first")
+
+            r = self.status("--json")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            moves = {m["moveId"]: m for m in json.loads(r.stdout)}
+            self.assertEqual(set(moves), {"mv-big", "mv-small"})
+            for key in ("serverName", "phase", "percent", "bytesPerSecond", "bytesTotal", "bytesCopied",
+                        "filesTotal", "filesCopied", "seq", "startedAt", "oldPath", "newPath", "method"):
+                self.assertIn(key, moves["mv-big"], key)
+            self.assertEqual((moves["mv-big"]["serverName"], moves["mv-big"]["phase"]), ("big", "copying"))
+            self.assertLess(moves["mv-big"]["bytesCopied"], moves["mv-big"]["bytesTotal"])
+            self.assertEqual((moves["mv-small"]["phase"], moves["mv-small"]["percent"]), ("complete", 100))
+            self.assertIn("endedAt", moves["mv-small"])
+
+            r = ctl(self.agent.cfg_path, "cancel", "mv-big")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("mv-big", r.stdout)
+        ans = self.manager.wait_answer(move, 60)
+        self.assertEqual((ans["success"], ans["code"]), (False, "cancelled"), ans)
+        self.assertEqual(snapshot(big, content=False), before)
+        self.assertEqual(sorted(os.listdir(self.scratch.b)), ["small"])
+        log = self.agent.log()
+        self.assertRegex(log, r'move cancel requested move=mv-big queued=no via="control socket uid 0 pid \d+"')
+        rows = {ln.split()[1]: ln.split() for ln in self.status().stdout.splitlines()[1:]}
+        self.assertEqual((rows["mv-big"][2], rows["mv-big"][6]), ("cancelled", "cancelled"))
+
+    def test_cancel_by_server_and_refusals(self):
+        self.start_agent()
+        big = dense_tree(os.path.join(self.scratch.a, "big"), 200)
+        move = self.start_move("big", big, os.path.join(self.scratch.b, "big"), "mv-srv")
+        self.wait_phase("mv-srv", "copying")
+        with self.stalled_copy():
+            for args, code in [(["nope"], "not_found"), (["--server", "nobody-here"], "not_found"),
+                               (["bad id"], "invalid_request"), (["--server", ""], "invalid_request")]:
+                r = ctl(self.agent.cfg_path, "cancel", *args)
+                self.assertEqual(r.returncode, 1, (args, r.stdout, r.stderr))
+                self.assertTrue(r.stderr.startswith("hostagent cancel: %s: " % code), (args, r.stderr))
+            for args in ([], ["a", "b"], ["a", "--server", "big"], ["--server"], ["--what"]):
+                r = ctl(self.agent.cfg_path, "cancel", *args)
+                self.assertEqual(r.returncode, 2, (args, r.stderr))
+                self.assertIn("usage", r.stderr)
+            self.assertEqual(ctl(self.agent.cfg_path, "status", "--bogus").returncode, 2)
+            self.assertEqual(self.manager.frames("mv-srv")[-1]["phase"], "copying", "refusals touch nothing")
+            r = ctl(self.agent.cfg_path, "cancel", "--server", "big")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("move mv-srv: cancel requested", r.stdout)
+        ans = self.manager.wait_answer(move, 60)
+        self.assertEqual((ans["success"], ans["code"]), (False, "cancelled"), ans)
+        r = ctl(self.agent.cfg_path, "cancel", "mv-srv")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("not_found", r.stderr, "an ended move cannot be cancelled")
+
+    def test_peer_that_is_not_root_is_refused(self):
+        self.start_agent()
+        sock = self.agent.control_socket
+        self.assertEqual(stat.S_IMODE(os.stat(sock).st_mode), 0o600)
+        # As shipped, the file system already keeps others out ...
+        r = self.status(user="nobody")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("Permission denied", r.stderr)
+        # ... and with the permissions opened up, SO_PEERCRED still does.
+        os.chmod(os.path.dirname(sock), 0o755)
+        os.chmod(sock, 0o666)
+        r = self.status(user="nobody")
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn("hostagent status: permission_denied: the control socket serves only root", r.stderr)
+        r = ctl(self.agent.cfg_path, "cancel", "--server", "x", user="nobody")
+        self.assertIn("permission_denied", r.stderr)
+        self.assertRegex(self.agent.log(), r"control socket client refused: not root or the daemon's user "
+                                           r"uid=65534 pid=\d+")
+        self.assertEqual(self.status().returncode, 0, "root is still served")
+
+
+class OwnUserTest(CtlTestCase):
+    def test_the_daemons_own_user_is_served(self):
+        os.chown(self.scratch.state, 65534, 65534)
+        self.start_agent(user="nobody")
+        self.assertEqual(os.stat(self.agent.control_socket).st_uid, 65534)
+        for user in ("nobody", None):
+            r = self.status("--json", user=user)
+            self.assertEqual((r.returncode, r.stdout), (0, "[]\n"), r.stderr)
+
+
+class HostileClientsTest(CtlTestCase):
+    def test_bad_requests_are_answered_and_the_move_completes(self):
+        self.start_agent()
+        src = dense_tree(os.path.join(self.scratch.a, "mc"), 120)
+        make_tree(os.path.join(src, "world"), n_small=100)
+        before = snapshot(src)
+        dst = os.path.join(self.scratch.b, "mc")
+        move = self.start_move("mc", src, dst, "mv-hostile")
+        self.wait_phase("mv-hostile", "copying")
+        with self.stalled_copy():
+            s = self.connect()
+            bad = [(b"garbage", "invalid_request"), (b"[1,2]", "invalid_request"),
+                   (b'{"subject":7}', "invalid_request"), (b'{"subject":"server.move_status","data":[]}',
+                                                           "invalid_request"),
+                   (b'{"subject":"server.move_status","data":{"moveId":"a b"}}', "invalid_request"),
+                   (b'{"subject":"server.move_cancel","data":{}}', "invalid_request"),
+                   (b"\xff\xfe\x00", "invalid_request"), (b"[" * 5000, "invalid_request"),
+                   (b'{"subject":"server.move_status"} trailing', "invalid_request"),
+                   (b'{"subject":"server.move_data","data":{"serverName":"x","oldPath":"/a","newPath":"/b"}}',
+                    "unknown_subject"),
+                   (b'{"subject":"nope"}', "unknown_subject")]
+            for line, code in bad:
+                s.sendall(line + b"\n")
+                ans = s.read_line()
+                self.assertEqual((ans["success"], ans["code"]), (False, code), (line[:40], ans))
+                self.assertIsInstance(ans["error"], str)
+            # Empty lines are skipped; CRLF works; the same connection serves on.
+            s.sendall(b'\n\r\n{"subject":"server.move_status","data":{"serverName":"mc"}}\r\n')
+            ans = s.read_line()
+            self.assertEqual([m["moveId"] for m in ans["moves"]], ["mv-hostile"])
+            # Pipelined requests are answered one by one, in order.
+            s.sendall(b'{"subject":"server.move_status"}\n' * 50)
+            for _ in range(50):
+                self.assertTrue(s.read_line()["success"])
+            s.close()
+
+            # A line of exactly 64 KiB is served; one byte more is refused and closed.
+            env = '{"subject":"server.move_status","pad":"%s"}'
+            exact = (env % ("x" * (65536 - len(env % "")))).encode()
+            self.assertEqual(len(exact), 65536)
+            s = self.connect()
+            s.sendall(exact + b"\n")
+            self.assertTrue(s.read_line()["success"])
+            s.sendall(b"y" * 65537)
+            ans = json.loads(s.read_until_closed())
+            self.assertEqual(ans["code"], "invalid_request")
+            self.assertIn("longer than 65536 bytes", ans["error"])
+            s.close()
+            s = self.connect()
+            try:
+                s.sendall(b"z" * (1 << 20))  # far more: still one answer, then closed
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # closed before all of it was taken
+            self.assertEqual(json.loads(s.read_until_closed())["code"], "invalid_request")
+            s.close()
+
+            # At most 8 clients at once; the next ones are told and closed.
+            held = [self.connect() for _ in range(8)]
+            for h in held:
+                h.sendall(b'{"subject":"server.move_status"}\n')
+                self.assertTrue(h.read_line()["success"])
+            for _ in range(4):
+                extra = self.connect()
+                ans = json.loads(extra.read_until_closed())
+                self.assertEqual(ans["code"], "busy", ans)
+                extra.close()
+            held.pop().close()
+            r = wait_until(lambda: (lambda r: r if r.returncode == 0 else None)(self.status()), 10,
+                           "a free slot after one client left")
+            self.assertIn("mv-hostile", r.stdout)
+            # A silent client is closed after 10 s.
+            t0 = time.monotonic()
+            quiet = self.connect()
+            quiet.sendall(b'{"subject":"server.move_st')
+            ans = json.loads(quiet.read_until_closed())
+            waited = time.monotonic() - t0
+            self.assertEqual(ans["code"], "timeout")
+            self.assertGreater(waited, 9)
+            self.assertLess(waited, 20)
+            quiet.close()
+            for h in held:
+                h.close()
+            # A client that connects and leaves at once, and one that half-closes.
+            socket.socket(socket.AF_UNIX).connect(self.agent.control_socket)
+            s = self.connect()
+            s.sendall(b'{"subject":"server.move_status","data":{"moveId":"mv-hostile"}}')
+            s.shutdown(socket.SHUT_WR)
+            ans = json.loads(s.read_until_closed())
+            self.assertEqual([m["moveId"] for m in ans["moves"]], ["mv-hostile"])
+            s.close()
+            self.assertEqual(self.manager.frames("mv-hostile")[-1]["phase"], "copying")
+        ans = self.manager.wait_answer(move, 120)
+        self.assertTrue(ans["success"], ans)
+        self.assertEqual(snapshot(dst), before, "the move completed byte for byte")
+        self.assertFalse(os.path.exists(src))
+        self.assertEqual(self.status().returncode, 0)
+        self.assertTrue(self.manager.wait_answer(self.manager.request("server.move_status", {}), 20)["success"])
+
+
+class NoDaemonTest(CtlTestCase):
+    def test_status_reads_state_dir_when_no_daemon_runs(self):
+        self.start_agent()
+        small = make_tree(os.path.join(self.scratch.a, "small"), n_small=5)
+        self.assertTrue(self.manager.wait_answer(
+            self.start_move("small", small, os.path.join(self.scratch.b, "small"), "mv-done"), 30)["success"])
+        big = dense_tree(os.path.join(self.scratch.a, "big"), 200)
+        before = snapshot(big, content=False)
+        reply = self.start_move("big", big, os.path.join(self.scratch.b, "big"), "mv-cut")
+        self.wait_phase("mv-cut", "copying")
+        with self.paused_agent():
+            self.agent.proc.kill()
+            self.agent.proc.wait(10)
+            self.agent.logf.close()
+        sock, state = self.agent.control_socket, self.scratch.state
+        self.assertTrue(stat.S_ISSOCK(os.lstat(sock).st_mode), "a killed daemon leaves its socket behind")
+        journal = os.path.join(state, "moves")
+        files_before = {n: os.stat(os.path.join(journal, n)).st_mtime_ns for n in os.listdir(journal)}
+
+        r = self.status()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        lines = r.stdout.splitlines()
+        self.assertEqual(lines[0], "no hostagent daemon is running (control socket %s); from state_dir %s:"
+                         % (sock, state))
+        rows = {ln.split()[1]: ln.split() for ln in lines[2:4]}
+        self.assertEqual(rows["mv-cut"][:3], ["big", "mv-cut", "copying"])
+        self.assertEqual(rows["mv-done"][:4], ["small", "mv-done", "complete", "100.0%"])
+        self.assertEqual(lines[2].split()[1], "mv-cut", "the unfinished move first")
+        self.assertIn("1 move did not end: the daemon's next start rolls it back", r.stdout)
+
+        r = self.status("--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("no hostagent daemon is running", r.stderr)
+        moves = {m["moveId"]: m for m in json.loads(r.stdout)}
+        self.assertEqual(set(moves), {"mv-cut", "mv-done"})
+        self.assertEqual(moves["mv-cut"]["phase"], "copying")
+        self.assertEqual(moves["mv-done"]["phase"], "complete")
+        r = ctl(self.agent.cfg_path, "cancel", "mv-cut")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("no hostagent daemon is running", r.stderr)
+        self.assertEqual({n: os.stat(os.path.join(journal, n)).st_mtime_ns for n in os.listdir(journal)},
+                         files_before, "status without a daemon changes nothing")
+
+        # The stale socket is replaced by the next daemon, which settles the move.
+        before_conns = len(self.manager.connections)
+        self.agent = Agent(self.manager, self.scratch, log_name="agent-2.log")
+        self.manager.wait_for(lambda: len(self.manager.connections) > before_conns, 20, "the restarted agent")
+        self.assertIn("stale control socket replaced", self.agent.log())
+        ans = self.manager.wait_answer(reply, 60)
+        self.assertEqual(ans["code"], "interrupted")
+        self.assertEqual(snapshot(big, content=False), before)
+        rows = {ln.split()[1]: ln.split() for ln in self.status().stdout.splitlines()[1:]}
+        self.assertEqual((rows["mv-cut"][2], rows["mv-cut"][6]), ("error", "interrupted"))
+
+    def test_status_names_a_daemon_on_another_control_socket(self):
+        self.start_agent()
+        other = os.path.join(self.scratch.base, "other.conf")
+        with open(self.agent.cfg_path) as f:
+            text = f.read().replace(self.agent.control_socket, os.path.join(self.scratch.base, "elsewhere.sock"))
+        with open(other, "w") as f:
+            f.write(text)
+        r = ctl(other, "status")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("the hostagent daemon holding state_dir (pid %d) does not answer" % self.agent.proc.pid,
+                      r.stdout)
+
+    def test_status_without_daemon_or_journal(self):
+        self.start_agent()
+        lingering = self.connect()  # a client half-way through a line does not hold up a stop
+        lingering.sendall(b'{"subject":')
+        t0 = time.monotonic()
+        self.assertEqual(self.agent.stop(), 0)
+        self.assertLess(time.monotonic() - t0, 5)
+        self.assertEqual(lingering.read_until_closed(), b"")
+        lingering.close()
+        self.assertFalse(os.path.exists(self.agent.control_socket), "a stopped daemon removes its socket")
+        r = self.status()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.splitlines()[1:],
+                         ["no moves: none running or queued, none ended in the last hour"])
+        os.rmdir(os.path.join(self.scratch.state, "moves"))
+        self.assertEqual(self.status().returncode, 0, "no journal yet is not an error")
+
+
+class SocketTest(CtlTestCase):
+    def test_permissions_one_daemon_per_socket_and_cleanup(self):
+        self.start_agent()
+        sock = self.agent.control_socket
+        st = os.lstat(sock)
+        self.assertTrue(stat.S_ISSOCK(st.st_mode))
+        self.assertEqual((stat.S_IMODE(st.st_mode), st.st_uid), (0o600, 0))
+        dst = os.stat(os.path.dirname(sock))
+        self.assertEqual((stat.S_IMODE(dst.st_mode), dst.st_uid), (0o700, 0))
+        self.assertIn("control socket listening", self.agent.log())
+
+        # A second daemon (its own state_dir) on the same socket refuses to start.
+        second_state = os.path.join(self.scratch.base, "state2")
+        cfg2 = os.path.join(self.scratch.base, "second.conf")
+        with open(self.agent.cfg_path) as f:
+            text = f.read().replace("state_dir = %s\n" % self.scratch.state, "state_dir = %s\n" % second_state)
+        with open(cfg2, "w") as f:
+            f.write(text)
+        r = subprocess.run([BIN, "--config", cfg2], capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("another hostagent daemon answers on control_socket %s" % sock, r.stderr)
+        self.assertEqual(self.status().returncode, 0, "the first daemon still serves")
+        self.assertEqual(self.agent.stop(), 0)
+        self.assertFalse(os.path.exists(sock))
+
+        # Something that is not a socket in its place is never removed.
+        with open(sock, "w") as f:
+            f.write("keep me\n")
+        r = subprocess.run([BIN, "--config", cfg2], capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("exists and is not a socket", r.stderr)
+        with open(sock) as f:
+            self.assertEqual(f.read(), "keep me\n")
+        os.unlink(sock)
+
+    def test_socket_directory_is_made_0700(self):
+        deep = os.path.join(self.scratch.base, "made", "here", "ctl.sock")
+        self.start_agent(extra={"control_socket": deep})
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.dirname(deep)).st_mode), 0o700)
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.join(self.scratch.base, "made")).st_mode), 0o700)
+        self.assertEqual(stat.S_IMODE(os.stat(deep).st_mode), 0o600)
+        r = ctl(self.agent.cfg_path, "status", "--json")
+        self.assertEqual((r.returncode, r.stdout), (0, "[]\n"), r.stderr)
+
+
+if __name__ == "__main__":
+    import unittest
+    unittest.main()
