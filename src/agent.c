@@ -433,10 +433,16 @@ static void agent_move_data(struct agent *a, const struct frame *f)
     jr->rename = res->rename;
     jr->verify = a->cfg.verify;
     jr->dst_preexisted = lstat(res->new_real, &jr->dst_orig) == 0;
+    if (jr->dst_preexisted)
+        journal_id_of(&jr->dst_id, res->new_real);
+    journal_id_of(&jr->src_id, res->old_real);
     journal_missing_parents(jr, res->new_real);
     jr->started_at_ms = util_wall_ms();
     jr->phase = PHASE_QUEUED;
-    if (journal_write(&a->journal, jr) != 0) {
+    /* The record, and room for its outcome: a move whose end could not be
+     * recorded is not started. */
+    if (journal_write(&a->journal, jr) != 0 || journal_reserve(&a->journal, jr) != 0) {
+        journal_remove(&a->journal, jr->move_id);
         journal_rec_free(jr);
         free(res);
         agent_refuse(a, f->reply, CODE_IO_ERROR,
@@ -890,6 +896,56 @@ static void agent_end_recovered(struct agent *a, struct journal_rec *r, enum mov
     move_state_clear(&st);
 }
 
+/* A rename found unfinished: done when newPath is the directory recorded for
+ * oldPath (a rename keeps the inode) and oldPath is gone; not done when
+ * oldPath is still that directory and newPath is not; anything else is for
+ * the operator, and nothing is touched. Only lstat and rmdir of the empty
+ * parents it made: cheap enough for the loop. */
+static void agent_settle_rename(struct agent *a, struct journal_rec *r)
+{
+    struct engine_id src_id = {r->src_id.known, (dev_t)r->src_id.dev, (ino_t)r->src_id.ino};
+    char src_state[160], dst_state[160], why[MOVE_ERROR_MAX];
+    struct stat sb;
+    bool src_absent = lstat(r->src, &sb) != 0 && (errno == ENOENT || errno == ENOTDIR);
+    bool src_ok = engine_describe(r->src, &src_id, src_state, sizeof src_state);
+    bool dst_is_src = engine_describe(r->dst, &src_id, dst_state, sizeof dst_state);
+    if (!src_id.known) {
+        /* A record of an older agent: no identity, the type must do. */
+        src_ok = !src_absent && S_ISDIR(sb.st_mode);
+        dst_is_src = src_absent && lstat(r->dst, &sb) == 0 && S_ISDIR(sb.st_mode);
+    }
+    if (!dst_is_src) {
+        struct engine_id none = {0};
+        (void)engine_describe(r->dst, &none, dst_state, sizeof dst_state);
+    }
+    if (src_absent && dst_is_src) {
+        agent_end_recovered(a, r, CODE_NONE, NULL);
+        return;
+    }
+    if (src_ok && !dst_is_src) {
+        for (size_t i = r->n_made; i-- > 0;)
+            (void)rmdir(r->made_parents[i]); /* only empty ones go */
+        util_fmt(why, sizeof why,
+                 "the agent stopped before the rename; checked at its restart: %s is %s, and %s "
+                 "is %s; nothing was moved",
+                 r->src, src_state, r->dst, dst_state);
+        agent_end_recovered(a, r, CODE_INTERRUPTED, why);
+        return;
+    }
+    LOG(LOG_ERROR,
+        "after the restart the disk does not match the journal; nothing was touched: the "
+        "operator must look",
+        LF_S("move", r->move_id), LF_S("phase", move_phase_name(r->phase)),
+        LF_S("old_path", r->src), LF_S("old_state", src_state), LF_S("new_path", r->dst),
+        LF_S("new_state", dst_state));
+    util_fmt(why, sizeof why,
+             "the agent stopped during the rename and at its restart the disk did not match its "
+             "journal, so it touched nothing: %s is %s; %s is %s. Check both before starting the "
+             "server",
+             r->src, src_state, r->dst, dst_state);
+    agent_end_recovered(a, r, CODE_NEEDS_ATTENTION, why);
+}
+
 static void agent_recover_one(void *arg, struct journal_rec *r)
 {
     struct agent *a = arg;
@@ -920,17 +976,10 @@ static void agent_recover_one(void *arg, struct journal_rec *r)
     LOG(LOG_WARN, "found a move the agent did not finish", LF_S("move", r->move_id),
         LF_S("server", r->server_name), LF_S("phase", move_phase_name(r->phase)),
         LF_S("method", r->rename ? "rename" : "copy"));
-    if (r->rename && r->phase <= PHASE_CALCULATING) {
-        struct stat sb;
-        bool src_there = lstat(r->src, &sb) == 0, dst_there = lstat(r->dst, &sb) == 0;
-        if (!src_there && dst_there) {
-            agent_end_recovered(a, r, CODE_NONE, NULL);
-            return;
-        }
-        for (size_t i = r->n_made; i-- > 0;)
-            (void)rmdir(r->made_parents[i]); /* only empty ones go */
-        agent_end_recovered(a, r, CODE_INTERRUPTED,
-                            "the agent stopped before the rename; nothing was moved");
+    /* A rename not yet past its calculating phase settles here, unless its
+     * fallback to copying (EXDEV) had already made newPath. */
+    if (r->rename && r->phase <= PHASE_CALCULATING && (!r->dst_id.known || r->dst_preexisted)) {
+        agent_settle_rename(a, r);
         return;
     }
     /* Undo the partial copy, or finish removing the source: a worker's job. */
