@@ -252,7 +252,7 @@ int journal_write(const struct journal *j, const struct journal_rec *rec)
     cJSON *o = rec_to_json(rec);
     char *text = cJSON_PrintUnformatted(o);
     size_t len;
-    bool kept = false;
+    bool kept;
     int fd, rc = 0;
     cJSON_Delete(o);
     if (!text)
@@ -269,8 +269,7 @@ int journal_write(const struct journal *j, const struct journal_rec *rec)
             rc = -errno;
         if (rc == 0)
             rc = install_temp(j, tmp, path, &kept);
-        if (rc != 0 && !kept)
-            (void)unlink(tmp);
+        /* On a failure the temp stays: it is the slot of the next try. */
     }
     cJSON_free(text);
     if (rc != 0)

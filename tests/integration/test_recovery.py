@@ -160,6 +160,40 @@ class RecoveryTest(AgentTestCase):
         self.assertEqual(snapshot(src, content=False), before)
 
 
+class UnwritableJournalTest(AgentTestCase):
+    def test_outcome_that_cannot_be_recorded_is_held_until_it_is(self):
+        # The journal turns read-only (as a filesystem does after an error)
+        # when a move is cancelled: its outcome is not sent until recorded.
+        self.start_agent()
+        src = dense_tree(os.path.join(self.scratch.a, "mc"), 200)
+        dst = os.path.join(self.scratch.b, "mc")
+        reply = self.request_move("mc", src, dst, "mv-held")
+        self.wait_phase("mv-held", "copying")
+        moves = os.path.join(self.scratch.state, "moves")
+        self.scratch.mount("--bind", moves, at=moves)
+        subprocess.run(["mount", "-o", "remount,bind,ro", moves], check=True)
+        self.manager.request("server.move_cancel", {"moveId": "mv-held"})
+        self.manager.wait_for(lambda: "move ended" in self.agent.log(), 60, "the move to end")
+        time.sleep(1)
+        self.assertEqual(self.manager.answers(reply), [], "an outcome that is not durable was sent")
+        self.assertEqual([f for f in self.manager.frames("mv-held") if f["phase"] in TERMINAL], [])
+        status = self.manager.wait_answer(self.manager.request("server.move_status", {"moveId": "mv-held"}), 10)
+        self.assertEqual([(m["moveId"], m["phase"]) for m in status["moves"]], [("mv-held", "copying")])
+        self.assertFalse(os.path.exists(dst), "the cancelled copy was rolled back meanwhile")
+        subprocess.run(["umount", moves], check=True)
+        self.scratch.extra_mounts.remove(moves)
+        ans = self.manager.wait_answer(reply, 20)
+        self.assertEqual((ans["success"], ans["code"]), (False, "cancelled"), ans)
+        self.assertEqual([(f["phase"], f["code"]) for f in self.manager.frames("mv-held") if f["phase"] in TERMINAL],
+                         [("cancelled", "cancelled")])
+        # And a restart sends the same outcome again, never another one.
+        self.assertEqual(self.agent.stop(), 0)
+        self.restart_agent(1)
+        time.sleep(2)
+        self.assertEqual({(a["data"]["success"], a["data"]["code"]) for a in self.manager.answers(reply)},
+                         {(False, "cancelled")})
+
+
 class FullStateDirTest(AgentTestCase):
     """state_dir on a tiny tmpfs that the test fills."""
 
