@@ -31,7 +31,15 @@ struct agent_ended {
     char *answer_data; /* the answer's data object, printed */
     uint64_t ended_mono;
     struct journal_rec *jr; /* until delivered and an hour old; NULL without */
+    /* The outcome could not be recorded in the journal: it is not sent (a
+     * restart would settle the move from its older record, and the manager
+     * would get a second, different outcome) until a retry records it. Shown
+     * meanwhile as not ended, in its last journaled phase. */
+    bool held;
+    enum move_phase held_phase;
 };
+
+#define AGENT_HELD_RETRY_MS 5000
 
 struct agent {
     uv_loop_t loop;
@@ -44,6 +52,7 @@ struct agent {
     uv_timer_t heartbeat;
     uv_timer_t stop_timer;
     uv_timer_t notify_timer; /* systemd: watchdog pings, stop-timeout extensions */
+    uv_timer_t held_timer;   /* retries recording held outcomes */
     struct notify notify;
     uint64_t last_watchdog_ms, last_extend_ms;
     struct move *moves; /* not ended, in acceptance order (queued ones too) */

@@ -2,7 +2,12 @@
  * written atomically (temp file, fsync, rename, fsync of the directory) at
  * acceptance, at every phase change and at the end, so that a restarted agent
  * knows what each move was doing and which answers were never delivered. The
- * running agent holds an exclusive lock on state_dir. */
+ * running agent holds an exclusive lock on state_dir.
+ *
+ * Names in state_dir/moves: a record is "<moveId>.json", its temp (and
+ * reserved slot) ".<moveId>.tmp". No record name ends in ".tmp" and no temp
+ * name in ".json", so every moveId of the contract (also one starting with
+ * '.') has its own two names. */
 #ifndef HOSTAGENT_JOURNAL_H
 #define HOSTAGENT_JOURNAL_H
 
@@ -23,6 +28,12 @@ struct journal {
     int lock_fd;
 };
 
+/* A directory's identity as seen on disk (device and inode). */
+struct journal_id {
+    bool known;
+    uint64_t dev, ino;
+};
+
 /* Everything needed to answer a move, or to finish or undo it after a crash. */
 struct journal_rec {
     char move_id[MOVE_ID_MAX + 1];
@@ -32,6 +43,11 @@ struct journal_rec {
     char *reply;               /* NULL: no answer wanted */
     bool rename;
     enum verify_mode verify;
+    struct journal_id src_id; /* oldPath at acceptance */
+    /* The directory the move writes into: the one it created (recorded before
+     * anything is written into it) or the empty one that was there at
+     * acceptance. Recovery removes nothing under a newPath of another identity. */
+    struct journal_id dst_id;
     bool dst_preexisted;  /* newPath was an empty directory */
     struct stat dst_orig; /* its mode, owner and times then */
     char **made_parents;  /* ancestors of dst missing at acceptance, outermost first */
@@ -50,16 +66,32 @@ struct journal_rec {
 int journal_open(struct journal *j, const char *state_dir, char *why, size_t whysz);
 void journal_close(struct journal *j);
 
-/* Writes (replaces) the record of rec->move_id atomically. 0 or -errno. */
+/* Writes (replaces) the record of rec->move_id atomically. 0 or -errno.
+ * When the move's reserved slot is there (journal_reserve) and large enough,
+ * the text is written into it and swapped with the record
+ * (renameat2 RENAME_EXCHANGE): no new inode or block is needed, so a full
+ * state_dir cannot make the write fail (on filesystems that overwrite in
+ * place; copy-on-write ones may still say ENOSPC). The old record becomes
+ * the next slot. */
 int journal_write(const struct journal *j, const struct journal_rec *rec);
 
-/* Removes a move's record. */
+/* Reserves, once rec's record exists, the slot for its later writes: room
+ * for the record with its outcome (the error text and the answer). Called at
+ * acceptance; a failure means the outcome might not be recordable later, and
+ * the move is refused. 0 or -errno. */
+int journal_reserve(const struct journal *j, const struct journal_rec *rec);
+
+/* Fills id from lstat of path (known = false when it cannot be examined). */
+void journal_id_of(struct journal_id *id, const char *path);
+
+/* Removes a move's record and its slot. */
 void journal_remove(const struct journal *j, const char *move_id);
 
-/* Calls fn for every readable record (fn takes ownership: free it with
- * journal_rec_free). A file that cannot be parsed is logged and renamed to
- * "<name>.corrupt": nothing is deleted on a guess. Returns the number of
- * records set aside. */
+/* Calls fn for every readable record "*.json" (fn takes ownership: free it
+ * with journal_rec_free). A file that cannot be parsed is logged and renamed
+ * to "<name>.corrupt": nothing is deleted on a guess. A temp ".<id>.tmp" is
+ * kept as the slot of its record when "<id>.json" exists, else removed (a
+ * first write cut short). Returns the number of records set aside. */
 unsigned journal_load(const struct journal *j, void (*fn)(void *arg, struct journal_rec *rec),
                       void *arg);
 

@@ -39,6 +39,20 @@ enum engine_mode {
  * anything of the source is removed); in other phases it is only logged. */
 typedef int (*engine_phase_fn)(void *arg, const struct engine_progress *p);
 
+/* Called on the worker once the destination directory is open (made by the
+ * move, or the empty one found there), with its stat, before anything is
+ * written into it. Returning 0 means its identity is durable (journaled):
+ * recovery removes nothing under a newPath of another identity. A failure
+ * stops the move (rolled back). */
+typedef int (*engine_dst_fn)(void *arg, const struct stat *st);
+
+/* A directory's identity as the journal recorded it. */
+struct engine_id {
+    bool known;
+    dev_t dev;
+    ino_t ino;
+};
+
 struct engine_job {
     const char *src; /* resolved oldPath: an existing directory */
     const char *dst; /* resolved newPath: absent or an empty directory */
@@ -57,8 +71,15 @@ struct engine_job {
     atomic_int *stop;
     engine_report_fn report;
     engine_phase_fn on_phase; /* may be NULL */
+    engine_dst_fn on_dst;     /* may be NULL */
     void *arg;
     enum engine_mode mode;
+    /* ENGINE_UNDO/ENGINE_FINISH: what the journal recorded. Nothing is
+     * removed unless the disk matches it (see docs/design.md, failure
+     * model); else the move ends CODE_NEEDS_ATTENTION, nothing touched. */
+    enum move_phase resume_phase;
+    struct engine_id src_id, dst_id;
+    uint64_t files_copied, bytes_copied; /* ENGINE_FINISH: the verified copy */
     /* ENGINE_UNDO: the destination as the journal recorded it at acceptance. */
     bool dst_preexisted;
     struct stat dst_orig;
@@ -75,6 +96,12 @@ struct engine_result {
 /* Runs the whole move. Returns 0 on success, -1 with res->code/error set
  * after rolling back (the source untouched, nothing left under dst). */
 int engine_run(const struct engine_job *job, struct engine_result *res);
+
+/* Describes what is at path for logs and answers ("absent", "a directory
+ * (device 8:1, inode 12), the one recorded", "a symlink", ...), comparing a
+ * directory with want when known. Returns true when path is a directory
+ * with want's identity. Only lstat: may run on the loop. */
+bool engine_describe(const char *path, const struct engine_id *want, char *buf, size_t size);
 
 /* Maps an errno to the protocol's code. */
 enum move_code engine_errno_code(int err);

@@ -37,7 +37,12 @@ enum move_code {
     CODE_TIMEOUT,
     CODE_SHUTTING_DOWN,
     CODE_INTERRUPTED,
+    /* After a restart the disk did not match the journal: nothing was
+     * touched, and where the server's files are is for the operator to say. */
+    CODE_NEEDS_ATTENTION,
 };
+
+#define CODE_LAST CODE_NEEDS_ATTENTION
 
 #define MOVE_ID_MAX 64
 #define SERVER_NAME_MAX 128

@@ -20,6 +20,9 @@ struct resolved {
 };
 
 static void agent_maybe_finish_stop(struct agent *a);
+static void agent_resend_outcome(struct agent *a, const struct journal_rec *r,
+                                 const struct move_state *st);
+static void agent_on_held_timer(uv_timer_t *t);
 static void agent_start_queued(struct agent *a);
 
 /* --- sending ---------------------------------------------------------------- */
@@ -101,8 +104,9 @@ static void history_prune(struct agent *a)
     }
 }
 
-static void history_add(struct agent *a, const struct move_state *st, const char *answer_data,
-                        struct journal_rec *jr, uint64_t ended_mono)
+static struct agent_ended *history_add(struct agent *a, const struct move_state *st,
+                                       const char *answer_data, struct journal_rec *jr,
+                                       uint64_t ended_mono)
 {
     struct agent_ended *h = &a->history[a->hist_pos];
     if (a->hist_len == AGENT_HISTORY_MAX)
@@ -114,7 +118,28 @@ static void history_add(struct agent *a, const struct move_state *st, const char
     h->answer_data = xstrdup(answer_data);
     h->jr = jr;
     h->ended_mono = ended_mono;
+    h->held = false;
     a->hist_pos = (a->hist_pos + 1) % AGENT_HISTORY_MAX;
+    return h;
+}
+
+/* The MoveState an ended move shows (status, hello): a held one as not
+ * ended, in the phase its journal record still says. */
+static cJSON *history_state_json(const struct agent_ended *h)
+{
+    struct move_state st;
+    cJSON *o;
+    if (!h->held)
+        return move_state_to_json(&h->st);
+    memset(&st, 0, sizeof st);
+    move_state_copy(&st, &h->st);
+    st.phase = h->held_phase;
+    st.code = CODE_NONE;
+    st.error[0] = '\0';
+    st.ended_at_ms = 0;
+    o = move_state_to_json(&st);
+    move_state_clear(&st);
+    return o;
 }
 
 static struct agent_ended *history_find(struct agent *a, const char *move_id)
@@ -134,6 +159,10 @@ static void agent_on_frame(struct move *m, const struct move_state *st, bool int
 {
     struct agent *a = m->owner;
     char key[MOVE_ID_MAX + 16];
+    /* A journaled move's terminal frame goes with its answer, once its
+     * outcome is recorded (agent_on_ended). */
+    if (move_phase_terminal(st->phase) && m->jr)
+        return;
     ack_key(key, sizeof key, "final", st->move_id);
     agent_send(a, "move.progress", move_state_to_json(st), intermediate ? st->move_id : NULL, true,
                move_phase_terminal(st->phase) ? key : NULL);
@@ -161,6 +190,23 @@ static cJSON *agent_move_answer(const struct move_state *s)
     return d;
 }
 
+/* The outcome of h could not be recorded: hold it back and retry (see
+ * agent_ended.held). */
+static void agent_hold(struct agent *a, struct agent_ended *h, enum move_phase journaled)
+{
+    h->held = true;
+    h->held_phase = journaled;
+    LOG(LOG_ERROR,
+        "the move's outcome cannot be recorded in the journal; it is held back (no terminal "
+        "frame, no answer) and recorded again every 5 s: a restart before then settles the "
+        "move from its older record instead",
+        LF_S("move", h->st.move_id), LF_S("outcome", move_phase_name(h->st.phase)),
+        LF_S("journaled_phase", move_phase_name(journaled)));
+    if (!uv_is_active((uv_handle_t *)&a->held_timer))
+        uv_timer_start(&a->held_timer, agent_on_held_timer, AGENT_HELD_RETRY_MS,
+                       AGENT_HELD_RETRY_MS);
+}
+
 static void agent_free_move(struct move *m)
 {
     free(m);
@@ -185,7 +231,10 @@ static void agent_on_ended(struct move *m)
         LF_U("duration_ms", dur), LF_S("avg_rate", rate));
     metrics_move_ended(&a->metrics, &m->st);
     if (jr) {
-        /* The outcome is durable before the answer goes out. */
+        /* The outcome is durable before the terminal frame and the answer go
+         * out; if it cannot be recorded it is held (see agent_ended.held). */
+        enum move_phase journaled = jr->phase;
+        struct agent_ended *h;
         jr->phase = m->st.phase;
         jr->code = m->st.code;
         util_fmt(jr->error, sizeof jr->error, "%s", m->st.error);
@@ -198,17 +247,23 @@ static void agent_on_ended(struct move *m)
         free(jr->answer);
         jr->answer = xstrdup(printed ? printed : "{}");
         jr->delivered = false;
-        (void)journal_write(&a->journal, jr);
         m->jr = NULL;
-    }
-    history_add(a, &m->st, printed ? printed : "{}", jr, util_mono_ms());
-    cJSON_free(printed);
-    if (m->reply) {
-        ack_key(key, sizeof key, "answer", m->st.move_id);
-        agent_send(a, m->reply, answer, NULL, true, key);
-    } else {
+        h = history_add(a, &m->st, jr->answer, jr, util_mono_ms());
+        if (journal_write(&a->journal, jr) == 0)
+            agent_resend_outcome(a, jr, &m->st);
+        else
+            agent_hold(a, h, journaled);
         cJSON_Delete(answer);
+    } else {
+        history_add(a, &m->st, printed ? printed : "{}", NULL, util_mono_ms());
+        if (m->reply) {
+            ack_key(key, sizeof key, "answer", m->st.move_id);
+            agent_send(a, m->reply, answer, NULL, true, key);
+        } else {
+            cJSON_Delete(answer);
+        }
     }
+    cJSON_free(printed);
 
     for (pp = &a->moves; *pp; pp = &(*pp)->next) {
         if (*pp == m) {
@@ -426,6 +481,13 @@ static void agent_move_data(struct agent *a, const struct frame *f, const struct
     }
     if (req.move_id[0]) {
         struct agent_ended *h = history_find(a, req.move_id);
+        if (h && h->held) {
+            agent_refuse(a, o, CODE_BUSY,
+                         "the move has ended but its outcome cannot be recorded yet (state_dir); "
+                         "it is answered once it is",
+                         req.server_name);
+            return;
+        }
         if (h) {
             /* Idempotent retry: the recorded answer again, nothing run. */
             LOG(LOG_INFO, "move already ended; answer sent again", LF_S("move", req.move_id));
@@ -463,10 +525,16 @@ static void agent_move_data(struct agent *a, const struct frame *f, const struct
     jr->rename = res->rename;
     jr->verify = a->cfg.verify;
     jr->dst_preexisted = lstat(res->new_real, &jr->dst_orig) == 0;
+    if (jr->dst_preexisted)
+        journal_id_of(&jr->dst_id, res->new_real);
+    journal_id_of(&jr->src_id, res->old_real);
     journal_missing_parents(jr, res->new_real);
     jr->started_at_ms = util_wall_ms();
     jr->phase = PHASE_QUEUED;
-    if (journal_write(&a->journal, jr) != 0) {
+    /* The record, and room for its outcome: a move whose end could not be
+     * recorded is not started. */
+    if (journal_write(&a->journal, jr) != 0 || journal_reserve(&a->journal, jr) != 0) {
+        journal_remove(&a->journal, jr->move_id);
         journal_rec_free(jr);
         free(res);
         agent_refuse(a, o, CODE_IO_ERROR,
@@ -579,9 +647,8 @@ static void agent_move_cancel(struct agent *a, const struct frame *f, const stru
 /* Adds one MoveState to a status answer while the answer stays under
  * AGENT_STATUS_MAX_BYTES (paths and file names can make one state tens of
  * kilobytes, and a manager may ask often); past it, counts it as omitted. */
-static void status_add(cJSON *moves, const struct move_state *st, size_t *bytes, unsigned *omitted)
+static void status_add(cJSON *moves, cJSON *o, size_t *bytes, unsigned *omitted)
 {
-    cJSON *o = move_state_to_json(st);
     char *txt = *omitted ? NULL : cJSON_PrintUnformatted(o);
     size_t len = txt ? strlen(txt) + 1 : 0;
     cJSON_free(txt);
@@ -611,12 +678,12 @@ static void agent_move_status(struct agent *a, const struct frame *f, const stru
     moves = cJSON_AddArrayToObject(d, "moves");
     for (struct move *m = a->moves; m; m = m->next)
         if (selector_matches(&sel, &m->st))
-            status_add(moves, &m->st, &bytes, &omitted);
+            status_add(moves, move_state_to_json(&m->st), &bytes, &omitted);
     history_prune(a);
     for (unsigned k = 0; k < a->hist_len && listed < AGENT_HISTORY_MAX; k++) {
         unsigned i = (a->hist_pos + AGENT_HISTORY_MAX - 1 - k) % AGENT_HISTORY_MAX;
         if (selector_matches(&sel, &a->history[i].st)) {
-            status_add(moves, &a->history[i].st, &bytes, &omitted);
+            status_add(moves, history_state_json(&a->history[i]), &bytes, &omitted);
             listed++;
         }
     }
@@ -747,7 +814,7 @@ static char *agent_hello(struct ws_client *c)
     history_prune(a);
     for (unsigned k = 0; k < a->hist_len && listed < AGENT_HISTORY_MAX; k++, listed++) {
         unsigned i = (a->hist_pos + AGENT_HISTORY_MAX - 1 - k) % AGENT_HISTORY_MAX;
-        cJSON_AddItemToArray(moves, move_state_to_json(&a->history[i].st));
+        cJSON_AddItemToArray(moves, history_state_json(&a->history[i]));
     }
     return protocol_envelope("agent.hello", d);
 }
@@ -807,6 +874,7 @@ static void agent_teardown(struct agent *a)
     uv_close((uv_handle_t *)&a->stop_timer, agent_on_handle_closed);
     uv_close((uv_handle_t *)&a->notify_timer, agent_on_handle_closed);
     uv_close((uv_handle_t *)&a->metrics_timer, agent_on_handle_closed);
+    uv_close((uv_handle_t *)&a->held_timer, agent_on_handle_closed);
 }
 
 static void agent_on_stop_timer(uv_timer_t *t)
@@ -955,6 +1023,28 @@ static void agent_on_acked(struct ws_client *c, const char *key)
     }
 }
 
+/* Records the held outcomes again; each one recorded is sent at last. */
+static void agent_on_held_timer(uv_timer_t *t)
+{
+    struct agent *a = container_of(t, struct agent, held_timer);
+    bool still = false;
+    for (unsigned k = 0; k < a->hist_len; k++) {
+        struct agent_ended *h =
+            &a->history[(a->hist_pos + AGENT_HISTORY_MAX - a->hist_len + k) % AGENT_HISTORY_MAX];
+        if (!h->held || !h->jr)
+            continue;
+        if (journal_write(&a->journal, h->jr) != 0) {
+            still = true;
+            continue;
+        }
+        h->held = false;
+        LOG(LOG_INFO, "the held outcome is recorded now and sent", LF_S("move", h->jr->move_id));
+        agent_resend_outcome(a, h->jr, &h->st);
+    }
+    if (!still)
+        uv_timer_stop(t);
+}
+
 /* Sends a recorded outcome again: the terminal frame (same seq: the manager
  * deduplicates) and the answer, both acknowledged. */
 static void agent_resend_outcome(struct agent *a, const struct journal_rec *r,
@@ -975,6 +1065,8 @@ static void agent_end_recovered(struct agent *a, struct journal_rec *r, enum mov
                                 const char *error)
 {
     struct move_state st;
+    struct agent_ended *h;
+    enum move_phase journaled = r->phase;
     cJSON *ans;
     char *printed;
     r->phase = code == CODE_NONE ? PHASE_COMPLETE : PHASE_ERROR;
@@ -990,14 +1082,61 @@ static void agent_end_recovered(struct agent *a, struct journal_rec *r, enum mov
     r->answer = xstrdup(printed ? printed : "{}");
     cJSON_free(printed);
     r->delivered = false;
-    (void)journal_write(&a->journal, r);
     LOG(code == CODE_NONE ? LOG_INFO : LOG_WARN, "unfinished move settled from the journal",
         LF_S("move", r->move_id), LF_S("outcome", move_phase_name(r->phase)),
         LF_S("error", r->error));
-    agent_resend_outcome(a, r, &st);
+    h = history_add(a, &st, r->answer, r, util_mono_ms());
     metrics_move_ended(&a->metrics, &st);
-    history_add(a, &st, r->answer, r, util_mono_ms());
+    if (journal_write(&a->journal, r) == 0)
+        agent_resend_outcome(a, r, &st);
+    else
+        agent_hold(a, h, journaled);
     move_state_clear(&st);
+}
+
+static void agent_settle_rename(struct agent *a, struct journal_rec *r)
+{
+    struct engine_id src_id = {r->src_id.known, (dev_t)r->src_id.dev, (ino_t)r->src_id.ino};
+    char src_state[160], dst_state[160], why[MOVE_ERROR_MAX];
+    struct stat sb;
+    bool src_absent = lstat(r->src, &sb) != 0 && (errno == ENOENT || errno == ENOTDIR);
+    bool src_ok = engine_describe(r->src, &src_id, src_state, sizeof src_state);
+    bool dst_is_src = engine_describe(r->dst, &src_id, dst_state, sizeof dst_state);
+    if (!src_id.known) {
+        /* A record of an older agent: no identity, the type must do. */
+        src_ok = !src_absent && S_ISDIR(sb.st_mode);
+        dst_is_src = src_absent && lstat(r->dst, &sb) == 0 && S_ISDIR(sb.st_mode);
+    }
+    if (!dst_is_src) {
+        struct engine_id none = {0};
+        (void)engine_describe(r->dst, &none, dst_state, sizeof dst_state);
+    }
+    if (src_absent && dst_is_src) {
+        agent_end_recovered(a, r, CODE_NONE, NULL);
+        return;
+    }
+    if (src_ok && !dst_is_src) {
+        for (size_t i = r->n_made; i-- > 0;)
+            (void)rmdir(r->made_parents[i]); /* only empty ones go */
+        util_fmt(why, sizeof why,
+                 "the agent stopped before the rename; checked at its restart: %s is %s, and %s "
+                 "is %s; nothing was moved",
+                 r->src, src_state, r->dst, dst_state);
+        agent_end_recovered(a, r, CODE_INTERRUPTED, why);
+        return;
+    }
+    LOG(LOG_ERROR,
+        "after the restart the disk does not match the journal; nothing was touched: the "
+        "operator must look",
+        LF_S("move", r->move_id), LF_S("phase", move_phase_name(r->phase)),
+        LF_S("old_path", r->src), LF_S("old_state", src_state), LF_S("new_path", r->dst),
+        LF_S("new_state", dst_state));
+    util_fmt(why, sizeof why,
+             "the agent stopped during the rename and at its restart the disk did not match its "
+             "journal, so it touched nothing: %s is %s; %s is %s. Check both before starting the "
+             "server",
+             r->src, src_state, r->dst, dst_state);
+    agent_end_recovered(a, r, CODE_NEEDS_ATTENTION, why);
 }
 
 static void agent_recover_one(void *arg, struct journal_rec *r)
@@ -1030,17 +1169,10 @@ static void agent_recover_one(void *arg, struct journal_rec *r)
     LOG(LOG_WARN, "found a move the agent did not finish", LF_S("move", r->move_id),
         LF_S("server", r->server_name), LF_S("phase", move_phase_name(r->phase)),
         LF_S("method", r->rename ? "rename" : "copy"));
-    if (r->rename && r->phase <= PHASE_CALCULATING) {
-        struct stat sb;
-        bool src_there = lstat(r->src, &sb) == 0, dst_there = lstat(r->dst, &sb) == 0;
-        if (!src_there && dst_there) {
-            agent_end_recovered(a, r, CODE_NONE, NULL);
-            return;
-        }
-        for (size_t i = r->n_made; i-- > 0;)
-            (void)rmdir(r->made_parents[i]); /* only empty ones go */
-        agent_end_recovered(a, r, CODE_INTERRUPTED,
-                            "the agent stopped before the rename; nothing was moved");
+    /* A rename not yet past its calculating phase settles here, unless its
+     * fallback to copying (EXDEV) had already made newPath. */
+    if (r->rename && r->phase <= PHASE_CALCULATING && (!r->dst_id.known || r->dst_preexisted)) {
+        agent_settle_rename(a, r);
         return;
     }
     /* Undo the partial copy, or finish removing the source: a worker's job. */
@@ -1132,6 +1264,7 @@ int agent_init(struct agent *a, const char *config_path, struct config *cfg)
     uv_timer_init(&a->loop, &a->notify_timer);
     uv_timer_init(&a->loop, &a->metrics_timer);
     metrics_init(&a->metrics, HOSTAGENT_VERSION, a->cfg.agent_id);
+    uv_timer_init(&a->loop, &a->held_timer);
     notify_init(&a->notify);
     if (a->notify.fd >= 0)
         uv_timer_start(&a->notify_timer, agent_on_notify_timer, 1000, 1000);

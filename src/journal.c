@@ -99,6 +99,17 @@ static void add_time(cJSON *o, const char *key, const struct timespec *t)
     cJSON_AddItemToArray(a, cJSON_CreateNumber((double)t->tv_nsec));
 }
 
+/* "dev:ino" in decimal: exact for any 64-bit value (a JSON number is not). */
+static void add_id(cJSON *o, const char *key, const struct journal_id *id)
+{
+    char buf[48];
+    if (!id->known)
+        return;
+    util_fmt(buf, sizeof buf, "%llu:%llu", (unsigned long long)id->dev,
+             (unsigned long long)id->ino);
+    cJSON_AddStringToObject(o, key, buf);
+}
+
 static cJSON *rec_to_json(const struct journal_rec *r)
 {
     cJSON *o = cJSON_CreateObject(), *a;
@@ -113,6 +124,8 @@ static cJSON *rec_to_json(const struct journal_rec *r)
         cJSON_AddStringToObject(o, "reply", r->reply);
     cJSON_AddStringToObject(o, "method", r->rename ? "rename" : "copy");
     cJSON_AddStringToObject(o, "verify", r->verify == VERIFY_CHECKSUM ? "checksum" : "metadata");
+    add_id(o, "srcId", &r->src_id);
+    add_id(o, "dstId", &r->dst_id);
     cJSON_AddBoolToObject(o, "dstPreexisted", r->dst_preexisted);
     if (r->dst_preexisted) {
         cJSON_AddNumberToObject(o, "dstMode", r->dst_orig.st_mode & 07777);
@@ -142,35 +155,100 @@ static cJSON *rec_to_json(const struct journal_rec *r)
     return o;
 }
 
+/* The room a slot gets: the record as it is, twice over (the answer repeats
+ * the paths), plus the error text twice (in the record and in the answer),
+ * each escaped at worst six bytes per byte, and the other outcome fields. */
+static size_t slot_size(size_t len)
+{
+    size_t n = 2 * len + (size_t)2 * 6 * MOVE_ERROR_MAX + 1024;
+    return (n + 4095) / 4096 * 4096;
+}
+
+/* Writes zeros into fd from `from` to `to` (real blocks, not holes: a later
+ * overwrite then needs no allocation). */
+static int write_zeros(int fd, off_t from, off_t to)
+{
+    static const char zeros[4096];
+    while (from < to) {
+        size_t n = (size_t)(to - from) < sizeof zeros ? (size_t)(to - from) : sizeof zeros;
+        ssize_t w = pwrite(fd, zeros, n, from);
+        if (w <= 0)
+            return w < 0 ? -errno : -EIO;
+        from += w;
+    }
+    return 0;
+}
+
+/* Puts text (and a newline) at the start of the temp file, keeping its size
+ * when it is large enough (zeros after the text: the reader stops at the
+ * first NUL), else growing it to at least want bytes. */
+static int fill_temp(int fd, const char *text, size_t len, size_t want)
+{
+    struct stat st;
+    off_t size;
+    int rc;
+    if (fstat(fd, &st) != 0)
+        return -errno;
+    size = st.st_size;
+    if ((size_t)size < len + 1)
+        size = (off_t)(want > len + 1 ? want : len + 1);
+    if (pwrite(fd, text, len, 0) != (ssize_t)len || pwrite(fd, "\n", 1, (off_t)len) != 1)
+        return errno ? -errno : -EIO;
+    if ((rc = write_zeros(fd, (off_t)len + 1, size)) != 0)
+        return rc;
+    if (fsync(fd) != 0)
+        return -errno;
+    return 0;
+}
+
+/* Installs the written temp as the record: exchanged with the old record
+ * when there is one (the old one stays as the next slot), else renamed. */
+static int install_temp(const struct journal *j, const char *tmp, const char *path, bool *kept)
+{
+    *kept = false;
+    if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_EXCHANGE) == 0) {
+        *kept = true;
+        return fsync_dir(j->moves);
+    }
+    /* ENOENT: no record yet; EINVAL/ENOSYS: the filesystem cannot exchange. */
+    if (errno != ENOENT && errno != EINVAL && errno != ENOSYS)
+        return -errno;
+    if (rename(tmp, path) != 0)
+        return -errno;
+    return fsync_dir(j->moves);
+}
+
+static void rec_paths(const struct journal *j, const char *move_id, char *path, size_t psz,
+                      char *tmp, size_t tsz)
+{
+    util_fmt(path, psz, "%s/%s.json", j->moves, move_id);
+    util_fmt(tmp, tsz, "%s/.%s.tmp", j->moves, move_id);
+}
+
 int journal_write(const struct journal *j, const struct journal_rec *rec)
 {
     char path[PATH_MAX], tmp[PATH_MAX];
     cJSON *o = rec_to_json(rec);
     char *text = cJSON_PrintUnformatted(o);
     size_t len;
+    bool kept;
     int fd, rc = 0;
     cJSON_Delete(o);
     if (!text)
         util_oom(0);
     len = strlen(text);
-    util_fmt(path, sizeof path, "%s/%s.json", j->moves, rec->move_id);
-    util_fmt(tmp, sizeof tmp, "%s/.%s.tmp", j->moves, rec->move_id);
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    rec_paths(j, rec->move_id, path, sizeof path, tmp, sizeof tmp);
+    /* The slot when there is one (no O_TRUNC: its blocks are reused). */
+    fd = open(tmp, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0) {
         rc = -errno;
     } else {
-        if (write(fd, text, len) != (ssize_t)len || write(fd, "\n", 1) != 1)
-            rc = errno ? -errno : -EIO;
-        else if (fsync(fd) != 0)
-            rc = -errno;
+        rc = fill_temp(fd, text, len, slot_size(len));
         if (close(fd) != 0 && rc == 0)
             rc = -errno;
-        if (rc == 0 && rename(tmp, path) != 0)
-            rc = -errno;
         if (rc == 0)
-            rc = fsync_dir(j->moves);
-        if (rc != 0)
-            (void)unlink(tmp);
+            rc = install_temp(j, tmp, path, &kept);
+        /* On a failure the temp stays: it is the slot of the next try. */
     }
     cJSON_free(text);
     if (rc != 0)
@@ -179,10 +257,57 @@ int journal_write(const struct journal *j, const struct journal_rec *rec)
     return rc;
 }
 
+int journal_reserve(const struct journal *j, const struct journal_rec *rec)
+{
+    char path[PATH_MAX], tmp[PATH_MAX];
+    cJSON *o = rec_to_json(rec);
+    char *text = cJSON_PrintUnformatted(o);
+    size_t want;
+    int fd, rc = 0;
+    cJSON_Delete(o);
+    if (!text)
+        util_oom(0);
+    want = slot_size(strlen(text));
+    cJSON_free(text);
+    rec_paths(j, rec->move_id, path, sizeof path, tmp, sizeof tmp);
+    fd = open(tmp, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+        rc = -errno;
+    } else {
+        struct stat st;
+        if (fstat(fd, &st) != 0)
+            rc = -errno;
+        else if ((size_t)st.st_size < want && (rc = write_zeros(fd, st.st_size, (off_t)want)) == 0)
+            rc = fsync(fd) != 0 ? -errno : 0;
+        if (close(fd) != 0 && rc == 0)
+            rc = -errno;
+        if (rc == 0)
+            rc = fsync_dir(j->moves);
+        if (rc != 0)
+            (void)unlink(tmp);
+    }
+    if (rc != 0)
+        LOG(LOG_ERROR, "cannot reserve room for the move's outcome in the journal",
+            LF_S("move", rec->move_id), LF_S("path", tmp), LF_S("reason", strerror(-rc)));
+    return rc;
+}
+
+void journal_id_of(struct journal_id *id, const char *path)
+{
+    struct stat st;
+    memset(id, 0, sizeof *id);
+    if (lstat(path, &st) != 0)
+        return;
+    id->known = true;
+    id->dev = (uint64_t)st.st_dev;
+    id->ino = (uint64_t)st.st_ino;
+}
+
 void journal_remove(const struct journal *j, const char *move_id)
 {
-    char path[PATH_MAX];
-    util_fmt(path, sizeof path, "%s/%s.json", j->moves, move_id);
+    char path[PATH_MAX], tmp[PATH_MAX];
+    rec_paths(j, move_id, path, sizeof path, tmp, sizeof tmp);
+    (void)unlink(tmp);
     if (unlink(path) == 0)
         (void)fsync_dir(j->moves);
 }
@@ -222,6 +347,24 @@ static void get_time(const cJSON *o, const char *key, struct timespec *t, bool *
     t->tv_nsec = (long)n->valuedouble;
 }
 
+/* An optional "dev:ino" member (absent in records of older agents). */
+static void get_id(const cJSON *o, const char *key, struct journal_id *id, bool *bad)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    unsigned long long dev, ino;
+    char tail;
+    memset(id, 0, sizeof *id);
+    if (!v)
+        return;
+    if (!cJSON_IsString(v) || sscanf(v->valuestring, "%llu:%llu%c", &dev, &ino, &tail) != 2) {
+        *bad = true;
+        return;
+    }
+    id->known = true;
+    id->dev = dev;
+    id->ino = ino;
+}
+
 static bool phase_from(const char *s, enum move_phase *p)
 {
     for (int i = PHASE_QUEUED; i <= PHASE_CANCELLED; i++) {
@@ -235,7 +378,7 @@ static bool phase_from(const char *s, enum move_phase *p)
 
 static bool code_from(const char *s, enum move_code *c)
 {
-    for (int i = CODE_NONE; i <= CODE_INTERRUPTED; i++) {
+    for (int i = CODE_NONE; i <= CODE_LAST; i++) {
         if (strcmp(move_code_name((enum move_code)i), s) == 0) {
             *c = (enum move_code)i;
             return true;
@@ -281,6 +424,8 @@ static struct journal_rec *rec_from_json(const cJSON *o, const char *file_id)
     if (bad)
         goto fail;
     r->verify = strcmp(s, "checksum") == 0 ? VERIFY_CHECKSUM : VERIFY_METADATA;
+    get_id(o, "srcId", &r->src_id, &bad);
+    get_id(o, "dstId", &r->dst_id, &bad);
     r->dst_preexisted = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "dstPreexisted"));
     if (r->dst_preexisted) {
         r->dst_orig.st_mode = (mode_t)get_u64(o, "dstMode", &bad);
@@ -359,8 +504,22 @@ static char *read_small_file(int dirfd, const char *name, size_t *len)
         return NULL;
     }
     buf[n] = '\0';
-    *len = (size_t)n;
+    *len = strlen(buf); /* a record written into a slot is followed by zeros */
     return buf;
+}
+
+/* ".<id>.tmp": the slot of "<id>.json" when that exists (kept for the
+ * move's later writes), else a first write cut short (removed). */
+static void keep_or_drop_temp(DIR *d, const char *name, size_t nl)
+{
+    char rec[NAME_MAX + 1];
+    struct stat st;
+    if (name[0] == '.' && nl - 5 <= MOVE_ID_MAX) {
+        util_fmt(rec, sizeof rec, "%.*s.json", (int)(nl - 5), name + 1);
+        if (fstatat(dirfd(d), rec, &st, AT_SYMLINK_NOFOLLOW) == 0)
+            return;
+    }
+    (void)unlinkat(dirfd(d), name, 0);
 }
 
 /* Reads every record file of the moves directory d (at path moves) and hands
@@ -377,11 +536,12 @@ static unsigned journal_scan(DIR *d, const char *moves, bool repair,
         char id[MOVE_ID_MAX + 1], *text;
         struct journal_rec *rec = NULL;
         cJSON *o;
-        if (de->d_name[0] == '.') {
-            if (repair && nl > 4 && strcmp(de->d_name + nl - 4, ".tmp") == 0)
-                (void)unlinkat(dirfd(d), de->d_name, 0); /* a write cut short: never renamed */
+        if (nl > 4 && strcmp(de->d_name + nl - 4, ".tmp") == 0) {
+            if (repair)
+                keep_or_drop_temp(d, de->d_name, nl);
             continue;
         }
+        /* A record: "<id>.json", also when the id starts with '.'. */
         if (nl <= 5 || strcmp(de->d_name + nl - 5, ".json") != 0 || nl - 5 > MOVE_ID_MAX)
             continue;
         memcpy(id, de->d_name, nl - 5);

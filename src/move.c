@@ -55,6 +55,26 @@ static int move_on_phase(void *arg, const struct engine_progress *p)
     return journal_write(m->journal, jr);
 }
 
+/* On the worker, once the destination directory is open and before anything
+ * is written into it: its identity goes into the journal, so that recovery
+ * can tell it from anything put at newPath later. */
+static int move_on_dst(void *arg, const struct stat *st)
+{
+    struct move *m = arg;
+    struct journal_rec *jr = m->jr;
+    jr->dst_id.known = true;
+    jr->dst_id.dev = (uint64_t)st->st_dev;
+    jr->dst_id.ino = (uint64_t)st->st_ino;
+    jr->seq = atomic_load(&m->seq_sent);
+    return journal_write(m->journal, jr);
+}
+
+static struct engine_id engine_id_of(const struct journal_id *id)
+{
+    struct engine_id e = {.known = id->known, .dev = (dev_t)id->dev, .ino = (ino_t)id->ino};
+    return e;
+}
+
 static void move_worker(void *arg)
 {
     struct move *m = arg;
@@ -70,6 +90,7 @@ static void move_worker(void *arg)
         .stop = &m->stop,
         .report = move_report,
         .on_phase = m->jr && m->journal ? move_on_phase : NULL,
+        .on_dst = m->jr && m->journal ? move_on_dst : NULL,
         .arg = m,
         .mode = m->mode,
     };
@@ -81,6 +102,11 @@ static void move_worker(void *arg)
         job.dst_orig = m->jr->dst_orig;
         job.made_parents = m->jr->made_parents;
         job.n_made = m->jr->n_made;
+        job.resume_phase = m->jr->phase;
+        job.src_id = engine_id_of(&m->jr->src_id);
+        job.dst_id = engine_id_of(&m->jr->dst_id);
+        job.files_copied = m->jr->files_copied;
+        job.bytes_copied = m->jr->bytes_copied;
     }
     engine_run(&job, &res);
     memset(&it, 0, sizeof it);

@@ -33,6 +33,7 @@ static const char *const code_names[] = {
     [CODE_TIMEOUT] = "timeout",
     [CODE_SHUTTING_DOWN] = "shutting_down",
     [CODE_INTERRUPTED] = "interrupted",
+    [CODE_NEEDS_ATTENTION] = "needs_attention",
 };
 
 const char *move_phase_name(enum move_phase p)

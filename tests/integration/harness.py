@@ -202,6 +202,25 @@ class AgentTestCase(unittest.TestCase):
             except ProcessLookupError:
                 pass  # the body killed it
 
+    # --- killing and restarting (the journal's tests) ---------------------
+    def request_move(self, server, src, dst, move_id):
+        return self.manager.request("server.move_data", {"serverName": server, "oldPath": src,
+                                                         "newPath": dst, "moveId": move_id})
+
+    def wait_phase(self, move_id, phase, timeout=30):
+        self.manager.wait_for(lambda: any(f["phase"] == phase for f in self.manager.frames(move_id)),
+                              timeout, "%s in phase %s" % (move_id, phase))
+
+    def kill_agent(self):
+        self.agent.proc.kill()
+        self.agent.proc.wait(10)
+        self.agent.logf.close()
+
+    def restart_agent(self, n, **kw):
+        before = len(self.manager.connections)
+        self.agent = Agent(self.manager, self.scratch, log_name="agent-%d.log" % n, **kw)
+        self.manager.wait_for(lambda: len(self.manager.connections) > before, 20, "the agent reconnecting")
+
     def move(self, server, old, new, move_id=None, timeout=120):
         data = {"serverName": server, "oldPath": old, "newPath": new}
         if move_id:
