@@ -137,6 +137,13 @@ static cJSON *agent_move_answer(const struct move_state *s)
         json_add_u64(d, "bytesCopied", s->bytes_copied);
         json_add_u64(d, "filesCopied", s->files_copied);
         json_add_u64(d, "durationMs", s->ended_at_ms - s->started_at_ms);
+        if (s->warning_code != CODE_NONE) {
+            /* The cleaning stopped: the server lives at newPath all the same. */
+            char clean[MOVE_ERROR_MAX];
+            util_utf8_sanitize(clean, sizeof clean, s->warning);
+            cJSON_AddStringToObject(d, "warningCode", move_code_name(s->warning_code));
+            cJSON_AddStringToObject(d, "warning", clean);
+        }
     } else {
         cJSON *fail = protocol_failure(s->code, s->error);
         cJSON_AddItemToObject(d, "code", cJSON_DetachItemFromObject(fail, "code"));
@@ -162,12 +169,12 @@ static void agent_on_ended(struct move *m)
     uint64_t dur = m->st.ended_at_ms - m->st.started_at_ms;
 
     util_fmt_rate(rate, sizeof rate, dur ? m->st.bytes_copied * 1000u / dur : 0);
-    LOG(m->st.phase == PHASE_COMPLETE ? LOG_INFO : LOG_WARN, "move ended",
+    LOG(m->st.phase == PHASE_COMPLETE && !m->st.warning_code ? LOG_INFO : LOG_WARN, "move ended",
         LF_S("move", m->st.move_id), LF_S("server", m->st.server_name),
         LF_S("outcome", move_phase_name(m->st.phase)),
         LF_S("code", m->st.code ? move_code_name(m->st.code) : "none"), LF_S("error", m->st.error),
-        LF_U("bytes", m->st.bytes_copied), LF_U("files", m->st.files_copied),
-        LF_U("duration_ms", dur), LF_S("avg_rate", rate));
+        LF_S("warning", m->st.warning), LF_U("bytes", m->st.bytes_copied),
+        LF_U("files", m->st.files_copied), LF_U("duration_ms", dur), LF_S("avg_rate", rate));
     if (jr) {
         /* The outcome is durable before the answer goes out. */
         jr->phase = m->st.phase;
@@ -844,6 +851,17 @@ static void rec_to_state(const struct journal_rec *r, struct move_state *st)
     st->elapsed_ms = r->ended_at_ms > r->started_at_ms ? r->ended_at_ms - r->started_at_ms : 0;
     st->code = r->code;
     util_fmt(st->error, sizeof st->error, "%s", r->error);
+    /* A success's warning lives in its recorded answer (the record's own
+     * fields are those of every move). */
+    if (r->phase == PHASE_COMPLETE && r->answer) {
+        cJSON *ans = cJSON_Parse(r->answer);
+        const cJSON *wc = cJSON_GetObjectItemCaseSensitive(ans, "warningCode");
+        const cJSON *w = cJSON_GetObjectItemCaseSensitive(ans, "warning");
+        if (cJSON_IsString(wc) && cJSON_IsString(w) &&
+            move_code_from(wc->valuestring, &st->warning_code))
+            util_fmt(st->warning, sizeof st->warning, "%s", w->valuestring);
+        cJSON_Delete(ans);
+    }
 }
 
 /* Sends a recorded outcome again: the terminal frame (same seq: the manager
