@@ -132,7 +132,7 @@ int guard_dir_writable(int dirfd, const char *name, uint64_t attrs, char *why, s
 int guard_entry_removable(const struct stat *st, uint64_t attrs, const struct stat *dir_st,
                           bool privileged, char *why, size_t size)
 {
-    uid_t me = geteuid();
+    uid_t me;
     if (attrs & STATX_ATTR_IMMUTABLE) {
         util_fmt(why, size, "it is immutable (chattr +i)");
         return EPERM;
@@ -143,7 +143,10 @@ int guard_entry_removable(const struct stat *st, uint64_t attrs, const struct st
     }
     /* The kernel's sticky rule (check_sticky): only the entry's owner, the
      * directory's owner or CAP_FOWNER may remove from such a directory. */
-    if (!privileged && (dir_st->st_mode & S_ISVTX) && st->st_uid != me && dir_st->st_uid != me) {
+    if (privileged || !(dir_st->st_mode & S_ISVTX))
+        return 0;
+    me = geteuid(); /* a system call: only asked in a sticky directory */
+    if (st->st_uid != me && dir_st->st_uid != me) {
         util_fmt(why, size,
                  "it belongs to uid %u in a sticky directory of uid %u, and the agent runs as "
                  "uid %u",
