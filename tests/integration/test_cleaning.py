@@ -11,7 +11,7 @@ import signal
 import subprocess
 import threading
 
-from harness import AgentTestCase, make_tree, many_files, snapshot, wait_until
+from harness import Agent, AgentTestCase, make_tree, many_files, snapshot, wait_until
 
 
 class CleaningTest(AgentTestCase):
@@ -237,6 +237,17 @@ class CleaningTest(AgentTestCase):
                 self.assertEqual(rec, original[rel], rel)
         self.assertEqual(self.manager.frames("mv-ro")[-1]["phase"], "complete")
         self.assertIn("kept", self.agent.log())
+        # After a restart the ended move still carries its warning (from the journal).
+        self.assertEqual(self.agent.stop(), 0)
+        self.agent = Agent(self.manager, self.scratch, log_name="agent-2.log")
+        conn = self.manager.wait_for(lambda: len(self.manager.connections) > 1 and
+                                     self.manager.connections[1].messages and self.manager.connections[1],
+                                     20, "the agent again")
+        hello = conn.messages[0][1]
+        self.assertEqual(hello["subject"], "agent.hello")
+        ended = [m for m in hello["data"]["moves"] if m["moveId"] == "mv-ro"]
+        self.assertEqual([(m["phase"], m["warningCode"], m["warning"]) for m in ended],
+                         [("complete", "io_error", ans["warning"])])
 
 
 if __name__ == "__main__":
