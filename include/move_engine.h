@@ -90,11 +90,17 @@ struct engine_job {
 struct engine_result {
     enum move_code code; /* CODE_NONE on success */
     char error[MOVE_ERROR_MAX];
+    /* A success whose cleaning stopped (an entry changed after its copy or
+     * could not be removed): the copy is whole, part of the source stays.
+     * CODE_NONE when the source is gone (or was renamed) as it should. */
+    enum move_code warning_code;
+    char warning[MOVE_ERROR_MAX];
     uint64_t bytes_copied, files_copied;
 };
 
-/* Runs the whole move. Returns 0 on success, -1 with res->code/error set
- * after rolling back (the source untouched, nothing left under dst). */
+/* Runs the whole move. Returns 0 on success (perhaps with a warning), -1
+ * with res->code/error set after rolling back (the source untouched,
+ * nothing left under dst). */
 int engine_run(const struct engine_job *job, struct engine_result *res);
 
 /* Describes what is at path for logs and answers ("absent", "a directory

@@ -70,11 +70,17 @@ struct move_state {
     uint64_t ended_at_ms;   /* 0 while not ended */
     enum move_code code;
     char error[MOVE_ERROR_MAX];
+    /* Phase complete only: the move succeeded but its cleaning stopped
+     * (warningCode/warning in JSON); CODE_NONE otherwise. */
+    enum move_code warning_code;
+    char warning[MOVE_ERROR_MAX];
 };
 
 const char *move_phase_name(enum move_phase p);
 bool move_phase_terminal(enum move_phase p);
 const char *move_code_name(enum move_code c);
+/* The code named s (not CODE_NONE); false when there is none. */
+bool move_code_from(const char *s, enum move_code *c);
 
 /* Frees the owned strings of s (not s itself). */
 void move_state_clear(struct move_state *s);

@@ -23,6 +23,7 @@ struct progress_item {
     uint64_t phase_done, phase_total; /* for phasePercent */
     enum move_code code;              /* PROGRESS_END only */
     char error[MOVE_ERROR_MAX];       /* PROGRESS_END only */
+    bool warning;                     /* PROGRESS_END: a success; code and error are its warning */
     char current[MOVE_CURRENT_MAX];   /* relative path, "" when none */
 };
 

@@ -181,6 +181,13 @@ static cJSON *agent_move_answer(const struct move_state *s)
         json_add_u64(d, "bytesCopied", s->bytes_copied);
         json_add_u64(d, "filesCopied", s->files_copied);
         json_add_u64(d, "durationMs", s->ended_at_ms - s->started_at_ms);
+        if (s->warning_code != CODE_NONE) {
+            /* The cleaning stopped: the server lives at newPath all the same. */
+            char clean[MOVE_ERROR_MAX];
+            util_utf8_sanitize(clean, sizeof clean, s->warning);
+            cJSON_AddStringToObject(d, "warningCode", move_code_name(s->warning_code));
+            cJSON_AddStringToObject(d, "warning", clean);
+        }
     } else {
         cJSON *fail = protocol_failure(s->code, s->error);
         cJSON_AddItemToObject(d, "code", cJSON_DetachItemFromObject(fail, "code"));
@@ -223,12 +230,12 @@ static void agent_on_ended(struct move *m)
     uint64_t dur = m->st.ended_at_ms - m->st.started_at_ms;
 
     util_fmt_rate(rate, sizeof rate, dur ? m->st.bytes_copied * 1000u / dur : 0);
-    LOG(m->st.phase == PHASE_COMPLETE ? LOG_INFO : LOG_WARN, "move ended",
+    LOG(m->st.phase == PHASE_COMPLETE && !m->st.warning_code ? LOG_INFO : LOG_WARN, "move ended",
         LF_S("move", m->st.move_id), LF_S("server", m->st.server_name),
         LF_S("outcome", move_phase_name(m->st.phase)),
         LF_S("code", m->st.code ? move_code_name(m->st.code) : "none"), LF_S("error", m->st.error),
-        LF_U("bytes", m->st.bytes_copied), LF_U("files", m->st.files_copied),
-        LF_U("duration_ms", dur), LF_S("avg_rate", rate));
+        LF_S("warning", m->st.warning), LF_U("bytes", m->st.bytes_copied),
+        LF_U("files", m->st.files_copied), LF_U("duration_ms", dur), LF_S("avg_rate", rate));
     metrics_move_ended(&a->metrics, &m->st);
     if (jr) {
         /* The outcome is durable before the terminal frame and the answer go

@@ -168,8 +168,13 @@ static void cli_emit(struct cli_move *cm, const struct engine_progress *p, enum 
     s.bytes_copied = p->bytes_done;
     s.files_total = p->files_total;
     s.files_copied = p->files_done;
-    s.code = code;
-    util_fmt(s.error, sizeof s.error, "%s", error ? error : "");
+    if (p->phase == PHASE_COMPLETE) { /* a code at the end of a success is a warning */
+        s.warning_code = code;
+        util_fmt(s.warning, sizeof s.warning, "%s", error ? error : "");
+    } else {
+        s.code = code;
+        util_fmt(s.error, sizeof s.error, "%s", error ? error : "");
+    }
     s.percent = p->phase == PHASE_COPYING
                     ? (p->bytes_total ? 100.0 * (double)p->bytes_done / (double)p->bytes_total : 0)
                 : p->phase > PHASE_COPYING ? 100.0
@@ -407,7 +412,10 @@ int cli_move_main(int argc, char **argv)
                                                  : PHASE_ERROR;
         end.bytes_done = end.bytes_total = res.bytes_copied;
         end.files_done = end.files_total = res.files_copied;
-        cli_emit(&cm, &end, res.code, rc == 0 ? NULL : res.error);
+        if (rc == 0)
+            cli_emit(&cm, &end, res.warning_code, res.warning_code ? res.warning : NULL);
+        else
+            cli_emit(&cm, &end, res.code, res.error);
     }
     if (cm.drawn)
         putchar('\n');
@@ -416,6 +424,9 @@ int cli_move_main(int argc, char **argv)
         fprintf(stderr, "hostagent move: %s: %s\n", move_code_name(res.code), res.error);
         return 1;
     }
+    if (res.warning_code != CODE_NONE)
+        fprintf(stderr, "hostagent move: warning: %s: %s\n", move_code_name(res.warning_code),
+                res.warning);
     fmt_bytes(size, sizeof size, res.bytes_copied);
     if (!json) {
         uint64_t ms = util_mono_ms() - cm.started_ms;

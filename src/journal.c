@@ -626,6 +626,17 @@ void journal_rec_state(const struct journal_rec *r, struct move_state *st)
     st->elapsed_ms = r->ended_at_ms > r->started_at_ms ? r->ended_at_ms - r->started_at_ms : 0;
     st->code = r->code;
     util_fmt(st->error, sizeof st->error, "%s", r->error);
+    /* A success's warning lives in its recorded answer (the record's own
+     * fields are those of every move). */
+    if (r->phase == PHASE_COMPLETE && r->answer) {
+        cJSON *ans = cJSON_Parse(r->answer);
+        const cJSON *wc = cJSON_GetObjectItemCaseSensitive(ans, "warningCode");
+        const cJSON *w = cJSON_GetObjectItemCaseSensitive(ans, "warning");
+        if (cJSON_IsString(wc) && cJSON_IsString(w) &&
+            move_code_from(wc->valuestring, &st->warning_code))
+            util_fmt(st->warning, sizeof st->warning, "%s", w->valuestring);
+        cJSON_Delete(ans);
+    }
 }
 
 void journal_missing_parents(struct journal_rec *rec, const char *path)

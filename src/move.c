@@ -113,6 +113,11 @@ static void move_worker(void *arg)
     it.kind = PROGRESS_END;
     it.code = res.code;
     util_fmt(it.error, sizeof it.error, "%s", res.error);
+    if (res.code == CODE_NONE && res.warning_code != CODE_NONE) {
+        it.warning = true;
+        it.code = res.warning_code;
+        util_fmt(it.error, sizeof it.error, "%s", res.warning);
+    }
     it.bytes_done = res.bytes_copied;
     it.files_done = res.files_copied;
     ring_push(&m->ring, &it);
@@ -269,16 +274,20 @@ static void move_on_timer(uv_timer_t *t)
     move_maybe_frame(container_of(t, struct move, timer));
 }
 
-static void move_finish(struct move *m, enum move_code code, const char *error)
+/* Ends the move: code CODE_NONE is a success; with `warning` it is one too,
+ * and code and error are the warning (the cleaning kept part of the source). */
+static void move_finish(struct move *m, enum move_code code, const char *error, bool warning)
 {
     uint64_t now = util_mono_ms();
     uv_timer_stop(&m->limit);
-    if (code == CODE_NONE)
+    if (code == CODE_NONE || warning)
         enter_state(m, PHASE_COMPLETE);
     else
         enter_state(m, code == CODE_CANCELLED ? PHASE_CANCELLED : PHASE_ERROR);
-    m->st.code = code;
-    util_fmt(m->st.error, sizeof m->st.error, "%s", error ? error : "");
+    m->st.code = warning ? CODE_NONE : code;
+    util_fmt(m->st.error, sizeof m->st.error, "%s", error && !warning ? error : "");
+    m->st.warning_code = warning ? code : CODE_NONE;
+    util_fmt(m->st.warning, sizeof m->st.warning, "%s", error && warning ? error : "");
     m->st.current_file[0] = '\0';
     m->st.ended_at_ms = util_wall_ms();
     move_send_frame(m, now, false);
@@ -321,7 +330,8 @@ static void move_apply(struct move *m, const struct progress_item *it)
         /* A stop we asked for ends with our words, not the engine's. */
         move_finish(m, it->code,
                     (int)it->code == atomic_load(&m->stop) && m->stop_why[0] ? m->stop_why
-                                                                             : it->error);
+                                                                             : it->error,
+                    it->warning);
         return;
     }
     if (it->kind == PROGRESS_PHASE)
@@ -456,7 +466,7 @@ int move_run(struct move *m)
         char why[128];
         m->thread_running = false;
         util_fmt(why, sizeof why, "cannot start a worker thread: %s", uv_strerror(rc));
-        move_finish(m, CODE_IO_ERROR, why);
+        move_finish(m, CODE_IO_ERROR, why, false);
         return rc;
     }
     return 0;
@@ -468,7 +478,7 @@ int move_stop(struct move *m, enum move_code code, const char *why)
     if (move_phase_terminal(m->st.phase))
         return -ENOENT;
     if (!m->thread_running) {
-        move_finish(m, code, why);
+        move_finish(m, code, why, false);
         return 0;
     }
     /* The worker polls this between chunks and entries; it swaps in

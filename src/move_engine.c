@@ -1,6 +1,7 @@
 /* move_engine.c: the file-tree move: rename, or calculate, check space, copy,
  * make durable, verify, remove the source; roll back on any failure. */
 #include "move_engine.h"
+#include "clean_guard.h"
 #include "file_copy.h"
 #include "log.h"
 #include "tree_walk.h"
@@ -83,6 +84,12 @@ struct eng {
     bool fin_lost_found;
     char *fin_why;
     size_t fin_why_size;
+    struct src_record rec; /* every source entry as copied, in walk order */
+    bool guarded;          /* rec is whole: the cleaning removes only what matches it */
+    size_t rec_pos;        /* the record the current walk meets next */
+    size_t changed_depth;  /* check pass: the changed directory being searched (0: none) */
+    char changed[MOVE_ERROR_MAX / 2]; /* its path (relative) */
+    char changed_why[160];            /* and what changed */
 };
 
 /* --- results and reporting ---------------------------------------------------- */
@@ -181,6 +188,14 @@ static int eng_walk_source(struct eng *e, const struct tree_walk_ops *ops, bool 
 static bool same_mtime(const struct stat *a, const struct stat *b)
 {
     return a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
+/* mtime and ctime: ctime also moves on a rewrite that restores the mtime,
+ * and on any change of metadata. */
+static bool same_times(const struct stat *a, const struct stat *b)
+{
+    return same_mtime(a, b) && a->st_ctim.tv_sec == b->st_ctim.tv_sec &&
+           a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
 }
 
 static void eng_report_now(struct eng *e, const char *current, bool phase_start)
@@ -300,6 +315,65 @@ static int open_parent_of(int root, const char *rel, const char **base)
     return fd;
 }
 
+/* --- what the cleaning can remove --------------------------------------------------- */
+
+/* The cleaning could not remove path (or path/rel): the move cannot finish. */
+static int eng_fail_unremovable(struct eng *e, int err, const char *path, const char *rel,
+                                const char *why)
+{
+    enum move_code code =
+        err == EACCES || err == EPERM ? CODE_PERMISSION_DENIED : engine_errno_code(err);
+    return eng_fail(e, code,
+                    "%s%s%s cannot be removed once copied, so the move cannot be done: %s; "
+                    "the source was not touched",
+                    path, rel && *rel ? "/" : "", rel ? rel : "", why);
+}
+
+/* Whether the cleaning will be able to remove `name` of the walk's current
+ * directory (st, attrs: its statx), and for a directory everything in it;
+ * checked before anything is removed, so that such a move fails with its
+ * source whole instead of stopping half way through the removal. */
+static int eng_check_removable(struct eng *e, struct tree_walk *w, const char *name,
+                               const struct stat *st, uint64_t attrs)
+{
+    char why[256], rel[MOVE_ERROR_MAX / 2];
+    int err =
+        guard_entry_removable(st, attrs, &w->lv[w->depth - 1].st, e->is_root, why, sizeof why);
+    if (err == 0 && S_ISDIR(st->st_mode))
+        err = guard_dir_writable(tree_walk_fd(w, 0), name, attrs, why, sizeof why);
+    if (err == 0)
+        return 0;
+    tree_walk_relpath(w, name, rel, sizeof rel);
+    return eng_fail_unremovable(e, err, e->job->src, rel, why);
+}
+
+/* The same for the top directory: its entries must be removable, and it
+ * must be removable from its parent unless it is a mount point (it stays). */
+static int eng_check_root(struct eng *e)
+{
+    const char *src = e->job->src, *slash = strrchr(src, '/');
+    char why[256], pwhy[PATH_MAX + 300], parent[PATH_MAX];
+    struct stat st, pst;
+    uint64_t attrs, pattrs;
+    int err;
+    util_fmt(parent, sizeof parent, "%.*s", slash && slash != src ? (int)(slash - src) : 1, src);
+    if ((err = guard_stat(e->src_pfd, e->src_base, &st, &attrs)) != 0)
+        return eng_fail_at(e, -err, "stat", src, NULL);
+    if ((err = guard_stat(e->src_pfd, ".", &pst, &pattrs)) != 0)
+        return eng_fail_at(e, -err, "stat", parent, NULL);
+    if ((err = guard_dir_writable(e->src_pfd, e->src_base, attrs, why, sizeof why)) != 0)
+        return eng_fail_unremovable(e, err, src, NULL, why);
+    if (guard_is_mount_point(e->src_pfd, e->src_base))
+        return 0;
+    if ((err = guard_entry_removable(&st, attrs, &pst, e->is_root, why, sizeof why)) != 0)
+        return eng_fail_unremovable(e, err, src, NULL, why);
+    if ((err = guard_dir_writable(e->src_pfd, ".", pattrs, why, sizeof why)) != 0) {
+        util_fmt(pwhy, sizeof pwhy, "its parent %s: %s", parent, why);
+        return eng_fail_unremovable(e, err, src, NULL, pwhy);
+    }
+    return 0;
+}
+
 /* --- calculating -------------------------------------------------------------------- */
 
 static uint64_t round_up(uint64_t n, uint64_t to)
@@ -310,6 +384,14 @@ static uint64_t round_up(uint64_t n, uint64_t to)
 static int calc_entry(struct tree_walk *w, const char *name, const struct stat *st)
 {
     struct eng *e = w->arg;
+    struct stat now;
+    uint64_t attrs;
+    int rc = guard_stat(tree_walk_fd(w, 0), name, &now, &attrs);
+    /* What could not be removed after the copy fails the move before it. */
+    if (rc != 0)
+        return eng_fail_w(e, w, rc == -ENOENT ? ESTALE : -rc, "stat", e->job->src, name);
+    if (eng_check_removable(e, w, name, &now, attrs) != 0)
+        return -1;
     e->prog.files_total++;
     e->need_inodes++;
     if (S_ISREG(st->st_mode)) {
@@ -338,6 +420,8 @@ static int eng_calculate(struct eng *e)
 {
     /* A directory is counted like any entry, then descended (0). */
     static const struct tree_walk_ops ops = {calc_entry, calc_entry, NULL, NULL};
+    if (eng_check_root(e) != 0)
+        return -1;
     return eng_walk_source(e, &ops, false);
 }
 
@@ -412,10 +496,13 @@ static int open_source_file(struct eng *e, int dir, const char *name)
 static bool same_content_stat(const struct stat *a, const struct stat *b)
 {
     return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
-           same_mtime(a, b);
+           same_times(a, b);
 }
 
-static int copy_regular(struct eng *e, struct tree_walk *w, const char *name, const struct stat *st)
+/* Copies one regular file; *copied receives its source's identity as it
+ * was copied (from the open descriptor, after the copy: it matched st). */
+static int copy_regular(struct eng *e, struct tree_walk *w, const char *name, const struct stat *st,
+                        struct stat *copied)
 {
     int sdir = tree_walk_fd(w, 0), ddir = tree_walk_fd(w, 1);
     int sfd, dfd, rc;
@@ -448,6 +535,7 @@ static int copy_regular(struct eng *e, struct tree_walk *w, const char *name, co
         close(dfd);
         return eng_fail_w(e, w, ESTALE, "", e->job->src, name);
     }
+    *copied = after;
     rc = copy_meta_fd(&e->cc, sfd, dfd, st, e->is_root);
     close(sfd);
     if (rc != 0) {
@@ -508,6 +596,7 @@ static int copy_symlink(struct eng *e, struct tree_walk *w, const char *name, co
 static int copy_entry(struct tree_walk *w, const char *name, const struct stat *st)
 {
     struct eng *e = w->arg;
+    struct stat copied = *st;
     int rc = 0;
     if (eng_stop_code(e) != 0)
         return -1;
@@ -520,7 +609,7 @@ static int copy_entry(struct tree_walk *w, const char *name, const struct stat *
         if (hs && hs->dst_rel) {
             rc = copy_hardlink(e, w, name, hs);
         } else {
-            rc = copy_regular(e, w, name, st);
+            rc = copy_regular(e, w, name, st, &copied);
             if (rc == 0 && hs) {
                 char *rel = xmalloc(w->path_cap + strlen(name) + 2);
                 tree_walk_relpath(w, name, rel, w->path_cap + strlen(name) + 2);
@@ -539,6 +628,7 @@ static int copy_entry(struct tree_walk *w, const char *name, const struct stat *
     }
     if (rc != 0)
         return -1;
+    src_record_add(&e->rec, &copied);
     e->prog.files_done++;
     return 0;
 }
@@ -556,6 +646,9 @@ static int copy_dir_pre(struct tree_walk *w, const char *name, const struct stat
         if (!reuse_lf)
             return eng_fail_w(e, w, errno, "create directory", e->job->dst, name);
     }
+    /* Its names are the ones copied if its times still match after its
+     * contents (copy_dir_post). */
+    src_record_add(&e->rec, st);
     e->prog.files_done++;
     eng_report(e, w, name);
     return 0;
@@ -568,7 +661,7 @@ static int copy_dir_post(struct tree_walk *w, const char *name, const struct sta
     struct stat after;
     int rc;
     /* A directory whose entries changed while we copied it. */
-    if (fstat(fds[0], &after) != 0 || !same_mtime(&after, st))
+    if (fstat(fds[0], &after) != 0 || !same_times(&after, st))
         return eng_fail_w(e, w, ESTALE, "", e->job->src, name);
     rc = copy_meta_fd(&e->cc, fds[0], fds[1], st, e->is_root);
     if (rc != 0)
@@ -584,7 +677,7 @@ static int eng_copy(struct eng *e)
     (void)eng_phase(e, PHASE_COPYING, e->prog.bytes_total);
     if (eng_walk_source(e, &ops, true) != 0)
         return -1;
-    if (fstat(e->srcfd, &after) != 0 || !same_mtime(&after, &e->src_st))
+    if (fstat(e->srcfd, &after) != 0 || !same_times(&after, &e->src_st))
         return eng_fail_at(e, ESTALE, "", e->job->src, NULL);
     rc = copy_meta_fd(&e->cc, e->srcfd, e->dstfd, &e->src_st, e->is_root);
     if (rc != 0)
@@ -707,7 +800,8 @@ static int eng_verify(struct eng *e)
     static const struct tree_walk_ops ops = {verify_entry, verify_entry, NULL, NULL};
     struct tree_walk at_root = {0}; /* names the root itself in errors */
     struct stat s, d;
-    (void)eng_phase(e, PHASE_VERIFYING, e->prog.files_done);
+    /* Two passes: this one, then the check before cleaning. */
+    (void)eng_phase(e, PHASE_VERIFYING, 2 * e->prog.files_done);
     e->entries = 0;
     if (eng_walk_source(e, &ops, true) != 0)
         return -1;
@@ -723,51 +817,233 @@ static int eng_verify(struct eng *e)
     return verify_stat(e, &at_root, NULL, &s, &d);
 }
 
+/* --- the source checked against the record, before the first removal -------------- */
+
+/* The source is not what was copied: the move fails before any removal. */
+static int eng_fail_changed_after(struct eng *e, const char *rel, const char *why)
+{
+    return eng_fail(e, CODE_SOURCE_CHANGED,
+                    "%s%s%s changed after it was copied: %s; the copy was removed and the source "
+                    "was not touched (stop the game server first)",
+                    e->job->src, rel && *rel ? "/" : "", rel ? rel : "", why);
+}
+
+static int check_entry(struct tree_walk *w, const char *name, const struct stat *wst)
+{
+    struct eng *e = w->arg;
+    const struct src_ident *was;
+    char why[160], rel[MOVE_ERROR_MAX / 2];
+    struct stat st;
+    uint64_t attrs;
+    int rc;
+    (void)wst; /* for files only d_type: the statx below serves both checks */
+    if (eng_stop_code(e) != 0)
+        return -1;
+    rc = guard_stat(tree_walk_fd(w, 0), name, &st, &attrs);
+    if (rc == 0 && e->rec_pos >= e->rec.n)
+        rc = -EEXIST;
+    if (rc != 0) {
+        tree_walk_relpath(w, name, rel, sizeof rel);
+        if (rc == -EEXIST)
+            return eng_fail_changed_after(e, rel, "it appeared after the copy");
+        if (rc == -ENOENT)
+            return eng_fail_changed_after(e, rel, "it was removed");
+        return eng_fail_at(e, -rc, "stat", e->job->src, rel);
+    }
+    was = &e->rec.v[e->rec_pos++];
+    if (src_ident_differs(was, &st, false, why, sizeof why)) {
+        tree_walk_relpath(w, name, rel, sizeof rel);
+        if ((uint64_t)st.st_ino != was->ino)
+            return eng_fail_changed_after(e, rel,
+                                          "it is not the entry copied at this place (an entry was "
+                                          "added, removed or renamed here)");
+        if (!S_ISDIR(st.st_mode))
+            return eng_fail_changed_after(e, rel, why);
+        /* A directory whose names changed: look inside for the entry that
+         * did, and name the directory itself only when none is found. */
+        e->changed_depth = w->depth;
+        util_fmt(e->changed, sizeof e->changed, "%s", rel);
+        util_fmt(e->changed_why, sizeof e->changed_why, "%s", why);
+    }
+    e->prog.phase_done = e->prog.files_done + e->rec_pos;
+    eng_report(e, w, name);
+    return eng_check_removable(e, w, name, &st, attrs);
+}
+
+static int check_dir_post(struct tree_walk *w, const char *name, const struct stat *st,
+                          const int fds[2])
+{
+    struct eng *e = w->arg;
+    (void)name;
+    (void)st;
+    (void)fds;
+    if (e->changed_depth != w->depth)
+        return 0;
+    return eng_fail_changed_after(e, e->changed, e->changed_why);
+}
+
+static int check_root_post(struct tree_walk *w)
+{
+    struct eng *e = w->arg;
+    if (e->changed_depth != SIZE_MAX)
+        return 0;
+    return eng_fail_changed_after(e, NULL, e->changed_why);
+}
+
+/* Before the first removal, one pass compares every entry of the source
+ * with its record (a directory gains or loses a name only by changing its
+ * times) and checks that all of it can be removed. A change after this
+ * pass is caught by the check before each removal (clean_check). */
+static int eng_check_source(struct eng *e)
+{
+    static const struct tree_walk_ops ops = {check_entry, check_entry, check_dir_post,
+                                             check_root_post};
+    /* need_stat off: the callbacks statx every entry themselves. */
+    struct tree_walk w = {.ops = &ops, .arg = e, .strict_dev = true};
+    struct src_ident root;
+    struct stat st;
+    int rc;
+    if (eng_check_root(e) != 0)
+        return -1;
+    e->rec_pos = 0;
+    e->changed_depth = 0;
+    if (fstat(e->srcfd, &st) != 0)
+        return eng_fail_at(e, errno, "stat", e->job->src, NULL);
+    src_ident_set(&root, &e->src_st);
+    if (src_ident_differs(&root, &st, false, e->changed_why, sizeof e->changed_why))
+        e->changed_depth = SIZE_MAX;
+    rc = tree_walk_run(&w, e->srcfd, -1);
+    if (rc != 0 && e->res->code == CODE_NONE)
+        eng_fail_walk(e, &w);
+    tree_walk_free(&w);
+    if (rc != 0)
+        return -1;
+    if (e->rec_pos != e->rec.n)
+        return eng_fail_changed_after(e, NULL, "entries were removed from it");
+    e->guarded = true;
+    return 0;
+}
+
 /* --- cleaning (the source) and rolling back (the destination) ---------------------- */
 
-/* Waits for the removals under way in the current directory; a failure is
- * the move's (the copy is kept). */
-static int clean_barrier(struct eng *e, struct tree_walk *w)
+/* Runs on an unlink helper (or the walker) right before each removal: the
+ * entry must still be what was copied (arg: its record; NULL in a finishing
+ * cleaning after a restart, which has no record). Only reads the record. */
+static int clean_check(void *ctx, int dirfd, const char *name, const void *arg)
+{
+    const struct src_ident *was = arg;
+    struct stat st;
+    char why[160];
+    (void)ctx;
+    if (!was)
+        return 0;
+    if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0)
+        return errno;
+    return src_ident_differs(was, &st, true, why, sizeof why) ? ESTALE : 0;
+}
+
+/* Stops the cleaning at an entry that must stay: `name` of the directory
+ * `child` of the walk's current one (NULL: the current one itself), open as
+ * dirfd. ESTALE: it is not what was copied (was: its record, NULL when it
+ * has none: it is new). Everything not yet removed is kept. */
+static int clean_fail(struct eng *e, struct tree_walk *w, int err, const char *child, int dirfd,
+                      const char *name, const struct src_ident *was)
+{
+    char rel[MOVE_ERROR_MAX / 2], why[160];
+    struct stat st;
+    tree_walk_relpath(w, child, rel, sizeof rel);
+    if (err == ESTALE) {
+        if (!was)
+            util_fmt(why, sizeof why, "it appeared after the copy");
+        else if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+                 !src_ident_differs(was, &st, true, why, sizeof why))
+            util_fmt(why, sizeof why, "it changed");
+        return eng_fail(e, CODE_SOURCE_CHANGED, "%s/%s%s%s changed after it was copied: %s",
+                        e->job->src, rel, *rel ? "/" : "", name, why);
+    }
+    return eng_fail(e, engine_errno_code(err), "%s %s/%s%s%s: %s",
+                    e->guarded ? "could not remove"
+                               : "the copy is complete at the destination, but could not remove",
+                    e->job->src, rel, *rel ? "/" : "", name, strerror(err));
+}
+
+/* Waits for the removals under way in one directory: the directory `child`
+ * of the walk's current one, open as child_fd, or (NULL, -1) the current
+ * one. The walker waits before leaving a directory, so a directory is
+ * removed after its files and a failure names the right directory. */
+static int clean_barrier(struct eng *e, struct tree_walk *w, const char *child, int child_fd)
 {
     char name[NAME_MAX + 1];
+    const void *was;
     int err;
     if (!e->pool)
         return 0;
-    err = unlink_pool_wait(e->pool, name, sizeof name);
+    err = unlink_pool_wait(e->pool, name, sizeof name, &was);
     e->prog.phase_done = atomic_load(&e->pool->done) + e->dirs_removed;
     if (err)
-        return eng_fail_w(e, w, err,
-                          "the copy is complete at the destination, but could not remove",
-                          e->job->src, name);
+        return clean_fail(e, w, err, child,
+                          child_fd >= 0 ? child_fd
+                          : w->depth    ? tree_walk_fd(w, 0)
+                                        : -1,
+                          name, was);
     return 0;
 }
 
 static int clean_root_post(struct tree_walk *w)
 {
-    return clean_barrier(w->arg, w) == 0 ? 0 : -1;
+    return clean_barrier(w->arg, w, NULL, -1) == 0 ? 0 : -1;
+}
+
+/* The record an entry of the cleaning walk must match, in walk order; NULL
+ * when there is none to match (a finishing cleaning after a restart). */
+static int clean_next(struct eng *e, const struct src_ident **was)
+{
+    *was = NULL;
+    if (!e->guarded)
+        return 0;
+    if (e->rec_pos >= e->rec.n)
+        return -1; /* more entries than were copied */
+    *was = &e->rec.v[e->rec_pos++];
+    return 0;
 }
 
 static int clean_dir_pre(struct tree_walk *w, const char *name, const struct stat *st)
 {
-    (void)name;
-    (void)st;
-    return clean_barrier(w->arg, w) == 0 ? 0 : -1;
+    struct eng *e = w->arg;
+    const struct src_ident *was;
+    char why[160];
+    if (clean_barrier(e, w, NULL, -1) != 0)
+        return -1;
+    /* Checked before anything in it goes: its times still match only if
+     * it holds the names that were copied. */
+    if (clean_next(e, &was) != 0 || (was && src_ident_differs(was, st, true, why, sizeof why)))
+        return clean_fail(e, w, ESTALE, NULL, tree_walk_fd(w, 0), name, was);
+    return 0;
 }
 
 static int clean_entry(struct tree_walk *w, const char *name, const struct stat *st)
 {
     struct eng *e = w->arg;
-    (void)st;
+    const struct src_ident *was;
+    int dirfd = tree_walk_fd(w, 0), err;
+    (void)st; /* d_type only: the check stats the entry right before its removal */
+    if (clean_next(e, &was) != 0)
+        return clean_fail(e, w, ESTALE, NULL, dirfd, name, NULL);
     if (e->pool) {
-        unlink_pool_submit(e->pool, tree_walk_fd(w, 0), name);
+        /* Refused once a removal failed: collect that failure and stop. */
+        if (unlink_pool_submit(e->pool, dirfd, name, was) != 0) {
+            (void)clean_barrier(e, w, NULL, -1);
+            return -1;
+        }
         e->prog.phase_done = atomic_load(&e->pool->done) + e->dirs_removed;
         eng_report(e, w, name);
         return 0;
     }
-    if (unlinkat(tree_walk_fd(w, 0), name, 0) != 0)
-        return eng_fail_w(e, w, errno,
-                          "the copy is complete at the destination, but could not remove",
-                          e->job->src, name);
+    err = clean_check(e, dirfd, name, was);
+    if (err == 0 && unlinkat(dirfd, name, 0) != 0)
+        err = errno;
+    if (err != 0 && err != ENOENT)
+        return clean_fail(e, w, err, NULL, dirfd, name, was);
     e->prog.phase_done++;
     eng_report(e, w, name);
     return 0;
@@ -777,22 +1053,33 @@ static int clean_unlinkat_dir(struct tree_walk *w, const char *name, const struc
                               const int fds[2])
 {
     struct eng *e = w->arg;
+    int err;
     (void)st;
-    (void)fds;
     /* Its files first: they were removed through fds[0], still open here. */
-    if (clean_barrier(e, w) != 0)
+    if (clean_barrier(e, w, name, fds[0]) != 0)
         return -1;
-    if (unlinkat(tree_walk_fd(w, 0), name, AT_REMOVEDIR) != 0)
-        return eng_fail_w(e, w, errno,
-                          "the copy is complete at the destination, but could not remove",
-                          e->job->src, name);
+    if (unlinkat(tree_walk_fd(w, 0), name, AT_REMOVEDIR) != 0) {
+        char rel[MOVE_ERROR_MAX / 2];
+        err = errno;
+        /* Only an empty directory goes: a name that appeared in it after
+         * it was listed keeps it, and stops the cleaning. */
+        if (e->guarded && (err == ENOTEMPTY || err == EEXIST)) {
+            tree_walk_relpath(w, name, rel, sizeof rel);
+            return eng_fail(e, CODE_SOURCE_CHANGED,
+                            "%s/%s changed after it was copied: entries appeared in it",
+                            e->job->src, rel);
+        }
+        return clean_fail(e, w, err, NULL, tree_walk_fd(w, 0), name, NULL);
+    }
     e->dirs_removed++;
     e->prog.phase_done++;
     eng_report(e, w, name);
     return 0;
 }
 
-/* Removes the source, deepest first (the caller entered the cleaning phase). */
+/* Removes the source, deepest first (the caller entered the cleaning phase),
+ * each entry only while it is still what was copied (when e->guarded). The
+ * first entry that differs or cannot be removed stops it: what is left stays. */
 static int eng_clean(struct eng *e)
 {
     static const struct tree_walk_ops ops = {clean_entry, clean_dir_pre, clean_unlinkat_dir,
@@ -800,13 +1087,17 @@ static int eng_clean(struct eng *e)
     struct tree_walk w = {.ops = &ops, .arg = e, .strict_dev = true};
     struct unlink_pool pool;
     int rc;
-    if (unlink_pool_init(&pool) == 0 && pool.n_threads > 0)
+    if (unlink_pool_init(&pool) == 0 && pool.n_threads > 0) {
+        pool.check = clean_check;
+        pool.check_ctx = e;
         e->pool = &pool;
+    }
+    e->rec_pos = 0;
     rc = tree_walk_run(&w, e->srcfd, -1);
     /* Whatever a failed walk left in flight (the root's files were waited
      * for in clean_root_post, while its descriptor was open). */
     if (e->pool) {
-        if (clean_barrier(e, &w) != 0)
+        if (clean_barrier(e, &w, NULL, -1) != 0)
             rc = -1;
         unlink_pool_close(&pool);
         e->pool = NULL;
@@ -817,15 +1108,41 @@ static int eng_clean(struct eng *e)
     if (rc != 0)
         return -1;
     if (unlinkat(e->src_pfd, e->src_base, AT_REMOVEDIR) != 0) {
+        int err = errno;
         /* A mount point stays (empty); anything else is an error. */
-        if (errno != EBUSY)
-            return eng_fail_at(e, errno,
-                               "the copy is complete at the destination, but could not remove",
-                               e->job->src, NULL);
-        LOG(LOG_INFO, "source is a mount point; its contents moved and it stays",
-            LF_S("path", e->job->src));
+        if (err == EBUSY) {
+            LOG(LOG_INFO, "source is a mount point; its contents moved and it stays",
+                LF_S("path", e->job->src));
+            return 0;
+        }
+        if (e->guarded && (err == ENOTEMPTY || err == EEXIST))
+            return eng_fail(e, CODE_SOURCE_CHANGED,
+                            "%s changed after it was copied: entries appeared in it", e->job->src);
+        return eng_fail_at(e, err,
+                           e->guarded
+                               ? "could not remove"
+                               : "the copy is complete at the destination, but could not remove",
+                           e->job->src, NULL);
     }
     return 0;
+}
+
+/* The cleaning stopped at an entry that changed after its copy or could
+ * not be removed. The copy is verified and durable: the move succeeded and
+ * the server's data is at dst. The answer says so with a warning, and
+ * everything not removed stays at src (it holds what changed). */
+static void eng_clean_stopped(struct eng *e)
+{
+    struct engine_result *r = e->res;
+    LOG(LOG_WARN, "cleaning stopped; the rest of the source is kept", LF_S("old", e->job->src),
+        LF_S("new", e->job->dst), LF_S("code", move_code_name(r->code)), LF_S("reason", r->error));
+    r->warning_code = r->code;
+    util_fmt(r->warning, sizeof r->warning,
+             "%s; the move is complete: %s holds the whole verified copy, and what was not yet "
+             "removed was kept at %s (compare it with the copy before removing it)",
+             r->error, e->job->dst, e->job->src);
+    r->code = CODE_NONE;
+    r->error[0] = '\0';
 }
 
 static void rollback_warn(struct tree_walk *w, const char *name)
@@ -1122,7 +1439,7 @@ static int eng_copy_move(struct eng *e)
     e->src_dev = e->src_st.st_dev;
     e->blksize = 4096;
     if (open_dst(e) != 0 || eng_calculate(e) != 0 || eng_check_space(e) != 0 || eng_copy(e) != 0 ||
-        eng_verify(e) != 0 || eng_lock_for_cleaning(e) != 0) {
+        eng_verify(e) != 0 || eng_check_source(e) != 0 || eng_lock_for_cleaning(e) != 0) {
         eng_release_space(e);
         eng_rollback(e);
         return -1;
@@ -1131,8 +1448,11 @@ static int eng_copy_move(struct eng *e)
     copy_caps_save(&e->cc.caps);
     e->res->bytes_copied = e->prog.bytes_done;
     e->res->files_copied = e->prog.files_done;
-    /* From here the copy is whole and durable: a failure keeps it. */
-    return eng_clean(e);
+    /* From here the copy is whole and durable: a failure keeps it, and
+     * the move has succeeded. */
+    if (eng_clean(e) != 0)
+        eng_clean_stopped(e);
+    return 0;
 }
 
 /* --- recovery after a crash: look first, remove only what matches ----------------- */
@@ -1453,6 +1773,7 @@ int engine_run(const struct engine_job *job, struct engine_result *res)
     if (e.dst_pfd >= 0)
         close(e.dst_pfd);
     hl_free(&e.hl);
+    src_record_free(&e.rec);
     for (size_t i = 0; i < e.n_made; i++)
         free(e.made_parents[i]);
     free(e.made_parents);

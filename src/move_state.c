@@ -51,6 +51,17 @@ const char *move_code_name(enum move_code c)
     return (unsigned)c < ARRAY_SIZE(code_names) ? code_names[c] : "io_error";
 }
 
+bool move_code_from(const char *s, enum move_code *c)
+{
+    for (unsigned i = CODE_NONE + 1; i < ARRAY_SIZE(code_names); i++) {
+        if (code_names[i] && strcmp(code_names[i], s) == 0) {
+            *c = (enum move_code)i;
+            return true;
+        }
+    }
+    return false;
+}
+
 void move_state_clear(struct move_state *s)
 {
     free(s->old_path);
@@ -123,6 +134,10 @@ cJSON *move_state_to_json(const struct move_state *s)
     if (s->phase == PHASE_ERROR || s->phase == PHASE_CANCELLED) {
         cJSON_AddStringToObject(o, "code", move_code_name(s->code));
         add_clean_string(o, "error", s->error);
+    }
+    if (s->phase == PHASE_COMPLETE && s->warning_code != CODE_NONE) {
+        cJSON_AddStringToObject(o, "warningCode", move_code_name(s->warning_code));
+        add_clean_string(o, "warning", s->warning);
     }
     return o;
 }

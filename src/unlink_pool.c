@@ -25,14 +25,24 @@ static void *unlink_pool_thread(void *arg)
         p->busy++;
         pthread_cond_signal(&p->room);
         pthread_mutex_unlock(&p->lock);
-        rc = unlinkat(job.dirfd, job.name, 0) == 0 ? 0 : errno;
+        /* After a failure the rest of the queue is dropped: removal stops
+         * at the first entry that must stay. (A removal already past this
+         * test on another helper still completes; it was checked too.) */
+        rc = atomic_load_explicit(&p->failed, memory_order_relaxed) ? -1
+             : p->check ? p->check(p->check_ctx, job.dirfd, job.name, job.arg)
+                        : 0;
+        if (rc == 0)
+            rc = unlinkat(job.dirfd, job.name, 0) == 0 ? 0 : errno;
         pthread_mutex_lock(&p->lock);
-        if (rc != 0 && rc != ENOENT && p->err == 0) {
+        if (rc > 0 && rc != ENOENT && p->err == 0) {
             p->err = rc;
+            p->err_arg = job.arg;
             memcpy(p->err_name, job.name, sizeof p->err_name);
+            atomic_store_explicit(&p->failed, true, memory_order_relaxed);
         }
         p->busy--;
-        atomic_fetch_add(&p->done, 1);
+        if (rc == 0 || rc == ENOENT)
+            atomic_fetch_add(&p->done, 1);
         if (p->count == 0 && p->busy == 0)
             pthread_cond_broadcast(&p->idle);
     }
@@ -44,6 +54,7 @@ int unlink_pool_init(struct unlink_pool *p)
 {
     memset(p, 0, sizeof *p);
     atomic_init(&p->done, 0);
+    atomic_init(&p->failed, false);
     if (pthread_mutex_init(&p->lock, NULL) != 0)
         return -EAGAIN;
     pthread_cond_init(&p->more, NULL);
@@ -57,21 +68,27 @@ int unlink_pool_init(struct unlink_pool *p)
     return 0;
 }
 
-void unlink_pool_submit(struct unlink_pool *p, int dirfd, const char *name)
+int unlink_pool_submit(struct unlink_pool *p, int dirfd, const char *name, const void *arg)
 {
     struct unlink_job *job;
     pthread_mutex_lock(&p->lock);
-    while (p->count == UNLINK_POOL_QUEUE)
+    while (p->count == UNLINK_POOL_QUEUE && p->err == 0)
         pthread_cond_wait(&p->room, &p->lock);
+    if (p->err != 0) {
+        pthread_mutex_unlock(&p->lock);
+        return -1;
+    }
     job = &p->q[(p->head + p->count) % UNLINK_POOL_QUEUE];
     job->dirfd = dirfd;
+    job->arg = arg;
     util_fmt(job->name, sizeof job->name, "%s", name);
     p->count++;
     pthread_cond_signal(&p->more);
     pthread_mutex_unlock(&p->lock);
+    return 0;
 }
 
-int unlink_pool_wait(struct unlink_pool *p, char *name_out, size_t size)
+int unlink_pool_wait(struct unlink_pool *p, char *name_out, size_t size, const void **arg_out)
 {
     int err;
     pthread_mutex_lock(&p->lock);
@@ -80,7 +97,11 @@ int unlink_pool_wait(struct unlink_pool *p, char *name_out, size_t size)
     err = p->err;
     if (err && name_out)
         util_fmt(name_out, size, "%s", p->err_name);
+    if (arg_out)
+        *arg_out = err ? p->err_arg : NULL;
     p->err = 0;
+    p->err_arg = NULL;
+    atomic_store_explicit(&p->failed, false, memory_order_relaxed);
     pthread_mutex_unlock(&p->lock);
     return err;
 }

@@ -366,6 +366,7 @@ class FailureTest(EngineCase):
         subprocess.run(["chown", "-R", "nobody:nogroup", src], check=True)
         os.chown(os.path.join(src, "root-only"), 0, 0)
         os.chmod(self.scratch.b, 0o777)
+        os.chown(self.scratch.a, 65534, 65534)  # so that nobody could remove the source
         before = full_snapshot(src)
         dst = os.path.join(self.scratch.b, "mc")
         r = self.run_move(src, dst, user="nobody")
