@@ -152,8 +152,10 @@ static int eng_fail_walk(struct eng *e, struct tree_walk *w)
     if (w->changed)
         return eng_fail_at(e, ESTALE, "", e->job->src, w->err_where);
     if (w->err == EXDEV)
-        return eng_fail(e, CODE_IO_ERROR, "%s %s/%s; unmount it first", w->err_what, e->job->src,
-                        w->err_where);
+        return eng_fail(e, CODE_IO_ERROR,
+                        "%s %s/%s inside the tree; the move never copies or removes through a "
+                        "mount: unmount it first",
+                        w->err_what, e->job->src, w->err_where);
     return eng_fail_at(e, w->err ? w->err : EIO, w->err_what ? w->err_what : "walk", e->job->src,
                        w->err_where);
 }
