@@ -49,6 +49,10 @@ int copy_data(struct copy_ctx *c, int sfd, int dfd, const struct stat *st, uint6
  * cached pages so the read is not served from memory. */
 int copy_hash_file(struct copy_ctx *c, int fd, uint64_t *hash);
 
+/* XXH3 of the whole content of fd as it reads now (cached pages welcome),
+ * the same value copy_data gives for the same bytes. */
+int copy_hash_content(struct copy_ctx *c, int fd, uint64_t *hash);
+
 /* Extended attributes from one entry to another, either by descriptors
  * (sfd/dfd >= 0) or, for symlinks and special files that cannot be opened,
  * by /proc/self/fd/<dirfd>/<name> paths without following the last

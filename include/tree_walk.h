@@ -14,7 +14,9 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <sys/types.h>
 
 #define TREE_WALK_OPEN_LEVELS 96
@@ -53,12 +55,16 @@ struct tree_walk {
     void *arg;       /* for the callbacks */
     bool mirrored;   /* walk a second tree with the same names */
     bool need_stat;  /* false: non-directories get only st_mode's type (from d_type) */
-    bool strict_dev; /* an entry on another device than the root is an error */
+    bool strict_dev; /* an entry on another mount than the root's is an error (else skipped) */
     struct tree_walk_level *lv;
     size_t depth, cap;
     char *path; /* relative path of the current directory ("" at the root) */
     size_t path_cap;
     dev_t root_dev;
+    uint64_t root_mnt; /* the root's mount id (statx), 0 when unknown */
+    /* CLOCK_REALTIME_COARSE read just before the current entry was examined
+     * (the clock file timestamps come from), for the callbacks. */
+    struct timespec stat_clock;
     /* Set when the walk failed by itself (not in a callback). */
     int err;              /* errno-style, positive */
     bool changed;         /* the tree changed under the walk (an identity check failed) */

@@ -443,6 +443,19 @@ static enum move_code agent_check_paths(struct agent *a, const char *old_path, c
     return CODE_NONE;
 }
 
+/* The request's paths are equal to, inside or containing either path of the
+ * move m: by name, and by identity (device and inode of the existing
+ * directories), so that a bind-mount alias of m's trees is caught too. */
+static bool overlaps_move(const struct move *m, const struct resolved *r)
+{
+    const char *theirs[2] = {m->src, m->dst}, *ours[2] = {r->old_real, r->new_real};
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 2; j++)
+            if (path_overlap(theirs[i], ours[j]) || path_overlap_by_id(theirs[i], ours[j]))
+                return true;
+    return false;
+}
+
 static enum move_code agent_validate(struct agent *a, const struct move_request *r,
                                      struct resolved *out, char *why, size_t whysz)
 {
@@ -458,8 +471,7 @@ static enum move_code agent_validate(struct agent *a, const struct move_request 
             util_fmt(why, whysz, "move %s has not ended", r->move_id);
             return CODE_BUSY;
         }
-        if (path_overlap(m->src, out->old_real) || path_overlap(m->src, out->new_real) ||
-            path_overlap(m->dst, out->old_real) || path_overlap(m->dst, out->new_real)) {
+        if (overlaps_move(m, out)) {
             util_fmt(why, whysz, "the paths overlap those of move %s", m->st.move_id);
             return CODE_BUSY;
         }

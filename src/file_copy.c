@@ -247,15 +247,20 @@ int copy_data(struct copy_ctx *c, int sfd, int dfd, const struct stat *st, uint6
 
 int copy_hash_file(struct copy_ctx *c, int fd, uint64_t *hash)
 {
-    XXH3_state_t *h;
-    off_t off = 0;
-    if (!c->buf)
-        c->buf = xmalloc(FILE_COPY_BUF);
     /* Written back already (syncfs); fsync again is cheap and makes the
      * pages clean so that DONTNEED really drops them. */
     if (fsync(fd) != 0)
         return -errno;
     (void)posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    return copy_hash_content(c, fd, hash);
+}
+
+int copy_hash_content(struct copy_ctx *c, int fd, uint64_t *hash)
+{
+    XXH3_state_t *h;
+    off_t off = 0;
+    if (!c->buf)
+        c->buf = xmalloc(FILE_COPY_BUF);
     h = XXH3_createState();
     if (!h)
         util_oom(0);

@@ -21,6 +21,7 @@
 #include <sys/statvfs.h>
 #include <sys/sysmacros.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #define REPORT_GAP_MS 10 /* at most ~100 reports a second reach the ring */
@@ -46,6 +47,19 @@ struct space_claim {
     dev_t dev;
     _Atomic uint64_t remaining;
     struct space_claim *next;
+};
+
+/* A copied file whose last change lies in the timestamp granule its copy
+ * began in: a change during the copy may have left its times as they were
+ * (see copy_regular). Rechecked by content once the granule has passed. */
+struct suspect {
+    char *rel; /* relative to the source root (and the copy's) */
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime, ctime;
+    int64_t stamp; /* the later of mtime and ctime, ns */
+    uint64_t hash; /* checksum mode: the hash of what was copied */
 };
 
 static pthread_mutex_t claims_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -90,6 +104,9 @@ struct eng {
     size_t changed_depth;  /* check pass: the changed directory being searched (0: none) */
     char changed[MOVE_ERROR_MAX / 2]; /* its path (relative) */
     char changed_why[160];            /* and what changed */
+    int64_t grain;                    /* bound on the source's timestamp granularity, ns */
+    struct suspect *suspects;         /* see struct suspect */
+    size_t n_suspects, cap_suspects;
 };
 
 /* --- results and reporting ---------------------------------------------------- */
@@ -166,8 +183,10 @@ static int eng_fail_walk(struct eng *e, struct tree_walk *w)
     if (w->changed)
         return eng_fail_at(e, ESTALE, "", e->job->src, w->err_where);
     if (w->err == EXDEV)
-        return eng_fail(e, CODE_IO_ERROR, "%s %s/%s; unmount it first", w->err_what, e->job->src,
-                        w->err_where);
+        return eng_fail(e, CODE_IO_ERROR,
+                        "%s %s/%s inside the tree; the move never copies or removes through a "
+                        "mount: unmount it first",
+                        w->err_what, e->job->src, w->err_where);
     return eng_fail_at(e, w->err ? w->err : EIO, w->err_what ? w->err_what : "walk", e->job->src,
                        w->err_where);
 }
@@ -185,9 +204,42 @@ static int eng_walk_source(struct eng *e, const struct tree_walk_ops *ops, bool 
     return rc;
 }
 
+static bool same_time(const struct timespec *a, const struct timespec *b)
+{
+    return a->tv_sec == b->tv_sec && a->tv_nsec == b->tv_nsec;
+}
+
 static bool same_mtime(const struct stat *a, const struct stat *b)
 {
-    return a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+    return same_time(&a->st_mtim, &b->st_mtim);
+}
+
+static int64_t ts_ns(const struct timespec *t)
+{
+    return (int64_t)t->tv_sec * 1000000000 + t->tv_nsec;
+}
+
+/* The coarsest timestamp granularity an entry's mtime and ctime allow: the
+ * largest of the granularities Linux filesystems use (2 s FAT, 1 s ext3 and
+ * ext4 with 128-byte inodes, 10 ms exFAT, 1 us, 100 ns NTFS/CIFS, 1 ns)
+ * that divides both. The filesystem's true granularity divides every stamp
+ * it wrote, so it is never larger than this: the smallest value over a tree
+ * is a safe bound (statx does not report the granularity). */
+static int64_t stamp_grain(const struct stat *st)
+{
+    static const int64_t grains[] = {2000000000, 1000000000, 10000000, 1000000, 1000, 100};
+    int64_t m = ts_ns(&st->st_mtim), c = ts_ns(&st->st_ctim);
+    for (size_t i = 0; i < sizeof grains / sizeof grains[0]; i++)
+        if (m % grains[i] == 0 && c % grains[i] == 0)
+            return grains[i];
+    return 1;
+}
+
+static void note_grain(struct eng *e, const struct stat *st)
+{
+    int64_t g = stamp_grain(st);
+    if (g < e->grain)
+        e->grain = g;
 }
 
 /* mtime and ctime: ctime also moves on a rewrite that restores the mtime,
@@ -392,6 +444,7 @@ static int calc_entry(struct tree_walk *w, const char *name, const struct stat *
         return eng_fail_w(e, w, rc == -ENOENT ? ESTALE : -rc, "stat", e->job->src, name);
     if (eng_check_removable(e, w, name, &now, attrs) != 0)
         return -1;
+    note_grain(e, st);
     e->prog.files_total++;
     e->need_inodes++;
     if (S_ISREG(st->st_mode)) {
@@ -493,10 +546,58 @@ static int open_source_file(struct eng *e, int dir, const char *name)
     return openat(dir, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 }
 
+/* ctime too: a rewrite that puts the old mtime back still moves ctime. */
 static bool same_content_stat(const struct stat *a, const struct stat *b)
 {
     return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
            same_times(a, b);
+}
+
+static bool suspect_same(const struct suspect *s, const struct stat *st)
+{
+    return s->dev == st->st_dev && s->ino == st->st_ino && s->size == st->st_size &&
+           same_time(&s->mtime, &st->st_mtim) && same_time(&s->ctime, &st->st_ctim);
+}
+
+static int64_t last_stamp(const struct stat *st)
+{
+    int64_t m = ts_ns(&st->st_mtim), c = ts_ns(&st->st_ctim);
+    return m > c ? m : c;
+}
+
+/* Times alone cannot show a change made in the granule of the file's last
+ * change: the filesystem writes the same stamp again. If that granule had
+ * not ended when the walk examined the file (read from the clock file times
+ * come from, before the stat), a change during the copy may not show in
+ * them. On a nanosecond filesystem this is a file changed within the last
+ * clock tick; on a whole-second one, within the last second. */
+static bool in_granule(struct eng *e, const struct tree_walk *w, const struct stat *st)
+{
+    note_grain(e, st);
+    return last_stamp(st) + e->grain > ts_ns(&w->stat_clock);
+}
+
+/* Remembers a copied file for eng_recheck, with the hash of what was copied. */
+static void note_suspect(struct eng *e, struct tree_walk *w, const char *name,
+                         const struct stat *st, uint64_t hash)
+{
+    struct suspect *s;
+    size_t cap;
+    if (e->n_suspects == e->cap_suspects) {
+        e->cap_suspects = e->cap_suspects ? e->cap_suspects * 2 : 64;
+        e->suspects = xrealloc(e->suspects, e->cap_suspects * sizeof *e->suspects);
+    }
+    s = &e->suspects[e->n_suspects++];
+    cap = w->path_cap + strlen(name) + 2; /* never truncated */
+    s->rel = xmalloc(cap);
+    tree_walk_relpath(w, name, s->rel, cap);
+    s->dev = st->st_dev;
+    s->ino = st->st_ino;
+    s->size = st->st_size;
+    s->mtime = st->st_mtim;
+    s->ctime = st->st_ctim;
+    s->stamp = last_stamp(st);
+    s->hash = hash;
 }
 
 /* Copies one regular file; *copied receives its source's identity as it
@@ -508,7 +609,7 @@ static int copy_regular(struct eng *e, struct tree_walk *w, const char *name, co
     int sfd, dfd, rc;
     struct stat after;
     uint64_t hash = 0, start = e->prog.bytes_done;
-    bool on_write;
+    bool on_write, checksum = e->cc.checksum, suspect = in_granule(e, w, st);
 
     e->cur_w = w;
     e->cur_name = name;
@@ -521,7 +622,11 @@ static int copy_regular(struct eng *e, struct tree_walk *w, const char *name, co
         close(sfd);
         return eng_fail_w(e, w, rc, "create", e->job->dst, name);
     }
+    /* A suspect is hashed while copied (whatever the verify mode) so that
+     * eng_recheck has to reread only its source. */
+    e->cc.checksum = checksum || suspect;
     rc = copy_data(&e->cc, sfd, dfd, st, &hash, &on_write);
+    e->cc.checksum = checksum;
     e->cur_w = NULL;
     if (rc != 0) {
         close(sfd);
@@ -544,6 +649,8 @@ static int copy_regular(struct eng *e, struct tree_walk *w, const char *name, co
     }
     if (close(dfd) != 0)
         return eng_fail_w(e, w, errno, "write", e->job->dst, name);
+    if (suspect)
+        note_suspect(e, w, name, &after, hash);
     /* Holes count as copied: make the counter land on the file's size. */
     e->prog.bytes_done = start + (uint64_t)st->st_size;
     /* A file that changed between the calculation and its copy (a consistent
@@ -669,13 +776,94 @@ static int copy_dir_post(struct tree_walk *w, const char *name, const struct sta
     return 0;
 }
 
+/* Sleeps until no suspect's granule is the current one: from then on any
+ * change to them gets a new stamp. At most one granule (the files were
+ * examined inside theirs). */
+static int eng_wait_granules(struct eng *e)
+{
+    for (;;) {
+        struct timespec now, nap;
+        int64_t n, until = 0;
+        (void)clock_gettime(CLOCK_REALTIME_COARSE, &now);
+        n = ts_ns(&now);
+        for (size_t i = 0; i < e->n_suspects; i++) {
+            int64_t end = e->suspects[i].stamp + e->grain;
+            /* (a stamp ahead of the clock is not in the current granule: a
+             * change now would write an earlier one) */
+            if (e->suspects[i].stamp <= n && n < end && end > until)
+                until = end;
+        }
+        if (until == 0)
+            return 0;
+        if (eng_stop_code(e) != 0)
+            return -1;
+        /* Short naps: a stop is seen, and the coarse clock lags a tick. */
+        n = until - n < 100000000 ? until - n : 100000000;
+        nap.tv_sec = 0;
+        nap.tv_nsec = (long)(n > 1000000 ? n : 1000000);
+        (void)nanosleep(&nap, NULL);
+    }
+}
+
+/* Rereads one suspect after its granule: the source must still be the same
+ * inode with the same size and times before and after the read (any change
+ * now shows in them), and its content must hash like what was copied. */
+static int recheck_one(struct eng *e, const struct suspect *s)
+{
+    const char *base;
+    struct stat a, b;
+    uint64_t h = 0;
+    int pfd = open_parent_of(e->srcfd, s->rel, &base), fd, rc;
+    if (pfd < 0)
+        return eng_fail_at(e, errno == ENOENT ? ESTALE : errno, "open", e->job->src, s->rel);
+    fd = open_source_file(e, pfd, base);
+    close(pfd);
+    if (fd < 0)
+        return eng_fail_at(e, errno == ENOENT ? ESTALE : errno, "open", e->job->src, s->rel);
+    rc = fstat(fd, &a) != 0 ? -errno : !suspect_same(s, &a) ? -ESTALE : 0;
+    if (rc == 0)
+        rc = copy_hash_content(&e->cc, fd, &h);
+    if (rc == 0 && (fstat(fd, &b) != 0 || !suspect_same(s, &b)))
+        rc = -ESTALE;
+    close(fd);
+    if (rc != 0)
+        return eng_fail_at(e, -rc, "read", e->job->src, s->rel);
+    if (h != s->hash)
+        return eng_fail_at(e, ESTALE, "", e->job->src, s->rel);
+    return 0;
+}
+
+/* The copies whose times cannot rule out a change during their copy (see
+ * note_suspect): once their granule has passed, reread and compared by
+ * content. Fresh files only, so a tree at rest costs nothing. */
+static int eng_recheck(struct eng *e)
+{
+    uint64_t t0 = util_mono_ms(), t1;
+    int rc = 0;
+    if (e->n_suspects == 0)
+        return 0;
+    if (eng_wait_granules(e) != 0)
+        return -1;
+    t1 = util_mono_ms();
+    e->cc.progress = NULL; /* their bytes were counted by the copy */
+    for (size_t i = 0; i < e->n_suspects && rc == 0; i++) {
+        if (eng_stop_code(e) != 0 || recheck_one(e, &e->suspects[i]) != 0)
+            rc = -1;
+    }
+    e->cc.progress = eng_on_bytes;
+    LOG(LOG_INFO, "reread files changed in the timestamp granule of their copy",
+        LF_S("src", e->job->src), LF_U("files", e->n_suspects), LF_U("granule_ns", e->grain),
+        LF_U("waited_ms", t1 - t0), LF_U("reread_ms", util_mono_ms() - t1));
+    return rc;
+}
+
 static int eng_copy(struct eng *e)
 {
     static const struct tree_walk_ops ops = {copy_entry, copy_dir_pre, copy_dir_post, NULL};
     struct stat after;
     int rc;
     (void)eng_phase(e, PHASE_COPYING, e->prog.bytes_total);
-    if (eng_walk_source(e, &ops, true) != 0)
+    if (eng_walk_source(e, &ops, true) != 0 || eng_recheck(e) != 0)
         return -1;
     if (fstat(e->srcfd, &after) != 0 || !same_times(&after, &e->src_st))
         return eng_fail_at(e, ESTALE, "", e->job->src, NULL);
@@ -1438,6 +1626,8 @@ static int eng_copy_move(struct eng *e)
     }
     e->src_dev = e->src_st.st_dev;
     e->blksize = 4096;
+    e->grain = 2000000000;
+    note_grain(e, &e->src_st);
     if (open_dst(e) != 0 || eng_calculate(e) != 0 || eng_check_space(e) != 0 || eng_copy(e) != 0 ||
         eng_verify(e) != 0 || eng_check_source(e) != 0 || eng_lock_for_cleaning(e) != 0) {
         eng_release_space(e);
@@ -1778,6 +1968,9 @@ int engine_run(const struct engine_job *job, struct engine_result *res)
         free(e.made_parents[i]);
     free(e.made_parents);
     free(e.hashes);
+    for (size_t i = 0; i < e.n_suspects; i++)
+        free(e.suspects[i].rel);
+    free(e.suspects);
     free(e.cc.buf);
     return rc;
 }

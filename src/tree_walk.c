@@ -7,6 +7,8 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/sysmacros.h>
+#include <time.h>
 #include <unistd.h>
 
 #define DIRENT_BUF (64u << 10)
@@ -46,6 +48,50 @@ void tree_walk_relpath(const struct tree_walk *w, const char *name, char *buf, s
     else
         memcpy(buf, tmp, total + 1);
     free(tmp);
+}
+
+/* statx(2) into a struct stat, plus the mount id: two mounts of one
+ * filesystem (a bind mount) share st_dev, so only the mount id tells that a
+ * directory is the root of another mount. *mnt is 0 when the kernel does not
+ * report it (before Linux 5.8); statx missing altogether falls back to
+ * fstatat. Returns 0 or -1 with errno. */
+static int walk_stat(int dirfd, const char *name, int flags, struct stat *st, uint64_t *mnt)
+{
+    struct statx sx;
+    *mnt = 0;
+    if (statx(dirfd, name, flags | AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_MNT_ID, &sx) !=
+        0) {
+        if (errno != ENOSYS)
+            return -1;
+        return fstatat(dirfd, name, st, flags | AT_SYMLINK_NOFOLLOW);
+    }
+    memset(st, 0, sizeof *st);
+    st->st_dev = makedev(sx.stx_dev_major, sx.stx_dev_minor);
+    st->st_ino = (ino_t)sx.stx_ino;
+    st->st_mode = sx.stx_mode;
+    st->st_nlink = (nlink_t)sx.stx_nlink;
+    st->st_uid = sx.stx_uid;
+    st->st_gid = sx.stx_gid;
+    st->st_rdev = makedev(sx.stx_rdev_major, sx.stx_rdev_minor);
+    st->st_size = (off_t)sx.stx_size;
+    st->st_blksize = (blksize_t)sx.stx_blksize;
+    st->st_blocks = (blkcnt_t)sx.stx_blocks;
+    st->st_atim.tv_sec = sx.stx_atime.tv_sec;
+    st->st_atim.tv_nsec = sx.stx_atime.tv_nsec;
+    st->st_mtim.tv_sec = sx.stx_mtime.tv_sec;
+    st->st_mtim.tv_nsec = sx.stx_mtime.tv_nsec;
+    st->st_ctim.tv_sec = sx.stx_ctime.tv_sec;
+    st->st_ctim.tv_nsec = sx.stx_ctime.tv_nsec;
+    if (sx.stx_mask & STATX_MNT_ID)
+        *mnt = sx.stx_mnt_id;
+    return 0;
+}
+
+/* Another mount than the root's: another device, or (bind mounts of the
+ * same filesystem) another mount id. */
+static bool foreign_mount(const struct tree_walk *w, const struct stat *st, uint64_t mnt)
+{
+    return st->st_dev != w->root_dev || (mnt && w->root_mnt && mnt != w->root_mnt);
 }
 
 static int cmp_names(const void *a, const void *b, void *arena)
@@ -222,17 +268,19 @@ static int descend(struct tree_walk *w, const char *name, const struct stat *st)
     struct tree_walk_level *l = &w->lv[w->depth - 1];
     int fds[2] = {-1, -1};
     struct stat os;
+    uint64_t mnt;
     int err;
     fds[0] = open_dir_at(l->fd[0], name);
     if (fds[0] < 0)
         return walk_fail(w, errno, "open directory", name);
-    if (fstat(fds[0], &os) != 0) {
+    if (walk_stat(fds[0], "", AT_EMPTY_PATH, &os, &mnt) != 0) {
         err = errno;
         close(fds[0]);
         return walk_fail(w, err, "stat", name);
     }
-    /* The directory we opened must be the one we examined. */
-    if (os.st_dev != st->st_dev || os.st_ino != st->st_ino) {
+    /* The directory we opened must be the one we examined, on our mount (a
+     * directory bind-mounted onto itself keeps its device and inode). */
+    if (os.st_dev != st->st_dev || os.st_ino != st->st_ino || foreign_mount(w, &os, mnt)) {
         close(fds[0]);
         w->changed = true;
         return walk_fail(w, ESTALE, "open directory", name);
@@ -254,9 +302,11 @@ static int visit(struct tree_walk *w, const char *rec)
     unsigned char dt = (unsigned char)rec[0];
     const char *name = rec + 1;
     struct stat st;
+    uint64_t mnt = 0;
     int rc;
     if (w->need_stat || dt == DT_UNKNOWN || dt == DT_DIR) {
-        if (fstatat(l->fd[0], name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+        (void)clock_gettime(CLOCK_REALTIME_COARSE, &w->stat_clock);
+        if (walk_stat(l->fd[0], name, 0, &st, &mnt) != 0) {
             if (errno == ENOENT)
                 w->changed = true;
             return walk_fail(w, errno, "stat", name);
@@ -266,11 +316,11 @@ static int visit(struct tree_walk *w, const char *rec)
         st.st_mode = DTTOIF(dt);
         st.st_dev = w->root_dev;
     }
-    if (st.st_dev != w->root_dev) {
+    if (foreign_mount(w, &st, mnt)) {
         if (w->strict_dev)
-            return walk_fail(w, EXDEV, "another filesystem is mounted inside the tree at", name);
-        if (S_ISDIR(st.st_mode))
-            return 0; /* never step into a foreign mount */
+            return walk_fail(w, EXDEV, "a mount point (another filesystem or a bind mount) is at",
+                             name);
+        return 0; /* never step into, copy or remove through a foreign mount */
     }
     if (!S_ISDIR(st.st_mode))
         return w->ops->file ? w->ops->file(w, name, &st) : 0;
@@ -291,7 +341,7 @@ int tree_walk_run(struct tree_walk *w, int root_fd, int mirror_fd)
     fds[0] = openat(root_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fds[0] < 0)
         return walk_fail(w, errno, "open directory", NULL);
-    if (fstat(fds[0], &st) != 0) {
+    if (walk_stat(fds[0], "", AT_EMPTY_PATH, &st, &w->root_mnt) != 0) {
         err = errno;
         close(fds[0]);
         return walk_fail(w, err, "stat", NULL);
