@@ -159,6 +159,8 @@ static cJSON *rec_to_json(const struct journal_rec *r)
         if (r->answer)
             cJSON_AddRawToObject(o, "answer", r->answer);
         cJSON_AddBoolToObject(o, "delivered", r->delivered);
+        if (r->rollback_pending)
+            cJSON_AddTrueToObject(o, "rollbackPending");
     }
     return o;
 }
@@ -351,6 +353,7 @@ static struct journal_rec *rec_from_json(const cJSON *o, const char *file_id)
         if (!cJSON_IsBool(dl))
             goto fail;
         r->delivered = cJSON_IsTrue(dl);
+        r->rollback_pending = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "rollbackPending"));
     }
     if (bad)
         goto fail;

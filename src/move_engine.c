@@ -831,9 +831,17 @@ static void rollback_warn(struct tree_walk *w, const char *name)
         LF_S("path", rel), LF_S("reason", strerror(err)));
 }
 
+static void rollback_alive(struct tree_walk *w)
+{
+    struct eng *e = w->arg;
+    if (e->job->alive)
+        atomic_fetch_add_explicit(e->job->alive, 1, memory_order_relaxed);
+}
+
 static int rollback_entry(struct tree_walk *w, const char *name, const struct stat *st)
 {
     (void)st;
+    rollback_alive(w);
     if (unlinkat(tree_walk_fd(w, 0), name, 0) != 0 && errno != ENOENT)
         rollback_warn(w, name);
     return 0;
@@ -853,6 +861,7 @@ static int rollback_dir_post(struct tree_walk *w, const char *name, const struct
     struct eng *e = w->arg;
     (void)st;
     (void)fds;
+    rollback_alive(w);
     if (w->depth == 1 && e->dst_had_lf && strcmp(name, "lost+found") == 0)
         return 0; /* it was there before the move */
     if (unlinkat(tree_walk_fd(w, 0), name, AT_REMOVEDIR) != 0 && errno != ENOENT)
