@@ -37,6 +37,7 @@ struct agent_ended {
 
 /* A server.move_data request whose paths are being checked off the loop. */
 struct agent_pending {
+    uint64_t seq;            /* arrival order among all requests */
     struct move_request req; /* its paths point into the strings below */
     char *old_path, *new_path;
     char *reply;
@@ -46,6 +47,13 @@ struct agent_pending {
     char where[PATH_MAX]; /* timed out: the path it hung on ("" unknown) */
     struct path_check_result out;
     struct agent_pending *next;
+};
+
+/* A request that waits for an earlier request's check (see agent.c). */
+struct agent_deferred {
+    uint64_t seq;
+    struct frame f;
+    struct agent_deferred *next;
 };
 
 struct agent {
@@ -66,8 +74,10 @@ struct agent {
      * rollbacks left from an earlier run: their paths stay busy. */
     struct move *orphans;
     struct path_checker checker;
-    struct agent_pending *pending; /* requests being checked, in arrival order */
-    uv_timer_t stop_wait;          /* a stop waiting for workers */
+    struct agent_pending *pending;   /* requests being checked, in arrival order */
+    struct agent_deferred *deferred; /* requests waiting for those, in order */
+    uint64_t msg_seq, cur_seq;       /* requests received; the one handled now */
+    uv_timer_t stop_wait;            /* a stop waiting for workers */
     uint64_t stop_started_ms;
     struct agent_ended history[AGENT_HISTORY_MAX]; /* ring, newest at hist_pos-1 */
     unsigned hist_pos, hist_len;

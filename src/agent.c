@@ -15,6 +15,7 @@
 static void agent_maybe_finish_stop(struct agent *a);
 static void agent_start_queued(struct agent *a);
 static void agent_free_move(struct move *m);
+static void agent_run_deferred(struct agent *a);
 
 /* --- sending ---------------------------------------------------------------- */
 
@@ -535,6 +536,7 @@ static void agent_decide_pending(struct agent *a)
         agent_decide(a, p);
         agent_pending_free(p);
     }
+    agent_run_deferred(a);
 }
 
 static void agent_on_check(void *owner, struct path_check *c, bool timed_out)
@@ -584,6 +586,7 @@ static void agent_move_data(struct agent *a, const struct frame *f)
      * mount blocks for as long as it hangs); the answer comes when the
      * check is in, or at its time limit. */
     p = xcalloc(1, sizeof *p);
+    p->seq = a->cur_seq;
     p->req = req;
     p->old_path = xstrdup(req.old_path);
     p->new_path = xstrdup(req.new_path);
@@ -695,12 +698,52 @@ static const struct {
     {"server.move_status", agent_move_status},
 };
 
+static void agent_dispatch(struct agent *a, const struct frame *f)
+{
+    char why[256];
+    size_t i;
+    for (i = 0; i < ARRAY_SIZE(handlers); i++) {
+        if (strcmp(handlers[i].subject, f->subject) == 0) {
+            handlers[i].handle(a, f);
+            return;
+        }
+    }
+    if (f->reply) {
+        util_fmt(why, sizeof why, "unknown subject %s", f->subject);
+        agent_refuse(a, f->reply, CODE_UNKNOWN_SUBJECT, why, NULL);
+    } else {
+        LOG(LOG_INFO, "request with unknown subject dropped", LF_S("subject", f->subject));
+    }
+}
+
+/* A cancel or a status naming a server or a moveId whose server.move_data
+ * arrived earlier and is still being checked waits for that request's
+ * answer (at most its time limit): "data, then cancel" must find the move.
+ * Everything else is handled at once, whatever the checks do. */
+static bool agent_must_wait(struct agent *a, const struct frame *f)
+{
+    struct move_selector sel;
+    char why[64];
+    if (!a->pending || (strcmp(f->subject, "server.move_cancel") != 0 &&
+                        strcmp(f->subject, "server.move_status") != 0))
+        return false;
+    if (protocol_parse_selector(f->data, &sel, why, sizeof why) != 0)
+        return false;
+    for (const struct agent_pending *p = a->pending; p; p = p->next) {
+        if (p->seq >= a->cur_seq)
+            continue;
+        if ((sel.server_name[0] && strcmp(sel.server_name, p->req.server_name) == 0) ||
+            (sel.move_id[0] && strcmp(sel.move_id, p->req.move_id) == 0))
+            return true;
+    }
+    return false;
+}
+
 static void agent_on_message(struct ws_client *c, const char *buf, size_t len)
 {
     struct agent *a = c->owner;
     struct frame f;
     char why[256];
-    size_t i;
 
     switch (protocol_parse_frame(buf, len, &f, why, sizeof why)) {
     case FRAME_DROP:
@@ -711,23 +754,40 @@ static void agent_on_message(struct ws_client *c, const char *buf, size_t len)
         agent_answer(a, f.reply, protocol_failure(CODE_INVALID_REQUEST, why));
         break;
     case FRAME_OK:
-        for (i = 0; i < ARRAY_SIZE(handlers); i++) {
-            if (strcmp(handlers[i].subject, f.subject) == 0) {
-                handlers[i].handle(a, &f);
-                break;
-            }
+        a->cur_seq = ++a->msg_seq;
+        if (agent_must_wait(a, &f)) {
+            struct agent_deferred *d = xcalloc(1, sizeof *d), **tail;
+            d->seq = a->cur_seq;
+            d->f = f; /* taken: nothing left for frame_free below */
+            memset(&f, 0, sizeof f);
+            for (tail = &a->deferred; *tail; tail = &(*tail)->next)
+                ;
+            *tail = d;
+            break;
         }
-        if (i == ARRAY_SIZE(handlers)) {
-            if (f.reply) {
-                util_fmt(why, sizeof why, "unknown subject %s", f.subject);
-                agent_refuse(a, f.reply, CODE_UNKNOWN_SUBJECT, why, NULL);
-            } else {
-                LOG(LOG_INFO, "request with unknown subject dropped", LF_S("subject", f.subject));
-            }
-        }
+        agent_dispatch(a, &f);
         break;
     }
     frame_free(&f);
+}
+
+/* Runs the requests that waited for checks that are now decided, in order. */
+static void agent_run_deferred(struct agent *a)
+{
+    struct agent_deferred **pp = &a->deferred;
+    while (*pp) {
+        struct agent_deferred *d = *pp;
+        a->cur_seq = d->seq;
+        if (!a->stopping && agent_must_wait(a, &d->f)) {
+            pp = &d->next;
+            continue;
+        }
+        *pp = d->next;
+        agent_dispatch(a, &d->f);
+        frame_free(&d->f);
+        free(d);
+        pp = &a->deferred; /* the handler may have changed the list's state */
+    }
 }
 
 /* --- hello and heartbeat ---------------------------------------------------------- */
@@ -787,6 +847,12 @@ static void agent_teardown(struct agent *a)
         return;
     a->torn_down = true;
     path_checker_close(&a->checker);
+    while (a->deferred) {
+        struct agent_deferred *d = a->deferred;
+        a->deferred = d->next;
+        frame_free(&d->f);
+        free(d);
+    }
     /* Threads stuck on a disk that does not answer stay behind: they own
      * what they use and never touch the loop again. */
     while (a->moves) {
@@ -928,6 +994,7 @@ static void agent_stop(struct agent *a, const char *signame)
                      p->req.server_name);
         agent_pending_free(p);
     }
+    agent_run_deferred(a);
     uv_timer_start(&a->stop_wait, agent_on_stop_wait, 500, 500);
     agent_maybe_finish_stop(a);
 }

@@ -76,6 +76,9 @@ struct eng {
     uint64_t dirs_removed;           /* cleaning with the pool: directories done */
     struct tree_walk *cur_w;         /* the entry being copied, for reports inside it */
     const char *cur_name;
+    /* When the copy pass had made its last change to the destination: an
+     * entry of the copy whose ctime is later was changed by someone else. */
+    struct timespec copy_end;
 };
 
 /* --- results and reporting ---------------------------------------------------- */
@@ -143,12 +146,29 @@ static int eng_fail_w(struct eng *e, struct tree_walk *w, int err, const char *w
     return eng_fail_at(e, err, what, root, rel);
 }
 
+/* The copy was changed by someone else: the destination's fault, not the
+ * source's (a game server that keeps writing is told to stop; this is not
+ * that). */
+static int eng_fail_dst_changed(struct eng *e, const char *rel)
+{
+    return eng_fail(e, CODE_IO_ERROR,
+                    "the destination changed while it was being moved: %s%s%s was changed or "
+                    "removed by something else; nothing was removed from %s",
+                    e->job->dst, rel && *rel ? "/" : "", rel ? rel : "", e->job->src);
+}
+
 /* A failure of the walk itself (reading a directory, a swapped entry); the
- * walks that report errors all run over the source. */
+ * mirror of a mirrored walk is the destination. */
 static int eng_fail_walk(struct eng *e, struct tree_walk *w)
 {
     if (e->res->code != CODE_NONE)
         return -1;
+    if (w->err_mirror) {
+        if (w->changed || w->err == ENOENT)
+            return eng_fail_dst_changed(e, w->err_where);
+        return eng_fail_at(e, w->err ? w->err : EIO, w->err_what ? w->err_what : "walk",
+                           e->job->dst, w->err_where);
+    }
     if (w->changed)
         return eng_fail_at(e, ESTALE, "", e->job->src, w->err_where);
     if (w->err == EXDEV)
@@ -582,6 +602,7 @@ static int eng_copy(struct eng *e)
     rc = copy_meta_fd(&e->cc, e->srcfd, e->dstfd, &e->src_st, e->is_root);
     if (rc != 0)
         return eng_fail_at(e, -rc, "set attributes of", e->job->dst, NULL);
+    (void)clock_gettime(CLOCK_REALTIME, &e->copy_end);
     if (e->cc.xattr_warnings)
         LOG(LOG_WARN, "some extended attributes could not be copied", LF_S("dst", e->job->dst),
             LF_U("count", e->cc.xattr_warnings), LF_S("first", e->cc.xattr_first_warning));
@@ -593,6 +614,23 @@ static int eng_copy(struct eng *e)
 }
 
 /* --- verifying ---------------------------------------------------------------------- */
+
+/* Was this entry of the copy changed after the copy pass made it? Its ctime
+ * then is later than anything the pass did (the kernel stamps ctime from the
+ * same clock); a change in the same clock tick is not seen, and is then
+ * reported as the source's, as it always was. */
+static bool dst_changed(const struct eng *e, const struct stat *d)
+{
+    return d->st_ctim.tv_sec > e->copy_end.tv_sec ||
+           (d->st_ctim.tv_sec == e->copy_end.tv_sec && d->st_ctim.tv_nsec > e->copy_end.tv_nsec);
+}
+
+static int verify_fail_dst_changed(struct eng *e, struct tree_walk *w, const char *name)
+{
+    char rel[MOVE_ERROR_MAX / 2];
+    tree_walk_relpath(w, name, rel, sizeof rel);
+    return eng_fail_dst_changed(e, rel);
+}
 
 /* Compares one entry of the copy with its source, field by field. */
 static int verify_stat(struct eng *e, struct tree_walk *w, const char *name, const struct stat *s,
@@ -606,6 +644,8 @@ static int verify_stat(struct eng *e, struct tree_walk *w, const char *name, con
         what = "size";
     else if (!same_mtime(s, d))
         what = "modification time";
+    if (what && dst_changed(e, d))
+        return verify_fail_dst_changed(e, w, name);
     if (what) /* these follow the source: it changed after it was copied */
         return eng_fail_w(e, w, ESTALE, "", e->job->src, name);
     if (!e->is_root)
@@ -616,6 +656,8 @@ static int verify_stat(struct eng *e, struct tree_walk *w, const char *name, con
         what = "owner";
     else if ((S_ISCHR(s->st_mode) || S_ISBLK(s->st_mode)) && s->st_rdev != d->st_rdev)
         what = "device number";
+    if (what && dst_changed(e, d))
+        return verify_fail_dst_changed(e, w, name);
     if (what) {
         char rel[MOVE_ERROR_MAX / 2];
         tree_walk_relpath(w, name, rel, sizeof rel);
@@ -654,9 +696,18 @@ static int verify_entry(struct tree_walk *w, const char *name, const struct stat
     struct stat d;
     if (eng_stop_code(e) != 0)
         return -1;
-    if (fstatat(tree_walk_fd(w, 1), name, &d, AT_SYMLINK_NOFOLLOW) != 0)
-        /* Not in the copy: the source gained it after the copy passed by. */
-        return eng_fail_w(e, w, errno == ENOENT ? ESTALE : errno, "stat", e->job->dst, name);
+    if (fstatat(tree_walk_fd(w, 1), name, &d, AT_SYMLINK_NOFOLLOW) != 0) {
+        struct stat dir;
+        int err = errno;
+        if (err != ENOENT)
+            return eng_fail_w(e, w, err, "stat", e->job->dst, name);
+        /* Not in the copy: removed from it by someone else (its directory
+         * changed after the copy pass), or the source gained it after the
+         * copy passed by. */
+        if (fstat(tree_walk_fd(w, 1), &dir) == 0 && dst_changed(e, &dir))
+            return verify_fail_dst_changed(e, w, name);
+        return eng_fail_w(e, w, ESTALE, "", e->job->src, name);
+    }
     if (verify_stat(e, w, name, s, &d) != 0)
         return -1;
     if (S_ISLNK(s->st_mode)) {
@@ -664,7 +715,8 @@ static int verify_entry(struct tree_walk *w, const char *name, const struct stat
         ssize_t na = readlinkat(tree_walk_fd(w, 0), name, a, sizeof a);
         ssize_t nb = readlinkat(tree_walk_fd(w, 1), name, b, sizeof b);
         if (na < 0 || nb < 0 || na != nb || memcmp(a, b, (size_t)na) != 0)
-            return eng_fail_w(e, w, ESTALE, "", e->job->src, name);
+            return dst_changed(e, &d) ? verify_fail_dst_changed(e, w, name)
+                                      : eng_fail_w(e, w, ESTALE, "", e->job->src, name);
     }
     if (S_ISREG(s->st_mode)) {
         struct hl_slot *hs = NULL;

@@ -198,8 +198,10 @@ class HungMountTest(FaultTestCase):
         wait_until(lambda: fs.hung() >= 1, 10, "the validation to hang")
         status = self.manager.request("server.move_status", {})
         self.assertTrue(self.manager.wait_answer(status, 2)["success"])
+        nobody = self.manager.request("server.move_cancel", {"serverName": "nobody"})
+        self.assertEqual(self.manager.wait_answer(nobody, 2)["code"], "not_found")
+        # A cancel of the server being checked waits for that request's answer.
         cancel = self.manager.request("server.move_cancel", {"serverName": "srv"})
-        self.assertEqual(self.manager.wait_answer(cancel, 2)["code"], "not_found")
         # Another server's move does not wait for the hung one.
         other = self.request_move("ok", ok, os.path.join(self.scratch.b, "ok"), "mv-ok")
         self.assertTrue(self.manager.wait_answer(other, 8)["success"])
@@ -212,6 +214,9 @@ class HungMountTest(FaultTestCase):
         self.assertEqual((ans["success"], ans["code"]), (False, "io_error"), ans)
         self.assertIn("did not answer within 10 s", ans["error"])
         self.assertNotIn("moveId", ans)
+        self.assertEqual(self.manager.wait_answer(cancel, 2)["code"], "not_found")
+        subjects = [m["subject"] for m in self.manager.all_messages()]
+        self.assertLess(subjects.index(hung), subjects.index(cancel))
         beats = [t for (t, m, _) in conn.messages if m and m.get("subject") == "heartbeat" and t0 < t < t0 + 9]
         self.assertGreaterEqual(len(beats), 6, "heartbeats kept coming")
         self.assertEqual(self.manager.frames("mv-hung"), [])
@@ -219,3 +224,37 @@ class HungMountTest(FaultTestCase):
         fs.release()
         again = self.move("srv", os.path.join(fs.mountpoint, "srv"), os.path.join(self.scratch.b, "srv"))
         self.assertTrue(again["success"], again)
+
+    def test_queued_move_recheck_on_a_hung_mount(self):
+        fs = self.fuse("src")
+        dense_tree(os.path.join(fs.backing, "a"), 32)
+        make_tree(os.path.join(fs.backing, "srv"), n_small=5)
+        conn = self.start_agent(extra={"heartbeat_interval": "1s", "max_concurrent_moves": "1"},
+                                roots=[fs.mountpoint, self.scratch.b])
+        fs.hang("read", "a/world.img")
+        first = self.request_move("a", os.path.join(fs.mountpoint, "a"), os.path.join(self.scratch.b, "a"),
+                                  "mv-first")
+        wait_until(lambda: fs.hung() >= 1, 20, "the first move to hang")
+        second = self.request_move("srv", os.path.join(fs.mountpoint, "srv"),
+                                   os.path.join(self.scratch.b, "srv"), "mv-second")
+        self.manager.wait_for(lambda: self.manager.frames("mv-second"), 10, "the second move queued")
+        self.assertEqual(self.manager.frames("mv-second")[0]["phase"], "queued")
+        # Its paths hang now; the first move is cancelled and does not come back.
+        fs.hang("lookup", "srv")
+        cancel = self.manager.request("server.move_cancel", {"moveId": "mv-first"})
+        self.assertTrue(self.manager.wait_answer(cancel, 5)["success"])
+        t0 = time.monotonic()
+        ans = self.manager.wait_answer(first, 10)
+        self.assertEqual((ans["success"], ans["code"]), (False, "cancelled"), ans)
+        self.assertIn("does not answer", ans["error"])
+        # The second leaves the queue; its check hangs off the loop.
+        ans2 = self.manager.wait_answer(second, 20)
+        took = time.monotonic() - t0
+        self.assertEqual((ans2["success"], ans2["code"]), (False, "io_error"), ans2)
+        self.assertIn("did not answer within 10 s", ans2["error"])
+        self.assertEqual([f["phase"] for f in self.manager.frames("mv-second")], ["queued", "error"])
+        beats = [t for (t, m, _) in conn.messages if m and m.get("subject") == "heartbeat" and t0 < t < t0 + took]
+        self.assertGreaterEqual(len(beats), int(took) - 2, "heartbeats kept coming")
+        fs.release()
+        wait_until(lambda: not os.path.exists(os.path.join(self.scratch.b, "a")), 30, "the late rollback")
+        self.assertFalse(os.path.exists(os.path.join(self.scratch.b, "srv")))
