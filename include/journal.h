@@ -46,6 +46,7 @@ struct journal_rec {
     /* Ended (and answered) while its worker was stuck on a disk that does not
      * answer: the partial copy at dst still has to be rolled back. */
     bool rollback_pending;
+    enum move_phase rollback_phase; /* the phase it was in then */
 };
 
 /* Creates state_dir (and moves/) if needed and takes the lock. Fails with a

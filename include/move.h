@@ -89,7 +89,8 @@ struct move {
     /* What the worker uses (ring, stop word, paths): its own block, so that a
      * worker stuck in the kernel can outlive this struct. */
     struct move_work *work;
-    bool abandoned; /* ended by the loop while the worker is stuck */
+    bool abandoned;                  /* ended by the loop while the worker is stuck */
+    enum move_phase abandoned_phase; /* the phase it was in then */
     bool silent;
     bool owns_jr;           /* the owner's flag: jr outlived its history entry */
     void *check;            /* the owner's: a path check under way before it starts */

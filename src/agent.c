@@ -189,6 +189,7 @@ static void agent_on_ended(struct move *m)
         jr->answer = xstrdup(printed ? printed : "{}");
         jr->delivered = false;
         jr->rollback_pending = orphan;
+        jr->rollback_phase = m->abandoned_phase;
         (void)journal_write(&a->journal, jr);
         if (!orphan)
             m->jr = NULL; /* the history's now; an orphan keeps a pointer to it */
@@ -1190,6 +1191,29 @@ static void agent_resume_rollback(struct agent *a, struct journal_rec *r)
     }
 }
 
+/* A rename ended while its call hung, left behind by the last run: no tree
+ * to remove. Either it never happened (only the parents made for it go) or
+ * it completed after the answer (the data is at newPath: said loudly,
+ * nothing touched). By name, on the loop, at start like the rename
+ * settlement of an unfinished move. */
+static void agent_settle_rename(struct agent *a, struct journal_rec *r)
+{
+    struct stat sb;
+    bool src_there = lstat(r->src, &sb) == 0, dst_there = lstat(r->dst, &sb) == 0;
+    if (!src_there && dst_there) {
+        LOG(LOG_ERROR,
+            "a rename answered as failed completed after its answer; the data is at the new path",
+            LF_S("move", r->move_id), LF_S("old", r->old_path), LF_S("new", r->new_path));
+    } else {
+        for (size_t i = r->n_made; i-- > 0;)
+            (void)rmdir(r->made_parents[i]); /* only empty ones go */
+        LOG(LOG_INFO, "a rename that waited on a stuck disk did not happen; settled",
+            LF_S("move", r->move_id));
+    }
+    r->rollback_pending = false;
+    (void)journal_write(&a->journal, r);
+}
+
 static void agent_recover_one(void *arg, struct journal_rec *r)
 {
     struct agent *a = arg;
@@ -1215,7 +1239,9 @@ static void agent_recover_one(void *arg, struct journal_rec *r)
         history_add(a, &st, r->answer ? r->answer : "{}", r,
                     mono > age ? mono - (age < AGENT_HISTORY_MS ? age : AGENT_HISTORY_MS) : 0);
         move_state_clear(&st);
-        if (r->rollback_pending)
+        if (r->rollback_pending && r->rename && r->rollback_phase <= PHASE_CALCULATING)
+            agent_settle_rename(a, r);
+        else if (r->rollback_pending)
             agent_resume_rollback(a, r);
         return;
     }

@@ -366,6 +366,7 @@ static void move_abandon(struct move *m, uint64_t now)
     m->work->no_record = true;
     pthread_mutex_unlock(&m->work->lock);
     m->abandoned = true;
+    m->abandoned_phase = m->st.phase;
     if (m->st.current_file[0])
         util_fmt(at, sizeof at, " (it was at %s while %s)", m->st.current_file,
                  move_phase_name(m->st.phase));
@@ -436,9 +437,17 @@ static void move_apply(struct move *m, const struct progress_item *it)
             /* It outlived the move's end (a stuck disk, or a rollback left
              * from an earlier run): the outcome was given already. */
             uv_timer_stop(&m->limit);
-            LOG(LOG_WARN, "the thread of an ended move came back; its rollback is done",
-                LF_S("move", m->st.move_id), LF_S("server", m->st.server_name),
-                LF_S("result", it->error));
+            if (it->code == CODE_NONE && m->mode == ENGINE_MOVE)
+                /* Only a rename that could not be put back ends so. */
+                LOG(LOG_ERROR,
+                    "the thread of an ended move came back: the move completed after its "
+                    "answer; the data is at the new path",
+                    LF_S("move", m->st.move_id), LF_S("old", m->st.old_path),
+                    LF_S("new", m->st.new_path));
+            else
+                LOG(LOG_WARN, "the thread of an ended move came back; its rollback is done",
+                    LF_S("move", m->st.move_id), LF_S("server", m->st.server_name),
+                    LF_S("result", it->error));
             m->ops->released(m);
             return;
         }

@@ -1121,10 +1121,13 @@ static int eng_rename(struct eng *e)
         eng_rollback(e);
         return -1;
     }
+    struct stat before;
+    bool had_dst;
     if (eng_stop_code(e) != 0) {
         eng_rollback(e);
         return -1;
     }
+    had_dst = fstatat(e->dst_pfd, e->dst_base, &before, AT_SYMLINK_NOFOLLOW) == 0;
     if (renameat(e->src_pfd, e->src_base, e->dst_pfd, e->dst_base) != 0) {
         int err = errno;
         if (err == EXDEV) {
@@ -1134,6 +1137,29 @@ static int eng_rename(struct eng *e)
         }
         eng_rollback(e);
         return eng_fail_at(e, err, "rename", e->job->src, NULL);
+    }
+    /* Stopped while the rename ran (it can hang on a disk that does not
+     * answer, and the move be answered meanwhile): all or nothing, it goes
+     * back, and the empty directory it replaced is made again. */
+    if (atomic_load_explicit(e->job->stop, memory_order_relaxed) > 0) {
+        if (renameat(e->dst_pfd, e->dst_base, e->src_pfd, e->src_base) != 0) {
+            LOG(LOG_ERROR,
+                "a stopped rename completed and could not be put back; the data is "
+                "at the new path",
+                LF_S("old", e->job->src), LF_S("new", e->job->dst),
+                LF_S("reason", strerror(errno)));
+            return 0;
+        }
+        if (had_dst && mkdirat(e->dst_pfd, e->dst_base, 0700) == 0) {
+            struct timespec times[2] = {before.st_atim, before.st_mtim};
+            if (e->is_root)
+                (void)fchownat(e->dst_pfd, e->dst_base, before.st_uid, before.st_gid,
+                               AT_SYMLINK_NOFOLLOW);
+            (void)fchmodat(e->dst_pfd, e->dst_base, before.st_mode & 07777, 0);
+            (void)utimensat(e->dst_pfd, e->dst_base, times, AT_SYMLINK_NOFOLLOW);
+        }
+        eng_rollback(e);
+        return eng_stop_code(e);
     }
     return 0;
 }

@@ -218,7 +218,9 @@ static void start_waiting(struct path_checker *pc)
         /* Not the libuv pool: a check stuck on a hung mount would hold one of
          * its four threads (which also serve DNS) for as long as it hangs. */
         if (uv_thread_create(&c->thread, check_thread, c) != 0) {
-            shared_unref(pc->sh);
+            pthread_mutex_lock(&pc->sh->lock);
+            pc->sh->refs--; /* the thread's; the loop's own stays */
+            pthread_mutex_unlock(&pc->sh->lock);
             c->out.code = CODE_IO_ERROR;
             util_fmt(c->out.why, sizeof c->out.why, "cannot start a thread to check the paths");
             c->started = true;
