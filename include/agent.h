@@ -9,6 +9,8 @@
 #include "metrics.h"
 #include "notify.h"
 #include "move.h"
+#include "path_check.h"
+#include "protocol.h"
 #include "ws_client.h"
 
 #include <stdbool.h>
@@ -19,6 +21,10 @@
 #define AGENT_STOP_GRACE_MS 5000
 /* A server.move_status answer stops adding moves past this size. */
 #define AGENT_STATUS_MAX_BYTES (256u << 10)
+/* A stop leaves behind (and exits without) the threads that have shown no
+ * sign of life for this long since the stop began: stuck in the kernel on a
+ * disk that does not answer. */
+#define AGENT_STOP_STUCK_MS 10000u
 
 /* A move that ended: kept an hour for agent.hello and idempotent retries. */
 /* Under systemd, a stop waiting for rollbacks asks for this much more time,
@@ -40,6 +46,26 @@ struct agent_ended {
 };
 
 #define AGENT_HELD_RETRY_MS 5000
+/* A server.move_data request whose paths are being checked off the loop. */
+struct agent_pending {
+    uint64_t seq;            /* arrival order among all requests */
+    struct move_request req; /* its paths point into the strings below */
+    char *old_path, *new_path;
+    char *reply;
+    char old_norm[PATH_MAX], new_norm[PATH_MAX]; /* for the order rule */
+    struct path_check *check;                    /* NULL once it reported */
+    bool timed_out;
+    char where[PATH_MAX]; /* timed out: the path it hung on ("" unknown) */
+    struct path_check_result out;
+    struct agent_pending *next;
+};
+
+/* A request that waits for an earlier request's check (see agent.c). */
+struct agent_deferred {
+    uint64_t seq;
+    struct frame f;
+    struct agent_deferred *next;
+};
 
 struct agent {
     uv_loop_t loop;
@@ -57,9 +83,18 @@ struct agent {
     uint64_t last_watchdog_ms, last_extend_ms;
     struct move *moves; /* not ended, in acceptance order (queued ones too) */
     unsigned n_moves;
+    /* Ended moves whose worker has not come back (stuck on a disk), and
+     * rollbacks left from an earlier run: their paths stay busy. */
+    struct move *orphans;
+    struct path_checker checker;
+    struct agent_pending *pending;   /* requests being checked, in arrival order */
+    struct agent_deferred *deferred; /* requests waiting for those, in order */
+    uint64_t msg_seq, cur_seq;       /* requests received; the one handled now */
+    uv_timer_t stop_wait;            /* a stop waiting for workers */
+    uint64_t stop_started_ms;
     struct agent_ended history[AGENT_HISTORY_MAX]; /* ring, newest at hist_pos-1 */
     unsigned hist_pos, hist_len;
-    bool stopping, torn_down;
+    bool stopping, torn_down, stop_finishing;
     uint64_t started_wall_ms, started_mono;
     unsigned id_counter;
     char hostname[256];

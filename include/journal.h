@@ -59,6 +59,10 @@ struct journal_rec {
     char error[MOVE_ERROR_MAX];
     char *answer;   /* the answer's data object, printed; NULL until the end */
     bool delivered; /* the manager acknowledged the answer (a pong after it) */
+    /* Ended (and answered) while its worker was stuck on a disk that does not
+     * answer: the partial copy at dst still has to be rolled back. */
+    bool rollback_pending;
+    enum move_phase rollback_phase; /* the phase it was in then */
 };
 
 /* Creates state_dir (and moves/) if needed and takes the lock. Fails with a

@@ -7,6 +7,7 @@
 #include "journal.h"
 #include "move_engine.h"
 #include "move_state.h"
+#include "paths.h"
 #include "progress_ring.h"
 
 #include <stdatomic.h>
@@ -22,8 +23,13 @@ struct move_ops {
      * false for phase changes and the terminal frame (never merged). */
     void (*frame)(struct move *m, const struct move_state *st, bool intermediate);
     /* The terminal frame was sent; the owner answers the request and then
-     * calls move_close(). */
+     * calls move_close() -- unless move_is_running() still says true: the
+     * move was ended without its worker, stuck in the kernel (see
+     * move_abandon below); then the owner keeps it until ops->released. */
     void (*ended)(struct move *m);
+    /* The worker of a move that ended without it came back (its rollback is
+     * done); the owner calls move_close(). */
+    void (*released)(struct move *m);
 };
 
 struct move_params {
@@ -47,6 +53,9 @@ struct move_params {
     /* ENGINE_UNDO/ENGINE_FINISH: a move found unfinished in the journal at
      * start; it resumes from jr's phase, counters and seq. */
     enum engine_mode mode;
+    /* A move that has already ended (jr terminal) and only needs its
+     * rollback finished: no frames, ops->released at the end. */
+    bool silent;
 };
 
 #define MOVE_RATE_SAMPLES 24
@@ -54,6 +63,12 @@ struct move_params {
 #define MOVE_MIN_FRAME_GAP_MS 50
 #define MOVE_FRAME_ENTRIES 100
 #define MOVE_FRAME_BYTES (100ull << 20)
+/* A stopped move whose worker shows no sign of life this long after the stop
+ * (it is stuck in the kernel on a disk that does not answer) is ended by the
+ * loop without it. */
+#define MOVE_STUCK_GRACE_MS 2000u
+
+struct move_work;
 
 struct move {
     struct move_state st; /* the loop's view: what the next frame shows */
@@ -72,9 +87,18 @@ struct move {
     uv_timer_t limit; /* once a second while running: move_timeout, stall_timeout */
     uv_thread_t thread;
     bool thread_running;
-    struct progress_ring ring;
-    atomic_int stop;             /* move_code to stop with, 0 = run */
-    struct engine_result result; /* written by the worker before its END item */
+    /* What the worker uses (ring, stop word, paths): its own block, so that a
+     * worker stuck in the kernel can outlive this struct. */
+    struct move_work *work;
+    bool abandoned;                  /* ended by the loop while the worker is stuck */
+    enum move_phase abandoned_phase; /* the phase it was in then */
+    bool silent;
+    bool owns_jr;                     /* the owner's flag: jr outlived its history entry */
+    void *check;                      /* the owner's: a path check under way before it starts */
+    struct path_ids src_ids, dst_ids; /* the owner's: directories along src and dst */
+    uint64_t stop_asked_ms;           /* when a stop was taken (0: none) */
+    uint64_t last_life_ms;            /* the worker's last sign of life */
+    unsigned last_beat;
 
     /* Loop-side throttle and rate state. */
     uint64_t mono_started;
@@ -83,7 +107,6 @@ struct move {
     struct journal_rec *jr;
     const struct journal *journal;
     enum engine_mode mode;
-    _Atomic uint64_t seq_sent; /* the loop's seq, for the worker's journal writes */
     uint64_t move_timeout_ms, stall_timeout_ms;
     uint64_t last_progress_ms; /* last time a counter or the phase moved */
     uint64_t last_frame_ms, last_log_ms, phase_started_ms;
@@ -117,7 +140,20 @@ int move_run(struct move *m);
  * copy is whole: it will complete), -ENOENT after its end. */
 int move_stop(struct move *m, enum move_code code, const char *why);
 
+/* The worker thread exists (running, or stuck after the move ended). */
 bool move_is_running(const struct move *m);
+
+/* The destination directory's device and inode, once the worker has opened
+ * it (a move that creates newPath); false before. Loop thread, lock-free. */
+bool move_dst_identity(const struct move *m, dev_t *dev, ino_t *ino);
+
+/* How long the worker has shown no sign of life (a report, a removed entry),
+ * or 0 when it does not run. */
+uint64_t move_quiet_ms(const struct move *m, uint64_t now);
+
+/* At exit: lets go of a worker that does not come back. It never touches
+ * the loop or the journal again; its memory is its own. Then move_close(). */
+void move_detach(struct move *m);
 
 /* Closes the handles; cb runs once they are all closed (then free m). Only
  * after ops->ended. */

@@ -72,6 +72,10 @@ struct engine_job {
     engine_report_fn report;
     engine_phase_fn on_phase; /* may be NULL */
     engine_dst_fn on_dst;     /* may be NULL */
+    /* May be NULL: bumped at every entry a rollback removes (a rollback
+     * reports nothing else), so the loop can tell a slow one from one stuck
+     * on a disk that does not answer. */
+    atomic_uint *alive;
     void *arg;
     enum engine_mode mode;
     /* ENGINE_UNDO/ENGINE_FINISH: what the journal recorded. Nothing is

@@ -31,6 +31,32 @@ bool path_overlap(const char *a, const char *b);
  * under two names. */
 bool path_overlap_by_id(const char *a, const char *b);
 
+/* The identities (device, inode) of the existing directories along a path,
+ * from the deepest up: the path itself first when it exists, then its
+ * ancestors. Taken once, off the loop (stat can hang on a dead mount); the
+ * overlap test below is then pure. At most PATH_IDS_MAX (the deepest). */
+#define PATH_IDS_MAX 64
+struct path_ids {
+    unsigned n;
+    bool leaf; /* id[0] is the path itself (it exists, as a directory) */
+    struct {
+        dev_t dev;
+        ino_t ino;
+    } id[PATH_IDS_MAX];
+};
+
+/* Fills ids for path (resolved, absolute). Blocking. */
+void path_ids_of(const char *path, struct path_ids *ids);
+
+/* One path is the other, or inside it, by identity: a's own directory is
+ * among b's directories, or b's among a's (a bind mount shows one directory
+ * under two names). */
+bool path_ids_overlap(const struct path_ids *a, const struct path_ids *b);
+
+/* The directory (dev, ino) is among ids' directories: the path is it or
+ * inside it. */
+bool path_ids_has(const struct path_ids *ids, dev_t dev, ino_t ino);
+
 /* A directory that holds nothing, or only an empty lost+found. Returns 1
  * empty, 0 not empty, negative errno on failure. */
 int path_dir_is_empty(const char *dir);

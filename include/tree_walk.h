@@ -68,6 +68,7 @@ struct tree_walk {
     /* Set when the walk failed by itself (not in a callback). */
     int err;              /* errno-style, positive */
     bool changed;         /* the tree changed under the walk (an identity check failed) */
+    bool err_mirror;      /* the failure was on the mirror side */
     char err_where[256];  /* relative path of the failing entry */
     const char *err_what; /* the operation */
 };

@@ -12,18 +12,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* A request's paths as checked: normalised, and resolved in their existing part. */
-struct resolved {
-    char old_norm[PATH_MAX], new_norm[PATH_MAX];
-    char old_real[PATH_MAX], new_real[PATH_MAX];
-    bool rename;
-};
-
 static void agent_maybe_finish_stop(struct agent *a);
 static void agent_resend_outcome(struct agent *a, const struct journal_rec *r,
                                  const struct move_state *st);
 static void agent_on_held_timer(uv_timer_t *t);
 static void agent_start_queued(struct agent *a);
+static void agent_free_move(struct move *m);
+static void agent_run_deferred(struct agent *a);
 
 /* --- sending ---------------------------------------------------------------- */
 
@@ -43,6 +38,9 @@ struct origin {
     cJSON **answer;
     const char *who;
 };
+
+/* The manager's request with this reply subject (NULL: no answer wanted). */
+#define FROM_MANAGER(subject) (&(struct origin){.reply = (subject), .who = "manager"})
 
 static void agent_answer(struct agent *a, const struct origin *o, cJSON *data)
 {
@@ -80,9 +78,17 @@ static void agent_refuse(struct agent *a, const struct origin *o, enum move_code
 static void history_forget(struct agent *a, struct agent_ended *h)
 {
     if (h->jr) {
-        if (h->jr->delivered)
-            journal_remove(&a->journal, h->jr->move_id);
-        journal_rec_free(h->jr);
+        struct move *o;
+        /* A rollback still waits on a stuck disk: the record is its own now. */
+        for (o = a->orphans; o && o->jr != h->jr; o = o->next)
+            ;
+        if (o) {
+            o->owns_jr = true;
+        } else {
+            if (h->jr->delivered)
+                journal_remove(&a->journal, h->jr->move_id);
+            journal_rec_free(h->jr);
+        }
         h->jr = NULL;
     }
     move_state_clear(&h->st);
@@ -223,6 +229,9 @@ static void agent_on_ended(struct move *m)
 {
     struct agent *a = m->owner;
     struct move **pp;
+    /* Ended without its worker, stuck on a disk: it rolls back when it comes
+     * back (or the next start does). */
+    bool orphan = move_is_running(m);
     cJSON *answer = agent_move_answer(&m->st);
     char *printed = cJSON_PrintUnformatted(answer);
     char rate[24], key[MOVE_ID_MAX + 16];
@@ -254,7 +263,10 @@ static void agent_on_ended(struct move *m)
         free(jr->answer);
         jr->answer = xstrdup(printed ? printed : "{}");
         jr->delivered = false;
-        m->jr = NULL;
+        jr->rollback_pending = orphan;
+        jr->rollback_phase = m->abandoned_phase;
+        if (!orphan)
+            m->jr = NULL; /* the history's now; an orphan keeps a pointer to it */
         h = history_add(a, &m->st, jr->answer, jr, util_mono_ms());
         if (journal_write(&a->journal, jr) == 0)
             agent_resend_outcome(a, jr, &m->st);
@@ -279,189 +291,164 @@ static void agent_on_ended(struct move *m)
             break;
         }
     }
-    move_close(m, agent_free_move);
+    if (m->check) {
+        path_checker_forget(&a->checker, m->check);
+        m->check = NULL;
+    }
+    if (orphan) {
+        m->next = a->orphans;
+        a->orphans = m;
+    } else {
+        move_close(m, agent_free_move);
+    }
     if (!a->stopping)
         agent_start_queued(a);
+    agent_maybe_finish_stop(a);
+}
+
+/* The worker of an ended move came back: its rollback is done. */
+static void agent_on_released(struct move *m)
+{
+    struct agent *a = m->owner;
+    struct move **pp;
+    for (pp = &a->orphans; *pp; pp = &(*pp)->next) {
+        if (*pp == m) {
+            *pp = m->next;
+            break;
+        }
+    }
+    if (m->jr) {
+        m->jr->rollback_pending = false;
+        (void)journal_write(&a->journal, m->jr);
+        if (m->owns_jr) {
+            if (m->jr->delivered)
+                journal_remove(&a->journal, m->jr->move_id);
+            journal_rec_free(m->jr);
+        }
+        m->jr = NULL;
+    }
+    move_close(m, agent_free_move);
     agent_maybe_finish_stop(a);
 }
 
 static const struct move_ops agent_move_ops = {
     .frame = agent_on_frame,
     .ended = agent_on_ended,
+    .released = agent_on_released,
 };
 
-static enum move_code agent_check_paths(struct agent *a, const char *old_path, const char *new_path,
-                                        struct resolved *out, char *why, size_t whysz);
-
-/* A queued move's paths are checked again when it leaves the queue: the
- * roots, the symlinks and the destination may have changed meanwhile. */
-static bool agent_recheck(struct agent *a, struct move *m)
+/* The answer to a check that ran past its limit. */
+static void agent_hung_text(char *why, size_t whysz, const char *where)
 {
-    struct resolved *res = xmalloc(sizeof *res);
-    char why[512];
-    enum move_code code =
-        agent_check_paths(a, m->st.old_path, m->st.new_path, res, why, sizeof why);
-    if (code == CODE_NONE && (strcmp(res->old_real, m->src) != 0 ||
-                              strcmp(res->new_real, m->dst) != 0 || res->rename != m->st.rename)) {
-        code = CODE_PATH_NOT_ALLOWED;
-        util_fmt(why, sizeof why, "the paths resolve differently than when the move was accepted");
-    }
-    free(res);
-    if (code == CODE_NONE)
-        return true;
-    LOG(LOG_WARN, "queued move no longer valid", LF_S("move", m->st.move_id),
-        LF_S("code", move_code_name(code)), LF_S("error", why));
-    move_stop(m, code, why); /* ends it at once; its end restarts the queue */
-    return false;
+    if (where && *where)
+        util_fmt(why, whysz, "path %s did not answer within %u s (a hung mount?); nothing was done",
+                 where, PATH_CHECK_LIMIT_MS / 1000);
+    else
+        util_fmt(why, whysz,
+                 "the paths could not be checked within %u s: earlier checks are stuck on a hung "
+                 "mount; nothing was done",
+                 PATH_CHECK_LIMIT_MS / 1000);
+}
+
+/* Moves holding a slot: running, or having their paths checked to start. */
+static unsigned agent_busy_slots(struct agent *a)
+{
+    unsigned n = 0;
+    for (struct move *m = a->moves; m; m = m->next)
+        n += move_is_running(m) || m->check != NULL;
+    return n;
 }
 
 /* Would m start at once: a free slot and no earlier move still waiting? */
-static bool agent_slot_free(const struct agent *a, const struct move *m)
+static bool agent_slot_free(struct agent *a, const struct move *m)
 {
-    unsigned running = 0;
-    for (const struct move *o = a->moves; o; o = o->next) {
-        if (o == m)
-            continue;
-        if (move_is_running(o))
-            running++;
-        else if (o->st.phase == PHASE_QUEUED)
+    if (agent_busy_slots(a) >= a->cfg.max_concurrent_moves)
+        return false;
+    for (const struct move *o = a->moves; o; o = o->next)
+        if (o != m && o->st.phase == PHASE_QUEUED && !move_is_running(o))
             return false;
-    }
-    return running < a->cfg.max_concurrent_moves;
+    return true;
 }
 
+static void agent_run_move(struct move *m)
+{
+    LOG(LOG_INFO, "move started", LF_S("move", m->st.move_id), LF_S("server", m->st.server_name),
+        LF_S("old", m->st.old_path), LF_S("new", m->st.new_path),
+        LF_S("method", m->st.rename ? "rename" : "copy"));
+    (void)move_run(m); /* a failure ends the move at once */
+}
+
+/* A queued move's paths are checked again when it leaves the queue: the
+ * roots, the symlinks and the destination may have changed meanwhile. The
+ * check runs off the loop like a request's (a hung mount must not freeze
+ * it); the move holds its slot meanwhile. */
 static void agent_start_queued(struct agent *a)
 {
-    unsigned running = 0;
-    for (struct move *m = a->moves; m; m = m->next)
-        running += move_is_running(m);
-    for (struct move *m = a->moves; m && running < a->cfg.max_concurrent_moves;) {
-        struct move *next = m->next;
-        if (m->st.phase == PHASE_QUEUED && !move_is_running(m)) {
-            if (!agent_recheck(a, m))
-                return;
-            LOG(LOG_INFO, "move started", LF_S("move", m->st.move_id),
-                LF_S("server", m->st.server_name), LF_S("old", m->st.old_path),
-                LF_S("new", m->st.new_path), LF_S("method", m->st.rename ? "rename" : "copy"));
-            if (move_run(m) == 0)
-                running++;
-        }
-        m = next;
+    unsigned busy = agent_busy_slots(a);
+    for (struct move *m = a->moves; m && busy < a->cfg.max_concurrent_moves; m = m->next) {
+        if (m->st.phase != PHASE_QUEUED || move_is_running(m) || m->check)
+            continue;
+        m->check = path_check_new(m->st.old_path, m->st.new_path, a->cfg.allowed_roots,
+                                  a->cfg.n_allowed_roots, m);
+        path_checker_submit(&a->checker, m->check);
+        busy++;
     }
+}
+
+static void agent_recheck_done(struct move *m, struct path_check *c, bool timed_out)
+{
+    const struct path_check_result *r = &c->out;
+    enum move_code code = r->code;
+    char why[MOVE_ERROR_MAX];
+    m->check = NULL;
+    if (timed_out) {
+        code = CODE_IO_ERROR;
+        agent_hung_text(why, sizeof why, atomic_load(&c->where));
+    } else if (code != CODE_NONE) {
+        util_fmt(why, sizeof why, "%s", r->why);
+    } else if (strcmp(r->old_real, m->src) != 0 || strcmp(r->new_real, m->dst) != 0 ||
+               r->rename != m->st.rename) {
+        code = CODE_PATH_NOT_ALLOWED;
+        util_fmt(why, sizeof why, "the paths resolve differently than when the move was accepted");
+    }
+    if (code == CODE_NONE) {
+        agent_run_move(m);
+        return;
+    }
+    LOG(LOG_WARN, "queued move no longer valid", LF_S("move", m->st.move_id),
+        LF_S("code", move_code_name(code)), LF_S("error", why));
+    move_stop(m, code, why); /* ends it at once; its end restarts the queue */
 }
 
 /* --- server.move_data ------------------------------------------------------- */
 
-/* Is real strictly inside an allowed root? root_out (PATH_MAX, may be NULL)
- * gets that root, resolved. */
-static bool inside_a_root_at(struct agent *a, const char *real, bool *is_root, char *root_out)
-{
-    char root_real[PATH_MAX];
-    *is_root = false;
-    for (size_t i = 0; i < a->cfg.n_allowed_roots; i++) {
-        if (!realpath(a->cfg.allowed_roots[i], root_real))
-            continue; /* a missing root allows nothing */
-        if (strcmp(real, root_real) == 0)
-            *is_root = true;
-        if (path_inside(real, root_real)) {
-            if (root_out)
-                memcpy(root_out, root_real, strlen(root_real) + 1);
-            return true;
-        }
-    }
-    return false;
-}
-
-static bool inside_a_root(struct agent *a, const char *real, bool *is_root)
-{
-    return inside_a_root_at(a, real, is_root, NULL);
-}
-
-/* The protocol's checks in its precedence order, after the field types. */
-/* The path rules, in the protocol's order: path_not_allowed, invalid_paths,
- * source_missing, destination_exists. Fills out on success. */
-static enum move_code agent_check_paths(struct agent *a, const char *old_path, const char *new_path,
-                                        struct resolved *out, char *why, size_t whysz)
-{
-    const char *w;
-    dev_t old_dev = 0, new_dev = 0;
-    struct stat st;
-    bool is_root;
-
-    if (path_check_syntax(old_path, out->old_norm, &w) != 0) {
-        util_fmt(why, whysz, "oldPath %s", w);
-        return CODE_PATH_NOT_ALLOWED;
-    }
-    if (path_check_syntax(new_path, out->new_norm, &w) != 0) {
-        util_fmt(why, whysz, "newPath %s", w);
-        return CODE_PATH_NOT_ALLOWED;
-    }
-    if (a->cfg.n_allowed_roots == 0) {
-        util_fmt(why, whysz, "no allowed_roots are configured on this agent");
-        return CODE_PATH_NOT_ALLOWED;
-    }
-    /* Outside the roots is refused with the same words whether it exists or not. */
-    is_root = false;
-    if (path_resolve(out->old_norm, out->old_real, NULL) != 0 ||
-        !inside_a_root(a, out->old_real, &is_root)) {
-        util_fmt(why, whysz, "oldPath %s",
-                 is_root ? "must not be an allowed root itself" : "is outside the allowed roots");
-        return CODE_PATH_NOT_ALLOWED;
-    }
-    is_root = false;
-    if (path_resolve(out->new_norm, out->new_real, &new_dev) != 0 ||
-        !inside_a_root(a, out->new_real, &is_root)) {
-        util_fmt(why, whysz, "newPath %s",
-                 is_root ? "must not be an allowed root itself" : "is outside the allowed roots");
-        return CODE_PATH_NOT_ALLOWED;
-    }
-    if (lstat(out->old_real, &st) == 0 && S_ISLNK(st.st_mode)) {
-        util_fmt(why, whysz, "oldPath must not be a symlink");
-        return CODE_PATH_NOT_ALLOWED;
-    }
-    if (path_overlap(out->old_real, out->new_real) ||
-        path_overlap_by_id(out->old_real, out->new_real)) {
-        util_fmt(why, whysz, "oldPath and newPath are the same or one is inside the other");
-        return CODE_INVALID_PATHS;
-    }
-    if (lstat(out->old_real, &st) != 0 || !S_ISDIR(st.st_mode)) {
-        util_fmt(why, whysz, "oldPath %s does not exist or is not a directory", old_path);
-        return CODE_SOURCE_MISSING;
-    }
-    old_dev = st.st_dev;
-    if (lstat(out->new_real, &st) == 0) {
-        if (!S_ISDIR(st.st_mode) || path_dir_is_empty(out->new_real) != 1) {
-            util_fmt(why, whysz, "newPath %s exists and is not an empty directory", new_path);
-            return CODE_DESTINATION_EXISTS;
-        }
-        new_dev = st.st_dev;
-    } else if (errno != ENOENT) {
-        util_fmt(why, whysz, "newPath %s cannot be created: %s", new_path, strerror(errno));
-        return CODE_DESTINATION_EXISTS;
-    }
-    out->rename = old_dev == new_dev;
-    return CODE_NONE;
-}
-
 /* The request's paths are equal to, inside or containing either path of the
- * move m: by name, and by identity (device and inode of the existing
- * directories), so that a bind-mount alias of m's trees is caught too. */
-static bool overlaps_move(const struct move *m, const struct resolved *r)
+ * move m: by name, and by identity (the device and inode of the directories
+ * along them, taken off the loop by the path check and, for m, when it was
+ * accepted), so that a bind-mount alias of m's trees is caught too. */
+static bool overlaps_move(const struct move *m, const struct path_check_result *r)
 {
     const char *theirs[2] = {m->src, m->dst}, *ours[2] = {r->old_real, r->new_real};
+    const struct path_ids *their_ids[2] = {&m->src_ids, &m->dst_ids};
+    const struct path_ids *our_ids[2] = {&r->old_ids, &r->new_ids};
+    dev_t dev;
+    ino_t ino;
     for (int i = 0; i < 2; i++)
         for (int j = 0; j < 2; j++)
-            if (path_overlap(theirs[i], ours[j]) || path_overlap_by_id(theirs[i], ours[j]))
+            if (path_overlap(theirs[i], ours[j]) || path_ids_overlap(their_ids[i], our_ids[j]))
+                return true;
+    /* A destination the move made after it was accepted: inside it? */
+    if (!m->dst_ids.leaf && move_dst_identity(m, &dev, &ino))
+        for (int j = 0; j < 2; j++)
+            if (path_ids_has(our_ids[j], dev, ino))
                 return true;
     return false;
 }
 
-static enum move_code agent_validate(struct agent *a, const struct move_request *r,
-                                     struct resolved *out, char *why, size_t whysz)
+/* busy and too_many_moves, on the loop (they depend on the moves list). */
+static enum move_code agent_check_busy(struct agent *a, const struct move_request *r,
+                                       const struct path_check_result *out, char *why, size_t whysz)
 {
-    enum move_code code = agent_check_paths(a, r->old_path, r->new_path, out, why, whysz);
-    if (code != CODE_NONE)
-        return code;
     for (struct move *m = a->moves; m; m = m->next) {
         if (strcmp(m->st.server_name, r->server_name) == 0) {
             util_fmt(why, whysz, "server %s is already moving", r->server_name);
@@ -476,6 +463,15 @@ static enum move_code agent_validate(struct agent *a, const struct move_request 
             return CODE_BUSY;
         }
     }
+    for (struct move *o = a->orphans; o; o = o->next) {
+        if (overlaps_move(o, out)) {
+            util_fmt(why, whysz,
+                     "the paths overlap those of move %s, whose rollback waits on a disk that "
+                     "does not answer",
+                     o->st.move_id);
+            return CODE_BUSY;
+        }
+    }
     if (a->n_moves >= a->cfg.max_concurrent_moves + a->cfg.max_queued_moves) {
         util_fmt(why, whysz, "%u moves are running or queued; the queue is full", a->n_moves);
         return CODE_TOO_MANY_MOVES;
@@ -483,71 +479,70 @@ static enum move_code agent_validate(struct agent *a, const struct move_request 
     return CODE_NONE;
 }
 
-static void agent_move_data(struct agent *a, const struct frame *f, const struct origin *o)
+/* Answers an idempotent retry from the history; false when it is none. */
+static bool agent_answer_retry(struct agent *a, const char *reply, const char *move_id,
+                               const char *server)
 {
-    struct move_request req;
-    struct resolved *res;
-    struct move_params p;
+    struct agent_ended *h = move_id[0] ? history_find(a, move_id) : NULL;
+    if (!h)
+        return false;
+    if (h->held) {
+        agent_refuse(a, FROM_MANAGER(reply), CODE_BUSY,
+                     "the move has ended but its outcome cannot be recorded yet (state_dir); "
+                     "it is answered once it is",
+                     server);
+        return true;
+    }
+    /* The recorded answer again, nothing run. */
+    LOG(LOG_INFO, "move already ended; answer sent again", LF_S("move", move_id));
+    if (reply) {
+        cJSON *d = cJSON_Parse(h->answer_data);
+        agent_answer(a, FROM_MANAGER(reply), d ? d : cJSON_CreateObject());
+    }
+    return true;
+}
+
+/* Makes the move of a request whose checks all passed. */
+static void agent_accept(struct agent *a, struct agent_pending *p)
+{
+    struct path_check_result *res = &p->out;
+    const struct move_request *req = &p->req;
+    struct move_params mp;
     struct move *m, **tail;
     struct journal_rec *jr;
-    char why[512], id[MOVE_ID_MAX + 1];
-    static char src_root[PATH_MAX], dst_root[PATH_MAX]; /* copied by move_init */
-    enum move_code code;
+    char id[MOVE_ID_MAX + 1];
 
-    if (protocol_parse_move_data(f->data, &req, why, sizeof why) != 0) {
-        agent_refuse(a, o, CODE_INVALID_REQUEST, why, NULL);
-        return;
-    }
-    if (req.move_id[0]) {
-        struct agent_ended *h = history_find(a, req.move_id);
-        if (h && h->held) {
-            agent_refuse(a, o, CODE_BUSY,
-                         "the move has ended but its outcome cannot be recorded yet (state_dir); "
-                         "it is answered once it is",
-                         req.server_name);
-            return;
-        }
-        if (h) {
-            /* Idempotent retry: the recorded answer again, nothing run. */
-            LOG(LOG_INFO, "move already ended; answer sent again", LF_S("move", req.move_id));
-            if (f->reply) {
-                cJSON *d = cJSON_Parse(h->answer_data);
-                agent_answer(a, o, d ? d : cJSON_CreateObject());
-            }
-            return;
-        }
-    }
-    if (a->stopping) {
-        agent_refuse(a, o, CODE_SHUTTING_DOWN, "the agent is shutting down", req.server_name);
-        return;
-    }
-    res = xmalloc(sizeof *res);
-    code = agent_validate(a, &req, res, why, sizeof why);
-    if (code != CODE_NONE) {
-        agent_refuse(a, o, code, why, req.server_name);
-        free(res);
-        return;
-    }
-    if (req.move_id[0])
-        util_fmt(id, sizeof id, "%s", req.move_id);
+    if (req->move_id[0])
+        util_fmt(id, sizeof id, "%s", req->move_id);
     else
         util_fmt(id, sizeof id, "mv-%llx-%x-%u", (unsigned long long)util_wall_ms(),
                  (unsigned)getpid(), ++a->id_counter);
     jr = xcalloc(1, sizeof *jr);
     util_fmt(jr->move_id, sizeof jr->move_id, "%s", id);
-    util_fmt(jr->server_name, sizeof jr->server_name, "%s", req.server_name);
-    jr->old_path = xstrdup(req.old_path);
-    jr->new_path = xstrdup(req.new_path);
+    util_fmt(jr->server_name, sizeof jr->server_name, "%s", req->server_name);
+    jr->old_path = xstrdup(req->old_path);
+    jr->new_path = xstrdup(req->new_path);
     jr->src = xstrdup(res->old_real);
     jr->dst = xstrdup(res->new_real);
-    jr->reply = f->reply ? xstrdup(f->reply) : NULL;
+    jr->reply = p->reply ? xstrdup(p->reply) : NULL;
     jr->rename = res->rename;
     jr->verify = a->cfg.verify;
-    jr->dst_preexisted = lstat(res->new_real, &jr->dst_orig) == 0;
-    if (jr->dst_preexisted)
-        journal_id_of(&jr->dst_id, res->new_real);
-    journal_id_of(&jr->src_id, res->old_real);
-    journal_missing_parents(jr, res->new_real);
+    /* Found by the check, off the loop. */
+    jr->dst_preexisted = res->dst_preexisted;
+    jr->dst_orig = res->dst_orig;
+    jr->made_parents = res->made_parents;
+    jr->n_made = res->n_made;
+    res->made_parents = NULL;
+    res->n_made = 0;
+    /* Identities, so that recovery removes only what the move made. */
+    jr->src_id.known = true;
+    jr->src_id.dev = (uint64_t)res->old_st.st_dev;
+    jr->src_id.ino = (uint64_t)res->old_st.st_ino;
+    if (res->dst_preexisted) {
+        jr->dst_id.known = true;
+        jr->dst_id.dev = (uint64_t)res->dst_orig.st_dev;
+        jr->dst_id.ino = (uint64_t)res->dst_orig.st_ino;
+    }
     jr->started_at_ms = util_wall_ms();
     jr->phase = PHASE_QUEUED;
     /* The record, and room for its outcome: a move whose end could not be
@@ -555,27 +550,21 @@ static void agent_move_data(struct agent *a, const struct frame *f, const struct
     if (journal_write(&a->journal, jr) != 0 || journal_reserve(&a->journal, jr) != 0) {
         journal_remove(&a->journal, jr->move_id);
         journal_rec_free(jr);
-        free(res);
-        agent_refuse(a, o, CODE_IO_ERROR,
+        agent_refuse(a, FROM_MANAGER(p->reply), CODE_IO_ERROR,
                      "cannot record the move in the journal (state_dir); nothing was touched",
-                     req.server_name);
+                     req->server_name);
         return;
     }
-    {
-        bool is_root;
-        (void)inside_a_root_at(a, res->old_real, &is_root, src_root);
-        (void)inside_a_root_at(a, res->new_real, &is_root, dst_root);
-    }
-    p = (struct move_params){
+    mp = (struct move_params){
         .move_id = id,
-        .server_name = req.server_name,
-        .old_path = req.old_path,
-        .new_path = req.new_path,
+        .server_name = req->server_name,
+        .old_path = req->old_path,
+        .new_path = req->new_path,
         .src = res->old_real,
         .dst = res->new_real,
-        .src_root = src_root,
-        .dst_root = dst_root,
-        .reply = f->reply,
+        .src_root = res->src_root,
+        .dst_root = res->dst_root,
+        .reply = p->reply,
         .rename = res->rename,
         .verify = a->cfg.verify,
         .progress_interval_ms = a->cfg.progress_interval_ms,
@@ -585,27 +574,174 @@ static void agent_move_data(struct agent *a, const struct frame *f, const struct
         .journal = &a->journal,
     };
     m = xmalloc(sizeof *m);
-    if (move_init(m, &a->loop, &p, &agent_move_ops, a) != 0) {
+    if (move_init(m, &a->loop, &mp, &agent_move_ops, a) != 0) {
         journal_remove(&a->journal, jr->move_id);
         journal_rec_free(jr);
         free(m);
-        free(res);
-        agent_refuse(a, o, CODE_IO_ERROR, "cannot set up the move", req.server_name);
+        agent_refuse(a, FROM_MANAGER(p->reply), CODE_IO_ERROR, "cannot set up the move",
+                     req->server_name);
         return;
     }
-    free(res);
     for (tail = &a->moves; *tail; tail = &(*tail)->next)
         ;
     *tail = m;
     a->n_moves++;
-    LOG(LOG_INFO, "move accepted", LF_S("move", id), LF_S("server", req.server_name),
-        LF_S("old", req.old_path), LF_S("new", req.new_path),
+    LOG(LOG_INFO, "move accepted", LF_S("move", id), LF_S("server", req->server_name),
+        LF_S("old", req->old_path), LF_S("new", req->new_path),
         LF_S("method", m->st.rename ? "rename" : "copy"));
-    /* A move that can start at once begins with "calculating" (the worker's
-     * first frame); only one that has to wait sends "queued". */
-    if (!agent_slot_free(a, m))
+    m->src_ids = res->old_ids;
+    m->dst_ids = res->new_ids;
+    /* Its paths were checked a moment ago: with a free slot and no earlier
+     * move waiting it starts now, and its first frame is "calculating"; only
+     * a move that has to wait sends "queued". */
+    if (agent_slot_free(a, m))
+        agent_run_move(m);
+    else
         move_queue(m);
-    agent_start_queued(a);
+}
+
+/* The checks of a request are in (or ran out of time): its answer. */
+static void agent_decide(struct agent *a, struct agent_pending *p)
+{
+    char why[MOVE_ERROR_MAX];
+    enum move_code code;
+    if (p->timed_out) {
+        agent_hung_text(why, sizeof why, p->where);
+        agent_refuse(a, FROM_MANAGER(p->reply), CODE_IO_ERROR, why, p->req.server_name);
+        return;
+    }
+    /* A move of that id may have ended while this request was checked. */
+    if (agent_answer_retry(a, p->reply, p->req.move_id, p->req.server_name))
+        return;
+    if (a->stopping) {
+        agent_refuse(a, FROM_MANAGER(p->reply), CODE_SHUTTING_DOWN, "the agent is shutting down",
+                     p->req.server_name);
+        return;
+    }
+    if (p->out.code != CODE_NONE) {
+        agent_refuse(a, FROM_MANAGER(p->reply), p->out.code, p->out.why, p->req.server_name);
+        return;
+    }
+    code = agent_check_busy(a, &p->req, &p->out, why, sizeof why);
+    if (code != CODE_NONE) {
+        agent_refuse(a, FROM_MANAGER(p->reply), code, why, p->req.server_name);
+        return;
+    }
+    agent_accept(a, p);
+}
+
+static bool pending_conflict(const struct agent_pending *p, const struct agent_pending *q)
+{
+    if (strcmp(p->req.server_name, q->req.server_name) == 0)
+        return true;
+    if (p->req.move_id[0] && strcmp(p->req.move_id, q->req.move_id) == 0)
+        return true;
+    /* By the paths as written: a hung check's resolution is unknown. An alias
+     * through a symlink is still caught by the busy check of whichever is
+     * decided second. */
+    if (!p->old_norm[0] || !p->new_norm[0] || !q->old_norm[0] || !q->new_norm[0])
+        return false;
+    return path_overlap(p->old_norm, q->old_norm) || path_overlap(p->old_norm, q->new_norm) ||
+           path_overlap(p->new_norm, q->old_norm) || path_overlap(p->new_norm, q->new_norm);
+}
+
+static void agent_pending_free(struct agent_pending *p)
+{
+    for (size_t i = 0; i < p->out.n_made; i++)
+        free(p->out.made_parents[i]);
+    free(p->out.made_parents);
+    free(p->old_path);
+    free(p->new_path);
+    free(p->reply);
+    free(p);
+}
+
+/* Decides the requests whose checks are in, in arrival order; one waits for
+ * an earlier undecided one it could conflict with (same server, same moveId,
+ * overlapping paths), so that order keeps deciding who is busy, while
+ * unrelated requests never wait for a check stuck on a hung mount. */
+static void agent_decide_pending(struct agent *a)
+{
+    struct agent_pending **pp = &a->pending;
+    while (*pp) {
+        struct agent_pending *p = *pp;
+        bool wait = p->check != NULL;
+        for (struct agent_pending *q = a->pending; !wait && q != p; q = q->next)
+            wait = pending_conflict(p, q);
+        if (wait) {
+            pp = &p->next;
+            continue;
+        }
+        *pp = p->next;
+        agent_decide(a, p);
+        agent_pending_free(p);
+    }
+    agent_run_deferred(a);
+}
+
+static void agent_on_check(void *owner, struct path_check *c, bool timed_out)
+{
+    struct agent *a = owner;
+    struct agent_pending *p;
+    for (p = a->pending; p && p->check != c; p = p->next)
+        ;
+    if (!p) {
+        for (struct move *m = a->moves; m; m = m->next)
+            if (m->check == c)
+                agent_recheck_done(m, c, timed_out);
+        return;
+    }
+    p->check = NULL;
+    p->timed_out = timed_out;
+    if (timed_out) {
+        const char *where = atomic_load(&c->where);
+        util_fmt(p->where, sizeof p->where, "%s", where ? where : "");
+    } else {
+        p->out = c->out;
+        c->out.made_parents = NULL; /* taken */
+        c->out.n_made = 0;
+    }
+    agent_decide_pending(a);
+}
+
+static void agent_move_data(struct agent *a, const struct frame *f, const struct origin *o)
+{
+    struct move_request req;
+    struct agent_pending *p, **tail;
+    const char *w;
+    char why[512];
+
+    if (protocol_parse_move_data(f->data, &req, why, sizeof why) != 0) {
+        agent_refuse(a, o, CODE_INVALID_REQUEST, why, NULL);
+        return;
+    }
+    if (agent_answer_retry(a, o->reply, req.move_id, req.server_name))
+        return;
+    if (a->stopping) {
+        agent_refuse(a, o, CODE_SHUTTING_DOWN, "the agent is shutting down", req.server_name);
+        return;
+    }
+    /* Everything that touches the disk runs off the loop (a path on a hung
+     * mount blocks for as long as it hangs); the answer comes when the
+     * check is in, or at its time limit. */
+    p = xcalloc(1, sizeof *p);
+    p->seq = a->cur_seq;
+    p->req = req;
+    p->old_path = xstrdup(req.old_path);
+    p->new_path = xstrdup(req.new_path);
+    p->req.old_path = p->old_path;
+    p->req.new_path = p->new_path;
+    p->reply = o->reply ? xstrdup(o->reply) : NULL;
+    if (path_check_syntax(p->old_path, p->old_norm, &w) != 0)
+        p->old_norm[0] = '\0'; /* refused by the check, in the protocol's words */
+    if (path_check_syntax(p->new_path, p->new_norm, &w) != 0)
+        p->new_norm[0] = '\0';
+    p->check =
+        path_check_new(p->old_path, p->new_path, a->cfg.allowed_roots, a->cfg.n_allowed_roots, p);
+    for (tail = &a->pending; *tail; tail = &(*tail)->next)
+        ;
+    *tail = p;
+    path_checker_submit(&a->checker, p->check);
 }
 
 /* --- cancel and status ---------------------------------------------------------- */
@@ -724,13 +860,52 @@ static const struct {
     {"server.move_status", agent_move_status},
 };
 
+static void agent_dispatch(struct agent *a, const struct frame *f)
+{
+    char why[256];
+    size_t i;
+    for (i = 0; i < ARRAY_SIZE(handlers); i++) {
+        if (strcmp(handlers[i].subject, f->subject) == 0) {
+            handlers[i].handle(a, f, FROM_MANAGER(f->reply));
+            return;
+        }
+    }
+    if (f->reply) {
+        util_fmt(why, sizeof why, "unknown subject %s", f->subject);
+        agent_refuse(a, FROM_MANAGER(f->reply), CODE_UNKNOWN_SUBJECT, why, NULL);
+    } else {
+        LOG(LOG_INFO, "request with unknown subject dropped", LF_S("subject", f->subject));
+    }
+}
+
+/* A cancel or a status naming a server or a moveId whose server.move_data
+ * arrived earlier and is still being checked waits for that request's
+ * answer (at most its time limit): "data, then cancel" must find the move.
+ * Everything else is handled at once, whatever the checks do. */
+static bool agent_must_wait(struct agent *a, const struct frame *f)
+{
+    struct move_selector sel;
+    char why[64];
+    if (!a->pending || (strcmp(f->subject, "server.move_cancel") != 0 &&
+                        strcmp(f->subject, "server.move_status") != 0))
+        return false;
+    if (protocol_parse_selector(f->data, &sel, why, sizeof why) != 0)
+        return false;
+    for (const struct agent_pending *p = a->pending; p; p = p->next) {
+        if (p->seq >= a->cur_seq)
+            continue;
+        if ((sel.server_name[0] && strcmp(sel.server_name, p->req.server_name) == 0) ||
+            (sel.move_id[0] && strcmp(sel.move_id, p->req.move_id) == 0))
+            return true;
+    }
+    return false;
+}
+
 static void agent_on_message(struct ws_client *c, const char *buf, size_t len)
 {
     struct agent *a = c->owner;
     struct frame f;
     char why[256];
-    size_t i;
-    struct origin o = {.who = "manager"};
 
     switch (protocol_parse_frame(buf, len, &f, why, sizeof why)) {
     case FRAME_DROP:
@@ -739,25 +914,21 @@ static void agent_on_message(struct ws_client *c, const char *buf, size_t len)
     case FRAME_INVALID:
         LOG(LOG_WARN, "malformed frame answered", LF_S("reason", why), LF_S("reply", f.reply));
         metrics_refused(&a->metrics, CODE_INVALID_REQUEST);
-        o.reply = f.reply;
-        agent_answer(a, &o, protocol_failure(CODE_INVALID_REQUEST, why));
+        agent_answer(a, FROM_MANAGER(f.reply), protocol_failure(CODE_INVALID_REQUEST, why));
         break;
     case FRAME_OK:
-        o.reply = f.reply;
-        for (i = 0; i < ARRAY_SIZE(handlers); i++) {
-            if (strcmp(handlers[i].subject, f.subject) == 0) {
-                handlers[i].handle(a, &f, &o);
-                break;
-            }
+        a->cur_seq = ++a->msg_seq;
+        if (agent_must_wait(a, &f)) {
+            struct agent_deferred *d = xcalloc(1, sizeof *d), **tail;
+            d->seq = a->cur_seq;
+            d->f = f; /* taken: nothing left for frame_free below */
+            memset(&f, 0, sizeof f);
+            for (tail = &a->deferred; *tail; tail = &(*tail)->next)
+                ;
+            *tail = d;
+            break;
         }
-        if (i == ARRAY_SIZE(handlers)) {
-            if (f.reply) {
-                util_fmt(why, sizeof why, "unknown subject %s", f.subject);
-                agent_refuse(a, &o, CODE_UNKNOWN_SUBJECT, why, NULL);
-            } else {
-                LOG(LOG_INFO, "request with unknown subject dropped", LF_S("subject", f.subject));
-            }
-        }
+        agent_dispatch(a, &f);
         break;
     }
     frame_free(&f);
@@ -807,6 +978,25 @@ static char *agent_on_control(struct control *c, const struct control_peer *peer
 static const struct control_ops agent_control_ops = {
     .request = agent_on_control,
 };
+
+/* Runs the requests that waited for checks that are now decided, in order. */
+static void agent_run_deferred(struct agent *a)
+{
+    struct agent_deferred **pp = &a->deferred;
+    while (*pp) {
+        struct agent_deferred *d = *pp;
+        a->cur_seq = d->seq;
+        if (!a->stopping && agent_must_wait(a, &d->f)) {
+            pp = &d->next;
+            continue;
+        }
+        *pp = d->next;
+        agent_dispatch(a, &d->f);
+        frame_free(&d->f);
+        free(d);
+        pp = &a->deferred; /* the handler may have changed the list's state */
+    }
+}
 
 /* --- hello and heartbeat ---------------------------------------------------------- */
 
@@ -884,6 +1074,33 @@ static void agent_teardown(struct agent *a)
     if (a->torn_down)
         return;
     a->torn_down = true;
+    path_checker_close(&a->checker);
+    while (a->deferred) {
+        struct agent_deferred *d = a->deferred;
+        a->deferred = d->next;
+        frame_free(&d->f);
+        free(d);
+    }
+    /* Threads stuck on a disk that does not answer stay behind: they own
+     * what they use and never touch the loop again. */
+    while (a->moves) {
+        struct move *m = a->moves;
+        a->moves = m->next;
+        a->n_moves--;
+        move_detach(m);
+        journal_rec_free(m->jr); /* its file stays: the next start finishes it */
+        m->jr = NULL;
+        move_close(m, agent_free_move);
+    }
+    while (a->orphans) {
+        struct move *m = a->orphans;
+        a->orphans = m->next;
+        move_detach(m);
+        if (m->owns_jr)
+            journal_rec_free(m->jr); /* else the history's */
+        m->jr = NULL;
+        move_close(m, agent_free_move);
+    }
     ws_client_close(&a->ws);
     control_close(&a->control);
     uv_close((uv_handle_t *)&a->sig_term, agent_on_handle_closed);
@@ -891,6 +1108,7 @@ static void agent_teardown(struct agent *a)
     uv_close((uv_handle_t *)&a->sig_hup, agent_on_handle_closed);
     uv_close((uv_handle_t *)&a->heartbeat, agent_on_handle_closed);
     uv_close((uv_handle_t *)&a->stop_timer, agent_on_handle_closed);
+    uv_close((uv_handle_t *)&a->stop_wait, agent_on_handle_closed);
     uv_close((uv_handle_t *)&a->notify_timer, agent_on_handle_closed);
     uv_close((uv_handle_t *)&a->metrics_timer, agent_on_handle_closed);
     uv_close((uv_handle_t *)&a->held_timer, agent_on_handle_closed);
@@ -938,13 +1156,48 @@ static void agent_on_conn_state(struct ws_client *c, enum conn_state s)
         agent_teardown(a);
 }
 
-/* Once every move has ended (and its answer is queued), close the link. */
+/* Is this worker stuck, for a stop? No sign of life for AGENT_STOP_STUCK_MS,
+ * counted from the stop at the earliest. */
+static bool agent_left_behind(const struct agent *a, const struct move *m, uint64_t now)
+{
+    uint64_t quiet = move_quiet_ms(m, now), since = now - a->stop_started_ms;
+    return move_is_running(m) && quiet >= AGENT_STOP_STUCK_MS && since >= AGENT_STOP_STUCK_MS;
+}
+
+/* Once every move has ended (and its answer is queued), close the link. A
+ * stopped move whose worker does not come back is ended by its own timer
+ * (move.c) and waited for like the other workers still out there (rollbacks
+ * of ended moves, a move in cleaning): while they show signs of life, and
+ * at least AGENT_STOP_STUCK_MS after the stop began; then they are left
+ * behind (their journal records say what the next start must finish). */
 static void agent_maybe_finish_stop(struct agent *a)
 {
-    if (!a->stopping || a->n_moves > 0 || a->torn_down)
+    uint64_t now = util_mono_ms();
+    unsigned stuck = 0;
+    if (!a->stopping || a->torn_down || a->stop_finishing)
         return;
+    for (struct move *m = a->moves; m; m = m->next) {
+        if (m->st.phase != PHASE_CLEANING || !agent_left_behind(a, m, now))
+            return; /* it ends (or is ended) by itself */
+        stuck++;
+    }
+    for (struct move *m = a->orphans; m; m = m->next) {
+        if (!agent_left_behind(a, m, now))
+            return;
+        stuck++;
+    }
+    if (stuck)
+        LOG(LOG_ERROR, "stopping without threads stuck on a disk that does not answer",
+            LF_U("threads", stuck));
+    a->stop_finishing = true;
+    uv_timer_stop(&a->stop_wait);
     uv_timer_start(&a->stop_timer, agent_on_stop_timer, AGENT_STOP_GRACE_MS, 0);
     ws_client_shutdown(&a->ws);
+}
+
+static void agent_on_stop_wait(uv_timer_t *t)
+{
+    agent_maybe_finish_stop(container_of(t, struct agent, stop_wait));
 }
 
 static void agent_stop(struct agent *a, const char *signame)
@@ -953,6 +1206,7 @@ static void agent_stop(struct agent *a, const char *signame)
     if (a->stopping)
         return;
     a->stopping = true;
+    a->stop_started_ms = util_mono_ms();
     LOG(LOG_INFO, "stopping", LF_S("signal", signame), LF_U("active_moves", a->n_moves));
     notify_send(&a->notify, "STOPPING=1");
     a->last_extend_ms = 0;
@@ -962,6 +1216,18 @@ static void agent_stop(struct agent *a, const char *signame)
         next = m->next; /* a queued move ends (and leaves the list) at once */
         move_stop(m, CODE_SHUTTING_DOWN, "the agent is shutting down");
     }
+    /* Requests still being checked: answered now, their checks forgotten. */
+    while (a->pending) {
+        struct agent_pending *p = a->pending;
+        a->pending = p->next;
+        if (p->check)
+            path_checker_forget(&a->checker, p->check);
+        agent_refuse(a, FROM_MANAGER(p->reply), CODE_SHUTTING_DOWN, "the agent is shutting down",
+                     p->req.server_name);
+        agent_pending_free(p);
+    }
+    agent_run_deferred(a);
+    uv_timer_start(&a->stop_wait, agent_on_stop_wait, 500, 500);
     agent_maybe_finish_stop(a);
 }
 
@@ -1158,6 +1424,79 @@ static void agent_settle_rename(struct agent *a, struct journal_rec *r)
     agent_end_recovered(a, r, CODE_NEEDS_ATTENTION, why);
 }
 
+/* A move that ended (and was answered) while its worker was stuck on a disk
+ * and that the agent left behind: its partial copy is removed now, on a
+ * worker, without frames or a second answer. */
+static void agent_resume_rollback(struct agent *a, struct journal_rec *r)
+{
+    char src_root[PATH_MAX], dst_root[PATH_MAX];
+    struct move_params p;
+    struct move *m;
+    bool is_root;
+    if (!path_check_root_of(a->cfg.allowed_roots, a->cfg.n_allowed_roots, r->src, &is_root,
+                            src_root))
+        util_fmt(src_root, sizeof src_root, "/");
+    if (!path_check_root_of(a->cfg.allowed_roots, a->cfg.n_allowed_roots, r->dst, &is_root,
+                            dst_root))
+        util_fmt(dst_root, sizeof dst_root, "/");
+    p = (struct move_params){
+        .move_id = r->move_id,
+        .server_name = r->server_name,
+        .old_path = r->old_path,
+        .new_path = r->new_path,
+        .src = r->src,
+        .dst = r->dst,
+        .src_root = src_root,
+        .dst_root = dst_root,
+        .rename = r->rename,
+        .verify = r->verify,
+        .progress_interval_ms = a->cfg.progress_interval_ms,
+        .jr = r,
+        .journal = &a->journal,
+        .mode = ENGINE_UNDO,
+        .silent = true,
+    };
+    LOG(LOG_WARN, "a move ended while its rollback waited on a stuck disk; rolling it back now",
+        LF_S("move", r->move_id), LF_S("path", r->dst));
+    m = xmalloc(sizeof *m);
+    if (move_init(m, &a->loop, &p, &agent_move_ops, a) != 0) {
+        LOG(LOG_ERROR, "cannot start the rollback; its journal file stays",
+            LF_S("move", r->move_id));
+        move_close(m, agent_free_move);
+        return;
+    }
+    m->next = a->orphans;
+    a->orphans = m;
+    if (move_run(m) != 0) {
+        a->orphans = m->next;
+        m->jr = NULL;
+        move_close(m, agent_free_move);
+    }
+}
+
+/* A rename ended while its call hung, left behind by the last run: no tree
+ * to remove. Either it never happened (only the parents made for it go) or
+ * it completed after the answer (the data is at newPath: said loudly,
+ * nothing touched). By name, on the loop, at start like the rename
+ * settlement of an unfinished move. */
+static void agent_settle_orphan_rename(struct agent *a, struct journal_rec *r)
+{
+    struct stat sb;
+    bool src_there = lstat(r->src, &sb) == 0, dst_there = lstat(r->dst, &sb) == 0;
+    if (!src_there && dst_there) {
+        LOG(LOG_ERROR,
+            "a rename answered as failed completed after its answer; the data is at the new path",
+            LF_S("move", r->move_id), LF_S("old", r->old_path), LF_S("new", r->new_path));
+    } else {
+        for (size_t i = r->n_made; i-- > 0;)
+            (void)rmdir(r->made_parents[i]); /* only empty ones go */
+        LOG(LOG_INFO, "a rename that waited on a stuck disk did not happen; settled",
+            LF_S("move", r->move_id));
+    }
+    r->rollback_pending = false;
+    (void)journal_write(&a->journal, r);
+}
+
 static void agent_recover_one(void *arg, struct journal_rec *r)
 {
     struct agent *a = arg;
@@ -1169,7 +1508,7 @@ static void agent_recover_one(void *arg, struct journal_rec *r)
     if (move_phase_terminal(r->phase)) {
         uint64_t now = util_wall_ms(), age = now > r->ended_at_ms ? now - r->ended_at_ms : 0;
         uint64_t mono = util_mono_ms();
-        if (r->delivered && age >= AGENT_HISTORY_MS) {
+        if (r->delivered && age >= AGENT_HISTORY_MS && !r->rollback_pending) {
             journal_remove(&a->journal, r->move_id);
             journal_rec_free(r);
             return;
@@ -1183,6 +1522,10 @@ static void agent_recover_one(void *arg, struct journal_rec *r)
         history_add(a, &st, r->answer ? r->answer : "{}", r,
                     mono > age ? mono - (age < AGENT_HISTORY_MS ? age : AGENT_HISTORY_MS) : 0);
         move_state_clear(&st);
+        if (r->rollback_pending && r->rename && r->rollback_phase <= PHASE_CALCULATING)
+            agent_settle_orphan_rename(a, r);
+        else if (r->rollback_pending)
+            agent_resume_rollback(a, r);
         return;
     }
     LOG(LOG_WARN, "found a move the agent did not finish", LF_S("move", r->move_id),
@@ -1197,9 +1540,11 @@ static void agent_recover_one(void *arg, struct journal_rec *r)
     /* Undo the partial copy, or finish removing the source: a worker's job. */
     {
         bool is_root;
-        if (!inside_a_root_at(a, r->src, &is_root, src_root))
+        if (!path_check_root_of(a->cfg.allowed_roots, a->cfg.n_allowed_roots, r->src, &is_root,
+                                src_root))
             util_fmt(src_root, sizeof src_root, "/");
-        if (!inside_a_root_at(a, r->dst, &is_root, dst_root))
+        if (!path_check_root_of(a->cfg.allowed_roots, a->cfg.n_allowed_roots, r->dst, &is_root,
+                                dst_root))
             util_fmt(dst_root, sizeof dst_root, "/");
     }
     p = (struct move_params){
@@ -1280,6 +1625,10 @@ int agent_init(struct agent *a, const char *config_path, struct config *cfg)
     uv_signal_init(&a->loop, &a->sig_hup);
     uv_timer_init(&a->loop, &a->heartbeat);
     uv_timer_init(&a->loop, &a->stop_timer);
+    uv_timer_init(&a->loop, &a->stop_wait);
+    rc = path_checker_init(&a->checker, &a->loop, agent_on_check, a);
+    if (rc != 0)
+        goto fail_ws;
     uv_timer_init(&a->loop, &a->notify_timer);
     uv_timer_init(&a->loop, &a->metrics_timer);
     metrics_init(&a->metrics, HOSTAGENT_VERSION, a->cfg.agent_id);

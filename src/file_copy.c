@@ -94,6 +94,41 @@ static void hash_zeros(struct copy_ctx *c, XXH3_state_t *h, uint64_t n)
     }
 }
 
+/* copy_file_range and sendfile report one errno for both files. A full
+ * destination says so itself; for anything else the failed step is done
+ * again with pread and pwrite, whose failures name their side (a dying
+ * source disk must not be blamed on a healthy new one). When both succeed
+ * the step is done and the copy goes on. Returns 0 with *done set, or
+ * -errno with *wr set for the destination. */
+static int copy_probe(struct copy_ctx *c, int sfd, int dfd, off_t off, size_t want, int err,
+                      bool *wr, size_t *done)
+{
+    ssize_t n;
+    int rc;
+    if (err == ENOSPC || err == EDQUOT || err == EFBIG) {
+        *wr = true;
+        return -err;
+    }
+    if (want > FILE_COPY_BUF)
+        want = FILE_COPY_BUF;
+    do
+        n = pread(sfd, c->buf, want, off);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        *wr = false;
+        return -errno;
+    }
+    if (n == 0)
+        return -ESTALE;
+    rc = write_all(dfd, c->buf, (size_t)n, off);
+    if (rc != 0) {
+        *wr = true;
+        return rc;
+    }
+    *done = (size_t)n;
+    return 0;
+}
+
 /* Copies [off, end) at the same offsets. Returns 0, -ECANCELED, -ESTALE
  * (source shorter than expected) or -errno (*wr set for a write failure). */
 static int copy_range(struct copy_ctx *c, int sfd, int dfd, off_t off, off_t end, XXH3_state_t *h,
@@ -118,8 +153,9 @@ static int copy_range(struct copy_ctx *c, int sfd, int dfd, off_t off, off_t end
             } else if (n == 0) {
                 return -ESTALE;
             } else {
-                *wr = errno == ENOSPC || errno == EDQUOT || errno == EFBIG;
-                return -errno;
+                int rc = copy_probe(c, sfd, dfd, off, want, errno, wr, &done);
+                if (rc != 0)
+                    return rc;
             }
         } else if (!h && !c->caps.no_sendfile) {
             off_t so = off;
@@ -140,10 +176,9 @@ static int copy_range(struct copy_ctx *c, int sfd, int dfd, off_t off, off_t end
             } else if (n == 0) {
                 return -ESTALE;
             } else {
-                /* sendfile does not say which side failed: the source was
-                 * readable a moment ago, so a full disk is the usual cause. */
-                *wr = errno == ENOSPC || errno == EDQUOT || errno == EFBIG || errno == EIO;
-                return -errno;
+                int rc = copy_probe(c, sfd, dfd, off, want, errno, wr, &done);
+                if (rc != 0)
+                    return rc;
             }
         } else {
             ssize_t n;

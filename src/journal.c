@@ -151,6 +151,8 @@ static cJSON *rec_to_json(const struct journal_rec *r)
         if (r->answer)
             cJSON_AddRawToObject(o, "answer", r->answer);
         cJSON_AddBoolToObject(o, "delivered", r->delivered);
+        if (r->rollback_pending) /* the phase it was in: a rename settles differently */
+            cJSON_AddStringToObject(o, "rollbackPending", move_phase_name(r->rollback_phase));
     }
     return o;
 }
@@ -475,6 +477,12 @@ static struct journal_rec *rec_from_json(const cJSON *o, const char *file_id)
         if (!cJSON_IsBool(dl))
             goto fail;
         r->delivered = cJSON_IsTrue(dl);
+        s = get_str(o, "rollbackPending", false, &bad);
+        if (s) {
+            r->rollback_pending = true;
+            if (!phase_from(s, &r->rollback_phase) || move_phase_terminal(r->rollback_phase))
+                goto fail;
+        }
     }
     if (bad)
         goto fail;

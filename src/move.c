@@ -11,6 +11,106 @@
 
 /* --- worker thread ------------------------------------------------------- */
 
+/* What the worker uses. The loop and the worker each hold a reference; a
+ * worker stuck in the kernel may outlive its move (and the loop), so it
+ * reaches nothing of the loop's except through `async` and `jr`, and those
+ * only under `lock` while the loop has not let go of them. */
+struct move_work {
+    pthread_mutex_t lock;
+    int refs;          /* under lock */
+    bool detached;     /* under lock: the loop let go; no more wake-ups */
+    bool no_record;    /* under lock: the worker must not write the journal */
+    uv_async_t *async; /* the loop's, while !detached */
+    struct journal_rec *jr;
+    const struct journal *journal;
+    struct progress_ring ring;
+    atomic_int stop;           /* move_code to stop with, 0 = run */
+    _Atomic uint64_t seq_sent; /* the loop's seq, for the worker's journal writes */
+    atomic_uint beat;          /* a sign of life: every report, every removed entry */
+    /* The destination directory's identity once the worker opened it (read
+     * by the loop's busy check without the lock). */
+    atomic_bool dst_known;
+    _Atomic uint64_t dst_dev, dst_ino;
+    char *src, *dst, *src_root, *dst_root;
+    char **made_parents;
+    size_t n_made;
+    bool dst_preexisted;
+    struct stat dst_orig;
+    bool rename;
+    enum verify_mode verify;
+    enum engine_mode mode;
+    /* A resumed move: where the journal left it (see engine_job). */
+    enum move_phase resume_phase;
+    struct journal_id src_id, dst_id;
+    uint64_t files_copied, bytes_copied;
+};
+
+static struct move_work *work_new(const struct move_params *p)
+{
+    struct move_work *w = xcalloc(1, sizeof *w);
+    pthread_mutex_init(&w->lock, NULL);
+    w->refs = 1;
+    w->src = xstrdup(p->src);
+    w->dst = xstrdup(p->dst);
+    w->src_root = p->src_root ? xstrdup(p->src_root) : NULL;
+    w->dst_root = p->dst_root ? xstrdup(p->dst_root) : NULL;
+    w->rename = p->rename;
+    w->verify = p->verify;
+    w->mode = p->mode;
+    w->jr = p->jr;
+    w->journal = p->journal;
+    w->no_record = p->silent;
+    if (p->jr) {
+        w->dst_preexisted = p->jr->dst_preexisted;
+        w->dst_orig = p->jr->dst_orig;
+        w->made_parents = xcalloc(p->jr->n_made + 1, sizeof(char *));
+        for (size_t i = 0; i < p->jr->n_made; i++)
+            w->made_parents[i] = xstrdup(p->jr->made_parents[i]);
+        w->n_made = p->jr->n_made;
+        w->resume_phase = p->jr->phase;
+        w->src_id = p->jr->src_id;
+        w->dst_id = p->jr->dst_id;
+        w->files_copied = p->jr->files_copied;
+        w->bytes_copied = p->jr->bytes_copied;
+    }
+    ring_init(&w->ring);
+    /* A resumed move only cleans up: nothing to cancel any more. */
+    atomic_init(&w->stop, p->mode == ENGINE_MOVE ? CODE_NONE : ENGINE_STOP_LOCKED);
+    atomic_init(&w->beat, 0);
+    atomic_init(&w->dst_known, false);
+    atomic_init(&w->dst_dev, 0);
+    atomic_init(&w->dst_ino, 0);
+    return w;
+}
+
+static void work_unref(struct move_work *w)
+{
+    bool last;
+    pthread_mutex_lock(&w->lock);
+    last = --w->refs == 0;
+    pthread_mutex_unlock(&w->lock);
+    if (!last)
+        return;
+    for (size_t i = 0; i < w->n_made; i++)
+        free(w->made_parents[i]);
+    free(w->made_parents);
+    free(w->src);
+    free(w->dst);
+    free(w->src_root);
+    free(w->dst_root);
+    pthread_mutex_destroy(&w->lock);
+    free(w);
+}
+
+/* Wakes the loop, unless it let go of this worker. */
+static void work_wake(struct move_work *w)
+{
+    pthread_mutex_lock(&w->lock);
+    if (!w->detached)
+        uv_async_send(w->async);
+    pthread_mutex_unlock(&w->lock);
+}
+
 static void fill_item(struct progress_item *it, const struct engine_progress *p)
 {
     it->phase = p->phase;
@@ -30,29 +130,37 @@ static void fill_item(struct progress_item *it, const struct engine_progress *p)
  * the loop. uv_async_send coalesces, so a burst costs one wake-up. */
 static void move_report(void *arg, const struct engine_progress *p, bool phase_start)
 {
-    struct move *m = arg;
+    struct move_work *w = arg;
     struct progress_item it;
+    atomic_fetch_add_explicit(&w->beat, 1, memory_order_relaxed);
     it.kind = phase_start ? PROGRESS_PHASE : PROGRESS_STEP;
     it.code = CODE_NONE;
     it.error[0] = '\0';
     fill_item(&it, p);
-    if (ring_push(&m->ring, &it))
-        uv_async_send(&m->async);
+    if (ring_push(&w->ring, &it))
+        work_wake(w);
 }
 
 /* On the worker, when a phase begins: the journal says so before its work
- * (for cleaning, before anything of the source is removed). */
+ * (for cleaning, before anything of the source is removed). Not once the
+ * loop has ended the move without this worker: the record is the loop's. */
 static int move_on_phase(void *arg, const struct engine_progress *p)
 {
-    struct move *m = arg;
-    struct journal_rec *jr = m->jr;
-    jr->phase = p->phase;
-    jr->bytes_total = p->bytes_total;
-    jr->bytes_copied = p->bytes_done;
-    jr->files_total = p->files_total;
-    jr->files_copied = p->files_done;
-    jr->seq = atomic_load(&m->seq_sent);
-    return journal_write(m->journal, jr);
+    struct move_work *w = arg;
+    struct journal_rec *jr = w->jr;
+    int rc = 0;
+    pthread_mutex_lock(&w->lock);
+    if (!w->no_record) {
+        jr->phase = p->phase;
+        jr->bytes_total = p->bytes_total;
+        jr->bytes_copied = p->bytes_done;
+        jr->files_total = p->files_total;
+        jr->files_copied = p->files_done;
+        jr->seq = atomic_load(&w->seq_sent);
+        rc = journal_write(w->journal, jr);
+    }
+    pthread_mutex_unlock(&w->lock);
+    return rc;
 }
 
 /* On the worker, once the destination directory is open and before anything
@@ -60,13 +168,22 @@ static int move_on_phase(void *arg, const struct engine_progress *p)
  * can tell it from anything put at newPath later. */
 static int move_on_dst(void *arg, const struct stat *st)
 {
-    struct move *m = arg;
-    struct journal_rec *jr = m->jr;
-    jr->dst_id.known = true;
-    jr->dst_id.dev = (uint64_t)st->st_dev;
-    jr->dst_id.ino = (uint64_t)st->st_ino;
-    jr->seq = atomic_load(&m->seq_sent);
-    return journal_write(m->journal, jr);
+    struct move_work *w = arg;
+    struct journal_rec *jr = w->jr;
+    int rc = 0;
+    atomic_store(&w->dst_dev, (uint64_t)st->st_dev);
+    atomic_store(&w->dst_ino, (uint64_t)st->st_ino);
+    atomic_store(&w->dst_known, true);
+    pthread_mutex_lock(&w->lock);
+    if (!w->no_record) {
+        jr->dst_id.known = true;
+        jr->dst_id.dev = (uint64_t)st->st_dev;
+        jr->dst_id.ino = (uint64_t)st->st_ino;
+        jr->seq = atomic_load(&w->seq_sent);
+        rc = journal_write(w->journal, jr);
+    }
+    pthread_mutex_unlock(&w->lock);
+    return rc;
 }
 
 static struct engine_id engine_id_of(const struct journal_id *id)
@@ -77,37 +194,36 @@ static struct engine_id engine_id_of(const struct journal_id *id)
 
 static void move_worker(void *arg)
 {
-    struct move *m = arg;
+    struct move_work *w = arg;
     /* Named for operators (top -H, ps -L) and for the tests' freezer. */
     (void)pthread_setname_np(pthread_self(), "ha-move");
     struct engine_job job = {
-        .src = m->src,
-        .dst = m->dst,
-        .src_root = m->src_root,
-        .dst_root = m->dst_root,
-        .rename = m->st.rename,
-        .verify = m->verify,
-        .stop = &m->stop,
+        .src = w->src,
+        .dst = w->dst,
+        .src_root = w->src_root,
+        .dst_root = w->dst_root,
+        .rename = w->rename,
+        .verify = w->verify,
+        .stop = &w->stop,
         .report = move_report,
-        .on_phase = m->jr && m->journal ? move_on_phase : NULL,
-        .on_dst = m->jr && m->journal ? move_on_dst : NULL,
-        .arg = m,
-        .mode = m->mode,
+        .on_phase = w->jr && w->journal ? move_on_phase : NULL,
+        .on_dst = w->jr && w->journal ? move_on_dst : NULL,
+        .alive = &w->beat,
+        .arg = w,
+        .mode = w->mode,
+        .dst_preexisted = w->dst_preexisted,
+        .dst_orig = w->dst_orig,
+        .made_parents = w->made_parents,
+        .n_made = w->n_made,
+        .resume_phase = w->resume_phase,
+        .files_copied = w->files_copied,
+        .bytes_copied = w->bytes_copied,
     };
     struct progress_item it;
     struct engine_result res;
 
-    if (m->jr) {
-        job.dst_preexisted = m->jr->dst_preexisted;
-        job.dst_orig = m->jr->dst_orig;
-        job.made_parents = m->jr->made_parents;
-        job.n_made = m->jr->n_made;
-        job.resume_phase = m->jr->phase;
-        job.src_id = engine_id_of(&m->jr->src_id);
-        job.dst_id = engine_id_of(&m->jr->dst_id);
-        job.files_copied = m->jr->files_copied;
-        job.bytes_copied = m->jr->bytes_copied;
-    }
+    job.src_id = engine_id_of(&w->src_id);
+    job.dst_id = engine_id_of(&w->dst_id);
     engine_run(&job, &res);
     memset(&it, 0, sizeof it);
     it.kind = PROGRESS_END;
@@ -120,8 +236,9 @@ static void move_worker(void *arg)
     }
     it.bytes_done = res.bytes_copied;
     it.files_done = res.files_copied;
-    ring_push(&m->ring, &it);
-    uv_async_send(&m->async);
+    ring_push(&w->ring, &it);
+    work_wake(w);
+    work_unref(w);
 }
 
 /* --- loop side: state ------------------------------------------------------ */
@@ -242,7 +359,7 @@ static void move_send_frame(struct move *m, uint64_t now, bool intermediate)
 {
     move_refresh(m, now);
     m->st.seq++;
-    atomic_store(&m->seq_sent, m->st.seq);
+    atomic_store(&m->work->seq_sent, m->st.seq);
     m->last_frame_ms = now;
     m->last_frame_entries = m->entries;
     m->last_frame_bytes = m->st.bytes_copied;
@@ -294,13 +411,62 @@ static void move_finish(struct move *m, enum move_code code, const char *error, 
     m->ops->ended(m);
 }
 
-/* Once a second while the worker runs. A move in cleaning refuses the stop
- * (its copy is whole) and is left to finish. */
+/* Ends a stopped move whose worker does not come back (a disk that does not
+ * answer holds it in the kernel): the answer goes out on time. The journal
+ * record keeps saying that a rollback is due (the owner marks it), the
+ * worker can no longer write it, and the stop word it reads keeps it from
+ * ever starting to clean: when the call returns it rolls back and comes
+ * back through the ring (ops->released); if the agent exits first, the next
+ * start rolls back. */
+static void move_abandon(struct move *m, uint64_t now)
+{
+    char why[MOVE_ERROR_MAX], at[MOVE_CURRENT_MAX + 64];
+    int code = atomic_load(&m->work->stop);
+    pthread_mutex_lock(&m->work->lock);
+    m->work->no_record = true;
+    pthread_mutex_unlock(&m->work->lock);
+    m->abandoned = true;
+    m->abandoned_phase = m->st.phase;
+    if (m->st.current_file[0])
+        util_fmt(at, sizeof at, " (it was at %s while %s)", m->st.current_file,
+                 move_phase_name(m->st.phase));
+    else
+        util_fmt(at, sizeof at, " (it was %s)", move_phase_name(m->st.phase));
+    util_fmt(why, sizeof why,
+             "%s; the move's thread has not come back for %llu s: a disk does not answer%s. "
+             "Nothing was removed from %s; the partial copy at %s is removed as soon as the disk "
+             "answers, or at the agent's next start",
+             m->stop_why[0] ? m->stop_why : "the move was stopped",
+             (unsigned long long)((now - m->last_life_ms) / 1000), at, m->st.old_path,
+             m->st.new_path);
+    LOG(LOG_ERROR, "move ended without its thread, stuck on a disk that does not answer",
+        LF_S("move", m->st.move_id), LF_S("server", m->st.server_name),
+        LF_S("phase", move_phase_name(m->st.phase)), LF_S("at", m->st.current_file),
+        LF_U("quiet_ms", now - m->last_life_ms));
+    move_finish(m, (enum move_code)code, why, false);
+}
+
+/* Once a second while the worker runs: signs of life, move_timeout and
+ * stall_timeout, and a stopped worker that does not come back. A move in
+ * cleaning refuses the stop (its copy is whole) and is left to finish. */
 static void move_on_limit(uv_timer_t *t)
 {
     struct move *m = container_of(t, struct move, limit);
     uint64_t now = util_mono_ms();
+    unsigned beat = atomic_load_explicit(&m->work->beat, memory_order_relaxed);
     char why[160];
+    if (beat != m->last_beat) {
+        m->last_beat = beat;
+        m->last_life_ms = now;
+    }
+    if (move_phase_terminal(m->st.phase))
+        return; /* ended without its worker: only waiting for it */
+    if (m->stop_asked_ms) {
+        if (now - m->stop_asked_ms >= MOVE_STUCK_GRACE_MS &&
+            now - m->last_life_ms >= MOVE_STUCK_GRACE_MS)
+            move_abandon(m, now);
+        return;
+    }
     if (m->move_timeout_ms && now - m->mono_run_started >= m->move_timeout_ms)
         util_fmt(why, sizeof why, "the move ran past move_timeout (%llu s)",
                  (unsigned long long)(m->move_timeout_ms / 1000));
@@ -309,31 +475,51 @@ static void move_on_limit(uv_timer_t *t)
                  (unsigned long long)(m->stall_timeout_ms / 1000));
     else
         return;
-    if (move_stop(m, CODE_TIMEOUT, why) == 0) {
+    if (move_stop(m, CODE_TIMEOUT, why) == 0)
         LOG(LOG_WARN, "move timed out; rolling back", LF_S("move", m->st.move_id),
             LF_S("server", m->st.server_name), LF_S("reason", why));
-        uv_timer_stop(&m->limit);
-    }
 }
 
 /* One item from the worker, in order. */
 static void move_apply(struct move *m, const struct progress_item *it)
 {
+    m->last_life_ms = util_mono_ms();
     if (it->kind == PROGRESS_PHASE || it->bytes_done > m->st.bytes_copied ||
         it->files_done > m->st.files_copied || it->files_total > m->st.files_total ||
         it->phase_done != m->phase_done)
         m->last_progress_ms = util_mono_ms();
     if (it->kind == PROGRESS_END) {
-        /* The worker's last act was this push: the join is immediate. */
+        /* The worker's last acts were this push and its wake-up: the join is
+         * immediate. */
         uv_thread_join(&m->thread);
         m->thread_running = false;
+        if (move_phase_terminal(m->st.phase)) {
+            /* It outlived the move's end (a stuck disk, or a rollback left
+             * from an earlier run): the outcome was given already. */
+            uv_timer_stop(&m->limit);
+            if (it->code == CODE_NONE && m->mode == ENGINE_MOVE)
+                /* Only a rename that could not be put back ends so. */
+                LOG(LOG_ERROR,
+                    "the thread of an ended move came back: the move completed after its "
+                    "answer; the data is at the new path",
+                    LF_S("move", m->st.move_id), LF_S("old", m->st.old_path),
+                    LF_S("new", m->st.new_path));
+            else
+                LOG(LOG_WARN, "the thread of an ended move came back; its rollback is done",
+                    LF_S("move", m->st.move_id), LF_S("server", m->st.server_name),
+                    LF_S("result", it->error));
+            m->ops->released(m);
+            return;
+        }
         /* A stop we asked for ends with our words, not the engine's. */
         move_finish(m, it->code,
-                    (int)it->code == atomic_load(&m->stop) && m->stop_why[0] ? m->stop_why
-                                                                             : it->error,
+                    (int)it->code == atomic_load(&m->work->stop) && m->stop_why[0] ? m->stop_why
+                                                                                   : it->error,
                     it->warning);
         return;
     }
+    if (move_phase_terminal(m->st.phase))
+        return; /* nothing to show for a move that ended without its worker */
     if (it->kind == PROGRESS_PHASE)
         enter_state(m, it->phase);
     /* Counters never go down: merged or late items cannot move them back. */
@@ -362,7 +548,7 @@ static void move_on_async(uv_async_t *h)
     struct move *m = container_of(h, struct move, async);
     struct progress_item it;
     /* Coalescing wake-up: drain everything each time. */
-    while (m->thread_running && ring_pop(&m->ring, &it))
+    while (m->thread_running && ring_pop(&m->work->ring, &it))
         move_apply(m, &it);
     move_maybe_frame(m);
 }
@@ -398,6 +584,7 @@ int move_init(struct move *m, uv_loop_t *loop, const struct move_params *p,
     m->jr = p->jr;
     m->journal = p->journal;
     m->mode = p->mode;
+    m->silent = p->silent;
     if (p->mode != ENGINE_MOVE && p->jr) {
         /* Resumed from the journal: its phase and counters, a seq past
          * anything sent before, its acceptance time. */
@@ -408,11 +595,12 @@ int move_init(struct move *m, uv_loop_t *loop, const struct move_params *p,
         m->st.files_copied = p->jr->files_copied;
         m->st.seq = p->jr->seq + JOURNAL_SEQ_HEADROOM;
         m->st.started_at_ms = p->jr->started_at_ms;
+        m->st.ended_at_ms = p->jr->ended_at_ms;
+        m->st.code = p->jr->code;
+        util_fmt(m->st.error, sizeof m->st.error, "%s", p->jr->error);
     }
-    ring_init(&m->ring);
-    /* A resumed move only cleans up: nothing to cancel any more. */
-    atomic_init(&m->stop, p->mode == ENGINE_MOVE ? CODE_NONE : ENGINE_STOP_LOCKED);
-    atomic_init(&m->seq_sent, m->st.seq);
+    m->work = work_new(p);
+    atomic_init(&m->work->seq_sent, m->st.seq);
 
     rc = uv_async_init(loop, &m->async, move_on_async);
     if (rc != 0)
@@ -432,6 +620,7 @@ fail_handles:
     /* Some handles are open: the caller must still move_close(). */
     return rc;
 fail_async:
+    work_unref(m->work);
     free(m->src);
     free(m->src_root);
     free(m->dst_root);
@@ -456,15 +645,25 @@ int move_run(struct move *m)
     if (m->mode == ENGINE_MOVE)
         enter_state(m, PHASE_CALCULATING);
     m->mono_run_started = util_mono_ms(); /* move_timeout counts from leaving the queue */
-    m->last_progress_ms = m->mono_run_started;
-    if (m->move_timeout_ms || m->stall_timeout_ms)
-        uv_timer_start(&m->limit, move_on_limit, 1000, 1000);
+    m->last_progress_ms = m->last_life_ms = m->mono_run_started;
+    /* Always: it also tells a stopped worker that does not come back. */
+    uv_timer_start(&m->limit, move_on_limit, 1000, 1000);
     m->thread_running = true;
+    m->work->async = &m->async;
+    pthread_mutex_lock(&m->work->lock);
+    m->work->refs++; /* the worker's */
+    pthread_mutex_unlock(&m->work->lock);
     /* Not the libuv threadpool: a long copy would starve uv_fs and DNS work. */
-    rc = uv_thread_create(&m->thread, move_worker, m);
+    rc = uv_thread_create(&m->thread, move_worker, m->work);
     if (rc != 0) {
         char why[128];
         m->thread_running = false;
+        work_unref(m->work);
+        uv_timer_stop(&m->limit);
+        if (m->silent) {
+            LOG(LOG_ERROR, "cannot start a worker thread", LF_S("move", m->st.move_id));
+            return rc;
+        }
         util_fmt(why, sizeof why, "cannot start a worker thread: %s", uv_strerror(rc));
         move_finish(m, CODE_IO_ERROR, why, false);
         return rc;
@@ -483,11 +682,21 @@ int move_stop(struct move *m, enum move_code code, const char *why)
     }
     /* The worker polls this between chunks and entries; it swaps in
      * ENGINE_STOP_LOCKED when cleaning begins, and then the stop is refused. */
-    if (atomic_compare_exchange_strong(&m->stop, &none, (int)code)) {
+    if (atomic_compare_exchange_strong(&m->work->stop, &none, (int)code)) {
         util_fmt(m->stop_why, sizeof m->stop_why, "%s", why ? why : "");
+        m->stop_asked_ms = util_mono_ms();
         return 0;
     }
     return none == ENGINE_STOP_LOCKED ? -EBUSY : 0;
+}
+
+bool move_dst_identity(const struct move *m, dev_t *dev, ino_t *ino)
+{
+    if (!m->work || !atomic_load(&m->work->dst_known))
+        return false;
+    *dev = (dev_t)atomic_load(&m->work->dst_dev);
+    *ino = (ino_t)atomic_load(&m->work->dst_ino);
+    return true;
 }
 
 bool move_is_running(const struct move *m)
@@ -495,10 +704,38 @@ bool move_is_running(const struct move *m)
     return m->thread_running;
 }
 
+uint64_t move_quiet_ms(const struct move *m, uint64_t now)
+{
+    uint64_t last = m->last_life_ms;
+    if (!m->thread_running)
+        return 0;
+    if (atomic_load_explicit(&m->work->beat, memory_order_relaxed) != m->last_beat)
+        return 0; /* alive since the last look */
+    return now > last ? now - last : 0;
+}
+
+void move_detach(struct move *m)
+{
+    if (!m->thread_running)
+        return;
+    pthread_mutex_lock(&m->work->lock);
+    m->work->detached = true;
+    m->work->no_record = true;
+    pthread_mutex_unlock(&m->work->lock);
+    /* Never joined: it may never return. It keeps its own reference. */
+    pthread_detach(m->thread);
+    m->thread_running = false;
+    LOG(LOG_ERROR, "left a move's thread behind, stuck on a disk that does not answer",
+        LF_S("move", m->st.move_id), LF_S("server", m->st.server_name),
+        LF_S("phase", move_phase_name(m->st.phase)), LF_S("at", m->st.current_file));
+}
+
 static void move_on_handle_closed(uv_handle_t *h)
 {
     struct move *m = h->data;
     if (--m->open_handles == 0) {
+        work_unref(m->work);
+        m->work = NULL;
         free(m->src);
         free(m->src_root);
         free(m->dst_root);

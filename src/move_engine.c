@@ -107,6 +107,9 @@ struct eng {
     int64_t grain;                    /* bound on the source's timestamp granularity, ns */
     struct suspect *suspects;         /* see struct suspect */
     size_t n_suspects, cap_suspects;
+    /* When the copy pass had made its last change to the destination: an
+     * entry of the copy whose ctime is later was changed by someone else. */
+    struct timespec copy_end;
 };
 
 /* --- results and reporting ---------------------------------------------------- */
@@ -174,12 +177,29 @@ static int eng_fail_w(struct eng *e, struct tree_walk *w, int err, const char *w
     return eng_fail_at(e, err, what, root, rel);
 }
 
+/* The copy was changed by someone else: the destination's fault, not the
+ * source's (a game server that keeps writing is told to stop; this is not
+ * that). */
+static int eng_fail_dst_changed(struct eng *e, const char *rel)
+{
+    return eng_fail(e, CODE_IO_ERROR,
+                    "the destination changed while it was being moved: %s%s%s was changed or "
+                    "removed by something else; nothing was removed from %s",
+                    e->job->dst, rel && *rel ? "/" : "", rel ? rel : "", e->job->src);
+}
+
 /* A failure of the walk itself (reading a directory, a swapped entry); the
- * walks that report errors all run over the source. */
+ * mirror of a mirrored walk is the destination. */
 static int eng_fail_walk(struct eng *e, struct tree_walk *w)
 {
     if (e->res->code != CODE_NONE)
         return -1;
+    if (w->err_mirror) {
+        if (w->changed || w->err == ENOENT)
+            return eng_fail_dst_changed(e, w->err_where);
+        return eng_fail_at(e, w->err ? w->err : EIO, w->err_what ? w->err_what : "walk",
+                           e->job->dst, w->err_where);
+    }
     if (w->changed)
         return eng_fail_at(e, ESTALE, "", e->job->src, w->err_where);
     if (w->err == EXDEV)
@@ -870,6 +890,7 @@ static int eng_copy(struct eng *e)
     rc = copy_meta_fd(&e->cc, e->srcfd, e->dstfd, &e->src_st, e->is_root);
     if (rc != 0)
         return eng_fail_at(e, -rc, "set attributes of", e->job->dst, NULL);
+    (void)clock_gettime(CLOCK_REALTIME, &e->copy_end);
     if (e->cc.xattr_warnings)
         LOG(LOG_WARN, "some extended attributes could not be copied", LF_S("dst", e->job->dst),
             LF_U("count", e->cc.xattr_warnings), LF_S("first", e->cc.xattr_first_warning));
@@ -881,6 +902,23 @@ static int eng_copy(struct eng *e)
 }
 
 /* --- verifying ---------------------------------------------------------------------- */
+
+/* Was this entry of the copy changed after the copy pass made it? Its ctime
+ * then is later than anything the pass did (the kernel stamps ctime from the
+ * same clock); a change in the same clock tick is not seen, and is then
+ * reported as the source's, as it always was. */
+static bool dst_changed(const struct eng *e, const struct stat *d)
+{
+    return d->st_ctim.tv_sec > e->copy_end.tv_sec ||
+           (d->st_ctim.tv_sec == e->copy_end.tv_sec && d->st_ctim.tv_nsec > e->copy_end.tv_nsec);
+}
+
+static int verify_fail_dst_changed(struct eng *e, struct tree_walk *w, const char *name)
+{
+    char rel[MOVE_ERROR_MAX / 2];
+    tree_walk_relpath(w, name, rel, sizeof rel);
+    return eng_fail_dst_changed(e, rel);
+}
 
 /* Compares one entry of the copy with its source, field by field. */
 static int verify_stat(struct eng *e, struct tree_walk *w, const char *name, const struct stat *s,
@@ -894,6 +932,8 @@ static int verify_stat(struct eng *e, struct tree_walk *w, const char *name, con
         what = "size";
     else if (!same_mtime(s, d))
         what = "modification time";
+    if (what && dst_changed(e, d))
+        return verify_fail_dst_changed(e, w, name);
     if (what) /* these follow the source: it changed after it was copied */
         return eng_fail_w(e, w, ESTALE, "", e->job->src, name);
     if (!e->is_root)
@@ -904,6 +944,8 @@ static int verify_stat(struct eng *e, struct tree_walk *w, const char *name, con
         what = "owner";
     else if ((S_ISCHR(s->st_mode) || S_ISBLK(s->st_mode)) && s->st_rdev != d->st_rdev)
         what = "device number";
+    if (what && dst_changed(e, d))
+        return verify_fail_dst_changed(e, w, name);
     if (what) {
         char rel[MOVE_ERROR_MAX / 2];
         tree_walk_relpath(w, name, rel, sizeof rel);
@@ -942,9 +984,18 @@ static int verify_entry(struct tree_walk *w, const char *name, const struct stat
     struct stat d;
     if (eng_stop_code(e) != 0)
         return -1;
-    if (fstatat(tree_walk_fd(w, 1), name, &d, AT_SYMLINK_NOFOLLOW) != 0)
-        /* Not in the copy: the source gained it after the copy passed by. */
-        return eng_fail_w(e, w, errno == ENOENT ? ESTALE : errno, "stat", e->job->dst, name);
+    if (fstatat(tree_walk_fd(w, 1), name, &d, AT_SYMLINK_NOFOLLOW) != 0) {
+        struct stat dir;
+        int err = errno;
+        if (err != ENOENT)
+            return eng_fail_w(e, w, err, "stat", e->job->dst, name);
+        /* Not in the copy: removed from it by someone else (its directory
+         * changed after the copy pass), or the source gained it after the
+         * copy passed by. */
+        if (fstat(tree_walk_fd(w, 1), &dir) == 0 && dst_changed(e, &dir))
+            return verify_fail_dst_changed(e, w, name);
+        return eng_fail_w(e, w, ESTALE, "", e->job->src, name);
+    }
     if (verify_stat(e, w, name, s, &d) != 0)
         return -1;
     if (S_ISLNK(s->st_mode)) {
@@ -952,7 +1003,8 @@ static int verify_entry(struct tree_walk *w, const char *name, const struct stat
         ssize_t na = readlinkat(tree_walk_fd(w, 0), name, a, sizeof a);
         ssize_t nb = readlinkat(tree_walk_fd(w, 1), name, b, sizeof b);
         if (na < 0 || nb < 0 || na != nb || memcmp(a, b, (size_t)na) != 0)
-            return eng_fail_w(e, w, ESTALE, "", e->job->src, name);
+            return dst_changed(e, &d) ? verify_fail_dst_changed(e, w, name)
+                                      : eng_fail_w(e, w, ESTALE, "", e->job->src, name);
     }
     if (S_ISREG(s->st_mode)) {
         struct hl_slot *hs = NULL;
@@ -1343,9 +1395,17 @@ static void rollback_warn(struct tree_walk *w, const char *name)
         LF_S("path", rel), LF_S("reason", strerror(err)));
 }
 
+static void rollback_alive(struct tree_walk *w)
+{
+    struct eng *e = w->arg;
+    if (e->job->alive)
+        atomic_fetch_add_explicit(e->job->alive, 1, memory_order_relaxed);
+}
+
 static int rollback_entry(struct tree_walk *w, const char *name, const struct stat *st)
 {
     (void)st;
+    rollback_alive(w);
     if (unlinkat(tree_walk_fd(w, 0), name, 0) != 0 && errno != ENOENT)
         rollback_warn(w, name);
     return 0;
@@ -1365,6 +1425,7 @@ static int rollback_dir_post(struct tree_walk *w, const char *name, const struct
     struct eng *e = w->arg;
     (void)st;
     (void)fds;
+    rollback_alive(w);
     if (w->depth == 1 && e->dst_had_lf && strcmp(name, "lost+found") == 0)
         return 0; /* it was there before the move */
     if (unlinkat(tree_walk_fd(w, 0), name, AT_REMOVEDIR) != 0 && errno != ENOENT)
@@ -1577,10 +1638,13 @@ static int eng_rename(struct eng *e)
         eng_rollback(e);
         return -1;
     }
+    struct stat before;
+    bool had_dst;
     if (eng_stop_code(e) != 0) {
         eng_rollback(e);
         return -1;
     }
+    had_dst = fstatat(e->dst_pfd, e->dst_base, &before, AT_SYMLINK_NOFOLLOW) == 0;
     if (renameat(e->src_pfd, e->src_base, e->dst_pfd, e->dst_base) != 0) {
         int err = errno;
         if (err == EXDEV) {
@@ -1590,6 +1654,29 @@ static int eng_rename(struct eng *e)
         }
         eng_rollback(e);
         return eng_fail_at(e, err, "rename", e->job->src, NULL);
+    }
+    /* Stopped while the rename ran (it can hang on a disk that does not
+     * answer, and the move be answered meanwhile): all or nothing, it goes
+     * back, and the empty directory it replaced is made again. */
+    if (atomic_load_explicit(e->job->stop, memory_order_relaxed) > 0) {
+        if (renameat(e->dst_pfd, e->dst_base, e->src_pfd, e->src_base) != 0) {
+            LOG(LOG_ERROR,
+                "a stopped rename completed and could not be put back; the data is "
+                "at the new path",
+                LF_S("old", e->job->src), LF_S("new", e->job->dst),
+                LF_S("reason", strerror(errno)));
+            return 0;
+        }
+        if (had_dst && mkdirat(e->dst_pfd, e->dst_base, 0700) == 0) {
+            struct timespec times[2] = {before.st_atim, before.st_mtim};
+            if (e->is_root)
+                (void)fchownat(e->dst_pfd, e->dst_base, before.st_uid, before.st_gid,
+                               AT_SYMLINK_NOFOLLOW);
+            (void)fchmodat(e->dst_pfd, e->dst_base, before.st_mode & 07777, 0);
+            (void)utimensat(e->dst_pfd, e->dst_base, times, AT_SYMLINK_NOFOLLOW);
+        }
+        eng_rollback(e);
+        return eng_stop_code(e);
     }
     return 0;
 }

@@ -130,6 +130,52 @@ bool path_overlap_by_id(const char *a, const char *b)
     return stat(b, &sb) == 0 && S_ISDIR(sb.st_mode) && id_on_path(sb.st_dev, sb.st_ino, a);
 }
 
+void path_ids_of(const char *path, struct path_ids *ids)
+{
+    char buf[PATH_MAX];
+    size_t len = strlen(path);
+    struct stat st;
+    bool first = true;
+    memset(ids, 0, sizeof *ids);
+    if (len >= sizeof buf)
+        return;
+    memcpy(buf, path, len + 1);
+    while (ids->n < PATH_IDS_MAX) {
+        if (stat(buf, &st) == 0 && S_ISDIR(st.st_mode)) {
+            if (first)
+                ids->leaf = true;
+            ids->id[ids->n].dev = st.st_dev;
+            ids->id[ids->n].ino = st.st_ino;
+            ids->n++;
+        }
+        first = false;
+        char *slash = strrchr(buf, '/');
+        if (!slash)
+            return;
+        if (slash == buf) {
+            if (buf[1] == '\0')
+                return;
+            buf[1] = '\0';
+            continue;
+        }
+        *slash = '\0';
+    }
+}
+
+bool path_ids_has(const struct path_ids *ids, dev_t dev, ino_t ino)
+{
+    for (unsigned i = 0; i < ids->n; i++)
+        if (ids->id[i].dev == dev && ids->id[i].ino == ino)
+            return true;
+    return false;
+}
+
+bool path_ids_overlap(const struct path_ids *a, const struct path_ids *b)
+{
+    return (a->leaf && path_ids_has(b, a->id[0].dev, a->id[0].ino)) ||
+           (b->leaf && path_ids_has(a, b->id[0].dev, b->id[0].ino));
+}
+
 int path_dir_is_empty(const char *dir)
 {
     DIR *d = opendir(dir);

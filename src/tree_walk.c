@@ -250,6 +250,7 @@ static int pop_level(struct tree_walk *w)
             if (fd >= 0)
                 close(fd);
             w->changed = true;
+            w->err_mirror = s == 1;
             rc = walk_fail(w, err, "return to the parent of", NULL);
             break;
         }
@@ -290,6 +291,7 @@ static int descend(struct tree_walk *w, const char *name, const struct stat *st)
         if (fds[1] < 0) {
             err = errno;
             close(fds[0]);
+            w->err_mirror = true;
             return walk_fail(w, err, "open directory", name);
         }
     }
@@ -337,6 +339,7 @@ int tree_walk_run(struct tree_walk *w, int root_fd, int mirror_fd)
     int err;
     w->err = 0;
     w->changed = false;
+    w->err_mirror = false;
     w->depth = 0;
     fds[0] = openat(root_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fds[0] < 0)
@@ -352,6 +355,7 @@ int tree_walk_run(struct tree_walk *w, int root_fd, int mirror_fd)
         if (fds[1] < 0) {
             err = errno;
             close(fds[0]);
+            w->err_mirror = true;
             return walk_fail(w, err, "open directory", NULL);
         }
     }

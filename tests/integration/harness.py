@@ -3,6 +3,7 @@ WebSocket manager (tests/manager/refmanager.py), scratch directories with a
 second filesystem (tmpfs), and tree snapshots that compare content and
 metadata."""
 import hashlib
+import json
 import contextlib
 import os
 import signal
@@ -20,6 +21,13 @@ from refmanager import Manager  # noqa: E402
 BIN = os.environ.get("HOSTAGENT_BIN") or os.path.join(HERE, "..", "..", "build", "hostagent")
 SANITIZED = bool(os.environ.get("HOSTAGENT_SANITIZE"))
 
+
+
+def journal_record(state_dir, move_id):
+    """A move's journal record as the agent wrote it. Records are written
+    into a reserved slot and may be followed by zero bytes (see journal.c)."""
+    with open(os.path.join(state_dir, "moves", move_id + ".json"), "rb") as f:
+        return json.loads(f.read().split(b"\0", 1)[0].decode())
 
 def require_root():
     if os.geteuid() != 0:

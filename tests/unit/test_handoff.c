@@ -97,7 +97,14 @@ static void on_ended(struct move *m)
     move_close(m, on_closed);
 }
 
-static const struct move_ops ops = {on_frame, on_ended};
+/* Only for a worker that outlives its move's end (a stuck disk). */
+static void on_released(struct move *m)
+{
+    (void)m;
+    fail_msg("a worker came back after its move ended");
+}
+
+static const struct move_ops ops = {on_frame, on_ended, on_released};
 
 static char base[64];
 
