@@ -139,9 +139,13 @@ class AgentTestCase(unittest.TestCase):
     # --- helpers --------------------------------------------------------
     @contextlib.contextmanager
     def frozen_workers(self):
-        """Freezes only the agent's move threads ("ha-move") with the cgroup v1
+        """Freezes only the agent's move threads ("ha-move") with the cgroup v2
         freezer: the event loop keeps running (timers, frames, requests) while
-        the copy makes no progress at all."""
+        the copy makes no progress at all. The agent goes into a cgroup of its
+        own with a threaded child holding the move threads, and that child is
+        frozen. cgroup2 is mounted privately, so this works the same on a
+        cgroup v2 host (Debian 12), a hybrid one, and in a chroot whose /sys
+        shows no cgroup mounts."""
         pid = self.agent.proc.pid
         tids = []
         for tid in os.listdir("/proc/%d/task" % pid):
@@ -149,33 +153,46 @@ class AgentTestCase(unittest.TestCase):
                 if f.read().strip() == "ha-move":
                     tids.append(tid)
         self.assertTrue(tids, "no move thread to freeze")
-        root = "/sys/fs/cgroup/freezer"
-        self.assertTrue(os.path.isdir(root), "the cgroup v1 freezer is needed for this test")
-        cg = os.path.join(root, "hostagent-test-%d" % os.getpid())
-        os.makedirs(cg, exist_ok=True)
+        with open("/proc/%d/cgroup" % pid) as f:
+            home = [line.strip()[3:] for line in f if line.startswith("0::")]
+        with contextlib.ExitStack() as undo:
+            root = tempfile.mkdtemp(prefix="hostagent-cg2-")
+            undo.callback(os.rmdir, root)
+            r = subprocess.run(["mount", "-t", "cgroup2", "cgroup2", root], capture_output=True, text=True)
+            self.assertEqual(r.returncode, 0, "the cgroup v2 freezer is needed for this test: " + r.stderr)
+            undo.callback(subprocess.run, ["umount", root], check=True)
+            own = os.path.join(root, "hostagent-test-%d" % os.getpid())
+            cg = os.path.join(own, "move")
 
-        def put(path, value):
-            with open(path, "w") as f:
-                f.write(value)
+            def put(path, value):
+                with open(path, "w") as f:
+                    f.write(value)
 
-        def state():
-            with open(os.path.join(cg, "freezer.state")) as f:
-                return f.read().strip()
-        try:
-            for tid in tids:
-                put(os.path.join(cg, "tasks"), tid)
-            put(os.path.join(cg, "freezer.state"), "FROZEN")
-            wait_until(lambda: state() == "FROZEN", 10, "move threads frozen")
-            yield
-        finally:
-            put(os.path.join(cg, "freezer.state"), "THAWED")
-            wait_until(lambda: state() == "THAWED", 10, "move threads thawed")
-            for tid in tids:
+            def frozen():
+                with open(os.path.join(cg, "cgroup.events")) as f:
+                    return dict(line.split() for line in f)["frozen"]
+
+            def go_home():
+                # Back where it was (all its threads follow), if it still runs.
                 try:
-                    put(os.path.join(root, "tasks"), tid)
-                except OSError:
-                    pass  # the thread has ended
-            os.rmdir(cg)
+                    put(os.path.join(root, home[0].lstrip("/") if home else "", "cgroup.procs"), str(pid))
+                except ProcessLookupError:
+                    pass  # it has ended
+            # Undone in reverse: thaw, go home, remove the two cgroups.
+            os.mkdir(own)
+            undo.callback(os.rmdir, own)
+            os.mkdir(cg)
+            undo.callback(os.rmdir, cg)
+            put(os.path.join(own, "cgroup.procs"), str(pid))
+            undo.callback(go_home)
+            put(os.path.join(cg, "cgroup.type"), "threaded")
+            for tid in tids:
+                put(os.path.join(cg, "cgroup.threads"), tid)
+            undo.callback(wait_until, lambda: frozen() == "0", 10, "move threads thawed")
+            undo.callback(put, os.path.join(cg, "cgroup.freeze"), "0")
+            put(os.path.join(cg, "cgroup.freeze"), "1")
+            wait_until(lambda: frozen() == "1", 10, "move threads frozen")
+            yield
 
     @contextlib.contextmanager
     def paused_agent(self):
