@@ -9,14 +9,15 @@ set -eu
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 
-# The build, and what the demo runs (python3, mount/umount, mountpoint).
+# The build (its configure step also wants cmocka, for the unit tests), and
+# what the demo runs (python3, mount/umount, mountpoint).
 PKGS="cmake make gcc pkg-config libwebsockets-dev libwebsockets-evlib-uv \
-libuv1-dev libcjson-dev libxxhash-dev python3 util-linux mount procps"
+libuv1-dev libcjson-dev libxxhash-dev libcmocka-dev python3 util-linux mount procps"
 if [ "${1:-}" != "--demo" ]; then
     # The suite: unit tests, valgrind, TLS, the unit check, lint and fuzzers
     # (clang), the package checks (dpkg-shlibdeps, file, lintian), and the
     # live view in Debian's chromium.
-    PKGS="$PKGS libcmocka-dev valgrind openssl systemd clang-format clang-tidy clang \
+    PKGS="$PKGS valgrind openssl systemd clang-format clang-tidy clang \
 libclang-rt-14-dev dpkg-dev file lintian chromium"
 fi
 
