@@ -58,10 +58,21 @@ class Scratch:
         subprocess.run(["rm", "-rf", "--one-file-system", self.base], check=False)
 
 
+def private_hosts(scratch, text):
+    """A command prefix that runs the command (same pid) in a mount namespace
+    of its own where /etc/hosts is `text`: host names under the test's control."""
+    path = os.path.join(scratch.base, "hosts")
+    with open(path, "w") as f:
+        f.write(text)
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+            'mount --bind "$0" /etc/hosts && exec "$@"', path]
+
+
 class Agent:
     """The real hostagent process with a generated config."""
 
-    def __init__(self, manager, scratch, extra=None, env=None, user=None, roots=None, log_name="agent.log"):
+    def __init__(self, manager, scratch, extra=None, env=None, user=None, roots=None, log_name="agent.log",
+                 hosts=None):
         self.cfg_path = os.path.join(scratch.base, "agent.conf")
         self.log_path = os.path.join(scratch.base, log_name)
         conf = {
@@ -86,6 +97,8 @@ class Agent:
         cmd = [BIN, "--config", self.cfg_path]
         if user:
             cmd = ["setpriv", "--reuid", user, "--regid", "nogroup", "--clear-groups", "--"] + cmd
+        if hosts is not None:
+            cmd = private_hosts(scratch, hosts) + cmd
         full_env = dict(os.environ)
         full_env.pop("HOSTAGENT_TOKEN", None)
         full_env.update(env or {})
