@@ -15,10 +15,11 @@ PKGS="cmake make gcc pkg-config libwebsockets-dev libwebsockets-evlib-uv \
 libuv1-dev libcjson-dev libxxhash-dev libcmocka-dev python3 util-linux mount procps"
 if [ "${1:-}" != "--demo" ]; then
     # The suite: unit tests, valgrind, TLS, the unit check, lint and fuzzers
-    # (clang), the package checks (dpkg-shlibdeps, file, lintian), and the
-    # live view in Debian's chromium.
+    # (clang), the package checks (dpkg-shlibdeps, file, lintian), host names
+    # under the tests' control (nss_wrapper), and the live view in Debian's
+    # chromium.
     PKGS="$PKGS valgrind openssl systemd clang-format clang-tidy clang \
-libclang-rt-14-dev dpkg-dev file lintian chromium"
+libclang-rt-14-dev dpkg-dev file lintian libnss-wrapper chromium"
 fi
 
 missing=""

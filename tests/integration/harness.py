@@ -59,13 +59,16 @@ class Scratch:
 
 
 def private_hosts(scratch, text):
-    """A command prefix that runs the command (same pid) in a mount namespace
-    of its own where /etc/hosts is `text`: host names under the test's control."""
+    """The environment that makes a program resolve host names from `text`
+    (a hosts file) instead of /etc/hosts: cwrap's nss_wrapper (Debian
+    package libnss-wrapper), which keeps the file's order of addresses."""
     path = os.path.join(scratch.base, "hosts")
     with open(path, "w") as f:
         f.write(text)
-    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
-            'mount --bind "$0" /etc/hosts && exec "$@"', path]
+    env = {"NSS_WRAPPER_HOSTS": path, "LD_PRELOAD": "libnss_wrapper.so"}
+    if SANITIZED:  # ASan wants to be the first library; nss_wrapper comes before it
+        env["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"
+    return env
 
 
 class Agent:
@@ -97,11 +100,11 @@ class Agent:
         cmd = [BIN, "--config", self.cfg_path]
         if user:
             cmd = ["setpriv", "--reuid", user, "--regid", "nogroup", "--clear-groups", "--"] + cmd
-        if hosts is not None:
-            cmd = private_hosts(scratch, hosts) + cmd
         full_env = dict(os.environ)
         full_env.pop("HOSTAGENT_TOKEN", None)
         full_env.update(env or {})
+        if hosts is not None:
+            full_env.update(private_hosts(scratch, hosts))
         self.logf = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, stderr=self.logf, stdout=self.logf, env=full_env)
 

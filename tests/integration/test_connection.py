@@ -19,11 +19,11 @@ class ConnectionTest(AgentTestCase):
         # nothing listens) first, then 127.0.0.3 (the manager).
         self.manager.stop()
         self.manager = Manager(host="127.0.0.3", url_host="manager.test").start()
-        hosts = "127.0.0.3 manager.test\n127.0.0.1 manager.test\n"
-        order = subprocess.run(private_hosts(self.scratch, hosts) + [
-            sys.executable, "-c", "import socket; print(' '.join(a[4][0] for a in "
-            "socket.getaddrinfo('manager.test', 1, type=socket.SOCK_STREAM)))"],
-            capture_output=True, text=True, check=True).stdout.split()
+        hosts = "127.0.0.1 manager.test\n127.0.0.3 manager.test\n"
+        order = subprocess.run([sys.executable, "-c", "import socket; print(' '.join(a[4][0] for a in "
+                                "socket.getaddrinfo('manager.test', 1, type=socket.SOCK_STREAM)))"],
+                               env=dict(os.environ, **private_hosts(self.scratch, hosts)),
+                               capture_output=True, text=True, check=True).stdout.split()
         self.assertEqual(order, ["127.0.0.1", "127.0.0.3"], "the test needs the dead address first")
         self.agent = Agent(self.manager, self.scratch, hosts=hosts)
         conn = self.manager.wait_connection(timeout=20)
