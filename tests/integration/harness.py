@@ -5,6 +5,7 @@ metadata."""
 import hashlib
 import contextlib
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -58,17 +59,21 @@ class Scratch:
         subprocess.run(["rm", "-rf", "--one-file-system", self.base], check=False)
 
 
-def private_hosts(scratch, text):
+def private_hosts(scratch, text, agent=True):
     """The environment that makes a program resolve host names from `text`
     (a hosts file) instead of /etc/hosts: cwrap's nss_wrapper (Debian
-    package libnss-wrapper), which keeps the file's order of addresses."""
+    package libnss-wrapper), which keeps the file's order of addresses.
+    agent: for the (maybe sanitized) agent rather than another program."""
     path = os.path.join(scratch.base, "hosts")
     with open(path, "w") as f:
         f.write(text)
-    env = {"NSS_WRAPPER_HOSTS": path, "LD_PRELOAD": "libnss_wrapper.so"}
-    if SANITIZED:  # ASan wants to be the first library; nss_wrapper comes before it
-        env["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"
-    return env
+    preload = ["libnss_wrapper.so"]
+    if agent and SANITIZED:
+        # The sanitizer runtime must come first, and its getaddrinfo
+        # interceptor then calls on to nss_wrapper's (the next one).
+        libs = subprocess.run(["ldd", BIN], capture_output=True, text=True, check=True).stdout.split()
+        preload[:0] = [p for p in libs if re.search(r"/lib[at]san\.so", p)]
+    return {"NSS_WRAPPER_HOSTS": path, "LD_PRELOAD": ":".join(preload)}
 
 
 class Agent:

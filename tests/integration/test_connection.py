@@ -22,7 +22,7 @@ class ConnectionTest(AgentTestCase):
         hosts = "127.0.0.1 manager.test\n127.0.0.3 manager.test\n"
         order = subprocess.run([sys.executable, "-c", "import socket; print(' '.join(a[4][0] for a in "
                                 "socket.getaddrinfo('manager.test', 1, type=socket.SOCK_STREAM)))"],
-                               env=dict(os.environ, **private_hosts(self.scratch, hosts)),
+                               env=dict(os.environ, **private_hosts(self.scratch, hosts, agent=False)),
                                capture_output=True, text=True, check=True).stdout.split()
         self.assertEqual(order, ["127.0.0.1", "127.0.0.3"], "the test needs the dead address first")
         self.agent = Agent(self.manager, self.scratch, hosts=hosts)
