@@ -67,6 +67,7 @@ struct ws_client {
     uv_getaddrinfo_t gai;
     bool gai_pending;
     char addr[64];
+    unsigned addr_turn; /* which resolved address to use: moves on after each failed attempt */
     char host_header[300];
 
     struct ws_msg *head, *tail;

@@ -6,7 +6,8 @@
 # two filesystems. The page shows the move as a live progress bar; the
 # terminal prints every move.progress frame; the agent's log follows. On a
 # terminal the page stays up after the move until Ctrl-C (DEMO_NO_HOLD=1: exit
-# at once). Needs root (for the tmpfs mount); installs what it needs first.
+# at once). Needs root (for the tmpfs mount; as another user it goes through
+# sudo if there is one); installs what it needs first (scripts/deps.sh --demo).
 set -eu
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,10 +17,13 @@ size_mb=${DEMO_SIZE_MB:-768}
 work=${DEMO_DIR:-/var/tmp/hostagent-demo}
 
 if [ "$(id -u)" -ne 0 ]; then
-    echo "demo: run as root (it mounts a tmpfs): sudo $0" >&2
+    if command -v sudo >/dev/null; then
+        exec sudo --preserve-env=DEMO_PORT,DEMO_WEB_PORT,DEMO_SIZE_MB,DEMO_DIR,DEMO_NO_HOLD "$0" "$@"
+    fi
+    echo "demo: run as root (it mounts a tmpfs)" >&2
     exit 1
 fi
-"$here/scripts/deps.sh"
+"$here/scripts/deps.sh" --demo
 
 echo "=== building"
 cmake -S "$here" -B "$here/build/demo" -DCMAKE_BUILD_TYPE=Release >/dev/null

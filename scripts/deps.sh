@@ -1,11 +1,29 @@
 #!/bin/sh
-# Installs what hostagent needs to build, test and run the demo on Debian 12.
-# Safe to run again: apt-get only installs what is missing. Needs root.
+# Installs what hostagent needs on Debian 12, with apt-get:
+#   deps.sh          everything: build, the whole test suite (lint, valgrind,
+#                    sanitizers, fuzzers, package checks, the browser test)
+#   deps.sh --demo   only what the demo needs: the build and python3
+# Safe to run again: apt-get only installs what is missing. Installing needs
+# root: as root it runs apt-get itself, otherwise through sudo if there is one.
 set -eu
 
+here=$(cd "$(dirname "$0")/.." && pwd)
+
+# The build (its configure step also wants cmocka, for the unit tests), and
+# what the demo runs (python3, mount/umount, mountpoint).
 PKGS="cmake make gcc pkg-config libwebsockets-dev libwebsockets-evlib-uv \
-libuv1-dev libcjson-dev libxxhash-dev libcmocka-dev python3 valgrind util-linux procps openssl systemd \
-clang-format clang-tidy clang libclang-rt-14-dev chromium python3-prometheus-client"
+libuv1-dev libcjson-dev libxxhash-dev libcmocka-dev python3 util-linux mount procps"
+if [ "${1:-}" != "--demo" ]; then
+    # The suite: unit tests, valgrind, TLS, the unit check, lint and fuzzers
+    # (clang), the package checks (dpkg-shlibdeps, file, lintian), host names
+    # under the tests' control (nss_wrapper), the metrics file read back with
+    # Prometheus' parser, the fault-injecting FUSE filesystem (fuse3,
+    # pyfuse3), ext4 loop images and chattr (e2fsprogs), and the live view in
+    # Debian's chromium.
+    PKGS="$PKGS valgrind openssl systemd clang-format clang-tidy clang \
+libclang-rt-14-dev dpkg-dev file lintian libnss-wrapper python3-prometheus-client \
+fuse3 python3-pyfuse3 python3-trio e2fsprogs chromium"
+fi
 
 missing=""
 for p in $PKGS; do
@@ -13,24 +31,31 @@ for p in $PKGS; do
         missing="$missing $p"
     fi
 done
+if [ "${1:-}" != "--demo" ]; then
+    # Node.js runs the browser test (playwright-core from the npm registry,
+    # pinned in tests/web/package-lock.json). A node or npm already on PATH
+    # (e.g. from NodeSource, whose nodejs conflicts with Debian's npm) is
+    # used as it is; otherwise Debian's nodejs (18) and npm are installed.
+    command -v node >/dev/null || missing="$missing nodejs"
+    command -v npm >/dev/null || missing="$missing npm"
+fi
 
 if [ -n "$missing" ]; then
+    sudo=""
     if [ "$(id -u)" -ne 0 ]; then
-        echo "deps: missing packages:$missing (run as root to install them)" >&2
-        exit 1
+        if ! command -v sudo >/dev/null; then
+            echo "deps: missing packages:$missing (run as root to install them)" >&2
+            exit 1
+        fi
+        sudo=sudo
     fi
     echo "deps: installing$missing"
-    apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
+    $sudo apt-get update -q
+    # shellcheck disable=SC2086 # one word per package
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
 fi
 
-# Node.js runs the browser test (playwright-core from the npm registry, pinned
-# in tests/web/package-lock.json); Debian's chromium is the browser.
-if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-    echo "deps: node and npm are needed for the browser test (Debian: apt-get install nodejs npm)" >&2
-    exit 1
-fi
-if [ ! -d "$(dirname "$0")/../tests/web/node_modules/playwright-core" ]; then
-    (cd "$(dirname "$0")/../tests/web" && npm ci --no-audit --no-fund >/dev/null 2>&1 ||
-        npm install --no-audit --no-fund >/dev/null)
+if [ "${1:-}" != "--demo" ] && [ ! -d "$here/tests/web/node_modules/playwright-core" ]; then
+    echo "deps: npm ci in tests/web (playwright-core)"
+    (cd "$here/tests/web" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 fi

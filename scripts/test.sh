@@ -17,6 +17,10 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 out=${HOSTAGENT_TEST_BUILD_DIR:-$here/build/ci}
 jobs=$(nproc 2>/dev/null || echo 2)
 
+# Root runs everything; another user goes through sudo if there is one.
+if [ "$(id -u)" -ne 0 ] && [ -z "${HOSTAGENT_ALLOW_SKIP_ROOT:-}" ] && command -v sudo >/dev/null; then
+    exec sudo --preserve-env=HOSTAGENT_TEST_BUILD_DIR,FUZZ_SECONDS "$0" "$@"
+fi
 "$here/scripts/deps.sh"
 
 run_build() { # name sanitizer ctest-args...

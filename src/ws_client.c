@@ -228,6 +228,11 @@ static void attempt_over(struct ws_client *c, const char *why)
     }
     if (was_up && now - c->up_since_ms >= UP_RESET_MS)
         c->attempt = 0;
+    /* A name with several addresses (localhost: ::1 and 127.0.0.1) where
+     * the first does not answer: the next attempt tries the next one. One
+     * that worked stays in use. */
+    if (!was_up)
+        c->addr_turn++;
     delay = ws_backoff_delay(c->cfg->reconnect_min_ms, c->cfg->reconnect_max_ms, c->attempt,
                              (double)rand() / ((double)RAND_MAX + 1.0));
     c->attempt++;
@@ -295,6 +300,8 @@ static void connect_to(struct ws_client *c)
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     struct ws_client *c = container_of(req, struct ws_client, gai);
+    struct addrinfo *ai;
+    unsigned n, i;
     c->gai_pending = false;
     if (status == UV_ECANCELED || c->state != CONN_CONNECTING) {
         uv_freeaddrinfo(res);
@@ -309,10 +316,16 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         attempt_over(c, why);
         return;
     }
-    if (res->ai_family == AF_INET6)
-        uv_ip6_name((struct sockaddr_in6 *)(void *)res->ai_addr, c->addr, sizeof c->addr);
+    n = 0;
+    for (ai = res; ai; ai = ai->ai_next)
+        n++;
+    ai = res;
+    for (i = c->addr_turn % n; i > 0; i--)
+        ai = ai->ai_next;
+    if (ai->ai_family == AF_INET6)
+        uv_ip6_name((struct sockaddr_in6 *)(void *)ai->ai_addr, c->addr, sizeof c->addr);
     else
-        uv_ip4_name((struct sockaddr_in *)(void *)res->ai_addr, c->addr, sizeof c->addr);
+        uv_ip4_name((struct sockaddr_in *)(void *)ai->ai_addr, c->addr, sizeof c->addr);
     uv_freeaddrinfo(res);
     connect_to(c);
 }

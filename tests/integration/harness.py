@@ -6,6 +6,7 @@ import hashlib
 import json
 import contextlib
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -66,10 +67,28 @@ class Scratch:
         subprocess.run(["rm", "-rf", "--one-file-system", self.base], check=False)
 
 
+def private_hosts(scratch, text, agent=True):
+    """The environment that makes a program resolve host names from `text`
+    (a hosts file) instead of /etc/hosts: cwrap's nss_wrapper (Debian
+    package libnss-wrapper), which keeps the file's order of addresses.
+    agent: for the (maybe sanitized) agent rather than another program."""
+    path = os.path.join(scratch.base, "hosts")
+    with open(path, "w") as f:
+        f.write(text)
+    preload = ["libnss_wrapper.so"]
+    if agent and SANITIZED:
+        # The sanitizer runtime must come first, and its getaddrinfo
+        # interceptor then calls on to nss_wrapper's (the next one).
+        libs = subprocess.run(["ldd", BIN], capture_output=True, text=True, check=True).stdout.split()
+        preload[:0] = [p for p in libs if re.search(r"/lib[at]san\.so", p)]
+    return {"NSS_WRAPPER_HOSTS": path, "LD_PRELOAD": ":".join(preload)}
+
+
 class Agent:
     """The real hostagent process with a generated config."""
 
-    def __init__(self, manager, scratch, extra=None, env=None, user=None, roots=None, log_name="agent.log"):
+    def __init__(self, manager, scratch, extra=None, env=None, user=None, roots=None, log_name="agent.log",
+                 hosts=None):
         self.cfg_path = os.path.join(scratch.base, "agent.conf")
         self.log_path = os.path.join(scratch.base, log_name)
         # Each test its own control socket: agents of other checkouts may run
@@ -104,6 +123,8 @@ class Agent:
         full_env = dict(os.environ)
         full_env.pop("HOSTAGENT_TOKEN", None)
         full_env.update(env or {})
+        if hosts is not None:
+            full_env.update(private_hosts(scratch, hosts))
         self.logf = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, stderr=self.logf, stdout=self.logf, env=full_env)
 
@@ -154,9 +175,13 @@ class AgentTestCase(unittest.TestCase):
     # --- helpers --------------------------------------------------------
     @contextlib.contextmanager
     def frozen_workers(self):
-        """Freezes only the agent's move threads ("ha-move") with the cgroup v1
+        """Freezes only the agent's move threads ("ha-move") with the cgroup v2
         freezer: the event loop keeps running (timers, frames, requests) while
-        the copy makes no progress at all."""
+        the copy makes no progress at all. The agent goes into a cgroup of its
+        own with a threaded child holding the move threads, and that child is
+        frozen. cgroup2 is mounted privately, so this works the same on a
+        cgroup v2 host (Debian 12), a hybrid one, and in a chroot whose /sys
+        shows no cgroup mounts."""
         pid = self.agent.proc.pid
         tids = []
         for tid in os.listdir("/proc/%d/task" % pid):
@@ -164,33 +189,46 @@ class AgentTestCase(unittest.TestCase):
                 if f.read().strip() == "ha-move":
                     tids.append(tid)
         self.assertTrue(tids, "no move thread to freeze")
-        root = "/sys/fs/cgroup/freezer"
-        self.assertTrue(os.path.isdir(root), "the cgroup v1 freezer is needed for this test")
-        cg = os.path.join(root, "hostagent-test-%d" % os.getpid())
-        os.makedirs(cg, exist_ok=True)
+        with open("/proc/%d/cgroup" % pid) as f:
+            home = [line.strip()[3:] for line in f if line.startswith("0::")]
+        with contextlib.ExitStack() as undo:
+            root = tempfile.mkdtemp(prefix="hostagent-cg2-")
+            undo.callback(os.rmdir, root)
+            r = subprocess.run(["mount", "-t", "cgroup2", "cgroup2", root], capture_output=True, text=True)
+            self.assertEqual(r.returncode, 0, "the cgroup v2 freezer is needed for this test: " + r.stderr)
+            undo.callback(subprocess.run, ["umount", root], check=True)
+            own = os.path.join(root, "hostagent-test-%d" % os.getpid())
+            cg = os.path.join(own, "move")
 
-        def put(path, value):
-            with open(path, "w") as f:
-                f.write(value)
+            def put(path, value):
+                with open(path, "w") as f:
+                    f.write(value)
 
-        def state():
-            with open(os.path.join(cg, "freezer.state")) as f:
-                return f.read().strip()
-        try:
-            for tid in tids:
-                put(os.path.join(cg, "tasks"), tid)
-            put(os.path.join(cg, "freezer.state"), "FROZEN")
-            wait_until(lambda: state() == "FROZEN", 10, "move threads frozen")
-            yield
-        finally:
-            put(os.path.join(cg, "freezer.state"), "THAWED")
-            wait_until(lambda: state() == "THAWED", 10, "move threads thawed")
-            for tid in tids:
+            def frozen():
+                with open(os.path.join(cg, "cgroup.events")) as f:
+                    return dict(line.split() for line in f)["frozen"]
+
+            def go_home():
+                # Back where it was (all its threads follow), if it still runs.
                 try:
-                    put(os.path.join(root, "tasks"), tid)
-                except OSError:
-                    pass  # the thread has ended
-            os.rmdir(cg)
+                    put(os.path.join(root, home[0].lstrip("/") if home else "", "cgroup.procs"), str(pid))
+                except ProcessLookupError:
+                    pass  # it has ended
+            # Undone in reverse: thaw, go home, remove the two cgroups.
+            os.mkdir(own)
+            undo.callback(os.rmdir, own)
+            os.mkdir(cg)
+            undo.callback(os.rmdir, cg)
+            put(os.path.join(own, "cgroup.procs"), str(pid))
+            undo.callback(go_home)
+            put(os.path.join(cg, "cgroup.type"), "threaded")
+            for tid in tids:
+                put(os.path.join(cg, "cgroup.threads"), tid)
+            undo.callback(wait_until, lambda: frozen() == "0", 10, "move threads thawed")
+            undo.callback(put, os.path.join(cg, "cgroup.freeze"), "0")
+            put(os.path.join(cg, "cgroup.freeze"), "1")
+            wait_until(lambda: frozen() == "1", 10, "move threads frozen")
+            yield
 
     @contextlib.contextmanager
     def paused_agent(self):

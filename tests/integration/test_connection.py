@@ -3,13 +3,35 @@ links, reconnect with backoff, and malformed input that never closes it."""
 import json
 import os
 import re
+import subprocess
+import sys
 import time
 import unittest
 
-from harness import AgentTestCase
+from harness import AgentTestCase, Agent, private_hosts
+from refmanager import Manager
 
 
 class ConnectionTest(AgentTestCase):
+    def test_a_name_with_a_dead_first_address_connects_through_the_next(self):
+        # Like localhost on Debian (::1 first, then 127.0.0.1) with a manager
+        # that listens on one of them: the name resolves to 127.0.0.1 (where
+        # nothing listens) first, then 127.0.0.3 (the manager).
+        self.manager.stop()
+        self.manager = Manager(host="127.0.0.3", url_host="manager.test").start()
+        hosts = "127.0.0.1 manager.test\n127.0.0.3 manager.test\n"
+        order = subprocess.run([sys.executable, "-c", "import socket; print(' '.join(a[4][0] for a in "
+                                "socket.getaddrinfo('manager.test', 1, type=socket.SOCK_STREAM)))"],
+                               env=dict(os.environ, **private_hosts(self.scratch, hosts, agent=False)),
+                               capture_output=True, text=True, check=True).stdout.split()
+        self.assertEqual(order, ["127.0.0.1", "127.0.0.3"], "the test needs the dead address first")
+        self.agent = Agent(self.manager, self.scratch, hosts=hosts)
+        conn = self.manager.wait_connection(timeout=20)
+        self.assertEqual(conn.messages[0][1]["subject"], "agent.hello")
+        log = self.agent.log()
+        self.assertLess(log.index("address=127.0.0.1"), log.index("address=127.0.0.3"), log)
+        self.assertIn("connected url=ws://manager.test:%d/agent address=127.0.0.3" % self.manager.port, log)
+
     def test_upgrade_headers_and_hello(self):
         self.manager_url_suffix = None
         conn = self.start_agent(extra={"manager_url": self.manager.url + "/v1?cluster=eu&x=1"})

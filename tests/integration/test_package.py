@@ -1,7 +1,10 @@
 """Install and package: `cmake --install` lays out the binary, the unit, the
 man page and /etc/hostagent/agent.conf (only when absent); `cpack -G DEB`
-builds a package with the right dependencies that installs and runs."""
+(built with Debian's hardening flags, as a Debian build would be) makes a
+package that installs where Debian expects, has the right run-time
+dependencies, passes lintian without errors, and installs and runs."""
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -9,19 +12,68 @@ import unittest
 
 SRC = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
+# Every path in the package, as `dpkg -c` lists it (directories end in /).
+DEB_FILES = """
+./etc/ ./etc/hostagent/ ./etc/hostagent/agent.conf
+./lib/ ./lib/systemd/ ./lib/systemd/system/ ./lib/systemd/system/hostagent.service
+./usr/ ./usr/bin/ ./usr/bin/hostagent
+./usr/share/ ./usr/share/doc/ ./usr/share/doc/hostagent/ ./usr/share/doc/hostagent/README.md
+./usr/share/doc/hostagent/agent.conf.example ./usr/share/doc/hostagent/changelog.gz
+./usr/share/doc/hostagent/copyright
+./usr/share/man/ ./usr/share/man/man8/ ./usr/share/man/man8/hostagent.8.gz
+""".split()
+
+
+def debian_build_env():
+    """The environment of a Debian package build: dpkg-buildflags' hardened
+    CFLAGS (with its CPPFLAGS, which CMake does not read) and LDFLAGS."""
+    env = dict(os.environ, DEB_BUILD_MAINT_OPTIONS="hardening=+all")
+
+    def flags(name):
+        return subprocess.run(["dpkg-buildflags", "--get", name], check=True, capture_output=True, text=True,
+                              env=env).stdout.strip()
+    env["CFLAGS"] = flags("CFLAGS") + " " + flags("CPPFLAGS")
+    env["LDFLAGS"] = flags("LDFLAGS")
+    return env
+
+
+def project_version():
+    with open(os.path.join(SRC, "CMakeLists.txt")) as f:
+        return re.search(r"project\(hostagent VERSION (\S+)", f.read()).group(1)
+
+
+def unsatisfied(depends):
+    """The entries of a Depends field that the installed packages do not satisfy."""
+    bad = []
+    for dep in depends.split(","):
+        m = re.fullmatch(r"\s*([a-z0-9.+-]+)(?:\s*\((>=|<=|>>|<<|=)\s*(\S+)\))?\s*", dep)
+        if not m:
+            bad.append(dep + " (unparsable)")
+            continue
+        name, op, want = m.groups()
+        q = subprocess.run(["dpkg-query", "-W", "-f=${Status} ${Version}", name], capture_output=True, text=True)
+        if q.returncode != 0 or not q.stdout.startswith("install ok installed"):
+            bad.append(dep + " (not installed)")
+            continue
+        have = q.stdout.split()[-1]
+        ops = {">=": "ge", "<=": "le", ">>": "gt", "<<": "lt", "=": "eq"}
+        if op and subprocess.run(["dpkg", "--compare-versions", have, ops[op], want]).returncode != 0:
+            bad.append("%s (installed %s)" % (dep, have))
+    return bad
+
 
 class PackageTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        for tool in ("cmake", "cpack", "dpkg", "dpkg-deb"):
+        for tool in ("cmake", "cpack", "dpkg", "dpkg-deb", "dpkg-buildflags", "dpkg-shlibdeps", "file", "lintian"):
             if not shutil.which(tool):
                 raise AssertionError("%s is needed" % tool)
         cls.work = tempfile.mkdtemp(prefix="hostagent-pkg-")
         cls.build = os.path.join(cls.work, "build")
         subprocess.run(["cmake", "-S", SRC, "-B", cls.build, "-DCMAKE_BUILD_TYPE=Release",
-                        "-DCMAKE_INSTALL_PREFIX=/usr"], check=True, capture_output=True)
-        subprocess.run(["cmake", "--build", cls.build, "-j", "2", "--target", "hostagent"], check=True,
-                       capture_output=True)
+                        "-DCMAKE_INSTALL_PREFIX=/usr"], check=True, capture_output=True, env=debian_build_env())
+        subprocess.run(["cmake", "--build", cls.build, "-j", "2", "--target", "hostagent", "hostagent_docs"],
+                       check=True, capture_output=True)
 
     @classmethod
     def tearDownClass(cls):
@@ -31,10 +83,10 @@ class PackageTest(unittest.TestCase):
         dest = os.path.join(self.work, "dest")
         env = dict(os.environ, DESTDIR=dest)
         subprocess.run(["cmake", "--install", self.build], check=True, capture_output=True, env=env)
-        for rel in ("usr/bin/hostagent", "usr/share/man/man8/hostagent.8", "usr/lib/systemd/system/hostagent.service",
+        for rel in ("usr/bin/hostagent", "usr/share/man/man8/hostagent.8.gz", "lib/systemd/system/hostagent.service",
                     "etc/hostagent/agent.conf", "usr/share/doc/hostagent/agent.conf.example"):
             self.assertTrue(os.path.exists(os.path.join(dest, rel)), rel)
-        with open(os.path.join(dest, "usr/lib/systemd/system/hostagent.service")) as f:
+        with open(os.path.join(dest, "lib/systemd/system/hostagent.service")) as f:
             self.assertIn("ExecStart=/usr/bin/hostagent --config /etc/hostagent/agent.conf", f.read())
         conf = os.path.join(dest, "etc/hostagent/agent.conf")
         with open(conf, "w") as f:
@@ -56,15 +108,71 @@ class PackageTest(unittest.TestCase):
         for word in ("SIGTERM", "SIGHUP", "--check-config", "move"):
             self.assertIn(word.replace("-", "\\-"), man.replace("\\-", "\\-"))
 
-    def test_deb_installs_and_runs(self):
-        r = subprocess.run(["cpack", "-G", "DEB"], cwd=self.build, capture_output=True, text=True)
+    def test_deb_layout_dependencies_and_lintian(self):
+        deb = self.deb()
+        listing = subprocess.run(["dpkg", "-c", deb], check=True, capture_output=True, text=True).stdout
+        rows = [line.split() for line in listing.splitlines()]
+        self.assertEqual(sorted(r[5] for r in rows), sorted(DEB_FILES), listing)
+        modes = {r[5]: (r[0], r[1]) for r in rows}
+        for path, (mode, owner) in modes.items():
+            self.assertEqual(owner, "root/root", path)
+            want = "drwxr-xr-x" if path.endswith("/") else "-rwxr-xr-x" if path == "./usr/bin/hostagent" else "-rw-r--r--"
+            self.assertEqual(mode, want, path)
+        # Stripped: no symbol table left.
+        tmp = os.path.join(self.work, "x")
+        subprocess.run(["dpkg-deb", "-x", deb, tmp], check=True)
+        kind = subprocess.run(["file", "-b", os.path.join(tmp, "usr/bin/hostagent")], check=True, capture_output=True,
+                              text=True).stdout.strip()
+        self.assertTrue(kind.endswith(", stripped"), kind)
+        with open(os.path.join(tmp, "lib/systemd/system/hostagent.service")) as f:
+            self.assertIn("ExecStart=/usr/bin/hostagent --config /etc/hostagent/agent.conf", f.read())
+        # The copyright file carries the project's license text.
+        with open(os.path.join(SRC, "LICENSE")) as f:
+            license_text = f.read().split("\n\n", 2)[2].split()
+        with open(os.path.join(tmp, "usr/share/doc/hostagent/copyright")) as f:
+            self.assertEqual(f.read().split("License: Expat\n", 2)[2].replace(" .\n", "").split(), license_text)
+        # The changelog's newest entry is this version.
+        head = subprocess.run(["zcat", os.path.join(tmp, "usr/share/doc/hostagent/changelog.gz")],
+                              capture_output=True, text=True).stdout.splitlines()[0]
+        self.assertTrue(head.startswith("hostagent (%s) " % project_version()), head)
+
+        depends = subprocess.run(["dpkg-deb", "-f", deb, "Depends"], check=True, capture_output=True,
+                                 text=True).stdout.strip()
+        names = [d.split()[0] for d in depends.split(", ")]
+        # libc and the linked libraries (found by dpkg-shlibdeps), and the libuv
+        # event library of libwebsockets, which is only loaded at run time.
+        for dep in ("libc6", "libwebsockets17", "libwebsockets-evlib-uv", "libuv1", "libcjson1", "libxxhash0"):
+            self.assertIn(dep, names, depends)
+        # Every dependency is satisfied by this Debian (the build host has them all).
+        self.assertEqual(unsatisfied(depends), [], depends)
+
+        r = subprocess.run(["lintian", "--allow-root", "--fail-on", "error", "--no-tag-display-limit", deb],
+                           capture_output=True, text=True)
+        print("\nlintian:\n" + (r.stdout.strip() or "(nothing)"))
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-        debs = [f for f in os.listdir(self.build) if f.endswith(".deb")]
-        self.assertEqual(len(debs), 1)
-        deb = os.path.join(self.build, debs[0])
-        info = subprocess.run(["dpkg-deb", "-f", deb, "Depends"], capture_output=True, text=True).stdout
-        for dep in ("libwebsockets17", "libwebsockets-evlib-uv", "libuv1", "libcjson1", "libxxhash0"):
-            self.assertIn(dep, info)
+        self.assertNotRegex(r.stdout, r"(?m)^[EW]: ", r.stdout)
+
+    def test_deb_needs_a_usr_build(self):
+        other = os.path.join(self.work, "local")
+        subprocess.run(["cmake", "-S", SRC, "-B", other, "-DCMAKE_INSTALL_PREFIX=/usr/local"], check=True,
+                       capture_output=True)
+        r = subprocess.run(["cpack", "-G", "DEB"], cwd=other, capture_output=True, text=True)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertRegex(r.stdout + r.stderr, r"needs a build configured with\s+-DCMAKE_INSTALL_PREFIX=/usr")
+        self.assertEqual([f for f in os.listdir(other) if f.endswith(".deb")], [])
+
+    def deb(self):
+        """The package, made once for the tests that look at it."""
+        if getattr(PackageTest, "_deb", None) is None:
+            r = subprocess.run(["cpack", "-G", "DEB"], cwd=self.build, capture_output=True, text=True)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            debs = [f for f in os.listdir(self.build) if f.endswith(".deb")]
+            self.assertEqual(len(debs), 1)
+            PackageTest._deb = os.path.join(self.build, debs[0])
+        return PackageTest._deb
+
+    def test_deb_installs_and_runs(self):
+        deb = self.deb()
         ctl = os.path.join(self.work, "ctl")
         subprocess.run(["dpkg-deb", "-e", deb, ctl], check=True)
         with open(os.path.join(ctl, "conffiles")) as f:
@@ -80,7 +188,7 @@ class PackageTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         binary = os.path.join(root, "usr/bin/hostagent")
         self.assertEqual(subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.strip(),
-                         "hostagent 0.1.0")
+                         "hostagent " + project_version())
         r = subprocess.run([binary, "--check-config", "--config", os.path.join(root, "etc/hostagent/agent.conf")],
                            capture_output=True, text=True)
         self.assertEqual(r.returncode, 0, r.stderr)
