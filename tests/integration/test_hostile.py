@@ -6,7 +6,7 @@ import os
 import re
 import time
 
-from harness import SANITIZED, AgentTestCase, make_tree, snapshot
+from harness import SANITIZED, AgentTestCase, make_tree, snapshot, wait_until
 
 LONG_SUBJECT = "s" * 300
 DEEP = '{"a":' * 60 + "1" + "}" * 60
@@ -207,11 +207,14 @@ class StatusFloodTest(AgentTestCase):
             with open("/proc/%d/status" % self.agent.proc.pid) as f:
                 return int([ln for ln in f if ln.startswith("VmRSS")][0].split()[1])
         conn.pause_reading(True)
+        # 200 answers of ~256 KiB are 50 MB: far past the 8 MiB mark and the
+        # socket buffers, and still quick to write out afterwards (also under
+        # ASan, where each answer takes longer to build).
         sent = 0
-        while sent < 20000 and "the manager is not reading" not in self.agent.log():
-            for _ in range(50):
-                conn.send_text(json.dumps({"subject": "server.move_status", "reply": "st%d" % sent, "data": {}}))
-                sent += 1
+        while sent < 200:
+            conn.send_text(json.dumps({"subject": "server.move_status", "reply": "st%d" % sent, "data": {}}))
+            sent += 1
+        wait_until(lambda: "the manager is not reading" in self.agent.log(), 60, "the agent to stop reading")
         pause = re.search(r"the manager is not reading.* queued=(\d+) queued_bytes=(\d+)", self.agent.log())
         self.assertIsNotNone(pause, "the agent never stopped reading")
         queued, queued_bytes = int(pause.group(1)), int(pause.group(2))
