@@ -25,6 +25,9 @@
  * sign of life for this long since the stop began: stuck in the kernel on a
  * disk that does not answer. */
 #define AGENT_STOP_STUCK_MS 10000u
+/* A checked request waits at most this long for earlier requests still
+ * being checked, so that moves keep their arrival order. */
+#define AGENT_ORDER_GRACE_MS 200u
 
 /* A move that ended: kept an hour for agent.hello and idempotent retries. */
 /* Under systemd, a stop waiting for rollbacks asks for this much more time,
@@ -55,6 +58,7 @@ struct agent_pending {
     char old_norm[PATH_MAX], new_norm[PATH_MAX]; /* for the order rule */
     struct path_check *check;                    /* NULL once it reported */
     bool timed_out;
+    uint64_t checked_ms;  /* when its check came in (monotonic) */
     char where[PATH_MAX]; /* timed out: the path it hung on ("" unknown) */
     struct path_check_result out;
     struct agent_pending *next;
@@ -79,6 +83,7 @@ struct agent {
     uv_timer_t stop_timer;
     uv_timer_t notify_timer; /* systemd: watchdog pings, stop-timeout extensions */
     uv_timer_t held_timer;   /* retries recording held outcomes */
+    uv_timer_t order_timer;  /* a checked request waits for earlier checks (grace) */
     struct notify notify;
     uint64_t last_watchdog_ms, last_extend_ms;
     struct move *moves; /* not ended, in acceptance order (queued ones too) */

@@ -19,6 +19,7 @@ static void agent_on_held_timer(uv_timer_t *t);
 static void agent_start_queued(struct agent *a);
 static void agent_free_move(struct move *m);
 static void agent_run_deferred(struct agent *a);
+static void agent_decide_pending(struct agent *a);
 
 /* --- sending ---------------------------------------------------------------- */
 
@@ -656,18 +657,34 @@ static void agent_pending_free(struct agent_pending *p)
     free(p);
 }
 
-/* Decides the requests whose checks are in, in arrival order; one waits for
- * an earlier undecided one it could conflict with (same server, same moveId,
- * overlapping paths), so that order keeps deciding who is busy, while
- * unrelated requests never wait for a check stuck on a hung mount. */
+static void agent_on_order_timer(uv_timer_t *t)
+{
+    agent_decide_pending(container_of(t, struct agent, order_timer));
+}
+
+/* Decides the requests whose checks are in, in arrival order: a request
+ * waits for an earlier undecided one it could conflict with (same server,
+ * same moveId, overlapping paths), so that order keeps deciding who is busy;
+ * and for any earlier one still being checked, for at most
+ * AGENT_ORDER_GRACE_MS after its own check came in, so that moves queue in
+ * the order they were asked for (checks run in parallel and finish in any
+ * order) while an unrelated request never waits long for a check stuck on
+ * a hung mount. */
 static void agent_decide_pending(struct agent *a)
 {
     struct agent_pending **pp = &a->pending;
+    uint64_t now = util_mono_ms(), due = 0;
     while (*pp) {
         struct agent_pending *p = *pp;
         bool wait = p->check != NULL;
-        for (struct agent_pending *q = a->pending; !wait && q != p; q = q->next)
+        for (struct agent_pending *q = a->pending; !wait && q != p; q = q->next) {
             wait = pending_conflict(p, q);
+            if (!wait && q->check && now < p->checked_ms + AGENT_ORDER_GRACE_MS) {
+                wait = true;
+                if (!due || p->checked_ms + AGENT_ORDER_GRACE_MS < due)
+                    due = p->checked_ms + AGENT_ORDER_GRACE_MS;
+            }
+        }
         if (wait) {
             pp = &p->next;
             continue;
@@ -676,6 +693,8 @@ static void agent_decide_pending(struct agent *a)
         agent_decide(a, p);
         agent_pending_free(p);
     }
+    if (due)
+        uv_timer_start(&a->order_timer, agent_on_order_timer, due - now, 0);
     agent_run_deferred(a);
 }
 
@@ -692,6 +711,7 @@ static void agent_on_check(void *owner, struct path_check *c, bool timed_out)
         return;
     }
     p->check = NULL;
+    p->checked_ms = util_mono_ms();
     p->timed_out = timed_out;
     if (timed_out) {
         const char *where = atomic_load(&c->where);
@@ -1112,6 +1132,7 @@ static void agent_teardown(struct agent *a)
     uv_close((uv_handle_t *)&a->notify_timer, agent_on_handle_closed);
     uv_close((uv_handle_t *)&a->metrics_timer, agent_on_handle_closed);
     uv_close((uv_handle_t *)&a->held_timer, agent_on_handle_closed);
+    uv_close((uv_handle_t *)&a->order_timer, agent_on_handle_closed);
 }
 
 static void agent_on_stop_timer(uv_timer_t *t)
@@ -1633,6 +1654,7 @@ int agent_init(struct agent *a, const char *config_path, struct config *cfg)
     uv_timer_init(&a->loop, &a->metrics_timer);
     metrics_init(&a->metrics, HOSTAGENT_VERSION, a->cfg.agent_id);
     uv_timer_init(&a->loop, &a->held_timer);
+    uv_timer_init(&a->loop, &a->order_timer);
     notify_init(&a->notify);
     if (a->notify.fd >= 0)
         uv_timer_start(&a->notify_timer, agent_on_notify_timer, 1000, 1000);
