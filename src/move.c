@@ -547,8 +547,12 @@ static void move_on_async(uv_async_t *h)
 {
     struct move *m = container_of(h, struct move, async);
     struct progress_item it;
-    /* Coalescing wake-up: drain everything each time. */
+    /* Coalescing wake-up: drain everything each time, then the report the
+     * worker kept aside while the ring was full: the newest counters, even
+     * if the worker now blocks and pushes nothing for a while. */
     while (m->thread_running && ring_pop(&m->work->ring, &it))
+        move_apply(m, &it);
+    if (m->thread_running && ring_take_kept(&m->work->ring, &it))
         move_apply(m, &it);
     move_maybe_frame(m);
 }

@@ -60,6 +60,58 @@ static void test_concurrent_ring(void **state)
     free(r);
 }
 
+/* A worker that fills the ring while the loop is away and then blocks (a
+ * sync, a slow read): the loop still gets its newest counters. */
+struct blocked_worker {
+    struct progress_ring *r;
+    uv_sem_t pushed, release;
+};
+
+static void blocked_producer(void *arg)
+{
+    struct blocked_worker *b = arg;
+    struct progress_item it;
+    memset(&it, 0, sizeof it);
+    it.kind = PROGRESS_STEP;
+    it.phase = PHASE_COPYING;
+    for (uint64_t i = 1; i <= 1000; i++) {
+        it.bytes_done = i;
+        ring_push(b->r, &it);
+    }
+    uv_sem_post(&b->pushed);
+    uv_sem_wait(&b->release); /* "blocked in the kernel": pushes nothing */
+    it.kind = PROGRESS_END;
+    it.bytes_done = 1001;
+    ring_push(b->r, &it);
+}
+
+static void test_blocked_worker_counters_arrive(void **state)
+{
+    struct blocked_worker b;
+    struct progress_item out;
+    uv_thread_t t;
+    uint64_t last = 0;
+    (void)state;
+    b.r = malloc(sizeof *b.r);
+    ring_init(b.r);
+    assert_int_equal(uv_sem_init(&b.pushed, 0), 0);
+    assert_int_equal(uv_sem_init(&b.release, 0), 0);
+    assert_int_equal(uv_thread_create(&t, blocked_producer, &b), 0);
+    uv_sem_wait(&b.pushed);
+    while (ring_pop(b.r, &out))
+        last = out.bytes_done;
+    if (ring_take_kept(b.r, &out))
+        last = out.bytes_done;
+    assert_int_equal(last, 1000); /* not the 56th report */
+    uv_sem_post(&b.release);
+    uv_thread_join(&t);
+    assert_true(ring_pop(b.r, &out));
+    assert_int_equal(out.kind, PROGRESS_END);
+    uv_sem_destroy(&b.pushed);
+    uv_sem_destroy(&b.release);
+    free(b.r);
+}
+
 /* --- a real move on a real loop ---------------------------------------------- */
 
 struct recorder {
@@ -231,6 +283,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_concurrent_ring),
+        cmocka_unit_test(test_blocked_worker_counters_arrive),
         cmocka_unit_test(test_move_through_ring),
         cmocka_unit_test(test_stop_midway_rolls_back),
     };

@@ -143,6 +143,53 @@ static void test_step_after_phase_keeps_order(void **state)
     free(r);
 }
 
+/* A STEP kept aside while the ring is full reaches the consumer once it has
+ * drained the ring, without the producer pushing again (a worker blocked in
+ * a sync); the wake-up is asked for only when the consumer has not got one
+ * for the kept item already. */
+static void test_kept_step_reaches_consumer(void **state)
+{
+    struct progress_ring *r = malloc(sizeof *r);
+    struct progress_item out, it;
+    unsigned n = 0;
+    (void)state;
+    ring_init(r);
+    for (uint64_t i = 1; i <= RING_CAP - RING_RESERVE; i++) {
+        it = step(i);
+        assert_true(ring_push(r, &it)); /* into the ring: wake */
+    }
+    it = step(100);
+    assert_true(ring_push(r, &it)); /* kept aside: the consumer must know */
+    it = step(101);
+    assert_false(ring_push(r, &it)); /* replaces an untaken one: already woken */
+    assert_false(ring_take_kept(r, &out) && out.bytes_done != 101);
+    ring_init(r);
+    for (uint64_t i = 1; i <= 200; i++) {
+        it = step(i);
+        ring_push(r, &it);
+    }
+    while (ring_pop(r, &out))
+        n++;
+    assert_int_equal(n, RING_CAP - RING_RESERVE);
+    assert_true(ring_take_kept(r, &out));
+    assert_int_equal(out.bytes_done, 200);
+    assert_false(ring_take_kept(r, &out)); /* once */
+    assert_false(ring_flush(r));           /* taken: not sent twice */
+    assert_false(ring_pop(r, &out));
+    /* Taken, then the producer keeps another: a wake-up again. */
+    for (uint64_t i = 201; i <= 200 + RING_CAP - RING_RESERVE; i++) {
+        it = step(i);
+        ring_push(r, &it);
+    }
+    it = step(999);
+    assert_true(ring_push(r, &it));
+    /* A phase item withdraws an untaken kept STEP: it never follows it. */
+    it = phase(PHASE_VERIFYING, PROGRESS_PHASE, 1000);
+    assert_true(ring_push(r, &it));
+    assert_false(ring_take_kept(r, &out));
+    free(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -150,6 +197,7 @@ int main(void)
         cmocka_unit_test(test_full_ring_merges_steps),
         cmocka_unit_test(test_phase_and_end_never_lost),
         cmocka_unit_test(test_step_after_phase_keeps_order),
+        cmocka_unit_test(test_kept_step_reaches_consumer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
