@@ -123,7 +123,9 @@ struct move {
     void (*close_cb)(struct move *m);
 };
 
-/* Sets up the move in phase queued (no frame yet). 0 or negative errno. */
+/* Sets up the move in phase queued (no frame yet). 0 or negative errno;
+ * either way the move is then closed with move_close() (its callback frees
+ * it): a failure may leave handles open. */
 int move_init(struct move *m, uv_loop_t *loop, const struct move_params *p,
               const struct move_ops *ops, void *owner);
 
@@ -156,7 +158,7 @@ uint64_t move_quiet_ms(const struct move *m, uint64_t now);
 void move_detach(struct move *m);
 
 /* Closes the handles; cb runs once they are all closed (then free m). Only
- * after ops->ended. */
+ * after ops->ended, or after move_init failed. */
 void move_close(struct move *m, void (*cb)(struct move *m));
 
 /* Throttle rule of the protocol, as a pure function for the tests: the

@@ -577,7 +577,7 @@ static void agent_accept(struct agent *a, struct agent_pending *p)
     if (move_init(m, &a->loop, &mp, &agent_move_ops, a) != 0) {
         journal_remove(&a->journal, jr->move_id);
         journal_rec_free(jr);
-        free(m);
+        move_close(m, agent_free_move);
         agent_refuse(a, FROM_MANAGER(p->reply), CODE_IO_ERROR, "cannot set up the move",
                      req->server_name);
         return;
@@ -686,9 +686,13 @@ static void agent_on_check(void *owner, struct path_check *c, bool timed_out)
     for (p = a->pending; p && p->check != c; p = p->next)
         ;
     if (!p) {
-        for (struct move *m = a->moves; m; m = m->next)
-            if (m->check == c)
-                agent_recheck_done(m, c, timed_out);
+        /* One move has this check. Found first, then told: its end may
+         * change the list (no pointer into it is held across the call). */
+        struct move *m = a->moves;
+        while (m && m->check != c)
+            m = m->next;
+        if (m)
+            agent_recheck_done(m, c, timed_out);
         return;
     }
     p->check = NULL;
@@ -1568,7 +1572,7 @@ static void agent_recover_one(void *arg, struct journal_rec *r)
     if (move_init(m, &a->loop, &p, &agent_move_ops, a) != 0) {
         LOG(LOG_ERROR, "cannot resume the move; its journal file stays", LF_S("move", r->move_id));
         journal_rec_free(r);
-        free(m);
+        move_close(m, agent_free_move);
         return;
     }
     for (tail = &a->moves; *tail; tail = &(*tail)->next)

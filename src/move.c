@@ -606,32 +606,21 @@ int move_init(struct move *m, uv_loop_t *loop, const struct move_params *p,
     m->work = work_new(p);
     atomic_init(&m->work->seq_sent, m->st.seq);
 
-    rc = uv_async_init(loop, &m->async, move_on_async);
-    if (rc != 0)
-        goto fail_async;
-    m->open_handles++;
+    /* The timers first: their init cannot fail once the loop runs. The
+     * async handle last, so that a failure leaves only timers open. */
     rc = uv_timer_init(loop, &m->timer);
     if (rc != 0)
-        goto fail_handles;
+        return rc;
     m->open_handles++;
     rc = uv_timer_init(loop, &m->limit);
     if (rc != 0)
-        goto fail_handles;
+        return rc;
+    m->open_handles++;
+    rc = uv_async_init(loop, &m->async, move_on_async);
+    if (rc != 0)
+        return rc;
     m->open_handles++;
     return 0;
-
-fail_handles:
-    /* Some handles are open: the caller must still move_close(). */
-    return rc;
-fail_async:
-    work_unref(m->work);
-    free(m->src);
-    free(m->src_root);
-    free(m->dst_root);
-    free(m->dst);
-    free(m->reply);
-    move_state_clear(&m->st);
-    return rc;
 }
 
 void move_queue(struct move *m)
@@ -734,21 +723,26 @@ void move_detach(struct move *m)
         LF_S("phase", move_phase_name(m->st.phase)), LF_S("at", m->st.current_file));
 }
 
+/* Everything but the handles, once they are closed. */
+static void move_release(struct move *m)
+{
+    work_unref(m->work);
+    m->work = NULL;
+    free(m->src);
+    free(m->src_root);
+    free(m->dst_root);
+    free(m->dst);
+    free(m->reply);
+    move_state_clear(&m->st);
+    if (m->close_cb)
+        m->close_cb(m);
+}
+
 static void move_on_handle_closed(uv_handle_t *h)
 {
     struct move *m = h->data;
-    if (--m->open_handles == 0) {
-        work_unref(m->work);
-        m->work = NULL;
-        free(m->src);
-        free(m->src_root);
-        free(m->dst_root);
-        free(m->dst);
-        free(m->reply);
-        move_state_clear(&m->st);
-        if (m->close_cb)
-            m->close_cb(m);
-    }
+    if (--m->open_handles == 0)
+        move_release(m);
 }
 
 void move_close(struct move *m, void (*cb)(struct move *m))
@@ -759,15 +753,14 @@ void move_close(struct move *m, void (*cb)(struct move *m))
     m->timer.data = m;
     m->limit.data = m;
     if (m->open_handles == 0) {
-        if (cb)
-            cb(m);
+        move_release(m);
         return;
     }
-    /* Handles were opened in this order; open_handles only drops in the
-     * close callbacks, which run later. */
+    /* Handles were opened in this order (timer, limit, async); open_handles
+     * only drops in the close callbacks, which run later. */
     if (m->open_handles >= 3)
-        uv_close((uv_handle_t *)&m->limit, move_on_handle_closed);
+        uv_close((uv_handle_t *)&m->async, move_on_handle_closed);
     if (m->open_handles >= 2)
-        uv_close((uv_handle_t *)&m->timer, move_on_handle_closed);
-    uv_close((uv_handle_t *)&m->async, move_on_handle_closed);
+        uv_close((uv_handle_t *)&m->limit, move_on_handle_closed);
+    uv_close((uv_handle_t *)&m->timer, move_on_handle_closed);
 }
