@@ -1428,21 +1428,43 @@ static void agent_settle_rename(struct agent *a, struct journal_rec *r)
     agent_end_recovered(a, r, CODE_NEEDS_ATTENTION, why);
 }
 
+/* The allowed roots holding a journaled move's resolved paths (PATH_MAX
+ * each): the anchors its worker opens them beneath. False, with why, when one
+ * is no longer beneath any allowed root (the root is gone or no longer
+ * configured): then nothing of that move may be touched. */
+static bool agent_roots_of(struct agent *a, const struct journal_rec *r, char *src_root,
+                           char *dst_root, char *why, size_t whysz)
+{
+    bool is_root;
+    const char *lost = NULL;
+    if (!path_check_root_of(a->cfg.allowed_roots, a->cfg.n_allowed_roots, r->src, &is_root,
+                            src_root))
+        lost = r->src;
+    else if (!path_check_root_of(a->cfg.allowed_roots, a->cfg.n_allowed_roots, r->dst, &is_root,
+                                 dst_root))
+        lost = r->dst;
+    if (lost)
+        util_fmt(why, whysz,
+                 "after a restart, %s is no longer beneath an allowed root (allowed_roots changed, "
+                 "or its root is gone); the agent touched nothing: where the server's files are is "
+                 "for the operator to say",
+                 lost);
+    return lost == NULL;
+}
+
 /* A move that ended (and was answered) while its worker was stuck on a disk
  * and that the agent left behind: its partial copy is removed now, on a
  * worker, without frames or a second answer. */
 static void agent_resume_rollback(struct agent *a, struct journal_rec *r)
 {
-    char src_root[PATH_MAX], dst_root[PATH_MAX];
+    char src_root[PATH_MAX], dst_root[PATH_MAX], why[MOVE_ERROR_MAX];
     struct move_params p;
     struct move *m;
-    bool is_root;
-    if (!path_check_root_of(a->cfg.allowed_roots, a->cfg.n_allowed_roots, r->src, &is_root,
-                            src_root))
-        util_fmt(src_root, sizeof src_root, "/");
-    if (!path_check_root_of(a->cfg.allowed_roots, a->cfg.n_allowed_roots, r->dst, &is_root,
-                            dst_root))
-        util_fmt(dst_root, sizeof dst_root, "/");
+    if (!agent_roots_of(a, r, src_root, dst_root, why, sizeof why)) {
+        LOG(LOG_ERROR, "cannot roll back a move left behind; its journal file stays",
+            LF_S("move", r->move_id), LF_S("error", why));
+        return;
+    }
     p = (struct move_params){
         .move_id = r->move_id,
         .server_name = r->server_name,
@@ -1507,7 +1529,7 @@ static void agent_recover_one(void *arg, struct journal_rec *r)
     struct move_state st;
     struct move_params p;
     struct move *m, **tail;
-    static char src_root[PATH_MAX], dst_root[PATH_MAX]; /* copied by move_init */
+    char src_root[PATH_MAX], dst_root[PATH_MAX], why[MOVE_ERROR_MAX];
 
     if (move_phase_terminal(r->phase)) {
         uint64_t now = util_wall_ms(), age = now > r->ended_at_ms ? now - r->ended_at_ms : 0;
@@ -1541,15 +1563,11 @@ static void agent_recover_one(void *arg, struct journal_rec *r)
         agent_settle_rename(a, r);
         return;
     }
-    /* Undo the partial copy, or finish removing the source: a worker's job. */
-    {
-        bool is_root;
-        if (!path_check_root_of(a->cfg.allowed_roots, a->cfg.n_allowed_roots, r->src, &is_root,
-                                src_root))
-            util_fmt(src_root, sizeof src_root, "/");
-        if (!path_check_root_of(a->cfg.allowed_roots, a->cfg.n_allowed_roots, r->dst, &is_root,
-                                dst_root))
-            util_fmt(dst_root, sizeof dst_root, "/");
+    /* Undo the partial copy, or finish removing the source: a worker's job,
+     * beneath the roots that hold the paths now. */
+    if (!agent_roots_of(a, r, src_root, dst_root, why, sizeof why)) {
+        agent_end_recovered(a, r, CODE_NEEDS_ATTENTION, why);
+        return;
     }
     p = (struct move_params){
         .move_id = r->move_id,
