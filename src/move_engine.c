@@ -361,24 +361,41 @@ static void hl_free(struct hl_table *t)
     t->cap = t->used = 0;
 }
 
+/* The one rule for every path walked one name at a time: a component is a
+ * name (not empty, "." or "..", which would leave the directory the walk
+ * must stay beneath: -EXDEV) of at most NAME_MAX bytes (-ENAMETOOLONG). */
+static int component_check(const char *name, size_t n)
+{
+    if (n > NAME_MAX)
+        return -ENAMETOOLONG;
+    if (n == 0 || (n <= 2 && name[0] == '.' && (n == 1 || name[1] == '.')))
+        return -EXDEV;
+    return 0;
+}
+
+/* Opens the directory named by the n bytes at name beneath dirfd under that
+ * rule, following no symlink, closed on exec. -1 with errno on failure. */
+static int open_component(int dirfd, const char *name, size_t n)
+{
+    char comp[NAME_MAX + 1];
+    int rc = component_check(name, n);
+    if (rc != 0) {
+        errno = -rc;
+        return -1;
+    }
+    memcpy(comp, name, n);
+    comp[n] = '\0';
+    return openat(dirfd, comp, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+}
+
 /* Opens the directory holding `rel` (relative to root) one component at a
  * time, so that any path length works and no symlink is followed. */
 static int open_parent_of(int root, const char *rel, const char **base)
 {
-    char comp[NAME_MAX + 1];
     const char *p = rel, *slash;
-    int fd = dup(root);
+    int fd = fcntl(root, F_DUPFD_CLOEXEC, 0);
     while (fd >= 0 && (slash = strchr(p, '/')) != NULL) {
-        size_t n = (size_t)(slash - p);
-        int next;
-        if (n > NAME_MAX) {
-            close(fd);
-            errno = ENAMETOOLONG;
-            return -1;
-        }
-        memcpy(comp, p, n);
-        comp[n] = '\0';
-        next = openat(fd, comp, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        int next = open_component(fd, p, (size_t)(slash - p));
         close(fd);
         fd = next;
         p = slash + 1;
@@ -1472,7 +1489,6 @@ static void eng_rollback(struct eng *e)
 static int open_beneath(int dirfd, const char *rel)
 {
     struct open_how how;
-    char comp[NAME_MAX + 1];
     const char *p = rel;
     long r;
     int fd;
@@ -1486,15 +1502,7 @@ static int open_beneath(int dirfd, const char *rel)
     while (fd >= 0 && *p) {
         const char *slash = strchr(p, '/');
         size_t n = slash ? (size_t)(slash - p) : strlen(p);
-        int next;
-        if (n == 0 || n > NAME_MAX || (n <= 2 && p[0] == '.' && (n == 1 || p[1] == '.'))) {
-            close(fd);
-            errno = EXDEV;
-            return -1;
-        }
-        memcpy(comp, p, n);
-        comp[n] = '\0';
-        next = openat(fd, comp, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        int next = open_component(fd, p, n);
         close(fd);
         fd = next;
         p += n + (slash ? 1 : 0);
@@ -1557,7 +1565,9 @@ static int eng_open_dst_parent(struct eng *e, bool create)
     while ((slash = strchr(p, '/')) != NULL) {
         size_t n = (size_t)(slash - p);
         int next;
-        if (n == 0 || n > NAME_MAX) {
+        /* The rule first: nothing is made under a name open_component
+         * would then refuse. */
+        if (component_check(p, n) != 0) {
             close(fd);
             return eng_fail_changed(e, EXDEV, e->job->dst);
         }
@@ -1572,7 +1582,7 @@ static int eng_open_dst_parent(struct eng *e, bool create)
             close(fd);
             return eng_fail_at(e, err, "create directory", made, NULL);
         }
-        next = openat(fd, comp, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        next = open_component(fd, p, n);
         close(fd);
         if (next < 0) {
             if (!create && errno == ENOENT)
