@@ -18,13 +18,11 @@ enum progress_kind {
 struct progress_item {
     enum progress_kind kind;
     enum move_phase phase;
-    uint64_t bytes_done, bytes_total;
-    uint64_t files_done, files_total;
-    uint64_t phase_done, phase_total; /* for phasePercent */
-    enum move_code code;              /* PROGRESS_END only */
-    char error[MOVE_ERROR_MAX];       /* PROGRESS_END only */
-    bool warning;                     /* PROGRESS_END: a success; code and error are its warning */
-    char current[MOVE_CURRENT_MAX];   /* relative path, "" when none */
+    struct move_counters count;
+    enum move_code code;            /* PROGRESS_END only */
+    char error[MOVE_ERROR_MAX];     /* PROGRESS_END only */
+    bool warning;                   /* PROGRESS_END: a success; code and error are its warning */
+    char current[MOVE_CURRENT_MAX]; /* relative path, "" when none */
 };
 
 #define RING_CAP 64u /* power of two */

@@ -5,6 +5,7 @@
 #include "protocol.h"
 #include "util.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -184,8 +185,8 @@ static cJSON *agent_move_answer(const struct move_state *s)
         cJSON_AddStringToObject(d, "oldPath", s->old_path);
         cJSON_AddStringToObject(d, "newPath", s->new_path);
         cJSON_AddStringToObject(d, "method", s->rename ? "rename" : "copy");
-        json_add_u64(d, "bytesCopied", s->bytes_copied);
-        json_add_u64(d, "filesCopied", s->files_copied);
+        json_add_u64(d, "bytesCopied", s->count.bytes_copied);
+        json_add_u64(d, "filesCopied", s->count.files_copied);
         json_add_u64(d, "durationMs", s->ended_at_ms - s->started_at_ms);
         if (s->warning_code != CODE_NONE) {
             /* The cleaning stopped: the server lives at newPath all the same. */
@@ -234,54 +235,44 @@ static void agent_on_ended(struct move *m)
     bool orphan = move_is_running(m);
     cJSON *answer = agent_move_answer(&m->st);
     char *printed = cJSON_PrintUnformatted(answer);
-    char rate[24], key[MOVE_ID_MAX + 16];
+    char rate[24];
     struct journal_rec *jr = m->jr;
+    enum move_phase journaled;
+    struct agent_ended *h;
     uint64_t dur = m->st.ended_at_ms - m->st.started_at_ms;
 
-    util_fmt_rate(rate, sizeof rate, dur ? m->st.bytes_copied * 1000u / dur : 0);
+    util_fmt_rate(rate, sizeof rate, dur ? m->st.count.bytes_copied * 1000u / dur : 0);
     LOG(m->st.phase == PHASE_COMPLETE && !m->st.warning_code ? LOG_INFO : LOG_WARN, "move ended",
         LF_S("move", m->st.move_id), LF_S("server", m->st.server_name),
         LF_S("outcome", move_phase_name(m->st.phase)),
         LF_S("code", m->st.code ? move_code_name(m->st.code) : "none"), LF_S("error", m->st.error),
-        LF_S("warning", m->st.warning), LF_U("bytes", m->st.bytes_copied),
-        LF_U("files", m->st.files_copied), LF_U("duration_ms", dur), LF_S("avg_rate", rate));
+        LF_S("warning", m->st.warning), LF_U("bytes", m->st.count.bytes_copied),
+        LF_U("files", m->st.count.files_copied), LF_U("duration_ms", dur), LF_S("avg_rate", rate));
     metrics_move_ended(&a->metrics, &m->st);
-    if (jr) {
-        /* The outcome is durable before the terminal frame and the answer go
-         * out; if it cannot be recorded it is held (see agent_ended.held). */
-        enum move_phase journaled = jr->phase;
-        struct agent_ended *h;
-        jr->phase = m->st.phase;
-        jr->code = m->st.code;
-        util_fmt(jr->error, sizeof jr->error, "%s", m->st.error);
-        jr->bytes_total = m->st.bytes_total;
-        jr->bytes_copied = m->st.bytes_copied;
-        jr->files_total = m->st.files_total;
-        jr->files_copied = m->st.files_copied;
-        jr->seq = m->st.seq;
-        jr->ended_at_ms = m->st.ended_at_ms;
-        free(jr->answer);
-        jr->answer = xstrdup(printed ? printed : "{}");
-        jr->delivered = false;
-        jr->rollback_pending = orphan;
-        jr->rollback_phase = m->abandoned_phase;
-        if (!orphan)
-            m->jr = NULL; /* the history's now; an orphan keeps a pointer to it */
-        h = history_add(a, &m->st, jr->answer, jr, util_mono_ms());
-        if (journal_write(&a->journal, jr) == 0)
-            agent_resend_outcome(a, jr, &m->st);
-        else
-            agent_hold(a, h, journaled);
-        cJSON_Delete(answer);
-    } else {
-        history_add(a, &m->st, printed ? printed : "{}", NULL, util_mono_ms());
-        if (m->reply) {
-            ack_key(key, sizeof key, "answer", m->st.move_id);
-            agent_send(a, m->reply, answer, NULL, true, key);
-        } else {
-            cJSON_Delete(answer);
-        }
-    }
+    /* Every move of the agent has its record (made from it, move_params):
+     * the outcome is durable before the terminal frame and the answer go
+     * out; if it cannot be recorded it is held (see agent_ended.held). */
+    assert(jr != NULL);
+    journaled = jr->phase;
+    jr->phase = m->st.phase;
+    jr->code = m->st.code;
+    util_fmt(jr->error, sizeof jr->error, "%s", m->st.error);
+    jr->count = m->st.count;
+    jr->seq = m->st.seq;
+    jr->ended_at_ms = m->st.ended_at_ms;
+    free(jr->answer);
+    jr->answer = xstrdup(printed ? printed : "{}");
+    jr->delivered = false;
+    jr->rollback_pending = orphan;
+    jr->rollback_phase = m->abandoned_phase;
+    if (!orphan)
+        m->jr = NULL; /* the history's now; an orphan keeps a pointer to it */
+    h = history_add(a, &m->st, jr->answer, jr, util_mono_ms());
+    if (journal_write(&a->journal, jr) == 0)
+        agent_resend_outcome(a, jr, &m->st);
+    else
+        agent_hold(a, h, journaled);
+    cJSON_Delete(answer);
     cJSON_free(printed);
 
     for (pp = &a->moves; *pp; pp = &(*pp)->next) {
@@ -556,22 +547,13 @@ static void agent_accept(struct agent *a, struct agent_pending *p)
         return;
     }
     mp = (struct move_params){
-        .move_id = id,
-        .server_name = req->server_name,
-        .old_path = req->old_path,
-        .new_path = req->new_path,
-        .src = res->old_real,
-        .dst = res->new_real,
+        .jr = jr,
+        .journal = &a->journal,
         .src_root = res->src_root,
         .dst_root = res->dst_root,
-        .reply = p->reply,
-        .rename = res->rename,
-        .verify = a->cfg.verify,
         .progress_interval_ms = a->cfg.progress_interval_ms,
         .move_timeout_ms = a->cfg.move_timeout_ms,
         .stall_timeout_ms = a->cfg.stall_timeout_ms,
-        .jr = jr,
-        .journal = &a->journal,
     };
     m = xmalloc(sizeof *m);
     if (move_init(m, &a->loop, &mp, &agent_move_ops, a) != 0) {
@@ -1466,19 +1448,11 @@ static void agent_resume_rollback(struct agent *a, struct journal_rec *r)
         return;
     }
     p = (struct move_params){
-        .move_id = r->move_id,
-        .server_name = r->server_name,
-        .old_path = r->old_path,
-        .new_path = r->new_path,
-        .src = r->src,
-        .dst = r->dst,
-        .src_root = src_root,
-        .dst_root = dst_root,
-        .rename = r->rename,
-        .verify = r->verify,
-        .progress_interval_ms = a->cfg.progress_interval_ms,
         .jr = r,
         .journal = &a->journal,
+        .src_root = src_root,
+        .dst_root = dst_root,
+        .progress_interval_ms = a->cfg.progress_interval_ms,
         .mode = ENGINE_UNDO,
         .silent = true,
     };
@@ -1570,20 +1544,11 @@ static void agent_recover_one(void *arg, struct journal_rec *r)
         return;
     }
     p = (struct move_params){
-        .move_id = r->move_id,
-        .server_name = r->server_name,
-        .old_path = r->old_path,
-        .new_path = r->new_path,
-        .src = r->src,
-        .dst = r->dst,
-        .src_root = src_root,
-        .dst_root = dst_root,
-        .reply = r->reply,
-        .rename = r->rename,
-        .verify = r->verify,
-        .progress_interval_ms = a->cfg.progress_interval_ms,
         .jr = r,
         .journal = &a->journal,
+        .src_root = src_root,
+        .dst_root = dst_root,
+        .progress_interval_ms = a->cfg.progress_interval_ms,
         .mode = r->phase == PHASE_CLEANING ? ENGINE_FINISH : ENGINE_UNDO,
     };
     m = xmalloc(sizeof *m);

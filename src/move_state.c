@@ -112,10 +112,10 @@ cJSON *move_state_to_json(const struct move_state *s)
     cJSON_AddStringToObject(o, "newPath", s->new_path ? s->new_path : "");
     cJSON_AddStringToObject(o, "phase", move_phase_name(s->phase));
     cJSON_AddStringToObject(o, "method", s->rename ? "rename" : "copy");
-    json_add_u64(o, "bytesTotal", s->bytes_total);
-    json_add_u64(o, "bytesCopied", s->bytes_copied);
-    json_add_u64(o, "filesTotal", s->files_total);
-    json_add_u64(o, "filesCopied", s->files_copied);
+    json_add_u64(o, "bytesTotal", s->count.bytes_total);
+    json_add_u64(o, "bytesCopied", s->count.bytes_copied);
+    json_add_u64(o, "filesTotal", s->count.files_total);
+    json_add_u64(o, "filesCopied", s->count.files_copied);
     add_percent(o, "percent", s->percent);
     add_percent(o, "phasePercent", s->phase_percent);
     json_add_u64(o, "bytesPerSecond", s->bytes_per_second);

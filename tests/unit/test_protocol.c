@@ -213,10 +213,10 @@ static void test_move_state_json(void **state)
     s.old_path = "/a";
     s.new_path = "/b";
     s.phase = PHASE_COPYING;
-    s.bytes_total = 9007199254740993ull; /* 2^53 + 1: not exact as a double */
-    s.bytes_copied = 1;
-    s.files_total = 10;
-    s.files_copied = 3;
+    s.count.bytes_total = 9007199254740993ull; /* 2^53 + 1: not exact as a double */
+    s.count.bytes_copied = 1;
+    s.count.files_total = 10;
+    s.count.files_copied = 3;
     s.percent = 42.123;
     s.phase_percent = 42.123;
     s.bytes_per_second = 1000;

@@ -16,8 +16,8 @@ static struct progress_item step(uint64_t n)
     memset(&it, 0, sizeof it);
     it.kind = PROGRESS_STEP;
     it.phase = PHASE_COPYING;
-    it.bytes_done = n;
-    it.files_done = n;
+    it.count.bytes_copied = n;
+    it.count.files_copied = n;
     return it;
 }
 
@@ -42,13 +42,13 @@ static void test_fifo_and_wraparound(void **state)
         assert_true(ring_push(r, &it));
         if (i % 3 == 2) {
             while (ring_pop(r, &out)) {
-                assert_int_equal(out.bytes_done, next_expected);
+                assert_int_equal(out.count.bytes_copied, next_expected);
                 next_expected++;
             }
         }
     }
     while (ring_pop(r, &out))
-        assert_int_equal(out.bytes_done, next_expected++);
+        assert_int_equal(out.count.bytes_copied, next_expected++);
     assert_int_equal(next_expected, RING_CAP * 50);
     assert_int_equal(r->merged, 0);
     assert_false(ring_pop(r, &out));
@@ -69,18 +69,18 @@ static void test_full_ring_merges_steps(void **state)
     }
     /* Steps fill all but the reserve; the rest merged into one kept aside. */
     assert_true(r->has_pending);
-    assert_int_equal(r->pending.bytes_done, 1000);
+    assert_int_equal(r->pending.count.bytes_copied, 1000);
     assert_int_equal(r->merged, 1000 - (RING_CAP - RING_RESERVE) - 1);
     while (ring_pop(r, &out)) {
-        assert_true(out.bytes_done > last);
-        last = out.bytes_done;
+        assert_true(out.count.bytes_copied > last);
+        last = out.count.bytes_copied;
         n++;
     }
     assert_int_equal(n, RING_CAP - RING_RESERVE);
     /* Room again: the kept step is flushed, newest state delivered. */
     assert_true(ring_flush(r));
     assert_true(ring_pop(r, &out));
-    assert_int_equal(out.bytes_done, 1000);
+    assert_int_equal(out.count.bytes_copied, 1000);
     assert_false(ring_flush(r));
     free(r);
 }
@@ -120,7 +120,7 @@ static void test_phase_and_end_never_lost(void **state)
     assert_int_equal(seen[3], PHASE_CLEANING);
     assert_int_equal(seen[4], PHASE_COMPLETE);
     assert_int_equal(out.kind, PROGRESS_END);
-    assert_int_equal(out.bytes_done, 99999);
+    assert_int_equal(out.count.bytes_copied, 99999);
     free(r);
 }
 
@@ -138,7 +138,7 @@ static void test_step_after_phase_keeps_order(void **state)
     assert_int_equal(out.kind, PROGRESS_PHASE);
     assert_true(ring_pop(r, &out));
     assert_int_equal(out.kind, PROGRESS_STEP);
-    assert_int_equal(out.bytes_done, 2);
+    assert_int_equal(out.count.bytes_copied, 2);
     assert_false(ring_pop(r, &out));
     free(r);
 }
@@ -162,7 +162,7 @@ static void test_kept_step_reaches_consumer(void **state)
     assert_true(ring_push(r, &it)); /* kept aside: the consumer must know */
     it = step(101);
     assert_false(ring_push(r, &it)); /* replaces an untaken one: already woken */
-    assert_false(ring_take_kept(r, &out) && out.bytes_done != 101);
+    assert_false(ring_take_kept(r, &out) && out.count.bytes_copied != 101);
     ring_init(r);
     for (uint64_t i = 1; i <= 200; i++) {
         it = step(i);
@@ -172,7 +172,7 @@ static void test_kept_step_reaches_consumer(void **state)
         n++;
     assert_int_equal(n, RING_CAP - RING_RESERVE);
     assert_true(ring_take_kept(r, &out));
-    assert_int_equal(out.bytes_done, 200);
+    assert_int_equal(out.count.bytes_copied, 200);
     assert_false(ring_take_kept(r, &out)); /* once */
     assert_false(ring_flush(r));           /* taken: not sent twice */
     assert_false(ring_pop(r, &out));
