@@ -86,6 +86,11 @@ struct move_state {
 
 const char *move_phase_name(enum move_phase p);
 bool move_phase_terminal(enum move_phase p);
+/* The phases' state machine: queued -> calculating -> copying -> verifying ->
+ * cleaning -> complete, forward only (a rename, or a move resumed from the
+ * journal, skips some), and error or cancelled (or complete) from any phase
+ * that has not ended. An ended move changes no more. */
+bool move_phase_may_follow(enum move_phase from, enum move_phase to);
 const char *move_code_name(enum move_code c);
 /* The code named s (not CODE_NONE); false when there is none. */
 bool move_code_from(const char *s, enum move_code *c);

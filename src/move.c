@@ -200,11 +200,20 @@ static void move_worker(void *arg)
 
 /* --- loop side: state ------------------------------------------------------ */
 
+/* Logs and takes a phase change the state machine allows; refuses any other
+ * (a bug: asserted in debug builds, logged and ignored otherwise). */
 static void enter_state(struct move *m, enum move_phase next)
 {
     uint64_t now = util_mono_ms();
     if (m->st.phase == next)
         return;
+    if (!move_phase_may_follow(m->st.phase, next)) {
+        LOG(LOG_ERROR, "refused a move phase change the state machine does not allow",
+            LF_S("move", m->st.move_id), LF_S("from", move_phase_name(m->st.phase)),
+            LF_S("to", move_phase_name(next)));
+        assert(!"move phase change not allowed");
+        return;
+    }
     LOG(LOG_INFO, "move phase", LF_S("move", m->st.move_id), LF_S("server", m->st.server_name),
         LF_S("from", move_phase_name(m->st.phase)), LF_S("to", move_phase_name(next)),
         LF_U("phase_ms", now - m->phase_started_ms));

@@ -46,6 +46,13 @@ bool move_phase_terminal(enum move_phase p)
     return p == PHASE_COMPLETE || p == PHASE_ERROR || p == PHASE_CANCELLED;
 }
 
+bool move_phase_may_follow(enum move_phase from, enum move_phase to)
+{
+    if (move_phase_terminal(from))
+        return false;
+    return move_phase_terminal(to) || to > from;
+}
+
 const char *move_code_name(enum move_code c)
 {
     return (unsigned)c < ARRAY_SIZE(code_names) ? code_names[c] : "io_error";
