@@ -58,7 +58,4 @@ void agent_run_deferred(struct agent *a);
 /* agent_recovery.c: the moves found in the journal at start */
 void agent_recover(struct agent *a);
 
-/* agent.c: the lifecycle: start, signals, reload, stop, teardown */
-void agent_maybe_finish_stop(struct agent *a);
-
 #endif

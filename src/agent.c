@@ -185,7 +185,7 @@ static bool agent_left_behind(const struct agent *a, const struct move *m, uint6
  * of ended moves, a move in cleaning): while they show signs of life, and
  * at least AGENT_STOP_STUCK_MS after the stop began; then they are left
  * behind (their journal records say what the next start must finish). */
-void agent_maybe_finish_stop(struct agent *a)
+static void agent_maybe_finish_stop(struct agent *a)
 {
     uint64_t now = util_mono_ms();
     unsigned stuck = 0;
@@ -208,6 +208,15 @@ void agent_maybe_finish_stop(struct agent *a)
     uv_timer_stop(&a->stop_wait);
     uv_timer_start(&a->stop_timer, agent_on_stop_timer, AGENT_STOP_GRACE_MS, 0);
     ws_client_shutdown(&a->ws);
+}
+
+/* A move left the list: its slot is free (the next queued one starts,
+ * unless the agent stops), and a stop may be able to finish now. */
+static void agent_on_move_gone(struct agent *a, bool released)
+{
+    if (!released && !a->stopping)
+        agent_start_queued(a);
+    agent_maybe_finish_stop(a);
 }
 
 static void agent_on_stop_wait(uv_timer_t *t)
@@ -316,6 +325,7 @@ int agent_init(struct agent *a, const char *config_path, struct config *cfg)
     a->cfg = *cfg;
     memset(cfg, 0, sizeof *cfg);
     a->config_path = xstrdup(config_path);
+    a->move_gone = agent_on_move_gone;
     a->started_wall_ms = util_wall_ms();
     a->started_mono = util_mono_ms();
     if (gethostname(a->hostname, sizeof a->hostname) != 0)

@@ -276,9 +276,7 @@ static void agent_on_ended(struct move *m)
     } else {
         move_close(m, agent_free_move);
     }
-    if (!a->stopping)
-        agent_start_queued(a);
-    agent_maybe_finish_stop(a);
+    a->move_gone(a, false);
 }
 
 /* The worker of an ended move came back: its rollback is done. */
@@ -303,7 +301,7 @@ static void agent_on_released(struct move *m)
         m->jr = NULL;
     }
     move_close(m, agent_free_move);
-    agent_maybe_finish_stop(a);
+    a->move_gone(a, true);
 }
 
 const struct move_ops agent_move_ops = {
