@@ -60,7 +60,7 @@ struct agent_pending {
     struct agent_pending *next;
 };
 
-/* A request that waits for an earlier request's check (see agent.c). */
+/* A request that waits for an earlier request's check (see agent_requests.c). */
 struct agent_deferred {
     uint64_t seq;
     struct frame f;
