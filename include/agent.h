@@ -64,7 +64,7 @@ struct agent_pending {
     struct agent_pending *next;
 };
 
-/* A request that waits for an earlier request's check (see agent.c). */
+/* A request that waits for an earlier request's check (see agent_requests.c). */
 struct agent_deferred {
     uint64_t seq;
     struct frame f;
@@ -106,6 +106,10 @@ struct agent {
     /* metrics_file: rewritten every heartbeat_interval, also while stopping. */
     uv_timer_t metrics_timer;
     struct metrics metrics;
+    /* The lifecycle's reaction when a move left the list (released: an
+     * orphan's worker came back): the queue moves on, a stop may finish.
+     * Set by agent_init, called by agent_moves.c, which sits below it. */
+    void (*move_gone)(struct agent *a, bool released);
 };
 
 /* Takes ownership of cfg. 0 or negative errno (nothing started then). */

@@ -54,7 +54,7 @@ struct journal_rec {
     size_t n_made;
     uint64_t started_at_ms, ended_at_ms, seq;
     enum move_phase phase;
-    uint64_t bytes_total, bytes_copied, files_total, files_copied;
+    struct move_counters count; /* phase_done and phase_total are not kept */
     enum move_code code;
     char error[MOVE_ERROR_MAX];
     char *answer;   /* the answer's data object, printed; NULL until the end */

@@ -32,24 +32,19 @@ struct move_ops {
     void (*released)(struct move *m);
 };
 
+/* A move is made from its journal record: its identity, the paths as
+ * requested (shown in MoveState) and resolved (what the engine works on), the
+ * reply subject, the method and verify mode, and for a resumed move where it
+ * was left; the parameters add only what the record does not hold. */
 struct move_params {
-    const char *move_id;
-    const char *server_name;
-    const char *old_path; /* as requested: shown in MoveState */
-    const char *new_path;
-    const char *src; /* resolved: what the engine works on */
-    const char *dst;
-    const char *src_root, *dst_root; /* the allowed roots holding them (NULL: "/") */
-    const char *reply;               /* NULL: no answer wanted */
-    bool rename;
-    enum verify_mode verify;
+    /* The owner's; it outlives the move's end. The worker rewrites it at each
+     * phase change (when journal is set), the owner before and after. */
+    struct journal_rec *jr;
+    const struct journal *journal;   /* NULL: the record is never written */
+    const char *src_root, *dst_root; /* the allowed roots holding src, dst (NULL: "/") */
     uint64_t progress_interval_ms;
     uint64_t move_timeout_ms;  /* 0: none; counted from leaving the queue */
     uint64_t stall_timeout_ms; /* 0: none; no byte, entry or phase progress */
-    /* The move's journal record (the owner's; NULL: no journal). The worker
-     * rewrites it at each phase change, the owner before and after. */
-    struct journal_rec *jr;
-    const struct journal *journal;
     /* ENGINE_UNDO/ENGINE_FINISH: a move found unfinished in the journal at
      * start; it resumes from jr's phase, counters and seq. */
     enum engine_mode mode;
@@ -71,11 +66,8 @@ struct move_params {
 struct move_work;
 
 struct move {
-    struct move_state st; /* the loop's view: what the next frame shows */
-    char *reply;
-    char *src, *dst;
-    char *src_root, *dst_root; /* NULL: "/" */
-    enum verify_mode verify;
+    struct move_state st;  /* the loop's view: what the next frame shows */
+    const char *src, *dst; /* resolved: the worker block's (they never change) */
     uint64_t progress_interval_ms;
     const struct move_ops *ops;
     void *owner;
@@ -85,10 +77,10 @@ struct move {
     uv_async_t async; /* worker -> loop: "the ring has items" */
     uv_timer_t timer; /* a throttled frame that is due later */
     uv_timer_t limit; /* once a second while running: move_timeout, stall_timeout */
-    uv_thread_t thread;
     bool thread_running;
-    /* What the worker uses (ring, stop word, paths): its own block, so that a
-     * worker stuck in the kernel can outlive this struct. */
+    /* What the worker shares with the loop (ring, stop word, seq, journal
+     * record, thread, the job's inputs): its own block (move_work.h), so that
+     * a worker stuck in the kernel can outlive this struct. */
     struct move_work *work;
     bool abandoned;                  /* ended by the loop while the worker is stuck */
     enum move_phase abandoned_phase; /* the phase it was in then */
@@ -104,8 +96,7 @@ struct move {
     uint64_t mono_started;
     uint64_t mono_run_started;     /* left the queue (0 while queued) */
     char stop_why[MOVE_ERROR_MAX]; /* the error text of a requested stop */
-    struct journal_rec *jr;
-    const struct journal *journal;
+    struct journal_rec *jr;        /* the owner's, until it takes it at the end */
     enum engine_mode mode;
     uint64_t move_timeout_ms, stall_timeout_ms;
     uint64_t last_progress_ms; /* last time a counter or the phase moved */
@@ -117,13 +108,14 @@ struct move {
         uint64_t t, bytes;
     } samples[MOVE_RATE_SAMPLES];
     unsigned n_samples, sample_pos;
-    uint64_t phase_done, phase_total;
 
     int open_handles;
     void (*close_cb)(struct move *m);
 };
 
-/* Sets up the move in phase queued (no frame yet). 0 or negative errno. */
+/* Sets up the move in phase queued (no frame yet). 0 or negative errno;
+ * either way the move is then closed with move_close() (its callback frees
+ * it): a failure may leave handles open. */
 int move_init(struct move *m, uv_loop_t *loop, const struct move_params *p,
               const struct move_ops *ops, void *owner);
 
@@ -156,7 +148,7 @@ uint64_t move_quiet_ms(const struct move *m, uint64_t now);
 void move_detach(struct move *m);
 
 /* Closes the handles; cb runs once they are all closed (then free m). Only
- * after ops->ended. */
+ * after ops->ended, or after move_init failed. */
 void move_close(struct move *m, void (*cb)(struct move *m));
 
 /* Throttle rule of the protocol, as a pure function for the tests: the

@@ -14,9 +14,7 @@
 
 struct engine_progress {
     enum move_phase phase;
-    uint64_t bytes_done, bytes_total;
-    uint64_t files_done, files_total;
-    uint64_t phase_done, phase_total;
+    struct move_counters count;
     const char *current; /* path relative to the source, or NULL */
 };
 

@@ -50,6 +50,15 @@ enum move_code {
 #define MOVE_CURRENT_MAX 512
 #define MOVE_TEXT_MAX 512 /* the larger of the two above */
 
+/* A move's progress counters. One struct, embedded wherever they travel
+ * (engine_progress, progress_item, move_state, journal_rec) and copied whole;
+ * the journal keeps the first four. */
+struct move_counters {
+    uint64_t bytes_total, bytes_copied;
+    uint64_t files_total, files_copied;
+    uint64_t phase_done, phase_total; /* the current phase's own, for phasePercent */
+};
+
 struct move_state {
     char move_id[MOVE_ID_MAX + 1];
     char server_name[SERVER_NAME_MAX + 1];
@@ -57,8 +66,7 @@ struct move_state {
     char *new_path; /* owned */
     enum move_phase phase;
     bool rename;
-    uint64_t bytes_total, bytes_copied;
-    uint64_t files_total, files_copied;
+    struct move_counters count;
     double percent;
     double phase_percent;
     uint64_t bytes_per_second;
@@ -78,6 +86,11 @@ struct move_state {
 
 const char *move_phase_name(enum move_phase p);
 bool move_phase_terminal(enum move_phase p);
+/* The phases' state machine: queued -> calculating -> copying -> verifying ->
+ * cleaning -> complete, forward only (a rename, or a move resumed from the
+ * journal, skips some), and error or cancelled (or complete) from any phase
+ * that has not ended. An ended move changes no more. */
+bool move_phase_may_follow(enum move_phase from, enum move_phase to);
 const char *move_code_name(enum move_code c);
 /* The code named s (not CODE_NONE); false when there is none. */
 bool move_code_from(const char *s, enum move_code *c);

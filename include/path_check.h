@@ -39,6 +39,28 @@ struct path_check_result {
     struct stat old_st;               /* oldPath's identity, for the journal */
 };
 
+/* The paths a move holds, for the busy rule. */
+struct path_claim {
+    const char *src, *dst;                    /* resolved */
+    const struct path_ids *src_ids, *dst_ids; /* directories along them, at acceptance */
+    /* newPath made by the move after acceptance (absent then), once known. */
+    bool made;
+    dev_t made_dev;
+    ino_t made_ino;
+};
+
+/* The busy rule's path part, pure (it runs on the loop): a request whose
+ * check found r overlaps the move holding c when one of their paths is the
+ * other or inside it, by name or by the identities of the directories along
+ * them (a bind-mount alias), or lies inside the newPath the move made. */
+bool path_check_overlaps(const struct path_claim *c, const struct path_check_result *r);
+
+/* Two requests still being checked may conflict by their paths as written
+ * (normalised; "" when unknown: no conflict by paths then, an alias through
+ * a symlink is caught by the busy check of whichever is decided second). */
+bool path_check_may_conflict(const char *old_a, const char *new_a, const char *old_b,
+                             const char *new_b);
+
 struct path_check_shared;
 
 /* One check: its input, its result, and the runner's bookkeeping. */

@@ -119,6 +119,11 @@ void ws_client_free(struct ws_client *c);
 
 const char *ws_client_state_name(enum conn_state s);
 
+/* The connection's state machine: idle -> connecting -> hello -> up; a failed
+ * or lost attempt (connecting, hello, up) -> backoff -> connecting; from any
+ * state but closed, a stop -> closing -> closed (or closed at once). */
+bool ws_client_state_may_follow(enum conn_state from, enum conn_state to);
+
 /* Backoff before attempt n (0-based): min * 2^n capped at max, minus up to
  * a quarter of jitter, never below min. rnd in [0, 1). */
 uint64_t ws_backoff_delay(uint64_t min_ms, uint64_t max_ms, unsigned n, double rnd);

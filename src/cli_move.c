@@ -92,7 +92,7 @@ static void cli_fmt_finished(char *rate, size_t rsz, char *when, size_t wsz,
 {
     uint64_t ms = s->elapsed_ms ? s->elapsed_ms : 1;
     char avg[16];
-    util_fmt_rate(avg, sizeof avg, s->bytes_copied * 1000u / ms);
+    util_fmt_rate(avg, sizeof avg, s->count.bytes_copied * 1000u / ms);
     util_fmt(when, wsz, "in %.2f s", (double)s->elapsed_ms / 1000.0);
     if (s->rename)
         util_fmt(rate, rsz, "renamed");
@@ -106,8 +106,8 @@ static void cli_draw_bar(struct cli_move *cm, const struct move_state *s)
     unsigned width = term_width(), bar = 20, filled;
     size_t used, room;
     const char *cur = s->current_file;
-    fmt_bytes(done, sizeof done, s->bytes_copied);
-    fmt_bytes(total, sizeof total, s->bytes_total);
+    fmt_bytes(done, sizeof done, s->count.bytes_copied);
+    fmt_bytes(total, sizeof total, s->count.bytes_total);
     util_fmt_rate(rate, sizeof rate, s->bytes_per_second);
     if (s->eta_seconds >= 0)
         util_fmt(eta, sizeof eta, "eta %llds", (long long)s->eta_seconds);
@@ -120,8 +120,8 @@ static void cli_draw_bar(struct cli_move *cm, const struct move_state *s)
         filled = bar;
     util_fmt(head, sizeof head, "%-11s [%.*s%*s] %5.1f%% %s/%s %llu/%llu files %s %s ",
              move_phase_name(s->phase), (int)filled, "####################", (int)(bar - filled),
-             "", s->percent, done, total, (unsigned long long)s->files_copied,
-             (unsigned long long)s->files_total, rate, eta);
+             "", s->percent, done, total, (unsigned long long)s->count.files_copied,
+             (unsigned long long)s->count.files_total, rate, eta);
     used = strlen(head);
     room = width - 1 > used ? width - 1 - used : 0;
     /* The current file, shortened from the left to what is left of the line. */
@@ -140,8 +140,9 @@ static void cli_print_line(const struct move_state *s)
     if (s->phase == PHASE_COMPLETE)
         cli_fmt_finished(rate, sizeof rate, when, sizeof when, s);
     printf("%-11s %6.2f%%  files %llu/%llu  bytes %llu/%llu  %s", move_phase_name(s->phase),
-           s->percent, (unsigned long long)s->files_copied, (unsigned long long)s->files_total,
-           (unsigned long long)s->bytes_copied, (unsigned long long)s->bytes_total, rate);
+           s->percent, (unsigned long long)s->count.files_copied,
+           (unsigned long long)s->count.files_total, (unsigned long long)s->count.bytes_copied,
+           (unsigned long long)s->count.bytes_total, rate);
     if (s->phase == PHASE_COMPLETE)
         printf("  %s", when);
     else if (s->eta_seconds >= 0)
@@ -164,10 +165,7 @@ static void cli_emit(struct cli_move *cm, const struct engine_progress *p, enum 
     s.new_path = (char *)cm->new_path;
     s.rename = cm->rename;
     s.phase = p->phase;
-    s.bytes_total = p->bytes_total;
-    s.bytes_copied = p->bytes_done;
-    s.files_total = p->files_total;
-    s.files_copied = p->files_done;
+    s.count = p->count;
     if (p->phase == PHASE_COMPLETE) { /* a code at the end of a success is a warning */
         s.warning_code = code;
         util_fmt(s.warning, sizeof s.warning, "%s", error ? error : "");
@@ -176,16 +174,21 @@ static void cli_emit(struct cli_move *cm, const struct engine_progress *p, enum 
         util_fmt(s.error, sizeof s.error, "%s", error ? error : "");
     }
     s.percent = p->phase == PHASE_COPYING
-                    ? (p->bytes_total ? 100.0 * (double)p->bytes_done / (double)p->bytes_total : 0)
+                    ? (p->count.bytes_total
+                           ? 100.0 * (double)p->count.bytes_copied / (double)p->count.bytes_total
+                           : 0)
                 : p->phase > PHASE_COPYING ? 100.0
                                            : 0.0;
-    s.phase_percent = p->phase_total ? 100.0 * (double)p->phase_done / (double)p->phase_total : 0;
+    s.phase_percent = p->count.phase_total
+                          ? 100.0 * (double)p->count.phase_done / (double)p->count.phase_total
+                          : 0;
     s.eta_seconds = -1;
     if (p->phase == PHASE_COPYING) {
-        s.bytes_per_second = cli_rate(cm, now, p->bytes_done);
+        s.bytes_per_second = cli_rate(cm, now, p->count.bytes_copied);
         if (s.bytes_per_second > 0)
-            s.eta_seconds = (int64_t)((p->bytes_total - p->bytes_done + s.bytes_per_second - 1) /
-                                      s.bytes_per_second);
+            s.eta_seconds =
+                (int64_t)((p->count.bytes_total - p->count.bytes_copied + s.bytes_per_second - 1) /
+                          s.bytes_per_second);
     }
     s.elapsed_ms = now - cm->started_ms;
     s.started_at_ms = util_wall_ms() - s.elapsed_ms;
@@ -410,8 +413,8 @@ int cli_move_main(int argc, char **argv)
         end.phase = rc == 0                      ? PHASE_COMPLETE
                     : res.code == CODE_CANCELLED ? PHASE_CANCELLED
                                                  : PHASE_ERROR;
-        end.bytes_done = end.bytes_total = res.bytes_copied;
-        end.files_done = end.files_total = res.files_copied;
+        end.count.bytes_copied = end.count.bytes_total = res.bytes_copied;
+        end.count.files_copied = end.count.files_total = res.files_copied;
         if (rc == 0)
             cli_emit(&cm, &end, res.warning_code, res.warning_code ? res.warning : NULL);
         else

@@ -140,10 +140,10 @@ static cJSON *rec_to_json(const struct journal_rec *r)
     json_add_u64(o, "startedAtMs", r->started_at_ms);
     json_add_u64(o, "seq", r->seq);
     cJSON_AddStringToObject(o, "phase", move_phase_name(r->phase));
-    json_add_u64(o, "bytesTotal", r->bytes_total);
-    json_add_u64(o, "bytesCopied", r->bytes_copied);
-    json_add_u64(o, "filesTotal", r->files_total);
-    json_add_u64(o, "filesCopied", r->files_copied);
+    json_add_u64(o, "bytesTotal", r->count.bytes_total);
+    json_add_u64(o, "bytesCopied", r->count.bytes_copied);
+    json_add_u64(o, "filesTotal", r->count.files_total);
+    json_add_u64(o, "filesCopied", r->count.files_copied);
     if (move_phase_terminal(r->phase)) {
         json_add_u64(o, "endedAtMs", r->ended_at_ms);
         cJSON_AddStringToObject(o, "code", move_code_name(r->code));
@@ -447,10 +447,10 @@ static struct journal_rec *rec_from_json(const cJSON *o, const char *file_id)
     }
     r->started_at_ms = get_u64(o, "startedAtMs", &bad);
     r->seq = get_u64(o, "seq", &bad);
-    r->bytes_total = get_u64(o, "bytesTotal", &bad);
-    r->bytes_copied = get_u64(o, "bytesCopied", &bad);
-    r->files_total = get_u64(o, "filesTotal", &bad);
-    r->files_copied = get_u64(o, "filesCopied", &bad);
+    r->count.bytes_total = get_u64(o, "bytesTotal", &bad);
+    r->count.bytes_copied = get_u64(o, "bytesCopied", &bad);
+    r->count.files_total = get_u64(o, "filesTotal", &bad);
+    r->count.files_copied = get_u64(o, "filesCopied", &bad);
     s = get_str(o, "phase", true, &bad);
     if (bad || !phase_from(s, &r->phase))
         goto fail;
@@ -619,13 +619,11 @@ void journal_rec_state(const struct journal_rec *r, struct move_state *st)
     st->new_path = xstrdup(r->new_path);
     st->rename = r->rename;
     st->phase = r->phase;
-    st->bytes_total = r->bytes_total;
-    st->bytes_copied = r->bytes_copied;
-    st->files_total = r->files_total;
-    st->files_copied = r->files_copied;
+    st->count = r->count;
     st->percent = r->phase == PHASE_COMPLETE ? 100
-                  : r->bytes_total ? 100.0 * (double)r->bytes_copied / (double)r->bytes_total
-                                   : 0;
+                  : r->count.bytes_total
+                      ? 100.0 * (double)r->count.bytes_copied / (double)r->count.bytes_total
+                      : 0;
     st->phase_percent = r->phase == PHASE_COMPLETE ? 100 : 0;
     st->eta_seconds = r->phase == PHASE_COMPLETE ? 0 : -1;
     st->seq = r->seq;

@@ -54,8 +54,8 @@ void metrics_move_ended(struct metrics *m, const struct move_state *st)
     unsigned code = (unsigned)st->code < METRICS_N_CODES ? (unsigned)st->code : CODE_IO_ERROR;
     size_t b;
     m->moves_ended[code]++;
-    m->bytes_copied += st->bytes_copied;
-    m->files_copied += st->files_copied;
+    m->bytes_copied += st->count.bytes_copied;
+    m->files_copied += st->count.files_copied;
     for (b = 0; b < METRICS_DURATION_BUCKETS && dur > metrics_duration_bounds_ms[b]; b++)
         ;
     if (b < METRICS_DURATION_BUCKETS)

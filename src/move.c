@@ -1,6 +1,7 @@
 /* move.c: a move on the event loop: worker thread, ring drain, frames, phases. */
 #include "move.h"
 #include "log.h"
+#include "move_work.h"
 #include "util.h"
 
 #include <assert.h>
@@ -11,68 +12,32 @@
 
 /* --- worker thread ------------------------------------------------------- */
 
-/* What the worker uses. The loop and the worker each hold a reference; a
- * worker stuck in the kernel may outlive its move (and the loop), so it
- * reaches nothing of the loop's except through `async` and `jr`, and those
- * only under `lock` while the loop has not let go of them. */
-struct move_work {
-    pthread_mutex_t lock;
-    int refs;          /* under lock */
-    bool detached;     /* under lock: the loop let go; no more wake-ups */
-    bool no_record;    /* under lock: the worker must not write the journal */
-    uv_async_t *async; /* the loop's, while !detached */
-    struct journal_rec *jr;
-    const struct journal *journal;
-    struct progress_ring ring;
-    atomic_int stop;           /* move_code to stop with, 0 = run */
-    _Atomic uint64_t seq_sent; /* the loop's seq, for the worker's journal writes */
-    atomic_uint beat;          /* a sign of life: every report, every removed entry */
-    /* The destination directory's identity once the worker opened it (read
-     * by the loop's busy check without the lock). */
-    atomic_bool dst_known;
-    _Atomic uint64_t dst_dev, dst_ino;
-    char *src, *dst, *src_root, *dst_root;
-    char **made_parents;
-    size_t n_made;
-    bool dst_preexisted;
-    struct stat dst_orig;
-    bool rename;
-    enum verify_mode verify;
-    enum engine_mode mode;
-    /* A resumed move: where the journal left it (see engine_job). */
-    enum move_phase resume_phase;
-    struct journal_id src_id, dst_id;
-    uint64_t files_copied, bytes_copied;
-};
-
 static struct move_work *work_new(const struct move_params *p)
 {
+    const struct journal_rec *jr = p->jr;
     struct move_work *w = xcalloc(1, sizeof *w);
     pthread_mutex_init(&w->lock, NULL);
     w->refs = 1;
-    w->src = xstrdup(p->src);
-    w->dst = xstrdup(p->dst);
+    w->src = xstrdup(jr->src);
+    w->dst = xstrdup(jr->dst);
     w->src_root = p->src_root ? xstrdup(p->src_root) : NULL;
     w->dst_root = p->dst_root ? xstrdup(p->dst_root) : NULL;
-    w->rename = p->rename;
-    w->verify = p->verify;
+    w->rename = jr->rename;
+    w->verify = jr->verify;
     w->mode = p->mode;
     w->jr = p->jr;
     w->journal = p->journal;
     w->no_record = p->silent;
-    if (p->jr) {
-        w->dst_preexisted = p->jr->dst_preexisted;
-        w->dst_orig = p->jr->dst_orig;
-        w->made_parents = xcalloc(p->jr->n_made + 1, sizeof(char *));
-        for (size_t i = 0; i < p->jr->n_made; i++)
-            w->made_parents[i] = xstrdup(p->jr->made_parents[i]);
-        w->n_made = p->jr->n_made;
-        w->resume_phase = p->jr->phase;
-        w->src_id = p->jr->src_id;
-        w->dst_id = p->jr->dst_id;
-        w->files_copied = p->jr->files_copied;
-        w->bytes_copied = p->jr->bytes_copied;
-    }
+    w->dst_preexisted = jr->dst_preexisted;
+    w->dst_orig = jr->dst_orig;
+    w->made_parents = xcalloc(jr->n_made + 1, sizeof(char *));
+    for (size_t i = 0; i < jr->n_made; i++)
+        w->made_parents[i] = xstrdup(jr->made_parents[i]);
+    w->n_made = jr->n_made;
+    w->resume_phase = jr->phase;
+    w->src_id = jr->src_id;
+    w->dst_id = jr->dst_id;
+    w->resumed = jr->count;
     ring_init(&w->ring);
     /* A resumed move only cleans up: nothing to cancel any more. */
     atomic_init(&w->stop, p->mode == ENGINE_MOVE ? CODE_NONE : ENGINE_STOP_LOCKED);
@@ -114,12 +79,7 @@ static void work_wake(struct move_work *w)
 static void fill_item(struct progress_item *it, const struct engine_progress *p)
 {
     it->phase = p->phase;
-    it->bytes_done = p->bytes_done;
-    it->bytes_total = p->bytes_total;
-    it->files_done = p->files_done;
-    it->files_total = p->files_total;
-    it->phase_done = p->phase_done;
-    it->phase_total = p->phase_total;
+    it->count = p->count;
     if (p->current)
         util_fmt(it->current, sizeof it->current, "%s", p->current);
     else
@@ -152,10 +112,7 @@ static int move_on_phase(void *arg, const struct engine_progress *p)
     pthread_mutex_lock(&w->lock);
     if (!w->no_record) {
         jr->phase = p->phase;
-        jr->bytes_total = p->bytes_total;
-        jr->bytes_copied = p->bytes_done;
-        jr->files_total = p->files_total;
-        jr->files_copied = p->files_done;
+        jr->count = p->count;
         jr->seq = atomic_load(&w->seq_sent);
         rc = journal_write(w->journal, jr);
     }
@@ -216,8 +173,8 @@ static void move_worker(void *arg)
         .made_parents = w->made_parents,
         .n_made = w->n_made,
         .resume_phase = w->resume_phase,
-        .files_copied = w->files_copied,
-        .bytes_copied = w->bytes_copied,
+        .files_copied = w->resumed.files_copied,
+        .bytes_copied = w->resumed.bytes_copied,
     };
     struct progress_item it;
     struct engine_result res;
@@ -234,8 +191,8 @@ static void move_worker(void *arg)
         it.code = res.warning_code;
         util_fmt(it.error, sizeof it.error, "%s", res.warning);
     }
-    it.bytes_done = res.bytes_copied;
-    it.files_done = res.files_copied;
+    it.count.bytes_copied = res.bytes_copied;
+    it.count.files_copied = res.files_copied;
     ring_push(&w->ring, &it);
     work_wake(w);
     work_unref(w);
@@ -243,18 +200,27 @@ static void move_worker(void *arg)
 
 /* --- loop side: state ------------------------------------------------------ */
 
+/* Logs and takes a phase change the state machine allows; refuses any other
+ * (a bug: asserted in debug builds, logged and ignored otherwise). */
 static void enter_state(struct move *m, enum move_phase next)
 {
     uint64_t now = util_mono_ms();
     if (m->st.phase == next)
         return;
+    if (!move_phase_may_follow(m->st.phase, next)) {
+        LOG(LOG_ERROR, "refused a move phase change the state machine does not allow",
+            LF_S("move", m->st.move_id), LF_S("from", move_phase_name(m->st.phase)),
+            LF_S("to", move_phase_name(next)));
+        assert(!"move phase change not allowed");
+        return;
+    }
     LOG(LOG_INFO, "move phase", LF_S("move", m->st.move_id), LF_S("server", m->st.server_name),
         LF_S("from", move_phase_name(m->st.phase)), LF_S("to", move_phase_name(next)),
         LF_U("phase_ms", now - m->phase_started_ms));
     m->st.phase = next;
     m->phase_started_ms = now;
     m->entries = m->last_frame_entries = 0;
-    m->phase_done = m->phase_total = 0;
+    m->st.count.phase_done = m->st.count.phase_total = 0;
 }
 
 uint64_t move_frame_due(uint64_t last_frame_ms, uint64_t entries_delta, uint64_t bytes_delta,
@@ -274,7 +240,7 @@ static void rate_sample(struct move *m, uint64_t now)
     if (m->n_samples > 0 && now - m->samples[last].t < 250)
         return;
     m->samples[m->sample_pos].t = now;
-    m->samples[m->sample_pos].bytes = m->st.bytes_copied;
+    m->samples[m->sample_pos].bytes = m->st.count.bytes_copied;
     m->sample_pos = (m->sample_pos + 1) % MOVE_RATE_SAMPLES;
     if (m->n_samples < MOVE_RATE_SAMPLES)
         m->n_samples++;
@@ -287,7 +253,8 @@ static uint64_t rate_current(const struct move *m, uint64_t now)
     for (unsigned k = 0; k < m->n_samples; k++) {
         unsigned i = (first + k) % MOVE_RATE_SAMPLES;
         if (now - m->samples[i].t <= 5000 && now > m->samples[i].t + 100)
-            return (m->st.bytes_copied - m->samples[i].bytes) * 1000u / (now - m->samples[i].t);
+            return (m->st.count.bytes_copied - m->samples[i].bytes) * 1000u /
+                   (now - m->samples[i].t);
     }
     return 0;
 }
@@ -305,23 +272,26 @@ static void move_refresh(struct move *m, uint64_t now)
         s->phase_percent = 0;
         break;
     case PHASE_COPYING:
-        s->percent = s->bytes_total ? 100.0 * (double)s->bytes_copied / (double)s->bytes_total : 0;
-        s->phase_percent = s->bytes_total ? s->percent
-                           : s->files_total
-                               ? 100.0 * (double)s->files_copied / (double)s->files_total
-                               : 0;
+        s->percent = s->count.bytes_total
+                         ? 100.0 * (double)s->count.bytes_copied / (double)s->count.bytes_total
+                         : 0;
+        s->phase_percent = s->count.bytes_total   ? s->percent
+                           : s->count.files_total ? 100.0 * (double)s->count.files_copied /
+                                                        (double)s->count.files_total
+                                                  : 0;
         rate_sample(m, now);
         s->bytes_per_second = rate_current(m, now);
-        if (s->bytes_per_second > 0 && s->bytes_total >= s->bytes_copied)
+        if (s->bytes_per_second > 0 && s->count.bytes_total >= s->count.bytes_copied)
             s->eta_seconds =
-                (int64_t)((s->bytes_total - s->bytes_copied + s->bytes_per_second - 1) /
+                (int64_t)((s->count.bytes_total - s->count.bytes_copied + s->bytes_per_second - 1) /
                           s->bytes_per_second);
         break;
     case PHASE_VERIFYING:
     case PHASE_CLEANING:
         s->percent = 100;
-        s->phase_percent =
-            m->phase_total ? 100.0 * (double)m->phase_done / (double)m->phase_total : 100;
+        s->phase_percent = m->st.count.phase_total ? 100.0 * (double)m->st.count.phase_done /
+                                                         (double)m->st.count.phase_total
+                                                   : 100;
         s->bytes_per_second = 0;
         break;
     case PHASE_COMPLETE:
@@ -341,10 +311,10 @@ static void move_log_progress(struct move *m, uint64_t now)
 {
     char files[48], bytes[48], rate[24], eta[24];
     m->last_log_ms = now;
-    util_fmt(files, sizeof files, "%llu/%llu", (unsigned long long)m->st.files_copied,
-             (unsigned long long)m->st.files_total);
-    util_fmt(bytes, sizeof bytes, "%llu/%llu", (unsigned long long)m->st.bytes_copied,
-             (unsigned long long)m->st.bytes_total);
+    util_fmt(files, sizeof files, "%llu/%llu", (unsigned long long)m->st.count.files_copied,
+             (unsigned long long)m->st.count.files_total);
+    util_fmt(bytes, sizeof bytes, "%llu/%llu", (unsigned long long)m->st.count.bytes_copied,
+             (unsigned long long)m->st.count.bytes_total);
     util_fmt_rate(rate, sizeof rate, m->st.bytes_per_second);
     if (m->st.eta_seconds >= 0)
         util_fmt(eta, sizeof eta, "%llds", (long long)m->st.eta_seconds);
@@ -362,7 +332,7 @@ static void move_send_frame(struct move *m, uint64_t now, bool intermediate)
     atomic_store(&m->work->seq_sent, m->st.seq);
     m->last_frame_ms = now;
     m->last_frame_entries = m->entries;
-    m->last_frame_bytes = m->st.bytes_copied;
+    m->last_frame_bytes = m->st.count.bytes_copied;
     m->dirty = false;
     uv_timer_stop(&m->timer);
     m->ops->frame(m, &m->st, intermediate);
@@ -379,7 +349,7 @@ static void move_maybe_frame(struct move *m)
     if (!m->dirty || move_phase_terminal(m->st.phase))
         return;
     due = move_frame_due(m->last_frame_ms, m->entries - m->last_frame_entries,
-                         m->st.bytes_copied - m->last_frame_bytes, m->progress_interval_ms);
+                         m->st.count.bytes_copied - m->last_frame_bytes, m->progress_interval_ms);
     if (now >= due)
         move_send_frame(m, now, true);
     else
@@ -484,14 +454,15 @@ static void move_on_limit(uv_timer_t *t)
 static void move_apply(struct move *m, const struct progress_item *it)
 {
     m->last_life_ms = util_mono_ms();
-    if (it->kind == PROGRESS_PHASE || it->bytes_done > m->st.bytes_copied ||
-        it->files_done > m->st.files_copied || it->files_total > m->st.files_total ||
-        it->phase_done != m->phase_done)
+    if (it->kind == PROGRESS_PHASE || it->count.bytes_copied > m->st.count.bytes_copied ||
+        it->count.files_copied > m->st.count.files_copied ||
+        it->count.files_total > m->st.count.files_total ||
+        it->count.phase_done != m->st.count.phase_done)
         m->last_progress_ms = util_mono_ms();
     if (it->kind == PROGRESS_END) {
         /* The worker's last acts were this push and its wake-up: the join is
          * immediate. */
-        uv_thread_join(&m->thread);
+        uv_thread_join(&m->work->thread);
         m->thread_running = false;
         if (move_phase_terminal(m->st.phase)) {
             /* It outlived the move's end (a stuck disk, or a rollback left
@@ -523,19 +494,19 @@ static void move_apply(struct move *m, const struct progress_item *it)
     if (it->kind == PROGRESS_PHASE)
         enter_state(m, it->phase);
     /* Counters never go down: merged or late items cannot move them back. */
-    if (it->bytes_total > m->st.bytes_total)
-        m->st.bytes_total = it->bytes_total;
-    if (it->files_total > m->st.files_total)
-        m->st.files_total = it->files_total;
-    if (it->bytes_done > m->st.bytes_copied)
-        m->st.bytes_copied = it->bytes_done;
-    if (it->files_done > m->st.files_copied)
-        m->st.files_copied = it->files_done;
-    m->phase_done = it->phase_done;
-    m->phase_total = it->phase_total;
-    m->entries = m->st.phase == PHASE_CALCULATING ? it->files_total
-                 : m->st.phase == PHASE_COPYING   ? it->files_done
-                                                  : it->phase_done;
+    if (it->count.bytes_total > m->st.count.bytes_total)
+        m->st.count.bytes_total = it->count.bytes_total;
+    if (it->count.files_total > m->st.count.files_total)
+        m->st.count.files_total = it->count.files_total;
+    if (it->count.bytes_copied > m->st.count.bytes_copied)
+        m->st.count.bytes_copied = it->count.bytes_copied;
+    if (it->count.files_copied > m->st.count.files_copied)
+        m->st.count.files_copied = it->count.files_copied;
+    m->st.count.phase_done = it->count.phase_done;
+    m->st.count.phase_total = it->count.phase_total;
+    m->entries = m->st.phase == PHASE_CALCULATING ? it->count.files_total
+                 : m->st.phase == PHASE_COPYING   ? it->count.files_copied
+                                                  : it->count.phase_done;
     util_fmt(m->st.current_file, sizeof m->st.current_file, "%s", it->current);
     if (it->kind == PROGRESS_PHASE)
         move_send_frame(m, util_mono_ms(), false); /* never merged, not throttled */
@@ -547,8 +518,12 @@ static void move_on_async(uv_async_t *h)
 {
     struct move *m = container_of(h, struct move, async);
     struct progress_item it;
-    /* Coalescing wake-up: drain everything each time. */
+    /* Coalescing wake-up: drain everything each time, then the report the
+     * worker kept aside while the ring was full: the newest counters, even
+     * if the worker now blocks and pushes nothing for a while. */
     while (m->thread_running && ring_pop(&m->work->ring, &it))
+        move_apply(m, &it);
+    if (m->thread_running && ring_take_kept(&m->work->ring, &it))
         move_apply(m, &it);
     move_maybe_frame(m);
 }
@@ -558,76 +533,58 @@ static void move_on_async(uv_async_t *h)
 int move_init(struct move *m, uv_loop_t *loop, const struct move_params *p,
               const struct move_ops *ops, void *owner)
 {
+    const struct journal_rec *jr = p->jr;
     int rc;
     memset(m, 0, sizeof *m);
     m->loop = loop;
     m->ops = ops;
     m->owner = owner;
-    util_fmt(m->st.move_id, sizeof m->st.move_id, "%s", p->move_id);
-    util_fmt(m->st.server_name, sizeof m->st.server_name, "%s", p->server_name);
-    m->st.old_path = xstrdup(p->old_path);
-    m->st.new_path = xstrdup(p->new_path);
-    m->st.rename = p->rename;
+    util_fmt(m->st.move_id, sizeof m->st.move_id, "%s", jr->move_id);
+    util_fmt(m->st.server_name, sizeof m->st.server_name, "%s", jr->server_name);
+    m->st.old_path = xstrdup(jr->old_path);
+    m->st.new_path = xstrdup(jr->new_path);
+    m->st.rename = jr->rename;
     m->st.phase = PHASE_QUEUED;
     m->st.eta_seconds = -1;
     m->st.started_at_ms = util_wall_ms();
     m->mono_started = m->phase_started_ms = util_mono_ms();
-    m->src = xstrdup(p->src);
-    m->src_root = p->src_root ? xstrdup(p->src_root) : NULL;
-    m->dst_root = p->dst_root ? xstrdup(p->dst_root) : NULL;
-    m->dst = xstrdup(p->dst);
-    m->reply = p->reply ? xstrdup(p->reply) : NULL;
-    m->verify = p->verify;
     m->progress_interval_ms = p->progress_interval_ms;
     m->move_timeout_ms = p->move_timeout_ms;
     m->stall_timeout_ms = p->stall_timeout_ms;
     m->jr = p->jr;
-    m->journal = p->journal;
     m->mode = p->mode;
     m->silent = p->silent;
-    if (p->mode != ENGINE_MOVE && p->jr) {
+    if (p->mode != ENGINE_MOVE) {
         /* Resumed from the journal: its phase and counters, a seq past
          * anything sent before, its acceptance time. */
-        m->st.phase = p->jr->phase;
-        m->st.bytes_total = p->jr->bytes_total;
-        m->st.bytes_copied = p->jr->bytes_copied;
-        m->st.files_total = p->jr->files_total;
-        m->st.files_copied = p->jr->files_copied;
-        m->st.seq = p->jr->seq + JOURNAL_SEQ_HEADROOM;
-        m->st.started_at_ms = p->jr->started_at_ms;
-        m->st.ended_at_ms = p->jr->ended_at_ms;
-        m->st.code = p->jr->code;
-        util_fmt(m->st.error, sizeof m->st.error, "%s", p->jr->error);
+        m->st.phase = jr->phase;
+        m->st.count = jr->count;
+        m->st.seq = jr->seq + JOURNAL_SEQ_HEADROOM;
+        m->st.started_at_ms = jr->started_at_ms;
+        m->st.ended_at_ms = jr->ended_at_ms;
+        m->st.code = jr->code;
+        util_fmt(m->st.error, sizeof m->st.error, "%s", jr->error);
     }
     m->work = work_new(p);
+    m->src = m->work->src;
+    m->dst = m->work->dst;
     atomic_init(&m->work->seq_sent, m->st.seq);
 
-    rc = uv_async_init(loop, &m->async, move_on_async);
-    if (rc != 0)
-        goto fail_async;
-    m->open_handles++;
+    /* The timers first: their init cannot fail once the loop runs. The
+     * async handle last, so that a failure leaves only timers open. */
     rc = uv_timer_init(loop, &m->timer);
     if (rc != 0)
-        goto fail_handles;
+        return rc;
     m->open_handles++;
     rc = uv_timer_init(loop, &m->limit);
     if (rc != 0)
-        goto fail_handles;
+        return rc;
+    m->open_handles++;
+    rc = uv_async_init(loop, &m->async, move_on_async);
+    if (rc != 0)
+        return rc;
     m->open_handles++;
     return 0;
-
-fail_handles:
-    /* Some handles are open: the caller must still move_close(). */
-    return rc;
-fail_async:
-    work_unref(m->work);
-    free(m->src);
-    free(m->src_root);
-    free(m->dst_root);
-    free(m->dst);
-    free(m->reply);
-    move_state_clear(&m->st);
-    return rc;
 }
 
 void move_queue(struct move *m)
@@ -654,7 +611,7 @@ int move_run(struct move *m)
     m->work->refs++; /* the worker's */
     pthread_mutex_unlock(&m->work->lock);
     /* Not the libuv threadpool: a long copy would starve uv_fs and DNS work. */
-    rc = uv_thread_create(&m->thread, move_worker, m->work);
+    rc = uv_thread_create(&m->work->thread, move_worker, m->work);
     if (rc != 0) {
         char why[128];
         m->thread_running = false;
@@ -723,28 +680,29 @@ void move_detach(struct move *m)
     m->work->no_record = true;
     pthread_mutex_unlock(&m->work->lock);
     /* Never joined: it may never return. It keeps its own reference. */
-    pthread_detach(m->thread);
+    pthread_detach(m->work->thread);
     m->thread_running = false;
     LOG(LOG_ERROR, "left a move's thread behind, stuck on a disk that does not answer",
         LF_S("move", m->st.move_id), LF_S("server", m->st.server_name),
         LF_S("phase", move_phase_name(m->st.phase)), LF_S("at", m->st.current_file));
 }
 
+/* Everything but the handles, once they are closed. */
+static void move_release(struct move *m)
+{
+    work_unref(m->work);
+    m->work = NULL;
+    m->src = m->dst = NULL;
+    move_state_clear(&m->st);
+    if (m->close_cb)
+        m->close_cb(m);
+}
+
 static void move_on_handle_closed(uv_handle_t *h)
 {
     struct move *m = h->data;
-    if (--m->open_handles == 0) {
-        work_unref(m->work);
-        m->work = NULL;
-        free(m->src);
-        free(m->src_root);
-        free(m->dst_root);
-        free(m->dst);
-        free(m->reply);
-        move_state_clear(&m->st);
-        if (m->close_cb)
-            m->close_cb(m);
-    }
+    if (--m->open_handles == 0)
+        move_release(m);
 }
 
 void move_close(struct move *m, void (*cb)(struct move *m))
@@ -755,15 +713,14 @@ void move_close(struct move *m, void (*cb)(struct move *m))
     m->timer.data = m;
     m->limit.data = m;
     if (m->open_handles == 0) {
-        if (cb)
-            cb(m);
+        move_release(m);
         return;
     }
-    /* Handles were opened in this order; open_handles only drops in the
-     * close callbacks, which run later. */
+    /* Handles were opened in this order (timer, limit, async); open_handles
+     * only drops in the close callbacks, which run later. */
     if (m->open_handles >= 3)
-        uv_close((uv_handle_t *)&m->limit, move_on_handle_closed);
+        uv_close((uv_handle_t *)&m->async, move_on_handle_closed);
     if (m->open_handles >= 2)
-        uv_close((uv_handle_t *)&m->timer, move_on_handle_closed);
-    uv_close((uv_handle_t *)&m->async, move_on_handle_closed);
+        uv_close((uv_handle_t *)&m->limit, move_on_handle_closed);
+    uv_close((uv_handle_t *)&m->timer, move_on_handle_closed);
 }

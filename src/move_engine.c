@@ -292,8 +292,8 @@ static int eng_phase(struct eng *e, enum move_phase phase, uint64_t phase_total)
 {
     int rc = 0;
     e->prog.phase = phase;
-    e->prog.phase_done = 0;
-    e->prog.phase_total = phase_total;
+    e->prog.count.phase_done = 0;
+    e->prog.count.phase_total = phase_total;
     if (e->job->on_phase)
         rc = e->job->on_phase(e->job->arg, &e->prog);
     eng_report_now(e, NULL, true);
@@ -303,13 +303,13 @@ static int eng_phase(struct eng *e, enum move_phase phase, uint64_t phase_total)
 static void eng_on_bytes(void *arg, uint64_t delta)
 {
     struct eng *e = arg;
-    e->prog.bytes_done += delta;
+    e->prog.count.bytes_copied += delta;
     if (e->claimed) {
         uint64_t r = atomic_load(&e->claim.remaining);
         atomic_store(&e->claim.remaining, r > delta ? r - delta : 0);
     }
     if (e->prog.phase == PHASE_COPYING)
-        e->prog.phase_done = e->prog.bytes_done;
+        e->prog.count.phase_done = e->prog.count.bytes_copied;
     eng_report(e, e->cur_w, e->cur_name);
 }
 
@@ -361,24 +361,41 @@ static void hl_free(struct hl_table *t)
     t->cap = t->used = 0;
 }
 
+/* The one rule for every path walked one name at a time: a component is a
+ * name (not empty, "." or "..", which would leave the directory the walk
+ * must stay beneath: -EXDEV) of at most NAME_MAX bytes (-ENAMETOOLONG). */
+static int component_check(const char *name, size_t n)
+{
+    if (n > NAME_MAX)
+        return -ENAMETOOLONG;
+    if (n == 0 || (n <= 2 && name[0] == '.' && (n == 1 || name[1] == '.')))
+        return -EXDEV;
+    return 0;
+}
+
+/* Opens the directory named by the n bytes at name beneath dirfd under that
+ * rule, following no symlink, closed on exec. -1 with errno on failure. */
+static int open_component(int dirfd, const char *name, size_t n)
+{
+    char comp[NAME_MAX + 1];
+    int rc = component_check(name, n);
+    if (rc != 0) {
+        errno = -rc;
+        return -1;
+    }
+    memcpy(comp, name, n);
+    comp[n] = '\0';
+    return openat(dirfd, comp, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+}
+
 /* Opens the directory holding `rel` (relative to root) one component at a
  * time, so that any path length works and no symlink is followed. */
 static int open_parent_of(int root, const char *rel, const char **base)
 {
-    char comp[NAME_MAX + 1];
     const char *p = rel, *slash;
-    int fd = dup(root);
+    int fd = fcntl(root, F_DUPFD_CLOEXEC, 0);
     while (fd >= 0 && (slash = strchr(p, '/')) != NULL) {
-        size_t n = (size_t)(slash - p);
-        int next;
-        if (n > NAME_MAX) {
-            close(fd);
-            errno = ENAMETOOLONG;
-            return -1;
-        }
-        memcpy(comp, p, n);
-        comp[n] = '\0';
-        next = openat(fd, comp, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        int next = open_component(fd, p, (size_t)(slash - p));
         close(fd);
         fd = next;
         p = slash + 1;
@@ -465,7 +482,7 @@ static int calc_entry(struct tree_walk *w, const char *name, const struct stat *
     if (eng_check_removable(e, w, name, &now, attrs) != 0)
         return -1;
     note_grain(e, st);
-    e->prog.files_total++;
+    e->prog.count.files_total++;
     e->need_inodes++;
     if (S_ISREG(st->st_mode)) {
         bool fresh = true;
@@ -473,7 +490,7 @@ static int calc_entry(struct tree_walk *w, const char *name, const struct stat *
             hl_get(&e->hl, st->st_dev, st->st_ino, &fresh);
         if (fresh) {
             bool sparse = (uint64_t)st->st_blocks * 512 < (uint64_t)st->st_size;
-            e->prog.bytes_total += (uint64_t)st->st_size;
+            e->prog.count.bytes_total += (uint64_t)st->st_size;
             e->need_bytes += round_up(
                 sparse ? (uint64_t)st->st_blocks * 512 : (uint64_t)st->st_size, e->blksize);
         } else {
@@ -482,7 +499,7 @@ static int calc_entry(struct tree_walk *w, const char *name, const struct stat *
     } else if (S_ISDIR(st->st_mode) || (S_ISLNK(st->st_mode) && st->st_size > 60)) {
         e->need_bytes += e->blksize;
     }
-    e->prog.phase_done = e->prog.files_total;
+    e->prog.count.phase_done = e->prog.count.files_total;
     if (eng_stop_code(e) != 0)
         return -1;
     eng_report(e, w, name);
@@ -628,7 +645,7 @@ static int copy_regular(struct eng *e, struct tree_walk *w, const char *name, co
     int sdir = tree_walk_fd(w, 0), ddir = tree_walk_fd(w, 1);
     int sfd, dfd, rc;
     struct stat after;
-    uint64_t hash = 0, start = e->prog.bytes_done;
+    uint64_t hash = 0, start = e->prog.count.bytes_copied;
     bool on_write, checksum = e->cc.checksum, suspect = in_granule(e, w, st);
 
     e->cur_w = w;
@@ -672,11 +689,11 @@ static int copy_regular(struct eng *e, struct tree_walk *w, const char *name, co
     if (suspect)
         note_suspect(e, w, name, &after, hash);
     /* Holes count as copied: make the counter land on the file's size. */
-    e->prog.bytes_done = start + (uint64_t)st->st_size;
+    e->prog.count.bytes_copied = start + (uint64_t)st->st_size;
     /* A file that changed between the calculation and its copy (a consistent
      * copy of its newer state) must not push the counter past the total. */
-    if (e->prog.bytes_done > e->prog.bytes_total)
-        e->prog.bytes_total = e->prog.bytes_done;
+    if (e->prog.count.bytes_copied > e->prog.count.bytes_total)
+        e->prog.count.bytes_total = e->prog.count.bytes_copied;
     if (e->cc.checksum) {
         if (e->n_hashes == e->cap_hashes) {
             e->cap_hashes = e->cap_hashes ? e->cap_hashes * 2 : 256;
@@ -756,7 +773,7 @@ static int copy_entry(struct tree_walk *w, const char *name, const struct stat *
     if (rc != 0)
         return -1;
     src_record_add(&e->rec, &copied);
-    e->prog.files_done++;
+    e->prog.count.files_copied++;
     return 0;
 }
 
@@ -776,7 +793,7 @@ static int copy_dir_pre(struct tree_walk *w, const char *name, const struct stat
     /* Its names are the ones copied if its times still match after its
      * contents (copy_dir_post). */
     src_record_add(&e->rec, st);
-    e->prog.files_done++;
+    e->prog.count.files_copied++;
     eng_report(e, w, name);
     return 0;
 }
@@ -882,7 +899,7 @@ static int eng_copy(struct eng *e)
     static const struct tree_walk_ops ops = {copy_entry, copy_dir_pre, copy_dir_post, NULL};
     struct stat after;
     int rc;
-    (void)eng_phase(e, PHASE_COPYING, e->prog.bytes_total);
+    (void)eng_phase(e, PHASE_COPYING, e->prog.count.bytes_total);
     if (eng_walk_source(e, &ops, true) != 0 || eng_recheck(e) != 0)
         return -1;
     if (fstat(e->srcfd, &after) != 0 || !same_times(&after, &e->src_st))
@@ -1029,7 +1046,7 @@ static int verify_entry(struct tree_walk *w, const char *name, const struct stat
         }
     }
     e->entries++;
-    e->prog.phase_done = e->entries;
+    e->prog.count.phase_done = e->entries;
     eng_report(e, w, name);
     return 0;
 }
@@ -1041,16 +1058,16 @@ static int eng_verify(struct eng *e)
     struct tree_walk at_root = {0}; /* names the root itself in errors */
     struct stat s, d;
     /* Two passes: this one, then the check before cleaning. */
-    (void)eng_phase(e, PHASE_VERIFYING, 2 * e->prog.files_done);
+    (void)eng_phase(e, PHASE_VERIFYING, 2 * e->prog.count.files_copied);
     e->entries = 0;
     if (eng_walk_source(e, &ops, true) != 0)
         return -1;
     /* Fewer entries than were copied: something was removed from the source. */
-    if (e->entries != e->prog.files_done)
+    if (e->entries != e->prog.count.files_copied)
         return eng_fail(e, CODE_SOURCE_CHANGED,
                         "%s changed while it was being moved: %llu entries copied, %llu now "
                         "(stop the game server first)",
-                        e->job->src, (unsigned long long)e->prog.files_done,
+                        e->job->src, (unsigned long long)e->prog.count.files_copied,
                         (unsigned long long)e->entries);
     if (fstat(e->srcfd, &s) != 0 || fstat(e->dstfd, &d) != 0)
         return eng_fail_at(e, errno, "stat", e->job->dst, NULL);
@@ -1105,7 +1122,7 @@ static int check_entry(struct tree_walk *w, const char *name, const struct stat 
         util_fmt(e->changed, sizeof e->changed, "%s", rel);
         util_fmt(e->changed_why, sizeof e->changed_why, "%s", why);
     }
-    e->prog.phase_done = e->prog.files_done + e->rec_pos;
+    e->prog.count.phase_done = e->prog.count.files_copied + e->rec_pos;
     eng_report(e, w, name);
     return eng_check_removable(e, w, name, &st, attrs);
 }
@@ -1219,7 +1236,7 @@ static int clean_barrier(struct eng *e, struct tree_walk *w, const char *child, 
     if (!e->pool)
         return 0;
     err = unlink_pool_wait(e->pool, name, sizeof name, &was);
-    e->prog.phase_done = atomic_load(&e->pool->done) + e->dirs_removed;
+    e->prog.count.phase_done = atomic_load(&e->pool->done) + e->dirs_removed;
     if (err)
         return clean_fail(e, w, err, child,
                           child_fd >= 0 ? child_fd
@@ -1275,7 +1292,7 @@ static int clean_entry(struct tree_walk *w, const char *name, const struct stat 
             (void)clean_barrier(e, w, NULL, -1);
             return -1;
         }
-        e->prog.phase_done = atomic_load(&e->pool->done) + e->dirs_removed;
+        e->prog.count.phase_done = atomic_load(&e->pool->done) + e->dirs_removed;
         eng_report(e, w, name);
         return 0;
     }
@@ -1284,7 +1301,7 @@ static int clean_entry(struct tree_walk *w, const char *name, const struct stat 
         err = errno;
     if (err != 0 && err != ENOENT)
         return clean_fail(e, w, err, NULL, dirfd, name, was);
-    e->prog.phase_done++;
+    e->prog.count.phase_done++;
     eng_report(e, w, name);
     return 0;
 }
@@ -1312,7 +1329,7 @@ static int clean_unlinkat_dir(struct tree_walk *w, const char *name, const struc
         return clean_fail(e, w, err, NULL, tree_walk_fd(w, 0), name, NULL);
     }
     e->dirs_removed++;
-    e->prog.phase_done++;
+    e->prog.count.phase_done++;
     eng_report(e, w, name);
     return 0;
 }
@@ -1472,7 +1489,6 @@ static void eng_rollback(struct eng *e)
 static int open_beneath(int dirfd, const char *rel)
 {
     struct open_how how;
-    char comp[NAME_MAX + 1];
     const char *p = rel;
     long r;
     int fd;
@@ -1486,15 +1502,7 @@ static int open_beneath(int dirfd, const char *rel)
     while (fd >= 0 && *p) {
         const char *slash = strchr(p, '/');
         size_t n = slash ? (size_t)(slash - p) : strlen(p);
-        int next;
-        if (n == 0 || n > NAME_MAX || (n <= 2 && p[0] == '.' && (n == 1 || p[1] == '.'))) {
-            close(fd);
-            errno = EXDEV;
-            return -1;
-        }
-        memcpy(comp, p, n);
-        comp[n] = '\0';
-        next = openat(fd, comp, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        int next = open_component(fd, p, n);
         close(fd);
         fd = next;
         p += n + (slash ? 1 : 0);
@@ -1557,7 +1565,9 @@ static int eng_open_dst_parent(struct eng *e, bool create)
     while ((slash = strchr(p, '/')) != NULL) {
         size_t n = (size_t)(slash - p);
         int next;
-        if (n == 0 || n > NAME_MAX) {
+        /* The rule first: nothing is made under a name open_component
+         * would then refuse. */
+        if (component_check(p, n) != 0) {
             close(fd);
             return eng_fail_changed(e, EXDEV, e->job->dst);
         }
@@ -1572,7 +1582,7 @@ static int eng_open_dst_parent(struct eng *e, bool create)
             close(fd);
             return eng_fail_at(e, err, "create directory", made, NULL);
         }
-        next = openat(fd, comp, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        next = open_component(fd, p, n);
         close(fd);
         if (next < 0) {
             if (!create && errno == ENOENT)
@@ -1688,7 +1698,7 @@ static int eng_lock_for_cleaning(struct eng *e)
     int expected = CODE_NONE;
     if (!atomic_compare_exchange_strong(e->job->stop, &expected, ENGINE_STOP_LOCKED))
         return eng_stop_code(e);
-    if (eng_phase(e, PHASE_CLEANING, e->prog.files_done) != 0)
+    if (eng_phase(e, PHASE_CLEANING, e->prog.count.files_copied) != 0)
         return eng_fail(e, CODE_IO_ERROR,
                         "cannot record the cleaning phase in the journal; the source was "
                         "not touched and the copy was removed");
@@ -1723,8 +1733,8 @@ static int eng_copy_move(struct eng *e)
     }
     eng_release_space(e);
     copy_caps_save(&e->cc.caps);
-    e->res->bytes_copied = e->prog.bytes_done;
-    e->res->files_copied = e->prog.files_done;
+    e->res->bytes_copied = e->prog.count.bytes_copied;
+    e->res->files_copied = e->prog.count.files_copied;
     /* From here the copy is whole and durable: a failure keeps it, and
      * the move has succeeded. */
     if (eng_clean(e) != 0)

@@ -46,6 +46,13 @@ bool move_phase_terminal(enum move_phase p)
     return p == PHASE_COMPLETE || p == PHASE_ERROR || p == PHASE_CANCELLED;
 }
 
+bool move_phase_may_follow(enum move_phase from, enum move_phase to)
+{
+    if (move_phase_terminal(from))
+        return false;
+    return move_phase_terminal(to) || to > from;
+}
+
 const char *move_code_name(enum move_code c)
 {
     return (unsigned)c < ARRAY_SIZE(code_names) ? code_names[c] : "io_error";
@@ -112,10 +119,10 @@ cJSON *move_state_to_json(const struct move_state *s)
     cJSON_AddStringToObject(o, "newPath", s->new_path ? s->new_path : "");
     cJSON_AddStringToObject(o, "phase", move_phase_name(s->phase));
     cJSON_AddStringToObject(o, "method", s->rename ? "rename" : "copy");
-    json_add_u64(o, "bytesTotal", s->bytes_total);
-    json_add_u64(o, "bytesCopied", s->bytes_copied);
-    json_add_u64(o, "filesTotal", s->files_total);
-    json_add_u64(o, "filesCopied", s->files_copied);
+    json_add_u64(o, "bytesTotal", s->count.bytes_total);
+    json_add_u64(o, "bytesCopied", s->count.bytes_copied);
+    json_add_u64(o, "filesTotal", s->count.files_total);
+    json_add_u64(o, "filesCopied", s->count.files_copied);
     add_percent(o, "percent", s->percent);
     add_percent(o, "phasePercent", s->phase_percent);
     json_add_u64(o, "bytesPerSecond", s->bytes_per_second);

@@ -148,6 +148,32 @@ enum move_code path_check_apply(const char *old_path, const char *new_path, char
 
 /* --- one check ------------------------------------------------------------------ */
 
+bool path_check_overlaps(const struct path_claim *c, const struct path_check_result *r)
+{
+    const char *theirs[2] = {c->src, c->dst}, *ours[2] = {r->old_real, r->new_real};
+    const struct path_ids *their_ids[2] = {c->src_ids, c->dst_ids};
+    const struct path_ids *our_ids[2] = {&r->old_ids, &r->new_ids};
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 2; j++)
+            if (path_overlap(theirs[i], ours[j]) || path_ids_overlap(their_ids[i], our_ids[j]))
+                return true;
+    /* A destination the move made after it was accepted: inside it? */
+    if (c->made)
+        for (int j = 0; j < 2; j++)
+            if (path_ids_has(our_ids[j], c->made_dev, c->made_ino))
+                return true;
+    return false;
+}
+
+bool path_check_may_conflict(const char *old_a, const char *new_a, const char *old_b,
+                             const char *new_b)
+{
+    if (!old_a[0] || !new_a[0] || !old_b[0] || !new_b[0])
+        return false;
+    return path_overlap(old_a, old_b) || path_overlap(old_a, new_b) || path_overlap(new_a, old_b) ||
+           path_overlap(new_a, new_b);
+}
+
 struct path_check *path_check_new(const char *old_path, const char *new_path, char *const *roots,
                                   size_t n_roots, void *tag)
 {

@@ -25,10 +25,38 @@ const char *ws_client_state_name(enum conn_state s)
     return state_names[s];
 }
 
+bool ws_client_state_may_follow(enum conn_state from, enum conn_state to)
+{
+    switch (to) {
+    case CONN_IDLE:
+        return false;
+    case CONN_CONNECTING:
+        return from == CONN_IDLE || from == CONN_BACKOFF;
+    case CONN_HELLO:
+        return from == CONN_CONNECTING;
+    case CONN_UP:
+        return from == CONN_HELLO;
+    case CONN_BACKOFF:
+        return from == CONN_CONNECTING || from == CONN_HELLO || from == CONN_UP;
+    case CONN_CLOSING:
+    case CONN_CLOSED:
+        return from != CONN_CLOSED;
+    }
+    return false;
+}
+
+/* Logs and takes a state change the state machine allows; refuses any other
+ * (a bug: asserted in debug builds, logged and ignored otherwise). */
 static void enter_state(struct ws_client *c, enum conn_state next)
 {
     if (c->state == next)
         return;
+    if (!ws_client_state_may_follow(c->state, next)) {
+        LOG(LOG_ERROR, "refused a connection state change the state machine does not allow",
+            LF_S("from", state_names[c->state]), LF_S("to", state_names[next]));
+        assert(!"connection state change not allowed");
+        return;
+    }
     LOG(LOG_DEBUG, "connection state", LF_S("from", state_names[c->state]),
         LF_S("to", state_names[next]));
     c->state = next;

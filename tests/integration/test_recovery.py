@@ -140,6 +140,32 @@ class RecoveryTest(AgentTestCase):
         self.assert_needs_attention(ans)
         self.assertEqual(snapshot(dst), theirs_before)
 
+    # --- issue 15: the root a recovered move works beneath ----------------------
+
+    def test_root_no_longer_allowed_touches_nothing(self):
+        # Killed while copying; restarted with newPath's root no longer in
+        # allowed_roots. The partial copy lies outside what the agent may
+        # touch now: it is left there (not removed beneath "/"), and the move
+        # ends needs_attention, saying why.
+        self.start_agent()
+        src = dense_tree(os.path.join(self.scratch.a, "mc"), 200)
+        before = snapshot(src, content=False)
+        dst = os.path.join(self.scratch.b, "mc")
+        reply = self.request_move("mc", src, dst, "mv-noroot")
+        self.wait_phase("mv-noroot", "copying")
+        with self.paused_agent():
+            self.kill_agent()
+        self.assertTrue(os.path.exists(dst), "expected a partial copy")
+        partial = snapshot(dst, content=False)
+        self.restart_agent(1, roots=[self.scratch.a])
+        ans = self.manager.wait_answer(reply, 60)
+        self.assertEqual((ans["success"], ans["code"]), (False, "needs_attention"), ans)
+        self.assertIn("no longer beneath an allowed root", ans["error"])
+        self.assertIn(dst, ans["error"])
+        self.assertEqual(snapshot(dst, content=False), partial, "the partial copy was touched")
+        self.assertEqual(snapshot(src, content=False), before)
+        self.assertEqual(self.outcomes("mv-noroot", reply), ([("error", "needs_attention")], [(False, "needs_attention")]))
+
     # --- item 6: moveIds starting with '.' ------------------------------------
 
     def test_dot_move_id_killed_mid_copy_is_recovered(self):

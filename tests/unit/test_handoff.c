@@ -28,11 +28,11 @@ static void producer(void *arg)
     for (uint64_t i = 1; i <= STRESS_ITEMS; i++) {
         it.kind = (i % 50000 == 0) ? PROGRESS_PHASE : PROGRESS_STEP;
         it.phase = (enum move_phase)(PHASE_CALCULATING + i / 50000);
-        it.bytes_done = i;
+        it.count.bytes_copied = i;
         ring_push(r, &it);
     }
     it.kind = PROGRESS_END;
-    it.bytes_done = STRESS_ITEMS + 1;
+    it.count.bytes_copied = STRESS_ITEMS + 1;
     ring_push(r, &it);
 }
 
@@ -49,8 +49,8 @@ static void test_concurrent_ring(void **state)
     while (!ended) {
         if (!ring_pop(r, &out))
             continue;
-        assert_true(out.bytes_done > last); /* in order, merged or not */
-        last = out.bytes_done;
+        assert_true(out.count.bytes_copied > last); /* in order, merged or not */
+        last = out.count.bytes_copied;
         phases += out.kind == PROGRESS_PHASE;
         ended = out.kind == PROGRESS_END;
     }
@@ -58,6 +58,58 @@ static void test_concurrent_ring(void **state)
     assert_int_equal(phases, 4); /* no phase item was merged away */
     assert_int_equal(last, STRESS_ITEMS + 1);
     free(r);
+}
+
+/* A worker that fills the ring while the loop is away and then blocks (a
+ * sync, a slow read): the loop still gets its newest counters. */
+struct blocked_worker {
+    struct progress_ring *r;
+    uv_sem_t pushed, release;
+};
+
+static void blocked_producer(void *arg)
+{
+    struct blocked_worker *b = arg;
+    struct progress_item it;
+    memset(&it, 0, sizeof it);
+    it.kind = PROGRESS_STEP;
+    it.phase = PHASE_COPYING;
+    for (uint64_t i = 1; i <= 1000; i++) {
+        it.count.bytes_copied = i;
+        ring_push(b->r, &it);
+    }
+    uv_sem_post(&b->pushed);
+    uv_sem_wait(&b->release); /* "blocked in the kernel": pushes nothing */
+    it.kind = PROGRESS_END;
+    it.count.bytes_copied = 1001;
+    ring_push(b->r, &it);
+}
+
+static void test_blocked_worker_counters_arrive(void **state)
+{
+    struct blocked_worker b;
+    struct progress_item out;
+    uv_thread_t t;
+    uint64_t last = 0;
+    (void)state;
+    b.r = malloc(sizeof *b.r);
+    ring_init(b.r);
+    assert_int_equal(uv_sem_init(&b.pushed, 0), 0);
+    assert_int_equal(uv_sem_init(&b.release, 0), 0);
+    assert_int_equal(uv_thread_create(&t, blocked_producer, &b), 0);
+    uv_sem_wait(&b.pushed);
+    while (ring_pop(b.r, &out))
+        last = out.count.bytes_copied;
+    if (ring_take_kept(b.r, &out))
+        last = out.count.bytes_copied;
+    assert_int_equal(last, 1000); /* not the 56th report */
+    uv_sem_post(&b.release);
+    uv_thread_join(&t);
+    assert_true(ring_pop(b.r, &out));
+    assert_int_equal(out.kind, PROGRESS_END);
+    uv_sem_destroy(&b.pushed);
+    uv_sem_destroy(&b.release);
+    free(b.r);
 }
 
 /* --- a real move on a real loop ---------------------------------------------- */
@@ -136,7 +188,7 @@ static void on_stopper(uv_timer_t *t)
 {
     (void)t;
     if (rec->n > 0 && rec->frames[rec->n - 1].phase == PHASE_COPYING &&
-        rec->frames[rec->n - 1].bytes_copied > 0)
+        rec->frames[rec->n - 1].count.bytes_copied > 0)
         move_stop(rec->m, rec->stop_with, "stopped by the test");
 }
 
@@ -146,14 +198,16 @@ static void run_move(const char *dst_name, bool stop_midway)
     struct move *m = xcalloc(1, sizeof *m);
     char src[PATH_MAX], dst[PATH_MAX];
     struct move_params p = {0};
+    struct journal_rec jr = {0}; /* never written: no journal */
     snprintf(src, sizeof src, "%s/src", base);
     snprintf(dst, sizeof dst, "%s/%s", base, dst_name);
-    p.move_id = "m1";
-    p.server_name = "s1";
-    p.old_path = p.src = src;
-    p.new_path = p.dst = dst;
-    p.rename = false; /* same filesystem, but force the copy path */
-    p.verify = VERIFY_CHECKSUM;
+    snprintf(jr.move_id, sizeof jr.move_id, "m1");
+    snprintf(jr.server_name, sizeof jr.server_name, "s1");
+    jr.old_path = jr.src = src;
+    jr.new_path = jr.dst = dst;
+    jr.rename = false; /* same filesystem, but force the copy path */
+    jr.verify = VERIFY_CHECKSUM;
+    p.jr = &jr;
     p.progress_interval_ms = 50;
     assert_int_equal(uv_loop_init(&loop), 0);
     assert_int_equal(move_init(m, &loop, &p, &ops, NULL), 0);
@@ -175,8 +229,8 @@ static void check_frames_sane(void)
     for (unsigned i = 1; i < rec->n; i++) {
         const struct move_state *a = &rec->frames[i - 1], *b = &rec->frames[i];
         assert_true(b->seq == a->seq + 1);
-        assert_true(b->bytes_copied >= a->bytes_copied);
-        assert_true(b->files_copied >= a->files_copied);
+        assert_true(b->count.bytes_copied >= a->count.bytes_copied);
+        assert_true(b->count.files_copied >= a->count.files_copied);
         assert_true(b->phase >= a->phase);
         if (rec->intermediate[i])
             assert_int_equal(b->phase, a->phase); /* phase changes are never intermediate */
@@ -196,10 +250,10 @@ static void test_move_through_ring(void **state)
     assert_int_equal(rec->frames[1].phase, PHASE_CALCULATING);
     last = &rec->frames[rec->n - 1];
     assert_int_equal(last->phase, PHASE_COMPLETE);
-    assert_int_equal(last->files_total, 302);
-    assert_int_equal(last->files_copied, 302);
-    assert_int_equal(last->bytes_total, last->bytes_copied);
-    assert_true(last->bytes_total > (64u << 20));
+    assert_int_equal(last->count.files_total, 302);
+    assert_int_equal(last->count.files_copied, 302);
+    assert_int_equal(last->count.bytes_total, last->count.bytes_copied);
+    assert_true(last->count.bytes_total > (64u << 20));
     snprintf(cmd, sizeof cmd, "test ! -e %s/src && test -f %s/dst/big && rm -rf %s", base, base,
              base);
     assert_int_equal(system(cmd), 0);
@@ -231,6 +285,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_concurrent_ring),
+        cmocka_unit_test(test_blocked_worker_counters_arrive),
         cmocka_unit_test(test_move_through_ring),
         cmocka_unit_test(test_stop_midway_rolls_back),
     };

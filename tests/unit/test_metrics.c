@@ -44,8 +44,8 @@ static void ended(struct metrics *m, enum move_code code, uint64_t started, uint
     st.code = code;
     st.started_at_ms = started;
     st.ended_at_ms = ended_at;
-    st.bytes_copied = bytes;
-    st.files_copied = files;
+    st.count.bytes_copied = bytes;
+    st.count.files_copied = files;
     metrics_move_ended(m, &st);
 }
 

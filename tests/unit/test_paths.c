@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "path_check.h"
 #include "paths.h"
 
 #include <fcntl.h>
@@ -151,13 +152,69 @@ static void test_dir_is_empty(void **state)
     assert_int_equal(system(p), 0);
 }
 
+/* The busy rule's path part, without an agent: by name, by the identity of
+ * the directories along the paths (an alias), and inside a newPath the move
+ * made after it was accepted. */
+static void ids(struct path_ids *p, bool leaf, unsigned n, const unsigned *inos)
+{
+    memset(p, 0, sizeof *p);
+    p->leaf = leaf;
+    p->n = n;
+    for (unsigned i = 0; i < n; i++) {
+        p->id[i].dev = 8;
+        p->id[i].ino = inos[i];
+    }
+}
+
+static void test_busy_overlap(void **state)
+{
+    static struct path_check_result r;
+    struct path_ids src_ids, dst_ids;
+    struct path_claim c = {
+        .src = "/srv/a/mc", .dst = "/srv/b/mc", .src_ids = &src_ids, .dst_ids = &dst_ids};
+    const unsigned held_src[] = {100, 10, 2}, held_dst[] = {20, 2}; /* /srv/b/mc absent */
+    const unsigned other[] = {300, 30, 3}, alias[] = {400, 100, 40, 4};
+    const unsigned inside_made[] = {500, 77, 20, 2};
+    (void)state;
+    ids(&src_ids, true, 3, held_src);
+    ids(&dst_ids, false, 2, held_dst);
+
+    /* Unrelated by name and by identity. */
+    memset(&r, 0, sizeof r);
+    snprintf(r.old_real, sizeof r.old_real, "/srv/a/other");
+    snprintf(r.new_real, sizeof r.new_real, "/srv/c/other");
+    ids(&r.old_ids, true, 3, other);
+    ids(&r.new_ids, false, 3, other);
+    assert_false(path_check_overlaps(&c, &r));
+    /* By name: inside the held source. */
+    snprintf(r.old_real, sizeof r.old_real, "/srv/a/mc/world");
+    assert_true(path_check_overlaps(&c, &r));
+    /* By identity: another name of a directory inside the held source. */
+    snprintf(r.old_real, sizeof r.old_real, "/mnt/alias/world");
+    ids(&r.old_ids, true, 4, alias);
+    assert_true(path_check_overlaps(&c, &r));
+    /* Inside the newPath the move made after acceptance (inode 77). */
+    ids(&r.old_ids, true, 3, other);
+    snprintf(r.old_real, sizeof r.old_real, "/srv/x/y");
+    ids(&r.new_ids, false, 4, inside_made);
+    assert_false(path_check_overlaps(&c, &r));
+    c.made = true;
+    c.made_dev = 8;
+    c.made_ino = 77;
+    assert_true(path_check_overlaps(&c, &r));
+
+    /* Requests still being checked, by their paths as written. */
+    assert_true(path_check_may_conflict("/a/x", "/b/x", "/b/x/y", "/c/y"));
+    assert_false(path_check_may_conflict("/a/x", "/b/x", "/a/y", "/c/y"));
+    assert_false(path_check_may_conflict("/a/x", "", "/a/x", "/c/y")); /* unknown */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_syntax),
-        cmocka_unit_test(test_inside_overlap),
-        cmocka_unit_test(test_resolve),
-        cmocka_unit_test(test_dir_is_empty),
+        cmocka_unit_test(test_syntax),       cmocka_unit_test(test_inside_overlap),
+        cmocka_unit_test(test_resolve),      cmocka_unit_test(test_dir_is_empty),
+        cmocka_unit_test(test_busy_overlap),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

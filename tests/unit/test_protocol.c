@@ -10,6 +10,7 @@
 #include "move.h"
 #include "move_state.h"
 #include "protocol.h"
+#include "ws_client.h"
 #include "util.h"
 
 #include <stdio.h>
@@ -213,10 +214,10 @@ static void test_move_state_json(void **state)
     s.old_path = "/a";
     s.new_path = "/b";
     s.phase = PHASE_COPYING;
-    s.bytes_total = 9007199254740993ull; /* 2^53 + 1: not exact as a double */
-    s.bytes_copied = 1;
-    s.files_total = 10;
-    s.files_copied = 3;
+    s.count.bytes_total = 9007199254740993ull; /* 2^53 + 1: not exact as a double */
+    s.count.bytes_copied = 1;
+    s.count.files_total = 10;
+    s.count.files_copied = 3;
     s.percent = 42.123;
     s.phase_percent = 42.123;
     s.bytes_per_second = 1000;
@@ -292,13 +293,47 @@ static void test_frame_due(void **state)
     assert_int_equal(move_frame_due(1000, 1, 1, 10), 1050);
 }
 
+/* The state machines enter_state() holds changes to (the move's phases and
+ * the connection's states), as docs/design.md draws them. */
+static void test_state_machines(void **state)
+{
+    (void)state;
+    assert_true(move_phase_may_follow(PHASE_QUEUED, PHASE_CALCULATING));
+    assert_true(move_phase_may_follow(PHASE_CALCULATING, PHASE_COPYING));
+    assert_true(move_phase_may_follow(PHASE_CALCULATING, PHASE_COMPLETE)); /* a rename */
+    assert_true(move_phase_may_follow(PHASE_CLEANING, PHASE_COMPLETE));
+    assert_true(move_phase_may_follow(PHASE_QUEUED, PHASE_CANCELLED));
+    assert_true(move_phase_may_follow(PHASE_VERIFYING, PHASE_ERROR));
+    assert_false(move_phase_may_follow(PHASE_COPYING, PHASE_CALCULATING));
+    assert_false(move_phase_may_follow(PHASE_CLEANING, PHASE_QUEUED));
+    assert_false(move_phase_may_follow(PHASE_COMPLETE, PHASE_ERROR));
+    assert_false(move_phase_may_follow(PHASE_CANCELLED, PHASE_COPYING));
+
+    assert_true(ws_client_state_may_follow(CONN_IDLE, CONN_CONNECTING));
+    assert_true(ws_client_state_may_follow(CONN_CONNECTING, CONN_HELLO));
+    assert_true(ws_client_state_may_follow(CONN_HELLO, CONN_UP));
+    assert_true(ws_client_state_may_follow(CONN_UP, CONN_BACKOFF));
+    assert_true(ws_client_state_may_follow(CONN_CONNECTING, CONN_BACKOFF));
+    assert_true(ws_client_state_may_follow(CONN_BACKOFF, CONN_CONNECTING));
+    assert_true(ws_client_state_may_follow(CONN_UP, CONN_CLOSING));
+    assert_true(ws_client_state_may_follow(CONN_BACKOFF, CONN_CLOSED));
+    assert_true(ws_client_state_may_follow(CONN_CLOSING, CONN_CLOSED));
+    assert_false(ws_client_state_may_follow(CONN_IDLE, CONN_UP));
+    assert_false(ws_client_state_may_follow(CONN_CONNECTING, CONN_UP));
+    assert_false(ws_client_state_may_follow(CONN_BACKOFF, CONN_HELLO));
+    assert_false(ws_client_state_may_follow(CONN_CLOSING, CONN_BACKOFF));
+    assert_false(ws_client_state_may_follow(CONN_CLOSING, CONN_CONNECTING));
+    assert_false(ws_client_state_may_follow(CONN_CLOSED, CONN_CLOSING));
+    assert_false(ws_client_state_may_follow(CONN_UP, CONN_IDLE));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_valid_frames),     cmocka_unit_test(test_malformed_frames),
         cmocka_unit_test(test_move_data_fields), cmocka_unit_test(test_nul_escape_is_visible),
         cmocka_unit_test(test_move_state_json),  cmocka_unit_test(test_log_lines),
-        cmocka_unit_test(test_frame_due),
+        cmocka_unit_test(test_frame_due),        cmocka_unit_test(test_state_machines),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

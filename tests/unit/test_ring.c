@@ -16,8 +16,8 @@ static struct progress_item step(uint64_t n)
     memset(&it, 0, sizeof it);
     it.kind = PROGRESS_STEP;
     it.phase = PHASE_COPYING;
-    it.bytes_done = n;
-    it.files_done = n;
+    it.count.bytes_copied = n;
+    it.count.files_copied = n;
     return it;
 }
 
@@ -42,13 +42,13 @@ static void test_fifo_and_wraparound(void **state)
         assert_true(ring_push(r, &it));
         if (i % 3 == 2) {
             while (ring_pop(r, &out)) {
-                assert_int_equal(out.bytes_done, next_expected);
+                assert_int_equal(out.count.bytes_copied, next_expected);
                 next_expected++;
             }
         }
     }
     while (ring_pop(r, &out))
-        assert_int_equal(out.bytes_done, next_expected++);
+        assert_int_equal(out.count.bytes_copied, next_expected++);
     assert_int_equal(next_expected, RING_CAP * 50);
     assert_int_equal(r->merged, 0);
     assert_false(ring_pop(r, &out));
@@ -69,18 +69,18 @@ static void test_full_ring_merges_steps(void **state)
     }
     /* Steps fill all but the reserve; the rest merged into one kept aside. */
     assert_true(r->has_pending);
-    assert_int_equal(r->pending.bytes_done, 1000);
+    assert_int_equal(r->pending.count.bytes_copied, 1000);
     assert_int_equal(r->merged, 1000 - (RING_CAP - RING_RESERVE) - 1);
     while (ring_pop(r, &out)) {
-        assert_true(out.bytes_done > last);
-        last = out.bytes_done;
+        assert_true(out.count.bytes_copied > last);
+        last = out.count.bytes_copied;
         n++;
     }
     assert_int_equal(n, RING_CAP - RING_RESERVE);
     /* Room again: the kept step is flushed, newest state delivered. */
     assert_true(ring_flush(r));
     assert_true(ring_pop(r, &out));
-    assert_int_equal(out.bytes_done, 1000);
+    assert_int_equal(out.count.bytes_copied, 1000);
     assert_false(ring_flush(r));
     free(r);
 }
@@ -120,7 +120,7 @@ static void test_phase_and_end_never_lost(void **state)
     assert_int_equal(seen[3], PHASE_CLEANING);
     assert_int_equal(seen[4], PHASE_COMPLETE);
     assert_int_equal(out.kind, PROGRESS_END);
-    assert_int_equal(out.bytes_done, 99999);
+    assert_int_equal(out.count.bytes_copied, 99999);
     free(r);
 }
 
@@ -138,8 +138,55 @@ static void test_step_after_phase_keeps_order(void **state)
     assert_int_equal(out.kind, PROGRESS_PHASE);
     assert_true(ring_pop(r, &out));
     assert_int_equal(out.kind, PROGRESS_STEP);
-    assert_int_equal(out.bytes_done, 2);
+    assert_int_equal(out.count.bytes_copied, 2);
     assert_false(ring_pop(r, &out));
+    free(r);
+}
+
+/* A STEP kept aside while the ring is full reaches the consumer once it has
+ * drained the ring, without the producer pushing again (a worker blocked in
+ * a sync); the wake-up is asked for only when the consumer has not got one
+ * for the kept item already. */
+static void test_kept_step_reaches_consumer(void **state)
+{
+    struct progress_ring *r = malloc(sizeof *r);
+    struct progress_item out, it;
+    unsigned n = 0;
+    (void)state;
+    ring_init(r);
+    for (uint64_t i = 1; i <= RING_CAP - RING_RESERVE; i++) {
+        it = step(i);
+        assert_true(ring_push(r, &it)); /* into the ring: wake */
+    }
+    it = step(100);
+    assert_true(ring_push(r, &it)); /* kept aside: the consumer must know */
+    it = step(101);
+    assert_false(ring_push(r, &it)); /* replaces an untaken one: already woken */
+    assert_false(ring_take_kept(r, &out) && out.count.bytes_copied != 101);
+    ring_init(r);
+    for (uint64_t i = 1; i <= 200; i++) {
+        it = step(i);
+        ring_push(r, &it);
+    }
+    while (ring_pop(r, &out))
+        n++;
+    assert_int_equal(n, RING_CAP - RING_RESERVE);
+    assert_true(ring_take_kept(r, &out));
+    assert_int_equal(out.count.bytes_copied, 200);
+    assert_false(ring_take_kept(r, &out)); /* once */
+    assert_false(ring_flush(r));           /* taken: not sent twice */
+    assert_false(ring_pop(r, &out));
+    /* Taken, then the producer keeps another: a wake-up again. */
+    for (uint64_t i = 201; i <= 200 + RING_CAP - RING_RESERVE; i++) {
+        it = step(i);
+        ring_push(r, &it);
+    }
+    it = step(999);
+    assert_true(ring_push(r, &it));
+    /* A phase item withdraws an untaken kept STEP: it never follows it. */
+    it = phase(PHASE_VERIFYING, PROGRESS_PHASE, 1000);
+    assert_true(ring_push(r, &it));
+    assert_false(ring_take_kept(r, &out));
     free(r);
 }
 
@@ -150,6 +197,7 @@ int main(void)
         cmocka_unit_test(test_full_ring_merges_steps),
         cmocka_unit_test(test_phase_and_end_never_lost),
         cmocka_unit_test(test_step_after_phase_keeps_order),
+        cmocka_unit_test(test_kept_step_reaches_consumer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

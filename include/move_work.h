@@ -1,0 +1,75 @@
+/* move_work.h: the thread boundary of a move: everything its worker thread
+ * and the event loop share, in one block. Only move.c includes it. */
+#ifndef HOSTAGENT_MOVE_WORK_H
+#define HOSTAGENT_MOVE_WORK_H
+
+#include "journal.h"
+#include "move_engine.h"
+#include "progress_ring.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+/* The loop and the worker each hold a reference; a worker stuck in the
+ * kernel may outlive its move (and the loop), so it reaches nothing of the
+ * loop's except through `async` and `jr`, and those only under `lock` while
+ * the loop has not let go of them. Everything else of a move (its MoveState,
+ * the throttle, the timers) is the loop's alone, in struct move.
+ *
+ *   field            written by                        read by
+ *   ---------------  --------------------------------  --------------------------------
+ *   job inputs       loop, once, before the thread     worker (engine_job); loop (src,
+ *   (src .. bytes)   starts; never again               dst for the busy checks)
+ *   thread           loop (create)                     loop (join, detach)
+ *   ring             worker (push)                     loop (pop, take_kept): SPSC
+ *   stop             loop (CAS from 0: a stop code)    worker (between chunks, entries)
+ *                    worker (CAS to ENGINE_STOP_LOCKED
+ *                    when cleaning begins)
+ *   seq_sent         loop (each frame)                 worker (into its journal writes)
+ *   beat             worker (each report, removal)     loop (signs of life)
+ *   dst_known/_dev/  worker (once newPath is open)     loop (busy check by identity)
+ *   _ino
+ *   lock             --                                --
+ *   refs             both, under lock                  both, under lock
+ *   detached         loop, under lock                  worker, under lock (wake-ups)
+ *   no_record        loop, under lock                  worker, under lock (journal)
+ *   async            loop (before the thread starts)   worker, under lock, !detached
+ *   jr, journal      worker, under lock, !no_record;   loop after the worker is gone or
+ *                    loop before start and at the end   no_record is set
+ */
+struct move_work {
+    pthread_mutex_t lock;
+    int refs;
+    bool detached;
+    bool no_record;
+    uv_async_t *async;
+    uv_thread_t thread;
+    struct journal_rec *jr;
+    const struct journal *journal;
+    struct progress_ring ring;
+    atomic_int stop;           /* move_code to stop with, 0 = run */
+    _Atomic uint64_t seq_sent; /* the loop's seq, for the worker's journal writes */
+    atomic_uint beat;          /* a sign of life: every report, every removed entry */
+    atomic_bool dst_known;
+    _Atomic uint64_t dst_dev, dst_ino;
+
+    /* The job's inputs: copies (the worker may outlive the move and its
+     * record), taken from the move's journal record at move_init. */
+    char *src, *dst, *src_root, *dst_root;
+    char **made_parents;
+    size_t n_made;
+    bool dst_preexisted;
+    struct stat dst_orig;
+    bool rename;
+    enum verify_mode verify;
+    enum engine_mode mode;
+    /* A resumed move: where the journal left it (see engine_job). */
+    enum move_phase resume_phase;
+    struct journal_id src_id, dst_id;
+    struct move_counters resumed;
+};
+
+#endif
