@@ -2012,6 +2012,37 @@ static int eng_finish(struct eng *e)
     return eng_clean(e);
 }
 
+/* Before the outcome is recorded (the caller journals it when this returns),
+ * whatever the move changed on either filesystem is made durable: a source
+ * removed by the cleaning, a partial copy removed by a rollback, a rename.
+ * Without it a power cut after the answer can bring back a source the answer
+ * said was moved, or undo a rename it said was done (tests/crash/run). */
+static int sync_fs_of(int pfd)
+{
+    /* The parents are O_PATH descriptors, which syncfs refuses (EBADF). */
+    int fd = openat(pfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc = 0;
+    if (fd < 0 || syncfs(fd) != 0)
+        rc = -errno;
+    if (fd >= 0)
+        close(fd);
+    return rc;
+}
+
+static void eng_make_durable(struct eng *e)
+{
+    struct stat a, b;
+    int rc;
+    if (e->src_pfd >= 0 && (rc = sync_fs_of(e->src_pfd)) != 0)
+        LOG(LOG_WARN, "could not sync the source's filesystem", LF_S("path", e->job->src),
+            LF_S("reason", strerror(-rc)));
+    if (e->dst_pfd >= 0 &&
+        (e->src_pfd < 0 || fstat(e->src_pfd, &a) != 0 || fstat(e->dst_pfd, &b) != 0 ||
+         a.st_dev != b.st_dev) &&
+        (rc = sync_fs_of(e->dst_pfd)) != 0)
+        LOG(LOG_WARN, "could not sync the destination's filesystem", LF_S("path", e->job->dst),
+            LF_S("reason", strerror(-rc)));
+}
+
 int engine_run(const struct engine_job *job, struct engine_result *res)
 {
     struct eng e;
@@ -2040,6 +2071,7 @@ int engine_run(const struct engine_job *job, struct engine_result *res)
         rc = job->rename ? eng_rename(&e) : eng_copy_move(&e);
         break;
     }
+    eng_make_durable(&e);
 
     if (e.srcfd >= 0)
         close(e.srcfd);
