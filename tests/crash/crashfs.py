@@ -80,6 +80,21 @@ def new_clock(path):
     return path
 
 
+def build_shim(directory):
+    """Compiles syncfs_shim.c into directory; returns the .so for LD_PRELOAD."""
+    out = os.path.join(directory, "syncfs_shim.so")
+    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", out,
+                    os.path.join(os.path.dirname(os.path.abspath(__file__)), "syncfs_shim.c"), "-ldl"],
+                   check=True)
+    return out
+
+
+def shim_env(shim):
+    """The agent's environment with the shim (ASan wants to be first: told not to mind)."""
+    return {"LD_PRELOAD": shim,
+            "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"}
+
+
 # --- test side -------------------------------------------------------------------
 
 class CrashFS:
