@@ -17,6 +17,8 @@ from trees import diff, make_world, snapshot  # noqa: E402
 
 
 class FsFaultTest(AgentTestCase):
+    agent_extra = {"stall_timeout": "10s"}
+
     def setUp(self):
         super().setUp()
         base = self.scratch.base
@@ -37,7 +39,7 @@ class FsFaultTest(AgentTestCase):
         self.before = snapshot(self.src)
         for fs in (self.src_fs, self.dst_fs):
             fs.command("sync")
-        self.start_agent(env=shim_env(build_shim(base)), extra={"stall_timeout": "10s"},
+        self.start_agent(env=shim_env(build_shim(base)), extra=self.agent_extra,
                          roots=[self.src_fs.mountpoint, self.dst_fs.mountpoint])
 
     def tearDown(self):
@@ -104,3 +106,16 @@ class FsFaultTest(AgentTestCase):
         self.assert_as_it_was(ans, "timeout")
         self.power_cut()
         self.assert_as_it_was(ans, "timeout")
+
+
+class FsyncFaultTest(FsFaultTest):
+    """verify = checksum reads every file of the copy back after an fsync:
+    an fsync that fails means the copy cannot be trusted, whatever a later
+    read or fsync says (the kernel may have dropped the dirty pages)."""
+    agent_extra = {"stall_timeout": "10s", "verify": "checksum"}
+
+    def test_fsync_eio_fails_the_move(self):
+        self.dst_fs.fail("fsync", "new/world/region/r.4.mca", "EIO")
+        self.fails("io_error", "r.4.mca")
+
+    # The inherited cases run again with checksum verification.
