@@ -122,8 +122,11 @@ class CrashFS:
                 raise AssertionError("crashfs exited at start: %s" % self.read_log())
             if os.path.ismount(self.mountpoint) and os.path.exists(self.control):
                 self.conn_id = os.minor(os.stat(self.mountpoint).st_dev)
-                self.command("ping")
-                return self
+                try:
+                    self.command("ping")
+                    return self
+                except ConnectionRefusedError:
+                    pass  # bound, not listening yet
             time.sleep(0.05)
         self.stop()
         raise AssertionError("crashfs did not come up: %s" % self.read_log())
