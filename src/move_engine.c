@@ -2012,11 +2012,7 @@ static int eng_finish(struct eng *e)
     return eng_clean(e);
 }
 
-/* Before the outcome is recorded (the caller journals it when this returns),
- * whatever the move changed on either filesystem is made durable: a source
- * removed by the cleaning, a partial copy removed by a rollback, a rename.
- * Without it a power cut after the answer can bring back a source the answer
- * said was moved, or undo a rename it said was done (tests/crash/run). */
+/* syncfs of the filesystem that holds the directory pfd (parent of path). */
 static int sync_fs_of(int pfd, const char *path)
 {
     /* The parents are O_PATH descriptors, which syncfs refuses (EBADF). */
@@ -2040,6 +2036,12 @@ static int sync_fs_of(int pfd, const char *path)
     return rc;
 }
 
+/* Before the outcome is recorded (the caller journals it when this returns),
+ * whatever the move changed on either filesystem is made durable: a source
+ * removed by the cleaning, a partial copy removed by a rollback, a rename.
+ * Without it a power cut after the answer can bring back a source the answer
+ * said was moved, or undo a rename it said was done (tests/crash/run). A
+ * failure is logged; the outcome stands (it is what the disk holds now). */
 static void eng_make_durable(struct eng *e)
 {
     struct stat a, b;
