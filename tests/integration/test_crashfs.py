@@ -18,12 +18,17 @@ class CrashFSTest(unittest.TestCase):
         require_root()
         self.base = tempfile.mkdtemp(prefix="hostagent-crashfs-", dir="/var/tmp")
         self.clock = new_clock(os.path.join(self.base, "clock"))
-        self.fs = CrashFS(os.path.join(self.base, "backing"), os.path.join(self.base, "m"), self.clock).start()
-        self.m = self.fs.mountpoint
-        os.mkdir(os.path.join(self.m, "d"))
-        with open(os.path.join(self.m, "d", "old"), "wb") as f:
-            f.write(b"old content")
-        self.fs.command("sync")
+        self.fs = CrashFS(os.path.join(self.base, "backing"), os.path.join(self.base, "m"), self.clock)
+        try:
+            self.fs.start()
+            self.m = self.fs.mountpoint
+            os.mkdir(os.path.join(self.m, "d"))
+            with open(os.path.join(self.m, "d", "old"), "wb") as f:
+                f.write(b"old content")
+            self.fs.command("sync")
+        except BaseException:
+            self.tearDown()  # not run after a failed setUp
+            raise
 
     def tearDown(self):
         self.fs.stop()

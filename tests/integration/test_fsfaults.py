@@ -32,6 +32,19 @@ class FsFaultTest(AgentTestCase):
                 fs.stop()
             close()
         self.scratch.close = close_all
+        try:
+            self.start_world()
+        except BaseException:
+            # tearDown does not run after a failed setUp: nothing may stay mounted.
+            if self.agent is not None and self.agent.proc.poll() is None:
+                self.agent.proc.kill()
+                self.agent.proc.wait()
+            self.manager.stop()
+            self.scratch.close()
+            raise
+
+    def start_world(self):
+        base = self.scratch.base
         self.src_fs.start()
         self.dst_fs.start()
         self.src = make_world(os.path.join(self.src_fs.mountpoint, "srv", "world"), seed=7)
