@@ -2022,6 +2022,51 @@ static int eng_finish(struct eng *e)
     return eng_clean(e);
 }
 
+/* syncfs of the filesystem that holds the directory pfd (parent of path). */
+static int sync_fs_of(int pfd, const char *path)
+{
+    /* The parents are O_PATH descriptors, which syncfs refuses (EBADF). */
+    int fd = openat(pfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc = 0;
+    char buf[PATH_MAX];
+    char *slash;
+    /* The parent may be gone: one made for newPath and removed by the
+     * rollback. The nearest directory still there along the path is where
+     * the first one was made, so it is on the same filesystem. */
+    if (fd < 0 && strlen(path) < sizeof buf) {
+        memcpy(buf, path, strlen(path) + 1);
+        while (fd < 0 && (slash = strrchr(buf, '/')) != NULL && slash != buf) {
+            *slash = '\0';
+            fd = open(buf, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        }
+    }
+    if (fd < 0 || syncfs(fd) != 0)
+        rc = -errno;
+    if (fd >= 0)
+        close(fd);
+    return rc;
+}
+
+/* Before the outcome is recorded (the caller journals it when this returns),
+ * whatever the move changed on either filesystem is made durable: a source
+ * removed by the cleaning, a partial copy removed by a rollback, a rename.
+ * Without it a power cut after the answer can bring back a source the answer
+ * said was moved, or undo a rename it said was done (tests/crash/run). A
+ * failure is logged; the outcome stands (it is what the disk holds now). */
+static void eng_make_durable(struct eng *e)
+{
+    struct stat a, b;
+    int rc;
+    if (e->src_pfd >= 0 && (rc = sync_fs_of(e->src_pfd, e->job->src)) != 0)
+        LOG(LOG_WARN, "could not sync the source's filesystem", LF_S("path", e->job->src),
+            LF_S("reason", strerror(-rc)));
+    if (e->dst_pfd >= 0 &&
+        (e->src_pfd < 0 || fstat(e->src_pfd, &a) != 0 || fstat(e->dst_pfd, &b) != 0 ||
+         a.st_dev != b.st_dev) &&
+        (rc = sync_fs_of(e->dst_pfd, e->job->dst)) != 0)
+        LOG(LOG_WARN, "could not sync the destination's filesystem", LF_S("path", e->job->dst),
+            LF_S("reason", strerror(-rc)));
+}
+
 int engine_run(const struct engine_job *job, struct engine_result *res)
 {
     struct eng e;
@@ -2050,6 +2095,7 @@ int engine_run(const struct engine_job *job, struct engine_result *res)
         rc = job->rename ? eng_rename(&e) : eng_copy_move(&e);
         break;
     }
+    eng_make_durable(&e);
 
     if (e.srcfd >= 0)
         close(e.srcfd);
