@@ -43,6 +43,11 @@ void util_fmt(char *buf, size_t sz, const char *fmt, ...) __attribute__((format(
 /* Human byte rate "88.1MB/s" (decimal units, as the interface doc shows). */
 void util_fmt_rate(char *buf, size_t sz, uint64_t bytes_per_second);
 
+/* A statx(2) result (basic fields) as a struct stat. */
+struct statx;
+struct stat;
+void util_statx_to_stat(const struct statx *sx, struct stat *st);
+
 /* mkdir -p: creates path and its missing parents with mode. 0 or -errno. */
 int util_mkdir_p(const char *path, mode_t mode);
 

@@ -76,23 +76,7 @@ int guard_stat(int dirfd, const char *name, struct stat *st, uint64_t *attrs)
     struct statx sx;
     if (statx(dirfd, name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, STATX_BASIC_STATS, &sx) != 0)
         return -errno;
-    memset(st, 0, sizeof *st);
-    st->st_dev = makedev(sx.stx_dev_major, sx.stx_dev_minor);
-    st->st_ino = (ino_t)sx.stx_ino;
-    st->st_mode = sx.stx_mode;
-    st->st_nlink = sx.stx_nlink;
-    st->st_uid = sx.stx_uid;
-    st->st_gid = sx.stx_gid;
-    st->st_rdev = makedev(sx.stx_rdev_major, sx.stx_rdev_minor);
-    st->st_size = (off_t)sx.stx_size;
-    st->st_blksize = (blksize_t)sx.stx_blksize;
-    st->st_blocks = (blkcnt_t)sx.stx_blocks;
-    st->st_atim.tv_sec = sx.stx_atime.tv_sec;
-    st->st_atim.tv_nsec = sx.stx_atime.tv_nsec;
-    st->st_mtim.tv_sec = sx.stx_mtime.tv_sec;
-    st->st_mtim.tv_nsec = sx.stx_mtime.tv_nsec;
-    st->st_ctim.tv_sec = sx.stx_ctime.tv_sec;
-    st->st_ctim.tv_nsec = sx.stx_ctime.tv_nsec;
+    util_statx_to_stat(&sx, st);
     *attrs = sx.stx_attributes & sx.stx_attributes_mask;
     return 0;
 }
