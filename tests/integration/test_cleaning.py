@@ -15,10 +15,6 @@ from harness import Agent, AgentTestCase, make_tree, many_files, snapshot, wait_
 
 
 class CleaningTest(AgentTestCase):
-    def request_move(self, server, src, dst, move_id):
-        return self.manager.request("server.move_data", {"serverName": server, "oldPath": src,
-                                                         "newPath": dst, "moveId": move_id})
-
     def stop_agent_at(self, move_id, phase, min_phase_percent=0):
         """Arms a SIGSTOP of the agent, sent by the manager's thread as soon
         as a frame of move_id in phase (with at least min_phase_percent)

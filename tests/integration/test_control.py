@@ -8,14 +8,6 @@ from harness import AgentTestCase, dense_tree, make_tree, many_files, snapshot
 
 
 class ControlTest(AgentTestCase):
-    def start_move(self, server, src, dst, move_id):
-        return self.manager.request("server.move_data", {"serverName": server, "oldPath": src,
-                                                         "newPath": dst, "moveId": move_id})
-
-    def wait_phase(self, move_id, phase, timeout=30):
-        self.manager.wait_for(lambda: any(f["phase"] == phase for f in self.manager.frames(move_id)),
-                              timeout, "%s in phase %s" % (move_id, phase))
-
     def index_of(self, reply):
         return [m["subject"] for m in self.manager.all_messages()].index(reply)
 
@@ -28,7 +20,7 @@ class ControlTest(AgentTestCase):
         make_tree(os.path.join(src, "world"), n_small=30)
         before = snapshot(src, content=False)
         dst = os.path.join(self.scratch.b, "new", "mc")
-        move = self.start_move("mc", src, dst, "mv-c1")
+        move = self.request_move("mc", src, dst, "mv-c1")
         self.wait_phase("mv-c1", "copying")
         with self.paused_agent():  # cancel while it is early in the copy
             cancel = self.manager.request("server.move_cancel", {"moveId": "mv-c1"})
@@ -54,7 +46,7 @@ class ControlTest(AgentTestCase):
                 with open(os.path.join(src, "d%d" % d, "f%d" % i), "wb") as f:
                     f.write(b"x" * 100)
         before = snapshot(src, content=False)
-        move = self.start_move("many", src, os.path.join(self.scratch.b, "many"), "mv-many")
+        move = self.request_move("many", src, os.path.join(self.scratch.b, "many"), "mv-many")
         self.manager.wait_for(lambda: any(f["phase"] == "copying" and f["filesCopied"] >= 2000
                                           for f in self.manager.frames("mv-many")), 60, "mid-copy")
         t0 = time.monotonic()
@@ -73,7 +65,7 @@ class ControlTest(AgentTestCase):
         self.start_agent(extra={"max_concurrent_moves": "1"})
         srcs = [make_tree(os.path.join(self.scratch.a, "s%d" % i), n_small=20) for i in range(4)]
         with self.paused_agent():  # all four arrive together
-            replies = [self.start_move("s%d" % i, s, os.path.join(self.scratch.b, "s%d" % i), "mv-q%d" % i)
+            replies = [self.request_move("s%d" % i, s, os.path.join(self.scratch.b, "s%d" % i), "mv-q%d" % i)
                        for i, s in enumerate(srcs)]
         for r in replies:
             self.assertTrue(self.manager.wait_answer(r, 60)["success"])
@@ -103,10 +95,10 @@ class ControlTest(AgentTestCase):
         a = dense_tree(os.path.join(self.scratch.a, "a"), 200)
         b = make_tree(os.path.join(self.scratch.a, "b"), n_small=10)
         before_b = snapshot(b)
-        first = self.start_move("a", a, os.path.join(self.scratch.b, "a"), "mv-a")
+        first = self.request_move("a", a, os.path.join(self.scratch.b, "a"), "mv-a")
         self.wait_phase("mv-a", "copying")
         with self.paused_agent():
-            second = self.start_move("b", b, os.path.join(self.scratch.b, "b"), "mv-b")
+            second = self.request_move("b", b, os.path.join(self.scratch.b, "b"), "mv-b")
             cancel = self.manager.request("server.move_cancel", {"serverName": "b"})
         self.assertEqual(self.manager.wait_answer(cancel, 20), {"success": True, "moveId": "mv-b"})
         ans = self.manager.wait_answer(second, 20)
@@ -122,7 +114,7 @@ class ControlTest(AgentTestCase):
         many_files(src)
         self.start_agent()
         dst = os.path.join(self.scratch.b, "many")
-        move = self.start_move("many", src, dst, "mv-clean")
+        move = self.request_move("many", src, dst, "mv-clean")
         self.wait_phase("mv-clean", "cleaning")
         with self.paused_agent():
             cancel = self.manager.request("server.move_cancel", {"serverName": "many"})
@@ -139,7 +131,7 @@ class ControlTest(AgentTestCase):
         src = dense_tree(os.path.join(self.scratch.a, "mc"), 200)
         before = snapshot(src, content=False)
         dst = os.path.join(self.scratch.b, "mc")
-        move = self.start_move("mc", src, dst, "mv-slow")
+        move = self.request_move("mc", src, dst, "mv-slow")
         self.wait_phase("mv-slow", "copying")
         with contextlib.ExitStack() as frozen:
             # Stop the whole agent at once (the copy cannot run on while the
@@ -176,9 +168,9 @@ class ControlTest(AgentTestCase):
         self.start_agent()
         big = dense_tree(os.path.join(self.scratch.a, "big"), 200)
         small = make_tree(os.path.join(self.scratch.a, "small"), n_small=5)
-        done = self.start_move("small", small, os.path.join(self.scratch.b, "small"), "mv-small")
+        done = self.request_move("small", small, os.path.join(self.scratch.b, "small"), "mv-small")
         self.assertTrue(self.manager.wait_answer(done, 30)["success"])
-        running = self.start_move("big", big, os.path.join(self.scratch.b, "big"), "mv-big")
+        running = self.request_move("big", big, os.path.join(self.scratch.b, "big"), "mv-big")
         self.wait_phase("mv-big", "copying")
         with self.paused_agent():
             every = self.manager.request("server.move_status", {})

@@ -22,14 +22,6 @@ def ctl(cfg, *args, user=None, timeout=30):
 
 
 class CtlTestCase(AgentTestCase):
-    def start_move(self, server, src, dst, move_id):
-        return self.manager.request("server.move_data", {"serverName": server, "oldPath": src,
-                                                         "newPath": dst, "moveId": move_id})
-
-    def wait_phase(self, move_id, phase, timeout=30):
-        self.manager.wait_for(lambda: any(f["phase"] == phase for f in self.manager.frames(move_id)),
-                              timeout, "%s in phase %s" % (move_id, phase))
-
     @contextlib.contextmanager
     def stalled_copy(self):
         """Holds the move threads still while the loop (and so the control
@@ -95,11 +87,11 @@ class StatusCancelTest(CtlTestCase):
     def test_status_table_json_and_cancel_by_id_mid_move(self):
         self.start_agent()
         small = make_tree(os.path.join(self.scratch.a, "small"), n_small=5)
-        done = self.start_move("small", small, os.path.join(self.scratch.b, "small"), "mv-small")
+        done = self.request_move("small", small, os.path.join(self.scratch.b, "small"), "mv-small")
         self.assertTrue(self.manager.wait_answer(done, 30)["success"])
         big = dense_tree(os.path.join(self.scratch.a, "big"), 200)
         before = snapshot(big, content=False)
-        move = self.start_move("big", big, os.path.join(self.scratch.b, "big"), "mv-big")
+        move = self.request_move("big", big, os.path.join(self.scratch.b, "big"), "mv-big")
         self.wait_phase("mv-big", "copying")
         with self.stalled_copy():
             r = self.status()
@@ -141,7 +133,7 @@ class StatusCancelTest(CtlTestCase):
     def test_cancel_by_server_and_refusals(self):
         self.start_agent()
         big = dense_tree(os.path.join(self.scratch.a, "big"), 200)
-        move = self.start_move("big", big, os.path.join(self.scratch.b, "big"), "mv-srv")
+        move = self.request_move("big", big, os.path.join(self.scratch.b, "big"), "mv-srv")
         self.wait_phase("mv-srv", "copying")
         with self.stalled_copy():
             for args, code in [(["nope"], "not_found"), (["--server", "nobody-here"], "not_found"),
@@ -202,7 +194,7 @@ class HostileClientsTest(CtlTestCase):
         make_tree(os.path.join(src, "world"), n_small=100)
         before = snapshot(src)
         dst = os.path.join(self.scratch.b, "mc")
-        move = self.start_move("mc", src, dst, "mv-hostile")
+        move = self.request_move("mc", src, dst, "mv-hostile")
         self.wait_phase("mv-hostile", "copying")
         with self.stalled_copy():
             s = self.connect()
@@ -299,10 +291,10 @@ class NoDaemonTest(CtlTestCase):
         self.start_agent()
         small = make_tree(os.path.join(self.scratch.a, "small"), n_small=5)
         self.assertTrue(self.manager.wait_answer(
-            self.start_move("small", small, os.path.join(self.scratch.b, "small"), "mv-done"), 30)["success"])
+            self.request_move("small", small, os.path.join(self.scratch.b, "small"), "mv-done"), 30)["success"])
         big = dense_tree(os.path.join(self.scratch.a, "big"), 200)
         before = snapshot(big, content=False)
-        reply = self.start_move("big", big, os.path.join(self.scratch.b, "big"), "mv-cut")
+        reply = self.request_move("big", big, os.path.join(self.scratch.b, "big"), "mv-cut")
         self.wait_phase("mv-cut", "copying")
         with self.paused_agent():
             self.agent.proc.kill()

@@ -95,14 +95,6 @@ class MetricsTest(AgentTestCase):
             raise AssertionError("timed out waiting for %s; last file:\n%s"
                                  % (what, seen[0].text if seen else "(none)"))
 
-    def start_move(self, server, src, dst, move_id):
-        return self.manager.request("server.move_data", {"serverName": server, "oldPath": src,
-                                                         "newPath": dst, "moveId": move_id})
-
-    def wait_phase(self, move_id, phase, timeout=30):
-        self.manager.wait_for(lambda: any(f["phase"] == phase for f in self.manager.frames(move_id)),
-                              timeout, "%s in phase %s" % (move_id, phase))
-
     def sighup_with(self, **changes):
         """Rewrites the agent's config file with changes (None: key removed) and reloads."""
         with open(self.agent.cfg_path) as f:
@@ -163,12 +155,12 @@ class MetricsTest(AgentTestCase):
         # One move running (frozen), one queued behind it: the gauges.
         big = dense_tree(os.path.join(self.scratch.a, "big"), 200)
         small = make_tree(os.path.join(self.scratch.a, "small"), n_small=5)
-        big_reply = self.start_move("big", big, os.path.join(self.scratch.b, "big"), "mv-big")
+        big_reply = self.request_move("big", big, os.path.join(self.scratch.b, "big"), "mv-big")
         self.wait_phase("mv-big", "copying")
         with contextlib.ExitStack() as frozen:
             with self.paused_agent():
                 frozen.enter_context(self.frozen_workers())
-            small_reply = self.start_move("small", small, os.path.join(self.scratch.b, "small"), "mv-small")
+            small_reply = self.request_move("small", small, os.path.join(self.scratch.b, "small"), "mv-small")
             self.wait_phase("mv-small", "queued")
             m = self.wait_metrics(lambda m: (m("hostagent_moves_active"), m("hostagent_moves_queued")) == (1, 1),
                                   "one move active and one queued")
@@ -217,7 +209,7 @@ class MetricsTest(AgentTestCase):
         conf = self.config()
         self.start_agent(extra=conf)
         src = dense_tree(os.path.join(self.scratch.a, "mc"), 200)
-        reply = self.start_move("mc", src, os.path.join(self.scratch.b, "mc"), "mv-kill")
+        reply = self.request_move("mc", src, os.path.join(self.scratch.b, "mc"), "mv-kill")
         self.wait_phase("mv-kill", "copying")
         with self.paused_agent():
             self.agent.proc.kill()

@@ -40,10 +40,6 @@ class FaultTestCase(AgentTestCase):
     def record(self, move_id):
         return journal_record(self.scratch.state, move_id)
 
-    def request_move(self, server, old, new, move_id):
-        return self.manager.request("server.move_data", {"serverName": server, "oldPath": old,
-                                                         "newPath": new, "moveId": move_id})
-
 
 class StuckDiskTest(FaultTestCase):
     """Item 5: a destination write that never returns."""
