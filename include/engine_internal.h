@@ -1,0 +1,182 @@
+/* engine_internal.h: what the move engine's passes share (move_engine.c, engine_copy.c,
+ * engine_verify.c, engine_clean.c, engine_recover.c): the state of one run and the
+ * helpers every pass uses. Private to the engine. */
+#ifndef HOSTAGENT_ENGINE_INTERNAL_H
+#define HOSTAGENT_ENGINE_INTERNAL_H
+
+#include "move_engine.h"
+#include "clean_guard.h"
+#include "file_copy.h"
+#include "log.h"
+#include "tree_walk.h"
+#include "unlink_pool.h"
+#include "util.h"
+
+#include <errno.h>
+#include <linux/openat2.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/sysmacros.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define REPORT_GAP_MS 10 /* at most ~100 reports a second reach the ring */
+
+/* One inode with several names inside the tree, by its source identity. */
+struct hl_slot {
+    dev_t dev;
+    ino_t ino;
+    bool used;
+    bool verified; /* the verify pass met its first name */
+    char *dst_rel; /* destination path of its first name, once copied */
+    ino_t dst_ino; /* the destination inode, seen by the verify pass */
+};
+
+struct hl_table {
+    struct hl_slot *slots;
+    size_t cap, used;
+};
+
+/* Space promised to moves copying now, per destination filesystem, so that
+ * two moves to one disk do not both count the same free space. */
+struct space_claim {
+    dev_t dev;
+    _Atomic uint64_t remaining;
+    struct space_claim *next;
+};
+
+/* A copied file whose last change lies in the timestamp granule its copy
+ * began in: a change during the copy may have left its times as they were
+ * (see copy_regular). Rechecked by content once the granule has passed. */
+struct suspect {
+    char *rel; /* relative to the source root (and the copy's) */
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime, ctime;
+    int64_t stamp; /* the later of mtime and ctime, ns */
+    uint64_t hash; /* checksum mode: the hash of what was copied */
+};
+
+struct eng {
+    const struct engine_job *job;
+    struct engine_result *res;
+    struct engine_progress prog;
+    struct copy_ctx cc;
+    bool is_root, noatime_ok;
+    int srcfd, dstfd;
+    dev_t src_dev;
+    struct stat src_st;
+    bool dst_created, dst_preexisted, dst_had_lf;
+    struct stat dst_orig;
+    char **made_parents; /* created above dst, outermost first */
+    size_t n_made;
+    struct hl_table hl;
+    uint64_t need_bytes, need_inodes, blksize;
+    struct space_claim claim;
+    bool claimed;
+    uint64_t *hashes; /* checksum mode: one per copied regular file, walk order */
+    size_t n_hashes, cap_hashes, hash_pos;
+    uint64_t entries; /* entries met by the current pass */
+    uint64_t last_report;
+    int src_pfd, dst_pfd;            /* the parents of src and dst, opened beneath their roots */
+    const char *src_base, *dst_base; /* their last components */
+    struct unlink_pool *pool;        /* cleaning: parallel unlinks (NULL: inline) */
+    uint64_t dirs_removed;           /* cleaning with the pool: directories done */
+    struct tree_walk *cur_w;         /* the entry being copied, for reports inside it */
+    const char *cur_name;
+    /* Finishing a cleaning after a restart: what the copy holds, and the
+     * first difference between the rest of the source and the copy. */
+    uint64_t fin_entries, fin_bytes;
+    bool fin_lost_found;
+    char *fin_why;
+    size_t fin_why_size;
+    struct src_record rec; /* every source entry as copied, in walk order */
+    bool guarded;          /* rec is whole: the cleaning removes only what matches it */
+    size_t rec_pos;        /* the record the current walk meets next */
+    size_t changed_depth;  /* check pass: the changed directory being searched (0: none) */
+    char changed[MOVE_ERROR_MAX / 2]; /* its path (relative) */
+    char changed_why[160];            /* and what changed */
+    int64_t grain;                    /* bound on the source's timestamp granularity, ns */
+    struct suspect *suspects;         /* see struct suspect */
+    size_t n_suspects, cap_suspects;
+    /* When the copy pass had made its last change to the destination: an
+     * entry of the copy whose ctime is later was changed by someone else. */
+    struct timespec copy_end;
+};
+
+static inline bool eng_same_time(const struct timespec *a, const struct timespec *b)
+{
+    return a->tv_sec == b->tv_sec && a->tv_nsec == b->tv_nsec;
+}
+
+static inline bool eng_same_mtime(const struct stat *a, const struct stat *b)
+{
+    return eng_same_time(&a->st_mtim, &b->st_mtim);
+}
+
+/* mtime and ctime: ctime also moves on a rewrite that restores the mtime,
+ * and on any change of metadata. */
+static inline bool eng_same_times(const struct stat *a, const struct stat *b)
+{
+    return eng_same_mtime(a, b) && a->st_ctim.tv_sec == b->st_ctim.tv_sec &&
+           a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
+}
+
+static inline int64_t eng_ts_ns(const struct timespec *t)
+{
+    return (int64_t)t->tv_sec * 1000000000 + t->tv_nsec;
+}
+
+/* move_engine.c: results, reports, hard links, paths, removability */
+int eng_fail(struct eng *e, enum move_code code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+int eng_stop_code(struct eng *e);
+int eng_fail_at(struct eng *e, int err, const char *what, const char *root, const char *rel);
+int eng_fail_w(struct eng *e, struct tree_walk *w, int err, const char *what, const char *root,
+               const char *name);
+int eng_fail_dst_changed(struct eng *e, const char *rel);
+int eng_fail_walk(struct eng *e, struct tree_walk *w);
+int eng_walk_source(struct eng *e, const struct tree_walk_ops *ops, bool mirrored);
+void eng_note_grain(struct eng *e, const struct stat *st);
+void eng_report(struct eng *e, struct tree_walk *w, const char *name);
+int eng_phase(struct eng *e, enum move_phase phase, uint64_t phase_total);
+void eng_on_bytes(void *arg, uint64_t delta);
+struct hl_slot *eng_hl_get(struct hl_table *t, dev_t dev, ino_t ino, bool *fresh);
+void eng_hl_free(struct hl_table *t);
+int eng_open_parent_of(int root, const char *rel, const char **base);
+int eng_check_removable(struct eng *e, struct tree_walk *w, const char *name, const struct stat *st,
+                        uint64_t attrs);
+int eng_check_root(struct eng *e);
+int eng_open_src_parent(struct eng *e);
+int eng_open_dst_parent(struct eng *e, bool create);
+
+/* engine_copy.c */
+int eng_calculate(struct eng *e);
+int eng_check_space(struct eng *e);
+void eng_release_space(struct eng *e);
+int eng_copy(struct eng *e);
+
+/* engine_verify.c */
+int eng_verify(struct eng *e);
+int eng_check_source(struct eng *e);
+
+/* engine_clean.c */
+int eng_clean_check(void *ctx, int dirfd, const char *name, const void *arg);
+int eng_clean(struct eng *e);
+void eng_clean_stopped(struct eng *e);
+void eng_rollback(struct eng *e);
+
+/* engine_recover.c */
+int eng_undo(struct eng *e);
+int eng_finish(struct eng *e);
+
+#endif
