@@ -47,6 +47,8 @@ struct config {
     char *ca_file;
     bool tls_insecure;
     char *metrics_file; /* NULL: no metrics */
+    uint64_t
+        prepare_ttl_ms; /* a prepared move not committed within this is rolled back; 0: never */
 };
 
 /* Problems found while loading, each already formatted "FILE:LINE: message". */

@@ -30,6 +30,21 @@ enum engine_mode {
     ENGINE_MOVE = 0, /* the whole move */
     ENGINE_UNDO,     /* after a crash before cleaning: remove the partial copy */
     ENGINE_FINISH,   /* after a crash during cleaning: remove the rest of the source */
+    /* server.move_prepare: calculate, then copy the live source, recording
+     * each entry's identity before reading it (ident_path). Changes while
+     * copying are no error. Succeeds with the copy kept and durable, and the
+     * record written: the move rests in phase ready (no worker). */
+    ENGINE_PREPARE,
+    /* server.move_commit of a move in ready: the final pass (syncing) against
+     * the record, then verifying, durable, cleaning, as ENGINE_MOVE ends.
+     * A source still changing during syncing or verifying: -1 with
+     * CODE_SOURCE_CHANGED and res->back_to_ready, the copy kept and the
+     * record matching it. Any other failure rolls back (the copy removed). */
+    ENGINE_COMMIT,
+    /* A prepared move stopped while resting in ready (cancel, prepare_ttl):
+     * removes its copy, checked by the destination's recorded identity, and
+     * fails with the stop code in *stop. */
+    ENGINE_DISCARD,
 };
 
 /* Called on the worker when a phase begins, before its work. Its failure
@@ -82,6 +97,10 @@ struct engine_job {
     enum move_phase resume_phase;
     struct engine_id src_id, dst_id;
     uint64_t files_copied, bytes_copied; /* ENGINE_FINISH: the verified copy */
+    /* ENGINE_PREPARE/COMMIT: the identity record of the preparing copy (a
+     * file in state_dir; see ident_store.h). PREPARE writes it; COMMIT reads
+     * it, and rewrites it when the move goes back to ready. */
+    const char *ident_path;
     /* ENGINE_UNDO: the destination as the journal recorded it at acceptance. */
     bool dst_preexisted;
     struct stat dst_orig;
@@ -98,6 +117,12 @@ struct engine_result {
     enum move_code warning_code;
     char warning[MOVE_ERROR_MAX];
     uint64_t bytes_copied, files_copied;
+    /* ENGINE_COMMIT: what the final pass copied (entries new or changed
+     * since the record, and bytes written for them). */
+    uint64_t bytes_synced, files_synced;
+    /* ENGINE_COMMIT failed with CODE_SOURCE_CHANGED during syncing or
+     * verifying: the copy and its record are kept, the move is ready again. */
+    bool back_to_ready;
 };
 
 /* Runs the whole move. Returns 0 on success (perhaps with a warning), -1

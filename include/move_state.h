@@ -10,6 +10,8 @@ enum move_phase {
     PHASE_QUEUED = 0,
     PHASE_CALCULATING,
     PHASE_COPYING,
+    PHASE_READY,   /* a prepared move: copied while the server runs, awaiting its commit */
+    PHASE_SYNCING, /* a prepared move's commit: the final pass */
     PHASE_VERIFYING,
     PHASE_CLEANING,
     PHASE_COMPLETE,
@@ -87,9 +89,11 @@ struct move_state {
 const char *move_phase_name(enum move_phase p);
 bool move_phase_terminal(enum move_phase p);
 /* The phases' state machine: queued -> calculating -> copying -> verifying ->
- * cleaning -> complete, forward only (a rename, or a move resumed from the
- * journal, skips some), and error or cancelled (or complete) from any phase
- * that has not ended. An ended move changes no more. */
+ * cleaning -> complete (a prepared move: ... copying -> ready -> syncing ->
+ * verifying ...), forward only (a rename, or a move resumed from the
+ * journal, skips some) except that a commit that met a changing source goes
+ * back to ready (syncing or verifying -> ready), and error or cancelled (or
+ * complete) from any phase that has not ended. An ended move changes no more. */
 bool move_phase_may_follow(enum move_phase from, enum move_phase to);
 const char *move_code_name(enum move_code c);
 /* The code named s (not CODE_NONE); false when there is none. */

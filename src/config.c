@@ -73,6 +73,7 @@ static const struct key_def key_table[] = {
     {"tls_insecure", K_BOOL, F(tls_insecure), 0, 0, false, false},
     {"metrics_file", K_FILE_PATH, F(metrics_file), 0, 0, false, false},
     {"control_socket", K_SOCKET, F(control_socket), 0, 0, false, false},
+    {"prepare_ttl", K_DURATION, F(prepare_ttl_ms), 1 * MIN, 30ull * 24 * HOUR, true, false},
 };
 #undef F
 
@@ -100,6 +101,7 @@ static void config_defaults(struct config *cfg)
     cfg->verify = VERIFY_METADATA;
     cfg->max_message_bytes = 1u << 20;
     cfg->tls_insecure = false;
+    cfg->prepare_ttl_ms = 24 * HOUR;
 }
 
 static void errs_add(struct config_errors *errs, const char *file, int line, const char *fmt, ...)

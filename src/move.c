@@ -286,6 +286,7 @@ static void move_refresh(struct move *m, uint64_t now)
                 (int64_t)((s->count.bytes_total - s->count.bytes_copied + s->bytes_per_second - 1) /
                           s->bytes_per_second);
         break;
+    case PHASE_SYNCING: /* entries walked of filesTotal */
     case PHASE_VERIFYING:
     case PHASE_CLEANING:
         s->percent = 100;
@@ -294,6 +295,7 @@ static void move_refresh(struct move *m, uint64_t now)
                                                    : 100;
         s->bytes_per_second = 0;
         break;
+    case PHASE_READY:
     case PHASE_COMPLETE:
         s->percent = 100;
         s->phase_percent = 100;

@@ -656,6 +656,11 @@ int engine_run(const struct engine_job *job, struct engine_result *res)
     case ENGINE_FINISH:
         rc = eng_finish(&e);
         break;
+    case ENGINE_PREPARE:
+    case ENGINE_COMMIT:
+    case ENGINE_DISCARD:
+        rc = eng_fail(&e, CODE_IO_ERROR, "prepared moves are being built (issue 12)");
+        break;
     default:
         (void)eng_phase(&e, PHASE_CALCULATING, 0);
         rc = job->rename ? eng_rename(&e) : eng_copy_move(&e);

@@ -9,7 +9,8 @@
 
 static const char *const phase_names[] = {
     [PHASE_QUEUED] = "queued",     [PHASE_CALCULATING] = "calculating",
-    [PHASE_COPYING] = "copying",   [PHASE_VERIFYING] = "verifying",
+    [PHASE_COPYING] = "copying",   [PHASE_READY] = "ready",
+    [PHASE_SYNCING] = "syncing",   [PHASE_VERIFYING] = "verifying",
     [PHASE_CLEANING] = "cleaning", [PHASE_COMPLETE] = "complete",
     [PHASE_ERROR] = "error",       [PHASE_CANCELLED] = "cancelled",
 };
@@ -50,6 +51,8 @@ bool move_phase_may_follow(enum move_phase from, enum move_phase to)
 {
     if (move_phase_terminal(from))
         return false;
+    if (to == PHASE_READY && (from == PHASE_SYNCING || from == PHASE_VERIFYING))
+        return true; /* a commit that met a changing source */
     return move_phase_terminal(to) || to > from;
 }
 
