@@ -499,11 +499,20 @@ static void test_marks_and_unseen_children_first(void **state)
     ident_set_free(s);
 }
 
+struct remover {
+    struct ident_set *s;
+    int calls;
+};
+
+/* Removes what it visits, and the directory "d" with the first of them. */
 static int remove_cb(void *arg, const char *rel, const struct ident_rec *r)
 {
-    struct ident_set *s = arg;
+    struct remover *rm = arg;
     (void)r;
-    assert_true(ident_set_remove(s, rel));
+    assert_string_not_equal(rel, "d");
+    assert_true(ident_set_remove(rm->s, rel));
+    if (rm->calls++ == 0)
+        assert_true(ident_set_remove(rm->s, "d"));
     return 0;
 }
 
@@ -511,6 +520,7 @@ static void test_unseen_callback_may_remove(void **state)
 {
     struct ident_set *s = ident_set_new();
     struct ident_rec r = mkrec(S_IFREG | 0644, 1, 1);
+    struct remover rm = {s, 0};
     char p[32];
     (void)state;
     for (int i = 0; i < 300; i++) {
@@ -519,7 +529,8 @@ static void test_unseen_callback_may_remove(void **state)
     }
     assert_int_equal(ident_set_put(s, "d", &r), 0);
     ident_set_mark(s, "d/7");
-    assert_int_equal(ident_set_each_unseen(s, remove_cb, s), 0);
+    assert_int_equal(ident_set_each_unseen(s, remove_cb, &rm), 0);
+    assert_int_equal(rm.calls, 299);
     assert_int_equal(ident_set_count(s), 1);
     assert_non_null(ident_set_get(s, "d/7"));
     ident_set_free(s);
@@ -655,6 +666,11 @@ static void test_sealed_but_invalid_records_rejected(void **state)
     static const unsigned char empty_path[] = {0, 0, 1 << 3, 2, 0, 2, 0, 0, 0, 1, 0, 0, 0};
     static const unsigned char nul_path[] = {0, 1, 0, 1 << 3, 2, 0, 2, 0, 0, 0, 1, 0, 0};
     static const unsigned char bad_flags[] = {0, 1, 'a', 1 << 5, 2, 0, 2, 0, 0, 0, 1, 0, 0};
+    static const unsigned char long_name[] = {0,   16,  'a', 'b', 'c', 'd', 'e', 'f', 'g',    'h',
+                                              'i', 'j', 'k', 'l', 'm', 'n', 'o', 'p', 1 << 3, 2,
+                                              0,   2,   0,   0,   0,   1,   0,   0};
+    static const unsigned char nul_target[] = {0, 1, 'a', 1 << 3 | 2, 2, 0, 2,   0,
+                                               0, 0, 1,   0,          0, 2, 'x', 0};
     static const unsigned char no_blocks[] = {0, 1, 'a', 1 << 3 | 1, 2, 0, 2, 0, 0, 0, 1, 0, 0, 0};
     static const unsigned char big_nlink[] = {0, 1,    'a',  1 << 3, 2,    0,    2, 0, 0,
                                               0, 0x80, 0x80, 0x80,   0x80, 0x10, 0, 0};
@@ -670,7 +686,14 @@ static void test_sealed_but_invalid_records_rejected(void **state)
     assert_int_equal(ident_set_get(s, "a")->ino, 1);
     assert_int_equal(ident_set_get(s, "a")->flags, IDENT_COPIED);
     ident_set_free(s);
-    write_sealed(file, ok, sizeof ok, 2, 1); /* count mismatch */
+    write_sealed(file, ok, sizeof ok, 2, 1); /* count mismatch, both ways */
+    assert_rejected(file);
+    write_sealed(file, ok, sizeof ok, 0, 1);
+    assert_rejected(file);
+    /* Long enough for two records by size, but it holds one. */
+    write_sealed(file, long_name, sizeof long_name, 1, 1);
+    ident_set_free(load_ok(file));
+    write_sealed(file, long_name, sizeof long_name, 2, 1);
     assert_rejected(file);
     write_sealed(file, ok, sizeof ok - 1, 1, 1); /* record cut */
     assert_rejected(file);
@@ -683,6 +706,8 @@ static void test_sealed_but_invalid_records_rejected(void **state)
     write_sealed(file, nul_path, sizeof nul_path, 1, 1);
     assert_rejected(file);
     write_sealed(file, bad_flags, sizeof bad_flags, 1, 1);
+    assert_rejected(file);
+    write_sealed(file, nul_target, sizeof nul_target, 1, 1);
     assert_rejected(file);
     write_sealed(file, no_blocks, sizeof no_blocks, 1, 1);
     assert_rejected(file);
