@@ -427,7 +427,6 @@ static int eng_sync(struct eng *e)
     static const struct tree_walk_ops ops = {sync_entry, sync_dir_pre, sync_dir_post, NULL};
     struct stat after;
     int rc;
-    (void)eng_phase(e, PHASE_SYNCING, e->prog.count.files_total);
     e->entries = 0;
     e->fin_bytes = 0;
     if (eng_walk_source(e, &ops, true) != 0)
