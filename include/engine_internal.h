@@ -126,6 +126,8 @@ struct eng {
     struct hl_table synced; /* files the final pass copied (checksum: their hash) */
     char *relbuf;           /* syncing: the current entry's relative path */
     size_t relcap;
+    char **synced_rel; /* syncing: the entries it copied, for the verify pass */
+    size_t n_synced_rel, cap_synced_rel;
 };
 
 static inline bool eng_same_time(const struct timespec *a, const struct timespec *b)
@@ -189,6 +191,8 @@ int eng_recheck(struct eng *e);
 
 /* engine_verify.c */
 int eng_verify(struct eng *e);
+int eng_verify_stat(struct eng *e, struct tree_walk *w, const char *name, const struct stat *s,
+                    const struct stat *d);
 int eng_check_source(struct eng *e);
 
 /* engine_clean.c */

@@ -11,13 +11,52 @@
  * of the run that grows as needed (never truncated). */
 static const char *sync_rel(struct eng *e, struct tree_walk *w, const char *name)
 {
-    size_t need = w->path_cap + strlen(name) + 2;
-    if (need > e->relcap) {
-        e->relbuf = xrealloc(e->relbuf, need);
-        e->relcap = need;
+    size_t pl = w->depth ? w->lv[w->depth - 1].path_len : 0, nl = strlen(name);
+    if (pl + nl + 2 > e->relcap) {
+        e->relcap = pl + nl + 2 + 256;
+        e->relbuf = xrealloc(e->relbuf, e->relcap);
     }
-    tree_walk_relpath(w, name, e->relbuf, e->relcap);
+    memcpy(e->relbuf, w->path, pl);
+    if (pl)
+        e->relbuf[pl++] = '/';
+    memcpy(e->relbuf + pl, name, nl + 1);
     return e->relbuf;
+}
+
+/* Remembers an entry the final pass copied, for the verify pass. */
+static void sync_note(struct eng *e, const char *rel)
+{
+    if (e->n_synced_rel == e->cap_synced_rel) {
+        e->cap_synced_rel = e->cap_synced_rel ? 2 * e->cap_synced_rel : 64;
+        e->synced_rel = xrealloc(e->synced_rel, e->cap_synced_rel * sizeof *e->synced_rel);
+    }
+    e->synced_rel[e->n_synced_rel++] = xstrdup(rel);
+}
+
+/* Symlinks: the copy's target must be the source's. */
+static bool same_target(int sdir, int ddir, const char *name)
+{
+    char a[PATH_MAX], b[PATH_MAX];
+    ssize_t na = readlinkat(sdir, name, a, sizeof a);
+    ssize_t nb = readlinkat(ddir, name, b, sizeof b);
+    return na >= 0 && na == nb && memcmp(a, b, (size_t)na) == 0;
+}
+
+/* An entry the final pass left alone (its source is as recorded) is
+ * verified on the way: the copy's metadata against the source's, its link
+ * target, its hard-link group. A difference is the copy's, not the
+ * source's: someone changed the copy. */
+static int sync_verify_kept(struct eng *e, struct tree_walk *w, const char *name,
+                            const struct stat *st, const struct stat *d, struct hl_slot *hs)
+{
+    if (eng_verify_stat(e, w, name, st, d) != 0)
+        return -1;
+    if (S_ISLNK(st->st_mode) && !same_target(tree_walk_fd(w, 0), tree_walk_fd(w, 1), name))
+        return eng_fail_dst_changed(e, sync_rel(e, w, name));
+    if (hs && hs->dst_rel && hs->dst_ino != d->st_ino)
+        return eng_fail(e, CODE_IO_ERROR, "verification failed: %s/%s is not a hard link of %s",
+                        e->job->dst, sync_rel(e, w, name), hs->dst_rel);
+    return 0;
 }
 
 /* Whether st is, in everything the record keeps, the entry recorded as
@@ -310,6 +349,7 @@ done:
         target[n] = '\0';
     }
     rc = sync_put(e, rel_copy, &copied, IDENT_COPIED | (suspect ? IDENT_SUSPECT : 0), &nb, target);
+    sync_note(e, rel_copy);
     ident_blocks_free(&nb);
     free(target);
     free(old);
@@ -339,14 +379,19 @@ static int sync_entry(struct tree_walk *w, const char *name, const struct stat *
         return -1;
     sync_count(e, w, name, st);
     if (sync_unchanged(r, st)) {
+        struct hl_slot *hs = NULL;
+        struct stat d;
+        if (fstatat(tree_walk_fd(w, 1), name, &d, AT_SYMLINK_NOFOLLOW) != 0)
+            return eng_fail_dst_changed(e, rel);
         if (S_ISREG(st->st_mode) && st->st_nlink > 1) {
             bool fresh;
-            struct hl_slot *hs = eng_hl_get(&e->hl, st->st_dev, st->st_ino, &fresh);
-            struct stat d;
-            if (!hs->dst_rel && fstatat(tree_walk_fd(w, 1), name, &d, AT_SYMLINK_NOFOLLOW) == 0) {
-                hs->dst_rel = xstrdup(rel);
-                hs->dst_ino = d.st_ino;
-            }
+            hs = eng_hl_get(&e->hl, st->st_dev, st->st_ino, &fresh);
+        }
+        if (sync_verify_kept(e, w, name, st, &d, hs) != 0)
+            return -1;
+        if (hs && !hs->dst_rel) {
+            hs->dst_rel = xstrdup(sync_rel(e, w, name));
+            hs->dst_ino = d.st_ino;
         }
         src_record_add(&e->rec, st);
         return 0;
@@ -414,7 +459,11 @@ static int sync_dir_post(struct tree_walk *w, const char *name, const struct sta
         rc = copy_meta_fd(&e->cc, fds[0], fds[1], st, e->is_root);
         if (rc != 0)
             return eng_fail_w(e, w, -rc, "set attributes of", e->job->dst, name);
+        if (fstat(fds[1], &d) != 0)
+            return eng_fail_w(e, w, errno, "stat", e->job->dst, name);
     }
+    if (eng_verify_stat(e, w, name, st, &d) != 0)
+        return -1;
     if (changed)
         return sync_put(e, sync_rel(e, w, name), st,
                         IDENT_COPIED | (eng_in_granule(e, w, st) ? IDENT_SUSPECT : 0), NULL, NULL);
@@ -440,6 +489,14 @@ static int eng_sync(struct eng *e)
     rc = copy_meta_fd(&e->cc, e->srcfd, e->dstfd, &e->src_st, e->is_root);
     if (rc != 0)
         return eng_fail_at(e, -rc, "set attributes of", e->job->dst, NULL);
+    {
+        struct tree_walk at_root = {0};
+        struct stat d;
+        if (fstat(e->dstfd, &d) != 0)
+            return eng_fail_at(e, errno, "stat", e->job->dst, NULL);
+        if (eng_verify_stat(e, &at_root, NULL, &e->src_st, &d) != 0)
+            return -1;
+    }
     if (eng_recheck(e) != 0)
         return -1;
     e->prog.count.files_total = e->prog.count.files_copied = e->entries;
@@ -447,6 +504,56 @@ static int eng_sync(struct eng *e)
     (void)clock_gettime(CLOCK_REALTIME, &e->copy_end);
     if (syncfs(e->dstfd) != 0)
         return eng_fail_at(e, errno, "sync", e->job->dst, NULL);
+    return 0;
+}
+
+/* Verifying after the final pass: what it copied, against the source
+ * (the rest was verified as the pass met it): metadata, link targets, and
+ * with verify = checksum the content read back from the disk. */
+static int eng_verify_synced(struct eng *e)
+{
+    struct tree_walk top = {0}; /* names entries by their relative path */
+    struct stat s, d;
+    (void)eng_phase(e, PHASE_VERIFYING, e->n_synced_rel);
+    for (size_t i = 0; i < e->n_synced_rel; i++) {
+        const char *rel = e->synced_rel[i], *base;
+        int sp, dp, rc = 0;
+        if (eng_stop_code(e) != 0)
+            return -1;
+        sp = eng_open_parent_of(e->srcfd, rel, &base);
+        dp = sp >= 0 ? eng_open_parent_of(e->dstfd, rel, &base) : -1;
+        if (sp < 0 || dp < 0)
+            rc = eng_fail_at(e, errno == ENOENT ? ESTALE : errno, "open", e->job->src, rel);
+        else if (fstatat(sp, base, &s, AT_SYMLINK_NOFOLLOW) != 0)
+            rc = eng_fail_at(e, errno == ENOENT ? ESTALE : errno, "stat", e->job->src, rel);
+        else if (fstatat(dp, base, &d, AT_SYMLINK_NOFOLLOW) != 0)
+            rc = eng_fail_dst_changed(e, rel);
+        else if (eng_verify_stat(e, &top, rel, &s, &d) != 0)
+            rc = -1;
+        else if (S_ISLNK(s.st_mode) && !same_target(sp, dp, base))
+            rc = eng_fail_at(e, ESTALE, "", e->job->src, rel);
+        else if (S_ISREG(s.st_mode) && e->cc.checksum) {
+            const struct hl_slot *hs = eng_hl_find(&e->synced, s.st_dev, s.st_ino);
+            int fd = openat(dp, base, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOATIME);
+            uint64_t h = 0;
+            e->cc.progress = NULL;
+            if (fd < 0 || copy_hash_file(&e->cc, fd, &h) != 0)
+                rc = eng_fail_at(e, errno ? errno : EIO, "read", e->job->dst, rel);
+            else if (!hs || hs->hash != h)
+                rc = eng_fail(e, CODE_IO_ERROR, "verification failed: content differs for %s/%s",
+                              e->job->dst, rel);
+            if (fd >= 0)
+                close(fd);
+        }
+        if (sp >= 0)
+            close(sp);
+        if (dp >= 0)
+            close(dp);
+        if (rc != 0)
+            return -1;
+        e->prog.count.phase_done = i + 1;
+        eng_report(e, NULL, NULL);
+    }
     return 0;
 }
 
@@ -525,7 +632,7 @@ int eng_commit(struct eng *e)
         eng_rollback(e);
         return -1;
     }
-    if (eng_sync(e) != 0 || eng_verify(e) != 0)
+    if (eng_sync(e) != 0 || eng_verify_synced(e) != 0)
         return eng_commit_failed(e);
     e->res->bytes_synced = e->synced_bytes;
     e->res->files_synced = e->synced_files;

@@ -22,8 +22,8 @@ static int verify_fail_dst_changed(struct eng *e, struct tree_walk *w, const cha
 }
 
 /* Compares one entry of the copy with its source, field by field. */
-static int verify_stat(struct eng *e, struct tree_walk *w, const char *name, const struct stat *s,
-                       const struct stat *d)
+int eng_verify_stat(struct eng *e, struct tree_walk *w, const char *name, const struct stat *s,
+                    const struct stat *d)
 {
     mode_t mask = S_IFMT | 07777;
     const char *what = NULL;
@@ -101,7 +101,7 @@ static int verify_entry(struct tree_walk *w, const char *name, const struct stat
             return verify_fail_dst_changed(e, w, name);
         return eng_fail_w(e, w, ESTALE, "", e->job->src, name);
     }
-    if (verify_stat(e, w, name, s, &d) != 0)
+    if (eng_verify_stat(e, w, name, s, &d) != 0)
         return -1;
     if (S_ISLNK(s->st_mode)) {
         char a[PATH_MAX], b[PATH_MAX];
@@ -162,7 +162,7 @@ int eng_verify(struct eng *e)
                         (unsigned long long)e->entries);
     if (fstat(e->srcfd, &s) != 0 || fstat(e->dstfd, &d) != 0)
         return eng_fail_at(e, errno, "stat", e->job->dst, NULL);
-    return verify_stat(e, &at_root, NULL, &s, &d);
+    return eng_verify_stat(e, &at_root, NULL, &s, &d);
 }
 
 /* --- the source checked against the record, before the first removal -------------- */

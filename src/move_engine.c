@@ -739,5 +739,8 @@ int engine_run(const struct engine_job *job, struct engine_result *res)
     free(e.suspects);
     free(e.cc.buf);
     free(e.relbuf);
+    for (size_t i = 0; i < e.n_synced_rel; i++)
+        free(e.synced_rel[i]);
+    free(e.synced_rel);
     return rc;
 }
