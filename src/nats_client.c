@@ -269,8 +269,11 @@ static void nc_on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, v
 static void nc_on_conn_event(natsConnection *nc, void *closure, enum nats_ev_kind kind)
 {
     struct nats_event *e = nc_event(kind);
-    e->text = nc_last_error(nc);
-    e->status = natsConnection_GetLastError(nc, NULL);
+    const char *txt = NULL;
+    e->status = natsConnection_GetLastError(nc, &txt);
+    e->text = xstrdup(txt && *txt            ? txt
+                      : e->status != NATS_OK ? natsStatus_GetText(e->status)
+                                             : "");
     nc_post(closure, e);
 }
 
