@@ -85,6 +85,11 @@ int config_parse_size(const char *s, uint64_t *bytes);
 int config_parse_bool(const char *s, bool *b);
 int config_parse_url(const char *s, struct config_url *u, const char **why);
 void config_url_free(struct config_url *u);
+/* A reload keeps the transport of the running process: moves the
+ * transport's keys (transport, nats_*) from old into fresh, and fresh's
+ * into old (freed with it). */
+void config_keep_transport(struct config *fresh, struct config *old);
+
 /* One nats:// or tls:// server URL: host[:port], nothing else. */
 int config_parse_nats_url(const char *s, const char **why);
 /* A subject prefix: 1..CONFIG_NATS_PREFIX_MAX bytes of dot-separated tokens

@@ -267,8 +267,10 @@ static void agent_reload(struct agent *a)
         config_errors_free(&errs);
         return;
     }
-    /* The URL, state_dir, control_socket and ping interval are fixed for the process; the
-     * rest applies to new requests and the next connection. */
+    /* The URL, state_dir, control_socket, ping interval and the transport (transport and
+     * the nats_* keys) are fixed for the process; the rest applies to new requests and
+     * the next connection. */
+    config_keep_transport(&fresh, &a->cfg);
     free(fresh.manager_url);
     config_url_free(&fresh.url);
     free(fresh.state_dir);
@@ -407,7 +409,9 @@ int agent_run(struct agent *a)
 {
     int rc;
     LOG(LOG_INFO, "hostagent starting", LF_S("version", HOSTAGENT_VERSION),
-        LF_S("agent_id", a->cfg.agent_id), LF_S("manager", a->cfg.manager_url));
+        LF_S("agent_id", a->cfg.agent_id),
+        LF_S("manager", a->cfg.manager_url ? a->cfg.manager_url : a->cfg.nats_servers_raw),
+        LF_S("transport", a->tr->impl->name));
     transport_start(a->tr);
     notify_send(&a->notify, "READY=1");
     agent_notify_status(a);

@@ -1028,6 +1028,29 @@ int config_load_stream(FILE *f, const char *file, struct config *cfg, struct con
     return 0;
 }
 
+#define SWAP(a, b)                                                                                 \
+    do {                                                                                           \
+        __typeof__(a) swap_tmp_ = (a);                                                             \
+        (a) = (b);                                                                                 \
+        (b) = swap_tmp_;                                                                           \
+    } while (0)
+
+void config_keep_transport(struct config *fresh, struct config *old)
+{
+    SWAP(fresh->transport, old->transport);
+    SWAP(fresh->nats_servers_raw, old->nats_servers_raw);
+    SWAP(fresh->nats_servers, old->nats_servers);
+    SWAP(fresh->n_nats_servers, old->n_nats_servers);
+    SWAP(fresh->nats_creds_file, old->nats_creds_file);
+    SWAP(fresh->nats_nkey_seed_file, old->nats_nkey_seed_file);
+    SWAP(fresh->nats_user, old->nats_user);
+    SWAP(fresh->nats_password_file, old->nats_password_file);
+    SWAP(fresh->nats_password, old->nats_password);
+    SWAP(fresh->nats_subject_prefix, old->nats_subject_prefix);
+    SWAP(fresh->nats_jetstream, old->nats_jetstream);
+}
+#undef SWAP
+
 void config_free(struct config *cfg)
 {
     free(cfg->manager_url);
