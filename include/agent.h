@@ -11,7 +11,7 @@
 #include "move.h"
 #include "path_check.h"
 #include "protocol.h"
-#include "ws_client.h"
+#include "transport.h"
 
 #include <stdbool.h>
 #include <uv.h>
@@ -76,7 +76,7 @@ struct agent {
     struct journal journal;
     struct config cfg;
     char *config_path;
-    struct ws_client ws;
+    struct transport *tr;   /* the link to the manager(s): WebSocket or NATS */
     struct control control; /* hostagent status / cancel */
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t heartbeat;

@@ -40,7 +40,7 @@ cJSON *agent_move_answer(const struct move_state *s);
 void agent_hold(struct agent *a, struct agent_ended *h, enum move_phase journaled);
 void agent_free_move(struct move *m);
 extern const struct move_ops agent_move_ops;
-void agent_on_acked(struct ws_client *c, const char *key);
+void agent_on_acked(struct transport *t, const char *key);
 void agent_resend_outcome(struct agent *a, const struct journal_rec *r,
                           const struct move_state *st);
 
@@ -51,7 +51,7 @@ void agent_capabilities(cJSON *array);
 void agent_start_queued(struct agent *a);
 void agent_pending_free(struct agent_pending *p);
 void agent_on_check(void *owner, struct path_check *c, bool timed_out);
-void agent_on_message(struct ws_client *c, const char *buf, size_t len);
+void agent_on_message(struct transport *t, const char *buf, size_t len);
 extern const struct control_ops agent_control_ops;
 void agent_run_deferred(struct agent *a);
 

@@ -13,6 +13,10 @@
 #define CONFIG_DEFAULT_CONTROL_SOCKET "/run/hostagent/control.sock"
 
 enum verify_mode { VERIFY_METADATA = 0, VERIFY_CHECKSUM = 1 };
+enum transport_kind { TRANSPORT_WEBSOCKET = 0, TRANSPORT_NATS = 1 };
+
+#define CONFIG_NATS_SERVERS_MAX 32
+#define CONFIG_NATS_PREFIX_MAX 128
 
 struct config_url {
     bool tls;
@@ -49,6 +53,17 @@ struct config {
     char *metrics_file; /* NULL: no metrics */
     uint64_t
         prepare_ttl_ms; /* a prepared move not committed within this is rolled back; 0: never */
+    enum transport_kind transport;
+    char *nats_servers_raw; /* as written, for the logs */
+    char **nats_servers;    /* nats:// or tls:// URLs */
+    size_t n_nats_servers;
+    char *nats_creds_file;     /* JWT + nkey seed (a .creds file) */
+    char *nats_nkey_seed_file; /* an nkey seed alone */
+    char *nats_user;
+    char *nats_password_file;
+    char *nats_password; /* read from nats_password_file */
+    char *nats_subject_prefix;
+    bool nats_jetstream;
 };
 
 /* Problems found while loading, each already formatted "FILE:LINE: message". */
@@ -72,5 +87,15 @@ int config_parse_size(const char *s, uint64_t *bytes);
 int config_parse_bool(const char *s, bool *b);
 int config_parse_url(const char *s, struct config_url *u, const char **why);
 void config_url_free(struct config_url *u);
+/* A reload keeps the transport of the running process: moves the
+ * transport's keys (transport, nats_*) from old into fresh, and fresh's
+ * into old (freed with it). */
+void config_keep_transport(struct config *fresh, struct config *old);
+
+/* One nats:// or tls:// server URL: host[:port], nothing else. */
+int config_parse_nats_url(const char *s, const char **why);
+/* A subject prefix: 1..CONFIG_NATS_PREFIX_MAX bytes of dot-separated tokens
+ * of [A-Za-z0-9_-]. */
+bool config_subject_prefix_ok(const char *s);
 
 #endif

@@ -4,7 +4,7 @@
 #define HOSTAGENT_METRICS_H
 
 #include "move_state.h"
-#include "ws_client.h"
+#include "transport.h"
 
 #include <stdbool.h>
 #include <stddef.h>

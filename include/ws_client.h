@@ -4,6 +4,7 @@
 #define HOSTAGENT_WS_CLIENT_H
 
 #include "config.h"
+#include "transport.h"
 
 #include <libwebsockets.h>
 #include <stdbool.h>
@@ -11,29 +12,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-enum conn_state {
-    CONN_IDLE = 0,   /* not started */
-    CONN_CONNECTING, /* resolving, TCP, TLS, upgrade */
-    CONN_HELLO,      /* upgraded; agent.hello not yet written */
-    CONN_UP,         /* hello written: frames flow */
-    CONN_BACKOFF,    /* waiting before the next attempt */
-    CONN_CLOSING,    /* shutting down: flushing, then "going away" */
-    CONN_CLOSED,     /* shut down for good */
-};
-
 struct ws_client;
-
-struct ws_client_ops {
-    /* Builds agent.hello (malloc'd, cJSON_free'd by the client). */
-    char *(*hello)(struct ws_client *c);
-    /* One complete text message of at most max_message_bytes. */
-    void (*message)(struct ws_client *c, const char *buf, size_t len);
-    /* Every state change; CONN_CLOSED ends the shutdown. */
-    void (*state)(struct ws_client *c, enum conn_state s);
-    /* A message sent with an ack_key is known to have reached the manager:
-     * a pong answering a ping sent after it arrived. */
-    void (*acked)(struct ws_client *c, const char *ack_key);
-};
 
 struct ws_msg {
     struct ws_msg *next;
@@ -46,18 +25,16 @@ struct ws_msg {
 };
 
 struct ws_client {
+    struct transport base; /* first: the agent holds a struct transport * */
     uv_loop_t *loop;
     const struct config *cfg; /* owner's; may be replaced between connects */
-    const struct ws_client_ops *ops;
-    void *owner;
 
     struct lws_context *ctx;
     struct lws *wsi; /* only between ESTABLISHED and CLOSED */
     void *foreign_loops[1];
     lws_retry_bo_t retry; /* lws keeps a pointer: lives as long as we do */
-    enum conn_state state;
-    unsigned attempt;    /* consecutive failed or short connections */
-    unsigned attempt_id; /* guards against a double failure report */
+    unsigned attempt;     /* consecutive failed or short connections */
+    unsigned attempt_id;  /* guards against a double failure report */
     bool attempt_reported;
     uint64_t up_since_ms;
     uint64_t last_fail_log_ms;
@@ -78,7 +55,6 @@ struct ws_client {
     struct ws_msg *unacked_head, *unacked_tail;
     uint64_t pings_sent;
     bool ping_wanted;
-    uint64_t last_pong_wall_ms; /* any pong (ours or lws' keepalive); 0: none yet */
     uint64_t close_deadline_ms; /* stop waiting for acks before the close */
     char *hello_msg;
 
@@ -94,7 +70,7 @@ struct ws_client {
 
 /* Creates the lws context on loop (foreign loop). 0 or negative errno. */
 int ws_client_init(struct ws_client *c, uv_loop_t *loop, const struct config *cfg,
-                   const struct ws_client_ops *ops, void *owner);
+                   const struct transport_ops *ops, void *owner);
 
 /* Begins connecting; reconnects forever until ws_client_shutdown(). */
 void ws_client_start(struct ws_client *c);
@@ -117,15 +93,12 @@ void ws_client_close(struct ws_client *c);
 /* Second half, after uv_run returned: frees the context and the queue. */
 void ws_client_free(struct ws_client *c);
 
-const char *ws_client_state_name(enum conn_state s);
-
 /* The connection's state machine: idle -> connecting -> hello -> up; a failed
  * or lost attempt (connecting, hello, up) -> backoff -> connecting; from any
  * state but closed, a stop -> closing -> closed (or closed at once). */
 bool ws_client_state_may_follow(enum conn_state from, enum conn_state to);
 
-/* Backoff before attempt n (0-based): min * 2^n capped at max, minus up to
- * a quarter of jitter, never below min. rnd in [0, 1). */
-uint64_t ws_backoff_delay(uint64_t min_ms, uint64_t max_ms, unsigned n, double rnd);
+/* The WebSocket transport's implementation of transport.h. */
+extern const struct transport_impl ws_client_impl;
 
 #endif

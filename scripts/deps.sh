@@ -12,7 +12,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 # The build (its configure step also wants cmocka, for the unit tests), and
 # what the demo runs (python3, mount/umount, mountpoint).
 PKGS="cmake make gcc pkg-config libwebsockets-dev libwebsockets-evlib-uv \
-libuv1-dev libcjson-dev libxxhash-dev libcmocka-dev python3 util-linux mount procps"
+libuv1-dev libcjson-dev libxxhash-dev libcmocka-dev libnats-dev libssl-dev python3 util-linux mount procps"
 if [ "${1:-}" != "--demo" ]; then
     # The suite: unit tests, valgrind, TLS, the unit check, lint and fuzzers
     # (clang), the package checks (dpkg-shlibdeps, file, lintian), host names
@@ -22,7 +22,7 @@ if [ "${1:-}" != "--demo" ]; then
     # Debian's chromium.
     PKGS="$PKGS valgrind openssl systemd clang-format clang-tidy clang \
 libclang-rt-14-dev dpkg-dev file lintian libnss-wrapper python3-prometheus-client \
-fuse3 python3-pyfuse3 python3-trio e2fsprogs chromium"
+fuse3 python3-pyfuse3 python3-trio e2fsprogs chromium nats-server"
 fi
 
 missing=""
@@ -55,6 +55,10 @@ if [ -n "$missing" ]; then
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
 fi
 
+if [ "${1:-}" != "--demo" ] && [ ! -d "$here/tests/nats/node_modules/nats" ]; then
+    echo "deps: npm ci in tests/nats (nats.js, the NATS tests' client)"
+    (cd "$here/tests/nats" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi
 if [ "${1:-}" != "--demo" ] && [ ! -d "$here/tests/web/node_modules/playwright-core" ]; then
     echo "deps: npm ci in tests/web (playwright-core)"
     (cd "$here/tests/web" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)

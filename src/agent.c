@@ -16,9 +16,9 @@
 
 /* --- hello and heartbeat ---------------------------------------------------------- */
 
-static char *agent_hello(struct ws_client *c)
+static cJSON *agent_hello(struct transport *t)
 {
-    struct agent *a = c->owner;
+    struct agent *a = t->owner;
     cJSON *d = cJSON_CreateObject(), *caps, *moves;
     char ts[UTIL_TIME_LEN];
     unsigned listed = 0;
@@ -40,14 +40,14 @@ static char *agent_hello(struct ws_client *c)
         unsigned i = (a->hist_pos + AGENT_HISTORY_MAX - 1 - k) % AGENT_HISTORY_MAX;
         cJSON_AddItemToArray(moves, agent_history_state_json(&a->history[i]));
     }
-    return protocol_envelope("agent.hello", d);
+    return d;
 }
 
 static void agent_on_heartbeat(uv_timer_t *t)
 {
     struct agent *a = container_of(t, struct agent, heartbeat);
     cJSON *d;
-    if (a->ws.state != CONN_UP)
+    if (a->tr->state != CONN_UP)
         return;
     d = cJSON_CreateObject();
     cJSON_AddStringToObject(d, "agentId", a->cfg.agent_id);
@@ -66,8 +66,8 @@ static void agent_write_metrics(struct agent *a)
         active += move_is_running(m);
     a->metrics.moves_active = active;
     a->metrics.moves_queued = a->n_moves - active;
-    a->metrics.last_pong_wall_ms = a->ws.last_pong_wall_ms;
-    metrics_conn_state(&a->metrics, a->ws.state);
+    a->metrics.last_pong_wall_ms = a->tr->last_pong_wall_ms;
+    metrics_conn_state(&a->metrics, a->tr->state);
     metrics_update_file(&a->metrics, a->cfg.metrics_file);
 }
 
@@ -116,7 +116,7 @@ static void agent_teardown(struct agent *a)
         m->jr = NULL;
         move_close(m, agent_free_move);
     }
-    ws_client_close(&a->ws);
+    transport_close(a->tr);
     control_close(&a->control);
     uv_close((uv_handle_t *)&a->sig_term, agent_on_handle_closed);
     uv_close((uv_handle_t *)&a->sig_int, agent_on_handle_closed);
@@ -141,8 +141,8 @@ static void agent_on_stop_timer(uv_timer_t *t)
 static void agent_notify_status(struct agent *a)
 {
     notify_send(&a->notify, "STATUS=%s%s; %u move%s active", a->stopping ? "stopping, " : "",
-                a->ws.state == CONN_UP ? "connected to the manager"
-                                       : ws_client_state_name(a->ws.state),
+                a->tr->state == CONN_UP ? "connected to the manager"
+                                        : transport_state_name(a->tr->state),
                 a->n_moves, a->n_moves == 1 ? "" : "s");
 }
 
@@ -163,9 +163,9 @@ static void agent_on_notify_timer(uv_timer_t *t)
     }
 }
 
-static void agent_on_conn_state(struct ws_client *c, enum conn_state s)
+static void agent_on_conn_state(struct transport *t, enum conn_state s)
 {
-    struct agent *a = c->owner;
+    struct agent *a = t->owner;
     metrics_conn_state(&a->metrics, s);
     agent_notify_status(a);
     if (s == CONN_CLOSED && a->stopping)
@@ -208,7 +208,7 @@ static void agent_maybe_finish_stop(struct agent *a)
     a->stop_finishing = true;
     uv_timer_stop(&a->stop_wait);
     uv_timer_start(&a->stop_timer, agent_on_stop_timer, AGENT_STOP_GRACE_MS, 0);
-    ws_client_shutdown(&a->ws);
+    transport_shutdown(a->tr);
 }
 
 /* A move left the list: its slot is free (the next queued one starts,
@@ -267,8 +267,10 @@ static void agent_reload(struct agent *a)
         config_errors_free(&errs);
         return;
     }
-    /* The URL, state_dir, control_socket and ping interval are fixed for the process; the
-     * rest applies to new requests and the next connection. */
+    /* The URL, state_dir, control_socket, ping interval and the transport (transport and
+     * the nats_* keys) are fixed for the process; the rest applies to new requests and
+     * the next connection. */
+    config_keep_transport(&fresh, &a->cfg);
     free(fresh.manager_url);
     config_url_free(&fresh.url);
     free(fresh.state_dir);
@@ -312,7 +314,7 @@ static void agent_check_token_file(struct agent *a)
             LF_S("token_file", a->cfg.token_file));
 }
 
-static const struct ws_client_ops agent_ws_ops = {
+static const struct transport_ops agent_transport_ops = {
     .hello = agent_hello,
     .message = agent_on_message,
     .state = agent_on_conn_state,
@@ -363,7 +365,7 @@ int agent_init(struct agent *a, const char *config_path, struct config *cfg)
     if (a->notify.fd >= 0)
         uv_timer_start(&a->notify_timer, agent_on_notify_timer, 1000, 1000);
     a->sig_term.data = a->sig_int.data = a->sig_hup.data = a;
-    rc = ws_client_init(&a->ws, &a->loop, &a->cfg, &agent_ws_ops, a);
+    rc = transport_create(&a->tr, &a->loop, &a->cfg, &agent_transport_ops, a);
     if (rc != 0)
         goto fail_ws;
     {
@@ -393,7 +395,7 @@ fail_ws:
     a->stopping = true;
     agent_teardown(a);
     uv_run(&a->loop, UV_RUN_DEFAULT);
-    ws_client_free(&a->ws);
+    transport_destroy(a->tr);
     uv_loop_close(&a->loop);
 fail_loop:
     journal_close(&a->journal);
@@ -407,15 +409,17 @@ int agent_run(struct agent *a)
 {
     int rc;
     LOG(LOG_INFO, "hostagent starting", LF_S("version", HOSTAGENT_VERSION),
-        LF_S("agent_id", a->cfg.agent_id), LF_S("manager", a->cfg.manager_url));
-    ws_client_start(&a->ws);
+        LF_S("agent_id", a->cfg.agent_id),
+        LF_S("manager", a->cfg.manager_url ? a->cfg.manager_url : a->cfg.nats_servers_raw),
+        LF_S("transport", a->tr->impl->name));
+    transport_start(a->tr);
     notify_send(&a->notify, "READY=1");
     agent_notify_status(a);
     agent_write_metrics(a);
     uv_run(&a->loop, UV_RUN_DEFAULT);
     agent_write_metrics(a); /* the last values: closed, nothing running */
     metrics_free(&a->metrics);
-    ws_client_free(&a->ws);
+    transport_destroy(a->tr);
     rc = uv_loop_close(&a->loop);
     if (rc != 0)
         LOG(LOG_ERROR, "event loop still had open handles at exit", LF_S("error", uv_strerror(rc)));

@@ -22,9 +22,15 @@ static void agent_on_held_timer(uv_timer_t *t);
 void agent_send(struct agent *a, const char *subject, cJSON *data, const char *merge_key, bool keep,
                 const char *ack_key)
 {
-    char *s = protocol_envelope(subject, data);
-    ws_client_send(&a->ws, s, strlen(s), merge_key, keep, ack_key);
-    cJSON_free(s);
+    struct transport_send how = {.merge_key = merge_key, .keep = keep, .ack_key = ack_key};
+    transport_send(a->tr, subject, data, &how);
+}
+
+/* An answer to a request's reply subject. */
+static void agent_send_reply(struct agent *a, const char *reply, cJSON *data, const char *ack_key)
+{
+    struct transport_send how = {.keep = true, .ack_key = ack_key, .reply = true};
+    transport_send(a->tr, reply, data, &how);
 }
 
 void agent_answer(struct agent *a, const struct origin *o, cJSON *data)
@@ -38,10 +44,10 @@ void agent_answer(struct agent *a, const struct origin *o, cJSON *data)
         cJSON_Delete(data);
         return;
     }
-    agent_send(a, o->reply, data, NULL, true, NULL);
+    agent_send_reply(a, o->reply, data, NULL);
 }
 
-/* Keys of the messages whose delivery is acknowledged (see ws_client). */
+/* Keys of the messages whose delivery is acknowledged (see transport.h). */
 static void ack_key(char *buf, size_t sz, const char *kind, const char *move_id)
 {
     util_fmt(buf, sz, "%s:%s", kind, move_id);
@@ -314,9 +320,9 @@ const struct move_ops agent_move_ops = {
 
 /* The manager has it: a pong came for a ping sent after the message. A move's
  * outcome is delivered with its answer (or, without a reply, its terminal frame). */
-void agent_on_acked(struct ws_client *c, const char *key)
+void agent_on_acked(struct transport *t, const char *key)
 {
-    struct agent *a = c->owner;
+    struct agent *a = t->owner;
     const char *colon = strchr(key, ':');
     struct agent_ended *h;
     if (!colon)
@@ -354,7 +360,8 @@ static void agent_on_held_timer(uv_timer_t *t)
 }
 
 /* Sends a recorded outcome again: the terminal frame (same seq: the manager
- * deduplicates) and the answer, both acknowledged. */
+ * deduplicates) and the answer, both acknowledged; and gives it to the
+ * transport as the move's outcome (stored durably where it can). */
 void agent_resend_outcome(struct agent *a, const struct journal_rec *r, const struct move_state *st)
 {
     char key[MOVE_ID_MAX + 16];
@@ -363,6 +370,8 @@ void agent_resend_outcome(struct agent *a, const struct journal_rec *r, const st
     if (r->reply) {
         cJSON *d = cJSON_Parse(r->answer ? r->answer : "{}");
         ack_key(key, sizeof key, "answer", r->move_id);
-        agent_send(a, r->reply, d ? d : cJSON_CreateObject(), NULL, true, key);
+        agent_send_reply(a, r->reply, d ? d : cJSON_CreateObject(), key);
     }
+    ack_key(key, sizeof key, "answer", r->move_id);
+    transport_outcome(a->tr, r->move_id, r->answer ? r->answer : "{}", key);
 }

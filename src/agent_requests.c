@@ -585,9 +585,9 @@ static bool agent_must_wait(struct agent *a, const struct frame *f)
     return false;
 }
 
-void agent_on_message(struct ws_client *c, const char *buf, size_t len)
+void agent_on_message(struct transport *t, const char *buf, size_t len)
 {
-    struct agent *a = c->owner;
+    struct agent *a = t->owner;
     struct frame f;
     char why[256];
 

@@ -33,6 +33,12 @@ enum key_type {
     K_BOOL,
     K_VERIFY,
     K_SOCKET,
+    K_TRANSPORT,
+    K_NATS_SERVERS,
+    K_SECRET_FILE,
+    K_NATS_USER,
+    K_PASSWORD_FILE,
+    K_SUBJECT_PREFIX,
 };
 
 #define SEC 1000ull
@@ -74,6 +80,14 @@ static const struct key_def key_table[] = {
     {"metrics_file", K_FILE_PATH, F(metrics_file), 0, 0, false, false},
     {"control_socket", K_SOCKET, F(control_socket), 0, 0, false, false},
     {"prepare_ttl", K_DURATION, F(prepare_ttl_ms), 1 * MIN, 30ull * 24 * HOUR, true, false},
+    {"transport", K_TRANSPORT, F(transport), 0, 0, false, false},
+    {"nats_servers", K_NATS_SERVERS, F(nats_servers), 0, 0, false, false},
+    {"nats_creds_file", K_SECRET_FILE, F(nats_creds_file), 0, 0, false, false},
+    {"nats_nkey_seed_file", K_SECRET_FILE, F(nats_nkey_seed_file), 0, 0, false, false},
+    {"nats_user", K_NATS_USER, F(nats_user), 0, 0, false, false},
+    {"nats_password_file", K_PASSWORD_FILE, F(nats_password_file), 0, 0, false, false},
+    {"nats_subject_prefix", K_SUBJECT_PREFIX, F(nats_subject_prefix), 0, 0, false, false},
+    {"nats_jetstream", K_BOOL, F(nats_jetstream), 0, 0, false, false},
 };
 #undef F
 
@@ -102,6 +116,8 @@ static void config_defaults(struct config *cfg)
     cfg->max_message_bytes = 1u << 20;
     cfg->tls_insecure = false;
     cfg->prepare_ttl_ms = 24 * HOUR;
+    cfg->transport = TRANSPORT_WEBSOCKET;
+    cfg->nats_subject_prefix = xstrdup("hostagent");
 }
 
 static void errs_add(struct config_errors *errs, const char *file, int line, const char *fmt, ...)
@@ -370,6 +386,168 @@ static char *read_token_file(const char *path, const char **why)
     return xstrdup(buf);
 }
 
+int config_parse_nats_url(const char *s, const char **why)
+{
+    const char *p, *colon;
+    size_t hlen;
+    if (strncmp(s, "nats://", 7) == 0)
+        p = s + 7;
+    else if (strncmp(s, "tls://", 6) == 0)
+        p = s + 6;
+    else {
+        *why = "must start with nats:// or tls://";
+        return -EINVAL;
+    }
+    for (const char *c = s; *c; c++) {
+        if ((unsigned char)*c <= ' ' || (unsigned char)*c >= 0x7f) {
+            *why = "must not contain spaces or control characters";
+            return -EINVAL;
+        }
+    }
+    if (strchr(p, '@')) {
+        *why = "must not contain user information (use nats_user and nats_password_file, "
+               "nats_creds_file, nats_nkey_seed_file or token_file)";
+        return -EINVAL;
+    }
+    if (strchr(p, '/') || strchr(p, '?')) {
+        *why = "must be scheme://host[:port] without a path";
+        return -EINVAL;
+    }
+    if (*p == '[') {
+        const char *close = strchr(p, ']');
+        if (!close) {
+            *why = "has an unterminated IPv6 address";
+            return -EINVAL;
+        }
+        hlen = (size_t)(close - p - 1);
+        colon = close[1] == ':' ? close + 1 : NULL;
+        if (!colon && close[1] != '\0') {
+            *why = "has junk after the IPv6 address";
+            return -EINVAL;
+        }
+    } else {
+        colon = strchr(p, ':');
+        hlen = colon ? (size_t)(colon - p) : strlen(p);
+    }
+    if (hlen == 0 || hlen > 253) {
+        *why = "has no host name";
+        return -EINVAL;
+    }
+    if (colon) {
+        long port = 0;
+        if (colon[1] == '\0') {
+            *why = "has an empty port";
+            return -EINVAL;
+        }
+        for (const char *c = colon + 1; *c; c++) {
+            if (!isdigit((unsigned char)*c) || port > 65535) {
+                *why = "has a bad port";
+                return -EINVAL;
+            }
+            port = port * 10 + (*c - '0');
+        }
+        if (port < 1 || port > 65535) {
+            *why = "has a bad port";
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+bool config_subject_prefix_ok(const char *s)
+{
+    size_t n = strlen(s), tok = 0;
+    if (n == 0 || n > CONFIG_NATS_PREFIX_MAX)
+        return false;
+    for (const char *c = s;; c++) {
+        if (*c == '.' || *c == '\0') {
+            if (tok == 0)
+                return false; /* an empty token: "a..b", ".a", "a." */
+            if (*c == '\0')
+                return true;
+            tok = 0;
+        } else if (isalnum((unsigned char)*c) || *c == '_' || *c == '-') {
+            tok++;
+        } else {
+            return false;
+        }
+    }
+}
+
+static void free_nats_servers(struct config *cfg)
+{
+    for (size_t i = 0; i < cfg->n_nats_servers; i++)
+        free(cfg->nats_servers[i]);
+    free(cfg->nats_servers);
+    free(cfg->nats_servers_raw);
+    cfg->nats_servers = NULL;
+    cfg->nats_servers_raw = NULL;
+    cfg->n_nats_servers = 0;
+}
+
+/* A comma-separated list of server URLs (spaces around the commas allowed). */
+static int parse_nats_servers(struct config *cfg, const char *v, const char **why, char *whybuf,
+                              size_t whysz)
+{
+    const char *p = v;
+    free_nats_servers(cfg);
+    for (;;) {
+        size_t len = strcspn(p, ",");
+        char *item = xstrndup(p, len), *b = item, *e;
+        const char *uwhy = NULL;
+        while (isspace((unsigned char)*b))
+            b++;
+        e = b + strlen(b);
+        while (e > b && isspace((unsigned char)e[-1]))
+            *--e = '\0';
+        if (*b == '\0') {
+            free(item);
+            *why = "must be a comma-separated list of nats:// or tls:// URLs (an entry is empty)";
+            return -EINVAL;
+        }
+        if (config_parse_nats_url(b, &uwhy) != 0) {
+            util_fmt(whybuf, whysz, "entry %s %s", b, uwhy);
+            *why = whybuf;
+            free(item);
+            return -EINVAL;
+        }
+        if (cfg->n_nats_servers == CONFIG_NATS_SERVERS_MAX) {
+            free(item);
+            util_fmt(whybuf, whysz, "must list at most %d servers", CONFIG_NATS_SERVERS_MAX);
+            *why = whybuf;
+            return -EINVAL;
+        }
+        cfg->nats_servers = xrealloc(cfg->nats_servers, (cfg->n_nats_servers + 1) * sizeof(char *));
+        cfg->nats_servers[cfg->n_nats_servers++] = xstrdup(b);
+        free(item);
+        p += len;
+        if (*p == '\0')
+            break;
+        p++;
+    }
+    cfg->nats_servers_raw = xstrdup(v);
+    return 0;
+}
+
+/* A file of secrets the agent reads at every connect: a readable regular
+ * file (a fifo must not hang the start). */
+static int secret_file_ok(const char *path, const char **why)
+{
+    struct stat st;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0) {
+        *why = strerror(errno);
+        return -EINVAL;
+    }
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        *why = "is not a regular file";
+        return -EINVAL;
+    }
+    close(fd);
+    return 0;
+}
+
 static void free_roots(struct config *cfg)
 {
     for (size_t i = 0; i < cfg->n_allowed_roots; i++)
@@ -511,6 +689,64 @@ static int apply_key(struct config *cfg, const struct key_def *k, const char *v,
     }
     case K_ROOTS:
         return parse_roots(cfg, v, why);
+    case K_TRANSPORT:
+        if (strcmp(v, "websocket") == 0)
+            *(enum transport_kind *)slot = TRANSPORT_WEBSOCKET;
+        else if (strcmp(v, "nats") == 0)
+            *(enum transport_kind *)slot = TRANSPORT_NATS;
+        else {
+            *why = "must be websocket or nats";
+            return -EINVAL;
+        }
+        return 0;
+    case K_NATS_SERVERS:
+        return parse_nats_servers(cfg, v, why, whybuf, whysz);
+    case K_SECRET_FILE: {
+        const char *fwhy = NULL;
+        if (!abs_path_ok(v, why))
+            return -EINVAL;
+        if (secret_file_ok(v, &fwhy) != 0) {
+            util_fmt(whybuf, whysz, "cannot be read: %s", fwhy);
+            *why = whybuf;
+            return -EINVAL;
+        }
+        set_str(cfg, k->off, v);
+        return 0;
+    }
+    case K_NATS_USER:
+        if (!token_ok(v) || strlen(v) > 256) {
+            *why = "must be 1-256 bytes of printable ASCII without spaces";
+            return -EINVAL;
+        }
+        set_str(cfg, k->off, v);
+        return 0;
+    case K_PASSWORD_FILE: {
+        char *pw;
+        const char *pwhy = NULL;
+        if (!abs_path_ok(v, why))
+            return -EINVAL;
+        pw = read_token_file(v, &pwhy);
+        if (!pw) {
+            util_fmt(whybuf, whysz, "cannot be used: %s", pwhy);
+            *why = whybuf;
+            return -EINVAL;
+        }
+        set_str(cfg, k->off, v);
+        if (cfg->nats_password) {
+            memset(cfg->nats_password, 0, strlen(cfg->nats_password));
+            free(cfg->nats_password);
+        }
+        cfg->nats_password = pw;
+        return 0;
+    }
+    case K_SUBJECT_PREFIX:
+        if (!config_subject_prefix_ok(v)) {
+            *why = "must be 1-128 bytes of dot-separated tokens of A-Z a-z 0-9 _ - (no "
+                   "wildcards, no empty token)";
+            return -EINVAL;
+        }
+        set_str(cfg, k->off, v);
+        return 0;
     case K_LEVEL:
         if (log_level_parse(v, (enum log_level *)slot) != 0) {
             *why = "must be error, warn, info or debug";
@@ -658,6 +894,48 @@ static int split_line(char *line, char **key, char **val, const char **why)
     return 1;
 }
 
+/* The keys each transport needs, and those it does not use. */
+static void check_transport(const struct config *cfg, const int *seen, const char *file,
+                            struct config_errors *errs)
+{
+    static const char *const nats_only[] = {
+        "nats_servers",       "nats_creds_file",     "nats_nkey_seed_file", "nats_user",
+        "nats_password_file", "nats_subject_prefix", "nats_jetstream",
+    };
+    unsigned methods = 0;
+    if (cfg->transport == TRANSPORT_WEBSOCKET) {
+        if (!seen_line(seen, "manager_url"))
+            errs_add(errs, file, 0, "missing required key manager_url");
+        for (size_t i = 0; i < ARRAY_SIZE(nats_only); i++)
+            if (seen_line(seen, nats_only[i]))
+                errs_add(errs, file, seen_line(seen, nats_only[i]),
+                         "%s is only used with transport = nats", nats_only[i]);
+        return;
+    }
+    if (seen_line(seen, "manager_url"))
+        errs_add(errs, file, seen_line(seen, "manager_url"),
+                 "manager_url is only used with transport = websocket (use nats_servers)");
+    if (!seen_line(seen, "nats_servers"))
+        errs_add(errs, file, 0, "missing required key nats_servers (transport = nats)");
+    if (strchr(cfg->agent_id, '.') || strcmp(cfg->agent_id, "all") == 0)
+        errs_add(errs, file, seen_line(seen, "agent_id"),
+                 "agent_id must be one NATS subject token with transport = nats: no dot, and "
+                 "not \"all\" (the fleet-wide subjects use it)");
+    if (seen_line(seen, "nats_user") && !seen_line(seen, "nats_password_file"))
+        errs_add(errs, file, seen_line(seen, "nats_user"), "nats_user needs nats_password_file");
+    if (seen_line(seen, "nats_password_file") && !seen_line(seen, "nats_user"))
+        errs_add(errs, file, seen_line(seen, "nats_password_file"),
+                 "nats_password_file needs nats_user");
+    methods += seen_line(seen, "nats_creds_file") != 0;
+    methods += seen_line(seen, "nats_nkey_seed_file") != 0;
+    methods += seen_line(seen, "nats_user") != 0 || seen_line(seen, "nats_password_file") != 0;
+    methods += seen_line(seen, "token") != 0 || seen_line(seen, "token_file") != 0;
+    if (methods > 1)
+        errs_add(errs, file, 0,
+                 "more than one NATS authentication is set; use exactly one of nats_creds_file, "
+                 "nats_nkey_seed_file, nats_user + nats_password_file, token or token_file");
+}
+
 int config_load(const char *file, struct config *cfg, struct config_errors *errs)
 {
     FILE *f = fopen(file, "re");
@@ -728,8 +1006,7 @@ int config_load_stream(FILE *f, const char *file, struct config *cfg, struct con
     }
     free(line);
 
-    if (!seen_line(seen, "manager_url"))
-        errs_add(errs, file, 0, "missing required key manager_url");
+    check_transport(cfg, seen, file, errs);
     if (cfg->reconnect_min_ms > cfg->reconnect_max_ms) {
         int at = seen_line(seen, "reconnect_max");
         if (seen_line(seen, "reconnect_min") > at)
@@ -753,6 +1030,29 @@ int config_load_stream(FILE *f, const char *file, struct config *cfg, struct con
     return 0;
 }
 
+#define SWAP(a, b)                                                                                 \
+    do {                                                                                           \
+        __typeof__(a) swap_tmp_ = (a);                                                             \
+        (a) = (b);                                                                                 \
+        (b) = swap_tmp_;                                                                           \
+    } while (0)
+
+void config_keep_transport(struct config *fresh, struct config *old)
+{
+    SWAP(fresh->transport, old->transport);
+    SWAP(fresh->nats_servers_raw, old->nats_servers_raw);
+    SWAP(fresh->nats_servers, old->nats_servers);
+    SWAP(fresh->n_nats_servers, old->n_nats_servers);
+    SWAP(fresh->nats_creds_file, old->nats_creds_file);
+    SWAP(fresh->nats_nkey_seed_file, old->nats_nkey_seed_file);
+    SWAP(fresh->nats_user, old->nats_user);
+    SWAP(fresh->nats_password_file, old->nats_password_file);
+    SWAP(fresh->nats_password, old->nats_password);
+    SWAP(fresh->nats_subject_prefix, old->nats_subject_prefix);
+    SWAP(fresh->nats_jetstream, old->nats_jetstream);
+}
+#undef SWAP
+
 void config_free(struct config *cfg)
 {
     free(cfg->manager_url);
@@ -769,6 +1069,16 @@ void config_free(struct config *cfg)
     free(cfg->control_socket);
     free(cfg->ca_file);
     free(cfg->metrics_file);
+    free_nats_servers(cfg);
+    free(cfg->nats_creds_file);
+    free(cfg->nats_nkey_seed_file);
+    free(cfg->nats_user);
+    free(cfg->nats_password_file);
+    if (cfg->nats_password) {
+        memset(cfg->nats_password, 0, strlen(cfg->nats_password));
+        free(cfg->nats_password);
+    }
+    free(cfg->nats_subject_prefix);
     memset(cfg, 0, sizeof *cfg);
 }
 

@@ -163,7 +163,7 @@ void metrics_render(const struct metrics *m, char **out, size_t *len)
             "The manager connection's state: 1 for the current one, 0 for the others.");
     for (unsigned s = 0; s < METRICS_N_CONN_STATES; s++)
         sb_printf(&b, "hostagent_connection_state{state=\"%s\"} %d\n",
-                  ws_client_state_name((enum conn_state)s), (unsigned)m->conn_state == s);
+                  transport_state_name((enum conn_state)s), (unsigned)m->conn_state == s);
 
     sb_head(&b, "hostagent_reconnects_total", "counter",
             "Connection attempts after the first one (after a failed attempt or a lost "

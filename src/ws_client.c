@@ -1,6 +1,7 @@
 /* ws_client.c: the manager connection: libwebsockets client on our libuv loop. */
 #include "ws_client.h"
 #include "log.h"
+#include "protocol.h"
 #include "util.h"
 
 #include <arpa/inet.h>
@@ -13,17 +14,6 @@
 
 #define UP_RESET_MS 30000 /* the backoff resets only after this long up */
 #define FAIL_LOG_GAP_MS 60000
-
-static const char *const state_names[] = {
-    [CONN_IDLE] = "idle",     [CONN_CONNECTING] = "connecting", [CONN_HELLO] = "hello",
-    [CONN_UP] = "up",         [CONN_BACKOFF] = "backoff",       [CONN_CLOSING] = "closing",
-    [CONN_CLOSED] = "closed",
-};
-
-const char *ws_client_state_name(enum conn_state s)
-{
-    return state_names[s];
-}
 
 bool ws_client_state_may_follow(enum conn_state from, enum conn_state to)
 {
@@ -49,31 +39,20 @@ bool ws_client_state_may_follow(enum conn_state from, enum conn_state to)
  * (a bug: asserted in debug builds, logged and ignored otherwise). */
 static void enter_state(struct ws_client *c, enum conn_state next)
 {
-    if (c->state == next)
+    if (c->base.state == next)
         return;
-    if (!ws_client_state_may_follow(c->state, next)) {
+    if (!ws_client_state_may_follow(c->base.state, next)) {
         LOG(LOG_ERROR, "refused a connection state change the state machine does not allow",
-            LF_S("from", state_names[c->state]), LF_S("to", state_names[next]));
+            LF_S("from", transport_state_name(c->base.state)),
+            LF_S("to", transport_state_name(next)));
         assert(!"connection state change not allowed");
         return;
     }
-    LOG(LOG_DEBUG, "connection state", LF_S("from", state_names[c->state]),
-        LF_S("to", state_names[next]));
-    c->state = next;
-    if (c->ops->state)
-        c->ops->state(c, next);
-}
-
-uint64_t ws_backoff_delay(uint64_t min_ms, uint64_t max_ms, unsigned n, double rnd)
-{
-    uint64_t d = min_ms, jitter;
-    while (n-- > 0 && d < max_ms)
-        d *= 2;
-    if (d > max_ms)
-        d = max_ms;
-    jitter = (uint64_t)((double)d / 4.0 * rnd);
-    d -= jitter;
-    return d < min_ms ? min_ms : d;
+    LOG(LOG_DEBUG, "connection state", LF_S("from", transport_state_name(c->base.state)),
+        LF_S("to", transport_state_name(next)));
+    c->base.state = next;
+    if (c->base.ops->state)
+        c->base.ops->state(&c->base, next);
 }
 
 /* --- queue --------------------------------------------------------------- */
@@ -169,9 +148,9 @@ void ws_client_send(struct ws_client *c, const char *json, size_t len, const cha
                     bool keep, const char *ack_key)
 {
     struct ws_msg *m;
-    if (c->state == CONN_CLOSED)
+    if (c->base.state == CONN_CLOSED)
         return;
-    if (!keep && c->state != CONN_UP)
+    if (!keep && c->base.state != CONN_UP)
         return;
     if (merge_key) {
         /* The newer state replaces a queued one of the same move; it goes to
@@ -204,7 +183,7 @@ void ws_client_send(struct ws_client *c, const char *json, size_t len, const cha
         c->head = m;
     c->tail = m;
     queue_count(c, m, 1);
-    if (c->wsi && c->state == CONN_UP)
+    if (c->wsi && c->base.state == CONN_UP)
         lws_callback_on_writable(c->wsi);
     if (c->wsi && !c->rx_paused && queue_full(c)) {
         LOG(LOG_WARN, "the manager is not reading; its requests wait until it does",
@@ -236,7 +215,7 @@ static void attempt_over(struct ws_client *c, const char *why)
 {
     char reason[512];
     uint64_t now = util_mono_ms(), delay;
-    bool was_up = c->state == CONN_UP || c->state == CONN_HELLO;
+    bool was_up = c->base.state == CONN_UP || c->base.state == CONN_HELLO;
     /* lws' TLS errors are terse: say what to look at. */
     util_fmt(reason, sizeof reason, "%s%s", why,
              strstr(why, "SSL") ? "; the manager's certificate was not accepted (check ca_file, "
@@ -250,7 +229,7 @@ static void attempt_over(struct ws_client *c, const char *why)
     c->hello_msg = NULL;
     queue_drop_unkept(c);
     queue_requeue_unacked(c);
-    if (c->state == CONN_CLOSING || c->state == CONN_CLOSED) {
+    if (c->base.state == CONN_CLOSING || c->base.state == CONN_CLOSED) {
         enter_state(c, CONN_CLOSED);
         return;
     }
@@ -261,8 +240,8 @@ static void attempt_over(struct ws_client *c, const char *why)
      * that worked stays in use. */
     if (!was_up)
         c->addr_turn++;
-    delay = ws_backoff_delay(c->cfg->reconnect_min_ms, c->cfg->reconnect_max_ms, c->attempt,
-                             (double)rand() / ((double)RAND_MAX + 1.0));
+    delay = transport_backoff_delay(c->cfg->reconnect_min_ms, c->cfg->reconnect_max_ms, c->attempt,
+                                    (double)rand() / ((double)RAND_MAX + 1.0));
     c->attempt++;
     /* The first failure is a warning; while the manager stays away, at most
      * one line a minute, so hours of downtime do not flood the journal. */
@@ -331,9 +310,9 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     struct addrinfo *ai;
     unsigned n, i;
     c->gai_pending = false;
-    if (status == UV_ECANCELED || c->state != CONN_CONNECTING) {
+    if (status == UV_ECANCELED || c->base.state != CONN_CONNECTING) {
         uv_freeaddrinfo(res);
-        if (c->state == CONN_CLOSING)
+        if (c->base.state == CONN_CLOSING)
             enter_state(c, CONN_CLOSED);
         return;
     }
@@ -382,7 +361,7 @@ static void start_attempt(struct ws_client *c)
 static void on_backoff_timer(uv_timer_t *t)
 {
     struct ws_client *c = container_of(t, struct ws_client, backoff_timer);
-    if (c->state == CONN_BACKOFF)
+    if (c->base.state == CONN_BACKOFF)
         start_attempt(c);
 }
 
@@ -415,7 +394,7 @@ static void on_established(struct ws_client *c, struct lws *wsi)
     LOG(LOG_INFO, "connected", LF_S("url", c->cfg->manager_url), LF_S("address", c->addr));
     enter_state(c, CONN_HELLO);
     /* agent.hello goes first on every connection, before anything queued. */
-    c->hello_msg = c->ops->hello(c);
+    c->hello_msg = protocol_envelope("agent.hello", c->base.ops->hello(&c->base));
     lws_callback_on_writable(wsi);
 }
 
@@ -470,7 +449,7 @@ static int on_writeable(struct ws_client *c, struct lws *wsi)
         if (rc != 0)
             return -1;
         LOG(LOG_INFO, "hello sent", LF_U("queued", c->queued));
-        if (c->state == CONN_HELLO)
+        if (c->base.state == CONN_HELLO)
             enter_state(c, CONN_UP);
         if (c->head || c->want_close)
             lws_callback_on_writable(wsi);
@@ -543,7 +522,7 @@ static void on_pong(struct ws_client *c, const void *in, size_t len)
 {
     char buf[32];
     unsigned long long n;
-    c->last_pong_wall_ms = util_wall_ms(); /* the manager answers: shown in the metrics */
+    c->base.last_pong_wall_ms = util_wall_ms(); /* the manager answers: shown in the metrics */
     if (len == 0 || len >= sizeof buf)
         return;
     memcpy(buf, in, len);
@@ -555,8 +534,8 @@ static void on_pong(struct ws_client *c, const void *in, size_t len)
         c->unacked_head = m->next;
         if (!c->unacked_head)
             c->unacked_tail = NULL;
-        if (c->ops->acked)
-            c->ops->acked(c, m->ack_key);
+        if (c->base.ops->acked)
+            c->base.ops->acked(&c->base, m->ack_key);
         msg_free(m);
     }
     if (c->want_close && c->wsi)
@@ -595,7 +574,7 @@ static void on_receive(struct ws_client *c, struct lws *wsi, const void *in, siz
         c->rx_overflow = false;
         return;
     }
-    c->ops->message(c, c->rx, c->rx_len);
+    c->base.ops->message(&c->base, c->rx, c->rx_len);
     c->rx_len = 0;
 }
 
@@ -670,7 +649,7 @@ static void lws_log_emit(int level, const char *line)
 /* --- lifecycle ------------------------------------------------------------------ */
 
 int ws_client_init(struct ws_client *c, uv_loop_t *loop, const struct config *cfg,
-                   const struct ws_client_ops *ops, void *owner)
+                   const struct transport_ops *ops, void *owner)
 {
     struct lws_context_creation_info info;
     static const uint32_t retry_table[] = {1000}; /* unused: we back off ourselves */
@@ -679,8 +658,9 @@ int ws_client_init(struct ws_client *c, uv_loop_t *loop, const struct config *cf
     memset(c, 0, sizeof *c);
     c->loop = loop;
     c->cfg = cfg;
-    c->ops = ops;
-    c->owner = owner;
+    c->base.impl = &ws_client_impl;
+    c->base.ops = ops;
+    c->base.owner = owner;
     c->foreign_loops[0] = loop;
     c->retry.retry_ms_table = retry_table;
     c->retry.retry_ms_table_count = 1;
@@ -719,7 +699,7 @@ int ws_client_init(struct ws_client *c, uv_loop_t *loop, const struct config *cf
 
 void ws_client_start(struct ws_client *c)
 {
-    if (c->state == CONN_IDLE)
+    if (c->base.state == CONN_IDLE)
         start_attempt(c);
 }
 
@@ -733,7 +713,7 @@ static void on_close_deadline(uv_timer_t *t)
 
 void ws_client_shutdown(struct ws_client *c)
 {
-    enum conn_state was = c->state;
+    enum conn_state was = c->base.state;
     if (was == CONN_CLOSING || was == CONN_CLOSED)
         return;
     uv_timer_stop(&c->backoff_timer);
@@ -763,7 +743,7 @@ static void on_handle_closed(uv_handle_t *h)
 void ws_client_close(struct ws_client *c)
 {
     /* First destroy only starts lws' shutdown (CLIENT_CLOSED may fire in it). */
-    c->state = CONN_CLOSED;
+    c->base.state = CONN_CLOSED;
     if (c->ctx)
         lws_context_destroy(c->ctx);
     c->backoff_timer.data = c;
@@ -794,3 +774,56 @@ void ws_client_free(struct ws_client *c)
     c->hello_msg = NULL;
     c->rx = NULL;
 }
+
+/* --- the transport interface -------------------------------------------------------- */
+
+static void ws_impl_start(struct transport *t)
+{
+    ws_client_start((struct ws_client *)t);
+}
+
+/* The envelope {"subject","data"} as the protocol has it; a reply is sent
+ * to the reply subject like any other. */
+static void ws_impl_send(struct transport *t, const char *subject, cJSON *data,
+                         const struct transport_send *how)
+{
+    char *s = protocol_envelope(subject, data);
+    ws_client_send((struct ws_client *)t, s, strlen(s), how->merge_key, how->keep, how->ack_key);
+    cJSON_free(s);
+}
+
+/* The answer itself is the outcome here: its pong acknowledges it. */
+static void ws_impl_outcome(struct transport *t, const char *move_id, const char *answer,
+                            const char *ack_key)
+{
+    (void)t;
+    (void)move_id;
+    (void)answer;
+    (void)ack_key;
+}
+
+static void ws_impl_shutdown(struct transport *t)
+{
+    ws_client_shutdown((struct ws_client *)t);
+}
+
+static void ws_impl_close(struct transport *t)
+{
+    ws_client_close((struct ws_client *)t);
+}
+
+static void ws_impl_destroy(struct transport *t)
+{
+    ws_client_free((struct ws_client *)t);
+    free(t);
+}
+
+const struct transport_impl ws_client_impl = {
+    .name = "websocket",
+    .start = ws_impl_start,
+    .send = ws_impl_send,
+    .outcome = ws_impl_outcome,
+    .shutdown = ws_impl_shutdown,
+    .close = ws_impl_close,
+    .destroy = ws_impl_destroy,
+};

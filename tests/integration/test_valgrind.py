@@ -5,6 +5,7 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 import unittest
 
 from harness import BIN, AgentTestCase, Manager, make_tree, snapshot
@@ -36,6 +37,56 @@ class ValgrindTest(AgentTestCase):
         self.assertIn("ERROR SUMMARY: 0 errors", report)
         m = re.search(r"definitely lost: ([\d,]+) bytes", report)
         self.assertTrue(m is None or m.group(1) == "0", report[-4000:])
+
+
+    def test_daemon_on_nats_is_valgrind_clean(self):
+        """The NATS transport too: nats.c's threads, the helper, JetStream."""
+        from natsbus import Bridge, NatsCluster
+        self.assertIsNotNone(shutil.which("valgrind"), "valgrind is not installed")
+        cluster = NatsCluster(self.scratch.base, 1, jetstream=True)
+        bridge = None
+        try:
+            bridge = Bridge(cluster.urls)
+            self.assertTrue(bridge.call("stream_add", name="OUT", subjects=["hostagent.*.move.outcome"])["ok"])
+            src = make_tree(os.path.join(self.scratch.a, "vgn"), n_small=30)
+            conf = os.path.join(self.scratch.base, "vgn.conf")
+            with open(conf, "w") as f:
+                f.write("transport = nats\nnats_servers = %s\nnats_jetstream = true\nagent_id = vg\n"
+                        "allowed_roots = %s, %s\nstate_dir = %s\ncontrol_socket = %s\nlog_level = debug\n"
+                        % (cluster.urls, self.scratch.a, self.scratch.b, self.scratch.state,
+                           os.path.join(self.scratch.base, "vgn.sock")))
+            vlog = os.path.join(self.scratch.base, "valgrind-nats.log")
+            alog = open(os.path.join(self.scratch.base, "vgn-agent.log"), "w")
+            proc = subprocess.Popen(["valgrind", "--leak-check=full", "--errors-for-leak-kinds=definite,indirect",
+                                     "--error-exitcode=99", "--log-file=" + vlog, BIN, "--config", conf],
+                                    stderr=alog)
+            try:
+                for _ in range(60):
+                    r = bridge.try_request("hostagent.vg.server.move_status", "{}", timeout=1000)
+                    if r["ok"]:
+                        break
+                    time.sleep(0.5)  # no responders yet: valgrind starts slowly
+                ans = bridge.request("hostagent.vg.server.move_data",
+                                     {"serverName": "vgn", "oldPath": src, "newPath": self.scratch.b + "/vgn",
+                                      "moveId": "vgn-1"}, 120000)
+                self.assertTrue(ans["success"], ans)
+                for _ in range(60):
+                    if bridge.call("stream_msgs", name="OUT")["msgs"]:
+                        break
+                    time.sleep(0.5)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                rc = proc.wait(120)
+                alog.close()
+            report = open(vlog).read()
+            self.assertEqual(rc, 0, report[-4000:])
+            self.assertIn("ERROR SUMMARY: 0 errors", report)
+            m = re.search(r"definitely lost: ([\d,]+) bytes", report)
+            self.assertTrue(m is None or m.group(1) == "0", report[-4000:])
+        finally:
+            if bridge:
+                bridge.close()
+            cluster.stop()
 
 
 if __name__ == "__main__":

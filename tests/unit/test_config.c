@@ -342,6 +342,77 @@ static void test_urls(void **state)
     assert_int_not_equal(config_parse_url("ws://h:0/", &u, &why), 0);
 }
 
+static void test_nats_keys(void **state)
+{
+    struct config cfg;
+    char first[512];
+    const char *why;
+    (void)state;
+    assert_int_equal(load("transport = nats\n"
+                          "nats_servers = nats://a:4222, tls://[::1]:4223 ,nats://b\n"
+                          "nats_subject_prefix = fleet.eu-1\nnats_jetstream = yes\n"
+                          "token = t0k\n",
+                          &cfg, first, sizeof first),
+                     0);
+    assert_int_equal(cfg.transport, TRANSPORT_NATS);
+    assert_int_equal(cfg.n_nats_servers, 3);
+    assert_string_equal(cfg.nats_servers[1], "tls://[::1]:4223");
+    assert_string_equal(cfg.nats_subject_prefix, "fleet.eu-1");
+    assert_true(cfg.nats_jetstream);
+    assert_null(cfg.manager_url);
+    config_free(&cfg);
+    /* The defaults: websocket, prefix hostagent. */
+    assert_int_equal(load("manager_url = ws://m/\n", &cfg, first, sizeof first), 0);
+    assert_int_equal(cfg.transport, TRANSPORT_WEBSOCKET);
+    assert_string_equal(cfg.nats_subject_prefix, "hostagent");
+    config_free(&cfg);
+    /* Each transport's required key, and the other's keys refused. */
+    assert_int_equal(load("transport = nats\n", &cfg, first, sizeof first), 1);
+    assert_non_null(strstr(first, "nats_servers"));
+    assert_int_equal(load("transport = nats\nnats_servers = nats://a\nmanager_url = ws://m/\n",
+                          &cfg, first, sizeof first),
+                     1);
+    assert_int_equal(
+        load("manager_url = ws://m/\nnats_jetstream = true\n", &cfg, first, sizeof first), 1);
+    assert_non_null(strstr(first, "only used with transport = nats"));
+    /* Authentication: exactly one method; user and password together. */
+    assert_int_equal(load("transport = nats\nnats_servers = nats://a\nnats_user = u\n", &cfg, first,
+                          sizeof first),
+                     1);
+    assert_non_null(strstr(first, "nats_password_file"));
+    assert_int_equal(load("transport = nats\nnats_servers = nats://a\ntoken = x\n"
+                          "nats_creds_file = /etc/hostname\n",
+                          &cfg, first, sizeof first),
+                     1);
+    assert_non_null(strstr(first, "more than one NATS authentication"));
+    assert_int_equal(
+        load("transport = nats\nnats_servers = nats://a\nnats_creds_file = /nonexistent\n", &cfg,
+             first, sizeof first),
+        1);
+    assert_int_equal(load("transport = nats\nnats_servers = nats://a\nagent_id = all\n", &cfg,
+                          first, sizeof first),
+                     1);
+    assert_true(load("transport = bus\nnats_servers = nats://a\n", &cfg, first, sizeof first) >= 1);
+    assert_non_null(strstr(first, "websocket or nats"));
+    /* URLs and prefixes. */
+    assert_int_equal(config_parse_nats_url("nats://h", &why), 0);
+    assert_int_equal(config_parse_nats_url("tls://h:4443", &why), 0);
+    assert_int_not_equal(config_parse_nats_url("ws://h", &why), 0);
+    assert_int_not_equal(config_parse_nats_url("nats://u:p@h", &why), 0);
+    assert_int_not_equal(config_parse_nats_url("nats://h/x", &why), 0);
+    assert_int_not_equal(config_parse_nats_url("nats://h:0", &why), 0);
+    assert_int_not_equal(config_parse_nats_url("nats://h:", &why), 0);
+    assert_int_not_equal(config_parse_nats_url("nats://", &why), 0);
+    assert_true(config_subject_prefix_ok("a.b_c-d"));
+    assert_false(config_subject_prefix_ok("a..b"));
+    assert_false(config_subject_prefix_ok(".a"));
+    assert_false(config_subject_prefix_ok("a."));
+    assert_false(config_subject_prefix_ok("a.*"));
+    assert_false(config_subject_prefix_ok("a.>"));
+    assert_false(config_subject_prefix_ok("a b"));
+    assert_false(config_subject_prefix_ok(""));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -353,6 +424,7 @@ int main(void)
         cmocka_unit_test(test_structural_errors),
         cmocka_unit_test(test_value_parsers),
         cmocka_unit_test(test_urls),
+        cmocka_unit_test(test_nats_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

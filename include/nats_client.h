@@ -1,0 +1,101 @@
+/* nats_client.h: the agent on NATS (nats.c on the agent's libuv loop):
+ * requests from subjects, events published, outcomes stored through
+ * JetStream, failover across the cluster. */
+#ifndef HOSTAGENT_NATS_CLIENT_H
+#define HOSTAGENT_NATS_CLIENT_H
+
+#include "config.h"
+#include "transport.h"
+
+#include <nats/nats.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+/* Something a nats.c thread hands to the loop thread (see nats_client.c). */
+struct nats_event;
+
+/* A message held while the connection is not up (merged like on WebSocket),
+ * or published and waiting for the flush that proves the server got it. */
+struct nats_out {
+    struct nats_out *next;
+    char *subject; /* the full NATS subject */
+    char *merge_key, *ack_key;
+    bool keep;
+    uint64_t gen; /* published before this flush request */
+    char *body;
+    size_t len;
+};
+
+/* A move's outcome waiting for JetStream's PubAck. */
+struct nats_outcome {
+    struct nats_outcome *next;
+    char *move_id, *body, *ack_key;
+    uint64_t next_try_ms; /* monotonic */
+    unsigned attempt;
+};
+
+struct nats_client {
+    struct transport base; /* first: the agent holds a struct transport * */
+    uv_loop_t *loop;
+    const struct config *cfg;
+    natsOptions *opts;
+    natsConnection *nc; /* set by the loop once the connect thread is back */
+    jsCtx *js;
+    natsSubscription *sub_agent, *sub_all;
+    char prefix[CONFIG_NATS_PREFIX_MAX + 200]; /* "<prefix>.<agentId>." */
+    char all_prefix[CONFIG_NATS_PREFIX_MAX + 8];
+    char outcome_subject[CONFIG_NATS_PREFIX_MAX + 200];
+
+    /* Shared with nats.c's threads, under lock: */
+    uv_mutex_t lock;
+    uv_cond_t cond;
+    bool lock_ready;
+    uv_async_t wake; /* closed by nats_client_close(); no send after */
+    bool wake_open;
+    struct nats_event *ev_head, *ev_tail;
+    unsigned ev_msgs;       /* requests among them */
+    unsigned ev_dropped;    /* requests dropped because the queue was full */
+    natsConnection *ev_nc;  /* the adapter's connection (from attach) */
+    natsSock ev_sock;       /* the adapter's socket */
+    int ev_want;            /* UV_READABLE | UV_WRITABLE wanted */
+    unsigned ev_attach_gen; /* bumped at each attach */
+    bool ev_detached;
+    uint64_t flush_want, flush_done; /* flush generations (the flusher thread) */
+    bool h_connect, h_close;         /* tasks for the helper thread */
+    natsConnection *h_nc;            /* the helper's connection (it destroys a failed one) */
+    uint32_t rnd;                    /* the reconnect jitter's generator */
+
+    /* The loop's own: */
+    uv_poll_t *poll; /* one per attached socket (heap: closed asynchronously) */
+    unsigned poll_gen;
+    uv_thread_t loop_thread;
+    uv_thread_t helper; /* connects, flushes, closes: the calls that block */
+    bool helper_running;
+    uv_timer_t retry_timer;   /* outcomes not yet stored by JetStream */
+    uv_timer_t restart_timer; /* a new connection after nats.c closed one */
+    uv_timer_t close_timer;   /* the shutdown waits this long for the last flush */
+    int open_handles;
+    struct nats_out *head, *tail; /* held while not up */
+    struct nats_out *unacked_head, *unacked_tail;
+    uint64_t gen;
+    struct nats_outcome *outcomes;
+    unsigned restarts;
+    uint64_t last_warn_ms, last_fail_log_ms;
+    bool helper_done, got_closed, had_nc;
+};
+
+/* Prepares the options (servers, auth, TLS, callbacks) on loop. 0 or
+ * negative errno; the owner closes and destroys it in every case. */
+int nats_client_init(struct nats_client *c, uv_loop_t *loop, const struct config *cfg,
+                     const struct transport_ops *ops, void *owner);
+
+/* The NATS transport's implementation of transport.h. */
+extern const struct transport_impl nats_client_impl;
+
+/* Subject of an agent's event: "<prefix>.<agentId>.<subject>" into buf. */
+void nats_subject(char *buf, size_t sz, const char *prefix, const char *agent_id,
+                  const char *subject);
+
+#endif

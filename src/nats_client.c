@@ -1,0 +1,1211 @@
+/* nats_client.c: the agent on NATS: nats.c drives its socket on our libuv
+ * loop (an event-loop adapter of our own, below), and every message and
+ * connection event nats.c delivers on its threads is handed to the loop
+ * thread through one locked queue and uv_async_send, so the agent's state is
+ * only ever touched by the loop thread. Blocking calls (connect, flush,
+ * close) run on one helper thread of ours. */
+#include "nats_client.h"
+#include "log.h"
+#include "nkey.h"
+#include "protocol.h"
+#include "util.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NATS_EV_MSGS_MAX 4096u   /* requests waiting for the loop; more are dropped */
+#define NATS_CLOSE_WAIT_MS 5000u /* a stop waits this long for the last flush */
+#define NATS_FLUSH_TIMEOUT_MS 10000
+#define NATS_PUBACK_WAIT_MS 5000 /* JetStream's PubAck; then the outcome is sent again */
+#define NATS_FAIL_LOG_GAP_MS 60000u
+#define NATS_WARN_GAP_MS 30000u
+
+enum nats_ev_kind {
+    EV_MSG,          /* a request */
+    EV_CONNECT_DONE, /* the helper's connect returned */
+    EV_CONNECTED,    /* first connection after a failed start */
+    EV_DISCONNECTED,
+    EV_RECONNECTED,
+    EV_CLOSED,      /* nats.c closed the connection (ours or its own decision) */
+    EV_ERROR,       /* an asynchronous error (permissions, slow consumer) */
+    EV_FLUSHED,     /* the server answered the PING after flush generation gen */
+    EV_PUBACK,      /* JetStream's answer for an outcome */
+    EV_HELPER_DONE, /* the helper closed the connection and ended */
+};
+
+struct nats_event {
+    struct nats_event *next;
+    enum nats_ev_kind kind;
+    natsStatus status;
+    natsConnection *nc;
+    char *subject, *reply, *text; /* text: an error's detail, a PubAck's stream */
+    char *data;
+    size_t len;
+    uint64_t gen;
+    bool ok, duplicate;
+    int err_code;
+};
+
+static void nc_free_event(struct nats_event *e)
+{
+    free(e->subject);
+    free(e->reply);
+    free(e->text);
+    free(e->data);
+    free(e);
+}
+
+static struct nats_event *nc_event(enum nats_ev_kind kind)
+{
+    struct nats_event *e = xcalloc(1, sizeof *e);
+    e->kind = kind;
+    return e;
+}
+
+/* From any thread: queues e for the loop and wakes it (dropped once the
+ * client is closing its handles: nothing is listening any more). */
+static void nc_post(struct nats_client *c, struct nats_event *e)
+{
+    uv_mutex_lock(&c->lock);
+    if (!c->wake_open) {
+        uv_mutex_unlock(&c->lock);
+        nc_free_event(e);
+        return;
+    }
+    if (c->ev_tail)
+        c->ev_tail->next = e;
+    else
+        c->ev_head = e;
+    c->ev_tail = e;
+    if (e->kind == EV_MSG)
+        c->ev_msgs++;
+    uv_async_send(&c->wake);
+    uv_mutex_unlock(&c->lock);
+}
+
+/* The connection's last error, as text (for an event's detail). */
+static char *nc_last_error(natsConnection *nc)
+{
+    const char *txt = NULL;
+    natsStatus s = nc ? natsConnection_GetLastError(nc, &txt) : NATS_OK;
+    if (txt && *txt)
+        return xstrdup(txt);
+    return xstrdup(s != NATS_OK ? natsStatus_GetText(s) : "");
+}
+
+void nats_subject(char *buf, size_t sz, const char *prefix, const char *agent_id,
+                  const char *subject)
+{
+    util_fmt(buf, sz, "%s.%s.%s", prefix, agent_id, subject);
+}
+
+/* --- the event-loop adapter ----------------------------------------------------------
+ * nats.c calls these with its connection lock held, from whichever thread
+ * connects, reconnects or publishes. We only record what it wants under our
+ * lock and let the loop apply it (at once when already on the loop). Unlike
+ * Debian's header-only libuv adapter, the first attach may come from another
+ * thread (our helper connects), and nothing is scheduled on a closed handle. */
+
+static bool nc_on_loop(const struct nats_client *c);
+static void nc_apply_adapter(struct nats_client *c);
+
+static void nc_kick(struct nats_client *c)
+{
+    if (nc_on_loop(c)) {
+        nc_apply_adapter(c);
+        return;
+    }
+    uv_mutex_lock(&c->lock);
+    if (c->wake_open)
+        uv_async_send(&c->wake);
+    uv_mutex_unlock(&c->lock);
+}
+
+static natsStatus nc_ev_attach(void **user, void *loop, natsConnection *nc, natsSock sock)
+{
+    struct nats_client *c = loop; /* we hand the client itself as nats.c's "loop" */
+    *user = c;
+    uv_mutex_lock(&c->lock);
+    c->ev_nc = nc;
+    c->ev_sock = sock;
+    c->ev_want = UV_READABLE;
+    c->ev_attach_gen++;
+    c->ev_detached = false;
+    uv_mutex_unlock(&c->lock);
+    nc_kick(c);
+    return NATS_OK;
+}
+
+static natsStatus nc_ev_want(void *user, int flag, bool add)
+{
+    struct nats_client *c = user;
+    uv_mutex_lock(&c->lock);
+    if (add)
+        c->ev_want |= flag;
+    else
+        c->ev_want &= ~flag;
+    uv_mutex_unlock(&c->lock);
+    nc_kick(c);
+    return NATS_OK;
+}
+
+static natsStatus nc_ev_read(void *user, bool add)
+{
+    return nc_ev_want(user, UV_READABLE, add);
+}
+
+static natsStatus nc_ev_write(void *user, bool add)
+{
+    return nc_ev_want(user, UV_WRITABLE, add);
+}
+
+static natsStatus nc_ev_detach(void *user)
+{
+    struct nats_client *c = user;
+    uv_mutex_lock(&c->lock);
+    c->ev_detached = true;
+    c->ev_want = 0;
+    uv_mutex_unlock(&c->lock);
+    nc_kick(c);
+    return NATS_OK;
+}
+
+static void nc_poll_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+static void nc_on_poll(uv_poll_t *p, int status, int events)
+{
+    struct nats_client *c = p->data;
+    natsConnection *nc;
+    uv_mutex_lock(&c->lock);
+    nc = c->ev_nc;
+    uv_mutex_unlock(&c->lock);
+    if (!nc)
+        return;
+    /* An error on the socket is read like data: nats.c sees it and reconnects. */
+    if (status < 0 || (events & UV_READABLE))
+        natsConnection_ProcessReadEvent(nc);
+    if (status == 0 && (events & UV_WRITABLE))
+        natsConnection_ProcessWriteEvent(nc);
+}
+
+/* On the loop: makes the poll handle match what nats.c wants. A new socket
+ * (each attach) gets a new handle: the old descriptor may be closed already. */
+static void nc_apply_adapter(struct nats_client *c)
+{
+    natsSock sock;
+    int want;
+    unsigned gen;
+    bool detached;
+    uv_mutex_lock(&c->lock);
+    sock = c->ev_sock;
+    want = c->ev_want;
+    gen = c->ev_attach_gen;
+    detached = c->ev_detached || !c->wake_open;
+    uv_mutex_unlock(&c->lock);
+    if (c->poll && (c->poll_gen != gen || detached)) {
+        uv_close((uv_handle_t *)c->poll, nc_poll_closed);
+        c->poll = NULL;
+    }
+    if (!c->poll && !detached && gen > 0 && gen != c->poll_gen) {
+        c->poll = xcalloc(1, sizeof *c->poll);
+        if (uv_poll_init_socket(c->loop, c->poll, sock) != 0) {
+            LOG0(LOG_ERROR, "cannot watch the NATS socket on the loop");
+            free(c->poll);
+            c->poll = NULL;
+            return;
+        }
+        c->poll->data = c;
+        c->poll_gen = gen;
+    }
+    if (c->poll) {
+        if (want)
+            uv_poll_start(c->poll, want, nc_on_poll);
+        else
+            uv_poll_stop(c->poll);
+    }
+}
+
+static bool nc_on_loop(const struct nats_client *c)
+{
+    uv_thread_t self = uv_thread_self();
+    return uv_thread_equal(&self, &c->loop_thread);
+}
+
+/* --- nats.c's callbacks (its threads) ------------------------------------------------------ */
+
+static void nc_on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    struct nats_client *c = closure;
+    struct nats_event *e;
+    const char *reply = natsMsg_GetReply(msg);
+    bool full;
+    (void)nc;
+    (void)sub;
+    uv_mutex_lock(&c->lock);
+    full = c->ev_msgs >= NATS_EV_MSGS_MAX;
+    if (full)
+        c->ev_dropped++;
+    uv_mutex_unlock(&c->lock);
+    if (full) {
+        natsMsg_Destroy(msg);
+        return;
+    }
+    e = nc_event(EV_MSG);
+    e->subject = xstrdup(natsMsg_GetSubject(msg));
+    e->reply = reply && *reply ? xstrdup(reply) : NULL;
+    e->len = (size_t)natsMsg_GetDataLength(msg);
+    e->data = xmalloc(e->len + 1);
+    memcpy(e->data, natsMsg_GetData(msg), e->len);
+    e->data[e->len] = '\0';
+    natsMsg_Destroy(msg);
+    nc_post(c, e);
+}
+
+static void nc_on_conn_event(natsConnection *nc, void *closure, enum nats_ev_kind kind)
+{
+    struct nats_event *e = nc_event(kind);
+    const char *txt = NULL;
+    e->status = natsConnection_GetLastError(nc, &txt);
+    e->text = xstrdup(txt && *txt            ? txt
+                      : e->status != NATS_OK ? natsStatus_GetText(e->status)
+                                             : "");
+    nc_post(closure, e);
+}
+
+static void nc_on_connected(natsConnection *nc, void *closure)
+{
+    nc_on_conn_event(nc, closure, EV_CONNECTED);
+}
+
+static void nc_on_disconnected(natsConnection *nc, void *closure)
+{
+    nc_on_conn_event(nc, closure, EV_DISCONNECTED);
+}
+
+static void nc_on_reconnected(natsConnection *nc, void *closure)
+{
+    nc_on_conn_event(nc, closure, EV_RECONNECTED);
+}
+
+static void nc_on_closed(natsConnection *nc, void *closure)
+{
+    nc_on_conn_event(nc, closure, EV_CLOSED);
+}
+
+static void nc_on_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
+{
+    struct nats_event *e = nc_event(EV_ERROR);
+    const char *txt = NULL;
+    (void)sub;
+    natsConnection_GetLastError(nc, &txt);
+    e->status = err;
+    e->text = xstrdup(txt && *txt ? txt : natsStatus_GetText(err));
+    nc_post(closure, e);
+}
+
+/* The reconnect thread's wait between passes over the server list: the
+ * agent's own backoff (reconnect_min doubling to reconnect_max, jitter). */
+static int64_t nc_reconnect_delay(natsConnection *nc, int attempts, void *closure)
+{
+    struct nats_client *c = closure;
+    unsigned n = attempts > 0 ? (unsigned)attempts - 1 : 0;
+    uint32_t r;
+    (void)nc;
+    uv_mutex_lock(&c->lock);
+    c->rnd = c->rnd * 1103515245u + 12345u; /* rand() is not thread-safe */
+    r = c->rnd;
+    uv_mutex_unlock(&c->lock);
+    return (int64_t)transport_backoff_delay(c->cfg->reconnect_min_ms, c->cfg->reconnect_max_ms, n,
+                                            (double)(r >> 8) / (double)(1u << 24));
+}
+
+static void nc_on_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
+{
+    struct nats_event *e = nc_event(EV_PUBACK);
+    const char *id = NULL;
+    (void)js;
+    if (natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) == NATS_OK && id)
+        e->subject = xstrdup(id);
+    e->ok = pa != NULL;
+    if (pa) {
+        e->duplicate = pa->Duplicate;
+        e->text = xstrdup(pa->Stream ? pa->Stream : "");
+        e->gen = pa->Sequence;
+    } else if (pae) {
+        e->status = pae->Err;
+        e->err_code = (int)pae->ErrCode;
+        e->text = xstrdup(pae->ErrText ? pae->ErrText : natsStatus_GetText(pae->Err));
+    }
+    natsMsg_Destroy(msg);
+    if (e->subject)
+        nc_post(closure, e);
+    else
+        nc_free_event(e);
+}
+
+/* --- the helper thread: connect, flush, close ---------------------------------------------- */
+
+static void nc_helper(void *arg)
+{
+    struct nats_client *c = arg;
+    for (;;) {
+        bool do_connect, do_close;
+        uint64_t want;
+        natsConnection *nc;
+        uv_mutex_lock(&c->lock);
+        while (!c->h_connect && !c->h_close && c->flush_want == c->flush_done) {
+            if (uv_cond_timedwait(&c->cond, &c->lock, c->cfg->ping_interval_ms * 1000000ull) != 0)
+                break; /* a liveness flush, for the last answer's time */
+        }
+        do_connect = c->h_connect;
+        do_close = c->h_close;
+        want = c->flush_want;
+        nc = c->h_nc;
+        uv_mutex_unlock(&c->lock);
+
+        if (do_close) {
+            if (nc)
+                natsConnection_Close(nc);
+            nc_post(c, nc_event(EV_HELPER_DONE));
+            return;
+        }
+        if (do_connect) {
+            struct nats_event *e = nc_event(EV_CONNECT_DONE);
+            natsConnection *fresh = NULL;
+            if (nc) {
+                natsConnection_Destroy(nc);
+                nc = NULL;
+            }
+            e->status = natsConnection_Connect(&fresh, c->opts);
+            if (e->status != NATS_OK && e->status != NATS_NOT_YET_CONNECTED) {
+                const char *txt = nats_GetLastError(NULL);
+                e->text = xstrdup(txt && *txt ? txt : natsStatus_GetText(e->status));
+                if (fresh)
+                    natsConnection_Destroy(fresh);
+                fresh = NULL;
+            } else {
+                e->text = nc_last_error(fresh);
+            }
+            e->nc = fresh;
+            uv_mutex_lock(&c->lock);
+            c->h_connect = false;
+            c->h_nc = fresh;
+            uv_mutex_unlock(&c->lock);
+            nc_post(c, e);
+            continue;
+        }
+        if (!nc || natsConnection_Status(nc) != NATS_CONN_STATUS_CONNECTED) {
+            /* Not connected: wait for the next wake-up (a reconnect flushes). */
+            uv_mutex_lock(&c->lock);
+            if (!c->h_connect && !c->h_close)
+                (void)uv_cond_timedwait(&c->cond, &c->lock, 500ull * 1000000ull);
+            uv_mutex_unlock(&c->lock);
+            continue;
+        }
+        if (natsConnection_FlushTimeout(nc, NATS_FLUSH_TIMEOUT_MS) == NATS_OK) {
+            struct nats_event *e = nc_event(EV_FLUSHED);
+            e->gen = want;
+            uv_mutex_lock(&c->lock);
+            if (want > c->flush_done)
+                c->flush_done = want;
+            uv_mutex_unlock(&c->lock);
+            nc_post(c, e);
+        }
+    }
+}
+
+static void nc_helper_task(struct nats_client *c, bool connect, bool close)
+{
+    uv_mutex_lock(&c->lock);
+    if (connect)
+        c->h_connect = true;
+    if (close)
+        c->h_close = true;
+    uv_cond_signal(&c->cond);
+    uv_mutex_unlock(&c->lock);
+}
+
+static void nc_request_flush(struct nats_client *c, uint64_t gen)
+{
+    uv_mutex_lock(&c->lock);
+    if (gen > c->flush_want)
+        c->flush_want = gen;
+    uv_cond_signal(&c->cond);
+    uv_mutex_unlock(&c->lock);
+}
+
+/* --- the connection's state (loop) ------------------------------------------------------------ */
+
+static void nc_enter(struct nats_client *c, enum conn_state next)
+{
+    if (c->base.state == next)
+        return;
+    LOG(LOG_DEBUG, "connection state", LF_S("from", transport_state_name(c->base.state)),
+        LF_S("to", transport_state_name(next)));
+    c->base.state = next;
+    if (c->base.ops->state)
+        c->base.ops->state(&c->base, next);
+}
+
+static void out_free(struct nats_out *m)
+{
+    free(m->subject);
+    free(m->merge_key);
+    free(m->ack_key);
+    free(m->body);
+    free(m);
+}
+
+static void outcome_free(struct nats_outcome *o)
+{
+    free(o->move_id);
+    free(o->body);
+    free(o->ack_key);
+    free(o);
+}
+
+/* Publishes one message now; false when nats.c refused it (not connected). */
+static bool nc_publish(struct nats_client *c, struct nats_out *m)
+{
+    natsStatus s;
+    if (!c->nc)
+        return false;
+    s = natsConnection_Publish(c->nc, m->subject, m->body, (int)m->len);
+    if (s != NATS_OK) {
+        LOG(LOG_DEBUG, "NATS publish refused; held for the next connection",
+            LF_S("subject", m->subject), LF_S("error", natsStatus_GetText(s)));
+        return false;
+    }
+    return true;
+}
+
+/* After publishing m: an acknowledged message waits for the flush proving
+ * the server has it (without JetStream: with it, only the PubAck of the
+ * outcome acknowledges). */
+static void nc_after_publish(struct nats_client *c, struct nats_out *m)
+{
+    if (!m->ack_key || c->cfg->nats_jetstream) {
+        out_free(m);
+        return;
+    }
+    m->gen = ++c->gen;
+    m->next = NULL;
+    if (c->unacked_tail)
+        c->unacked_tail->next = m;
+    else
+        c->unacked_head = m;
+    c->unacked_tail = m;
+    nc_request_flush(c, m->gen);
+}
+
+static void nc_queue(struct nats_client *c, struct nats_out *m)
+{
+    if (m->merge_key) {
+        /* The newer state replaces a held one of the same move; it goes to
+         * the tail so that this move's frames stay in seq order. */
+        struct nats_out **pp = &c->head, *prev = NULL;
+        while (*pp) {
+            if ((*pp)->merge_key && strcmp((*pp)->merge_key, m->merge_key) == 0) {
+                struct nats_out *old = *pp;
+                *pp = old->next;
+                if (c->tail == old)
+                    c->tail = prev;
+                out_free(old);
+                break;
+            }
+            prev = *pp;
+            pp = &(*pp)->next;
+        }
+    }
+    m->next = NULL;
+    if (c->tail)
+        c->tail->next = m;
+    else
+        c->head = m;
+    c->tail = m;
+}
+
+static void nc_try_outcomes(struct nats_client *c);
+
+/* Connected (first time or again): hello first, then what was held. */
+static void nc_connected(struct nats_client *c, const char *how)
+{
+    char url[256] = "";
+    struct nats_out *hello;
+    cJSON *d;
+    if (c->base.state == CONN_CLOSING || c->base.state == CONN_CLOSED || !c->nc)
+        return;
+    if (c->base.state == CONN_UP)
+        return; /* a late duplicate */
+    if (c->base.state != CONN_CONNECTING)
+        nc_enter(c, CONN_CONNECTING);
+    nc_enter(c, CONN_HELLO);
+    (void)natsConnection_GetConnectedUrl(c->nc, url, sizeof url);
+    LOG(LOG_INFO, how, LF_S("server", url));
+    c->base.last_pong_wall_ms = util_wall_ms();
+    /* Written but not known to have arrived: sent again, first. */
+    if (c->unacked_head) {
+        c->unacked_tail->next = c->head;
+        if (!c->head)
+            c->tail = c->unacked_tail;
+        c->head = c->unacked_head;
+        c->unacked_head = c->unacked_tail = NULL;
+    }
+    d = c->base.ops->hello(&c->base);
+    hello = xcalloc(1, sizeof *hello);
+    hello->subject = xmalloc(sizeof c->prefix + 16);
+    util_fmt(hello->subject, sizeof c->prefix + 16, "%sagent.hello", c->prefix);
+    hello->body = cJSON_PrintUnformatted(d);
+    cJSON_Delete(d);
+    if (!hello->body)
+        util_oom(0);
+    hello->len = strlen(hello->body);
+    if (!nc_publish(c, hello)) {
+        out_free(hello);
+        nc_enter(c, CONN_BACKOFF);
+        return;
+    }
+    out_free(hello);
+    nc_enter(c, CONN_UP);
+    while (c->head && c->base.state == CONN_UP) {
+        struct nats_out *m = c->head;
+        if (!nc_publish(c, m))
+            break;
+        c->head = m->next;
+        if (!c->head)
+            c->tail = NULL;
+        nc_after_publish(c, m);
+    }
+    nc_try_outcomes(c);
+}
+
+static bool nc_is_auth(const struct nats_event *e)
+{
+    return e->status == NATS_CONNECTION_AUTH_FAILED ||
+           (e->text && (strstr(e->text, "uthorization") || strstr(e->text, "uthentication")));
+}
+
+/* A failure, logged at most once a minute (every time for refused credentials:
+ * an operator must see those), with nats.c's own words. */
+static void nc_log_failure(struct nats_client *c, const struct nats_event *e, const char *what)
+{
+    uint64_t now = util_mono_ms();
+    if (nc_is_auth(e)) {
+        if (c->last_fail_log_ms && now - c->last_fail_log_ms < NATS_WARN_GAP_MS)
+            return;
+        c->last_fail_log_ms = now;
+        LOG(LOG_ERROR,
+            "the NATS server refused the agent's credentials (check nats_creds_file, "
+            "nats_nkey_seed_file, nats_user/nats_password_file or token); retrying",
+            LF_S("servers", c->cfg->nats_servers_raw), LF_S("detail", e->text ? e->text : ""));
+        return;
+    }
+    if (c->last_fail_log_ms && now - c->last_fail_log_ms < NATS_FAIL_LOG_GAP_MS)
+        return;
+    c->last_fail_log_ms = now;
+    LOG(LOG_WARN, what, LF_S("servers", c->cfg->nats_servers_raw),
+        LF_S("detail", e->text && *e->text ? e->text : natsStatus_GetText(e->status)));
+}
+
+static void nc_subscribe(struct nats_client *c)
+{
+    char subj[sizeof c->prefix + 32];
+    natsStatus s;
+    util_fmt(subj, sizeof subj, "%sserver.*", c->prefix);
+    s = natsConnection_Subscribe(&c->sub_agent, c->nc, subj, nc_on_msg, c);
+    if (s == NATS_OK) {
+        util_fmt(subj, sizeof subj, "%sserver.move_status", c->all_prefix);
+        s = natsConnection_Subscribe(&c->sub_all, c->nc, subj, nc_on_msg, c);
+    }
+    if (s != NATS_OK)
+        LOG(LOG_ERROR, "cannot subscribe to the agent's subjects", LF_S("subject", subj),
+            LF_S("error", natsStatus_GetText(s)));
+    if (c->cfg->nats_jetstream && !c->js) {
+        jsOptions jo;
+        jsOptions_Init(&jo);
+        jo.PublishAsync.AckHandler = nc_on_puback;
+        jo.PublishAsync.AckHandlerClosure = c;
+        s = natsConnection_JetStream(&c->js, c->nc, &jo);
+        if (s != NATS_OK)
+            LOG(LOG_ERROR, "cannot create the JetStream context",
+                LF_S("error", natsStatus_GetText(s)));
+    }
+}
+
+static void nc_finish_close(struct nats_client *c)
+{
+    uv_timer_stop(&c->close_timer);
+    nc_enter(c, CONN_CLOSED);
+}
+
+static void nc_on_restart_timer(uv_timer_t *t)
+{
+    struct nats_client *c = t->data;
+    if (c->base.state == CONN_CLOSING || c->base.state == CONN_CLOSED)
+        return;
+    nc_enter(c, CONN_CONNECTING);
+    nc_helper_task(c, true, false);
+}
+
+/* nats.c closed the connection by itself (e.g. refused credentials twice):
+ * start over after a backoff, forever. */
+static void nc_restart_later(struct nats_client *c)
+{
+    uint64_t delay =
+        transport_backoff_delay(c->cfg->reconnect_min_ms, c->cfg->reconnect_max_ms, c->restarts++,
+                                (double)rand() / ((double)RAND_MAX + 1));
+    if (c->sub_agent)
+        natsSubscription_Destroy(c->sub_agent);
+    if (c->sub_all)
+        natsSubscription_Destroy(c->sub_all);
+    c->sub_agent = c->sub_all = NULL;
+    if (c->js)
+        jsCtx_Destroy(c->js);
+    c->js = NULL;
+    c->nc = NULL; /* the helper destroys it before connecting again */
+    if (c->base.state != CONN_BACKOFF)
+        nc_enter(c, CONN_BACKOFF);
+    uv_timer_start(&c->restart_timer, nc_on_restart_timer, delay, 0);
+}
+
+/* A request: the frame {"subject","reply","data"} the WebSocket would have
+ * carried, so that validation, codes and answers are the same. A payload
+ * that is not a JSON object (or not JSON) is passed as a string, which the
+ * frame's validation answers with invalid_request. */
+static void nc_deliver(struct nats_client *c, struct nats_event *e)
+{
+    const char *rest = NULL;
+    cJSON *env;
+    char *head, *buf;
+    size_t hlen, cap, n;
+    bool json_ok = false;
+    size_t pl = strlen(c->prefix), al = strlen(c->all_prefix);
+
+    if (strncmp(e->subject, c->prefix, pl) == 0)
+        rest = e->subject + pl;
+    else if (strncmp(e->subject, c->all_prefix, al) == 0)
+        rest = e->subject + al;
+    if (!rest)
+        return;
+    if (e->len > c->cfg->max_message_bytes) {
+        LOG(LOG_WARN, "message from the manager over max_message_bytes dropped",
+            LF_U("max_message_bytes", c->cfg->max_message_bytes));
+        return;
+    }
+    if (e->len > 0 && util_utf8_valid(e->data, e->len)) {
+        const char *end = NULL;
+        cJSON *probe = cJSON_ParseWithLengthOpts(e->data, e->len, &end, 0);
+        json_ok = probe && cJSON_IsObject(probe);
+        while (json_ok && end && end < e->data + e->len && strchr(" \t\r\n", *end))
+            end++;
+        json_ok = json_ok && end == e->data + e->len;
+        cJSON_Delete(probe);
+    }
+    env = cJSON_CreateObject();
+    cJSON_AddStringToObject(env, "subject", rest);
+    if (e->reply)
+        cJSON_AddStringToObject(env, "reply", e->reply);
+    if (e->len > 0 && !json_ok)
+        cJSON_AddStringToObject(env, "data", "(the NATS payload is not a JSON object)");
+    head = cJSON_PrintUnformatted(env);
+    cJSON_Delete(env);
+    if (!head)
+        util_oom(0);
+    hlen = strlen(head);
+    if (!json_ok) {
+        c->base.ops->message(&c->base, head, hlen);
+        cJSON_free(head);
+        return;
+    }
+    /* {"subject":..,"reply":..} + ,"data": + payload + } */
+    cap = hlen + e->len + 16;
+    buf = xmalloc(cap);
+    head[hlen - 1] = '\0'; /* without its closing brace */
+    n = (size_t)snprintf(buf, cap, "%s,\"data\":%.*s}", head, (int)e->len, e->data);
+    cJSON_free(head);
+    c->base.ops->message(&c->base, buf, n);
+    free(buf);
+}
+
+/* --- outcomes through JetStream (loop) ------------------------------------------------------- */
+
+static void nc_on_retry_timer(uv_timer_t *t)
+{
+    nc_try_outcomes(t->data);
+}
+
+static void nc_try_outcomes(struct nats_client *c)
+{
+    uint64_t now = util_mono_ms();
+    if (!c->outcomes) {
+        uv_timer_stop(&c->retry_timer);
+        return;
+    }
+    if (!uv_is_active((uv_handle_t *)&c->retry_timer) && c->open_handles > 0)
+        uv_timer_start(&c->retry_timer, nc_on_retry_timer, 500, 500);
+    if (c->base.state != CONN_UP || !c->js)
+        return;
+    for (struct nats_outcome *o = c->outcomes; o; o = o->next) {
+        natsMsg *msg = NULL;
+        jsPubOptions po;
+        natsStatus s;
+        if (o->next_try_ms > now)
+            continue;
+        s = natsMsg_Create(&msg, c->outcome_subject, NULL, o->body, (int)strlen(o->body));
+        if (s == NATS_OK)
+            s = natsMsgHeader_Set(msg, "Nats-Msg-Id", o->move_id);
+        if (s == NATS_OK) {
+            jsPubOptions_Init(&po);
+            po.MaxWait = NATS_PUBACK_WAIT_MS;
+            po.MsgId = o->move_id;
+            s = js_PublishMsgAsync(c->js, &msg, &po);
+        }
+        natsMsg_Destroy(msg); /* NULL once the library took it */
+        /* Its PubAck (or the library's time-out for it) comes back as EV_PUBACK. */
+        o->next_try_ms = now + (s == NATS_OK ? 2u * NATS_PUBACK_WAIT_MS : 1000u);
+    }
+}
+
+static void nc_on_puback_event(struct nats_client *c, struct nats_event *e)
+{
+    struct nats_outcome **pp, *o;
+    uint64_t now = util_mono_ms();
+    for (pp = &c->outcomes; *pp && strcmp((*pp)->move_id, e->subject) != 0; pp = &(*pp)->next)
+        ;
+    o = *pp;
+    if (!o)
+        return; /* stored already: a late answer to an earlier send */
+    if (e->ok) {
+        LOG(LOG_INFO, "move outcome stored by JetStream", LF_S("move", o->move_id),
+            LF_S("stream", e->text ? e->text : ""), LF_U("seq", e->gen),
+            LF_S("duplicate", e->duplicate ? "yes" : "no"));
+        *pp = o->next;
+        if (o->ack_key && c->base.ops->acked)
+            c->base.ops->acked(&c->base, o->ack_key);
+        outcome_free(o);
+        return;
+    }
+    o->next_try_ms = now + transport_backoff_delay(1000, 30000, o->attempt++,
+                                                   (double)rand() / ((double)RAND_MAX + 1));
+    if (!c->last_warn_ms || now - c->last_warn_ms >= NATS_WARN_GAP_MS) {
+        unsigned pending = 0;
+        for (struct nats_outcome *p = c->outcomes; p; p = p->next)
+            pending++;
+        c->last_warn_ms = now;
+        LOG(LOG_WARN,
+            "JetStream did not store the move outcome (is there a stream for its subject? see "
+            "the README); it is kept in the journal and published again until a stream does",
+            LF_S("subject", c->outcome_subject), LF_S("move", o->move_id),
+            LF_S("error", e->text ? e->text : ""), LF_U("pending", pending));
+    }
+}
+
+/* --- the loop's side of the queue ------------------------------------------------------------ */
+
+static void nc_handle(struct nats_client *c, struct nats_event *e)
+{
+    switch (e->kind) {
+    case EV_MSG:
+        if (c->base.state != CONN_CLOSED)
+            nc_deliver(c, e);
+        break;
+    case EV_CONNECT_DONE:
+        if (!e->nc) {
+            nc_log_failure(c, e, "cannot connect to NATS; retrying");
+            if (c->base.state == CONN_CLOSING) {
+                nc_helper_task(c, false, true);
+                break;
+            }
+            nc_restart_later(c);
+            break;
+        }
+        c->nc = e->nc;
+        c->had_nc = true;
+        if (c->base.state == CONN_CLOSING) {
+            nc_helper_task(c, false, true);
+            break;
+        }
+        nc_subscribe(c);
+        if (e->status == NATS_OK) {
+            nc_connected(c, "connected to NATS");
+        } else {
+            nc_log_failure(c, e, "cannot reach a NATS server yet; retrying");
+            nc_enter(c, CONN_BACKOFF);
+        }
+        break;
+    case EV_CONNECTED:
+    case EV_RECONNECTED:
+        c->restarts = 0;
+        nc_connected(c, e->kind == EV_CONNECTED ? "connected to NATS" : "reconnected to NATS");
+        break;
+    case EV_DISCONNECTED:
+        if (c->base.state == CONN_UP || c->base.state == CONN_HELLO ||
+            c->base.state == CONN_CONNECTING) {
+            nc_log_failure(c, e, "lost the NATS server; trying the others");
+            nc_enter(c, CONN_BACKOFF);
+        }
+        break;
+    case EV_CLOSED:
+        c->got_closed = true;
+        if (c->base.state == CONN_CLOSING) {
+            if (c->helper_done)
+                nc_finish_close(c);
+        } else if (c->base.state != CONN_CLOSED) {
+            nc_log_failure(c, e, "the NATS connection was closed; starting over");
+            nc_restart_later(c);
+        }
+        break;
+    case EV_ERROR:
+        if (nc_is_auth(e))
+            nc_log_failure(c, e, "");
+        else
+            LOG(LOG_WARN, "NATS error", LF_S("error", e->text ? e->text : ""));
+        break;
+    case EV_FLUSHED:
+        c->base.last_pong_wall_ms = util_wall_ms();
+        while (c->unacked_head && c->unacked_head->gen <= e->gen) {
+            struct nats_out *m = c->unacked_head;
+            c->unacked_head = m->next;
+            if (!c->unacked_head)
+                c->unacked_tail = NULL;
+            if (c->base.ops->acked)
+                c->base.ops->acked(&c->base, m->ack_key);
+            out_free(m);
+        }
+        if (c->base.state == CONN_CLOSING && !c->unacked_head)
+            nc_helper_task(c, false, true);
+        break;
+    case EV_PUBACK:
+        nc_on_puback_event(c, e);
+        break;
+    case EV_HELPER_DONE:
+        c->helper_done = true;
+        if (c->base.state == CONN_CLOSING && (!c->had_nc || c->got_closed))
+            nc_finish_close(c);
+        break;
+    }
+}
+
+static void nc_on_wake(uv_async_t *a)
+{
+    struct nats_client *c = a->data;
+    struct nats_event *e;
+    unsigned dropped;
+    nc_apply_adapter(c);
+    uv_mutex_lock(&c->lock);
+    e = c->ev_head;
+    c->ev_head = c->ev_tail = NULL;
+    c->ev_msgs = 0;
+    dropped = c->ev_dropped;
+    c->ev_dropped = 0;
+    uv_mutex_unlock(&c->lock);
+    if (dropped)
+        LOG(LOG_WARN, "requests dropped: the agent did not keep up with NATS",
+            LF_U("dropped", dropped));
+    while (e) {
+        struct nats_event *next = e->next;
+        nc_handle(c, e);
+        nc_free_event(e);
+        e = next;
+    }
+}
+
+/* --- the transport interface ----------------------------------------------------------------- */
+
+static void nc_start(struct transport *t)
+{
+    struct nats_client *c = (struct nats_client *)t;
+    if (c->base.state != CONN_IDLE)
+        return;
+    nc_enter(c, CONN_CONNECTING);
+    LOG(LOG_INFO, "connecting to NATS", LF_S("servers", c->cfg->nats_servers_raw),
+        LF_S("subjects", c->prefix));
+    nc_helper_task(c, true, false);
+    if (uv_thread_create(&c->helper, nc_helper, c) != 0) {
+        LOG0(LOG_ERROR, "cannot start the NATS helper thread");
+        return;
+    }
+    c->helper_running = true;
+}
+
+static void nc_send(struct transport *t, const char *subject, cJSON *data,
+                    const struct transport_send *how)
+{
+    struct nats_client *c = (struct nats_client *)t;
+    struct nats_out *m;
+    size_t sl;
+    if (c->base.state == CONN_CLOSED || (!how->keep && !how->ack_key && c->base.state != CONN_UP)) {
+        cJSON_Delete(data);
+        return;
+    }
+    m = xcalloc(1, sizeof *m);
+    sl = strlen(c->prefix) + strlen(subject) + 1;
+    m->subject = xmalloc(sl);
+    util_fmt(m->subject, sl, "%s%s", how->reply ? "" : c->prefix, subject);
+    m->merge_key = how->merge_key ? xstrdup(how->merge_key) : NULL;
+    m->ack_key = how->ack_key ? xstrdup(how->ack_key) : NULL;
+    m->keep = how->keep || how->ack_key;
+    m->body = cJSON_PrintUnformatted(data);
+    cJSON_Delete(data);
+    if (!m->body)
+        util_oom(0);
+    m->len = strlen(m->body);
+    if (c->base.state == CONN_UP && !c->head && nc_publish(c, m)) {
+        nc_after_publish(c, m);
+        return;
+    }
+    nc_queue(c, m);
+}
+
+static void nc_outcome(struct transport *t, const char *move_id, const char *answer,
+                       const char *ack_key)
+{
+    struct nats_client *c = (struct nats_client *)t;
+    struct nats_outcome *o, **pp;
+    if (!c->cfg->nats_jetstream || c->base.state == CONN_CLOSED)
+        return;
+    for (pp = &c->outcomes; *pp && strcmp((*pp)->move_id, move_id) != 0; pp = &(*pp)->next)
+        ;
+    if (*pp) {
+        o = *pp;
+        free(o->body);
+        free(o->ack_key);
+    } else {
+        o = xcalloc(1, sizeof *o);
+        o->move_id = xstrdup(move_id);
+        *pp = o;
+    }
+    o->body = xstrdup(answer);
+    o->ack_key = ack_key ? xstrdup(ack_key) : NULL;
+    o->next_try_ms = 0;
+    nc_try_outcomes(c);
+}
+
+static void nc_on_close_timer(uv_timer_t *t)
+{
+    struct nats_client *c = t->data;
+    if (c->base.state != CONN_CLOSING)
+        return;
+    if (!c->helper_done)
+        nc_helper_task(c, false, true);
+    /* Still not closed a while later: nats.c did not call back; stop anyway. */
+    if (c->helper_done || uv_timer_get_repeat(t) == 0) {
+        uv_timer_start(t, nc_on_close_timer, NATS_CLOSE_WAIT_MS, NATS_CLOSE_WAIT_MS);
+        return;
+    }
+    nc_finish_close(c);
+}
+
+static void nc_shutdown(struct transport *t)
+{
+    struct nats_client *c = (struct nats_client *)t;
+    enum conn_state was = c->base.state;
+    if (was == CONN_CLOSING || was == CONN_CLOSED)
+        return;
+    uv_timer_stop(&c->restart_timer);
+    uv_timer_stop(&c->retry_timer);
+    nc_enter(c, CONN_CLOSING);
+    if (!c->helper_running) {
+        nc_finish_close(c);
+        return;
+    }
+    if (was == CONN_UP && c->unacked_head) {
+        /* The last answers: wait (a while) for the flush that confirms them. */
+        nc_request_flush(c, c->gen);
+        uv_timer_start(&c->close_timer, nc_on_close_timer, NATS_CLOSE_WAIT_MS, 0);
+        return;
+    }
+    nc_helper_task(c, false, true);
+    uv_timer_start(&c->close_timer, nc_on_close_timer, NATS_CLOSE_WAIT_MS, NATS_CLOSE_WAIT_MS);
+}
+
+static void nc_handle_closed(uv_handle_t *h)
+{
+    struct nats_client *c = h->data;
+    c->open_handles--;
+}
+
+static void nc_close(struct transport *t)
+{
+    struct nats_client *c = (struct nats_client *)t;
+    c->base.state = CONN_CLOSED;
+    /* The helper closes the connection if it has not yet; destroy() joins it. */
+    if (c->helper_running)
+        nc_helper_task(c, false, true);
+    uv_mutex_lock(&c->lock);
+    c->wake_open = false; /* nothing is sent on the handle after this */
+    uv_mutex_unlock(&c->lock);
+    if (c->poll) {
+        uv_close((uv_handle_t *)c->poll, nc_poll_closed);
+        c->poll = NULL;
+    }
+    if (c->open_handles > 0) {
+        uv_close((uv_handle_t *)&c->wake, nc_handle_closed);
+        uv_close((uv_handle_t *)&c->retry_timer, nc_handle_closed);
+        uv_close((uv_handle_t *)&c->restart_timer, nc_handle_closed);
+        uv_close((uv_handle_t *)&c->close_timer, nc_handle_closed);
+    }
+}
+
+/* After uv_run returned: the helper has closed the connection; nats.c's
+ * threads are waited for, then everything is freed. */
+static void nc_destroy(struct transport *t)
+{
+    struct nats_client *c = (struct nats_client *)t;
+    if (c->helper_running) {
+        nc_helper_task(c, false, true);
+        uv_thread_join(&c->helper);
+        c->helper_running = false;
+    }
+    if (c->js)
+        jsCtx_Destroy(c->js);
+    if (c->sub_agent)
+        natsSubscription_Destroy(c->sub_agent);
+    if (c->sub_all)
+        natsSubscription_Destroy(c->sub_all);
+    if (c->h_nc)
+        natsConnection_Destroy(c->h_nc);
+    if (c->opts)
+        natsOptions_Destroy(c->opts);
+    /* nats.c's own threads (delivery, timers, callbacks) end here. */
+    (void)nats_CloseAndWait(NATS_CLOSE_WAIT_MS);
+    while (c->ev_head) {
+        struct nats_event *e = c->ev_head;
+        c->ev_head = e->next;
+        nc_free_event(e);
+    }
+    while (c->head) {
+        struct nats_out *m = c->head;
+        c->head = m->next;
+        out_free(m);
+    }
+    while (c->unacked_head) {
+        struct nats_out *m = c->unacked_head;
+        c->unacked_head = m->next;
+        out_free(m);
+    }
+    while (c->outcomes) {
+        struct nats_outcome *o = c->outcomes;
+        c->outcomes = o->next;
+        outcome_free(o);
+    }
+    if (c->lock_ready) {
+        uv_cond_destroy(&c->cond);
+        uv_mutex_destroy(&c->lock);
+    }
+    free(c);
+}
+
+const struct transport_impl nats_client_impl = {
+    .name = "nats",
+    .start = nc_start,
+    .send = nc_send,
+    .outcome = nc_outcome,
+    .shutdown = nc_shutdown,
+    .close = nc_close,
+    .destroy = nc_destroy,
+};
+
+/* --- setting up ---------------------------------------------------------------------------- */
+
+static int nc_status_err(natsStatus s, const char *what)
+{
+    if (s == NATS_OK)
+        return 0;
+    LOG(LOG_ERROR, "cannot set up NATS", LF_S("setting", what),
+        LF_S("error", natsStatus_GetText(s)), LF_S("detail", nats_GetLastError(NULL)));
+    return -EINVAL;
+}
+
+int nats_client_init(struct nats_client *c, uv_loop_t *loop, const struct config *cfg,
+                     const struct transport_ops *ops, void *owner)
+{
+    natsOptions *o = NULL;
+    natsStatus s;
+    bool tls = false;
+    char name[200];
+
+    memset(c, 0, sizeof *c);
+    c->base.impl = &nats_client_impl;
+    c->base.ops = ops;
+    c->base.owner = owner;
+    c->loop = loop;
+    c->cfg = cfg;
+    c->loop_thread = uv_thread_self();
+    c->rnd = (uint32_t)rand();
+    util_fmt(c->prefix, sizeof c->prefix, "%s.%s.", cfg->nats_subject_prefix, cfg->agent_id);
+    util_fmt(c->all_prefix, sizeof c->all_prefix, "%s.all.", cfg->nats_subject_prefix);
+    util_fmt(c->outcome_subject, sizeof c->outcome_subject, "%smove.outcome", c->prefix);
+    if (uv_mutex_init(&c->lock) != 0 || uv_cond_init(&c->cond) != 0)
+        return -ENOMEM;
+    c->lock_ready = true;
+    uv_async_init(loop, &c->wake, nc_on_wake);
+    c->wake.data = c;
+    c->wake_open = true;
+    uv_timer_init(loop, &c->retry_timer);
+    uv_timer_init(loop, &c->restart_timer);
+    uv_timer_init(loop, &c->close_timer);
+    c->retry_timer.data = c->restart_timer.data = c->close_timer.data = c;
+    c->open_handles = 4;
+
+    for (size_t i = 0; i < cfg->n_nats_servers; i++)
+        tls |= strncmp(cfg->nats_servers[i], "tls://", 6) == 0;
+    util_fmt(name, sizeof name, "hostagent %s", cfg->agent_id);
+    s = natsOptions_Create(&o);
+    if (s != NATS_OK)
+        return nc_status_err(s, "options");
+    c->opts = o;
+    if (nc_status_err(
+            natsOptions_SetServers(o, (const char **)cfg->nats_servers, (int)cfg->n_nats_servers),
+            "nats_servers") ||
+        nc_status_err(natsOptions_SetName(o, name), "name") ||
+        nc_status_err(natsOptions_SetMaxReconnect(o, -1), "reconnect") ||
+        nc_status_err(natsOptions_SetCustomReconnectDelay(o, nc_reconnect_delay, c), "backoff") ||
+        nc_status_err(natsOptions_SetRetryOnFailedConnect(o, true, nc_on_connected, c), "retry") ||
+        nc_status_err(natsOptions_SetDisconnectedCB(o, nc_on_disconnected, c), "callbacks") ||
+        nc_status_err(natsOptions_SetReconnectedCB(o, nc_on_reconnected, c), "callbacks") ||
+        nc_status_err(natsOptions_SetClosedCB(o, nc_on_closed, c), "callbacks") ||
+        nc_status_err(natsOptions_SetErrorHandler(o, nc_on_error, c), "callbacks") ||
+        nc_status_err(natsOptions_SetPingInterval(o, (int64_t)cfg->ping_interval_ms), "pings") ||
+        nc_status_err(natsOptions_SetMaxPingsOut(o, 3), "pings") ||
+        nc_status_err(
+            natsOptions_SetEventLoop(o, c, nc_ev_attach, nc_ev_read, nc_ev_write, nc_ev_detach),
+            "event loop"))
+        return -EINVAL;
+    if (tls && nc_status_err(natsOptions_SetSecure(o, true), "tls"))
+        return -EINVAL;
+    if (cfg->ca_file &&
+        nc_status_err(natsOptions_LoadCATrustedCertificates(o, cfg->ca_file), "ca_file"))
+        return -EINVAL;
+    if (cfg->tls_insecure &&
+        nc_status_err(natsOptions_SkipServerVerification(o, true), "tls_insecure"))
+        return -EINVAL;
+    if (cfg->nats_creds_file &&
+        nc_status_err(natsOptions_SetUserCredentialsFromFiles(o, cfg->nats_creds_file, NULL),
+                      "nats_creds_file"))
+        return -EINVAL;
+    if (cfg->nats_nkey_seed_file) {
+        char pub[64];
+        char why[160];
+        if (nkey_public_from_seed_file(cfg->nats_nkey_seed_file, pub, sizeof pub, why,
+                                       sizeof why) != 0) {
+            LOG(LOG_ERROR, "cannot use nats_nkey_seed_file", LF_S("file", cfg->nats_nkey_seed_file),
+                LF_S("reason", why));
+            return -EINVAL;
+        }
+        if (nc_status_err(natsOptions_SetNKeyFromSeed(o, pub, cfg->nats_nkey_seed_file),
+                          "nats_nkey_seed_file"))
+            return -EINVAL;
+    }
+    if (cfg->nats_user &&
+        nc_status_err(natsOptions_SetUserInfo(o, cfg->nats_user, cfg->nats_password), "nats_user"))
+        return -EINVAL;
+    if (cfg->token && nc_status_err(natsOptions_SetToken(o, cfg->token), "token"))
+        return -EINVAL;
+    return 0;
+}

@@ -1,0 +1,288 @@
+"""The agent on NATS against Debian's nats-server, driven by nats.js (see
+natsbus.py): every request and code, the fleet-wide status, events, refused
+credentials, JetStream outcomes across a missing stream and a restart, a
+node of a 3-node cluster killed in the middle of a move, and 200 agents
+answering a fleet-wide status."""
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+import unittest
+
+from harness import BIN, SANITIZED, Scratch, journal_record, make_tree, wait_until
+from natsbus import Bridge, NatsCluster
+
+PREFIX = "hostagent"
+
+
+class NatsAgent:
+    """The real hostagent with transport = nats."""
+
+    def __init__(self, base, servers, agent_id="na1", roots=(), state=None, extra=None, log_name=None):
+        self.base = base
+        self.agent_id = agent_id
+        self.state = state or os.path.join(base, "state-" + agent_id)
+        os.makedirs(self.state, exist_ok=True)
+        self.cfg_path = os.path.join(base, "agent-%s.conf" % agent_id)
+        self.log_path = os.path.join(base, log_name or "agent-%s.log" % agent_id)
+        conf = {
+            "transport": "nats",
+            "nats_servers": servers,
+            "agent_id": agent_id,
+            "allowed_roots": ", ".join(roots) if roots else base,
+            "state_dir": self.state,
+            "control_socket": os.path.join(base, "ctl-%s.sock" % agent_id),
+            "heartbeat_interval": "1s",
+            "progress_interval": "100ms",
+            "reconnect_min": "100ms",
+            "reconnect_max": "1s",
+            "log_level": "debug",
+        }
+        conf.update(extra or {})
+        with open(self.cfg_path, "w") as f:
+            for k, v in conf.items():
+                if v is not None:
+                    f.write("%s = %s\n" % (k, v))
+        self.logf = open(self.log_path, "a")
+        self.proc = subprocess.Popen([BIN, "--config", self.cfg_path], stdout=self.logf, stderr=self.logf)
+
+    def subject(self, s):
+        return "%s.%s.%s" % (PREFIX, self.agent_id, s)
+
+    def log(self):
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def stop(self, timeout=30):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.logf.close()
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait(10)
+        self.logf.close()
+
+
+class NatsCase(unittest.TestCase):
+    nodes = 1
+    jetstream = False
+    auth = ""
+
+    def setUp(self):
+        self.scratch = Scratch("256m")
+        self.cluster = NatsCluster(self.scratch.base, self.nodes, self.jetstream, self.auth)
+        self.bridges = []
+        self.agents = []
+
+    def tearDown(self):
+        try:
+            for a in self.agents:
+                if a.proc.poll() is None:
+                    rc = a.stop()
+                    if rc != 0:
+                        print(a.log()[-4000:])
+                    self.assertEqual(rc, 0, "agent exit status (sanitizer report in its log?)")
+        finally:
+            for b in self.bridges:
+                b.close()
+            self.cluster.stop()
+            self.scratch.close()
+
+    def bridge(self, *args, urls=None):
+        b = Bridge(urls or self.cluster.urls, *args)
+        self.bridges.append(b)
+        return b
+
+    def agent(self, **kw):
+        kw.setdefault("roots", (self.scratch.a, self.scratch.b))
+        a = NatsAgent(self.scratch.base, kw.pop("servers", self.cluster.urls), **kw)
+        self.agents.append(a)
+        return a
+
+    def wait_up(self, agent, timeout=20):
+        wait_until(lambda: "connection state from=hello to=up" in agent.log(), timeout, "agent up on NATS")
+
+
+class TestNatsSingle(NatsCase):
+    def test_every_request_and_code(self):
+        b = self.bridge()
+        b.subscribe(PREFIX + ".na1.>")
+        a = self.agent()
+        self.wait_up(a)
+        b.wait_for(lambda: b.messages(".agent.hello"), 10, "agent.hello")
+        hello = json.loads(b.messages(".agent.hello")[0]["data"])
+        self.assertEqual(hello["agentId"], "na1")
+        self.assertIn("server.move_data", hello["capabilities"])
+        # Every request the agent announces is served on its subject.
+        for cap in hello["capabilities"]:
+            ans = b.try_request(a.subject(cap), "{}")
+            self.assertTrue(ans["ok"], "no answer on %s: %s" % (cap, ans))
+        # Codes: unknown subject, invalid payloads, a refused path, not found.
+        unk = b.request(a.subject("server.nope"), {})
+        self.assertEqual(unk["code"], "unknown_subject")
+        self.assertEqual(b.request(a.subject("server.move_data"), "not json")["code"], "invalid_request")
+        self.assertEqual(b.request(a.subject("server.move_data"), {"serverName": 5})["code"],
+                         "invalid_request")
+        deep = "[" * 40 + "]" * 40
+        self.assertEqual(b.request(a.subject("server.move_data"), '{"x":%s}' % deep)["code"], "invalid_request")
+        outside = b.request(a.subject("server.move_data"),
+                            {"serverName": "s", "oldPath": "/etc", "newPath": self.scratch.b + "/s"})
+        self.assertEqual(outside["code"], "path_not_allowed")
+        self.assertEqual(b.request(a.subject("server.move_cancel"), {"moveId": "nope"})["code"], "not_found")
+        st = b.request(a.subject("server.move_status"), {})
+        self.assertEqual(st, {"success": True, "moves": []})
+        # A move: answer on the reply subject, progress events in seq order.
+        make_tree(os.path.join(self.scratch.a, "s1"), n_small=50)
+        ans = b.request(a.subject("server.move_data"),
+                        {"serverName": "s1", "oldPath": self.scratch.a + "/s1",
+                         "newPath": self.scratch.b + "/s1", "moveId": "mv-1"}, 30000)
+        self.assertTrue(ans["success"], ans)
+        self.assertEqual(ans["method"], "copy")
+        b.wait_for(lambda: any(json.loads(m["data"])["phase"] == "complete"
+                               for m in b.messages(".move.progress")), 10, "terminal frame")
+        seqs = [json.loads(m["data"])["seq"] for m in b.messages(".move.progress")]
+        self.assertEqual(seqs, sorted(seqs))
+        again = b.request(a.subject("server.move_data"),
+                          {"serverName": "s1", "oldPath": self.scratch.a + "/s1",
+                           "newPath": self.scratch.b + "/s1", "moveId": "mv-1"}, 30000)
+        self.assertEqual(again, ans, "an idempotent retry gets the same answer")
+        fleet = b.request(PREFIX + ".all.server.move_status", {"moveId": "mv-1"})
+        self.assertEqual(fleet["moves"][0]["phase"], "complete")
+        b.wait_for(lambda: b.messages(".heartbeat"), 10, "a heartbeat")
+        self.assertEqual(a.stop(), 0)
+
+    def test_bad_config_is_refused(self):
+        conf = os.path.join(self.scratch.base, "bad.conf")
+        cases = [
+            ("transport = nats\n", "missing required key nats_servers"),
+            ("transport = nats\nnats_servers = http://x\n", "nats:// or tls://"),
+            ("transport = nats\nnats_servers = nats://u:p@x:4222\n", "user information"),
+            ("transport = nats\nnats_servers = nats://x\nnats_subject_prefix = a.*\n", "nats_subject_prefix"),
+            ("transport = nats\nnats_servers = nats://x\nnats_user = u\n", "needs nats_password_file"),
+            ("transport = nats\nnats_servers = nats://x\nnats_creds_file = /nonexistent\n", "cannot be read"),
+            ("transport = nats\nnats_servers = nats://x\nmanager_url = ws://x/\n", "only used with transport = websocket"),
+            ("manager_url = ws://x/\nnats_servers = nats://x\n", "only used with transport = nats"),
+            ("transport = nats\nnats_servers = nats://x\nagent_id = a.b\n", "one NATS subject token"),
+            ("transport = nats\nnats_servers = nats://x\ntoken = t\nnats_nkey_seed_file = %s\n" % conf,
+             "more than one NATS authentication"),
+        ]
+        for text, want in cases:
+            with open(conf, "w") as f:
+                f.write(text)
+            r = subprocess.run([BIN, "--check-config", "--config", conf], capture_output=True, text=True)
+            self.assertNotEqual(r.returncode, 0, text)
+            self.assertIn(want, r.stderr + r.stdout, text)
+
+
+class TestNatsAuth(NatsCase):
+    auth = "authorization { user: agent, password: right }"
+
+    def test_refused_credentials_are_logged_and_good_ones_work(self):
+        pw = os.path.join(self.scratch.base, "pw")
+        with open(pw, "w") as f:
+            f.write("wrong\n")
+        a = self.agent(extra={"nats_user": "agent", "nats_password_file": pw})
+        wait_until(lambda: "refused the agent's credentials" in a.log(), 20, "the refusal logged")
+        self.assertEqual(a.stop(), 0)
+        with open(pw, "w") as f:
+            f.write("right\n")
+        b = self.bridge("--user", "agent", "--pass", "right")
+        a2 = self.agent(agent_id="na2", extra={"nats_user": "agent", "nats_password_file": pw})
+        self.wait_up(a2)
+        self.assertEqual(b.request(a2.subject("server.move_status"), {})["moves"], [])
+
+
+class TestNatsJetStream(NatsCase):
+    jetstream = True
+
+    def test_outcome_kept_until_a_stream_stores_it_across_a_restart(self):
+        b = self.bridge()
+        a = self.agent(extra={"nats_jetstream": "true"})
+        self.wait_up(a)
+        os.makedirs(self.scratch.a + "/s1")
+        with open(self.scratch.a + "/s1/f", "w") as f:
+            f.write("x" * 10000)
+        ans = b.request(a.subject("server.move_data"),
+                        {"serverName": "s1", "oldPath": self.scratch.a + "/s1",
+                         "newPath": self.scratch.b + "/s1", "moveId": "js-1"}, 30000)
+        self.assertTrue(ans["success"], ans)
+        wait_until(lambda: "JetStream did not store the move outcome" in a.log(), 20, "the warning")
+        self.assertFalse(journal_record(a.state, "js-1")["delivered"])
+        # Restart with the outcome still unacknowledged; the stream comes later.
+        self.assertEqual(a.stop(), 0)
+        self.agents.remove(a)
+        a2 = self.agent(extra={"nats_jetstream": "true"}, log_name="agent-na1-2.log")
+        self.wait_up(a2)
+        time.sleep(1)
+        self.assertTrue(b.call("stream_add", name="OUTCOMES", subjects=[PREFIX + ".*.move.outcome"])["ok"])
+        wait_until(lambda: journal_record(a2.state, "js-1")["delivered"], 30, "outcome acknowledged")
+        msgs = b.call("stream_msgs", name="OUTCOMES")["msgs"]
+        self.assertEqual(len(msgs), 1, msgs)
+        self.assertEqual(msgs[0]["msgId"], "js-1")
+        self.assertEqual(json.loads(msgs[0]["data"]), ans)
+
+
+class TestNatsCluster(NatsCase):
+    nodes = 3
+    jetstream = True
+
+    def wait_stream(self, b):
+        def ok():
+            r = b.call("stream_add", name="OUTCOMES", subjects=[PREFIX + ".*.move.outcome"], replicas=3)
+            return r["ok"] or "already in use" in r.get("error", "")
+        wait_until(ok, 30, "JetStream meta leader and the stream")
+
+    def test_node_killed_mid_move(self):
+        b = self.bridge()
+        self.wait_stream(b)
+        a = self.agent(servers=self.cluster.url(0), extra={"nats_jetstream": "true"})
+        self.wait_up(a)
+        b.subscribe(PREFIX + ".na1.move.progress")
+        # Slow enough to kill a node in the middle: a big tree on disk to tmpfs.
+        make_tree(os.path.join(self.scratch.a, "big"), n_small=200, big_mib=150)
+        b.call("publish", subject=a.subject("server.move_data"),
+               data=json.dumps({"serverName": "big", "oldPath": self.scratch.a + "/big",
+                                "newPath": self.scratch.b + "/big", "moveId": "fo-1"}))
+        b.wait_for(lambda: any(json.loads(m["data"])["phase"] == "copying"
+                               for m in b.messages(".move.progress")), 30, "copying")
+        # Agent on node 0 (its only configured server: the others are announced).
+        self.cluster.kill(0)
+        wait_until(lambda: "reconnected to NATS" in a.log(), 30, "failover")
+        b.wait_for(lambda: any(json.loads(m["data"])["phase"] == "complete"
+                               for m in b.messages(".move.progress")), 120, "move complete")
+        wait_until(lambda: journal_record(a.state, "fo-1")["delivered"], 30, "outcome stored")
+        msgs = [m for m in b.call("stream_msgs", name="OUTCOMES")["msgs"] if m["msgId"] == "fo-1"]
+        self.assertEqual(len(msgs), 1, msgs)
+        self.assertTrue(json.loads(msgs[0]["data"])["success"])
+        self.assertEqual(a.stop(), 0)
+
+    def test_200_agents_fleet_status(self):
+        n = 200 if not SANITIZED else 60
+        b = self.bridge()
+        procs = []
+        for i in range(n):
+            procs.append(self.agent(agent_id="f%03d" % i, servers=self.cluster.urls,
+                                    extra={"log_level": "info", "heartbeat_interval": "30s"}))
+        wait_until(lambda: all("connected to NATS" in p.log() for p in procs), 90, "all agents up")
+        best = None
+        for _ in range(3):
+            r = b.call("gather", subject=PREFIX + ".all.server.move_status", data="{}", wait=2000, expect=n)
+            ids = set()
+            for rep in r["replies"]:
+                ids.add(rep["data"])
+            if len(r["replies"]) >= n:
+                best = max(x["ms"] for x in r["replies"])
+                break
+        self.assertIsNotNone(best, "not every agent answered within 2 s")
+        print("fleet-wide status: %d agents answered in %.0f ms" % (n, best))
+        self.assertLess(best, 2000)
+
+
+if __name__ == "__main__":
+    unittest.main()
