@@ -15,13 +15,14 @@
 #include <unistd.h>
 #include <xxhash.h>
 
-#define IDENT_MAGIC "HAID"
 #define IDENT_VERSION 1u
 #define IDENT_HEADER_BYTES 8u
 #define IDENT_TRAILER_BYTES 16u
 /* The smallest record: eleven one-byte varints and an empty suffix's length. */
 #define IDENT_REC_MIN_BYTES 12u
 #define IDENT_WBUF (64u << 10)
+
+static const unsigned char ident_magic[4] = {'H', 'A', 'I', 'D'};
 
 /* --- little helpers ------------------------------------------------------ */
 
@@ -72,6 +73,16 @@ static size_t varint_encode(unsigned char *p, uint64_t v)
         v >>= 7;
     }
     p[n++] = (unsigned char)v;
+    return n;
+}
+
+static size_t varint_len(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
     return n;
 }
 
@@ -180,7 +191,7 @@ int ident_writer_open(struct ident_writer **out, const char *path)
         util_oom(1);
     XXH3_64bits_reset(w->hash);
     w->buf = xmalloc(IDENT_WBUF);
-    memcpy(head, IDENT_MAGIC, 4);
+    memcpy(head, ident_magic, sizeof ident_magic);
     put_le32(head + 4, IDENT_VERSION);
     w->err = writer_put(w, head, sizeof head);
     *out = w;
@@ -201,7 +212,19 @@ static int writer_fields(struct ident_writer *w, const struct ident_rec *r)
     unsigned char b[10 * 10];
     size_t n = 0;
     int rc;
-    n += varint_encode(b + n, (uint64_t)r->flags << 2 | (uint64_t)has_target << 1 | has_blocks);
+    /* The two times: either mtime from the previous record's and ctime from
+     * this mtime (a file written in place: ctime == mtime), or ctime from the
+     * previous record's and mtime from this ctime (a tree copied or restored
+     * earlier: ctimes close in walk order, mtimes scattered), whichever is
+     * shorter. */
+    uint64_t m_prev = zigzag((uint64_t)r->mtime_ns - (uint64_t)p->mtime_ns);
+    uint64_t c_own = zigzag((uint64_t)r->ctime_ns - (uint64_t)r->mtime_ns);
+    uint64_t c_prev = zigzag((uint64_t)r->ctime_ns - (uint64_t)p->ctime_ns);
+    uint64_t m_own = zigzag((uint64_t)r->mtime_ns - (uint64_t)r->ctime_ns);
+    bool ctime_first =
+        varint_len(c_prev) + varint_len(m_own) < varint_len(m_prev) + varint_len(c_own);
+    n += varint_encode(b + n, (uint64_t)r->flags << 3 | (uint64_t)ctime_first << 2 |
+                                  (uint64_t)has_target << 1 | has_blocks);
     n += varint_encode(b + n, zigzag((uint64_t)r->mode - p->mode));
     n += varint_encode(b + n, zigzag(r->dev - p->dev));
     n += varint_encode(b + n, zigzag(r->ino - p->ino));
@@ -209,8 +232,8 @@ static int writer_fields(struct ident_writer *w, const struct ident_rec *r)
     n += varint_encode(b + n, zigzag((uint64_t)r->uid - p->uid));
     n += varint_encode(b + n, zigzag((uint64_t)r->gid - p->gid));
     n += varint_encode(b + n, r->nlink);
-    n += varint_encode(b + n, zigzag((uint64_t)r->mtime_ns - (uint64_t)p->mtime_ns));
-    n += varint_encode(b + n, zigzag((uint64_t)r->ctime_ns - (uint64_t)r->mtime_ns));
+    n += varint_encode(b + n, ctime_first ? c_prev : m_prev);
+    n += varint_encode(b + n, ctime_first ? m_own : c_own);
     if ((rc = writer_put(w, b, n)) < 0)
         return rc;
     if (has_target) {
@@ -331,6 +354,9 @@ struct ident_entry {
     bool seen, dead;
 };
 /* Entries live in fixed chunks too (so a record's address never changes). */
+struct ent_ref {
+    struct ident_entry *e;
+};
 #define ENT_SHIFT 12u
 #define ENT_PER_CHUNK (1u << ENT_SHIFT)
 
@@ -340,7 +366,7 @@ struct ident_slot {
 };
 
 struct ident_set {
-    struct ident_entry **chunks;
+    struct ent_ref *chunks;
     size_t n_chunks;
     uint32_t n_ent; /* entries used, removed ones too */
     size_t live;
@@ -369,7 +395,7 @@ static void *arena_alloc(struct ident_set *s, size_t n)
 
 static struct ident_entry *ent_at(const struct ident_set *s, uint32_t i)
 {
-    return &s->chunks[i >> ENT_SHIFT][i & (ENT_PER_CHUNK - 1)];
+    return &s->chunks[i >> ENT_SHIFT].e[i & (ENT_PER_CHUNK - 1)];
 }
 
 static void index_resize(struct ident_set *s, size_t want_live)
@@ -461,7 +487,7 @@ static void set_put(struct ident_set *s, const char *rel, size_t len, const stru
     }
     if ((s->n_ent >> ENT_SHIFT) >= s->n_chunks) {
         s->chunks = xrealloc(s->chunks, (s->n_chunks + 1) * sizeof *s->chunks);
-        s->chunks[s->n_chunks++] = xmalloc(ENT_PER_CHUNK * sizeof(struct ident_entry));
+        s->chunks[s->n_chunks++].e = xmalloc(ENT_PER_CHUNK * sizeof(struct ident_entry));
     }
     e = ent_at(s, s->n_ent);
     memset(e, 0, sizeof *e);
@@ -548,8 +574,8 @@ void ident_set_clear_marks(struct ident_set *s)
 
 static int entry_path_desc(const void *a, const void *b)
 {
-    const struct ident_entry *x = *(struct ident_entry *const *)a;
-    const struct ident_entry *y = *(struct ident_entry *const *)b;
+    const struct ident_entry *x = ((const struct ent_ref *)a)->e;
+    const struct ident_entry *y = ((const struct ent_ref *)b)->e;
     return strcmp(y->path, x->path);
 }
 
@@ -557,7 +583,7 @@ int ident_set_each_unseen(const struct ident_set *s,
                           int (*fn)(void *arg, const char *rel, const struct ident_rec *r),
                           void *arg)
 {
-    struct ident_entry **v;
+    struct ent_ref *v;
     size_t n = 0;
     int rc = 0;
     for (uint32_t i = 0; i < s->n_ent; i++) {
@@ -572,14 +598,14 @@ int ident_set_each_unseen(const struct ident_set *s,
     for (uint32_t i = 0; i < s->n_ent; i++) {
         struct ident_entry *e = ent_at(s, i);
         if (!e->dead && !e->seen)
-            v[n++] = e;
+            v[n++].e = e;
     }
     /* A proper prefix sorts first in byte order, so descending order puts
      * every entry below a directory before the directory. */
     qsort(v, n, sizeof *v, entry_path_desc);
     for (size_t i = 0; i < n && rc == 0; i++) {
-        if (!v[i]->dead) /* fn may have removed it */
-            rc = fn(arg, v[i]->path, &v[i]->rec);
+        if (!v[i].e->dead) /* fn may have removed it */
+            rc = fn(arg, v[i].e->path, &v[i].e->rec);
     }
     free(v);
     return rc;
@@ -595,7 +621,7 @@ void ident_set_free(struct ident_set *s)
         free(c);
     }
     for (size_t i = 0; i < s->n_chunks; i++)
-        free(s->chunks[i]);
+        free(s->chunks[i].e);
     free(s->chunks);
     free(s->slots);
     free(s);
@@ -603,10 +629,10 @@ void ident_set_free(struct ident_set *s)
 
 int ident_set_save(const struct ident_set *s, const char *path)
 {
-    struct ident_writer *w;
+    struct ident_writer *w = NULL;
     int rc = ident_writer_open(&w, path);
-    if (rc < 0)
-        return rc;
+    if (rc < 0 || !w)
+        return rc < 0 ? rc : -EIO;
     for (uint32_t i = 0; i < s->n_ent && rc == 0; i++) {
         const struct ident_entry *e = ent_at(s, i);
         if (!e->dead)
@@ -704,9 +730,9 @@ static bool load_fields(struct ident_set *s, struct cursor *c, const struct iden
 {
     uint64_t head = cur_varint(c);
     memset(r, 0, sizeof *r);
-    if (head >> 2 > IDENT_FLAGS_KNOWN)
+    if (head >> 3 > IDENT_FLAGS_KNOWN)
         return false;
-    r->flags = (uint32_t)(head >> 2);
+    r->flags = (uint32_t)(head >> 3);
     r->mode = cur_delta32(c, last->mode);
     r->dev = last->dev + unzigzag(cur_varint(c));
     r->ino = last->ino + unzigzag(cur_varint(c));
@@ -714,8 +740,13 @@ static bool load_fields(struct ident_set *s, struct cursor *c, const struct iden
     r->uid = cur_delta32(c, last->uid);
     r->gid = cur_delta32(c, last->gid);
     r->nlink = cur_u32(c);
-    r->mtime_ns = (int64_t)((uint64_t)last->mtime_ns + unzigzag(cur_varint(c)));
-    r->ctime_ns = (int64_t)((uint64_t)r->mtime_ns + unzigzag(cur_varint(c)));
+    if (head & 4) {
+        r->ctime_ns = (int64_t)((uint64_t)last->ctime_ns + unzigzag(cur_varint(c)));
+        r->mtime_ns = (int64_t)((uint64_t)r->ctime_ns + unzigzag(cur_varint(c)));
+    } else {
+        r->mtime_ns = (int64_t)((uint64_t)last->mtime_ns + unzigzag(cur_varint(c)));
+        r->ctime_ns = (int64_t)((uint64_t)r->mtime_ns + unzigzag(cur_varint(c)));
+    }
     if (head & 2) {
         uint64_t tl = cur_varint(c);
         char *t;
@@ -789,8 +820,8 @@ int ident_set_load(struct ident_set **out, const char *path)
     int rc = read_all(path, &buf, &len);
     if (rc < 0)
         return rc;
-    if (len < IDENT_HEADER_BYTES + IDENT_TRAILER_BYTES || memcmp(buf, IDENT_MAGIC, 4) != 0 ||
-        get_le32(buf + 4) != IDENT_VERSION ||
+    if (len < IDENT_HEADER_BYTES + IDENT_TRAILER_BYTES ||
+        memcmp(buf, ident_magic, sizeof ident_magic) != 0 || get_le32(buf + 4) != IDENT_VERSION ||
         XXH3_64bits(buf, len - 8) != get_le64(buf + len - 8)) {
         free(buf);
         return -EBADMSG;
