@@ -134,10 +134,12 @@ struct ident_writer {
     uint64_t count;
 };
 
-static int writer_flush(struct ident_writer *w)
+/* Writes out the buffer, hashed first unless it is the hash itself. */
+static int writer_flush(struct ident_writer *w, bool hash)
 {
     size_t off = 0;
-    XXH3_64bits_update(w->hash, w->buf, w->used);
+    if (hash)
+        XXH3_64bits_update(w->hash, w->buf, w->used);
     while (off < w->used) {
         ssize_t k = write(w->fd, w->buf + off, w->used - off);
         if (k < 0) {
@@ -161,7 +163,7 @@ static int writer_put(struct ident_writer *w, const void *data, size_t len)
         p += k;
         len -= k;
         if (w->used == IDENT_WBUF) {
-            int rc = writer_flush(w);
+            int rc = writer_flush(w, true);
             if (rc < 0)
                 return rc;
         }
@@ -299,22 +301,13 @@ int ident_writer_finish(struct ident_writer *w)
     if (rc == 0)
         rc = writer_put(w, tail, sizeof tail);
     if (rc == 0)
-        rc = writer_flush(w); /* the hash now covers the count too */
+        rc = writer_flush(w, true); /* the hash now covers the count too */
     if (rc == 0) {
         put_le64(tail, XXH3_64bits_digest(w->hash));
         rc = writer_put(w, tail, sizeof tail);
     }
-    if (rc == 0) {
-        /* Flushed without hashing again: the hash is not part of itself. */
-        ssize_t k;
-        do
-            k = write(w->fd, w->buf, w->used);
-        while (k < 0 && errno == EINTR);
-        if (k < 0)
-            rc = -errno;
-        else if ((size_t)k != w->used)
-            rc = -EIO;
-    }
+    if (rc == 0)
+        rc = writer_flush(w, false);
     if (rc == 0 && fsync(w->fd) != 0)
         rc = -errno;
     if (close(w->fd) != 0 && rc == 0)
@@ -482,9 +475,8 @@ static void set_put(struct ident_set *s, const char *rel, size_t len, const stru
         rec_store(s, &ent_at(s, s->slots[at].idx1 - 1)->rec, r, in_arena);
         return;
     }
-    if (s->live + 1 > ((size_t)s->mask + 1) / 2) {
+    if (s->live + 1 > ((size_t)s->mask + 1) / 2)
         index_resize(s, s->live + 1);
-    }
     if ((s->n_ent >> ENT_SHIFT) >= s->n_chunks) {
         s->chunks = xrealloc(s->chunks, (s->n_chunks + 1) * sizeof *s->chunks);
         s->chunks[s->n_chunks++].e = xmalloc(ENT_PER_CHUNK * sizeof(struct ident_entry));
