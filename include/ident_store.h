@@ -10,10 +10,13 @@
  *   header   "HAID" (4 bytes), version (u32, 1)
  *   record*  varint shared   bytes of the path in common with the previous one
  *            varint suffix_len, suffix bytes (the path is prev[0..shared) + suffix)
- *            varint head     flags << 2 | has_target << 1 | has_blocks
+ *            varint head     flags << 3 | ctime_first << 2 | has_target << 1 | has_blocks
  *            zz mode delta, zz dev delta, zz ino delta, varint size,
  *            zz uid delta, zz gid delta, varint nlink,
- *            zz mtime_ns delta, zz (ctime_ns - this record's mtime_ns)
+ *            ctime_first == 0: zz mtime_ns delta, zz (ctime_ns - this mtime_ns)
+ *            ctime_first == 1: zz ctime_ns delta, zz (mtime_ns - this ctime_ns)
+ *              (the writer picks the shorter: ctime == mtime for files written
+ *              in place, ctimes close in walk order for a tree copied before)
  *            [has_target] varint len, len bytes
  *            [has_blocks] varint n_blocks (>= 1), n_blocks x u64 XXH3-64
  *   trailer  u64 record count, u64 XXH3-64 of every byte before it (count too)

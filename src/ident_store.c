@@ -15,13 +15,14 @@
 #include <unistd.h>
 #include <xxhash.h>
 
-#define IDENT_MAGIC "HAID"
 #define IDENT_VERSION 1u
 #define IDENT_HEADER_BYTES 8u
 #define IDENT_TRAILER_BYTES 16u
 /* The smallest record: eleven one-byte varints and an empty suffix's length. */
 #define IDENT_REC_MIN_BYTES 12u
 #define IDENT_WBUF (64u << 10)
+
+static const unsigned char ident_magic[4] = {'H', 'A', 'I', 'D'};
 
 /* --- little helpers ------------------------------------------------------ */
 
@@ -75,6 +76,16 @@ static size_t varint_encode(unsigned char *p, uint64_t v)
     return n;
 }
 
+static size_t varint_len(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
 static bool rel_valid(const char *rel)
 {
     return rel && rel[0] != '\0' && rel[0] != '/';
@@ -123,10 +134,12 @@ struct ident_writer {
     uint64_t count;
 };
 
-static int writer_flush(struct ident_writer *w)
+/* Writes out the buffer, hashed first unless it is the hash itself. */
+static int writer_flush(struct ident_writer *w, bool hash)
 {
     size_t off = 0;
-    XXH3_64bits_update(w->hash, w->buf, w->used);
+    if (hash)
+        XXH3_64bits_update(w->hash, w->buf, w->used);
     while (off < w->used) {
         ssize_t k = write(w->fd, w->buf + off, w->used - off);
         if (k < 0) {
@@ -150,7 +163,7 @@ static int writer_put(struct ident_writer *w, const void *data, size_t len)
         p += k;
         len -= k;
         if (w->used == IDENT_WBUF) {
-            int rc = writer_flush(w);
+            int rc = writer_flush(w, true);
             if (rc < 0)
                 return rc;
         }
@@ -180,7 +193,7 @@ int ident_writer_open(struct ident_writer **out, const char *path)
         util_oom(1);
     XXH3_64bits_reset(w->hash);
     w->buf = xmalloc(IDENT_WBUF);
-    memcpy(head, IDENT_MAGIC, 4);
+    memcpy(head, ident_magic, sizeof ident_magic);
     put_le32(head + 4, IDENT_VERSION);
     w->err = writer_put(w, head, sizeof head);
     *out = w;
@@ -201,7 +214,19 @@ static int writer_fields(struct ident_writer *w, const struct ident_rec *r)
     unsigned char b[10 * 10];
     size_t n = 0;
     int rc;
-    n += varint_encode(b + n, (uint64_t)r->flags << 2 | (uint64_t)has_target << 1 | has_blocks);
+    /* The two times: either mtime from the previous record's and ctime from
+     * this mtime (a file written in place: ctime == mtime), or ctime from the
+     * previous record's and mtime from this ctime (a tree copied or restored
+     * earlier: ctimes close in walk order, mtimes scattered), whichever is
+     * shorter. */
+    uint64_t m_prev = zigzag((uint64_t)r->mtime_ns - (uint64_t)p->mtime_ns);
+    uint64_t c_own = zigzag((uint64_t)r->ctime_ns - (uint64_t)r->mtime_ns);
+    uint64_t c_prev = zigzag((uint64_t)r->ctime_ns - (uint64_t)p->ctime_ns);
+    uint64_t m_own = zigzag((uint64_t)r->mtime_ns - (uint64_t)r->ctime_ns);
+    bool ctime_first =
+        varint_len(c_prev) + varint_len(m_own) < varint_len(m_prev) + varint_len(c_own);
+    n += varint_encode(b + n, (uint64_t)r->flags << 3 | (uint64_t)ctime_first << 2 |
+                                  (uint64_t)has_target << 1 | has_blocks);
     n += varint_encode(b + n, zigzag((uint64_t)r->mode - p->mode));
     n += varint_encode(b + n, zigzag(r->dev - p->dev));
     n += varint_encode(b + n, zigzag(r->ino - p->ino));
@@ -209,8 +234,8 @@ static int writer_fields(struct ident_writer *w, const struct ident_rec *r)
     n += varint_encode(b + n, zigzag((uint64_t)r->uid - p->uid));
     n += varint_encode(b + n, zigzag((uint64_t)r->gid - p->gid));
     n += varint_encode(b + n, r->nlink);
-    n += varint_encode(b + n, zigzag((uint64_t)r->mtime_ns - (uint64_t)p->mtime_ns));
-    n += varint_encode(b + n, zigzag((uint64_t)r->ctime_ns - (uint64_t)r->mtime_ns));
+    n += varint_encode(b + n, ctime_first ? c_prev : m_prev);
+    n += varint_encode(b + n, ctime_first ? m_own : c_own);
     if ((rc = writer_put(w, b, n)) < 0)
         return rc;
     if (has_target) {
@@ -276,22 +301,13 @@ int ident_writer_finish(struct ident_writer *w)
     if (rc == 0)
         rc = writer_put(w, tail, sizeof tail);
     if (rc == 0)
-        rc = writer_flush(w); /* the hash now covers the count too */
+        rc = writer_flush(w, true); /* the hash now covers the count too */
     if (rc == 0) {
         put_le64(tail, XXH3_64bits_digest(w->hash));
         rc = writer_put(w, tail, sizeof tail);
     }
-    if (rc == 0) {
-        /* Flushed without hashing again: the hash is not part of itself. */
-        ssize_t k;
-        do
-            k = write(w->fd, w->buf, w->used);
-        while (k < 0 && errno == EINTR);
-        if (k < 0)
-            rc = -errno;
-        else if ((size_t)k != w->used)
-            rc = -EIO;
-    }
+    if (rc == 0)
+        rc = writer_flush(w, false);
     if (rc == 0 && fsync(w->fd) != 0)
         rc = -errno;
     if (close(w->fd) != 0 && rc == 0)
@@ -331,6 +347,9 @@ struct ident_entry {
     bool seen, dead;
 };
 /* Entries live in fixed chunks too (so a record's address never changes). */
+struct ent_ref {
+    struct ident_entry *e;
+};
 #define ENT_SHIFT 12u
 #define ENT_PER_CHUNK (1u << ENT_SHIFT)
 
@@ -340,7 +359,7 @@ struct ident_slot {
 };
 
 struct ident_set {
-    struct ident_entry **chunks;
+    struct ent_ref *chunks;
     size_t n_chunks;
     uint32_t n_ent; /* entries used, removed ones too */
     size_t live;
@@ -369,7 +388,7 @@ static void *arena_alloc(struct ident_set *s, size_t n)
 
 static struct ident_entry *ent_at(const struct ident_set *s, uint32_t i)
 {
-    return &s->chunks[i >> ENT_SHIFT][i & (ENT_PER_CHUNK - 1)];
+    return &s->chunks[i >> ENT_SHIFT].e[i & (ENT_PER_CHUNK - 1)];
 }
 
 static void index_resize(struct ident_set *s, size_t want_live)
@@ -456,12 +475,11 @@ static void set_put(struct ident_set *s, const char *rel, size_t len, const stru
         rec_store(s, &ent_at(s, s->slots[at].idx1 - 1)->rec, r, in_arena);
         return;
     }
-    if (s->live + 1 > ((size_t)s->mask + 1) / 2) {
+    if (s->live + 1 > ((size_t)s->mask + 1) / 2)
         index_resize(s, s->live + 1);
-    }
     if ((s->n_ent >> ENT_SHIFT) >= s->n_chunks) {
         s->chunks = xrealloc(s->chunks, (s->n_chunks + 1) * sizeof *s->chunks);
-        s->chunks[s->n_chunks++] = xmalloc(ENT_PER_CHUNK * sizeof(struct ident_entry));
+        s->chunks[s->n_chunks++].e = xmalloc(ENT_PER_CHUNK * sizeof(struct ident_entry));
     }
     e = ent_at(s, s->n_ent);
     memset(e, 0, sizeof *e);
@@ -548,8 +566,8 @@ void ident_set_clear_marks(struct ident_set *s)
 
 static int entry_path_desc(const void *a, const void *b)
 {
-    const struct ident_entry *x = *(struct ident_entry *const *)a;
-    const struct ident_entry *y = *(struct ident_entry *const *)b;
+    const struct ident_entry *x = ((const struct ent_ref *)a)->e;
+    const struct ident_entry *y = ((const struct ent_ref *)b)->e;
     return strcmp(y->path, x->path);
 }
 
@@ -557,7 +575,7 @@ int ident_set_each_unseen(const struct ident_set *s,
                           int (*fn)(void *arg, const char *rel, const struct ident_rec *r),
                           void *arg)
 {
-    struct ident_entry **v;
+    struct ent_ref *v;
     size_t n = 0;
     int rc = 0;
     for (uint32_t i = 0; i < s->n_ent; i++) {
@@ -572,14 +590,14 @@ int ident_set_each_unseen(const struct ident_set *s,
     for (uint32_t i = 0; i < s->n_ent; i++) {
         struct ident_entry *e = ent_at(s, i);
         if (!e->dead && !e->seen)
-            v[n++] = e;
+            v[n++].e = e;
     }
     /* A proper prefix sorts first in byte order, so descending order puts
      * every entry below a directory before the directory. */
     qsort(v, n, sizeof *v, entry_path_desc);
     for (size_t i = 0; i < n && rc == 0; i++) {
-        if (!v[i]->dead) /* fn may have removed it */
-            rc = fn(arg, v[i]->path, &v[i]->rec);
+        if (!v[i].e->dead) /* fn may have removed it */
+            rc = fn(arg, v[i].e->path, &v[i].e->rec);
     }
     free(v);
     return rc;
@@ -595,7 +613,7 @@ void ident_set_free(struct ident_set *s)
         free(c);
     }
     for (size_t i = 0; i < s->n_chunks; i++)
-        free(s->chunks[i]);
+        free(s->chunks[i].e);
     free(s->chunks);
     free(s->slots);
     free(s);
@@ -603,10 +621,10 @@ void ident_set_free(struct ident_set *s)
 
 int ident_set_save(const struct ident_set *s, const char *path)
 {
-    struct ident_writer *w;
+    struct ident_writer *w = NULL;
     int rc = ident_writer_open(&w, path);
-    if (rc < 0)
-        return rc;
+    if (rc < 0 || !w)
+        return rc < 0 ? rc : -EIO;
     for (uint32_t i = 0; i < s->n_ent && rc == 0; i++) {
         const struct ident_entry *e = ent_at(s, i);
         if (!e->dead)
@@ -704,9 +722,9 @@ static bool load_fields(struct ident_set *s, struct cursor *c, const struct iden
 {
     uint64_t head = cur_varint(c);
     memset(r, 0, sizeof *r);
-    if (head >> 2 > IDENT_FLAGS_KNOWN)
+    if (head >> 3 > IDENT_FLAGS_KNOWN)
         return false;
-    r->flags = (uint32_t)(head >> 2);
+    r->flags = (uint32_t)(head >> 3);
     r->mode = cur_delta32(c, last->mode);
     r->dev = last->dev + unzigzag(cur_varint(c));
     r->ino = last->ino + unzigzag(cur_varint(c));
@@ -714,8 +732,13 @@ static bool load_fields(struct ident_set *s, struct cursor *c, const struct iden
     r->uid = cur_delta32(c, last->uid);
     r->gid = cur_delta32(c, last->gid);
     r->nlink = cur_u32(c);
-    r->mtime_ns = (int64_t)((uint64_t)last->mtime_ns + unzigzag(cur_varint(c)));
-    r->ctime_ns = (int64_t)((uint64_t)r->mtime_ns + unzigzag(cur_varint(c)));
+    if (head & 4) {
+        r->ctime_ns = (int64_t)((uint64_t)last->ctime_ns + unzigzag(cur_varint(c)));
+        r->mtime_ns = (int64_t)((uint64_t)r->ctime_ns + unzigzag(cur_varint(c)));
+    } else {
+        r->mtime_ns = (int64_t)((uint64_t)last->mtime_ns + unzigzag(cur_varint(c)));
+        r->ctime_ns = (int64_t)((uint64_t)r->mtime_ns + unzigzag(cur_varint(c)));
+    }
     if (head & 2) {
         uint64_t tl = cur_varint(c);
         char *t;
@@ -789,8 +812,8 @@ int ident_set_load(struct ident_set **out, const char *path)
     int rc = read_all(path, &buf, &len);
     if (rc < 0)
         return rc;
-    if (len < IDENT_HEADER_BYTES + IDENT_TRAILER_BYTES || memcmp(buf, IDENT_MAGIC, 4) != 0 ||
-        get_le32(buf + 4) != IDENT_VERSION ||
+    if (len < IDENT_HEADER_BYTES + IDENT_TRAILER_BYTES ||
+        memcmp(buf, ident_magic, sizeof ident_magic) != 0 || get_le32(buf + 4) != IDENT_VERSION ||
         XXH3_64bits(buf, len - 8) != get_le64(buf + len - 8)) {
         free(buf);
         return -EBADMSG;

@@ -64,7 +64,7 @@ static struct ident_rec mkrec(uint32_t mode, uint64_t ino, uint64_t size)
     r.dev = 0x10302;
     r.ino = ino;
     r.size = size;
-    r.mtime_ns = 1700000000123456789 + (int64_t)ino * 1000;
+    r.mtime_ns = 1700000000123456789 + (int64_t)(ino % 1000000000000u) * 1000;
     r.ctime_ns = r.mtime_ns + 17;
     r.flags = IDENT_COPIED;
     return r;
@@ -548,7 +548,12 @@ static size_t gen_tree(char (*paths)[96], struct ident_rec *recs, size_t n)
             snprintf(paths[k], 96, "plugins/P%d/data %d.yml", d, f);
             recs[k] = mkrec(S_IFREG | 0644, 10 + k + (rng() % 50), rng() % 100000);
             recs[k].mtime_ns += (int64_t)(rng() % 1000000000000u);
-            recs[k].ctime_ns = recs[k].mtime_ns + (int64_t)(rng() % 3);
+            /* Written in place (ctime at mtime), or copied earlier (ctimes
+             * in walk order, mtimes scattered): both time encodings. */
+            if (d % 2)
+                recs[k].ctime_ns = recs[k].mtime_ns + (int64_t)(rng() % 3);
+            else
+                recs[k].ctime_ns = 1750000000000000000 + (int64_t)k * 20011;
             k++;
         }
     }
@@ -660,23 +665,55 @@ static void write_sealed(const char *path, const unsigned char *body, size_t ble
 static void test_sealed_but_invalid_records_rejected(void **state)
 {
     /* shared, suffix_len, suffix, head, mode, dev, ino, size, uid, gid, nlink, mtime, ctime */
-    static const unsigned char ok[] = {0, 1, 'a', 1 << 3, 2, 0, 2, 0, 0, 0, 1, 0, 0};
-    static const unsigned char abs_path[] = {0, 1, '/', 1 << 3, 2, 0, 2, 0, 0, 0, 1, 0, 0};
-    static const unsigned char bad_shared[] = {1, 1, 'a', 1 << 3, 2, 0, 2, 0, 0, 0, 1, 0, 0};
-    static const unsigned char empty_path[] = {0, 0, 1 << 3, 2, 0, 2, 0, 0, 0, 1, 0, 0, 0};
-    static const unsigned char nul_path[] = {0, 1, 0, 1 << 3, 2, 0, 2, 0, 0, 0, 1, 0, 0};
-    static const unsigned char bad_flags[] = {0, 1, 'a', 1 << 5, 2, 0, 2, 0, 0, 0, 1, 0, 0};
-    static const unsigned char long_name[] = {0,   16,  'a', 'b', 'c', 'd', 'e', 'f', 'g',    'h',
-                                              'i', 'j', 'k', 'l', 'm', 'n', 'o', 'p', 1 << 3, 2,
-                                              0,   2,   0,   0,   0,   1,   0,   0};
-    static const unsigned char nul_target[] = {0, 1, 'a', 1 << 3 | 2, 2, 0, 2,   0,
-                                               0, 0, 1,   0,          0, 2, 'x', 0};
-    static const unsigned char no_blocks[] = {0, 1, 'a', 1 << 3 | 1, 2, 0, 2, 0, 0, 0, 1, 0, 0, 0};
-    static const unsigned char big_nlink[] = {0, 1,    'a',  1 << 3, 2,    0,    2, 0, 0,
-                                              0, 0x80, 0x80, 0x80,   0x80, 0x10, 0, 0};
-    static const unsigned char long_varint[] = {0,    1,    'a',  1 << 3, 0xff, 0xff, 0xff, 0xff,
-                                                0xff, 0xff, 0xff, 0xff,   0xff, 0x02, 0,    2,
-                                                0,    0,    0,    1,      0,    0};
+    static const unsigned char ok[] = {0, 1, 'a', IDENT_COPIED << 3, 2, 0, 2, 0, 0, 0, 1, 0, 0};
+    static const unsigned char abs_path[] = {0, 1, '/', IDENT_COPIED << 3, 2, 0, 2, 0, 0, 0,
+                                             1, 0, 0};
+    static const unsigned char bad_shared[] = {1, 1, 'a', IDENT_COPIED << 3, 2, 0, 2, 0, 0, 0,
+                                               1, 0, 0};
+    static const unsigned char empty_path[] = {0, 0, IDENT_COPIED << 3, 2, 0, 2, 0, 0, 0, 1, 0,
+                                               0, 0};
+    static const unsigned char nul_path[] = {0, 1, 0, IDENT_COPIED << 3, 2, 0, 2, 0, 0, 0, 1, 0, 0};
+    static const unsigned char bad_flags[] = {0, 1, 'a', 1 << 6, 2, 0, 2, 0, 0, 0, 1, 0, 0};
+    static const unsigned char long_name[] = {0,
+                                              16,
+                                              'a',
+                                              'b',
+                                              'c',
+                                              'd',
+                                              'e',
+                                              'f',
+                                              'g',
+                                              'h',
+                                              'i',
+                                              'j',
+                                              'k',
+                                              'l',
+                                              'm',
+                                              'n',
+                                              'o',
+                                              'p',
+                                              IDENT_COPIED << 3,
+                                              2,
+                                              0,
+                                              2,
+                                              0,
+                                              0,
+                                              0,
+                                              1,
+                                              0,
+                                              0};
+    static const unsigned char nul_target[] = {
+        0, 1, 'a', IDENT_COPIED << 3 | 2, 2, 0, 2, 0, 0, 0, 1, 0, 0, 2, 'x', 0};
+    static const unsigned char no_blocks[] = {0, 1, 'a', IDENT_COPIED << 3 | 1, 2, 0, 2, 0, 0, 0, 1,
+                                              0, 0, 0};
+    static const unsigned char big_nlink[] = {
+        0, 1, 'a', IDENT_COPIED << 3, 2, 0, 2, 0, 0, 0, 0x80, 0x80, 0x80, 0x80, 0x10, 0, 0};
+    static const unsigned char long_varint[] = {0,    1,    'a',  IDENT_COPIED << 3,
+                                                0xff, 0xff, 0xff, 0xff,
+                                                0xff, 0xff, 0xff, 0xff,
+                                                0xff, 0x02, 0,    2,
+                                                0,    0,    0,    1,
+                                                0,    0};
     struct ident_set *s = NULL;
     (void)state;
     write_sealed(file, ok, sizeof ok, 1, 1);
@@ -770,7 +807,9 @@ static void test_writer_rejects_and_abort_keeps_old(void **state)
     ident_set_free(l);
     /* A writer whose directory is gone fails to open. */
     assert_int_equal(ident_writer_open(&w, "/nonexistent/dir/ident"), -ENOENT);
-    assert_int_equal(ident_set_save(ident_set_new(), "/nonexistent/dir/ident"), -ENOENT);
+    l = ident_set_new();
+    assert_int_equal(ident_set_save(l, "/nonexistent/dir/ident"), -ENOENT);
+    ident_set_free(l);
 }
 
 static void test_odd_paths(void **state)
