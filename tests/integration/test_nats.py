@@ -201,7 +201,7 @@ class TestRefManagerNats(NatsCase):
             first = mgr.stdout.readline()
             self.assertIn("reference manager on NATS", first, first + mgr.stderr.read() if not first else first)
             other = self.agent(agent_id="rm0")  # another agent on the bus: not the one named
-            a = self.agent(agent_id="rm1", extra={"progress_interval": "50ms"})
+            self.agent(agent_id="rm1", extra={"progress_interval": "50ms"})
             out, err = mgr.communicate(timeout=60)
         finally:
             if mgr.poll() is None:
