@@ -8,6 +8,12 @@
 # terminal the page stays up after the move until Ctrl-C (DEMO_NO_HOLD=1: exit
 # at once). Needs root (for the tmpfs mount; as another user it goes through
 # sudo if there is one); installs what it needs first (scripts/deps.sh --demo).
+#
+# On NATS (`./scripts/demo.sh --nats`, or DEMO_TRANSPORT=nats): the same move
+# with a local nats-server on 127.0.0.1:${DEMO_NATS_PORT:-4222}, the agent
+# with transport = nats, and the reference manager in its --nats mode
+# (nats.js); it then also installs nats-server, node/npm and nats.js
+# (scripts/deps.sh --demo-nats).
 set -eu
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,15 +21,29 @@ port=${DEMO_PORT:-8765}
 web_port=${DEMO_WEB_PORT:-8080}
 size_mb=${DEMO_SIZE_MB:-768}
 work=${DEMO_DIR:-/var/tmp/hostagent-demo}
+transport=${DEMO_TRANSPORT:-websocket}
+[ "${1:-}" = "--nats" ] && transport=nats
+nats_port=${DEMO_NATS_PORT:-4222}
+case "$transport" in
+websocket | nats) ;;
+*)
+    echo "demo: DEMO_TRANSPORT is websocket or nats, not $transport" >&2
+    exit 1
+    ;;
+esac
 
 if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null; then
-        exec sudo --preserve-env=DEMO_PORT,DEMO_WEB_PORT,DEMO_SIZE_MB,DEMO_DIR,DEMO_NO_HOLD "$0" "$@"
+        exec sudo --preserve-env=DEMO_PORT,DEMO_WEB_PORT,DEMO_SIZE_MB,DEMO_DIR,DEMO_NO_HOLD,DEMO_TRANSPORT,DEMO_NATS_PORT "$0" "$@"
     fi
     echo "demo: run as root (it mounts a tmpfs)" >&2
     exit 1
 fi
-"$here/scripts/deps.sh" --demo
+if [ "$transport" = nats ]; then
+    "$here/scripts/deps.sh" --demo-nats
+else
+    "$here/scripts/deps.sh" --demo
+fi
 
 echo "=== building"
 cmake -S "$here" -B "$here/build/demo" -DCMAKE_BUILD_TYPE=Release >/dev/null
@@ -32,8 +52,12 @@ bin="$here/build/demo/hostagent"
 "$bin" --version
 
 agent_pid=""
+nats_pid=""
+tail_pid=""
 cleanup() {
     [ -n "$agent_pid" ] && kill "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null || true
+    [ -n "$tail_pid" ] && kill "$tail_pid" 2>/dev/null && wait "$tail_pid" 2>/dev/null || true
+    [ -n "$nats_pid" ] && kill "$nats_pid" 2>/dev/null && wait "$nats_pid" 2>/dev/null || true
     mountpoint -q "$work/ssd" && umount "$work/ssd" || true
     rm -rf "$work"
 }
@@ -61,8 +85,14 @@ ln -s /nonexistent/target "$srv/logs/dangling"
 touch -d "2024-01-02 03:04:05.123456789" "$srv/server.properties"
 echo "    $(find "$srv" | wc -l) entries, $(du -sh "$srv" | cut -f1)"
 
+if [ "$transport" = nats ]; then
+    transport_conf="transport = nats
+nats_servers = nats://127.0.0.1:$nats_port"
+else
+    transport_conf="manager_url = ws://127.0.0.1:$port/agent"
+fi
 cat >"$work/agent.conf" <<CONF
-manager_url = ws://127.0.0.1:$port/agent
+$transport_conf
 agent_id = demo-host
 allowed_roots = $work/disk/servers, $work/ssd/servers
 state_dir = $work/state
@@ -70,21 +100,50 @@ progress_interval = 250ms
 CONF
 mkdir -p "$work/state"
 
-echo "=== starting the reference manager on port $port and the agent (log: $work/agent.log)"
+wait_port() { # port what: waits until 127.0.0.1:port accepts
+    tries=0
+    until python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $1), 1)" 2>/dev/null; do
+        tries=$((tries + 1))
+        if [ $tries -gt 50 ]; then
+            echo "demo: $2 did not start (is port $1 free? $3=... picks another)" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+}
 hold="--move-delay 0"
 [ -t 0 ] && [ -z "${DEMO_NO_HOLD:-}" ] && hold="--hold --move-delay 8"
-python3 "$here/tests/manager/refmanager.py" --port "$port" --web-port "$web_port" $hold \
-    --move mc-survival "$srv" "$work/ssd/servers/mc-survival" &
-manager_pid=$!
-tries=0
-until python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $port), 1)" 2>/dev/null; do
-    tries=$((tries + 1))
-    if [ $tries -gt 50 ]; then
-        echo "demo: the reference manager did not start (is port $port free? DEMO_PORT=... picks another)" >&2
-        exit 1
-    fi
-    sleep 0.1
-done
+if [ "$transport" = nats ]; then
+    echo "=== starting nats-server on 127.0.0.1:$nats_port (log: $work/nats.log)"
+    nats-server -a 127.0.0.1 -p "$nats_port" >"$work/nats.log" 2>&1 &
+    nats_pid=$!
+    wait_port "$nats_port" "nats-server" DEMO_NATS_PORT
+    echo "=== starting the reference manager on NATS and the agent (log: $work/agent.log)"
+    # The agent comes once the manager has subscribed (its first line says
+    # so): its agent.hello is published once, at connect.
+    : >"$work/manager.out"
+    python3 "$here/tests/manager/refmanager.py" --nats "nats://127.0.0.1:$nats_port" --nats-agent demo-host \
+        --web-port "$web_port" $hold --move mc-survival "$srv" "$work/ssd/servers/mc-survival" \
+        >"$work/manager.out" &
+    manager_pid=$!
+    tail -n +1 -f -s 0.2 --pid="$manager_pid" "$work/manager.out" &
+    tail_pid=$!
+    tries=0
+    until grep -q "reference manager on NATS" "$work/manager.out"; do
+        tries=$((tries + 1))
+        if [ $tries -gt 150 ] || ! kill -0 "$manager_pid" 2>/dev/null; then
+            echo "demo: the reference manager did not start on NATS" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+else
+    echo "=== starting the reference manager on port $port and the agent (log: $work/agent.log)"
+    python3 "$here/tests/manager/refmanager.py" --port "$port" --web-port "$web_port" $hold \
+        --move mc-survival "$srv" "$work/ssd/servers/mc-survival" &
+    manager_pid=$!
+    wait_port "$port" "the reference manager" DEMO_PORT
+fi
 "$bin" --config "$work/agent.conf" 2>"$work/agent.log" &
 agent_pid=$!
 echo "=== the live view: http://127.0.0.1:$web_port/ (the move shows there as it runs)"
@@ -92,6 +151,10 @@ status=0
 wait "$manager_pid" || status=$?
 kill "$agent_pid" && wait "$agent_pid" || true
 agent_pid=""
+if [ -n "$tail_pid" ]; then
+    wait "$tail_pid" || true # it ends with the manager, after its last lines
+    tail_pid=""
+fi
 
 echo "=== the agent's log"
 cat "$work/agent.log"

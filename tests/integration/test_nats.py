@@ -2,11 +2,13 @@
 natsbus.py): every request and code, the fleet-wide status, events, refused
 credentials, JetStream outcomes across a missing stream and a restart, a
 node of a 3-node cluster killed in the middle of a move, and 200 agents
-answering a fleet-wide status."""
+answering a fleet-wide status; the reference manager's --nats mode driving
+a move (its live view over NATS is in test_web.py)."""
 import json
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -15,6 +17,7 @@ from harness import BIN, SANITIZED, Scratch, journal_record, make_tree, wait_unt
 from natsbus import Bridge, NatsCluster
 
 PREFIX = "hostagent"
+REFMANAGER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "manager", "refmanager.py")
 
 
 class NatsAgent:
@@ -178,6 +181,56 @@ class TestNatsSingle(NatsCase):
             r = subprocess.run([BIN, "--check-config", "--config", conf], capture_output=True, text=True)
             self.assertNotEqual(r.returncode, 0, text)
             self.assertIn(want, r.stderr + r.stdout, text)
+
+
+class TestRefManagerNats(NatsCase):
+    """tests/manager/refmanager.py --nats: the demo's manager drives a move of
+    an agent with transport = nats and exits on its answer."""
+
+    def test_move_driven_by_refmanager(self):
+        b = self.bridge()
+        b.subscribe(PREFIX + ".rm1.server.>")  # to see the request as it went out
+        make_tree(os.path.join(self.scratch.a, "s1"), n_small=300, big_mib=8)
+        src, dst = self.scratch.a + "/s1", self.scratch.b + "/servers/s1"
+        mgr = subprocess.Popen([sys.executable, REFMANAGER, "--nats", self.cluster.urls, "--nats-agent", "rm1",
+                                "--print-frames", "--move", "s1", src, dst],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            # The manager says it listens once its subscriptions are in place;
+            # then the agents come, and the named one's hello is its cue.
+            first = mgr.stdout.readline()
+            self.assertIn("reference manager on NATS", first, first + mgr.stderr.read() if not first else first)
+            other = self.agent(agent_id="rm0")  # another agent on the bus: not the one named
+            self.agent(agent_id="rm1", extra={"progress_interval": "50ms"})
+            out, err = mgr.communicate(timeout=60)
+        finally:
+            if mgr.poll() is None:
+                mgr.kill()
+                mgr.wait()
+        self.assertEqual(mgr.returncode, 0, out[-3000:] + err[-3000:])
+        msgs = [json.loads(x) for x in out.splitlines()]
+        hellos = [m["data"]["agentId"] for m in msgs if m["subject"] == "agent.hello"]
+        self.assertIn("rm1", hellos)
+        frames = [m["data"] for m in msgs if m["subject"] == "move.progress"]
+        self.assertTrue(frames, out)
+        self.assertEqual({f["newPath"] for f in frames}, {dst})
+        seqs = [f["seq"] for f in frames]
+        self.assertEqual(seqs, sorted(seqs))
+        phases = [f["phase"] for f in frames]
+        for p in ("copying", "verifying", "complete"):
+            self.assertIn(p, phases)
+        answer = msgs[-1]
+        self.assertTrue(answer["subject"].startswith("_INBOX.refmanager-"), answer)
+        self.assertTrue(answer["data"]["success"], answer)
+        self.assertEqual(answer["data"]["moveId"], frames[-1]["moveId"])
+        self.assertEqual(frames[-1]["phase"], "complete")
+        # The request went to the named agent's subject, with the manager's inbox.
+        reqs = b.messages(".server.move_data")
+        self.assertEqual([m["subject"] for m in reqs], [PREFIX + ".rm1.server.move_data"])
+        self.assertEqual(json.loads(reqs[0]["data"]), {"serverName": "s1", "oldPath": src, "newPath": dst})
+        self.assertFalse(os.path.exists(src))
+        self.assertTrue(os.path.isdir(dst))
+        self.assertEqual(b.request(other.subject("server.move_status"), {})["moves"], [])
 
 
 class TestNatsAuth(NatsCase):

@@ -2,7 +2,9 @@
 127.0.0.1 listing connected agents and every move as a live progress bar
 (phase, rate, ETA), fed by the agents' real move.progress frames, with a form
 to send server.move_data and a cancel button. Standard library only: plain
-HTTP, Server-Sent Events, and one static page (liveview.html).
+HTTP, Server-Sent Events, and one static page (liveview.html). It works the
+same over WebSocket (Manager) and NATS (NatsManager): both record what agents
+send in the WebSocket frames' shape and send requests with manager.post().
 
     view = LiveView(manager, port=8080).start()   # after manager.start()
 """
@@ -37,7 +39,7 @@ class LiveView:
         for c in self.manager.connections:
             hello = next((m for _, m, _ in c.messages if m and m.get("subject") == "agent.hello"), None)
             d = hello["data"] if hello else {}
-            out.append({"agentId": d.get("agentId", "?"), "version": d.get("version", "?"),
+            out.append({"agentId": d.get("agentId", getattr(c, "agent_id", "?")), "version": d.get("version", "?"),
                         "connected": not c.closed})
         return out
 
@@ -101,10 +103,8 @@ class LiveView:
         writer.close()
 
     def _request(self, subject, data):
-        reply = "_INBOX.web.%s" % os.urandom(4).hex()
+        reply = self.manager.post(subject, data)
         self.pending[reply] = None
-        msg = json.dumps({"subject": subject, "reply": reply, "data": data})
-        self.manager.loop.create_task(self.manager.current._send_frame(1, msg.encode()))
         return reply
 
     @staticmethod

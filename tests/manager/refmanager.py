@@ -12,6 +12,15 @@ As a library (the integration tests):
 
 As a program (the demo):
     refmanager.py --port 8765 --move SERVER OLD NEW
+
+Over NATS (`--nats URL`, class NatsManager) the same manager drives agents
+with `transport = nats`: requests go to `<prefix>.<agentId>.server.<request>`
+with a reply inbox of its own, and it listens to `<prefix>.*.agent.hello`,
+`.heartbeat` and `.move.progress`. Every agent seen is one "connection" whose
+messages have the WebSocket frames' shape ({"subject": "move.progress",
+"data": ...}; answers {"subject": reply, "data": ...}), so the tests, the
+demo and the live view read them the same way. The NATS client is the
+official nats.js (tests/nats/bridge.mjs, run with node), not one of ours.
 """
 import argparse
 import asyncio
@@ -21,6 +30,7 @@ import itertools
 import json
 import os
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -156,7 +166,53 @@ class Connection:
         self.manager.loop.call_soon_threadsafe(_cut)
 
 
-class Manager:
+class BaseManager:
+    """What both managers share: waiting on, and reading, what agents sent.
+    Subclasses keep `connections` (each with `messages`, `closed`) and call
+    self._notify() whenever something arrived."""
+
+    def _notify(self):
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_for(self, pred, timeout=30, what="condition"):
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                v = pred()
+                if v:
+                    return v
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("timed out waiting for " + what)
+                self._cond.wait(min(left, 0.2))
+
+    def wait_connection(self, n=1, timeout=30):
+        """Waits for the n-th connection (1-based) and its hello."""
+        self.wait_for(lambda: len(self.connections) >= n and self.connections[n - 1].messages,
+                      timeout, "connection %d with hello" % n)
+        return self.connections[n - 1]
+
+    @property
+    def current(self):
+        return self.connections[-1] if self.connections else None
+
+    def all_messages(self):
+        return [m for c in self.connections for (_, m, _) in list(c.messages) if m is not None]
+
+    def answers(self, reply):
+        return [m for m in self.all_messages() if m.get("subject") == reply]
+
+    def wait_answer(self, reply, timeout=60):
+        return self.wait_for(lambda: (self.answers(reply) or [None])[0], timeout,
+                             "answer to " + reply)["data"]
+
+    def frames(self, move_id=None):
+        return [m["data"] for m in self.all_messages()
+                if m.get("subject") == "move.progress" and (move_id is None or m["data"].get("moveId") == move_id)]
+
+
+class Manager(BaseManager):
     def __init__(self, host="127.0.0.1", port=0, answer_pings=True, on_message=None, ssl_context=None,
                  url_host=None):
         self.host, self.port = host, port
@@ -231,36 +287,6 @@ class Manager:
     def url(self):
         return "%s://%s:%d/agent" % ("wss" if self.ssl_context else "ws", self.url_host, self.port)
 
-    # --- waiting ----------------------------------------------------------
-    def _notify(self):
-        with self._cond:
-            self._cond.notify_all()
-
-    def wait_for(self, pred, timeout=30, what="condition"):
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                v = pred()
-                if v:
-                    return v
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError("timed out waiting for " + what)
-                self._cond.wait(min(left, 0.2))
-
-    def wait_connection(self, n=1, timeout=30):
-        """Waits for the n-th connection (1-based) and its hello."""
-        self.wait_for(lambda: len(self.connections) >= n and self.connections[n - 1].messages,
-                      timeout, "connection %d with hello" % n)
-        return self.connections[n - 1]
-
-    @property
-    def current(self):
-        return self.connections[-1] if self.connections else None
-
-    def all_messages(self):
-        return [m for c in self.connections for (_, m, _) in c.messages if m is not None]
-
     # --- requests ---------------------------------------------------------
     def request(self, subject, data=None, reply=True, conn=None):
         """Sends a request; returns the reply subject (or None)."""
@@ -275,16 +301,243 @@ class Manager:
         conn.send_text(json.dumps(msg))
         return rsub
 
-    def answers(self, reply):
-        return [m for m in self.all_messages() if m.get("subject") == reply]
+    def post(self, subject, data):
+        """A request to the newest agent from the manager's own loop (the live
+        view): does not wait; returns the reply subject."""
+        reply = "_INBOX.web.%s" % os.urandom(4).hex()
+        msg = json.dumps({"subject": subject, "reply": reply, "data": data})
+        self.loop.create_task(self.current._send_frame(OP_TEXT, msg.encode()))
+        return reply
 
-    def wait_answer(self, reply, timeout=60):
-        return self.wait_for(lambda: (self.answers(reply) or [None])[0], timeout,
-                             "answer to " + reply)["data"]
 
-    def frames(self, move_id=None):
-        return [m["data"] for m in self.all_messages()
-                if m.get("subject") == "move.progress" and (move_id is None or m["data"].get("moveId") == move_id)]
+NATS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "nats")
+AGENT_EVENTS = ("agent.hello", "heartbeat", "move.progress")
+
+
+class NatsAgentView:
+    """One agent as the NATS manager sees it: its id and everything it
+    published or answered, in the WebSocket frames' shape. There is no
+    connection to lose on NATS: `closed` means nothing was heard from the
+    agent for `stale` seconds (three default heartbeats)."""
+
+    def __init__(self, manager, agent_id):
+        self.manager = manager
+        self.agent_id = agent_id
+        self.messages = []  # (monotonic time, {"subject", "data"}, raw payload)
+        self.last_seen = time.monotonic()
+        self.opened_at = self.last_seen
+
+    @property
+    def closed(self):
+        return time.monotonic() - self.last_seen > self.manager.stale
+
+
+class NatsManager(BaseManager):
+    """The reference manager on NATS. nats.js runs in a node process
+    (tests/nats/bridge.mjs) that this class drives with one JSON line per
+    command on its stdin and reads messages from its stdout; its recorded
+    messages live on an asyncio loop thread as with Manager, so the live view
+    serves from the same loop."""
+
+    def __init__(self, url, prefix="hostagent", agent_id=None, on_message=None, stale=45.0, auth=()):
+        self.nats_url, self.prefix, self.agent_id = url, prefix, agent_id
+        self.on_message = on_message
+        self.stale = stale
+        self.auth = list(auth)  # bridge.mjs options: --user U --pass P | --token T
+        self.connections = []  # NatsAgentView, in the order they were first heard
+        self.by_id = {}
+        self.errors = []
+        self.loop = None
+        self.proc = None
+        self._thread = None
+        self._cond = threading.Condition()
+        self._ids = itertools.count(1)
+        self._cmd_ids = itertools.count(1)
+        self._acks = {}  # bridge command id -> its answer
+        self._forget = set()  # ids of commands whose answer nobody waits for
+        self._write_lock = threading.Lock()
+        self.inbox = "_INBOX.refmanager-%s" % os.urandom(6).hex()
+        self._sent_to = {}  # reply subject -> NatsAgentView the request went to
+        self._ready = None
+
+    @property
+    def url(self):
+        return self.nats_url
+
+    # --- the nats.js bridge ------------------------------------------------
+    def _send(self, op, forget=False, **kw):
+        """Sends one bridge command from any thread; returns its id (forget:
+        nobody waits for its answer)."""
+        i = next(self._cmd_ids)
+        line = json.dumps(dict(kw, id=i, op=op)) + "\n"
+        with self._write_lock:
+            if forget:
+                self._forget.add(i)
+            self.proc.stdin.write(line)
+            self.proc.stdin.flush()
+        return i
+
+    def _call(self, op, timeout=15, **kw):
+        i = self._send(op, **kw)
+        ans = self.wait_for(lambda: self._acks.pop(i, None), timeout, "nats.js: " + op)
+        if not ans.get("ok"):
+            raise RuntimeError("nats.js %s failed: %s" % (op, ans.get("error")))
+        return ans
+
+    def _read(self):
+        for line in self.proc.stdout:
+            try:
+                o = json.loads(line)
+            except ValueError:
+                continue
+            if o.get("event") == "msg":
+                self.loop.call_soon_threadsafe(self._on_msg, o)
+                continue
+            with self._cond:
+                if o.get("event") in ("ready", "error"):
+                    self._ready = o
+                elif o.get("id") in self._forget:
+                    self._forget.discard(o["id"])
+                    if not o.get("ok"):
+                        self.errors.append("nats.js: %s" % o.get("error"))
+                elif "id" in o:
+                    self._acks[o["id"]] = o
+                self._cond.notify_all()
+        with self._cond:
+            if self._ready is None:
+                self._ready = {"error": "the nats.js bridge exited"}
+            self._cond.notify_all()
+
+    def _view(self, agent_id):
+        c = self.by_id.get(agent_id)
+        if c is None:
+            c = self.by_id[agent_id] = NatsAgentView(self, agent_id)
+            self.connections.append(c)
+        return c
+
+    def _on_msg(self, o):  # on the loop thread
+        subject, raw = o["subject"], o["data"]
+        if subject.startswith(self.inbox + "."):
+            conn = self._sent_to.pop(subject, None)
+            name = subject
+        else:
+            rest = subject[len(self.prefix) + 1:] if subject.startswith(self.prefix + ".") else ""
+            agent_id, _, name = rest.partition(".")
+            if name not in AGENT_EVENTS:
+                return
+            conn = self._view(agent_id)
+        if conn is None:
+            return
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = None
+            self.errors.append("agent sent invalid JSON on %s: %r" % (subject, raw[:200]))
+        msg = {"subject": name, "data": data} if data is not None else None
+        conn.last_seen = time.monotonic()
+        conn.messages.append((conn.last_seen, msg, raw))
+        if self.on_message and msg:
+            self.on_message(conn, msg)
+        self._notify()
+
+    async def _watch_stale(self):
+        # Agents falling silent (or heard again) change `closed`: tell waiters
+        # (the live view lists them) once a second.
+        seen = None
+        while True:
+            await asyncio.sleep(1)
+            now = tuple(c.closed for c in self.connections)
+            if now != seen:
+                seen = now
+                self._notify()
+
+    def start(self):
+        bridge = os.path.join(NATS_DIR, "bridge.mjs")
+        if not os.path.isdir(os.path.join(NATS_DIR, "node_modules", "nats")):
+            raise RuntimeError("nats.js is not installed: run `npm ci` in %s (scripts/deps.sh does)"
+                               % os.path.normpath(NATS_DIR))
+        self.proc = subprocess.Popen(["node", bridge, self.nats_url, *self.auth], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        ready = threading.Event()
+
+        def _run():
+            self.loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self.loop)
+            self.loop.call_soon(ready.set)
+            self.loop.create_task(self._watch_stale())
+            self.loop.run_forever()
+            # Ours and the live view's tasks (event streams) end here.
+            tasks = asyncio.all_tasks(self.loop)
+            for t in tasks:
+                t.cancel()
+            self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            self.loop.close()
+
+        self._thread = threading.Thread(target=_run, daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        threading.Thread(target=self._read, daemon=True).start()
+        self.wait_for(lambda: self._ready, 20, "nats.js to connect to " + self.nats_url)
+        if "error" in self._ready:
+            self.stop()
+            raise RuntimeError("nats.js could not connect to %s: %s" % (self.nats_url, self._ready["error"]))
+        for ev in AGENT_EVENTS:
+            self._call("sub", subject="%s.*.%s" % (self.prefix, ev))
+        self._call("sub", subject=self.inbox + ".>")
+        return self
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        if self.loop:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+
+    # --- agents and requests -------------------------------------------------
+    def wait_connection(self, n=1, timeout=30):
+        """With an agent id: waits for that agent; otherwise for the n-th agent heard."""
+        if self.agent_id:
+            return self.wait_for(lambda: self.by_id.get(self.agent_id), timeout,
+                                 "agent %s on NATS" % self.agent_id)
+        return super().wait_connection(n, timeout)
+
+    @property
+    def current(self):
+        """The agent requests go to: the one named, else the newest heard."""
+        if self.agent_id:
+            return self.by_id.get(self.agent_id)
+        return super().current
+
+    def _publish(self, subject, data, conn, forget=False):
+        conn = conn or self.current
+        if conn is None:
+            raise RuntimeError("no agent heard on NATS yet")
+        reply = "%s.%d" % (self.inbox, next(self._ids))
+        self._sent_to[reply] = conn
+        payload = "" if data is None else json.dumps(data)
+        return conn, reply, self._send("publish", subject="%s.%s.%s" % (self.prefix, conn.agent_id, subject),
+                                       data=payload, reply=reply, forget=forget)
+
+    def request(self, subject, data=None, reply=True, conn=None):
+        """Publishes a request to `<prefix>.<agent>.<subject>` (the payload is
+        the data object); returns the reply subject (or None)."""
+        conn = conn or self.current
+        if not reply:
+            self._call("publish", subject="%s.%s.%s" % (self.prefix, conn.agent_id, subject),
+                       data="" if data is None else json.dumps(data))
+            return None
+        _, rsub, i = self._publish(subject, data, conn)
+        self.wait_for(lambda: self._acks.pop(i, None), 15, "nats.js: publish")
+        return rsub
+
+    def post(self, subject, data):
+        """A request from the loop thread (the live view): does not wait."""
+        return self._publish(subject, data, None, forget=True)[1]
 
 
 def fmt_bytes(n):
@@ -305,7 +558,21 @@ def main():
                     help="with --move: wait this many seconds after the agent connects")
     ap.add_argument("--hold", action="store_true",
                     help="with --move: keep serving after the answer until Ctrl-C")
+    nats = ap.add_argument_group("NATS (agents with transport = nats; --port is then not used)")
+    nats.add_argument("--nats", metavar="URL", help="drive the agents through this NATS server "
+                      "(nats://host:port, comma-separated for several) instead of listening for WebSocket")
+    nats.add_argument("--nats-prefix", default="hostagent", help="the agents' nats_subject_prefix")
+    nats.add_argument("--nats-agent", metavar="ID", help="the agent_id requests go to (default: the newest heard)")
+    nats.add_argument("--nats-user")
+    nats.add_argument("--nats-password-file", metavar="FILE")
+    nats.add_argument("--nats-token-file", metavar="FILE")
+    nats.add_argument("--nats-stale", type=float, default=45.0, metavar="SECONDS",
+                      help="an agent silent this long shows as disconnected (default 45: three heartbeats)")
     args = ap.parse_args()
+    if not args.nats and (args.nats_agent or args.nats_user or args.nats_password_file or args.nats_token_file):
+        ap.error("the --nats-* options need --nats URL")
+    if bool(args.nats_user) != bool(args.nats_password_file):
+        ap.error("--nats-user and --nats-password-file go together")
 
     def show(conn, msg):
         if msg is None:
@@ -315,7 +582,7 @@ def main():
             return
         subj, d = msg.get("subject"), msg.get("data", {})
         if subj == "agent.hello":
-            print("agent connected: %s (version %s, pid %s)" % (d.get("agentId"), d.get("version"), d.get("pid")), flush=True)
+            print("agent %s: %s (version %s, pid %s)" % ("heard" if args.nats else "connected", d.get("agentId"), d.get("version"), d.get("pid")), flush=True)
         elif subj == "move.progress":
             eta = ("%ds" % d["etaSeconds"]) if "etaSeconds" in d else "?"
             print("move %-8s %-11s %6.2f%%  files %d/%d  %s/%s  %s/s  eta %s  %s" % (
@@ -327,8 +594,26 @@ def main():
         else:
             print("%s: %s" % (subj, json.dumps(d)), flush=True)
 
-    m = Manager(port=args.port, on_message=show).start()
-    print("reference manager listening on %s" % m.url, flush=True)
+    if args.nats:
+        def secret(path):
+            with open(path) as f:
+                return f.read().strip()
+        auth = []
+        if args.nats_user:
+            auth = ["--user", args.nats_user, "--pass", secret(args.nats_password_file)]
+        elif args.nats_token_file:
+            auth = ["--token", secret(args.nats_token_file)]
+        try:
+            m = NatsManager(args.nats, prefix=args.nats_prefix, agent_id=args.nats_agent, on_message=show,
+                            stale=args.nats_stale, auth=auth).start()
+        except RuntimeError as e:
+            print("refmanager: %s" % e, file=sys.stderr)
+            sys.exit(2)
+        print("reference manager on NATS %s: listening to %s.*.{%s}" % (m.url, m.prefix, ",".join(AGENT_EVENTS)),
+              flush=True)
+    else:
+        m = Manager(port=args.port, on_message=show).start()
+        print("reference manager listening on %s" % m.url, flush=True)
     if args.web_port is not None:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from liveview import LiveView

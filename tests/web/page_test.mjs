@@ -1,9 +1,9 @@
 // Drives the reference manager's live view in headless Chromium: the agent is
 // listed, a move is started from the form, its bar advances to 100 %.
-// usage: node page_test.mjs URL SERVER OLD NEW SCREENSHOT
+// usage: node page_test.mjs URL SERVER OLD NEW SCREENSHOT [AGENT_ID]
 import { chromium } from "playwright-core";
 
-const [url, server, oldPath, newPath, shot] = process.argv.slice(2);
+const [url, server, oldPath, newPath, shot, agentId = "it-agent"] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: ["--no-sandbox", "--disable-dev-shm-usage"],
@@ -14,7 +14,7 @@ try {
   await page.goto(url);
   await page.waitForSelector("#agents .dot.up", { timeout: 20000 });
   const agents = await page.textContent("#agents");
-  if (!agents.includes("it-agent")) throw new Error("agent not listed: " + agents);
+  if (!agents.includes(agentId)) throw new Error("agent not listed: " + agents);
   await page.fill("#serverName", server);
   await page.fill("#oldPath", oldPath);
   await page.fill("#newPath", newPath);
