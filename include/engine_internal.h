@@ -7,6 +7,7 @@
 #include "move_engine.h"
 #include "clean_guard.h"
 #include "file_copy.h"
+#include "ident_store.h"
 #include "log.h"
 #include "tree_walk.h"
 #include "unlink_pool.h"
@@ -38,6 +39,7 @@ struct hl_slot {
     bool verified; /* the verify pass met its first name */
     char *dst_rel; /* destination path of its first name, once copied */
     ino_t dst_ino; /* the destination inode, seen by the verify pass */
+    uint64_t hash; /* e->synced: the content's hash as the final pass copied it */
 };
 
 struct hl_table {
@@ -111,6 +113,19 @@ struct eng {
     /* When the copy pass had made its last change to the destination: an
      * entry of the copy whose ctime is later was changed by someone else. */
     struct timespec copy_end;
+    /* A preparing copy (ENGINE_PREPARE): the source is live; each entry's
+     * identity as examined, before it is read, goes to iw. */
+    bool live;
+    struct ident_writer *iw;
+    /* A commit (ENGINE_COMMIT): the record, brought up to date as the final
+     * pass changes the copy; what that pass copied. */
+    struct ident_set *ids;
+    bool committing;
+    size_t fresh_depth; /* syncing: below this depth the copy's directories are new (0: none) */
+    uint64_t synced_bytes, synced_files;
+    struct hl_table synced; /* files the final pass copied (checksum: their hash) */
+    char *relbuf;           /* syncing: the current entry's relative path */
+    size_t relcap;
 };
 
 static inline bool eng_same_time(const struct timespec *a, const struct timespec *b)
@@ -151,6 +166,7 @@ void eng_report(struct eng *e, struct tree_walk *w, const char *name);
 int eng_phase(struct eng *e, enum move_phase phase, uint64_t phase_total);
 void eng_on_bytes(void *arg, uint64_t delta);
 struct hl_slot *eng_hl_get(struct hl_table *t, dev_t dev, ino_t ino, bool *fresh);
+struct hl_slot *eng_hl_find(const struct hl_table *t, dev_t dev, ino_t ino);
 void eng_hl_free(struct hl_table *t);
 int eng_open_parent_of(int root, const char *rel, const char **base);
 int eng_check_removable(struct eng *e, struct tree_walk *w, const char *name, const struct stat *st,
@@ -158,12 +174,18 @@ int eng_check_removable(struct eng *e, struct tree_walk *w, const char *name, co
 int eng_check_root(struct eng *e);
 int eng_open_src_parent(struct eng *e);
 int eng_open_dst_parent(struct eng *e, bool create);
+int eng_lock_for_cleaning(struct eng *e);
 
 /* engine_copy.c */
 int eng_calculate(struct eng *e);
 int eng_check_space(struct eng *e);
 void eng_release_space(struct eng *e);
 int eng_copy(struct eng *e);
+bool eng_in_granule(struct eng *e, const struct tree_walk *w, const struct stat *st);
+int eng_copy_file(struct eng *e, struct tree_walk *w, const char *name, const struct stat *st,
+                  struct stat *copied, struct ident_blocks *blocks);
+int eng_copy_symlink(struct eng *e, struct tree_walk *w, const char *name, const struct stat *st);
+int eng_recheck(struct eng *e);
 
 /* engine_verify.c */
 int eng_verify(struct eng *e);
@@ -178,5 +200,10 @@ void eng_rollback(struct eng *e);
 /* engine_recover.c */
 int eng_undo(struct eng *e);
 int eng_finish(struct eng *e);
+int eng_look_dst(struct eng *e, char *state, size_t size);
+
+/* engine_sync.c */
+int eng_commit(struct eng *e);
+int eng_discard(struct eng *e);
 
 #endif

@@ -12,6 +12,8 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 
+struct ident_blocks;
+
 #define FILE_COPY_CHUNK (8u << 20) /* bytes between progress reports and stop checks */
 
 /* What works between one source and one destination filesystem. */
@@ -28,6 +30,9 @@ void copy_caps_save(const struct copy_caps *caps);
 struct copy_ctx {
     struct copy_caps caps;
     bool checksum; /* hash the content while copying (forces read/write) */
+    /* When set, the block hashes of the content as copied are fed here
+     * (forces read/write): a preparing copy's record of a large file. */
+    struct ident_blocks *blocks;
     atomic_int *stop;
     /* Bytes of the current file done (holes included), after each chunk. */
     void (*progress)(void *arg, uint64_t delta);
@@ -44,6 +49,15 @@ struct copy_ctx {
  * content's 64-bit XXH3 (holes hashed as zeros). */
 int copy_data(struct copy_ctx *c, int sfd, int dfd, const struct stat *st, uint64_t *hash,
               bool *failed_on_write);
+
+/* Brings dfd, a copy of an earlier state of the source whose blocks hashed
+ * to old[0..n_old) (ident_store.h), up to sfd's st->st_size bytes, writing
+ * only the blocks whose hash differs or that are new; the source's block
+ * hashes are fed to nb. *written: the bytes written. Returns 0,
+ * -ECANCELED, -ESTALE (the source ended early) or -errno
+ * (*failed_on_write for the destination side). */
+int copy_delta(struct copy_ctx *c, int sfd, int dfd, const struct stat *st, const uint64_t *old,
+               uint32_t n_old, struct ident_blocks *nb, uint64_t *written, bool *failed_on_write);
 
 /* XXH3 of the whole content of fd, read from the disk: fsync, then drop the
  * cached pages so the read is not served from memory. */

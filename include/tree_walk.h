@@ -56,6 +56,11 @@ struct tree_walk {
     bool mirrored;   /* walk a second tree with the same names */
     bool need_stat;  /* false: non-directories get only st_mode's type (from d_type) */
     bool strict_dev; /* an entry on another mount than the root's is an error (else skipped) */
+    /* A live tree (a preparing copy): an entry that vanished before it was
+     * examined, or a directory swapped or gone before it was opened, is
+     * skipped instead of failing the walk; counted in `vanished`. */
+    bool live;
+    uint64_t vanished;
     struct tree_walk_level *lv;
     size_t depth, cap;
     char *path; /* relative path of the current directory ("" at the root) */

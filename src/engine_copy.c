@@ -17,6 +17,8 @@ static int calc_entry(struct tree_walk *w, const char *name, const struct stat *
     struct stat now;
     uint64_t attrs;
     int rc = guard_stat(tree_walk_fd(w, 0), name, &now, &attrs);
+    if (rc == -ENOENT && e->live)
+        return 0; /* a live tree: left for the commit */
     /* What could not be removed after the copy fails the move before it. */
     if (rc != 0)
         return eng_fail_w(e, w, rc == -ENOENT ? ESTALE : -rc, "stat", e->job->src, name);
@@ -149,7 +151,7 @@ static int64_t last_stamp(const struct stat *st)
  * come from, before the stat), a change during the copy may not show in
  * them. On a nanosecond filesystem this is a file changed within the last
  * clock tick; on a whole-second one, within the last second. */
-static bool in_granule(struct eng *e, const struct tree_walk *w, const struct stat *st)
+bool eng_in_granule(struct eng *e, const struct tree_walk *w, const struct stat *st)
 {
     eng_note_grain(e, st);
     return last_stamp(st) + e->grain > eng_ts_ns(&w->stat_clock);
@@ -178,20 +180,62 @@ static void note_suspect(struct eng *e, struct tree_walk *w, const char *name,
     s->hash = hash;
 }
 
+/* A preparing copy's record of one entry: its identity as the walk examined
+ * it (before it was read), flags (IDENT_COPIED, IDENT_SUSPECT), and the
+ * block hashes of what was copied. */
+static int record_live(struct eng *e, struct tree_walk *w, const char *name, const struct stat *st,
+                       uint32_t flags, const struct ident_blocks *b)
+{
+    size_t cap = w->path_cap + strlen(name) + 2; /* never truncated */
+    char *rel = xmalloc(cap);
+    struct ident_rec r;
+    int rc;
+    tree_walk_relpath(w, name, rel, cap);
+    ident_rec_from_stat(&r, st);
+    r.flags = flags;
+    if (b && b->n) {
+        r.blocks = b->v;
+        r.n_blocks = b->n;
+    }
+    if (S_ISLNK(st->st_mode) && (flags & IDENT_COPIED)) {
+        char target[PATH_MAX + 1];
+        ssize_t n = readlinkat(tree_walk_fd(w, 1), name, target, sizeof target - 1);
+        if (n >= 0) {
+            target[n] = '\0';
+            r.target = target;
+            rc = ident_writer_add(e->iw, rel, &r);
+            free(rel);
+            goto done;
+        }
+    }
+    rc = ident_writer_add(e->iw, rel, &r);
+    free(rel);
+done:
+    if (rc != 0)
+        return eng_fail(e, CODE_IO_ERROR, "cannot write the record of the preparing copy %s: %s",
+                        e->job->ident_path, strerror(-rc));
+    return 0;
+}
+
 /* Copies one regular file; *copied receives its source's identity as it
- * was copied (from the open descriptor, after the copy: it matched st). */
-static int copy_regular(struct eng *e, struct tree_walk *w, const char *name, const struct stat *st,
-                        struct stat *copied)
+ * was copied (from the open descriptor, after the copy: it matched st).
+ * A preparing copy (e->live) takes the file as it reads, whatever changes
+ * meanwhile, returns 1 when it vanished before it was opened, and keeps the
+ * block hashes of a large file in *blocks (initialised by the caller). */
+int eng_copy_file(struct eng *e, struct tree_walk *w, const char *name, const struct stat *st,
+                  struct stat *copied, struct ident_blocks *blocks)
 {
     int sdir = tree_walk_fd(w, 0), ddir = tree_walk_fd(w, 1);
     int sfd, dfd, rc;
     struct stat after;
     uint64_t hash = 0, start = e->prog.count.bytes_copied;
-    bool on_write, checksum = e->cc.checksum, suspect = in_granule(e, w, st);
+    bool on_write, checksum = e->cc.checksum, suspect = eng_in_granule(e, w, st);
 
     e->cur_w = w;
     e->cur_name = name;
     sfd = open_source_file(e, sdir, name);
+    if (sfd < 0 && e->live && (errno == ENOENT || errno == ELOOP))
+        return 1;
     if (sfd < 0)
         return eng_fail_w(e, w, errno, "open", e->job->src, name);
     dfd = openat(ddir, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
@@ -202,18 +246,24 @@ static int copy_regular(struct eng *e, struct tree_walk *w, const char *name, co
     }
     /* A suspect is hashed while copied (whatever the verify mode) so that
      * eng_recheck has to reread only its source. */
-    e->cc.checksum = checksum || suspect;
+    e->cc.checksum = e->live ? checksum : checksum || suspect;
+    e->cc.blocks = blocks && (uint64_t)st->st_size >= IDENT_BLOCK_MIN ? blocks : NULL;
     rc = copy_data(&e->cc, sfd, dfd, st, &hash, &on_write);
     e->cc.checksum = checksum;
+    e->cc.blocks = NULL;
     e->cur_w = NULL;
+    if (rc == -ESTALE && e->live)
+        rc = 0; /* shortened while read: the commit sees its new identity */
     if (rc != 0) {
         close(sfd);
         close(dfd);
         return eng_fail_w(e, w, -rc, on_write ? "write" : "read",
                           on_write ? e->job->dst : e->job->src, name);
     }
-    /* Changed while we copied it (or swapped before we opened it)? */
-    if (fstat(sfd, &after) != 0 || !same_content_stat(st, &after)) {
+    /* Changed while we copied it (or swapped before we opened it)? A live
+     * tree's record keeps the identity examined before the read, which then
+     * differs from the file's: the commit copies it again. */
+    if (fstat(sfd, &after) != 0 || (!e->live && !same_content_stat(st, &after))) {
         close(sfd);
         close(dfd);
         return eng_fail_w(e, w, ESTALE, "", e->job->src, name);
@@ -227,7 +277,7 @@ static int copy_regular(struct eng *e, struct tree_walk *w, const char *name, co
     }
     if (close(dfd) != 0)
         return eng_fail_w(e, w, errno, "write", e->job->dst, name);
-    if (suspect)
+    if (suspect && !e->live)
         note_suspect(e, w, name, &after, hash);
     /* Holes count as copied: make the counter land on the file's size. */
     e->prog.count.bytes_copied = start + (uint64_t)st->st_size;
@@ -259,13 +309,15 @@ static int copy_hardlink(struct eng *e, struct tree_walk *w, const char *name,
     return rc;
 }
 
-static int copy_symlink(struct eng *e, struct tree_walk *w, const char *name, const struct stat *st)
+int eng_copy_symlink(struct eng *e, struct tree_walk *w, const char *name, const struct stat *st)
 {
     size_t cap = (size_t)st->st_size + 2;
     char *target = xmalloc(cap);
     ssize_t n = readlinkat(tree_walk_fd(w, 0), name, target, cap);
     int rc = 0;
-    if (n < 0)
+    if (e->live && (n < 0 ? errno == ENOENT || errno == EINVAL : (size_t)n != (size_t)st->st_size))
+        rc = 1; /* replaced or gone while examined: left for the commit */
+    else if (n < 0)
         rc = eng_fail_w(e, w, errno, "read link", e->job->src, name);
     else if ((size_t)n != (size_t)st->st_size)
         rc = eng_fail_w(e, w, ESTALE, "", e->job->src, name);
@@ -282,10 +334,13 @@ static int copy_entry(struct tree_walk *w, const char *name, const struct stat *
 {
     struct eng *e = w->arg;
     struct stat copied = *st;
+    struct ident_blocks blocks;
+    bool suspect = e->live && eng_in_granule(e, w, st);
     int rc = 0;
     if (eng_stop_code(e) != 0)
         return -1;
     eng_report(e, w, name);
+    ident_blocks_init(&blocks);
     if (S_ISREG(st->st_mode)) {
         struct hl_slot *hs = NULL;
         bool fresh = true;
@@ -294,7 +349,9 @@ static int copy_entry(struct tree_walk *w, const char *name, const struct stat *
         if (hs && hs->dst_rel) {
             rc = copy_hardlink(e, w, name, hs);
         } else {
-            rc = copy_regular(e, w, name, st, &copied);
+            rc = eng_copy_file(e, w, name, st, &copied, e->live ? &blocks : NULL);
+            if (rc == 0 && e->live)
+                ident_blocks_finish(&blocks);
             if (rc == 0 && hs) {
                 char *rel = xmalloc(w->path_cap + strlen(name) + 2);
                 tree_walk_relpath(w, name, rel, w->path_cap + strlen(name) + 2);
@@ -303,14 +360,29 @@ static int copy_entry(struct tree_walk *w, const char *name, const struct stat *
         }
     } else {
         if (S_ISLNK(st->st_mode))
-            rc = copy_symlink(e, w, name, st);
+            rc = eng_copy_symlink(e, w, name, st);
         else if (mknodat(tree_walk_fd(w, 1), name, (st->st_mode & S_IFMT) | 0600, st->st_rdev) != 0)
             rc = eng_fail_w(e, w, errno, "create", e->job->dst, name);
         /* Never opened: a fifo would block a reader forever. */
         if (rc == 0 && (rc = copy_meta_at(&e->cc, tree_walk_fd(w, 0), tree_walk_fd(w, 1), name, st,
                                           e->is_root)) != 0)
-            rc = eng_fail_w(e, w, -rc, "set attributes of", e->job->dst, name);
+            rc = e->live && rc == -ENOENT
+                     ? 2
+                     : eng_fail_w(e, w, -rc, "set attributes of", e->job->dst, name);
     }
+    if (e->live && rc >= 0) {
+        /* 1: vanished before it was read, nothing made; 2: made, but its
+         * source vanished before its attributes were read. */
+        uint32_t flags = (rc == 0 ? IDENT_COPIED : 0) | (suspect ? IDENT_SUSPECT : 0);
+        if (rc != 1)
+            rc = record_live(e, w, name, st, flags, &blocks);
+        ident_blocks_free(&blocks);
+        if (rc != 0)
+            return -1;
+        e->prog.count.files_copied++;
+        return 0;
+    }
+    ident_blocks_free(&blocks);
     if (rc != 0)
         return -1;
     src_record_add(&e->rec, &copied);
@@ -333,7 +405,13 @@ static int copy_dir_pre(struct tree_walk *w, const char *name, const struct stat
     }
     /* Its names are the ones copied if its times still match after its
      * contents (copy_dir_post). */
-    src_record_add(&e->rec, st);
+    if (e->live) {
+        if (record_live(e, w, name, st,
+                        IDENT_COPIED | (eng_in_granule(e, w, st) ? IDENT_SUSPECT : 0), NULL) != 0)
+            return -1;
+    } else {
+        src_record_add(&e->rec, st);
+    }
     e->prog.count.files_copied++;
     eng_report(e, w, name);
     return 0;
@@ -345,8 +423,9 @@ static int copy_dir_post(struct tree_walk *w, const char *name, const struct sta
     struct eng *e = w->arg;
     struct stat after;
     int rc;
-    /* A directory whose entries changed while we copied it. */
-    if (fstat(fds[0], &after) != 0 || !eng_same_times(&after, st))
+    /* A directory whose entries changed while we copied it (a live tree's
+     * record shows it changed: the commit looks again). */
+    if (!e->live && (fstat(fds[0], &after) != 0 || !eng_same_times(&after, st)))
         return eng_fail_w(e, w, ESTALE, "", e->job->src, name);
     rc = copy_meta_fd(&e->cc, fds[0], fds[1], st, e->is_root);
     if (rc != 0)
@@ -414,7 +493,7 @@ static int recheck_one(struct eng *e, const struct suspect *s)
 /* The copies whose times cannot rule out a change during their copy (see
  * note_suspect): once their granule has passed, reread and compared by
  * content. Fresh files only, so a tree at rest costs nothing. */
-static int eng_recheck(struct eng *e)
+int eng_recheck(struct eng *e)
 {
     uint64_t t0 = util_mono_ms(), t1;
     int rc = 0;
@@ -441,9 +520,12 @@ int eng_copy(struct eng *e)
     struct stat after;
     int rc;
     (void)eng_phase(e, PHASE_COPYING, e->prog.count.bytes_total);
+    if (e->live && (rc = ident_writer_open(&e->iw, e->job->ident_path)) != 0)
+        return eng_fail(e, CODE_IO_ERROR, "cannot write the record of the preparing copy %s: %s",
+                        e->job->ident_path, strerror(-rc));
     if (eng_walk_source(e, &ops, true) != 0 || eng_recheck(e) != 0)
         return -1;
-    if (fstat(e->srcfd, &after) != 0 || !eng_same_times(&after, &e->src_st))
+    if (!e->live && (fstat(e->srcfd, &after) != 0 || !eng_same_times(&after, &e->src_st)))
         return eng_fail_at(e, ESTALE, "", e->job->src, NULL);
     rc = copy_meta_fd(&e->cc, e->srcfd, e->dstfd, &e->src_st, e->is_root);
     if (rc != 0)
@@ -456,5 +538,14 @@ int eng_copy(struct eng *e)
      * destination filesystem (cheaper than an fsync per file). */
     if (syncfs(e->dstfd) != 0)
         return eng_fail_at(e, errno, "sync", e->job->dst, NULL);
+    if (e->live) {
+        /* The record last: a record names only what is durable in the copy. */
+        rc = ident_writer_finish(e->iw);
+        e->iw = NULL;
+        if (rc != 0)
+            return eng_fail(e, CODE_IO_ERROR,
+                            "cannot write the record of the preparing copy %s: %s",
+                            e->job->ident_path, strerror(-rc));
+    }
     return 0;
 }

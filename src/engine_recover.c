@@ -68,7 +68,7 @@ static int eng_mismatch(struct eng *e, const char *src_state, const char *dst_st
  * symlink). Returns 1 when it is the directory the journal recorded (then
  * e->dstfd is open on it), 0 when it is absent, -1 when it is something else
  * or cannot be examined; state describes it. */
-static int eng_look_dst(struct eng *e, char *state, size_t size)
+int eng_look_dst(struct eng *e, char *state, size_t size)
 {
     const struct engine_job *job = e->job;
     struct stat st;

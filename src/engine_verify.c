@@ -56,7 +56,10 @@ static int verify_stat(struct eng *e, struct tree_walk *w, const char *name, con
     return 0;
 }
 
-static int verify_content(struct eng *e, struct tree_walk *w, const char *name)
+/* The copy's content against the hash of what was copied: every file a
+ * copy pass made, or only those a commit's final pass copied (synced). */
+static int verify_content(struct eng *e, struct tree_walk *w, const char *name,
+                          const struct hl_slot *synced)
 {
     uint64_t h = 0;
     /* O_NOATIME: reading it back must not change the copy's access time
@@ -69,13 +72,14 @@ static int verify_content(struct eng *e, struct tree_walk *w, const char *name)
     close(fd);
     if (rc != 0)
         return eng_fail_w(e, w, -rc, "read", e->job->dst, name);
-    if (e->hash_pos >= e->n_hashes || e->hashes[e->hash_pos] != h) {
+    if (synced ? synced->hash != h : e->hash_pos >= e->n_hashes || e->hashes[e->hash_pos] != h) {
         char rel[MOVE_ERROR_MAX / 2];
         tree_walk_relpath(w, name, rel, sizeof rel);
         return eng_fail(e, CODE_IO_ERROR, "verification failed: content differs for %s/%s",
                         e->job->dst, rel);
     }
-    e->hash_pos++;
+    if (!synced)
+        e->hash_pos++;
     return 0;
 }
 
@@ -125,7 +129,10 @@ static int verify_entry(struct tree_walk *w, const char *name, const struct stat
                 hs->verified = true;
                 hs->dst_ino = d.st_ino;
             }
-            if (e->cc.checksum && verify_content(e, w, name) != 0)
+            const struct hl_slot *synced =
+                e->committing ? eng_hl_find(&e->synced, s->st_dev, s->st_ino) : NULL;
+            if (e->cc.checksum && (!e->committing || synced) &&
+                verify_content(e, w, name, synced) != 0)
                 return -1;
         }
     }

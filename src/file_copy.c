@@ -1,5 +1,6 @@
 /* file_copy.c: one file's content and metadata (see file_copy.h). */
 #include "file_copy.h"
+#include "ident_store.h"
 #include "util.h"
 
 #include <errno.h>
@@ -86,6 +87,10 @@ static int write_all(int fd, const char *p, size_t n, off_t off)
 
 static void hash_zeros(struct copy_ctx *c, XXH3_state_t *h, uint64_t n)
 {
+    if (c->blocks)
+        ident_blocks_zeros(c->blocks, n);
+    if (!h)
+        return;
     memset(c->buf, 0, FILE_COPY_BUF);
     while (n > 0) {
         size_t k = n < FILE_COPY_BUF ? (size_t)n : FILE_COPY_BUF;
@@ -139,7 +144,7 @@ static int copy_range(struct copy_ctx *c, int sfd, int dfd, off_t off, off_t end
         size_t done = 0;
         if (stopped(c))
             return -ECANCELED;
-        if (!h && !c->caps.no_cfr) {
+        if (!h && !c->blocks && !c->caps.no_cfr) {
             loff_t so = off, dof = off;
             ssize_t n = copy_file_range(sfd, &so, dfd, &dof, want, 0);
             if (n > 0) {
@@ -157,7 +162,7 @@ static int copy_range(struct copy_ctx *c, int sfd, int dfd, off_t off, off_t end
                 if (rc != 0)
                     return rc;
             }
-        } else if (!h && !c->caps.no_sendfile) {
+        } else if (!h && !c->blocks && !c->caps.no_sendfile) {
             off_t so = off;
             ssize_t n;
             /* sendfile writes at the file position: a new file starts at 0. */
@@ -194,6 +199,8 @@ static int copy_range(struct copy_ctx *c, int sfd, int dfd, off_t off, off_t end
                 return -ESTALE;
             if (h)
                 XXH3_64bits_update(h, c->buf, (size_t)n);
+            if (c->blocks)
+                ident_blocks_feed(c->blocks, c->buf, (size_t)n);
             {
                 int rc = write_all(dfd, c->buf, (size_t)n, off);
                 if (rc != 0) {
@@ -226,7 +233,7 @@ int copy_data(struct copy_ctx *c, int sfd, int dfd, const struct stat *st, uint6
         if (!h)
             util_oom(0);
         XXH3_64bits_reset(h);
-    } else if (!c->caps.no_clone && size > 0 && !sparse) {
+    } else if (!c->blocks && !c->caps.no_clone && size > 0 && !sparse) {
         /* A reflink shares the blocks: instant, and exact. */
         if (ioctl(dfd, FICLONE, sfd) == 0) {
             if (c->progress)
@@ -251,8 +258,7 @@ int copy_data(struct copy_ctx *c, int sfd, int dfd, const struct stat *st, uint6
             if (data > size)
                 data = size;
             if (data > off) {
-                if (h)
-                    hash_zeros(c, h, (uint64_t)(data - off));
+                hash_zeros(c, h, (uint64_t)(data - off));
                 if (c->progress)
                     c->progress(c->arg, (uint64_t)(data - off));
                 off = data;
@@ -278,6 +284,60 @@ int copy_data(struct copy_ctx *c, int sfd, int dfd, const struct stat *st, uint6
         XXH3_freeState(h);
     }
     return rc;
+}
+
+int copy_delta(struct copy_ctx *c, int sfd, int dfd, const struct stat *st, const uint64_t *old,
+               uint32_t n_old, struct ident_blocks *nb, uint64_t *written, bool *failed_on_write)
+{
+    off_t size = st->st_size, off = 0;
+    uint32_t i = 0;
+    struct stat d;
+    *written = 0;
+    *failed_on_write = false;
+    if (!c->buf)
+        c->buf = xmalloc(FILE_COPY_BUF);
+    if (fstat(dfd, &d) != 0) {
+        *failed_on_write = true;
+        return -errno;
+    }
+    while (off < size) {
+        size_t want = (size_t)(size - off < IDENT_BLOCK_SIZE ? size - off : IDENT_BLOCK_SIZE);
+        size_t got = 0;
+        uint64_t h;
+        if (stopped(c))
+            return -ECANCELED;
+        while (got < want) {
+            ssize_t n = pread(sfd, c->buf + got, want - got, off + (off_t)got);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0)
+                return -errno;
+            if (n == 0)
+                return -ESTALE;
+            got += (size_t)n;
+        }
+        h = XXH3_64bits(c->buf, want);
+        ident_blocks_feed(nb, c->buf, want);
+        /* The old block is only trusted whole: a short last block that grew
+         * is written again. */
+        if (i >= n_old || old[i] != h || off + (off_t)want > d.st_size) {
+            int rc = write_all(dfd, c->buf, want, off);
+            if (rc != 0) {
+                *failed_on_write = true;
+                return rc;
+            }
+            *written += want;
+        }
+        if (c->progress)
+            c->progress(c->arg, want);
+        off += (off_t)want;
+        i++;
+    }
+    if (d.st_size != size && ftruncate(dfd, size) != 0) {
+        *failed_on_write = true;
+        return -errno;
+    }
+    return 0;
 }
 
 int copy_hash_file(struct copy_ctx *c, int fd, uint64_t *hash)

@@ -103,8 +103,12 @@ int eng_fail_walk(struct eng *e, struct tree_walk *w)
  * turning a failure of the walk itself into the move's error. */
 int eng_walk_source(struct eng *e, const struct tree_walk_ops *ops, bool mirrored)
 {
-    struct tree_walk w = {
-        .ops = ops, .arg = e, .mirrored = mirrored, .need_stat = true, .strict_dev = true};
+    struct tree_walk w = {.ops = ops,
+                          .arg = e,
+                          .mirrored = mirrored,
+                          .need_stat = true,
+                          .strict_dev = true,
+                          .live = e->live};
     int rc = tree_walk_run(&w, e->srcfd, mirrored ? e->dstfd : -1);
     if (rc != 0 && e->res->code == CODE_NONE)
         eng_fail_walk(e, &w);
@@ -215,6 +219,16 @@ struct hl_slot *eng_hl_get(struct hl_table *t, dev_t dev, ino_t ino, bool *fresh
     t->used++;
     *fresh = true;
     return &t->slots[i];
+}
+
+struct hl_slot *eng_hl_find(const struct hl_table *t, dev_t dev, ino_t ino)
+{
+    if (!t->cap)
+        return NULL;
+    for (size_t i = hl_hash(dev, ino) & (t->cap - 1); t->slots[i].used; i = (i + 1) & (t->cap - 1))
+        if (t->slots[i].dev == dev && t->slots[i].ino == ino)
+            return &t->slots[i];
+    return NULL;
 }
 
 void eng_hl_free(struct hl_table *t)
@@ -540,7 +554,7 @@ static int eng_rename(struct eng *e)
 
 /* From here on no stop is taken: a request that came first wins instead.
  * The cleaning phase is recorded (journal) before anything is removed. */
-static int eng_lock_for_cleaning(struct eng *e)
+int eng_lock_for_cleaning(struct eng *e)
 {
     int expected = CODE_NONE;
     if (!atomic_compare_exchange_strong(e->job->stop, &expected, ENGINE_STOP_LOCKED))
@@ -552,7 +566,8 @@ static int eng_lock_for_cleaning(struct eng *e)
     return 0;
 }
 
-static int eng_copy_move(struct eng *e)
+/* Opens the parents and the source directory; 0, or -1 rolled back. */
+static int eng_open_tops(struct eng *e)
 {
     if ((e->src_pfd < 0 && eng_open_src_parent(e) != 0) ||
         (e->dst_pfd < 0 && eng_open_dst_parent(e, true) != 0)) {
@@ -572,6 +587,35 @@ static int eng_copy_move(struct eng *e)
     e->blksize = 4096;
     e->grain = 2000000000;
     eng_note_grain(e, &e->src_st);
+    return 0;
+}
+
+/* A preparing copy: calculated and copied from the live source, its record
+ * written; the copy stays, durable, for the commit (ENGINE_COMMIT). */
+static int eng_prepare(struct eng *e)
+{
+    e->live = true;
+    if (eng_open_tops(e) != 0)
+        return -1;
+    if (open_dst(e) != 0 || eng_calculate(e) != 0 || eng_check_space(e) != 0 || eng_copy(e) != 0) {
+        eng_release_space(e);
+        if (e->iw)
+            ident_writer_abort(e->iw);
+        e->iw = NULL;
+        eng_rollback(e);
+        return -1;
+    }
+    eng_release_space(e);
+    copy_caps_save(&e->cc.caps);
+    e->res->bytes_copied = e->prog.count.bytes_copied;
+    e->res->files_copied = e->prog.count.files_copied;
+    return 0;
+}
+
+static int eng_copy_move(struct eng *e)
+{
+    if (eng_open_tops(e) != 0)
+        return -1;
     if (open_dst(e) != 0 || eng_calculate(e) != 0 || eng_check_space(e) != 0 || eng_copy(e) != 0 ||
         eng_verify(e) != 0 || eng_check_source(e) != 0 || eng_lock_for_cleaning(e) != 0) {
         eng_release_space(e);
@@ -657,9 +701,14 @@ int engine_run(const struct engine_job *job, struct engine_result *res)
         rc = eng_finish(&e);
         break;
     case ENGINE_PREPARE:
+        (void)eng_phase(&e, PHASE_CALCULATING, 0);
+        rc = eng_prepare(&e);
+        break;
     case ENGINE_COMMIT:
+        rc = job->rename ? eng_rename(&e) : eng_commit(&e);
+        break;
     case ENGINE_DISCARD:
-        rc = eng_fail(&e, CODE_IO_ERROR, "prepared moves are being built (issue 12)");
+        rc = eng_discard(&e);
         break;
     default:
         (void)eng_phase(&e, PHASE_CALCULATING, 0);
@@ -677,6 +726,9 @@ int engine_run(const struct engine_job *job, struct engine_result *res)
     if (e.dst_pfd >= 0)
         close(e.dst_pfd);
     eng_hl_free(&e.hl);
+    eng_hl_free(&e.synced);
+    if (e.ids)
+        ident_set_free(e.ids);
     src_record_free(&e.rec);
     for (size_t i = 0; i < e.n_made; i++)
         free(e.made_parents[i]);
@@ -686,5 +738,6 @@ int engine_run(const struct engine_job *job, struct engine_result *res)
         free(e.suspects[i].rel);
     free(e.suspects);
     free(e.cc.buf);
+    free(e.relbuf);
     return rc;
 }

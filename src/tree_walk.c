@@ -256,6 +256,10 @@ static int descend(struct tree_walk *w, const char *name, const struct stat *st)
     uint64_t mnt;
     int err;
     fds[0] = open_dir_at(l->fd[0], name);
+    if (fds[0] < 0 && w->live && (errno == ENOENT || errno == ENOTDIR || errno == ELOOP)) {
+        w->vanished++;
+        return 0;
+    }
     if (fds[0] < 0)
         return walk_fail(w, errno, "open directory", name);
     if (walk_stat(fds[0], "", AT_EMPTY_PATH, &os, &mnt) != 0) {
@@ -267,6 +271,10 @@ static int descend(struct tree_walk *w, const char *name, const struct stat *st)
      * directory bind-mounted onto itself keeps its device and inode). */
     if (os.st_dev != st->st_dev || os.st_ino != st->st_ino || foreign_mount(w, &os, mnt)) {
         close(fds[0]);
+        if (w->live && !foreign_mount(w, &os, mnt)) {
+            w->vanished++;
+            return 0;
+        }
         w->changed = true;
         return walk_fail(w, ESTALE, "open directory", name);
     }
@@ -293,6 +301,10 @@ static int visit(struct tree_walk *w, const char *rec)
     if (w->need_stat || dt == DT_UNKNOWN || dt == DT_DIR) {
         (void)clock_gettime(CLOCK_REALTIME_COARSE, &w->stat_clock);
         if (walk_stat(l->fd[0], name, 0, &st, &mnt) != 0) {
+            if (errno == ENOENT && w->live) {
+                w->vanished++;
+                return 0;
+            }
             if (errno == ENOENT)
                 w->changed = true;
             return walk_fail(w, errno, "stat", name);

@@ -1,0 +1,564 @@
+/* engine_sync.c: a prepared move's commit (ENGINE_COMMIT): the final pass
+ * over the source against the preparing copy's record (syncing) copies only
+ * what is new or changed and removes from the copy what the source no longer
+ * has; the move then ends as any copy does (verify, durable, clean). And the
+ * discard of a prepared copy (ENGINE_DISCARD). */
+#include "engine_internal.h"
+
+#include <dirent.h>
+
+/* The relative path of `name` in the walk's current directory, in a buffer
+ * of the run that grows as needed (never truncated). */
+static const char *sync_rel(struct eng *e, struct tree_walk *w, const char *name)
+{
+    size_t need = w->path_cap + strlen(name) + 2;
+    if (need > e->relcap) {
+        e->relbuf = xrealloc(e->relbuf, need);
+        e->relcap = need;
+    }
+    tree_walk_relpath(w, name, e->relbuf, e->relcap);
+    return e->relbuf;
+}
+
+/* Whether st is, in everything the record keeps, the entry recorded as
+ * copied. ctime catches what the other fields cannot: a rewrite that put the
+ * old mtime back, an xattr, a new name of the same inode. */
+static bool sync_unchanged(const struct ident_rec *r, const struct stat *st)
+{
+    return r && (r->flags & IDENT_COPIED) && !(r->flags & IDENT_SUSPECT) &&
+           r->mode == (uint32_t)st->st_mode && r->ino == (uint64_t)st->st_ino &&
+           r->dev == (uint64_t)st->st_dev && r->uid == (uint32_t)st->st_uid &&
+           r->gid == (uint32_t)st->st_gid && r->nlink == (uint32_t)st->st_nlink &&
+           (S_ISDIR(st->st_mode) || r->size == (uint64_t)st->st_size) &&
+           r->mtime_ns == eng_ts_ns(&st->st_mtim) && r->ctime_ns == eng_ts_ns(&st->st_ctim);
+}
+
+/* Records what the copy now holds at rel. */
+static int sync_put(struct eng *e, const char *rel, const struct stat *st, uint32_t flags,
+                    const struct ident_blocks *b, const char *target)
+{
+    struct ident_rec r;
+    ident_rec_from_stat(&r, st);
+    r.flags = flags;
+    r.target = target;
+    if (b && b->n) {
+        r.blocks = b->v;
+        r.n_blocks = b->n;
+    }
+    if (ident_set_put(e->ids, rel, &r) != 0)
+        return eng_fail(e, CODE_IO_ERROR, "cannot keep the record of %s/%s", e->job->dst, rel);
+    return 0;
+}
+
+/* The record must never promise what the copy may no longer hold: before an
+ * entry of the copy is touched its record loses IDENT_COPIED and its block
+ * hashes (so a commit stopped half way is still right the next time). */
+static int sync_forget(struct eng *e, const char *rel, const struct stat *st)
+{
+    return sync_put(e, rel, st, 0, NULL, NULL);
+}
+
+static int rm_file(struct tree_walk *w, const char *name, const struct stat *st)
+{
+    (void)st;
+    return unlinkat(tree_walk_fd(w, 0), name, 0) == 0 || errno == ENOENT ? 0 : -1;
+}
+
+static int rm_dir_post(struct tree_walk *w, const char *name, const struct stat *st,
+                       const int fds[2])
+{
+    (void)st;
+    (void)fds;
+    return unlinkat(tree_walk_fd(w, 0), name, AT_REMOVEDIR) == 0 || errno == ENOENT ? 0 : -1;
+}
+
+/* Removes the entry `name` of the copy's directory dirfd, a directory with
+ * everything in it; never follows a symlink nor leaves the filesystem. */
+static int sync_remove(struct eng *e, int dirfd, const char *name, const char *rel)
+{
+    static const struct tree_walk_ops ops = {rm_file, NULL, rm_dir_post, NULL};
+    struct stat d;
+    int err = 0;
+    if (fstatat(dirfd, name, &d, AT_SYMLINK_NOFOLLOW) != 0)
+        return errno == ENOENT ? 0 : eng_fail_at(e, errno, "stat", e->job->dst, rel);
+    if (S_ISDIR(d.st_mode)) {
+        struct tree_walk w = {.ops = &ops, .arg = e, .strict_dev = true};
+        int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+            return eng_fail_at(e, errno, "open", e->job->dst, rel);
+        (void)fchmod(fd, 0700);
+        if (tree_walk_run(&w, fd, -1) != 0)
+            err = w.err ? w.err : errno;
+        tree_walk_free(&w);
+        close(fd);
+        if (err == 0 && unlinkat(dirfd, name, AT_REMOVEDIR) != 0)
+            err = errno;
+    } else if (unlinkat(dirfd, name, 0) != 0) {
+        err = errno;
+    }
+    if (err != 0 && err != ENOENT)
+        return eng_fail_at(e, err, "remove", e->job->dst, rel);
+    ident_set_remove(e->ids, rel);
+    return 0;
+}
+
+/* A directory of the source whose names changed since the record: every
+ * name of its copy the source no longer has is removed. dir_rel is its path
+ * ("" for the root). */
+static int sync_prune(struct eng *e, int sfd, int dfd, const char *dir_rel, bool root)
+{
+    int fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc = 0;
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    struct dirent *de;
+    char *rel = NULL;
+    size_t cap = 0;
+    if (!d) {
+        if (fd >= 0)
+            close(fd);
+        return eng_fail_at(e, errno, "read directory", e->job->dst, dir_rel);
+    }
+    while (rc == 0 && (errno = 0, de = readdir(d)) != NULL) {
+        struct stat s;
+        size_t need = strlen(dir_rel) + strlen(de->d_name) + 2;
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        /* The empty lost+found of a destination filesystem's root stays. */
+        if (root && e->job->dst_preexisted && strcmp(de->d_name, "lost+found") == 0)
+            continue;
+        if (fstatat(sfd, de->d_name, &s, AT_SYMLINK_NOFOLLOW) == 0)
+            continue;
+        if (errno != ENOENT) {
+            rc = eng_fail_at(e, errno, "stat", e->job->src, de->d_name);
+            break;
+        }
+        if (need > cap) {
+            rel = xrealloc(rel, need);
+            cap = need;
+        }
+        util_fmt(rel, cap, "%s%s%s", dir_rel, *dir_rel ? "/" : "", de->d_name);
+        rc = sync_remove(e, dfd, de->d_name, rel);
+    }
+    closedir(d);
+    free(rel);
+    return rc;
+}
+
+static void sync_count(struct eng *e, struct tree_walk *w, const char *name, const struct stat *st)
+{
+    e->entries++;
+    e->prog.count.phase_done = e->entries;
+    if (S_ISREG(st->st_mode)) {
+        bool fresh = true;
+        if (st->st_nlink > 1)
+            (void)eng_hl_get(&e->hl, st->st_dev, st->st_ino, &fresh);
+        if (fresh)
+            e->fin_bytes += (uint64_t)st->st_size;
+    }
+    eng_report(e, w, name);
+}
+
+/* Whether the entries of the walk's current directory are below a directory
+ * the final pass made (nothing of the record applies to them). */
+static bool sync_in_fresh(const struct eng *e, const struct tree_walk *w)
+{
+    return e->fresh_depth != 0 && w->depth >= e->fresh_depth;
+}
+
+/* A regular file whose copy can be brought up to date block by block: the
+ * record holds the block hashes of what the copy holds, and it is the only
+ * name of its inode the pass handles. */
+static bool sync_delta_ok(const struct ident_rec *r, const struct stat *st, const struct stat *d)
+{
+    return r && (r->flags & IDENT_COPIED) && r->n_blocks > 0 && S_ISREG(r->mode) &&
+           S_ISREG(st->st_mode) && S_ISREG(d->st_mode) && (uint64_t)d->st_size == r->size &&
+           st->st_size >= (off_t)IDENT_BLOCK_MIN && st->st_nlink == 1 && d->st_nlink == 1;
+}
+
+/* Rewrites only the changed blocks of the copy of a large file. */
+static int sync_delta(struct eng *e, struct tree_walk *w, const char *name, const struct stat *st,
+                      const uint64_t *old, uint32_t n_old, struct ident_blocks *nb,
+                      struct stat *copied, uint64_t *written)
+{
+    int sfd = openat(tree_walk_fd(w, 0), name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC), dfd, rc;
+    bool on_write;
+    struct stat after;
+    if (sfd < 0)
+        return eng_fail_w(e, w, errno == ENOENT ? ESTALE : errno, "open", e->job->src, name);
+    dfd = openat(tree_walk_fd(w, 1), name, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (dfd < 0) {
+        rc = errno;
+        close(sfd);
+        return eng_fail_w(e, w, rc, "open", e->job->dst, name);
+    }
+    e->cur_w = w;
+    e->cur_name = name;
+    rc = copy_delta(&e->cc, sfd, dfd, st, old, n_old, nb, written, &on_write);
+    e->cur_w = NULL;
+    if (rc == 0 && (fstat(sfd, &after) != 0 || after.st_ino != st->st_ino ||
+                    after.st_size != st->st_size || !eng_same_times(&after, st)))
+        rc = -ESTALE;
+    if (rc == 0)
+        rc = copy_meta_fd(&e->cc, sfd, dfd, st, e->is_root);
+    close(sfd);
+    if (close(dfd) != 0 && rc == 0)
+        rc = -errno;
+    if (rc != 0)
+        return eng_fail_w(e, w, -rc,
+                          rc == -ESTALE ? ""
+                          : on_write    ? "write"
+                                        : "update",
+                          on_write ? e->job->dst : e->job->src, name);
+    *copied = after;
+    return 0;
+}
+
+/* Copies one changed or new entry that is not a directory over whatever
+ * the copy holds at its name. */
+static int sync_copy(struct eng *e, struct tree_walk *w, const char *name, const struct stat *st,
+                     const char *rel, const struct ident_rec *r, bool fresh_dir)
+{
+    int ddir = tree_walk_fd(w, 1), rc = 0;
+    struct stat d, copied = *st;
+    bool have_d = !fresh_dir && fstatat(ddir, name, &d, AT_SYMLINK_NOFOLLOW) == 0;
+    bool suspect = eng_in_granule(e, w, st);
+    struct hl_slot *hs = NULL;
+    struct ident_blocks nb;
+    uint64_t *old = NULL, written = 0, keep = e->prog.count.bytes_copied;
+    uint32_t n_old = 0;
+    char *target = NULL, *rel_copy = xstrdup(rel);
+
+    if (S_ISREG(st->st_mode) && st->st_nlink > 1) {
+        bool fresh;
+        hs = eng_hl_get(&e->hl, st->st_dev, st->st_ino, &fresh);
+    }
+    if (r && have_d && !suspect && !hs && sync_delta_ok(r, st, &d)) {
+        n_old = r->n_blocks;
+        old = xmalloc(n_old * sizeof *old);
+        memcpy(old, r->blocks, n_old * sizeof *old);
+    }
+    ident_blocks_init(&nb);
+    if (r && sync_forget(e, rel_copy, st) != 0)
+        goto fail;
+    if (old) {
+        rc = sync_delta(e, w, name, st, old, n_old, &nb, &copied, &written);
+        ident_blocks_finish(&nb);
+    } else if (hs && hs->dst_rel) {
+        /* Another name of this inode is in the copy already: one more link. */
+        const char *base;
+        int pfd;
+        if (have_d && S_ISREG(d.st_mode) && d.st_ino == hs->dst_ino)
+            goto done; /* it is that link already */
+        if (have_d && sync_remove(e, ddir, name, rel_copy) != 0)
+            goto fail;
+        pfd = eng_open_parent_of(e->dstfd, hs->dst_rel, &base);
+        if (pfd < 0)
+            rc = eng_fail_at(e, errno, "open", e->job->dst, hs->dst_rel);
+        else if (linkat(pfd, base, ddir, name, 0) != 0)
+            rc = eng_fail_w(e, w, errno, "create hard link", e->job->dst, name);
+        if (pfd >= 0)
+            close(pfd);
+    } else {
+        if (have_d && sync_remove(e, ddir, name, rel_copy) != 0)
+            goto fail;
+        if (S_ISREG(st->st_mode)) {
+            rc = eng_copy_file(e, w, name, st, &copied,
+                               st->st_size >= (off_t)IDENT_BLOCK_MIN ? &nb : NULL);
+            if (rc == 0)
+                ident_blocks_finish(&nb);
+            written = (uint64_t)st->st_size;
+        } else {
+            if (S_ISLNK(st->st_mode))
+                rc = eng_copy_symlink(e, w, name, st);
+            else if (mknodat(ddir, name, (st->st_mode & S_IFMT) | 0600, st->st_rdev) != 0)
+                rc = eng_fail_w(e, w, errno, "create", e->job->dst, name);
+            if (rc == 0 &&
+                (rc = copy_meta_at(&e->cc, tree_walk_fd(w, 0), ddir, name, st, e->is_root)) != 0)
+                rc = eng_fail_w(e, w, rc == -ENOENT ? ESTALE : -rc, "set attributes of",
+                                e->job->dst, name);
+        }
+        if (rc == 0 && hs) {
+            struct stat h;
+            hs->dst_rel = xstrdup(rel_copy);
+            if (fstatat(ddir, name, &h, AT_SYMLINK_NOFOLLOW) == 0)
+                hs->dst_ino = h.st_ino;
+        }
+    }
+    if (rc != 0)
+        goto fail;
+    if (S_ISREG(st->st_mode) && e->cc.checksum) {
+        /* The verify pass compares the copy with what was read here. */
+        bool fresh;
+        struct hl_slot *s = eng_hl_get(&e->synced, st->st_dev, st->st_ino, &fresh);
+        uint64_t h = 0;
+        int fd = openat(ddir, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0 || copy_hash_content(&e->cc, fd, &h) != 0)
+            rc = eng_fail_w(e, w, errno ? errno : EIO, "read", e->job->dst, name);
+        if (fd >= 0)
+            close(fd);
+        s->hash = h;
+        if (rc != 0)
+            goto fail;
+    }
+done:
+    if (S_ISLNK(st->st_mode)) {
+        size_t cap = (size_t)st->st_size + 2;
+        ssize_t n;
+        target = xmalloc(cap);
+        n = readlinkat(ddir, name, target, cap);
+        if (n < 0 || (size_t)n >= cap)
+            n = 0;
+        target[n] = '\0';
+    }
+    rc = sync_put(e, rel_copy, &copied, IDENT_COPIED | (suspect ? IDENT_SUSPECT : 0), &nb, target);
+    ident_blocks_free(&nb);
+    free(target);
+    free(old);
+    free(rel_copy);
+    e->prog.count.bytes_copied = keep;
+    if (rc != 0)
+        return -1;
+    src_record_add(&e->rec, &copied);
+    e->synced_files++;
+    e->synced_bytes += written;
+    return 0;
+fail:
+    ident_blocks_free(&nb);
+    free(old);
+    free(rel_copy);
+    e->prog.count.bytes_copied = keep;
+    return -1;
+}
+
+static int sync_entry(struct tree_walk *w, const char *name, const struct stat *st)
+{
+    struct eng *e = w->arg;
+    bool fresh_dir = sync_in_fresh(e, w);
+    const char *rel = sync_rel(e, w, name);
+    const struct ident_rec *r = fresh_dir ? NULL : ident_set_get(e->ids, rel);
+    if (eng_stop_code(e) != 0)
+        return -1;
+    sync_count(e, w, name, st);
+    if (sync_unchanged(r, st)) {
+        if (S_ISREG(st->st_mode) && st->st_nlink > 1) {
+            bool fresh;
+            struct hl_slot *hs = eng_hl_get(&e->hl, st->st_dev, st->st_ino, &fresh);
+            struct stat d;
+            if (!hs->dst_rel && fstatat(tree_walk_fd(w, 1), name, &d, AT_SYMLINK_NOFOLLOW) == 0) {
+                hs->dst_rel = xstrdup(rel);
+                hs->dst_ino = d.st_ino;
+            }
+        }
+        src_record_add(&e->rec, st);
+        return 0;
+    }
+    return sync_copy(e, w, name, st, rel, r, fresh_dir);
+}
+
+static int sync_dir_pre(struct tree_walk *w, const char *name, const struct stat *st)
+{
+    struct eng *e = w->arg;
+    bool fresh_dir = sync_in_fresh(e, w);
+    const char *rel = sync_rel(e, w, name);
+    int ddir = tree_walk_fd(w, 1);
+    struct stat d;
+    if (eng_stop_code(e) != 0)
+        return -1;
+    sync_count(e, w, name, st);
+    if (!fresh_dir && fstatat(ddir, name, &d, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(d.st_mode)) {
+        src_record_add(&e->rec, st);
+        return 0;
+    }
+    if (!fresh_dir) {
+        char *rel_copy = xstrdup(rel);
+        int rc = sync_remove(e, ddir, name, rel_copy);
+        free(rel_copy);
+        if (rc != 0)
+            return -1;
+    }
+    if (mkdirat(ddir, name, 0700) != 0)
+        return eng_fail_w(e, w, errno, "create directory", e->job->dst, name);
+    /* Nothing the record says applies below a directory made now. */
+    if (e->fresh_depth == 0)
+        e->fresh_depth = w->depth + 1;
+    e->synced_files++;
+    src_record_add(&e->rec, st);
+    return 0;
+}
+
+static int sync_dir_post(struct tree_walk *w, const char *name, const struct stat *st,
+                         const int fds[2])
+{
+    struct eng *e = w->arg;
+    bool fresh_here = e->fresh_depth != 0 && w->depth + 1 >= e->fresh_depth;
+    const char *rel;
+    const struct ident_rec *r;
+    bool changed;
+    struct stat after, d;
+    int rc;
+    if (e->fresh_depth == w->depth + 1)
+        e->fresh_depth = 0;
+    rel = sync_rel(e, w, name);
+    r = fresh_here ? NULL : ident_set_get(e->ids, rel);
+    changed = fresh_here || !sync_unchanged(r, st);
+    if (changed && !fresh_here) {
+        char *rel_copy = xstrdup(rel);
+        rc = sync_prune(e, fds[0], fds[1], rel_copy, false);
+        free(rel_copy);
+        if (rc != 0)
+            return -1;
+    }
+    /* Its names changed while the pass was in it: the server still runs. */
+    if (fstat(fds[0], &after) != 0 || !eng_same_times(&after, st))
+        return eng_fail_w(e, w, ESTALE, "", e->job->src, name);
+    if (changed || fstat(fds[1], &d) != 0 || !eng_same_mtime(&d, st)) {
+        rc = copy_meta_fd(&e->cc, fds[0], fds[1], st, e->is_root);
+        if (rc != 0)
+            return eng_fail_w(e, w, -rc, "set attributes of", e->job->dst, name);
+    }
+    if (changed)
+        return sync_put(e, sync_rel(e, w, name), st,
+                        IDENT_COPIED | (eng_in_granule(e, w, st) ? IDENT_SUSPECT : 0), NULL, NULL);
+    return 0;
+}
+
+/* The final pass: the copy becomes the source as it is now. */
+static int eng_sync(struct eng *e)
+{
+    static const struct tree_walk_ops ops = {sync_entry, sync_dir_pre, sync_dir_post, NULL};
+    struct stat after;
+    int rc;
+    (void)eng_phase(e, PHASE_SYNCING, e->prog.count.files_total);
+    e->entries = 0;
+    e->fin_bytes = 0;
+    if (eng_walk_source(e, &ops, true) != 0)
+        return -1;
+    eng_hl_free(&e->hl); /* the verify pass uses it afresh */
+    /* The root's names: pruned every time (the record has no entry for it). */
+    if (sync_prune(e, e->srcfd, e->dstfd, "", true) != 0)
+        return -1;
+    if (fstat(e->srcfd, &after) != 0 || !eng_same_times(&after, &e->src_st))
+        return eng_fail_at(e, ESTALE, "", e->job->src, NULL);
+    rc = copy_meta_fd(&e->cc, e->srcfd, e->dstfd, &e->src_st, e->is_root);
+    if (rc != 0)
+        return eng_fail_at(e, -rc, "set attributes of", e->job->dst, NULL);
+    if (eng_recheck(e) != 0)
+        return -1;
+    e->prog.count.files_total = e->prog.count.files_copied = e->entries;
+    e->prog.count.bytes_total = e->prog.count.bytes_copied = e->fin_bytes;
+    (void)clock_gettime(CLOCK_REALTIME, &e->copy_end);
+    if (syncfs(e->dstfd) != 0)
+        return eng_fail_at(e, errno, "sync", e->job->dst, NULL);
+    return 0;
+}
+
+/* The copy this move made, as the journal recorded it: 1 when it is there
+ * (e->dstfd open on it), else the move fails naming what is there. */
+static int eng_adopt_dst(struct eng *e, char *state, size_t size)
+{
+    const struct engine_job *job = e->job;
+    struct stat lf;
+    int dst;
+    e->dst_preexisted = job->dst_preexisted;
+    e->dst_orig = job->dst_orig;
+    e->made_parents = xcalloc(job->n_made + 1, sizeof(char *));
+    for (size_t i = 0; i < job->n_made; i++)
+        e->made_parents[e->n_made++] = xstrdup(job->made_parents[i]);
+    dst = eng_look_dst(e, state, size);
+    if (dst != 1)
+        return dst;
+    e->dst_created = !job->dst_preexisted;
+    if (job->dst_preexisted)
+        e->dst_had_lf = fstatat(e->dstfd, "lost+found", &lf, AT_SYMLINK_NOFOLLOW) == 0;
+    return 1;
+}
+
+/* A failed commit: a source still changing keeps the copy and its record
+ * (the move is ready again); anything else removes the copy. */
+static int eng_commit_failed(struct eng *e)
+{
+    int rc;
+    if (e->res->code == CODE_SOURCE_CHANGED &&
+        (e->prog.phase == PHASE_SYNCING || e->prog.phase == PHASE_VERIFYING)) {
+        rc = ident_set_save(e->ids, e->job->ident_path);
+        if (rc == 0) {
+            e->res->back_to_ready = true;
+            return -1;
+        }
+        LOG(LOG_ERROR, "cannot save the record of the prepared copy; removing the copy",
+            LF_S("path", e->job->ident_path), LF_S("reason", strerror(-rc)));
+    }
+    eng_rollback(e);
+    return -1;
+}
+
+int eng_commit(struct eng *e)
+{
+    char state[256];
+    int rc;
+    (void)eng_phase(e, PHASE_SYNCING, e->job->files_copied);
+    e->prog.count.files_total = e->prog.count.files_copied = e->job->files_copied;
+    e->prog.count.bytes_total = e->prog.count.bytes_copied = e->job->bytes_copied;
+    e->committing = true;
+    if (eng_open_src_parent(e) != 0)
+        return -1;
+    e->srcfd = openat(e->src_pfd, e->src_base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (e->srcfd < 0 || fstat(e->srcfd, &e->src_st) != 0)
+        return eng_fail_at(e, errno, "open", e->job->src, NULL);
+    if (e->job->src_id.known &&
+        (e->src_st.st_dev != e->job->src_id.dev || e->src_st.st_ino != e->job->src_id.ino))
+        return eng_fail(e, CODE_SOURCE_CHANGED,
+                        "%s is no longer the directory that was prepared; nothing was touched",
+                        e->job->src);
+    e->src_dev = e->src_st.st_dev;
+    e->grain = 2000000000;
+    eng_note_grain(e, &e->src_st);
+    rc = eng_adopt_dst(e, state, sizeof state);
+    if (rc != 1)
+        return eng_fail(e, CODE_IO_ERROR,
+                        "the prepared copy at %s is %s, not the directory this move made; "
+                        "nothing was touched",
+                        e->job->dst, state);
+    copy_caps_load(&e->cc.caps, e->src_dev, e->job->dst_id.dev);
+    rc = ident_set_load(&e->ids, e->job->ident_path);
+    if (rc != 0) {
+        eng_fail(e, CODE_IO_ERROR, "cannot read the record of the prepared copy %s: %s",
+                 e->job->ident_path, strerror(-rc));
+        eng_rollback(e);
+        return -1;
+    }
+    if (eng_sync(e) != 0 || eng_verify(e) != 0)
+        return eng_commit_failed(e);
+    e->res->bytes_synced = e->synced_bytes;
+    e->res->files_synced = e->synced_files;
+    LOG(LOG_INFO, "final pass done", LF_S("src", e->job->src), LF_U("files", e->synced_files),
+        LF_U("bytes", e->synced_bytes), LF_U("entries", e->entries));
+    if (eng_check_source(e) != 0 || eng_lock_for_cleaning(e) != 0) {
+        eng_rollback(e);
+        return -1;
+    }
+    copy_caps_save(&e->cc.caps);
+    e->res->bytes_copied = e->prog.count.bytes_copied;
+    e->res->files_copied = e->prog.count.files_copied;
+    if (eng_clean(e) != 0)
+        eng_clean_stopped(e);
+    return 0;
+}
+
+int eng_discard(struct eng *e)
+{
+    char state[256];
+    int dst = eng_adopt_dst(e, state, sizeof state);
+    if (dst < 0)
+        return eng_fail(e, CODE_NEEDS_ATTENTION,
+                        "the prepared copy at %s is %s, not the directory this move made; "
+                        "nothing was removed",
+                        e->job->dst, state);
+    if (dst == 1)
+        eng_rollback(e);
+    else
+        for (size_t i = e->n_made; i-- > 0;)
+            (void)rmdir(e->made_parents[i]);
+    if (eng_stop_code(e) != 0)
+        return -1;
+    return eng_fail(e, CODE_CANCELLED, "the prepared copy was discarded");
+}
