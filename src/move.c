@@ -524,6 +524,16 @@ static bool move_step_rests(struct move *m, const struct progress_item *it)
     char why[MOVE_ERROR_MAX];
     util_fmt(why, sizeof why, "%s", m->stop_why);
     if (m->mode == ENGINE_PREPARE && it->code == CODE_NONE) {
+        /* What the preparation copied (its last report may be older). */
+        struct move_counters *c = &m->st.count;
+        if (it->count.bytes_copied > c->bytes_copied)
+            c->bytes_copied = it->count.bytes_copied;
+        if (it->count.files_copied > c->files_copied)
+            c->files_copied = it->count.files_copied;
+        if (c->bytes_total < c->bytes_copied)
+            c->bytes_total = c->bytes_copied;
+        if (c->files_total < c->files_copied)
+            c->files_total = c->files_copied;
         move_enter_ready(m, CODE_NONE, NULL);
     } else if (m->mode == ENGINE_COMMIT && it->back_to_ready) {
         m->bytes_synced = it->bytes_synced;
@@ -726,6 +736,14 @@ static int move_start_worker(struct move *m, enum engine_mode mode, int stop_cod
         w->mode = mode;
         ring_init(&w->ring);
         atomic_store(&w->stop, stop_code);
+        /* What the steps before found: the destination's identity (made
+         * by the preparation) and the counts of the prepared copy. */
+        if (m->jr) {
+            w->src_id = m->jr->src_id;
+            w->dst_id = m->jr->dst_id;
+            w->resume_phase = m->jr->phase;
+        }
+        w->resumed = m->st.count;
     }
     /* Always: it also tells a stopped worker that does not come back. */
     uv_timer_start(&m->limit, move_on_limit, 1000, 1000);
