@@ -118,7 +118,7 @@ struct move {
     uint64_t commit_mono_ms;             /* the owner's: when the current commit arrived */
     uint64_t bytes_synced, files_synced; /* the last commit's final pass */
     bool ready_held;                     /* the owner's: ready not yet recorded (see agent.c) */
-    uint64_t last_progress_ms; /* last time a counter or the phase moved */
+    uint64_t last_progress_ms;           /* last time a counter or the phase moved */
     uint64_t last_frame_ms, last_log_ms, phase_started_ms;
     uint64_t entries, last_frame_entries; /* entries processed in this phase */
     uint64_t last_frame_bytes;

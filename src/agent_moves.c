@@ -303,9 +303,9 @@ static char *agent_ready_answer(const struct move *m)
     cJSON_AddStringToObject(d, "method", m->st.rename ? "rename" : "copy");
     json_add_u64(d, "bytesCopied", m->st.count.bytes_copied);
     json_add_u64(d, "filesCopied", m->st.count.files_copied);
-    json_add_u64(d, "durationMs", m->ready_at_wall_ms > m->st.started_at_ms
-                                      ? m->ready_at_wall_ms - m->st.started_at_ms
-                                      : 0);
+    json_add_u64(
+        d, "durationMs",
+        m->ready_at_wall_ms > m->st.started_at_ms ? m->ready_at_wall_ms - m->st.started_at_ms : 0);
     printed = cJSON_PrintUnformatted(d);
     cJSON_Delete(d);
     if (!printed)

@@ -252,7 +252,8 @@ static void agent_recover_one(void *arg, struct journal_rec *r)
         }
         journal_rec_state(r, &st);
         if (r->prepared && !r->ready_delivered && r->ready_answer) {
-            LOG(LOG_INFO, "the prepare's answer was not yet delivered; it is sent again after hello",
+            LOG(LOG_INFO,
+                "the prepare's answer was not yet delivered; it is sent again after hello",
                 LF_S("move", r->move_id));
             agent_send_ready_answer(a, r);
         }
@@ -281,7 +282,8 @@ static void agent_recover_one(void *arg, struct journal_rec *r)
     /* A rename not yet past its calculating phase (or a prepared one in its
      * commit) settles here, unless its fallback to copying (EXDEV) had
      * already made newPath. */
-    if (r->rename && (r->phase <= PHASE_CALCULATING || (r->prepared && r->phase == PHASE_SYNCING)) &&
+    if (r->rename &&
+        (r->phase <= PHASE_CALCULATING || (r->prepared && r->phase == PHASE_SYNCING)) &&
         (!r->dst_id.known || r->dst_preexisted)) {
         agent_settle_rename(a, r);
         return;

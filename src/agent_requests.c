@@ -164,8 +164,8 @@ static bool agent_answer_retry(struct agent *a, const char *reply, const char *m
 {
     struct agent_ended *h = move_id[0] ? agent_history_find(a, move_id) : NULL;
     for (struct move *m = a->moves; prepare && !h && move_id[0] && m; m = m->next) {
-        if (strcmp(m->st.move_id, move_id) != 0 || !m->prepared || !m->jr ||
-            !m->jr->ready_answer || m->ready_held || m->st.phase != PHASE_READY)
+        if (strcmp(m->st.move_id, move_id) != 0 || !m->prepared || !m->jr || !m->jr->ready_answer ||
+            m->ready_held || m->st.phase != PHASE_READY)
             continue;
         LOG(LOG_INFO, "prepared move is ready; its answer sent again", LF_S("move", move_id));
         if (reply) {
@@ -273,8 +273,7 @@ static void agent_accept(struct agent *a, struct agent_pending *p)
     *tail = m;
     a->n_moves++;
     LOG(LOG_INFO, p->prepare ? "prepared move accepted" : "move accepted", LF_S("move", id),
-        LF_S("server", req->server_name),
-        LF_S("old", req->old_path), LF_S("new", req->new_path),
+        LF_S("server", req->server_name), LF_S("old", req->old_path), LF_S("new", req->new_path),
         LF_S("method", m->st.rename ? "rename" : "copy"));
     m->src_ids = res->old_ids;
     m->dst_ids = res->new_ids;
@@ -653,10 +652,8 @@ static const struct {
     const char *subject;
     void (*handle)(struct agent *a, const struct frame *f, const struct origin *o);
 } handlers[] = {
-    {"server.move_data", agent_move_data},
-    {"server.move_cancel", agent_move_cancel},
-    {"server.move_status", agent_move_status},
-    {"server.move_prepare", agent_move_prepare},
+    {"server.move_data", agent_move_data},     {"server.move_cancel", agent_move_cancel},
+    {"server.move_status", agent_move_status}, {"server.move_prepare", agent_move_prepare},
     {"server.move_commit", agent_move_commit},
 };
 
@@ -685,9 +682,9 @@ static void agent_dispatch(struct agent *a, const struct frame *f)
 }
 
 /* A cancel, a commit or a status naming a server or a moveId whose
- * server.move_data or server.move_prepare arrived earlier and is still being checked waits for that request's
- * answer (at most its time limit): "data, then cancel" must find the move.
- * Everything else is handled at once, whatever the checks do. */
+ * server.move_data or server.move_prepare arrived earlier and is still being checked waits for that
+ * request's answer (at most its time limit): "data, then cancel" must find the move. Everything
+ * else is handled at once, whatever the checks do. */
 static bool agent_must_wait(struct agent *a, const struct frame *f)
 {
     struct move_selector sel;

@@ -475,8 +475,8 @@ static int cli_discard(struct cli_live *lv)
         cli_print_json(d);
     }
     fprintf(stderr, "hostagent move: cancelled: %s%s; %s is untouched\n",
-            lv->job->rename ? "nothing was moved" : "the copy at ", lv->job->rename ? "" : lv->new_arg,
-            lv->old_arg);
+            lv->job->rename ? "nothing was moved" : "the copy at ",
+            lv->job->rename ? "" : lv->new_arg, lv->old_arg);
     return 1;
 }
 
@@ -510,9 +510,9 @@ static int cli_live_run(struct cli_live *lv)
         job->mode = ENGINE_PREPARE;
         if (engine_run(job, &res) != 0) {
             if (lv->json)
-                cli_emit(lv->cm, &(struct engine_progress){.phase = res.code == CODE_CANCELLED
-                                                                        ? PHASE_CANCELLED
-                                                                        : PHASE_ERROR},
+                cli_emit(lv->cm,
+                         &(struct engine_progress){
+                             .phase = res.code == CODE_CANCELLED ? PHASE_CANCELLED : PHASE_ERROR},
                          res.code, res.error);
             if (lv->cm->drawn)
                 putchar('\n');
@@ -542,14 +542,16 @@ static int cli_live_run(struct cli_live *lv)
     fmt_bytes(size, sizeof size, bytes);
     /* With --json, stdout holds JSON lines only: the words go to stderr. */
     if (job->rename)
-        fprintf(human, "ready: %s and %s are on one filesystem: the commit renames, nothing to copy ahead",
-               lv->old_arg, lv->new_arg);
+        fprintf(human,
+                "ready: %s and %s are on one filesystem: the commit renames, nothing to copy ahead",
+                lv->old_arg, lv->new_arg);
     else
         fprintf(human, "ready: copied %llu entries, %s in %.2f s while the server ran",
-               (unsigned long long)files, size, (double)prepared_ms / 1000.0);
+                (unsigned long long)files, size, (double)prepared_ms / 1000.0);
     if (lv->commit_after >= 0)
-        fprintf(human, "; stop the server: committing in %ld s (Enter commits now, Ctrl-C cancels)\n",
-               lv->commit_after);
+        fprintf(human,
+                "; stop the server: committing in %ld s (Enter commits now, Ctrl-C cancels)\n",
+                lv->commit_after);
     else
         fprintf(human, "; stop the server, then press Enter to commit (Ctrl-C cancels)\n");
     fflush(human);
@@ -614,6 +616,7 @@ static int cli_live_main(struct cli_move *cm, struct engine_job *job, atomic_int
                          long commit_after, bool json, const char *old_arg, const char *new_arg)
 {
     struct cli_live lv;
+    const char *tmp;
     int rc;
     memset(&lv, 0, sizeof lv);
     lv.cm = cm;
@@ -625,8 +628,10 @@ static int cli_live_main(struct cli_move *cm, struct engine_job *job, atomic_int
     lv.new_arg = new_arg;
     /* The identity record lives in a directory only we can read, gone at
      * exit (the daemon keeps its own in state_dir). */
-    util_fmt(lv.dir, sizeof lv.dir, "%s/hostagent-live-XXXXXX",
-             getenv("TMPDIR") && strlen(getenv("TMPDIR")) < 24 ? getenv("TMPDIR") : "/tmp");
+    tmp = getenv("TMPDIR");
+    if (!tmp || tmp[0] != '/' || strlen(tmp) >= 24)
+        tmp = "/tmp";
+    util_fmt(lv.dir, sizeof lv.dir, "%s/hostagent-live-XXXXXX", tmp);
     if (!mkdtemp(lv.dir)) {
         fprintf(stderr, "hostagent move: io_error: cannot make a temporary directory %s: %s\n",
                 lv.dir, strerror(errno));
@@ -677,8 +682,7 @@ int cli_move_main(int argc, char **argv)
                         "hostagent move: --commit-after takes whole seconds (0 to 86400)\n");
                 return 2;
             }
-        }
-        else if (argv[i][0] == '-' && argv[i][1] != '\0') {
+        } else if (argv[i][0] == '-' && argv[i][1] != '\0') {
             fprintf(stderr, "hostagent move: unknown option %s\n", argv[i]);
             return 2;
         } else if (nargs < 2)

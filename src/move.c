@@ -42,7 +42,7 @@ static struct move_work *work_new(const struct move_params *p)
     ring_init(&w->ring);
     /* A resumed move only cleans up: nothing to cancel any more. */
     atomic_init(&w->stop, p->mode == ENGINE_UNDO || p->mode == ENGINE_FINISH ? ENGINE_STOP_LOCKED
-                                                                              : CODE_NONE);
+                                                                             : CODE_NONE);
     atomic_init(&w->beat, 0);
     atomic_init(&w->dst_known, false);
     atomic_init(&w->dst_dev, 0);
