@@ -427,7 +427,7 @@ class PrepareTest(AgentTestCase):
         last_seq = self.manager.frames("pr-kill")[-1]["seq"]
         self.kill_agent()
         self.restart_agent(1)
-        conn = self.manager.connections[-1]
+        conn = self.manager.wait_connection(len(self.manager.connections), 20)
         hello = [m for _, m, _ in conn.messages if m and m["subject"] == "agent.hello"][0]
         self.assertEqual([(m["moveId"], m["phase"]) for m in hello["data"]["moves"]], [("pr-kill", "ready")])
         self.manager.wait_for(lambda: self.manager.frames("pr-kill")[-1]["seq"] > last_seq, 10, "a ready frame")
