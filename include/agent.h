@@ -52,6 +52,7 @@ struct agent_ended {
 /* A server.move_data request whose paths are being checked off the loop. */
 struct agent_pending {
     uint64_t seq;            /* arrival order among all requests */
+    bool prepare;            /* server.move_prepare (else server.move_data) */
     struct move_request req; /* its paths point into the strings below */
     char *old_path, *new_path;
     char *reply;

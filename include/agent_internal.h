@@ -43,6 +43,7 @@ extern const struct move_ops agent_move_ops;
 void agent_on_acked(struct transport *t, const char *key);
 void agent_resend_outcome(struct agent *a, const struct journal_rec *r,
                           const struct move_state *st);
+void agent_send_ready_answer(struct agent *a, const struct journal_rec *r);
 
 /* agent_requests.c: the requests (move_data, move_cancel, move_status) from the manager and the
  * control socket, the busy rules, the queue */

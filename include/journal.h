@@ -40,7 +40,11 @@ struct journal_rec {
     char server_name[SERVER_NAME_MAX + 1];
     char *old_path, *new_path; /* as requested */
     char *src, *dst;           /* resolved */
-    char *reply;               /* NULL: no answer wanted */
+    /* Where the answer that ends the move goes (NULL: none wanted). For a
+     * prepared move: the prepare's reply until it is ready, none while it
+     * rests in ready (a move ended then has its terminal frame only), the
+     * commit's while a commit runs. */
+    char *reply;
     bool rename;
     enum verify_mode verify;
     struct journal_id src_id; /* oldPath at acceptance */
@@ -63,6 +67,12 @@ struct journal_rec {
      * answer: the partial copy at dst still has to be rolled back. */
     bool rollback_pending;
     enum move_phase rollback_phase; /* the phase it was in then */
+    /* server.move_prepare: the copy rests in phase ready until its commit. */
+    bool prepared;
+    uint64_t ready_at_ms; /* wall clock, entering ready (prepare_ttl counts from it); 0 before */
+    char *ready_reply;    /* the prepare's reply subject, once ready (NULL: none wanted) */
+    char *ready_answer;   /* the prepare's answer at ready, printed; NULL before */
+    bool ready_delivered; /* the manager acknowledged it (a pong after it) */
 };
 
 /* Creates state_dir (and moves/) if needed and takes the lock. Fails with a
@@ -87,6 +97,19 @@ int journal_reserve(const struct journal *j, const struct journal_rec *rec);
 
 /* Fills id from lstat of path (known = false when it cannot be examined). */
 void journal_id_of(struct journal_id *id, const char *path);
+
+/* The identity record of a prepared move's copy: "<state_dir>/<moveId>.ident"
+ * (beside moves/, so the journal's scan never reads it). */
+void journal_ident_path(const struct journal *j, const char *move_id, char *buf, size_t size);
+
+/* Removes a prepared move's identity record (when the move ends). */
+void journal_ident_remove(const struct journal *j, const char *move_id);
+
+/* At start, after the records were loaded: removes every "<id>.ident" in
+ * state_dir whose id keep() does not claim (its move ended or is unknown: a
+ * crash between the move's end and the file's removal). */
+void journal_sweep_idents(const struct journal *j, bool (*keep)(void *arg, const char *move_id),
+                          void *arg);
 
 /* Removes a move's record and its slot. */
 void journal_remove(const struct journal *j, const char *move_id);

@@ -30,6 +30,12 @@ struct move_ops {
     /* The worker of a move that ended without it came back (its rollback is
      * done); the owner calls move_close(). */
     void (*released)(struct move *m);
+    /* A prepared move entered phase ready: its preparation succeeded (code
+     * CODE_NONE), or a commit met a source still changing and the move is
+     * ready again (code and error: that commit's failure). No frame was
+     * sent: the owner records the state, then calls move_announce() and
+     * answers. */
+    void (*ready)(struct move *m, enum move_code code, const char *error);
 };
 
 /* A move is made from its journal record: its identity, the paths as
@@ -51,6 +57,10 @@ struct move_params {
     /* A move that has already ended (jr terminal) and only needs its
      * rollback finished: no frames, ops->released at the end. */
     bool silent;
+    /* A prepared move (jr->prepared; mode ENGINE_PREPARE for a new one):
+     * found in phase ready at start when jr says so (it rests, no worker). */
+    const char *ident_path;  /* its identity record in state_dir */
+    uint64_t prepare_ttl_ms; /* 0: it may rest in ready for ever */
 };
 
 #define MOVE_RATE_SAMPLES 24
@@ -99,7 +109,16 @@ struct move {
     struct journal_rec *jr;        /* the owner's, until it takes it at the end */
     enum engine_mode mode;
     uint64_t move_timeout_ms, stall_timeout_ms;
-    uint64_t last_progress_ms; /* last time a counter or the phase moved */
+    /* A prepared move: one worker per step (prepare, commit, discard); in
+     * between it rests in ready without one. move_timeout counts the steps'
+     * time only (worked_ms: the steps before the current one). */
+    bool prepared, resting;
+    uint64_t prepare_ttl_ms, ready_at_wall_ms;
+    uint64_t worked_ms;
+    uint64_t commit_mono_ms;             /* the owner's: when the current commit arrived */
+    uint64_t bytes_synced, files_synced; /* the last commit's final pass */
+    bool ready_held;                     /* the owner's: ready not yet recorded (see agent.c) */
+    uint64_t last_progress_ms;           /* last time a counter or the phase moved */
     uint64_t last_frame_ms, last_log_ms, phase_started_ms;
     uint64_t entries, last_frame_entries; /* entries processed in this phase */
     uint64_t last_frame_bytes;
@@ -127,10 +146,35 @@ void move_queue(struct move *m);
 int move_run(struct move *m);
 
 /* Asks a running move to stop with code (cancelled, shutting_down, timeout)
- * and why (its error text); ends a queued one at once. Returns 0 when taken
+ * and why (its error text); ends a queued one at once. A prepared move
+ * resting in ready is discarded: a worker removes its copy, then it ends
+ * with code (at once for a rename: nothing was made). Returns 0 when taken
  * (or a stop is already under way), -EBUSY when the move is cleaning (its
  * copy is whole: it will complete), -ENOENT after its end. */
 int move_stop(struct move *m, enum move_code code, const char *why);
+
+/* Sends a frame of the move's state now (a phase change: never merged):
+ * the owner's announcement of a move resumed from the journal, or of one
+ * that entered ready (ops->ready). */
+void move_announce(struct move *m);
+
+/* A prepared move resting in ready, no worker. */
+bool move_is_resting(const struct move *m);
+
+/* Starts the commit of a move resting in ready: a worker in ENGINE_COMMIT
+ * mode, at once (no slot needed). 0, or negative errno (the move then ended
+ * in error through ops->ended). */
+int move_commit(struct move *m);
+
+/* The worker in this step counts against max_concurrent_moves: a move's
+ * copy (or a resumed rollback), not a commit or a discard. */
+bool move_holds_slot(const struct move *m);
+
+/* Changes the move's journal record with fn and writes it, under the
+ * worker block's lock (safe while a worker runs: it writes the record under
+ * the same lock). 0, or negative errno of the write; -ENOENT when the record
+ * is no longer the move's to write. */
+int move_record_update(struct move *m, void (*fn)(struct journal_rec *jr, void *arg), void *arg);
 
 /* The worker thread exists (running, or stuck after the move ended). */
 bool move_is_running(const struct move *m);

@@ -21,8 +21,11 @@
  *
  *   field            written by                        read by
  *   ---------------  --------------------------------  --------------------------------
- *   job inputs       loop, once, before the thread     worker (engine_job); loop (src,
- *   (src .. bytes)   starts; never again               dst for the busy checks)
+ *   job inputs       loop, before each thread starts   worker (engine_job); loop (src,
+ *   (src .. bytes)   (a prepared move runs one thread  dst for the busy checks)
+ *                    per step: prepare, commit,
+ *                    discard), never while one runs
+ *   ring             loop (reset before each thread)   --
  *   thread           loop (create)                     loop (join, detach)
  *   ring             worker (push)                     loop (pop, take_kept): SPSC
  *   stop             loop (CAS from 0: a stop code)    worker (between chunks, entries)
@@ -59,6 +62,7 @@ struct move_work {
     /* The job's inputs: copies (the worker may outlive the move and its
      * record), taken from the move's journal record at move_init. */
     char *src, *dst, *src_root, *dst_root;
+    char *ident_path; /* a prepared move's identity record (NULL otherwise) */
     char **made_parents;
     size_t n_made;
     bool dst_preexisted;

@@ -19,9 +19,13 @@ struct progress_item {
     enum progress_kind kind;
     enum move_phase phase;
     struct move_counters count;
-    enum move_code code;            /* PROGRESS_END only */
-    char error[MOVE_ERROR_MAX];     /* PROGRESS_END only */
-    bool warning;                   /* PROGRESS_END: a success; code and error are its warning */
+    enum move_code code;        /* PROGRESS_END only */
+    char error[MOVE_ERROR_MAX]; /* PROGRESS_END only */
+    bool warning;               /* PROGRESS_END: a success; code and error are its warning */
+    /* PROGRESS_END of a commit: what its final pass copied, and whether it
+     * failed with the copy kept (the move is ready again). */
+    bool back_to_ready;
+    uint64_t bytes_synced, files_synced;
     char current[MOVE_CURRENT_MAX]; /* relative path, "" when none */
 };
 

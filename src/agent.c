@@ -103,7 +103,8 @@ static void agent_teardown(struct agent *a)
         a->moves = m->next;
         a->n_moves--;
         move_detach(m);
-        journal_rec_free(m->jr); /* its file stays: the next start finishes it */
+        /* Its file stays: the next start finishes it (or finds it ready). */
+        journal_rec_free(m->jr);
         m->jr = NULL;
         move_close(m, agent_free_move);
     }
@@ -193,6 +194,8 @@ static void agent_maybe_finish_stop(struct agent *a)
     if (!a->stopping || a->torn_down || a->stop_finishing)
         return;
     for (struct move *m = a->moves; m; m = m->next) {
+        if (move_is_resting(m))
+            continue; /* a prepared move in ready stays ready (its record says so) */
         if (m->st.phase != PHASE_CLEANING || !agent_left_behind(a, m, now))
             return; /* it ends (or is ended) by itself */
         stuck++;
@@ -239,7 +242,10 @@ static void agent_stop(struct agent *a, const char *signame)
     uv_timer_stop(&a->heartbeat);
     for (m = a->moves; m; m = next) {
         next = m->next; /* a queued move ends (and leaves the list) at once */
-        move_stop(m, CODE_SHUTTING_DOWN, "the agent is shutting down");
+        /* A prepared move resting in ready keeps its copy: it is still ready
+         * after the restart, and the manager may commit it then. */
+        if (!move_is_resting(m))
+            move_stop(m, CODE_SHUTTING_DOWN, "the agent is shutting down");
     }
     /* Requests still being checked: answered now, their checks forgotten. */
     while (a->pending) {

@@ -231,6 +231,14 @@ static void agent_on_ended(struct move *m)
     struct agent_ended *h;
     uint64_t dur = m->st.ended_at_ms - m->st.started_at_ms;
 
+    if (m->prepared && m->st.phase == PHASE_COMPLETE && m->commit_mono_ms) {
+        /* A commit's answer: the stop it cost, and what its final pass copied. */
+        json_add_u64(answer, "downtimeMs", util_mono_ms() - m->commit_mono_ms);
+        json_add_u64(answer, "bytesSynced", m->bytes_synced);
+        json_add_u64(answer, "filesSynced", m->files_synced);
+        cJSON_free(printed);
+        printed = cJSON_PrintUnformatted(answer);
+    }
     util_fmt_rate(rate, sizeof rate, dur ? m->st.count.bytes_copied * 1000u / dur : 0);
     LOG(m->st.phase == PHASE_COMPLETE && !m->st.warning_code ? LOG_INFO : LOG_WARN, "move ended",
         LF_S("move", m->st.move_id), LF_S("server", m->st.server_name),
@@ -280,9 +288,139 @@ static void agent_on_ended(struct move *m)
         m->next = a->orphans;
         a->orphans = m;
     } else {
+        if (m->prepared) /* its worker is gone: the copy's record goes with the move */
+            journal_ident_remove(&a->journal, m->st.move_id);
         move_close(m, agent_free_move);
     }
     a->move_gone(a, false);
+}
+
+/* The prepare's answer at ready: the request's fields, what was copied, and
+ * how long the preparation took (acceptance to ready). */
+static char *agent_ready_answer(const struct move *m)
+{
+    cJSON *d = cJSON_CreateObject();
+    char *printed, *out;
+    cJSON_AddTrueToObject(d, "success");
+    cJSON_AddStringToObject(d, "moveId", m->st.move_id);
+    cJSON_AddStringToObject(d, "serverName", m->st.server_name);
+    cJSON_AddStringToObject(d, "oldPath", m->st.old_path);
+    cJSON_AddStringToObject(d, "newPath", m->st.new_path);
+    cJSON_AddStringToObject(d, "method", m->st.rename ? "rename" : "copy");
+    json_add_u64(d, "bytesCopied", m->st.count.bytes_copied);
+    json_add_u64(d, "filesCopied", m->st.count.files_copied);
+    json_add_u64(
+        d, "durationMs",
+        m->ready_at_wall_ms > m->st.started_at_ms ? m->ready_at_wall_ms - m->st.started_at_ms : 0);
+    printed = cJSON_PrintUnformatted(d);
+    cJSON_Delete(d);
+    if (!printed)
+        util_oom(0);
+    out = xstrdup(printed);
+    cJSON_free(printed);
+    return out;
+}
+
+/* Sends the prepare's recorded answer (acknowledged like a terminal answer:
+ * kept until a pong, sent again after the next hello). */
+void agent_send_ready_answer(struct agent *a, const struct journal_rec *r)
+{
+    char key[MOVE_ID_MAX + 16];
+    cJSON *d;
+    if (!r->ready_reply || !r->ready_answer)
+        return;
+    d = cJSON_Parse(r->ready_answer);
+    ack_key(key, sizeof key, "ready", r->move_id);
+    agent_send(a, r->ready_reply, d ? d : cJSON_CreateObject(), NULL, true, key);
+}
+
+/* Records a prepared move's first entry into ready: the record in phase
+ * ready with the prepare's answer, whose reply subject moves from `reply`
+ * (the answer that ends the move) to `readyReply`: a move ended while it
+ * rests in ready has its terminal frame only. No worker runs. 0 or -errno;
+ * on a failure the record in memory is as before. */
+static int agent_record_ready(struct agent *a, struct move *m)
+{
+    struct journal_rec *jr = m->jr;
+    enum move_phase was = jr->phase;
+    int rc;
+    jr->phase = PHASE_READY;
+    jr->count = m->st.count;
+    jr->seq = m->st.seq;
+    jr->ready_at_ms = m->ready_at_wall_ms;
+    free(jr->ready_answer);
+    jr->ready_answer = agent_ready_answer(m);
+    jr->ready_reply = jr->reply;
+    jr->reply = NULL;
+    jr->ready_delivered = false;
+    rc = journal_write(&a->journal, jr);
+    if (rc != 0) {
+        jr->phase = was;
+        jr->reply = jr->ready_reply;
+        jr->ready_reply = NULL;
+        free(jr->ready_answer);
+        jr->ready_answer = NULL;
+    }
+    return rc;
+}
+
+/* A prepared move's ready is recorded: its frame, then the prepare's answer. */
+static void agent_announce_ready(struct agent *a, struct move *m)
+{
+    m->ready_held = false;
+    LOG(LOG_INFO, "prepared move ready; waiting for its commit", LF_S("move", m->st.move_id),
+        LF_S("server", m->st.server_name), LF_U("bytes", m->st.count.bytes_copied),
+        LF_U("files", m->st.count.files_copied),
+        LF_U("duration_ms", m->ready_at_wall_ms - m->st.started_at_ms));
+    move_announce(m);
+    agent_send_ready_answer(a, m->jr);
+}
+
+static void agent_on_ready(struct move *m, enum move_code code, const char *error)
+{
+    struct agent *a = m->owner;
+    struct journal_rec *jr = m->jr;
+    char *reply;
+    if (code == CODE_NONE) {
+        /* Like an outcome: recorded before its frame and answer go out, or
+         * held back (a restart would roll it back from its older record,
+         * and the manager would have two answers). */
+        if (agent_record_ready(a, m) == 0) {
+            agent_announce_ready(a, m);
+        } else {
+            m->ready_held = true;
+            LOG(LOG_ERROR,
+                "the prepared move's ready state cannot be recorded in the journal; its answer "
+                "is held back and recorded again every 5 s",
+                LF_S("move", m->st.move_id));
+            if (!uv_is_active((uv_handle_t *)&a->held_timer))
+                uv_timer_start(&a->held_timer, agent_on_held_timer, AGENT_HELD_RETRY_MS,
+                               AGENT_HELD_RETRY_MS);
+        }
+        return;
+    }
+    /* A commit met a source still changing: the commit is answered, the move
+     * rests in ready again with its copy and is announced so. */
+    reply = jr->reply;
+    jr->reply = NULL;
+    jr->phase = PHASE_READY;
+    jr->count = m->st.count;
+    jr->seq = m->st.seq;
+    jr->ready_at_ms = m->ready_at_wall_ms;
+    if (journal_write(&a->journal, jr) != 0)
+        LOG(LOG_ERROR, "cannot record that the prepared move is ready again",
+            LF_S("move", m->st.move_id));
+    LOG(LOG_WARN, "commit failed; the prepared move is ready again", LF_S("move", m->st.move_id),
+        LF_S("server", m->st.server_name), LF_S("code", move_code_name(code)),
+        LF_S("error", error));
+    move_announce(m);
+    if (reply) {
+        cJSON *d = protocol_failure(code, error);
+        cJSON_AddStringToObject(d, "moveId", m->st.move_id);
+        cJSON_AddStringToObject(d, "serverName", m->st.server_name);
+        agent_send(a, reply, d, NULL, true, NULL);
+        free(reply);
+    }
 }
 
 /* The worker of an ended move came back: its rollback is done. */
@@ -296,6 +434,8 @@ static void agent_on_released(struct move *m)
             break;
         }
     }
+    if (m->prepared)
+        journal_ident_remove(&a->journal, m->st.move_id);
     if (m->jr) {
         m->jr->rollback_pending = false;
         (void)journal_write(&a->journal, m->jr);
@@ -314,9 +454,35 @@ const struct move_ops agent_move_ops = {
     .frame = agent_on_frame,
     .ended = agent_on_ended,
     .released = agent_on_released,
+    .ready = agent_on_ready,
 };
 
 /* --- delivery and recovery ------------------------------------------------------ */
+
+static void set_ready_delivered(struct journal_rec *jr, void *arg)
+{
+    (void)arg;
+    jr->ready_delivered = true;
+}
+
+/* The prepare's answer is delivered: recorded so, through the move's lock
+ * while it has a worker (a commit), or in the history's record. */
+static void agent_ready_acked(struct agent *a, const char *move_id)
+{
+    struct agent_ended *h;
+    for (struct move *m = a->moves; m; m = m->next) {
+        if (strcmp(m->st.move_id, move_id) != 0 || !m->jr)
+            continue;
+        if (!m->jr->ready_delivered)
+            (void)move_record_update(m, set_ready_delivered, NULL);
+        return;
+    }
+    h = agent_history_find(a, move_id);
+    if (h && h->jr && h->jr->ready_answer && !h->jr->ready_delivered) {
+        h->jr->ready_delivered = true;
+        (void)journal_write(&a->journal, h->jr);
+    }
+}
 
 /* The manager has it: a pong came for a ping sent after the message. A move's
  * outcome is delivered with its answer (or, without a reply, its terminal frame). */
@@ -327,6 +493,10 @@ void agent_on_acked(struct transport *t, const char *key)
     struct agent_ended *h;
     if (!colon)
         return;
+    if (strncmp(key, "ready:", 6) == 0) {
+        agent_ready_acked(a, colon + 1);
+        return;
+    }
     h = agent_history_find(a, colon + 1);
     if (!h || !h->jr || h->jr->delivered)
         return;
@@ -337,11 +507,23 @@ void agent_on_acked(struct transport *t, const char *key)
     }
 }
 
-/* Records the held outcomes again; each one recorded is sent at last. */
+/* Records the held outcomes (and held ready states) again; each one
+ * recorded is sent at last. */
 static void agent_on_held_timer(uv_timer_t *t)
 {
     struct agent *a = container_of(t, struct agent, held_timer);
     bool still = false;
+    for (struct move *m = a->moves; m; m = m->next) {
+        if (!m->ready_held || !move_is_resting(m))
+            continue;
+        if (agent_record_ready(a, m) != 0) {
+            still = true;
+            continue;
+        }
+        LOG(LOG_INFO, "the held ready state is recorded now and answered",
+            LF_S("move", m->st.move_id));
+        agent_announce_ready(a, m);
+    }
     for (unsigned k = 0; k < a->hist_len; k++) {
         struct agent_ended *h =
             &a->history[(a->hist_pos + AGENT_HISTORY_MAX - a->hist_len + k) % AGENT_HISTORY_MAX];

@@ -181,6 +181,59 @@ static void agent_settle_orphan_rename(struct agent *a, struct journal_rec *r)
     (void)journal_write(&a->journal, r);
 }
 
+/* A prepared move found resting in ready: it stays ready, announced with a
+ * frame in that phase; the prepare's answer goes again when it was not
+ * acknowledged. prepare_ttl keeps counting from the recorded time. */
+static void agent_resume_ready(struct agent *a, struct journal_rec *r)
+{
+    char src_root[PATH_MAX], dst_root[PATH_MAX], why[MOVE_ERROR_MAX], ident[PATH_MAX];
+    struct move_params p;
+    struct move *m, **tail;
+    if (!agent_roots_of(a, r, src_root, dst_root, why, sizeof why)) {
+        agent_end_recovered(a, r, CODE_NEEDS_ATTENTION, why);
+        return;
+    }
+    journal_ident_path(&a->journal, r->move_id, ident, sizeof ident);
+    p = (struct move_params){
+        .jr = r,
+        .journal = &a->journal,
+        .src_root = src_root,
+        .dst_root = dst_root,
+        .progress_interval_ms = a->cfg.progress_interval_ms,
+        .move_timeout_ms = a->cfg.move_timeout_ms,
+        .stall_timeout_ms = a->cfg.stall_timeout_ms,
+        .mode = ENGINE_PREPARE,
+        .ident_path = ident,
+        .prepare_ttl_ms = a->cfg.prepare_ttl_ms,
+    };
+    m = xmalloc(sizeof *m);
+    if (move_init(m, &a->loop, &p, &agent_move_ops, a) != 0) {
+        LOG(LOG_ERROR, "cannot set up the prepared move; its journal file stays",
+            LF_S("move", r->move_id));
+        journal_rec_free(r);
+        move_close(m, agent_free_move);
+        return;
+    }
+    for (tail = &a->moves; *tail; tail = &(*tail)->next)
+        ;
+    *tail = m;
+    a->n_moves++;
+    LOG(LOG_INFO, "found a prepared move ready; it waits for its commit", LF_S("move", r->move_id),
+        LF_S("server", r->server_name));
+    move_announce(m);
+    if (!r->ready_delivered)
+        agent_send_ready_answer(a, r);
+}
+
+static bool agent_keeps_ident(void *arg, const char *move_id)
+{
+    struct agent *a = arg;
+    for (struct move *m = a->moves; m; m = m->next)
+        if (strcmp(m->st.move_id, move_id) == 0)
+            return true;
+    return false;
+}
+
 static void agent_recover_one(void *arg, struct journal_rec *r)
 {
     struct agent *a = arg;
@@ -198,6 +251,12 @@ static void agent_recover_one(void *arg, struct journal_rec *r)
             return;
         }
         journal_rec_state(r, &st);
+        if (r->prepared && !r->ready_delivered && r->ready_answer) {
+            LOG(LOG_INFO,
+                "the prepare's answer was not yet delivered; it is sent again after hello",
+                LF_S("move", r->move_id));
+            agent_send_ready_answer(a, r);
+        }
         if (!r->delivered) {
             LOG(LOG_INFO, "answer not yet delivered; it is sent again after hello",
                 LF_S("move", r->move_id));
@@ -216,9 +275,16 @@ static void agent_recover_one(void *arg, struct journal_rec *r)
     LOG(LOG_WARN, "found a move the agent did not finish", LF_S("move", r->move_id),
         LF_S("server", r->server_name), LF_S("phase", move_phase_name(r->phase)),
         LF_S("method", r->rename ? "rename" : "copy"));
-    /* A rename not yet past its calculating phase settles here, unless its
-     * fallback to copying (EXDEV) had already made newPath. */
-    if (r->rename && r->phase <= PHASE_CALCULATING && (!r->dst_id.known || r->dst_preexisted)) {
+    if (r->prepared && r->phase == PHASE_READY) {
+        agent_resume_ready(a, r);
+        return;
+    }
+    /* A rename not yet past its calculating phase (or a prepared one in its
+     * commit) settles here, unless its fallback to copying (EXDEV) had
+     * already made newPath. */
+    if (r->rename &&
+        (r->phase <= PHASE_CALCULATING || (r->prepared && r->phase == PHASE_SYNCING)) &&
+        (!r->dst_id.known || r->dst_preexisted)) {
         agent_settle_rename(a, r);
         return;
     }
@@ -255,6 +321,7 @@ static void agent_recover_one(void *arg, struct journal_rec *r)
 void agent_recover(struct agent *a)
 {
     unsigned bad = journal_load(&a->journal, agent_recover_one, a);
+    journal_sweep_idents(&a->journal, agent_keeps_ident, a);
     if (bad)
         LOG(LOG_ERROR, "unreadable journal files were set aside", LF_U("count", bad),
             LF_S("state_dir", a->cfg.state_dir));

@@ -15,6 +15,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* server.move_prepare and server.move_data share their validation, codes,
+ * busy rules, queue and retries; move_commit finds a prepared move resting
+ * in ready. */
+
 /* The answer to a check that ran past its limit. */
 static void agent_hung_text(char *why, size_t whysz, const char *where)
 {
@@ -32,8 +36,10 @@ static void agent_hung_text(char *why, size_t whysz, const char *where)
 static unsigned agent_busy_slots(struct agent *a)
 {
     unsigned n = 0;
+    /* A commit or a discard does not wait for a slot and holds none: the
+     * server is stopped meanwhile. */
     for (struct move *m = a->moves; m; m = m->next)
-        n += move_is_running(m) || m->check != NULL;
+        n += move_holds_slot(m) || m->check != NULL;
     return n;
 }
 
@@ -139,18 +145,35 @@ static enum move_code agent_check_busy(struct agent *a, const struct move_reques
             return CODE_BUSY;
         }
     }
-    if (a->n_moves >= a->cfg.max_concurrent_moves + a->cfg.max_queued_moves) {
-        util_fmt(why, whysz, "%u moves are running or queued; the queue is full", a->n_moves);
+    /* Moves resting in ready hold their paths, not a place in the queue. */
+    unsigned active = a->n_moves;
+    for (struct move *m = a->moves; m; m = m->next)
+        active -= move_is_resting(m);
+    if (active >= a->cfg.max_concurrent_moves + a->cfg.max_queued_moves) {
+        util_fmt(why, whysz, "%u moves are running or queued; the queue is full", active);
         return CODE_TOO_MANY_MOVES;
     }
     return CODE_NONE;
 }
 
-/* Answers an idempotent retry from the history; false when it is none. */
+/* Answers an idempotent retry from the history (or, for a prepare, from a
+ * prepared move resting in ready: its answer at ready again); false when it
+ * is none. */
 static bool agent_answer_retry(struct agent *a, const char *reply, const char *move_id,
-                               const char *server)
+                               const char *server, bool prepare)
 {
     struct agent_ended *h = move_id[0] ? agent_history_find(a, move_id) : NULL;
+    for (struct move *m = a->moves; prepare && !h && move_id[0] && m; m = m->next) {
+        if (strcmp(m->st.move_id, move_id) != 0 || !m->prepared || !m->jr || !m->jr->ready_answer ||
+            m->ready_held || m->st.phase != PHASE_READY)
+            continue;
+        LOG(LOG_INFO, "prepared move is ready; its answer sent again", LF_S("move", move_id));
+        if (reply) {
+            cJSON *d = cJSON_Parse(m->jr->ready_answer);
+            agent_answer(a, FROM_MANAGER(reply), d ? d : cJSON_CreateObject());
+        }
+        return true;
+    }
     if (!h)
         return false;
     if (h->held) {
@@ -177,7 +200,7 @@ static void agent_accept(struct agent *a, struct agent_pending *p)
     struct move_params mp;
     struct move *m, **tail;
     struct journal_rec *jr;
-    char id[MOVE_ID_MAX + 1];
+    char id[MOVE_ID_MAX + 1], ident[PATH_MAX];
 
     if (req->move_id[0])
         util_fmt(id, sizeof id, "%s", req->move_id);
@@ -192,6 +215,7 @@ static void agent_accept(struct agent *a, struct agent_pending *p)
     jr->src = xstrdup(res->old_real);
     jr->dst = xstrdup(res->new_real);
     jr->reply = p->reply ? xstrdup(p->reply) : NULL;
+    jr->prepared = p->prepare;
     jr->rename = res->rename;
     jr->verify = a->cfg.verify;
     /* Found by the check, off the loop. */
@@ -222,6 +246,7 @@ static void agent_accept(struct agent *a, struct agent_pending *p)
                      req->server_name);
         return;
     }
+    journal_ident_path(&a->journal, id, ident, sizeof ident);
     mp = (struct move_params){
         .jr = jr,
         .journal = &a->journal,
@@ -230,6 +255,9 @@ static void agent_accept(struct agent *a, struct agent_pending *p)
         .progress_interval_ms = a->cfg.progress_interval_ms,
         .move_timeout_ms = a->cfg.move_timeout_ms,
         .stall_timeout_ms = a->cfg.stall_timeout_ms,
+        .mode = p->prepare ? ENGINE_PREPARE : ENGINE_MOVE,
+        .ident_path = p->prepare ? ident : NULL,
+        .prepare_ttl_ms = a->cfg.prepare_ttl_ms,
     };
     m = xmalloc(sizeof *m);
     if (move_init(m, &a->loop, &mp, &agent_move_ops, a) != 0) {
@@ -244,8 +272,8 @@ static void agent_accept(struct agent *a, struct agent_pending *p)
         ;
     *tail = m;
     a->n_moves++;
-    LOG(LOG_INFO, "move accepted", LF_S("move", id), LF_S("server", req->server_name),
-        LF_S("old", req->old_path), LF_S("new", req->new_path),
+    LOG(LOG_INFO, p->prepare ? "prepared move accepted" : "move accepted", LF_S("move", id),
+        LF_S("server", req->server_name), LF_S("old", req->old_path), LF_S("new", req->new_path),
         LF_S("method", m->st.rename ? "rename" : "copy"));
     m->src_ids = res->old_ids;
     m->dst_ids = res->new_ids;
@@ -269,7 +297,7 @@ static void agent_decide(struct agent *a, struct agent_pending *p)
         return;
     }
     /* A move of that id may have ended while this request was checked. */
-    if (agent_answer_retry(a, p->reply, p->req.move_id, p->req.server_name))
+    if (agent_answer_retry(a, p->reply, p->req.move_id, p->req.server_name, p->prepare))
         return;
     if (a->stopping) {
         agent_refuse(a, FROM_MANAGER(p->reply), CODE_SHUTTING_DOWN, "the agent is shutting down",
@@ -382,7 +410,8 @@ void agent_on_check(void *owner, struct path_check *c, bool timed_out)
     agent_decide_pending(a);
 }
 
-static void agent_move_data(struct agent *a, const struct frame *f, const struct origin *o)
+static void agent_move_request(struct agent *a, const struct frame *f, const struct origin *o,
+                               bool prepare)
 {
     struct move_request req;
     struct agent_pending *p, **tail;
@@ -393,7 +422,7 @@ static void agent_move_data(struct agent *a, const struct frame *f, const struct
         agent_refuse(a, o, CODE_INVALID_REQUEST, why, NULL);
         return;
     }
-    if (agent_answer_retry(a, o->reply, req.move_id, req.server_name))
+    if (agent_answer_retry(a, o->reply, req.move_id, req.server_name, prepare))
         return;
     if (a->stopping) {
         agent_refuse(a, o, CODE_SHUTTING_DOWN, "the agent is shutting down", req.server_name);
@@ -404,6 +433,7 @@ static void agent_move_data(struct agent *a, const struct frame *f, const struct
      * check is in, or at its time limit. */
     p = xcalloc(1, sizeof *p);
     p->seq = a->cur_seq;
+    p->prepare = prepare;
     p->req = req;
     p->old_path = xstrdup(req.old_path);
     p->new_path = xstrdup(req.new_path);
@@ -422,7 +452,18 @@ static void agent_move_data(struct agent *a, const struct frame *f, const struct
     path_checker_submit(&a->checker, p->check);
 }
 
-/* --- cancel and status ---------------------------------------------------------- */
+static void agent_move_data(struct agent *a, const struct frame *f, const struct origin *o)
+{
+    agent_move_request(a, f, o, false);
+}
+
+/* The copy while the server runs: answered when the move is ready. */
+static void agent_move_prepare(struct agent *a, const struct frame *f, const struct origin *o)
+{
+    agent_move_request(a, f, o, true);
+}
+
+/* --- cancel, commit and status ---------------------------------------------------- */
 
 static bool selector_matches(const struct move_selector *s, const struct move_state *st)
 {
@@ -456,7 +497,10 @@ static void agent_move_cancel(struct agent *a, const struct frame *f, const stru
         return;
     }
     util_fmt(id, sizeof id, "%s", m->st.move_id);
-    queued = m->st.phase == PHASE_QUEUED;
+    /* Ended inside move_stop: a queued move, and a prepared rename resting
+     * in ready (nothing was made). A prepared copy resting in ready is
+     * discarded on a worker and ends once its copy is gone. */
+    queued = m->st.phase == PHASE_QUEUED || (move_is_resting(m) && m->st.rename);
     /* A queued move ends at once inside move_stop (its frames and answer go
      * out then): answer the cancel first. A running one may refuse (cleaning). */
     if (!queued && move_stop(m, CODE_CANCELLED, "the move was cancelled") == -EBUSY) {
@@ -474,7 +518,82 @@ static void agent_move_cancel(struct agent *a, const struct frame *f, const stru
     cJSON_AddStringToObject(d, "moveId", id);
     agent_answer(a, o, d);
     if (queued)
-        move_stop(m, CODE_CANCELLED, "the move was cancelled while queued");
+        move_stop(m, CODE_CANCELLED,
+                  m->st.phase == PHASE_QUEUED ? "the move was cancelled while queued"
+                                              : "the prepared move was cancelled while ready");
+}
+
+/* server.move_commit: {"moveId"} or {"serverName"} (both: both must match)
+ * of a prepared move resting in ready. not_found: no such move not ended,
+ * or it is not a prepared move; busy: still preparing, or a commit (or a
+ * cancel) of it under way. The commit starts at once (no slot: the server
+ * is stopped now) and is answered when the move ends, or with its failure
+ * when the source still changed and the move is ready again. */
+static void agent_move_commit(struct agent *a, const struct frame *f, const struct origin *o)
+{
+    struct move_selector sel;
+    struct move *m;
+    char why[MOVE_ERROR_MAX];
+    const char *busy = NULL;
+
+    if (protocol_parse_selector(f->data, &sel, why, sizeof why) != 0) {
+        agent_refuse(a, o, CODE_INVALID_REQUEST, why, NULL);
+        return;
+    }
+    if (!sel.server_name[0] && !sel.move_id[0]) {
+        agent_refuse(a, o, CODE_INVALID_REQUEST, "moveId or serverName is required", NULL);
+        return;
+    }
+    if (a->stopping) {
+        agent_refuse(a, o, CODE_SHUTTING_DOWN, "the agent is shutting down", sel.server_name);
+        return;
+    }
+    for (m = a->moves; m; m = m->next)
+        if (!move_phase_terminal(m->st.phase) && selector_matches(&sel, &m->st))
+            break;
+    if (!m || !m->prepared) {
+        if (m)
+            util_fmt(why, sizeof why,
+                     "move %s is not a prepared move (server.move_prepare); nothing to commit",
+                     m->st.move_id);
+        else
+            util_fmt(why, sizeof why, "no move of %s%s%s has not ended", sel.server_name,
+                     sel.server_name[0] && sel.move_id[0] ? " / " : "", sel.move_id);
+        agent_refuse(a, o, CODE_NOT_FOUND, why, sel.server_name);
+        return;
+    }
+    if (m->st.phase <= PHASE_COPYING || m->check)
+        busy = "is still preparing its copy; commit once it is ready";
+    else if (!move_is_resting(m) && m->mode == ENGINE_DISCARD)
+        busy = "is being cancelled (its copy is being removed)";
+    else if (!move_is_resting(m))
+        busy = "is being committed already";
+    else if (m->ready_held)
+        busy = "is ready but that cannot be recorded in the journal yet (state_dir)";
+    if (busy) {
+        util_fmt(why, sizeof why, "move %s %s", m->st.move_id, busy);
+        agent_refuse(a, o, CODE_BUSY, why, m->st.server_name);
+        return;
+    }
+    /* The commit's reply is where the move's end is answered, and the record
+     * says syncing before anything is done: a restart during the commit
+     * rolls it back (or settles a rename by name) and answers it there. */
+    free(m->jr->reply);
+    m->jr->reply = o->reply ? xstrdup(o->reply) : NULL;
+    m->jr->phase = PHASE_SYNCING;
+    if (journal_write(&a->journal, m->jr) != 0) {
+        free(m->jr->reply);
+        m->jr->reply = NULL;
+        m->jr->phase = PHASE_READY;
+        agent_refuse(a, o, CODE_IO_ERROR,
+                     "cannot record the commit in the journal (state_dir); nothing was touched",
+                     m->st.server_name);
+        return;
+    }
+    m->commit_mono_ms = util_mono_ms();
+    LOG(LOG_INFO, "commit of a prepared move started", LF_S("move", m->st.move_id),
+        LF_S("server", m->st.server_name), LF_S("via", o->who));
+    (void)move_commit(m); /* a failure ends the move at once (answered to the commit) */
 }
 
 /* Adds one MoveState to a status answer while the answer stays under
@@ -533,9 +652,9 @@ static const struct {
     const char *subject;
     void (*handle)(struct agent *a, const struct frame *f, const struct origin *o);
 } handlers[] = {
-    {"server.move_data", agent_move_data},
-    {"server.move_cancel", agent_move_cancel},
-    {"server.move_status", agent_move_status},
+    {"server.move_data", agent_move_data},     {"server.move_cancel", agent_move_cancel},
+    {"server.move_status", agent_move_status}, {"server.move_prepare", agent_move_prepare},
+    {"server.move_commit", agent_move_commit},
 };
 
 void agent_capabilities(cJSON *array)
@@ -562,16 +681,17 @@ static void agent_dispatch(struct agent *a, const struct frame *f)
     }
 }
 
-/* A cancel or a status naming a server or a moveId whose server.move_data
- * arrived earlier and is still being checked waits for that request's
- * answer (at most its time limit): "data, then cancel" must find the move.
- * Everything else is handled at once, whatever the checks do. */
+/* A cancel, a commit or a status naming a server or a moveId whose
+ * server.move_data or server.move_prepare arrived earlier and is still being checked waits for that
+ * request's answer (at most its time limit): "data, then cancel" must find the move. Everything
+ * else is handled at once, whatever the checks do. */
 static bool agent_must_wait(struct agent *a, const struct frame *f)
 {
     struct move_selector sel;
     char why[64];
     if (!a->pending || (strcmp(f->subject, "server.move_cancel") != 0 &&
-                        strcmp(f->subject, "server.move_status") != 0))
+                        strcmp(f->subject, "server.move_status") != 0 &&
+                        strcmp(f->subject, "server.move_commit") != 0))
         return false;
     if (protocol_parse_selector(f->data, &sel, why, sizeof why) != 0)
         return false;

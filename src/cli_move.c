@@ -1,6 +1,7 @@
 /* cli_move.c: `hostagent move`: one move with the daemon's engine, with a
  * progress bar on a terminal, plain lines otherwise, or MoveState JSON lines;
- * Ctrl-C (or SIGTERM) cancels and rolls back. */
+ * Ctrl-C (or SIGTERM) cancels and rolls back. `--live` prepares while the
+ * server runs and commits on Enter (or after --commit-after seconds). */
 #include "cli_move.h"
 #include "move_engine.h"
 #include "paths.h"
@@ -9,6 +10,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -348,6 +350,304 @@ static int cli_check(const char *old_arg, const char *new_arg, char *old_real, c
     return 0;
 }
 
+/* {"success":false,"code","error"} with the daemon's words. */
+static cJSON *protocol_like_failure(enum move_code code, const char *error)
+{
+    cJSON *d = cJSON_CreateObject();
+    char clean[MOVE_ERROR_MAX];
+    util_utf8_sanitize(clean, sizeof clean, error);
+    cJSON_AddFalseToObject(d, "success");
+    cJSON_AddStringToObject(d, "code", move_code_name(code));
+    cJSON_AddStringToObject(d, "error", clean);
+    return d;
+}
+
+/* --- hostagent move --live ------------------------------------------------------ */
+
+struct cli_live {
+    struct cli_move *cm;
+    struct engine_job *job;
+    atomic_int *stop;
+    long commit_after; /* seconds; < 0: wait for Enter */
+    bool json;
+    const char *old_arg, *new_arg;
+    char dir[64];        /* the private temporary directory of the identity record */
+    char ident[96];      /* its identity record */
+    char **made_parents; /* ancestors of NEW missing before the move, outermost first */
+    size_t n_made;
+};
+
+/* The ancestors of path that do not exist, outermost first: what the
+ * preparation creates, and a rollback removes. */
+static void cli_missing_parents(struct cli_live *lv, const char *path)
+{
+    char buf[PATH_MAX];
+    struct stat st;
+    size_t len = strlen(path);
+    if (len >= sizeof buf)
+        return;
+    memcpy(buf, path, len + 1);
+    for (char *p = buf + 1; (p = strchr(p, '/')) != NULL; p++) {
+        *p = '\0';
+        if (lstat(buf, &st) != 0 && errno == ENOENT) {
+            lv->made_parents = xrealloc(lv->made_parents, (lv->n_made + 1) * sizeof(char *));
+            lv->made_parents[lv->n_made++] = xstrdup(buf);
+        }
+        *p = '/';
+    }
+}
+
+static void cli_print_json(cJSON *o)
+{
+    char *txt = cJSON_PrintUnformatted(o);
+    printf("%s\n", txt);
+    cJSON_free(txt);
+    cJSON_Delete(o);
+    fflush(stdout);
+}
+
+/* An answer as the daemon's: the prepare's at ready, or the commit's. */
+static cJSON *cli_answer(const struct cli_live *lv, const struct engine_result *res,
+                         uint64_t duration_ms)
+{
+    cJSON *d = cJSON_CreateObject();
+    cJSON_AddTrueToObject(d, "success");
+    cJSON_AddStringToObject(d, "moveId", "cli");
+    cJSON_AddStringToObject(d, "serverName", "cli");
+    cJSON_AddStringToObject(d, "oldPath", lv->old_arg);
+    cJSON_AddStringToObject(d, "newPath", lv->new_arg);
+    cJSON_AddStringToObject(d, "method", lv->job->rename ? "rename" : "copy");
+    json_add_u64(d, "bytesCopied", res->bytes_copied);
+    json_add_u64(d, "filesCopied", res->files_copied);
+    json_add_u64(d, "durationMs", duration_ms);
+    return d;
+}
+
+/* Waits in ready: 1 to commit (Enter, or the delay ran out), 0 to discard
+ * (Ctrl-C, SIGTERM, or stdin closed with nothing to wait for). */
+static int cli_wait_commit(struct cli_live *lv, long delay)
+{
+    uint64_t until = delay >= 0 ? util_mono_ms() + (uint64_t)delay * 1000u : 0;
+    bool stdin_open = true;
+    for (;;) {
+        struct pollfd pfd = {.fd = STDIN_FILENO, .events = POLLIN};
+        int timeout = -1, n;
+        if (atomic_load(lv->stop) != CODE_NONE)
+            return 0;
+        if (delay >= 0) {
+            uint64_t now = util_mono_ms();
+            if (now >= until)
+                return 1;
+            timeout = (int)(until - now);
+        } else if (!stdin_open) {
+            fprintf(stderr, "hostagent move: stdin is closed: nobody can press Enter\n");
+            return 0;
+        }
+        /* poll is never restarted after a signal handler: Ctrl-C wakes it. */
+        n = poll(&pfd, stdin_open ? 1 : 0, timeout);
+        if (n > 0 && (pfd.revents & (POLLIN | POLLHUP | POLLERR))) {
+            char buf[256];
+            ssize_t r = read(STDIN_FILENO, buf, sizeof buf);
+            if (r <= 0)
+                stdin_open = false;
+            else if (memchr(buf, '\n', (size_t)r))
+                return 1;
+        }
+    }
+}
+
+/* Removes the prepared copy (Ctrl-C in ready). */
+static int cli_discard(struct cli_live *lv)
+{
+    struct engine_result res;
+    int none = CODE_NONE;
+    atomic_compare_exchange_strong(lv->stop, &none, CODE_CANCELLED);
+    if (!lv->job->rename) {
+        lv->job->mode = ENGINE_DISCARD;
+        (void)engine_run(lv->job, &res);
+        if (res.code != CODE_CANCELLED) {
+            fprintf(stderr, "hostagent move: %s: %s\n", move_code_name(res.code), res.error);
+            return 1;
+        }
+    }
+    if (lv->json) {
+        cJSON *d = protocol_like_failure(CODE_CANCELLED, "the prepared move was cancelled");
+        cli_print_json(d);
+    }
+    fprintf(stderr, "hostagent move: cancelled: %s%s; %s is untouched\n",
+            lv->job->rename ? "nothing was moved" : "the copy at ",
+            lv->job->rename ? "" : lv->new_arg, lv->old_arg);
+    return 1;
+}
+
+/* Prepare, ready, commit on Enter. Returns the exit status. */
+static int cli_live_run(struct cli_live *lv)
+{
+    struct engine_job *job = lv->job;
+    struct engine_result res;
+    struct engine_progress p;
+    struct stat st;
+    char size[16], synced[16];
+    uint64_t prepared_ms, commit_ms, files = 0, bytes = 0;
+    FILE *human = lv->json ? stderr : stdout;
+    int rc;
+
+    memset(&res, 0, sizeof res);
+    if (lstat(job->src, &st) == 0) {
+        job->src_id.known = true;
+        job->src_id.dev = st.st_dev;
+        job->src_id.ino = st.st_ino;
+    }
+    if (lstat(job->dst, &st) == 0) {
+        job->dst_preexisted = true;
+        job->dst_orig = st;
+    } else {
+        cli_missing_parents(lv, job->dst);
+    }
+    job->made_parents = lv->made_parents;
+    job->n_made = lv->n_made;
+    if (!job->rename) {
+        job->mode = ENGINE_PREPARE;
+        if (engine_run(job, &res) != 0) {
+            if (lv->json)
+                cli_emit(lv->cm,
+                         &(struct engine_progress){
+                             .phase = res.code == CODE_CANCELLED ? PHASE_CANCELLED : PHASE_ERROR},
+                         res.code, res.error);
+            if (lv->cm->drawn)
+                putchar('\n');
+            fprintf(stderr, "hostagent move: %s: %s\n", move_code_name(res.code), res.error);
+            return 1;
+        }
+        files = res.files_copied;
+        bytes = res.bytes_copied;
+        if (lstat(job->dst, &st) == 0) {
+            job->dst_id.known = true;
+            job->dst_id.dev = st.st_dev;
+            job->dst_id.ino = st.st_ino;
+        }
+    }
+    prepared_ms = util_mono_ms() - lv->cm->started_ms;
+    memset(&p, 0, sizeof p);
+    p.phase = PHASE_READY;
+    p.count.bytes_copied = p.count.bytes_total = bytes;
+    p.count.files_copied = p.count.files_total = files;
+    if (lv->json || lv->cm->out == OUT_TTY)
+        cli_emit(lv->cm, &p, CODE_NONE, NULL);
+    if (lv->cm->drawn)
+        putchar('\n');
+    lv->cm->drawn = false;
+    if (lv->json)
+        cli_print_json(cli_answer(lv, &res, prepared_ms));
+    fmt_bytes(size, sizeof size, bytes);
+    /* With --json, stdout holds JSON lines only: the words go to stderr. */
+    if (job->rename)
+        fprintf(human,
+                "ready: %s and %s are on one filesystem: the commit renames, nothing to copy ahead",
+                lv->old_arg, lv->new_arg);
+    else
+        fprintf(human, "ready: copied %llu entries, %s in %.2f s while the server ran",
+                (unsigned long long)files, size, (double)prepared_ms / 1000.0);
+    if (lv->commit_after >= 0)
+        fprintf(human,
+                "; stop the server: committing in %ld s (Enter commits now, Ctrl-C cancels)\n",
+                lv->commit_after);
+    else
+        fprintf(human, "; stop the server, then press Enter to commit (Ctrl-C cancels)\n");
+    fflush(human);
+
+    for (long delay = lv->commit_after;; delay = -1) {
+        if (!cli_wait_commit(lv, delay))
+            return cli_discard(lv);
+        commit_ms = util_mono_ms();
+        job->mode = ENGINE_COMMIT;
+        job->files_copied = files;
+        job->bytes_copied = bytes;
+        rc = engine_run(job, &res);
+        if (lv->cm->drawn)
+            putchar('\n');
+        lv->cm->drawn = false;
+        if (rc == 0)
+            break;
+        if (lv->json) {
+            cJSON *d = protocol_like_failure(res.code, res.error);
+            cli_print_json(d);
+        }
+        if (!res.back_to_ready) {
+            fprintf(stderr, "hostagent move: %s: %s\n", move_code_name(res.code), res.error);
+            return 1;
+        }
+        fprintf(human,
+                "the source changed during the final pass (is the server still running?): %s\n"
+                "the copy is kept: stop the server, then press Enter to commit again (Ctrl-C "
+                "cancels)\n",
+                res.error);
+        fflush(human);
+    }
+    commit_ms = util_mono_ms() - commit_ms;
+    if (lv->json) {
+        cJSON *d = cli_answer(lv, &res, util_mono_ms() - lv->cm->started_ms);
+        memset(&p, 0, sizeof p);
+        p.phase = PHASE_COMPLETE;
+        p.count.bytes_copied = p.count.bytes_total = res.bytes_copied;
+        p.count.files_copied = p.count.files_total = res.files_copied;
+        cli_emit(lv->cm, &p, res.warning_code, res.warning_code ? res.warning : NULL);
+        json_add_u64(d, "downtimeMs", commit_ms);
+        json_add_u64(d, "bytesSynced", res.bytes_synced);
+        json_add_u64(d, "filesSynced", res.files_synced);
+        cli_print_json(d);
+    }
+    if (res.warning_code != CODE_NONE)
+        fprintf(stderr, "hostagent move: warning: %s: %s\n", move_code_name(res.warning_code),
+                res.warning);
+    if (!lv->json) {
+        fmt_bytes(size, sizeof size, res.bytes_copied);
+        fmt_bytes(synced, sizeof synced, res.bytes_synced);
+        printf("done: %s %s -> %s: %llu entries, %s; downtime %.2f s (the final pass synced %llu "
+               "entries, %s)\n",
+               job->rename ? "renamed" : "moved", lv->old_arg, lv->new_arg,
+               (unsigned long long)res.files_copied, size, (double)commit_ms / 1000.0,
+               (unsigned long long)res.files_synced, synced);
+    }
+    return 0;
+}
+
+static int cli_live_main(struct cli_move *cm, struct engine_job *job, atomic_int *stop,
+                         long commit_after, bool json, const char *old_arg, const char *new_arg)
+{
+    struct cli_live lv;
+    const char *tmp;
+    int rc;
+    memset(&lv, 0, sizeof lv);
+    lv.cm = cm;
+    lv.job = job;
+    lv.stop = stop;
+    lv.commit_after = commit_after;
+    lv.json = json;
+    lv.old_arg = old_arg;
+    lv.new_arg = new_arg;
+    /* The identity record lives in a directory only we can read, gone at
+     * exit (the daemon keeps its own in state_dir). */
+    tmp = getenv("TMPDIR");
+    if (!tmp || tmp[0] != '/' || strlen(tmp) >= 24)
+        tmp = "/tmp";
+    util_fmt(lv.dir, sizeof lv.dir, "%s/hostagent-live-XXXXXX", tmp);
+    if (!mkdtemp(lv.dir)) {
+        fprintf(stderr, "hostagent move: io_error: cannot make a temporary directory %s: %s\n",
+                lv.dir, strerror(errno));
+        return 1;
+    }
+    util_fmt(lv.ident, sizeof lv.ident, "%s/ident", lv.dir);
+    job->ident_path = lv.ident;
+    rc = cli_live_run(&lv);
+    (void)unlink(lv.ident);
+    (void)rmdir(lv.dir);
+    for (size_t i = 0; i < lv.n_made; i++)
+        free(lv.made_parents[i]);
+    free(lv.made_parents);
+    return rc;
+}
+
 int cli_move_main(int argc, char **argv)
 {
     struct cli_move cm;
@@ -358,7 +658,8 @@ int cli_move_main(int argc, char **argv)
     char old_real[PATH_MAX], new_real[PATH_MAX], size[16];
     const char *args[2];
     int nargs = 0, rc;
-    bool json = false;
+    bool json = false, live = false;
+    long commit_after = -1;
 
     memset(&cm, 0, sizeof cm);
     memset(&job, 0, sizeof job);
@@ -370,7 +671,18 @@ int cli_move_main(int argc, char **argv)
             job.verify = VERIFY_METADATA;
         else if (strcmp(argv[i], "--verify=checksum") == 0)
             job.verify = VERIFY_CHECKSUM;
-        else if (argv[i][0] == '-' && argv[i][1] != '\0') {
+        else if (strcmp(argv[i], "--live") == 0)
+            live = true;
+        else if (strncmp(argv[i], "--commit-after=", 15) == 0) {
+            char *end;
+            errno = 0;
+            commit_after = strtol(argv[i] + 15, &end, 10);
+            if (argv[i][15] < '0' || argv[i][15] > '9' || *end || errno || commit_after > 86400) {
+                fprintf(stderr,
+                        "hostagent move: --commit-after takes whole seconds (0 to 86400)\n");
+                return 2;
+            }
+        } else if (argv[i][0] == '-' && argv[i][1] != '\0') {
             fprintf(stderr, "hostagent move: unknown option %s\n", argv[i]);
             return 2;
         } else if (nargs < 2)
@@ -381,7 +693,13 @@ int cli_move_main(int argc, char **argv)
         }
     }
     if (nargs != 2) {
-        fprintf(stderr, "usage: hostagent move [--verify=metadata|checksum] [--json] OLD NEW\n");
+        fprintf(stderr, "usage: hostagent move [--verify=metadata|checksum] [--json] OLD NEW\n"
+                        "       hostagent move --live [--commit-after=SECONDS] "
+                        "[--verify=metadata|checksum] [--json] OLD NEW\n");
+        return 2;
+    }
+    if (commit_after >= 0 && !live) {
+        fprintf(stderr, "hostagent move: --commit-after goes with --live\n");
         return 2;
     }
     if ((rc = cli_check(args[0], args[1], old_real, new_real, &job.rename)) != 0)
@@ -406,6 +724,8 @@ int cli_move_main(int argc, char **argv)
     job.stop = &stop;
     job.report = cli_report;
     job.arg = &cm;
+    if (live)
+        return cli_live_main(&cm, &job, &stop, commit_after, json, args[0], args[1]);
     rc = engine_run(&job, &res);
     if (json || rc == 0) {
         struct engine_progress end;

@@ -79,7 +79,7 @@ static const struct key_def key_table[] = {
     {"tls_insecure", K_BOOL, F(tls_insecure), 0, 0, false, false},
     {"metrics_file", K_FILE_PATH, F(metrics_file), 0, 0, false, false},
     {"control_socket", K_SOCKET, F(control_socket), 0, 0, false, false},
-    {"prepare_ttl", K_DURATION, F(prepare_ttl_ms), 1 * MIN, 30ull * 24 * HOUR, true, false},
+    {"prepare_ttl", K_DURATION, F(prepare_ttl_ms), 1 * SEC, 30ull * 24 * HOUR, true, false},
     {"transport", K_TRANSPORT, F(transport), 0, 0, false, false},
     {"nats_servers", K_NATS_SERVERS, F(nats_servers), 0, 0, false, false},
     {"nats_creds_file", K_SECRET_FILE, F(nats_creds_file), 0, 0, false, false},

@@ -154,6 +154,16 @@ static cJSON *rec_to_json(const struct journal_rec *r)
         if (r->rollback_pending) /* the phase it was in: a rename settles differently */
             cJSON_AddStringToObject(o, "rollbackPending", move_phase_name(r->rollback_phase));
     }
+    if (r->prepared) {
+        cJSON_AddTrueToObject(o, "prepared");
+        if (r->ready_answer) {
+            json_add_u64(o, "readyAtMs", r->ready_at_ms);
+            if (r->ready_reply)
+                cJSON_AddStringToObject(o, "readyReply", r->ready_reply);
+            cJSON_AddRawToObject(o, "readyAnswer", r->ready_answer);
+            cJSON_AddBoolToObject(o, "readyDelivered", r->ready_delivered);
+        }
+    }
     return o;
 }
 
@@ -303,6 +313,42 @@ void journal_id_of(struct journal_id *id, const char *path)
     id->known = true;
     id->dev = (uint64_t)st.st_dev;
     id->ino = (uint64_t)st.st_ino;
+}
+
+void journal_ident_path(const struct journal *j, const char *move_id, char *buf, size_t size)
+{
+    util_fmt(buf, size, "%s/%s.ident", j->dir, move_id);
+}
+
+void journal_ident_remove(const struct journal *j, const char *move_id)
+{
+    char path[PATH_MAX];
+    journal_ident_path(j, move_id, path, sizeof path);
+    if (unlink(path) == 0)
+        (void)fsync_dir(j->dir);
+}
+
+void journal_sweep_idents(const struct journal *j, bool (*keep)(void *arg, const char *move_id),
+                          void *arg)
+{
+    DIR *d = opendir(j->dir);
+    struct dirent *de;
+    if (!d)
+        return;
+    while ((de = readdir(d)) != NULL) {
+        size_t nl = strlen(de->d_name);
+        char id[MOVE_ID_MAX + 1];
+        if (nl <= 6 || nl - 6 > MOVE_ID_MAX || strcmp(de->d_name + nl - 6, ".ident") != 0)
+            continue;
+        memcpy(id, de->d_name, nl - 6);
+        id[nl - 6] = '\0';
+        if (keep(arg, id))
+            continue;
+        LOG(LOG_INFO, "removed the identity record of a prepared move that has ended",
+            LF_S("move", id));
+        (void)unlinkat(dirfd(d), de->d_name, 0);
+    }
+    closedir(d);
 }
 
 void journal_remove(const struct journal *j, const char *move_id)
@@ -484,6 +530,27 @@ static struct journal_rec *rec_from_json(const cJSON *o, const char *file_id)
                 goto fail;
         }
     }
+    r->prepared = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "prepared"));
+    ans = cJSON_GetObjectItemCaseSensitive(o, "readyAnswer");
+    if (ans) {
+        char *printed;
+        if (!r->prepared || !cJSON_IsObject(ans))
+            goto fail;
+        printed = cJSON_PrintUnformatted(ans);
+        if (!printed)
+            util_oom(0);
+        r->ready_answer = xstrdup(printed);
+        cJSON_free(printed);
+        r->ready_at_ms = get_u64(o, "readyAtMs", &bad);
+        s = get_str(o, "readyReply", false, &bad);
+        r->ready_reply = s ? xstrdup(s) : NULL;
+        dl = cJSON_GetObjectItemCaseSensitive(o, "readyDelivered");
+        if (!cJSON_IsBool(dl))
+            goto fail;
+        r->ready_delivered = cJSON_IsTrue(dl);
+    } else if (r->phase == PHASE_READY) {
+        goto fail; /* a move in ready has its answer recorded */
+    }
     if (bad)
         goto fail;
     return r;
@@ -620,11 +687,11 @@ void journal_rec_state(const struct journal_rec *r, struct move_state *st)
     st->rename = r->rename;
     st->phase = r->phase;
     st->count = r->count;
-    st->percent = r->phase == PHASE_COMPLETE ? 100
+    st->percent = r->phase == PHASE_COMPLETE || r->phase == PHASE_READY ? 100
                   : r->count.bytes_total
                       ? 100.0 * (double)r->count.bytes_copied / (double)r->count.bytes_total
                       : 0;
-    st->phase_percent = r->phase == PHASE_COMPLETE ? 100 : 0;
+    st->phase_percent = r->phase == PHASE_COMPLETE || r->phase == PHASE_READY ? 100 : 0;
     st->eta_seconds = r->phase == PHASE_COMPLETE ? 0 : -1;
     st->seq = r->seq;
     st->started_at_ms = r->started_at_ms;
@@ -676,5 +743,7 @@ void journal_rec_free(struct journal_rec *rec)
         free(rec->made_parents[i]);
     free(rec->made_parents);
     free(rec->answer);
+    free(rec->ready_reply);
+    free(rec->ready_answer);
     free(rec);
 }

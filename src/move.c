@@ -22,6 +22,7 @@ static struct move_work *work_new(const struct move_params *p)
     w->dst = xstrdup(jr->dst);
     w->src_root = p->src_root ? xstrdup(p->src_root) : NULL;
     w->dst_root = p->dst_root ? xstrdup(p->dst_root) : NULL;
+    w->ident_path = p->ident_path ? xstrdup(p->ident_path) : NULL;
     w->rename = jr->rename;
     w->verify = jr->verify;
     w->mode = p->mode;
@@ -40,7 +41,8 @@ static struct move_work *work_new(const struct move_params *p)
     w->resumed = jr->count;
     ring_init(&w->ring);
     /* A resumed move only cleans up: nothing to cancel any more. */
-    atomic_init(&w->stop, p->mode == ENGINE_MOVE ? CODE_NONE : ENGINE_STOP_LOCKED);
+    atomic_init(&w->stop, p->mode == ENGINE_UNDO || p->mode == ENGINE_FINISH ? ENGINE_STOP_LOCKED
+                                                                             : CODE_NONE);
     atomic_init(&w->beat, 0);
     atomic_init(&w->dst_known, false);
     atomic_init(&w->dst_dev, 0);
@@ -63,6 +65,7 @@ static void work_unref(struct move_work *w)
     free(w->dst);
     free(w->src_root);
     free(w->dst_root);
+    free(w->ident_path);
     pthread_mutex_destroy(&w->lock);
     free(w);
 }
@@ -175,6 +178,7 @@ static void move_worker(void *arg)
         .resume_phase = w->resume_phase,
         .files_copied = w->resumed.files_copied,
         .bytes_copied = w->resumed.bytes_copied,
+        .ident_path = w->ident_path,
     };
     struct progress_item it;
     struct engine_result res;
@@ -193,6 +197,9 @@ static void move_worker(void *arg)
     }
     it.count.bytes_copied = res.bytes_copied;
     it.count.files_copied = res.files_copied;
+    it.back_to_ready = res.back_to_ready;
+    it.bytes_synced = res.bytes_synced;
+    it.files_synced = res.files_synced;
     ring_push(&w->ring, &it);
     work_wake(w);
     work_unref(w);
@@ -418,6 +425,40 @@ static void move_abandon(struct move *m, uint64_t now)
     move_finish(m, (enum move_code)code, why, false);
 }
 
+static int move_discard(struct move *m, enum move_code code, const char *why);
+static void move_on_limit(uv_timer_t *t);
+
+/* A prepared move resting in ready: prepare_ttl, counted on the wall clock
+ * from entering ready (the journal keeps that time, so a restart does not
+ * start it again). The limit timer fires once, when it is due. */
+static void move_arm_ttl(struct move *m)
+{
+    uint64_t now = util_wall_ms(), due;
+    if (!m->prepare_ttl_ms)
+        return;
+    due = m->ready_at_wall_ms + m->prepare_ttl_ms;
+    uv_timer_start(&m->limit, move_on_limit, due > now ? due - now : 0, 0);
+}
+
+static void move_check_ttl(struct move *m)
+{
+    char why[160], ttl[32];
+    if (!m->prepare_ttl_ms)
+        return;
+    if (util_wall_ms() < m->ready_at_wall_ms + m->prepare_ttl_ms) {
+        move_arm_ttl(m); /* the wall clock was set back: not due yet */
+        return;
+    }
+    util_fmt(ttl, sizeof ttl, "%.3g s", (double)m->prepare_ttl_ms / 1000.0);
+    util_fmt(why, sizeof why,
+             "the prepared move was not committed within prepare_ttl (%s); its copy was removed",
+             ttl);
+    LOG(LOG_WARN, "prepared move not committed in time; discarding its copy",
+        LF_S("move", m->st.move_id), LF_S("server", m->st.server_name),
+        LF_U("prepare_ttl_ms", m->prepare_ttl_ms));
+    (void)move_discard(m, CODE_TIMEOUT, why);
+}
+
 /* Once a second while the worker runs: signs of life, move_timeout and
  * stall_timeout, and a stopped worker that does not come back. A move in
  * cleaning refuses the stop (its copy is whole) and is left to finish. */
@@ -427,6 +468,10 @@ static void move_on_limit(uv_timer_t *t)
     uint64_t now = util_mono_ms();
     unsigned beat = atomic_load_explicit(&m->work->beat, memory_order_relaxed);
     char why[160];
+    if (m->resting) {
+        move_check_ttl(m);
+        return;
+    }
     if (beat != m->last_beat) {
         m->last_beat = beat;
         m->last_life_ms = now;
@@ -439,7 +484,7 @@ static void move_on_limit(uv_timer_t *t)
             move_abandon(m, now);
         return;
     }
-    if (m->move_timeout_ms && now - m->mono_run_started >= m->move_timeout_ms)
+    if (m->move_timeout_ms && m->worked_ms + (now - m->mono_run_started) >= m->move_timeout_ms)
         util_fmt(why, sizeof why, "the move ran past move_timeout (%llu s)",
                  (unsigned long long)(m->move_timeout_ms / 1000));
     else if (m->stall_timeout_ms && now - m->last_progress_ms >= m->stall_timeout_ms)
@@ -450,6 +495,60 @@ static void move_on_limit(uv_timer_t *t)
     if (move_stop(m, CODE_TIMEOUT, why) == 0)
         LOG(LOG_WARN, "move timed out; rolling back", LF_S("move", m->st.move_id),
             LF_S("server", m->st.server_name), LF_S("reason", why));
+}
+
+/* A prepared move enters ready (no worker): after its preparation, or again
+ * after a commit that met a changing source (code, error: that commit's). */
+static void move_enter_ready(struct move *m, enum move_code code, const char *error)
+{
+    uv_timer_stop(&m->limit);
+    enter_state(m, PHASE_READY);
+    m->resting = true;
+    m->mode = ENGINE_PREPARE;
+    m->stop_asked_ms = 0;
+    m->stop_why[0] = '\0';
+    m->st.current_file[0] = '\0';
+    m->ready_at_wall_ms = util_wall_ms();
+    move_refresh(m, util_mono_ms());
+    move_arm_ttl(m);
+    m->ops->ready(m, code, error);
+}
+
+/* The end of a prepared move's step that leaves it resting in ready: its
+ * preparation succeeded, or its commit gave the copy back (back_to_ready).
+ * A stop taken in the last instant (the cancel was answered) then discards
+ * the copy. False when the step ends the move. */
+static bool move_step_rests(struct move *m, const struct progress_item *it)
+{
+    int asked = atomic_load(&m->work->stop);
+    char why[MOVE_ERROR_MAX];
+    util_fmt(why, sizeof why, "%s", m->stop_why);
+    if (m->mode == ENGINE_PREPARE && it->code == CODE_NONE) {
+        /* What the preparation copied (its last report may be older). */
+        struct move_counters *c = &m->st.count;
+        if (it->count.bytes_copied > c->bytes_copied)
+            c->bytes_copied = it->count.bytes_copied;
+        if (it->count.files_copied > c->files_copied)
+            c->files_copied = it->count.files_copied;
+        if (c->bytes_total < c->bytes_copied)
+            c->bytes_total = c->bytes_copied;
+        if (c->files_total < c->files_copied)
+            c->files_total = c->files_copied;
+        move_enter_ready(m, CODE_NONE, NULL);
+    } else if (m->mode == ENGINE_COMMIT && it->back_to_ready) {
+        m->bytes_synced = it->bytes_synced;
+        m->files_synced = it->files_synced;
+        move_enter_ready(m, it->code, it->error);
+    } else {
+        if (m->mode == ENGINE_COMMIT) {
+            m->bytes_synced = it->bytes_synced;
+            m->files_synced = it->files_synced;
+        }
+        return false;
+    }
+    if (asked > 0 && !move_phase_terminal(m->st.phase))
+        (void)move_discard(m, (enum move_code)asked, why);
+    return true;
 }
 
 /* One item from the worker, in order. */
@@ -484,6 +583,9 @@ static void move_apply(struct move *m, const struct progress_item *it)
             m->ops->released(m);
             return;
         }
+        m->worked_ms += util_mono_ms() - m->mono_run_started;
+        if (m->prepared && move_step_rests(m, it))
+            return;
         /* A stop we asked for ends with our words, not the engine's. */
         move_finish(m, it->code,
                     (int)it->code == atomic_load(&m->work->stop) && m->stop_why[0] ? m->stop_why
@@ -556,7 +658,12 @@ int move_init(struct move *m, uv_loop_t *loop, const struct move_params *p,
     m->jr = p->jr;
     m->mode = p->mode;
     m->silent = p->silent;
-    if (p->mode != ENGINE_MOVE) {
+    m->prepared = jr->prepared;
+    m->prepare_ttl_ms = p->prepare_ttl_ms;
+    /* Found resting in ready at start: it stays so. */
+    m->resting = jr->prepared && jr->phase == PHASE_READY && p->mode == ENGINE_PREPARE;
+    m->ready_at_wall_ms = jr->ready_at_ms;
+    if (p->mode == ENGINE_UNDO || p->mode == ENGINE_FINISH || m->resting) {
         /* Resumed from the journal: its phase and counters, a seq past
          * anything sent before, its acceptance time. */
         m->st.phase = jr->phase;
@@ -586,7 +693,26 @@ int move_init(struct move *m, uv_loop_t *loop, const struct move_params *p,
     if (rc != 0)
         return rc;
     m->open_handles++;
+    if (m->resting) {
+        move_refresh(m, util_mono_ms());
+        move_arm_ttl(m);
+    }
     return 0;
+}
+
+void move_announce(struct move *m)
+{
+    move_send_frame(m, util_mono_ms(), false);
+}
+
+bool move_is_resting(const struct move *m)
+{
+    return m->resting;
+}
+
+bool move_holds_slot(const struct move *m)
+{
+    return m->thread_running && m->mode != ENGINE_COMMIT && m->mode != ENGINE_DISCARD;
 }
 
 void move_queue(struct move *m)
@@ -594,24 +720,38 @@ void move_queue(struct move *m)
     move_send_frame(m, util_mono_ms(), false);
 }
 
-int move_run(struct move *m)
+/* Starts a worker for the move's step in mode; stop_code preset (a discard
+ * runs with its stop code already taken). */
+static int move_start_worker(struct move *m, enum engine_mode mode, int stop_code)
 {
     int rc;
-    assert(m->st.phase == PHASE_QUEUED || m->mode != ENGINE_MOVE);
-    /* Leaving the queue is "calculating" at once on the loop's side too, so
-     * status, cancel and the slot count never see a started move as queued;
-     * the worker's own phase item then sends the frame. */
-    if (m->mode == ENGINE_MOVE)
-        enter_state(m, PHASE_CALCULATING);
+    struct move_work *w = m->work;
+    m->mode = mode;
+    m->resting = false;
     m->mono_run_started = util_mono_ms(); /* move_timeout counts from leaving the queue */
     m->last_progress_ms = m->last_life_ms = m->mono_run_started;
+    if (m->prepared) {
+        /* Each step of a prepared move gets a fresh start: no thread runs
+         * now, so the job's inputs are the loop's to set. */
+        w->mode = mode;
+        ring_init(&w->ring);
+        atomic_store(&w->stop, stop_code);
+        /* What the steps before found: the destination's identity (made
+         * by the preparation) and the counts of the prepared copy. */
+        if (m->jr) {
+            w->src_id = m->jr->src_id;
+            w->dst_id = m->jr->dst_id;
+            w->resume_phase = m->jr->phase;
+        }
+        w->resumed = m->st.count;
+    }
     /* Always: it also tells a stopped worker that does not come back. */
     uv_timer_start(&m->limit, move_on_limit, 1000, 1000);
     m->thread_running = true;
-    m->work->async = &m->async;
-    pthread_mutex_lock(&m->work->lock);
-    m->work->refs++; /* the worker's */
-    pthread_mutex_unlock(&m->work->lock);
+    w->async = &m->async;
+    pthread_mutex_lock(&w->lock);
+    w->refs++; /* the worker's */
+    pthread_mutex_unlock(&w->lock);
     /* Not the libuv threadpool: a long copy would starve uv_fs and DNS work. */
     rc = uv_thread_create(&m->work->thread, move_worker, m->work);
     if (rc != 0) {
@@ -630,11 +770,70 @@ int move_run(struct move *m)
     return 0;
 }
 
+int move_run(struct move *m)
+{
+    assert(m->st.phase == PHASE_QUEUED || m->mode != ENGINE_MOVE);
+    /* Leaving the queue is "calculating" at once on the loop's side too, so
+     * status, cancel and the slot count never see a started move as queued;
+     * the worker's own phase item then sends the frame. */
+    if (m->mode == ENGINE_MOVE || m->mode == ENGINE_PREPARE)
+        enter_state(m, PHASE_CALCULATING);
+    if (m->prepared && m->st.rename && m->mode == ENGINE_PREPARE) {
+        /* One filesystem: nothing to copy ahead, the commit renames. Ready
+         * at once, without a worker. */
+        move_send_frame(m, util_mono_ms(), false);
+        move_enter_ready(m, CODE_NONE, NULL);
+        return 0;
+    }
+    return move_start_worker(m, m->mode, CODE_NONE);
+}
+
+int move_commit(struct move *m)
+{
+    assert(m->resting);
+    /* The commit is under way from here for status and busy; the worker's
+     * phase items then send the frames. */
+    enter_state(m, PHASE_SYNCING);
+    m->bytes_synced = m->files_synced = 0;
+    return move_start_worker(m, ENGINE_COMMIT, CODE_NONE);
+}
+
+/* A prepared move resting in ready is stopped: its copy removed on a worker
+ * (with the stop code taken already, so it ends with it), or, for a rename
+ * (nothing was made), ended at once. */
+static int move_discard(struct move *m, enum move_code code, const char *why)
+{
+    util_fmt(m->stop_why, sizeof m->stop_why, "%s", why ? why : "");
+    if (m->st.rename) {
+        move_finish(m, code, why, false);
+        return 0;
+    }
+    m->stop_asked_ms = util_mono_ms();
+    /* Taken either way: a worker that cannot start ends the move in error. */
+    (void)move_start_worker(m, ENGINE_DISCARD, (int)code);
+    return 0;
+}
+
+int move_record_update(struct move *m, void (*fn)(struct journal_rec *jr, void *arg), void *arg)
+{
+    struct move_work *w = m->work;
+    int rc = -ENOENT;
+    pthread_mutex_lock(&w->lock);
+    if (!w->no_record && w->jr && w->journal) {
+        fn(w->jr, arg);
+        rc = journal_write(w->journal, w->jr);
+    }
+    pthread_mutex_unlock(&w->lock);
+    return rc;
+}
+
 int move_stop(struct move *m, enum move_code code, const char *why)
 {
     int none = CODE_NONE;
     if (move_phase_terminal(m->st.phase))
         return -ENOENT;
+    if (m->resting)
+        return move_discard(m, code, why);
     if (!m->thread_running) {
         move_finish(m, code, why, false);
         return 0;

@@ -15,7 +15,8 @@ class ControlTest(AgentTestCase):
         conn = self.start_agent()
         hello = conn.messages[0][1]["data"]
         self.assertEqual(sorted(hello["capabilities"]),
-                         ["server.move_cancel", "server.move_data", "server.move_status"])
+                         ["server.move_cancel", "server.move_commit", "server.move_data", "server.move_prepare",
+                          "server.move_status"])
         src = dense_tree(os.path.join(self.scratch.a, "mc"), 200)
         make_tree(os.path.join(src, "world"), n_small=30)
         before = snapshot(src, content=False)

@@ -156,7 +156,16 @@ static void on_released(struct move *m)
     fail_msg("a worker came back after its move ended");
 }
 
-static const struct move_ops ops = {on_frame, on_ended, on_released};
+/* Never a prepared move here. */
+static void on_ready(struct move *m, enum move_code code, const char *error)
+{
+    (void)m;
+    (void)code;
+    (void)error;
+    fail_msg("a plain move entered ready");
+}
+
+static const struct move_ops ops = {on_frame, on_ended, on_released, on_ready};
 
 static char base[64];
 
