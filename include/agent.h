@@ -11,6 +11,7 @@
 #include "move.h"
 #include "path_check.h"
 #include "protocol.h"
+#include "reclaim.h"
 #include "ws_client.h"
 
 #include <stdbool.h>
@@ -106,6 +107,8 @@ struct agent {
     /* metrics_file: rewritten every heartbeat_interval, also while stopping. */
     uv_timer_t metrics_timer;
     struct metrics metrics;
+    /* Deletes the reclaim directories of deferred reclaims after the answer. */
+    struct reclaimer reclaimer;
     /* The lifecycle's reaction when a move left the list (released: an
      * orphan's worker came back): the queue moves on, a stop may finish.
      * Set by agent_init, called by agent_moves.c, which sits below it. */

@@ -14,6 +14,10 @@
 
 enum verify_mode { VERIFY_METADATA = 0, VERIFY_CHECKSUM = 1 };
 
+/* When the source's space is given back: after the answer (renamed into a
+ * reclaim directory and deleted in the background) or before it. */
+enum reclaim_mode { RECLAIM_DEFERRED = 0, RECLAIM_INLINE = 1 };
+
 struct config_url {
     bool tls;
     char *host; /* without IPv6 brackets */
@@ -43,6 +47,7 @@ struct config {
     uint64_t move_timeout_ms; /* 0: none */
     uint64_t stall_timeout_ms;
     enum verify_mode verify;
+    enum reclaim_mode reclaim;
     uint64_t max_message_bytes;
     char *ca_file;
     bool tls_insecure;

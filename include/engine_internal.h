@@ -7,6 +7,7 @@
 #include "move_engine.h"
 #include "clean_guard.h"
 #include "file_copy.h"
+#include "paths.h"
 #include "log.h"
 #include "tree_walk.h"
 #include "unlink_pool.h"
@@ -111,6 +112,9 @@ struct eng {
     /* When the copy pass had made its last change to the destination: an
      * entry of the copy whose ctime is later was changed by someone else. */
     struct timespec copy_end;
+    /* Finishing after a restart: the reclaim directory the journal named,
+     * found with its recorded identity (-1: none). */
+    int rcl_fd;
 };
 
 static inline bool eng_same_time(const struct timespec *a, const struct timespec *b)
@@ -174,6 +178,12 @@ int eng_clean_check(void *ctx, int dirfd, const char *name, const void *arg);
 int eng_clean(struct eng *e);
 void eng_clean_stopped(struct eng *e);
 void eng_rollback(struct eng *e);
+
+/* engine_reclaim.c */
+int eng_reclaim(struct eng *e);
+int eng_remove_source(struct eng *e);
+bool eng_is_reclaim_name(const struct eng *e, const char *name);
+int eng_reclaim_resume(struct eng *e, int *rfd);
 
 /* engine_recover.c */
 int eng_undo(struct eng *e);

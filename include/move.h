@@ -51,6 +51,10 @@ struct move_params {
     /* A move that has already ended (jr terminal) and only needs its
      * rollback finished: no frames, ops->released at the end. */
     bool silent;
+    /* How the source goes once copied (the config's, when the move was
+     * made): deferred moves end with the source in a reclaim directory,
+     * named in jr->reclaim, for the owner to delete after the answer. */
+    enum reclaim_mode reclaim;
 };
 
 #define MOVE_RATE_SAMPLES 24
@@ -85,6 +89,9 @@ struct move {
     bool abandoned;                  /* ended by the loop while the worker is stuck */
     enum move_phase abandoned_phase; /* the phase it was in then */
     bool silent;
+    /* Ended with its source renamed into jr->reclaim's directory: the owner
+     * deletes it after the answer. */
+    bool reclaim_ready;
     bool owns_jr;                     /* the owner's flag: jr outlived its history entry */
     void *check;                      /* the owner's: a path check under way before it starts */
     struct path_ids src_ids, dst_ids; /* the owner's: directories along src and dst */

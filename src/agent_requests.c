@@ -230,6 +230,7 @@ static void agent_accept(struct agent *a, struct agent_pending *p)
         .progress_interval_ms = a->cfg.progress_interval_ms,
         .move_timeout_ms = a->cfg.move_timeout_ms,
         .stall_timeout_ms = a->cfg.stall_timeout_ms,
+        .reclaim = a->cfg.reclaim,
     };
     m = xmalloc(sizeof *m);
     if (move_init(m, &a->loop, &mp, &agent_move_ops, a) != 0) {
@@ -524,6 +525,7 @@ static void agent_move_status(struct agent *a, const struct frame *f, const stru
         cJSON_AddTrueToObject(d, "truncated");
         cJSON_AddNumberToObject(d, "omitted", omitted);
     }
+    agent_add_reclaiming(a, d);
     agent_answer(a, o, d);
 }
 

@@ -582,10 +582,13 @@ static int eng_copy_move(struct eng *e)
     copy_caps_save(&e->cc.caps);
     e->res->bytes_copied = e->prog.count.bytes_copied;
     e->res->files_copied = e->prog.count.files_copied;
-    /* From here the copy is whole and durable: a failure keeps it, and
-     * the move has succeeded. */
-    if (eng_clean(e) != 0)
-        eng_clean_stopped(e);
+    /* From here the copy is whole and durable: a failure to remove the
+     * source keeps it, and the move has succeeded; only a source found
+     * changed by the reclaim's check (put back whole) undoes the copy. */
+    if (eng_remove_source(e) != 0) {
+        eng_rollback(e);
+        return -1;
+    }
     return 0;
 }
 
@@ -641,7 +644,7 @@ int engine_run(const struct engine_job *job, struct engine_result *res)
     memset(&e, 0, sizeof e);
     e.job = job;
     e.res = res;
-    e.srcfd = e.dstfd = e.src_pfd = e.dst_pfd = -1;
+    e.srcfd = e.dstfd = e.src_pfd = e.dst_pfd = e.rcl_fd = -1;
     e.is_root = geteuid() == 0;
     e.noatime_ok = true;
     e.cc.checksum = job->verify == VERIFY_CHECKSUM;
@@ -671,6 +674,8 @@ int engine_run(const struct engine_job *job, struct engine_result *res)
         close(e.src_pfd);
     if (e.dst_pfd >= 0)
         close(e.dst_pfd);
+    if (e.rcl_fd >= 0)
+        close(e.rcl_fd);
     eng_hl_free(&e.hl);
     src_record_free(&e.rec);
     for (size_t i = 0; i < e.n_made; i++)
