@@ -411,7 +411,7 @@ int eng_reclaim(struct eng *e)
     }
     if (rc == 0) {
         res->reclaim = true;
-        LOG(LOG_INFO, "source renamed into its reclaim directory", LF_S("old", e->job->src),
+        LOG(LOG_DEBUG, "source renamed into its reclaim directory", LF_S("old", e->job->src),
             LF_S("reclaim", res->reclaimed.dir), LF_U("entries", res->reclaimed.entries));
     }
     rcl_free(&r);
