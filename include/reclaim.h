@@ -91,8 +91,10 @@ struct reclaim_progress {
  * is gone (or was already); -ECANCELED when *stop was set (what is left
  * stays); -ESTALE when it is not the recorded directory (nothing deleted);
  * another negative errno when something in it could not be deleted (the
- * rest is; why names it). */
+ * rest is; why names it). parallel: files are unlinked by the unlink pool's
+ * helpers, several at a time (hostagent move, whose user waits for it); else
+ * one at a time on the calling thread (the background reclaimer). */
 int reclaim_delete(const char *dir, dev_t dev, ino_t ino, atomic_int *stop,
-                   struct reclaim_progress *p, char *why, size_t whysz);
+                   struct reclaim_progress *p, bool parallel, char *why, size_t whysz);
 
 #endif

@@ -365,7 +365,7 @@ static int cli_reclaim(const struct engine_reclaim *rc, atomic_int *stop, bool j
                (unsigned long long)rc->entries, size);
         fflush(stdout);
     }
-    err = reclaim_delete(rc->dir, rc->dev, rc->ino, stop, &p, why, sizeof why);
+    err = reclaim_delete(rc->dir, rc->dev, rc->ino, stop, &p, true, why, sizeof why);
     if (err == -ECANCELED) {
         fprintf(stderr,
                 "hostagent move: the move is complete; deleting the old files was interrupted: "

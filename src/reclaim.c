@@ -4,6 +4,7 @@
 #include "log.h"
 #include "paths.h"
 #include "tree_walk.h"
+#include "unlink_pool.h"
 #include "util.h"
 
 #include <cjson/cJSON.h>
@@ -31,7 +32,8 @@
 struct del {
     atomic_int *stop;
     struct reclaim_progress *p;
-    int err; /* the first failure (positive errno) */
+    struct unlink_pool *pool; /* NULL: one unlink at a time, here */
+    int err;                  /* the first failure (positive errno) */
     char where[PATH_MAX / 2];
 };
 
@@ -76,11 +78,37 @@ static int del_stopped(struct del *d)
     return 0;
 }
 
+/* Waits for the pool's unlinks in the directory being left (open as dirfd). */
+static void del_barrier(struct del *d, struct tree_walk *w)
+{
+    char name[NAME_MAX + 1];
+    int err;
+    if (!d->pool)
+        return;
+    err = unlink_pool_wait(d->pool, name, sizeof name, NULL);
+    if (err && err != ENOENT)
+        del_failed(d, w, name, err);
+}
+
+static int del_root_post(struct tree_walk *w)
+{
+    del_barrier(w->arg, w);
+    return 0;
+}
+
 static int del_file(struct tree_walk *w, const char *name, const struct stat *st)
 {
     struct del *d = w->arg;
     if (del_stopped(d) != 0)
         return -1;
+    if (d->pool) {
+        /* Refused after a failure: collect it; the entry stays. */
+        if (unlink_pool_submit(d->pool, tree_walk_fd(w, 0), name, NULL) != 0)
+            del_barrier(d, w);
+        else
+            del_count(d, st);
+        return 0;
+    }
     /* A symlink is removed itself, never followed (unlinkat does not). */
     if (unlinkat(tree_walk_fd(w, 0), name, 0) != 0 && errno != ENOENT)
         del_failed(d, w, name, errno);
@@ -103,6 +131,7 @@ static int del_dir_post(struct tree_walk *w, const char *name, const struct stat
 {
     struct del *d = w->arg;
     (void)fds;
+    del_barrier(d, w); /* its files first (unlinked through fds[0], still open) */
     if (unlinkat(tree_walk_fd(w, 0), name, AT_REMOVEDIR) != 0 && errno != ENOENT)
         del_failed(d, w, name, errno); /* a mount inside, or a failure below */
     else
@@ -136,10 +165,11 @@ static int open_nofollow(const char *path)
 }
 
 int reclaim_delete(const char *dir, dev_t dev, ino_t ino, atomic_int *stop,
-                   struct reclaim_progress *p, char *why, size_t whysz)
+                   struct reclaim_progress *p, bool parallel, char *why, size_t whysz)
 {
-    static const struct tree_walk_ops ops = {del_file, del_dir_pre, del_dir_post, NULL};
+    static const struct tree_walk_ops ops = {del_file, del_dir_pre, del_dir_post, del_root_post};
     struct del d = {.stop = stop, .p = p};
+    struct unlink_pool pool;
     struct tree_walk w = {.ops = &ops, .arg = &d, .need_stat = true, .strict_dev = false};
     const char *slash = strrchr(dir, '/');
     char parent[PATH_MAX];
@@ -180,7 +210,13 @@ int reclaim_delete(const char *dir, dev_t dev, ino_t ino, atomic_int *stop,
         return -ESTALE;
     }
     (void)fchmod(fd, 0700);
+    if (parallel && unlink_pool_init(&pool) == 0 && pool.n_threads > 0)
+        d.pool = &pool;
     rc = tree_walk_run(&w, fd, -1);
+    if (d.pool) { /* what a stopped walk left in flight */
+        del_barrier(&d, &w);
+        unlink_pool_close(&pool);
+    }
     if (rc != 0 && !d.err)
         d.err = w.err ? w.err : EIO;
     tree_walk_free(&w);
@@ -359,7 +395,8 @@ static void reclaim_one(struct reclaimer *r, struct reclaim_item *it)
     uint64_t t0 = util_mono_ms();
     LOG(LOG_INFO, "reclaim started", LF_S("move", it->move_id), LF_S("path", it->dir),
         LF_U("entries", it->entries), LF_U("bytes", it->bytes));
-    it->result = reclaim_delete(it->dir, it->dev, it->ino, &r->stop, &p, why, sizeof why);
+    /* One unlink at a time: a background reclaim must stay light. */
+    it->result = reclaim_delete(it->dir, it->dev, it->ino, &r->stop, &p, false, why, sizeof why);
     /* What it holds now; once it ended, none of it counts any more. */
     it->entries = it->entries > p.entries_done ? it->entries - p.entries_done : 0;
     it->bytes = it->bytes > p.bytes_done ? it->bytes - p.bytes_done : 0;
