@@ -89,7 +89,9 @@ struct reclaim_progress {
  * directory, then deletes everything in it, deepest first, never entering a
  * mount; p (may be NULL) counts what it deleted. 0 when it
  * is gone (or was already); -ECANCELED when *stop was set (what is left
- * stays); -ESTALE when it is not the recorded directory (nothing deleted);
+ * stays); -EAGAIN when it is gone but that could not be made durable
+ * (syncfs failed: the record must stay); -ESTALE when it is not the
+ * recorded directory (nothing deleted);
  * another negative errno when something in it could not be deleted (the
  * rest is; why names it). parallel: files are unlinked by the unlink pool's
  * helpers, several at a time (hostagent move, whose user waits for it); else

@@ -225,12 +225,26 @@ int reclaim_delete(const char *dir, dev_t dev, ino_t ino, atomic_int *stop,
         d.err = errno;
         d.where[0] = '\0';
     }
-    if (!d.err && fsync(pfd) != 0 && errno != EBADF && errno != EINVAL)
-        LOG(LOG_WARN, "could not sync the directory of a deleted reclaim directory",
-            LF_S("path", parent), LF_S("reason", strerror(errno)));
+    if (!d.err) {
+        /* Durable before the caller forgets the reclaim (its record goes
+         * next): else a power cut could bring the directory back with no
+         * record to delete it. pfd is O_PATH, which syncfs refuses. */
+        int sfd = openat(pfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (sfd < 0 || syncfs(sfd) != 0) {
+            d.err = EAGAIN;
+            util_fmt(d.where, sizeof d.where, "(the deletion could not be made durable: %s)",
+                     strerror(errno));
+        }
+        if (sfd >= 0)
+            close(sfd);
+    }
     close(pfd);
     if (d.err == ECANCELED)
         return -ECANCELED;
+    if (d.err == EAGAIN) {
+        util_fmt(why, whysz, "%s was deleted %s", dir, d.where);
+        return -EAGAIN;
+    }
     if (d.err) {
         util_fmt(why, whysz, "%s%s%s could not be deleted: %s", dir, d.where[0] ? "/" : "", d.where,
                  strerror(d.err));
@@ -404,9 +418,10 @@ static void reclaim_one(struct reclaimer *r, struct reclaim_item *it)
         count_down(&r->entries, it->entries);
         count_down(&r->bytes, it->bytes);
     }
-    if (it->result == -ECANCELED) {
-        LOG(LOG_INFO, "reclaim stopped; it resumes at the next start", LF_S("move", it->move_id),
-            LF_S("path", it->dir));
+    if (it->result == -ECANCELED || it->result == -EAGAIN) {
+        LOG(it->result == -EAGAIN ? LOG_WARN : LOG_INFO,
+            "reclaim stopped; it resumes at the next start", LF_S("move", it->move_id),
+            LF_S("path", it->dir), LF_S("reason", it->result == -EAGAIN ? why : "stopped"));
         return;
     }
     if (it->result == 0)
