@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Moves the same data with `hostagent move`, GNU `mv` and
 `rsync -a --remove-source-files` from the root filesystem to a tmpfs, in
-alternating order, several runs per data set, and prints medians and ratios.
+alternating order, several runs per data set, and prints medians and ratios:
+the whole time of each, and hostagent's answer time (until its `complete`
+state, after which it deletes the old files: reclaim = deferred) as a ratio
+of mv's whole move.
 
 Data sets: one 1 GiB file; 20,000 files of 4 KiB; a game-server-like mix (a
 few large region files and thousands of small ones). Each run moves a fresh
@@ -75,6 +78,24 @@ def timed(cmd):
     return dt
 
 
+def timed_answer(cmd):
+    """Runs `hostagent move --json`: the seconds until it printed its
+    `complete` MoveState (the move answered: with reclaim = deferred the old
+    files are deleted after that, in the foreground) and until it ended."""
+    t0 = time.perf_counter()
+    answer = None
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for line in p.stdout:
+        if answer is None and b'"phase":"complete"' in line:
+            answer = time.perf_counter() - t0
+    err = p.stderr.read()
+    rc = p.wait()
+    dt = time.perf_counter() - t0
+    if rc != 0 or answer is None:
+        sys.exit("%s failed: %s" % (" ".join(cmd), err.decode()))
+    return answer, dt
+
+
 def count_syscalls(cmd):
     out = tempfile.mktemp(prefix="hostagent-bench-strace-")
     subprocess.run(["strace", "-f", "-c", "-o", out] + cmd, stdout=subprocess.DEVNULL, check=True)
@@ -122,12 +143,17 @@ def main():
                     subprocess.run(["sync"], check=True)
                     if tool == "rsync":
                         os.mkdir(dst)
-                    dt = timed(cmd(src, dst))
+                    if tool == "hostagent":
+                        answer, dt = timed_answer(cmd(src, dst)[:2] + ["--json"] + cmd(src, dst)[2:])
+                        results[name].setdefault("answer", []).append(answer)
+                    else:
+                        dt = timed(cmd(src, dst))
                     results[name][tool].append(dt)
                     shutil.rmtree(src, ignore_errors=True)
                     shutil.rmtree(dst)
                 print("   run %d: %s" % (run + 1, "  ".join("%s %.3fs" % (t, results[name][t][-1])
-                                                          for t in results[name])), flush=True)
+                                                          for t in results[name]
+                                                          if t != "syscalls")), flush=True)
             if name == "20k-small" and shutil.which("strace"):
                 per = {}
                 for tool, cmd in tools(args.hostagent).items():
@@ -148,12 +174,15 @@ def main():
     print()
     print("median seconds over %d runs (root filesystem -> tmpfs); ratio = hostagent / other, "
           "below 1.00 is faster" % args.runs)
-    print("%-12s %10s %10s %10s %12s %12s" % ("set", "hostagent", "mv", "rsync", "vs mv", "vs rsync"))
+    print("(answer: until `hostagent move` printed `complete`, the moment a manager gets its answer; "
+          "hostagent: until it ended, the old files deleted)")
+    print("%-12s %10s %10s %10s %10s %12s %12s %12s" % ("set", "answer", "hostagent", "mv", "rsync",
+                                                      "answer/mv", "vs mv", "vs rsync"))
     for name, r in results.items():
         med = {t: statistics.median(v) for t, v in r.items() if t != "syscalls"}
-        print("%-12s %10.3f %10.3f %10.3f %12.2f %12.2f" % (
-            name, med["hostagent"], med["mv"], med["rsync"], med["hostagent"] / med["mv"],
-            med["hostagent"] / med["rsync"]))
+        print("%-12s %10.3f %10.3f %10.3f %10.3f %12.2f %12.2f %12.2f" % (
+            name, med["answer"], med["hostagent"], med["mv"], med["rsync"], med["answer"] / med["mv"],
+            med["hostagent"] / med["mv"], med["hostagent"] / med["rsync"]))
     for name, r in results.items():
         if "syscalls" in r:
             print("system calls per file (%s, strace -c -f): %s" % (

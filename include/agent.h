@@ -12,6 +12,7 @@
 #include "path_check.h"
 #include "protocol.h"
 #include "transport.h"
+#include "reclaim.h"
 
 #include <stdbool.h>
 #include <uv.h>
@@ -107,6 +108,8 @@ struct agent {
     /* metrics_file: rewritten every heartbeat_interval, also while stopping. */
     uv_timer_t metrics_timer;
     struct metrics metrics;
+    /* Deletes the reclaim directories of deferred reclaims after the answer. */
+    struct reclaimer reclaimer;
     /* The lifecycle's reaction when a move left the list (released: an
      * orphan's worker came back): the queue moves on, a stop may finish.
      * Set by agent_init, called by agent_moves.c, which sits below it. */

@@ -56,6 +56,9 @@ void agent_on_message(struct transport *t, const char *buf, size_t len);
 extern const struct control_ops agent_control_ops;
 void agent_run_deferred(struct agent *a);
 
+/* agent.c: reclaimingBytes / reclaimingEntries (heartbeat, status) */
+void agent_add_reclaiming(struct agent *a, cJSON *d);
+
 /* agent_recovery.c: the moves found in the journal at start */
 void agent_recover(struct agent *a);
 

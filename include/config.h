@@ -18,6 +18,10 @@ enum transport_kind { TRANSPORT_WEBSOCKET = 0, TRANSPORT_NATS = 1 };
 #define CONFIG_NATS_SERVERS_MAX 32
 #define CONFIG_NATS_PREFIX_MAX 128
 
+/* When the source's space is given back: after the answer (renamed into a
+ * reclaim directory and deleted in the background) or before it. */
+enum reclaim_mode { RECLAIM_DEFERRED = 0, RECLAIM_INLINE = 1 };
+
 struct config_url {
     bool tls;
     char *host; /* without IPv6 brackets */
@@ -47,6 +51,7 @@ struct config {
     uint64_t move_timeout_ms; /* 0: none */
     uint64_t stall_timeout_ms;
     enum verify_mode verify;
+    enum reclaim_mode reclaim;
     uint64_t max_message_bytes;
     char *ca_file;
     bool tls_insecure;

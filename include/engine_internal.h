@@ -8,6 +8,7 @@
 #include "clean_guard.h"
 #include "file_copy.h"
 #include "ident_store.h"
+#include "paths.h"
 #include "log.h"
 #include "tree_walk.h"
 #include "unlink_pool.h"
@@ -128,6 +129,9 @@ struct eng {
     size_t relcap;
     char **synced_rel; /* syncing: the entries it copied, for the verify pass */
     size_t n_synced_rel, cap_synced_rel;
+    /* Finishing after a restart: the reclaim directory the journal named,
+     * found with its recorded identity (-1: none). */
+    int rcl_fd;
 };
 
 static inline bool eng_same_time(const struct timespec *a, const struct timespec *b)
@@ -176,6 +180,7 @@ int eng_check_removable(struct eng *e, struct tree_walk *w, const char *name, co
 int eng_check_root(struct eng *e);
 int eng_open_src_parent(struct eng *e);
 int eng_open_dst_parent(struct eng *e, bool create);
+int eng_before_removal(struct eng *e);
 int eng_lock_for_cleaning(struct eng *e);
 
 /* engine_copy.c */
@@ -200,6 +205,12 @@ int eng_clean_check(void *ctx, int dirfd, const char *name, const void *arg);
 int eng_clean(struct eng *e);
 void eng_clean_stopped(struct eng *e);
 void eng_rollback(struct eng *e);
+
+/* engine_reclaim.c */
+int eng_reclaim(struct eng *e);
+int eng_remove_source(struct eng *e);
+bool eng_is_reclaim_name(const struct eng *e, const char *name);
+int eng_reclaim_resume(struct eng *e, int *rfd);
 
 /* engine_recover.c */
 int eng_undo(struct eng *e);

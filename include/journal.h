@@ -34,6 +34,16 @@ struct journal_id {
     uint64_t dev, ino;
 };
 
+/* The reclaim directory a deferred reclaim renames the source into, named
+ * by the worker before the first rename (engine on_reclaim), so that
+ * recovery finds the source there; `undone` once it was renamed back. */
+struct journal_reclaim {
+    char *dir; /* NULL: none */
+    bool in_mount, undone;
+    struct journal_id id;
+    uint64_t entries, bytes;
+};
+
 /* Everything needed to answer a move, or to finish or undo it after a crash. */
 struct journal_rec {
     char move_id[MOVE_ID_MAX + 1];
@@ -73,6 +83,7 @@ struct journal_rec {
     char *ready_reply;    /* the prepare's reply subject, once ready (NULL: none wanted) */
     char *ready_answer;   /* the prepare's answer at ready, printed; NULL before */
     bool ready_delivered; /* the manager acknowledged it (a pong after it) */
+    struct journal_reclaim reclaim;
 };
 
 /* Creates state_dir (and moves/) if needed and takes the lock. Fails with a

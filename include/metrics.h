@@ -33,6 +33,7 @@ struct metrics {
 
     /* Moves: the gauges are set by the owner before each write. */
     unsigned moves_active, moves_queued;
+    uint64_t reclaiming_bytes, reclaiming_entries;       /* left to delete by deferred reclaims */
     uint64_t moves_ended[METRICS_N_CODES];               /* by code; CODE_NONE: complete */
     uint64_t refused[METRICS_N_CODES];                   /* requests answered with a failure */
     uint64_t bytes_copied, files_copied;                 /* by ended moves */

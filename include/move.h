@@ -61,6 +61,10 @@ struct move_params {
      * found in phase ready at start when jr says so (it rests, no worker). */
     const char *ident_path;  /* its identity record in state_dir */
     uint64_t prepare_ttl_ms; /* 0: it may rest in ready for ever */
+    /* How the source goes once copied (the config's, when the move was
+     * made): deferred moves end with the source in a reclaim directory,
+     * named in jr->reclaim, for the owner to delete after the answer. */
+    enum reclaim_mode reclaim;
 };
 
 #define MOVE_RATE_SAMPLES 24
@@ -95,6 +99,9 @@ struct move {
     bool abandoned;                  /* ended by the loop while the worker is stuck */
     enum move_phase abandoned_phase; /* the phase it was in then */
     bool silent;
+    /* Ended with its source renamed into jr->reclaim's directory: the owner
+     * deletes it after the answer. */
+    bool reclaim_ready;
     bool owns_jr;                     /* the owner's flag: jr outlived its history entry */
     void *check;                      /* the owner's: a path check under way before it starts */
     struct path_ids src_ids, dst_ids; /* the owner's: directories along src and dst */

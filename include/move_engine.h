@@ -7,6 +7,7 @@
 #include "config.h"
 #include "move_state.h"
 
+#include <limits.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -59,6 +60,24 @@ typedef int (*engine_phase_fn)(void *arg, const struct engine_progress *p);
  * stops the move (rolled back). */
 typedef int (*engine_dst_fn)(void *arg, const struct stat *st);
 
+/* A deferred reclaim (see engine_reclaim.c): the source renamed away into
+ * this directory on its own filesystem, to be deleted after the answer. */
+struct engine_reclaim {
+    char dir[PATH_MAX]; /* "<parent of oldPath>/.hostagent-reclaim-<moveId>", or inside oldPath */
+    bool in_mount;      /* oldPath is a mount point: its entries went into dir, inside it */
+    dev_t dev;          /* dir's identity: checked before anything in it is deleted */
+    ino_t ino;
+    uint64_t entries, bytes; /* what it holds (the verified copy's counts) */
+    bool undone;             /* (on_reclaim) the source was renamed back: nothing to delete */
+};
+
+/* Called on the worker right before the first rename into the reclaim
+ * directory (dir, identity and counts set), and again with `undone` once a
+ * source found changed was renamed back. Returning 0 on the first call means
+ * the directory is durable in the journal (recovery looks for it); a failure
+ * makes the engine remove the source inline instead. */
+typedef int (*engine_reclaim_fn)(void *arg, const struct engine_reclaim *r);
+
 /* A directory's identity as the journal recorded it. */
 struct engine_id {
     bool known;
@@ -91,6 +110,16 @@ struct engine_job {
     atomic_uint *alive;
     void *arg;
     enum engine_mode mode;
+    /* RECLAIM_DEFERRED with move_id set: the source is renamed into its
+     * reclaim directory (named after move_id) instead of being deleted, and
+     * the result says where; RECLAIM_INLINE (or no move_id): deleted before
+     * the engine returns. */
+    enum reclaim_mode reclaim;
+    const char *move_id;
+    engine_reclaim_fn on_reclaim; /* may be NULL (nothing journaled: hostagent move) */
+    /* ENGINE_FINISH: the reclaim directory the journal named (dir[0] == 0:
+     * none); recovery checks its identity before trusting it. */
+    struct engine_reclaim resume_reclaim;
     /* ENGINE_UNDO/ENGINE_FINISH: what the journal recorded. Nothing is
      * removed unless the disk matches it (see docs/design.md, failure
      * model); else the move ends CODE_NEEDS_ATTENTION, nothing touched. */
@@ -123,6 +152,9 @@ struct engine_result {
     /* ENGINE_COMMIT failed with CODE_SOURCE_CHANGED during syncing or
      * verifying: the copy and its record are kept, the move is ready again. */
     bool back_to_ready;
+    /* The source is in this reclaim directory, for the caller to delete. */
+    bool reclaim;
+    struct engine_reclaim reclaimed;
 };
 
 /* Runs the whole move. Returns 0 on success (perhaps with a warning), -1

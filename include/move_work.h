@@ -41,7 +41,8 @@
  *   no_record        loop, under lock                  worker, under lock (journal)
  *   async            loop (before the thread starts)   worker, under lock, !detached
  *   jr, journal      worker, under lock, !no_record;   loop after the worker is gone or
- *                    loop before start and at the end   no_record is set
+ *   (jr->reclaim     loop before start and at the end   no_record is set
+ *   included)
  */
 struct move_work {
     pthread_mutex_t lock;
@@ -56,6 +57,9 @@ struct move_work {
     atomic_int stop;           /* move_code to stop with, 0 = run */
     _Atomic uint64_t seq_sent; /* the loop's seq, for the worker's journal writes */
     atomic_uint beat;          /* a sign of life: every report, every removed entry */
+    /* Written by the worker before its result item, read by the loop after
+     * the join: the engine left the source in jr->reclaim's directory. */
+    bool reclaim_ready;
     atomic_bool dst_known;
     _Atomic uint64_t dst_dev, dst_ino;
 
@@ -70,6 +74,9 @@ struct move_work {
     bool rename;
     enum verify_mode verify;
     enum engine_mode mode;
+    enum reclaim_mode reclaim;
+    char *move_id;
+    struct engine_reclaim resume_reclaim; /* ENGINE_FINISH: jr's reclaim directory */
     /* A resumed move: where the journal left it (see engine_job). */
     enum move_phase resume_phase;
     struct journal_id src_id, dst_id;

@@ -7,10 +7,16 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+/* The name a deferred reclaim gives the source it renames away (followed by
+ * the moveId): a request path with a component starting so is refused, so no
+ * move can read, write or hide a reclaim directory. */
+#define PATHS_RECLAIM_PREFIX ".hostagent-reclaim-"
+
 /* Protocol path syntax: absolute, at most PATH_MAX-1 bytes, components of at
  * most NAME_MAX bytes, no "//", "." or ".." components, no NUL (a NUL escape
  * reaches us as U+FFFF, see protocol.c). One trailing '/' is accepted and
- * removed in norm (PATH_MAX bytes). Returns 0 or -EINVAL with *why. */
+ * removed in norm (PATH_MAX bytes); no component starting with
+ * PATHS_RECLAIM_PREFIX. Returns 0 or -EINVAL with *why. */
 int path_check_syntax(const char *p, char *norm, const char **why);
 
 /* Resolves the existing part of a syntactically valid path: realpath() of the

@@ -53,7 +53,29 @@ static void agent_on_heartbeat(uv_timer_t *t)
     cJSON_AddStringToObject(d, "agentId", a->cfg.agent_id);
     json_add_u64(d, "uptimeMs", util_mono_ms() - a->started_mono);
     cJSON_AddNumberToObject(d, "activeMoves", a->n_moves);
+    agent_add_reclaiming(a, d);
     agent_send(a, "heartbeat", d, NULL, false, NULL);
+}
+
+/* --- reclaims ----------------------------------------------------------------------- */
+
+void agent_add_reclaiming(struct agent *a, cJSON *d)
+{
+    uint64_t bytes, entries;
+    reclaimer_totals(&a->reclaimer, &bytes, &entries);
+    json_add_u64(d, "reclaimingBytes", bytes);
+    json_add_u64(d, "reclaimingEntries", entries);
+}
+
+/* A reclaim recorded by the last run whose move is being recovered now: its
+ * move hands it over when it ends (it checks the directory first). */
+static bool agent_reclaim_skip(void *arg, const char *move_id)
+{
+    struct agent *a = arg;
+    for (struct move *m = a->moves; m; m = m->next)
+        if (strcmp(m->st.move_id, move_id) == 0)
+            return true;
+    return false;
 }
 
 /* --- metrics ------------------------------------------------------------------------ */
@@ -68,6 +90,7 @@ static void agent_write_metrics(struct agent *a)
     a->metrics.moves_queued = a->n_moves - active;
     a->metrics.last_pong_wall_ms = a->tr->last_pong_wall_ms;
     metrics_conn_state(&a->metrics, a->tr->state);
+    reclaimer_totals(&a->reclaimer, &a->metrics.reclaiming_bytes, &a->metrics.reclaiming_entries);
     metrics_update_file(&a->metrics, a->cfg.metrics_file);
 }
 
@@ -118,6 +141,7 @@ static void agent_teardown(struct agent *a)
         move_close(m, agent_free_move);
     }
     transport_close(a->tr);
+    reclaimer_close(&a->reclaimer, NULL);
     control_close(&a->control);
     uv_close((uv_handle_t *)&a->sig_term, agent_on_handle_closed);
     uv_close((uv_handle_t *)&a->sig_int, agent_on_handle_closed);
@@ -240,6 +264,7 @@ static void agent_stop(struct agent *a, const char *signame)
     a->last_extend_ms = 0;
     agent_on_notify_timer(&a->notify_timer); /* the first extension at once */
     uv_timer_stop(&a->heartbeat);
+    reclaimer_stop(&a->reclaimer); /* its record stays: the next start resumes it */
     for (m = a->moves; m; m = next) {
         next = m->next; /* a queued move ends (and leaves the list) at once */
         /* A prepared move resting in ready keeps its copy: it is still ready
@@ -359,6 +384,9 @@ int agent_init(struct agent *a, const char *config_path, struct config *cfg)
     uv_timer_init(&a->loop, &a->heartbeat);
     uv_timer_init(&a->loop, &a->stop_timer);
     uv_timer_init(&a->loop, &a->stop_wait);
+    rc = reclaimer_init(&a->reclaimer, &a->loop, a->cfg.state_dir);
+    if (rc != 0)
+        goto fail_ws;
     rc = path_checker_init(&a->checker, &a->loop, agent_on_check, a);
     if (rc != 0)
         goto fail_ws;
@@ -394,6 +422,7 @@ int agent_init(struct agent *a, const char *config_path, struct config *cfg)
         LOG0(LOG_WARN, "no allowed_roots configured: every move will be refused");
     agent_check_token_file(a);
     agent_recover(a);
+    reclaimer_load(&a->reclaimer, agent_reclaim_skip, a);
     return 0;
 
 fail_ws:

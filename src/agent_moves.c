@@ -266,6 +266,11 @@ static void agent_on_ended(struct move *m)
     if (!orphan)
         m->jr = NULL; /* the history's now; an orphan keeps a pointer to it */
     h = agent_history_add(a, &m->st, jr->answer, jr, util_mono_ms());
+    /* The source waits in its reclaim directory: recorded for the reclaimer
+     * before the outcome, so that no restart can forget it. */
+    if (m->reclaim_ready && m->st.phase == PHASE_COMPLETE && jr->reclaim.dir && !jr->reclaim.undone)
+        (void)reclaimer_add(&a->reclaimer, jr->move_id, jr->reclaim.dir, (dev_t)jr->reclaim.id.dev,
+                            (ino_t)jr->reclaim.id.ino, jr->reclaim.entries, jr->reclaim.bytes);
     if (journal_write(&a->journal, jr) == 0)
         agent_resend_outcome(a, jr, &m->st);
     else

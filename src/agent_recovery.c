@@ -300,7 +300,11 @@ static void agent_recover_one(void *arg, struct journal_rec *r)
         .src_root = src_root,
         .dst_root = dst_root,
         .progress_interval_ms = a->cfg.progress_interval_ms,
-        .mode = r->phase == PHASE_CLEANING ? ENGINE_FINISH : ENGINE_UNDO,
+        /* A source the reclaim had renamed back (it had changed) is whole at
+         * oldPath again: the copy is undone, as before cleaning. */
+        .mode = r->phase == PHASE_CLEANING && !(r->reclaim.dir && r->reclaim.undone) ? ENGINE_FINISH
+                                                                                     : ENGINE_UNDO,
+        .reclaim = a->cfg.reclaim,
     };
     m = xmalloc(sizeof *m);
     if (move_init(m, &a->loop, &p, &agent_move_ops, a) != 0) {

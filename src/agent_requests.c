@@ -258,6 +258,7 @@ static void agent_accept(struct agent *a, struct agent_pending *p)
         .mode = p->prepare ? ENGINE_PREPARE : ENGINE_MOVE,
         .ident_path = p->prepare ? ident : NULL,
         .prepare_ttl_ms = a->cfg.prepare_ttl_ms,
+        .reclaim = a->cfg.reclaim,
     };
     m = xmalloc(sizeof *m);
     if (move_init(m, &a->loop, &mp, &agent_move_ops, a) != 0) {
@@ -643,6 +644,7 @@ static void agent_move_status(struct agent *a, const struct frame *f, const stru
         cJSON_AddTrueToObject(d, "truncated");
         cJSON_AddNumberToObject(d, "omitted", omitted);
     }
+    agent_add_reclaiming(a, d);
     agent_answer(a, o, d);
 }
 

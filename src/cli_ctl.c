@@ -301,6 +301,20 @@ static void ctl_print_moves(const cJSON *moves, bool json)
     }
 }
 
+/* What the daemon still deletes after its answers (reclaim = deferred): one
+ * line under the table while anything is left (--json prints the moves
+ * array alone, as before). */
+static void ctl_print_reclaiming(const cJSON *answer, bool json)
+{
+    const cJSON *b = cJSON_GetObjectItemCaseSensitive(answer, "reclaimingBytes");
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(answer, "reclaimingEntries");
+    if (json || !cJSON_IsNumber(b) || !cJSON_IsNumber(e) || e->valuedouble <= 0)
+        return;
+    printf("reclaiming: %.0f entries, %.0f bytes of moved servers' old files are being deleted in "
+           "the background\n",
+           e->valuedouble, b->valuedouble);
+}
+
 /* --- status from state_dir ------------------------------------------------------ */
 
 struct ctl_offline {
@@ -502,6 +516,7 @@ static int ctl_run(const struct ctl_args *a, const struct config *cfg)
             return 1;
         }
         ctl_print_moves(moves, a->json);
+        ctl_print_reclaiming(answer, a->json);
     } else {
         printf("move %s: cancel requested; it is rolled back and ends as cancelled "
                "(see hostagent status)\n",

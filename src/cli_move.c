@@ -5,6 +5,7 @@
 #include "cli_move.h"
 #include "move_engine.h"
 #include "paths.h"
+#include "reclaim.h"
 #include "util.h"
 
 #include <cjson/cJSON.h>
@@ -350,6 +351,39 @@ static int cli_check(const char *old_arg, const char *new_arg, char *old_real, c
     return 0;
 }
 
+/* After the completion line: the old files, renamed into their reclaim
+ * directory, are deleted here before the program ends, so that no hidden
+ * directory is left behind. Ctrl-C stops it and says where the rest is. */
+static int cli_reclaim(const struct engine_reclaim *rc, atomic_int *stop, bool json)
+{
+    struct reclaim_progress p = {0};
+    char size[16], why[PATH_MAX + 256];
+    uint64_t t0 = util_mono_ms();
+    int err;
+    atomic_store(stop, CODE_NONE); /* the engine locked it; Ctrl-C stops the deletion now */
+    fmt_bytes(size, sizeof size, rc->bytes);
+    if (!json) {
+        printf("reclaiming %llu entries (%s) of the old files...\n",
+               (unsigned long long)rc->entries, size);
+        fflush(stdout);
+    }
+    err = reclaim_delete(rc->dir, rc->dev, rc->ino, stop, &p, true, why, sizeof why);
+    if (err == -ECANCELED) {
+        fprintf(stderr,
+                "hostagent move: the move is complete; deleting the old files was interrupted: "
+                "the rest is in %s\n",
+                rc->dir);
+        return 0;
+    }
+    if (err != 0) {
+        fprintf(stderr, "hostagent move: warning: the move is complete, but %s\n", why);
+        return 0;
+    }
+    if (!json)
+        printf("reclaimed in %.2f s\n", (double)(util_mono_ms() - t0) / 1000.0);
+    return 0;
+}
+
 /* {"success":false,"code","error"} with the daemon's words. */
 static cJSON *protocol_like_failure(enum move_code code, const char *error)
 {
@@ -608,8 +642,10 @@ static int cli_live_run(struct cli_live *lv)
                job->rename ? "renamed" : "moved", lv->old_arg, lv->new_arg,
                (unsigned long long)res.files_copied, size, (double)commit_ms / 1000.0,
                (unsigned long long)res.files_synced, synced);
+        fflush(stdout);
     }
-    return 0;
+    /* As a plain move: the old files go after the answer, in the foreground. */
+    return res.reclaim ? cli_reclaim(&res.reclaimed, lv->stop, lv->json) : 0;
 }
 
 static int cli_live_main(struct cli_move *cm, struct engine_job *job, atomic_int *stop,
@@ -657,6 +693,7 @@ int cli_move_main(int argc, char **argv)
     atomic_int stop;
     char old_real[PATH_MAX], new_real[PATH_MAX], size[16];
     const char *args[2];
+    char move_id[MOVE_ID_MAX + 1];
     int nargs = 0, rc;
     bool json = false, live = false;
     long commit_after = -1;
@@ -724,6 +761,12 @@ int cli_move_main(int argc, char **argv)
     job.stop = &stop;
     job.report = cli_report;
     job.arg = &cm;
+    /* The source is renamed away and deleted after the completion line
+     * (below, in the foreground): the name only has to be unique here. */
+    util_fmt(move_id, sizeof move_id, "cli-%d-%llx", (int)getpid(),
+             (unsigned long long)util_wall_ms());
+    job.reclaim = RECLAIM_DEFERRED;
+    job.move_id = move_id;
     if (live)
         return cli_live_main(&cm, &job, &stop, commit_after, json, args[0], args[1]);
     rc = engine_run(&job, &res);
@@ -760,6 +803,7 @@ int cli_move_main(int argc, char **argv)
         if (!job.rename)
             printf(" (avg %s)", avg);
         putchar('\n');
+        fflush(stdout);
     }
-    return 0;
+    return res.reclaim ? cli_reclaim(&res.reclaimed, &stop, json) : 0;
 }

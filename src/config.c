@@ -32,6 +32,7 @@ enum key_type {
     K_SIZE,
     K_BOOL,
     K_VERIFY,
+    K_RECLAIM,
     K_SOCKET,
     K_TRANSPORT,
     K_NATS_SERVERS,
@@ -74,6 +75,7 @@ static const struct key_def key_table[] = {
     {"move_timeout", K_DURATION, F(move_timeout_ms), 1 * SEC, 30ull * 24 * HOUR, true, false},
     {"stall_timeout", K_DURATION, F(stall_timeout_ms), 10 * SEC, 24 * HOUR, false, false},
     {"verify", K_VERIFY, F(verify), 0, 0, false, false},
+    {"reclaim", K_RECLAIM, F(reclaim), 0, 0, false, false},
     {"max_message_bytes", K_SIZE, F(max_message_bytes), 1024, 64ull << 20, false, false},
     {"ca_file", K_READABLE_FILE, F(ca_file), 0, 0, false, false},
     {"tls_insecure", K_BOOL, F(tls_insecure), 0, 0, false, false},
@@ -113,6 +115,7 @@ static void config_defaults(struct config *cfg)
     cfg->move_timeout_ms = 0;
     cfg->stall_timeout_ms = 5 * MIN;
     cfg->verify = VERIFY_METADATA;
+    cfg->reclaim = RECLAIM_DEFERRED;
     cfg->max_message_bytes = 1u << 20;
     cfg->tls_insecure = false;
     cfg->prepare_ttl_ms = 24 * HOUR;
@@ -770,6 +773,16 @@ static int apply_key(struct config *cfg, const struct key_def *k, const char *v,
             *(enum verify_mode *)slot = VERIFY_CHECKSUM;
         else {
             *why = "must be metadata or checksum";
+            return -EINVAL;
+        }
+        return 0;
+    case K_RECLAIM:
+        if (strcmp(v, "deferred") == 0)
+            *(enum reclaim_mode *)slot = RECLAIM_DEFERRED;
+        else if (strcmp(v, "inline") == 0)
+            *(enum reclaim_mode *)slot = RECLAIM_INLINE;
+        else {
+            *why = "must be deferred or inline";
             return -EINVAL;
         }
         return 0;

@@ -192,6 +192,9 @@ static int match_entry(struct tree_walk *w, const char *name, const struct stat 
     struct eng *e = w->arg;
     struct stat d;
     const char *what = NULL;
+    /* The reclaim directory inside a mount point is walked on its own. */
+    if (w->depth == 1 && S_ISDIR(s->st_mode) && eng_is_reclaim_name(e, name))
+        return 1;
     if (fstatat(tree_walk_fd(w, 1), name, &d, AT_SYMLINK_NOFOLLOW) != 0)
         what = "is missing in the copy";
     else if ((s->st_mode & S_IFMT) != (d.st_mode & S_IFMT))
@@ -235,23 +238,30 @@ static bool eng_copy_is_whole(struct eng *e, bool src_there, char *why, size_t s
                  (unsigned long long)job->files_copied, (unsigned long long)job->bytes_copied);
         return false;
     }
-    if (!src_there)
-        return true;
-    memset(&w, 0, sizeof w);
-    w.ops = &match_ops;
-    w.arg = e;
-    w.mirrored = true;
-    w.need_stat = true;
-    w.strict_dev = true;
     e->fin_why = why;
     e->fin_why_size = size;
     why[0] = '\0';
-    rc = tree_walk_run(&w, e->srcfd, e->dstfd);
-    if (rc != 0 && !why[0])
-        util_fmt(why, size, "the copy, but the rest of the source cannot be compared with it (%s)",
-                 strerror(w.err ? w.err : EIO));
-    tree_walk_free(&w);
-    return rc == 0;
+    /* What is left of the source: at oldPath, and in its reclaim directory. */
+    for (int side = 0; side < 2; side++) {
+        int fd = side == 0 ? (src_there ? e->srcfd : -1) : e->rcl_fd;
+        if (fd < 0)
+            continue;
+        memset(&w, 0, sizeof w);
+        w.ops = &match_ops;
+        w.arg = e;
+        w.mirrored = true;
+        w.need_stat = true;
+        w.strict_dev = true;
+        rc = tree_walk_run(&w, fd, e->dstfd);
+        if (rc != 0 && !why[0])
+            util_fmt(why, size,
+                     "the copy, but the rest of the source cannot be compared with it (%s)",
+                     strerror(w.err ? w.err : EIO));
+        tree_walk_free(&w);
+        if (rc != 0)
+            return false;
+    }
+    return true;
 }
 
 /* After a crash during cleaning: the copy was verified and durable. The rest
@@ -264,22 +274,44 @@ int eng_finish(struct eng *e)
     char src_state[160], dst_state[256];
     bool src_absent, src_ok = eng_look_src(e, src_state, sizeof src_state, &src_absent);
     struct stat st;
-    int dst = eng_look_dst(e, dst_state, sizeof dst_state);
+    int dst = eng_look_dst(e, dst_state, sizeof dst_state), rcl;
     if (dst != 1 || (!src_ok && !src_absent))
         return eng_mismatch(e, src_state, dst_state);
-    if (!src_absent) {
-        if (eng_open_src_parent(e) != 0)
+    e->prog.count.files_copied = job->files_copied;
+    e->prog.count.bytes_copied = job->bytes_copied;
+    if (eng_open_src_parent(e) != 0) {
+        if (!src_absent)
             return eng_mismatch(e, src_state, "not checked");
+        e->res->code = CODE_NONE; /* its parent is gone too: no reclaim directory there */
+        e->res->error[0] = '\0';
+    }
+    if (!src_absent) {
         e->srcfd = openat(e->src_pfd, e->src_base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (e->srcfd < 0 || fstat(e->srcfd, &st) != 0 ||
             (job->src_id.known && !id_matches(&job->src_id, &st)))
             return eng_mismatch(e, "changed while it was being examined", dst_state);
     }
+    /* A deferred reclaim may have renamed the source (or, from a mount
+     * point, some of its entries) into the directory the journal named. */
+    rcl = eng_reclaim_resume(e, &e->rcl_fd);
+    if (rcl < 0) {
+        char rstate[PATH_MAX + 96];
+        util_fmt(rstate, sizeof rstate, "%s, and its reclaim directory %s is not the one recorded",
+                 src_state, job->resume_reclaim.dir);
+        return eng_mismatch(e, rstate, dst_state);
+    }
     if (!eng_copy_is_whole(e, !src_absent, dst_state, sizeof dst_state))
         return eng_mismatch(e, src_state, dst_state);
+    if (rcl == 1 && (src_absent || !job->resume_reclaim.in_mount)) {
+        /* The rename was done: only its answer was missing. */
+        e->res->reclaim = true;
+        e->res->reclaimed = job->resume_reclaim;
+        e->res->reclaimed.undone = false;
+        return 0;
+    }
     if (src_absent)
         return 0; /* its removal had ended */
-    return eng_clean(e);
+    return eng_remove_source(e);
 }
 
 /* syncfs of the filesystem that holds the directory pfd (parent of path). */

@@ -638,15 +638,17 @@ int eng_commit(struct eng *e)
     e->res->files_synced = e->synced_files;
     LOG(LOG_INFO, "final pass done", LF_S("src", e->job->src), LF_U("files", e->synced_files),
         LF_U("bytes", e->synced_bytes), LF_U("entries", e->entries));
-    if (eng_check_source(e) != 0 || eng_lock_for_cleaning(e) != 0) {
+    if (eng_before_removal(e) != 0 || eng_lock_for_cleaning(e) != 0) {
         eng_rollback(e);
         return -1;
     }
     copy_caps_save(&e->cc.caps);
     e->res->bytes_copied = e->prog.count.bytes_copied;
     e->res->files_copied = e->prog.count.files_copied;
-    if (eng_clean(e) != 0)
-        eng_clean_stopped(e);
+    if (eng_remove_source(e) != 0) {
+        eng_rollback(e);
+        return -1;
+    }
     return 0;
 }
 

@@ -144,6 +144,15 @@ static cJSON *rec_to_json(const struct journal_rec *r)
     json_add_u64(o, "bytesCopied", r->count.bytes_copied);
     json_add_u64(o, "filesTotal", r->count.files_total);
     json_add_u64(o, "filesCopied", r->count.files_copied);
+    if (r->reclaim.dir) {
+        cJSON *rc = cJSON_AddObjectToObject(o, "reclaim");
+        cJSON_AddStringToObject(rc, "dir", r->reclaim.dir);
+        add_id(rc, "id", &r->reclaim.id);
+        cJSON_AddBoolToObject(rc, "inMount", r->reclaim.in_mount);
+        json_add_u64(rc, "entries", r->reclaim.entries);
+        json_add_u64(rc, "bytes", r->reclaim.bytes);
+        cJSON_AddBoolToObject(rc, "undone", r->reclaim.undone);
+    }
     if (move_phase_terminal(r->phase)) {
         json_add_u64(o, "endedAtMs", r->ended_at_ms);
         cJSON_AddStringToObject(o, "code", move_code_name(r->code));
@@ -439,7 +448,7 @@ static bool code_from(const char *s, enum move_code *c)
 static struct journal_rec *rec_from_json(const cJSON *o, const char *file_id)
 {
     struct journal_rec *r = xcalloc(1, sizeof *r);
-    const cJSON *mp, *ans, *dl;
+    const cJSON *mp, *ans, *dl, *rc;
     const char *s;
     bool bad = false;
 
@@ -500,6 +509,20 @@ static struct journal_rec *rec_from_json(const cJSON *o, const char *file_id)
     s = get_str(o, "phase", true, &bad);
     if (bad || !phase_from(s, &r->phase))
         goto fail;
+    rc = cJSON_GetObjectItemCaseSensitive(o, "reclaim");
+    if (rc) {
+        s = cJSON_IsObject(rc) ? get_str(rc, "dir", true, &bad) : NULL;
+        if (!s || s[0] != '/')
+            goto fail;
+        r->reclaim.dir = xstrdup(s);
+        get_id(rc, "id", &r->reclaim.id, &bad);
+        r->reclaim.in_mount = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(rc, "inMount"));
+        r->reclaim.undone = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(rc, "undone"));
+        r->reclaim.entries = get_u64(rc, "entries", &bad);
+        r->reclaim.bytes = get_u64(rc, "bytes", &bad);
+        if (!r->reclaim.id.known)
+            goto fail;
+    }
     if (move_phase_terminal(r->phase)) {
         r->ended_at_ms = get_u64(o, "endedAtMs", &bad);
         s = get_str(o, "code", true, &bad);
@@ -745,5 +768,6 @@ void journal_rec_free(struct journal_rec *rec)
     free(rec->answer);
     free(rec->ready_reply);
     free(rec->ready_answer);
+    free(rec->reclaim.dir);
     free(rec);
 }

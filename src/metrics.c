@@ -183,6 +183,13 @@ void metrics_render(const struct metrics *m, char **out, size_t *len)
     sb_head(&b, "hostagent_moves_queued", "gauge",
             "Accepted moves waiting for a free slot (max_concurrent_moves).");
     sb_printf(&b, "hostagent_moves_queued %u\n", m->moves_queued);
+    sb_head(&b, "hostagent_reclaiming_bytes", "gauge",
+            "Bytes of moved servers' old files still to be deleted after their answer "
+            "(reclaim = deferred).");
+    sb_printf(&b, "hostagent_reclaiming_bytes %llu\n", (unsigned long long)m->reclaiming_bytes);
+    sb_head(&b, "hostagent_reclaiming_entries", "gauge",
+            "Entries of moved servers' old files still to be deleted after their answer.");
+    sb_printf(&b, "hostagent_reclaiming_entries %llu\n", (unsigned long long)m->reclaiming_entries);
 
     sb_head(&b, "hostagent_moves_ended_total", "counter",
             "Moves that ended, by code (none: complete).");

@@ -26,6 +26,16 @@ static struct move_work *work_new(const struct move_params *p)
     w->rename = jr->rename;
     w->verify = jr->verify;
     w->mode = p->mode;
+    w->reclaim = p->reclaim;
+    w->move_id = xstrdup(jr->move_id);
+    if (jr->reclaim.dir && !jr->reclaim.undone) {
+        util_fmt(w->resume_reclaim.dir, sizeof w->resume_reclaim.dir, "%s", jr->reclaim.dir);
+        w->resume_reclaim.in_mount = jr->reclaim.in_mount;
+        w->resume_reclaim.dev = (dev_t)jr->reclaim.id.dev;
+        w->resume_reclaim.ino = (ino_t)jr->reclaim.id.ino;
+        w->resume_reclaim.entries = jr->reclaim.entries;
+        w->resume_reclaim.bytes = jr->reclaim.bytes;
+    }
     w->jr = p->jr;
     w->journal = p->journal;
     w->no_record = p->silent;
@@ -61,6 +71,7 @@ static void work_unref(struct move_work *w)
     for (size_t i = 0; i < w->n_made; i++)
         free(w->made_parents[i]);
     free(w->made_parents);
+    free(w->move_id);
     free(w->src);
     free(w->dst);
     free(w->src_root);
@@ -146,6 +157,34 @@ static int move_on_dst(void *arg, const struct stat *st)
     return rc;
 }
 
+/* On the worker, right before the source is renamed into its reclaim
+ * directory (and again if it is renamed back): the journal names the
+ * directory first, so recovery looks for the source there. */
+static int move_on_reclaim(void *arg, const struct engine_reclaim *r)
+{
+    struct move_work *w = arg;
+    struct journal_rec *jr = w->jr;
+    int rc = 0;
+    pthread_mutex_lock(&w->lock);
+    if (!w->no_record) {
+        free(jr->reclaim.dir);
+        jr->reclaim.dir = xstrdup(r->dir);
+        jr->reclaim.in_mount = r->in_mount;
+        jr->reclaim.undone = r->undone;
+        jr->reclaim.id.known = true;
+        jr->reclaim.id.dev = (uint64_t)r->dev;
+        jr->reclaim.id.ino = (uint64_t)r->ino;
+        jr->reclaim.entries = r->entries;
+        jr->reclaim.bytes = r->bytes;
+        jr->seq = atomic_load(&w->seq_sent);
+        rc = journal_write(w->journal, jr);
+    } else {
+        rc = -ECANCELED; /* the loop let go of the record: no rename it cannot see */
+    }
+    pthread_mutex_unlock(&w->lock);
+    return rc;
+}
+
 static struct engine_id engine_id_of(const struct journal_id *id)
 {
     struct engine_id e = {.known = id->known, .dev = (dev_t)id->dev, .ino = (ino_t)id->ino};
@@ -168,6 +207,10 @@ static void move_worker(void *arg)
         .report = move_report,
         .on_phase = w->jr && w->journal ? move_on_phase : NULL,
         .on_dst = w->jr && w->journal ? move_on_dst : NULL,
+        .reclaim = w->reclaim,
+        .move_id = w->jr && w->journal ? w->move_id : NULL,
+        .on_reclaim = w->jr && w->journal ? move_on_reclaim : NULL,
+        .resume_reclaim = w->resume_reclaim,
         .alive = &w->beat,
         .arg = w,
         .mode = w->mode,
@@ -200,6 +243,7 @@ static void move_worker(void *arg)
     it.back_to_ready = res.back_to_ready;
     it.bytes_synced = res.bytes_synced;
     it.files_synced = res.files_synced;
+    w->reclaim_ready = res.reclaim && res.code == CODE_NONE;
     ring_push(&w->ring, &it);
     work_wake(w);
     work_unref(w);
@@ -565,6 +609,7 @@ static void move_apply(struct move *m, const struct progress_item *it)
          * immediate. */
         uv_thread_join(&m->work->thread);
         m->thread_running = false;
+        m->reclaim_ready = m->work->reclaim_ready;
         if (move_phase_terminal(m->st.phase)) {
             /* It outlived the move's end (a stuck disk, or a rollback left
              * from an earlier run): the outcome was given already. */
@@ -663,6 +708,7 @@ int move_init(struct move *m, uv_loop_t *loop, const struct move_params *p,
     /* Found resting in ready at start: it stays so. */
     m->resting = jr->prepared && jr->phase == PHASE_READY && p->mode == ENGINE_PREPARE;
     m->ready_at_wall_ms = jr->ready_at_ms;
+    m->reclaim_ready = false;
     if (p->mode == ENGINE_UNDO || p->mode == ENGINE_FINISH || m->resting) {
         /* Resumed from the journal: its phase and counters, a seq past
          * anything sent before, its acceptance time. */

@@ -552,6 +552,20 @@ static int eng_rename(struct eng *e)
     return 0;
 }
 
+/* Before the source may go. A deferred reclaim compares every entry with the
+ * record right after its rename, and nothing is deleted before that: one
+ * walk, not two (the record is whole once the copy or final pass is done).
+ * Deleted here (inline), the source is first checked against the record and
+ * for what could not be removed, before anything is. */
+int eng_before_removal(struct eng *e)
+{
+    if (e->job->reclaim == RECLAIM_DEFERRED && e->job->move_id) {
+        e->guarded = true;
+        return 0;
+    }
+    return eng_check_source(e);
+}
+
 /* From here on no stop is taken: a request that came first wins instead.
  * The cleaning phase is recorded (journal) before anything is removed. */
 int eng_lock_for_cleaning(struct eng *e)
@@ -617,7 +631,7 @@ static int eng_copy_move(struct eng *e)
     if (eng_open_tops(e) != 0)
         return -1;
     if (open_dst(e) != 0 || eng_calculate(e) != 0 || eng_check_space(e) != 0 || eng_copy(e) != 0 ||
-        eng_verify(e) != 0 || eng_check_source(e) != 0 || eng_lock_for_cleaning(e) != 0) {
+        eng_verify(e) != 0 || eng_before_removal(e) != 0 || eng_lock_for_cleaning(e) != 0) {
         eng_release_space(e);
         eng_rollback(e);
         return -1;
@@ -626,10 +640,13 @@ static int eng_copy_move(struct eng *e)
     copy_caps_save(&e->cc.caps);
     e->res->bytes_copied = e->prog.count.bytes_copied;
     e->res->files_copied = e->prog.count.files_copied;
-    /* From here the copy is whole and durable: a failure keeps it, and
-     * the move has succeeded. */
-    if (eng_clean(e) != 0)
-        eng_clean_stopped(e);
+    /* From here the copy is whole and durable: a failure to remove the
+     * source keeps it, and the move has succeeded; only a source found
+     * changed by the reclaim's check (put back whole) undoes the copy. */
+    if (eng_remove_source(e) != 0) {
+        eng_rollback(e);
+        return -1;
+    }
     return 0;
 }
 
@@ -685,7 +702,7 @@ int engine_run(const struct engine_job *job, struct engine_result *res)
     memset(&e, 0, sizeof e);
     e.job = job;
     e.res = res;
-    e.srcfd = e.dstfd = e.src_pfd = e.dst_pfd = -1;
+    e.srcfd = e.dstfd = e.src_pfd = e.dst_pfd = e.rcl_fd = -1;
     e.is_root = geteuid() == 0;
     e.noatime_ok = true;
     e.cc.checksum = job->verify == VERIFY_CHECKSUM;
@@ -725,6 +742,8 @@ int engine_run(const struct engine_job *job, struct engine_result *res)
         close(e.src_pfd);
     if (e.dst_pfd >= 0)
         close(e.dst_pfd);
+    if (e.rcl_fd >= 0)
+        close(e.rcl_fd);
     eng_hl_free(&e.hl);
     eng_hl_free(&e.synced);
     if (e.ids)

@@ -47,6 +47,11 @@ int path_check_syntax(const char *p, char *norm, const char **why)
             *why = "has a component longer than 255 bytes";
             return -EINVAL;
         }
+        if (strncmp(comp, PATHS_RECLAIM_PREFIX, sizeof PATHS_RECLAIM_PREFIX - 1) == 0) {
+            *why = "names a reclaim directory (" PATHS_RECLAIM_PREFIX
+                   "...), which holds a moved server's old files until they are deleted";
+            return -EINVAL;
+        }
         c = comp + n;
     }
     return 0;

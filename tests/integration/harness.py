@@ -174,8 +174,9 @@ class AgentTestCase(unittest.TestCase):
 
     # --- helpers --------------------------------------------------------
     @contextlib.contextmanager
-    def frozen_workers(self):
-        """Freezes only the agent's move threads ("ha-move") with the cgroup v2
+    def frozen_workers(self, comm="ha-move"):
+        """Freezes only the agent's move threads ("ha-move"; or the threads
+        named comm, e.g. the reclaimer's "ha-reclaim") with the cgroup v2
         freezer: the event loop keeps running (timers, frames, requests) while
         the copy makes no progress at all. The agent goes into a cgroup of its
         own with a threaded child holding the move threads, and that child is
@@ -186,9 +187,9 @@ class AgentTestCase(unittest.TestCase):
         tids = []
         for tid in os.listdir("/proc/%d/task" % pid):
             with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
-                if f.read().strip() == "ha-move":
+                if f.read().strip() == comm:
                     tids.append(tid)
-        self.assertTrue(tids, "no move thread to freeze")
+        self.assertTrue(tids, "no %s thread to freeze" % comm)
         with open("/proc/%d/cgroup" % pid) as f:
             home = [line.strip()[3:] for line in f if line.startswith("0::")]
         with contextlib.ExitStack() as undo:

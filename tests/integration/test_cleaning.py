@@ -97,7 +97,9 @@ class CleaningTest(AgentTestCase):
     def test_changes_as_cleaning_starts_are_kept_and_the_move_succeeds_with_a_warning(self):
         src = self.big_tree("mc-cl")
         original = snapshot(src)
-        self.start_agent()
+        # Deleting during cleaning is reclaim = inline's (test_reclaim covers
+        # the deferred reclaim's check after its rename).
+        self.start_agent(extra={"reclaim": "inline"})
         dst = os.path.join(self.scratch.b, "mc-cl")
         stopped = self.stop_agent_at("mv-cl", "cleaning")
         reply = self.request_move("mc-cl", src, dst, "mv-cl")
@@ -211,7 +213,7 @@ class CleaningTest(AgentTestCase):
         self.scratch.mount("-t", "tmpfs", "-o", "size=64m", "tmpfs", at=fs)
         src = self.big_tree("fs/mc-rofs", per_dir=3000)
         original = snapshot(src)
-        self.start_agent()
+        self.start_agent(extra={"reclaim": "inline"})
         dst = os.path.join(self.scratch.b, "mc-rofs")
         stopped = self.stop_agent_at("mv-ro", "cleaning")
         reply = self.request_move("mc-rofs", src, dst, "mv-ro")

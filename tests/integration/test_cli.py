@@ -77,6 +77,32 @@ class CliTest(unittest.TestCase):
         finally:
             s.close()
 
+    def test_move_reclaims_in_the_foreground_and_leaves_nothing_hidden(self):
+        s = Scratch("64m")
+        try:
+            src = make_tree(os.path.join(s.a, "cli"), n_small=200)
+            before = snapshot(src)
+            entries = len(before) - 1
+            dst = os.path.join(s.b, "cli")
+            r = run("move", src, dst)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            lines = r.stdout.splitlines()
+            done = [i for i, l in enumerate(lines) if l.startswith("done: moved")]
+            rec = [i for i, l in enumerate(lines) if l.startswith("reclaiming %d entries" % entries)]
+            self.assertTrue(done and rec and done[0] < rec[0], r.stdout)
+            self.assertTrue(lines[-1].startswith("reclaimed in "), r.stdout)
+            self.assertEqual(snapshot(dst), before)
+            self.assertFalse(os.path.exists(src))
+            self.assertEqual([n for n in os.listdir(s.a) if n.startswith(".hostagent-reclaim-")], [])
+            # --json: the complete state is the last line, and nothing is left either.
+            r = run("move", "--json", dst, src)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(json.loads(r.stdout.splitlines()[-1])["phase"], "complete")
+            self.assertEqual([n for n in os.listdir(s.b) if n.startswith(".hostagent-reclaim-")], [])
+            self.assertEqual(snapshot(src), before)
+        finally:
+            s.close()
+
     def test_move_takes_relative_paths_like_mv(self):
         s = Scratch("64m")
         try:

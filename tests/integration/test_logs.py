@@ -79,7 +79,10 @@ class ProgressBarTest(AgentTestCase):
         self.assertIn("done: moved", text)
         # The last bar reads as finished: duration and average rate, not a
         # current rate of 0 and an ETA of 0.
-        last_bar = [b for b in text.split("\r") if b.strip()][-2]
+        # (then the old files are deleted: reclaim = deferred)
+        self.assertRegex(text, r"done: moved [^\n]*\r?\nreclaiming 2 entries \(150\.0MiB\) of the old files"
+                               r"\.\.\.\r?\nreclaimed in \d+\.\d\d s\r?\n$")
+        last_bar = [b for b in text[:text.index("done: moved")].split("\r") if b.strip()][-1]
         self.assertRegex(last_bar, r"^complete +\[#{20}\] 100\.0% 150\.0MiB/150\.0MiB \d+/\d+ files "
                                    r"avg \d+(\.\d)?[kMG]?B/s in \d+\.\d\d s", last_bar)
         self.assertNotIn("eta", last_bar)
@@ -92,6 +95,9 @@ class ProgressBarTest(AgentTestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertNotIn("\r", r.stdout)
         self.assertTrue(r.stdout.splitlines()[0].startswith("calculating"))
-        self.assertTrue(r.stdout.splitlines()[-1].startswith("done: moved"))
-        fin = r.stdout.splitlines()[-2]
+        lines = r.stdout.splitlines()
+        self.assertTrue(lines[-3].startswith("done: moved"))
+        self.assertTrue(lines[-2].startswith("reclaiming "))  # reclaim = deferred, in the foreground
+        self.assertTrue(lines[-1].startswith("reclaimed in "))
+        fin = lines[-4]
         self.assertRegex(fin, r"^complete +100\.00%  files \d+/\d+  bytes \d+/\d+  avg \S+B/s  in \d+\.\d\d s$")

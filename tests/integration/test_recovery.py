@@ -81,7 +81,9 @@ class RecoveryTest(AgentTestCase):
         # Killed while cleaning; the operator removes what is left of the
         # source and moves the copy back. The agent must not delete it.
         src = many_files(os.path.join(self.scratch.a, "many"))
-        self.start_agent()
+        # A half-removed source is reclaim = inline's (test_reclaim has the
+        # deferred reclaim's crashes).
+        self.start_agent(extra={"reclaim": "inline"})
         dst = os.path.join(self.scratch.b, "many")
         reply = self.request_move("many", src, dst, "mv-back")
         self.wait_phase("mv-back", "cleaning")
@@ -100,7 +102,7 @@ class RecoveryTest(AgentTestCase):
         # Killed while cleaning; files of the copy are lost while the agent is
         # down. The rest of the source is then the only good data: kept.
         src = many_files(os.path.join(self.scratch.a, "many"))
-        self.start_agent()
+        self.start_agent(extra={"reclaim": "inline"})
         dst = os.path.join(self.scratch.b, "many")
         reply = self.request_move("many", src, dst, "mv-damaged")
         self.wait_phase("mv-damaged", "cleaning")

@@ -66,6 +66,11 @@ class ValidationTest(AgentTestCase):
             (self.req(a, new), "allowed root itself"),
             (self.req(os.path.join(a, "link-to-mc-1"), new), "symlink"),
             (self.req("/", new), "/"),
+            # A reclaim directory (issue 12): neither read, nor written, nor
+            # passed through, existing or not.
+            (self.req(os.path.join(a, ".hostagent-reclaim-mv-1"), new), "reclaim directory"),
+            (self.req(os.path.join(a, ".hostagent-reclaim-mv-1", "mc-1"), new), "reclaim directory"),
+            (self.req(self.src, os.path.join(b, ".hostagent-reclaim-x", "new")), "reclaim directory"),
         ]
         for data, words in cases:
             with self.subTest(data=data):

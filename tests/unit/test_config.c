@@ -69,6 +69,7 @@ static void test_every_key(void **state)
              "move_timeout = 6h\n"
              "stall_timeout = 10m\n"
              "verify = checksum\n"
+             "reclaim = inline\n"
              "max_message_bytes = 2M\n"
              "ca_file = %s\n"
              "tls_insecure = yes\n"
@@ -101,6 +102,7 @@ static void test_every_key(void **state)
     assert_int_equal(cfg.move_timeout_ms, 6 * 3600000ull);
     assert_int_equal(cfg.stall_timeout_ms, 600000);
     assert_int_equal(cfg.verify, VERIFY_CHECKSUM);
+    assert_int_equal(cfg.reclaim, RECLAIM_INLINE);
     assert_int_equal(cfg.max_message_bytes, 2u << 20);
     assert_string_equal(cfg.ca_file, tokfile);
     assert_true(cfg.tls_insecure);
@@ -135,6 +137,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg.move_timeout_ms, 0);
     assert_int_equal(cfg.stall_timeout_ms, 300000);
     assert_int_equal(cfg.verify, VERIFY_METADATA);
+    assert_int_equal(cfg.reclaim, RECLAIM_DEFERRED);
     assert_int_equal(cfg.max_message_bytes, 1u << 20);
     assert_null(cfg.ca_file);
     assert_false(cfg.tls_insecure);
@@ -201,6 +204,7 @@ static void test_bad_values_name_their_line(void **state)
         {"move_timeout = 500ms", "or 0 for none"},
         {"stall_timeout = 0", "between"},
         {"verify = sometimes", "metadata or checksum"},
+        {"reclaim = later", "deferred or inline"},
         {"max_message_bytes = 1T", "size"},
         {"max_message_bytes = 100", "size"},
         {"ca_file = /nonexistent/ca.pem", "cannot be read"},

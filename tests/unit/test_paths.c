@@ -32,6 +32,9 @@ static void test_syntax(void **state)
         "/srv/x//",
         "/srv/a\xef\xbf\xbf"
         "b",
+        "/srv/.hostagent-reclaim-mv-1",
+        "/srv/.hostagent-reclaim-mv-1/world",
+        "/srv/.hostagent-reclaim-/x",
     };
     (void)state;
     assert_int_equal(path_check_syntax("/srv/games/mc-1", norm, &why), 0);
@@ -39,6 +42,11 @@ static void test_syntax(void **state)
     assert_int_equal(path_check_syntax("/srv/games/mc-1/", norm, &why), 0);
     assert_string_equal(norm, "/srv/games/mc-1");
     assert_int_equal(path_check_syntax("/srv/..hidden/.x", norm, &why), 0);
+    /* Only a component starting with the reclaim prefix is refused. */
+    assert_int_equal(path_check_syntax("/srv/x.hostagent-reclaim-1/.hostagent-reclaim", norm, &why),
+                     0);
+    assert_int_not_equal(path_check_syntax("/srv/.hostagent-reclaim-1", norm, &why), 0);
+    assert_non_null(strstr(why, "reclaim directory"));
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         if (path_check_syntax(bad[i], norm, &why) == 0)
             fail_msg("accepted '%s'", bad[i]);
