@@ -70,6 +70,9 @@ struct tree_walk {
     /* CLOCK_REALTIME_COARSE read just before the current entry was examined
      * (the clock file timestamps come from), for the callbacks. */
     struct timespec stat_clock;
+    /* The STATX_ATTR_* attributes of the entry being visited (0 where the
+     * filesystem reports none, or need_stat is off). */
+    uint64_t attrs;
     /* Set when the walk failed by itself (not in a callback). */
     int err;              /* errno-style, positive */
     bool changed;         /* the tree changed under the walk (an identity check failed) */

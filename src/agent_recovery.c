@@ -205,6 +205,7 @@ static void agent_resume_ready(struct agent *a, struct journal_rec *r)
         .mode = ENGINE_PREPARE,
         .ident_path = ident,
         .prepare_ttl_ms = a->cfg.prepare_ttl_ms,
+        .reclaim = a->cfg.reclaim,
     };
     m = xmalloc(sizeof *m);
     if (move_init(m, &a->loop, &p, &agent_move_ops, a) != 0) {

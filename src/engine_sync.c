@@ -375,7 +375,7 @@ static int sync_entry(struct tree_walk *w, const char *name, const struct stat *
     bool fresh_dir = sync_in_fresh(e, w);
     const char *rel = sync_rel(e, w, name);
     const struct ident_rec *r = fresh_dir ? NULL : ident_set_get(e->ids, rel);
-    if (eng_stop_code(e) != 0)
+    if (eng_stop_code(e) != 0 || eng_check_removable(e, w, name, st, w->attrs) != 0)
         return -1;
     sync_count(e, w, name, st);
     if (sync_unchanged(r, st)) {
@@ -406,7 +406,7 @@ static int sync_dir_pre(struct tree_walk *w, const char *name, const struct stat
     const char *rel = sync_rel(e, w, name);
     int ddir = tree_walk_fd(w, 1);
     struct stat d;
-    if (eng_stop_code(e) != 0)
+    if (eng_stop_code(e) != 0 || eng_check_removable(e, w, name, st, w->attrs) != 0)
         return -1;
     sync_count(e, w, name, st);
     if (!fresh_dir && fstatat(ddir, name, &d, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(d.st_mode)) {
@@ -478,7 +478,9 @@ static int eng_sync(struct eng *e)
     int rc;
     e->entries = 0;
     e->fin_bytes = 0;
-    if (eng_walk_source(e, &ops, true) != 0)
+    /* What could not be removed once copied fails the commit before it
+     * changes anything (the pass checks each entry as it meets it). */
+    if (eng_check_root(e) != 0 || eng_walk_source(e, &ops, true) != 0)
         return -1;
     eng_hl_free(&e->hl); /* the verify pass uses it afresh */
     /* The root's names: pruned every time (the record has no entry for it). */

@@ -552,14 +552,15 @@ static int eng_rename(struct eng *e)
     return 0;
 }
 
-/* Before the source may go. A deferred reclaim compares every entry with the
- * record right after its rename, and nothing is deleted before that: one
- * walk, not two (the record is whole once the copy or final pass is done).
- * Deleted here (inline), the source is first checked against the record and
- * for what could not be removed, before anything is. */
+/* Before the source may go, it is checked against the record of what was
+ * copied and for what could not be removed, before anything is. A commit
+ * whose source goes by a deferred reclaim skips that walk (the server is
+ * stopped and waits): its final pass checked each entry's removability a
+ * moment ago, and the reclaim compares every entry with the record right
+ * after the rename, before anything is deleted. */
 int eng_before_removal(struct eng *e)
 {
-    if (e->job->reclaim == RECLAIM_DEFERRED && e->job->move_id) {
+    if (e->committing && e->job->reclaim == RECLAIM_DEFERRED && e->job->move_id) {
         e->guarded = true;
         return 0;
     }

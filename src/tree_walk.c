@@ -55,10 +55,12 @@ void tree_walk_relpath(const struct tree_walk *w, const char *name, char *buf, s
  * directory is the root of another mount. *mnt is 0 when the kernel does not
  * report it (before Linux 5.8); statx missing altogether falls back to
  * fstatat. Returns 0 or -1 with errno. */
-static int walk_stat(int dirfd, const char *name, int flags, struct stat *st, uint64_t *mnt)
+static int walk_stat(int dirfd, const char *name, int flags, struct stat *st, uint64_t *mnt,
+                     uint64_t *attrs)
 {
     struct statx sx;
     *mnt = 0;
+    *attrs = 0;
     if (statx(dirfd, name, flags | AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_MNT_ID, &sx) !=
         0) {
         if (errno != ENOSYS)
@@ -68,6 +70,7 @@ static int walk_stat(int dirfd, const char *name, int flags, struct stat *st, ui
     util_statx_to_stat(&sx, st);
     if (sx.stx_mask & STATX_MNT_ID)
         *mnt = sx.stx_mnt_id;
+    *attrs = sx.stx_attributes & sx.stx_attributes_mask;
     return 0;
 }
 
@@ -253,7 +256,7 @@ static int descend(struct tree_walk *w, const char *name, const struct stat *st)
     struct tree_walk_level *l = &w->lv[w->depth - 1];
     int fds[2] = {-1, -1};
     struct stat os;
-    uint64_t mnt;
+    uint64_t mnt, attrs;
     int err;
     fds[0] = open_dir_at(l->fd[0], name);
     if (fds[0] < 0 && w->live && (errno == ENOENT || errno == ENOTDIR || errno == ELOOP)) {
@@ -262,7 +265,7 @@ static int descend(struct tree_walk *w, const char *name, const struct stat *st)
     }
     if (fds[0] < 0)
         return walk_fail(w, errno, "open directory", name);
-    if (walk_stat(fds[0], "", AT_EMPTY_PATH, &os, &mnt) != 0) {
+    if (walk_stat(fds[0], "", AT_EMPTY_PATH, &os, &mnt, &attrs) != 0) {
         err = errno;
         close(fds[0]);
         return walk_fail(w, err, "stat", name);
@@ -300,7 +303,7 @@ static int visit(struct tree_walk *w, const char *rec)
     int rc;
     if (w->need_stat || dt == DT_UNKNOWN || dt == DT_DIR) {
         (void)clock_gettime(CLOCK_REALTIME_COARSE, &w->stat_clock);
-        if (walk_stat(l->fd[0], name, 0, &st, &mnt) != 0) {
+        if (walk_stat(l->fd[0], name, 0, &st, &mnt, &w->attrs) != 0) {
             if (errno == ENOENT && w->live) {
                 w->vanished++;
                 return 0;
@@ -311,6 +314,7 @@ static int visit(struct tree_walk *w, const char *rec)
         }
     } else {
         memset(&st, 0, sizeof st);
+        w->attrs = 0;
         st.st_mode = DTTOIF(dt);
         st.st_dev = w->root_dev;
     }
@@ -340,7 +344,7 @@ int tree_walk_run(struct tree_walk *w, int root_fd, int mirror_fd)
     fds[0] = openat(root_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fds[0] < 0)
         return walk_fail(w, errno, "open directory", NULL);
-    if (walk_stat(fds[0], "", AT_EMPTY_PATH, &st, &w->root_mnt) != 0) {
+    if (walk_stat(fds[0], "", AT_EMPTY_PATH, &st, &w->root_mnt, &w->attrs) != 0) {
         err = errno;
         close(fds[0]);
         return walk_fail(w, err, "stat", NULL);
