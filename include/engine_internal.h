@@ -69,6 +69,9 @@ struct suspect {
     uint64_t hash; /* checksum mode: the hash of what was copied */
 };
 
+struct kept_verifier;
+struct kept_batch;
+
 struct eng {
     const struct engine_job *job;
     struct engine_result *res;
@@ -127,6 +130,9 @@ struct eng {
     struct hl_table synced; /* files the final pass copied (checksum: their hash) */
     char *relbuf;           /* syncing: the current entry's relative path */
     size_t relcap;
+    struct kept_verifier *kv; /* syncing: verifies what it leaves alone, on its own thread */
+    struct kept_batch **kept; /* syncing: the batch of each level of the walk, by depth */
+    size_t n_kept;
     char **synced_rel; /* syncing: the entries it copied, for the verify pass */
     size_t n_synced_rel, cap_synced_rel;
     /* Finishing after a restart: the reclaim directory the journal named,
@@ -198,6 +204,10 @@ int eng_recheck(struct eng *e);
 int eng_verify(struct eng *e);
 int eng_verify_stat(struct eng *e, struct tree_walk *w, const char *name, const struct stat *s,
                     const struct stat *d);
+/* What differs between an entry of the copy (d) and its source (s), or NULL;
+ * *follows: a field that follows the source's content (type, size, mtime).
+ * Pure: any thread. */
+const char *eng_meta_diff(bool is_root, const struct stat *s, const struct stat *d, bool *follows);
 int eng_check_source(struct eng *e);
 
 /* engine_clean.c */

@@ -7,6 +7,194 @@
 
 #include <dirent.h>
 
+/* --- the entries left alone, verified on a second thread ----------------------------- */
+
+/* The final pass leaves most entries alone, and each must still be verified
+ * (the copy's metadata against the source's) while the server is stopped.
+ * Those fstatat calls go to one helper thread, so the two cores share the
+ * pass: the walk collects each directory's plain entries it left alone (not
+ * symlinks nor hard-linked files: those are checked on the walk) and hands
+ * them over, with a descriptor of the copy's directory, when it leaves the
+ * directory. The copy's entries in a batch are never touched by the pass. */
+struct kept {
+    char *name;
+    struct stat st; /* the source's, as the pass found it (= the record) */
+};
+
+struct kept_batch {
+    int dfd; /* the copy's directory */
+    char *dir_rel;
+    struct kept *v;
+    size_t n, cap;
+    struct kept_batch *next;
+};
+
+struct kept_verifier {
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t more;
+    struct kept_batch *head, *tail;
+    bool closing;
+    bool is_root;
+    bool failed; /* the first difference, kept for the walk's thread */
+    bool missing;
+    const char *what;
+    char where[MOVE_ERROR_MAX / 2];
+};
+
+static void kept_batch_free(struct kept_batch *b)
+{
+    for (size_t i = 0; i < b->n; i++)
+        free(b->v[i].name);
+    free(b->v);
+    free(b->dir_rel);
+    if (b->dfd >= 0)
+        close(b->dfd);
+    free(b);
+}
+
+static void kept_check(struct kept_verifier *kv, const struct kept_batch *b)
+{
+    for (size_t i = 0; i < b->n && !kv->failed; i++) {
+        struct stat d;
+        bool follows, missing = fstatat(b->dfd, b->v[i].name, &d, AT_SYMLINK_NOFOLLOW) != 0;
+        const char *what = missing ? NULL : eng_meta_diff(kv->is_root, &b->v[i].st, &d, &follows);
+        if (missing || what) {
+            pthread_mutex_lock(&kv->lock);
+            kv->failed = true;
+            kv->missing = missing;
+            kv->what = what;
+            util_fmt(kv->where, sizeof kv->where, "%s%s%s", b->dir_rel, *b->dir_rel ? "/" : "",
+                     b->v[i].name);
+            pthread_mutex_unlock(&kv->lock);
+        }
+    }
+}
+
+static void *kept_main(void *arg)
+{
+    struct kept_verifier *kv = arg;
+    for (;;) {
+        struct kept_batch *b;
+        pthread_mutex_lock(&kv->lock);
+        while (!kv->head && !kv->closing)
+            pthread_cond_wait(&kv->more, &kv->lock);
+        b = kv->head;
+        if (b) {
+            kv->head = b->next;
+            if (!kv->head)
+                kv->tail = NULL;
+        }
+        pthread_mutex_unlock(&kv->lock);
+        if (!b)
+            return NULL;
+        kept_check(kv, b);
+        kept_batch_free(b);
+    }
+}
+
+/* The batch of the walk's current level (entries met at depth `depth`). */
+static struct kept_batch *kept_at(struct eng *e, size_t depth)
+{
+    if (depth >= e->n_kept) {
+        e->kept = xrealloc(e->kept, (depth + 8) * sizeof *e->kept);
+        for (size_t i = e->n_kept; i < depth + 8; i++)
+            e->kept[i] = NULL;
+        e->n_kept = depth + 8;
+    }
+    if (!e->kept[depth]) {
+        e->kept[depth] = xcalloc(1, sizeof **e->kept);
+        e->kept[depth]->dfd = -1;
+    }
+    return e->kept[depth];
+}
+
+static void kept_add(struct eng *e, struct tree_walk *w, const char *name, const struct stat *st)
+{
+    struct kept_batch *b = kept_at(e, w->depth);
+    if (b->n == b->cap) {
+        b->cap = b->cap ? 2 * b->cap : 64;
+        b->v = xrealloc(b->v, b->cap * sizeof *b->v);
+    }
+    b->v[b->n].name = xstrdup(name);
+    b->v[b->n].st = *st;
+    b->n++;
+}
+
+/* Hands the batch of the entries met at `depth` to the helper: they are in
+ * the copy's directory dfd (duplicated here), whose path is dir_rel. */
+static int kept_submit(struct eng *e, size_t depth, int dfd, const char *dir_rel)
+{
+    struct kept_batch *b = depth < e->n_kept ? e->kept[depth] : NULL;
+    if (!b || b->n == 0)
+        return 0;
+    e->kept[depth] = NULL;
+    b->dfd = fcntl(dfd, F_DUPFD_CLOEXEC, 0);
+    if (b->dfd < 0) {
+        kept_batch_free(b);
+        return eng_fail_at(e, errno, "open", e->job->dst, dir_rel);
+    }
+    b->dir_rel = xstrdup(dir_rel);
+    pthread_mutex_lock(&e->kv->lock);
+    if (e->kv->tail)
+        e->kv->tail->next = b;
+    else
+        e->kv->head = b;
+    e->kv->tail = b;
+    pthread_cond_signal(&e->kv->more);
+    pthread_mutex_unlock(&e->kv->lock);
+    return 0;
+}
+
+static int kept_start(struct eng *e)
+{
+    struct kept_verifier *kv = xcalloc(1, sizeof *kv);
+    kv->is_root = e->is_root;
+    pthread_mutex_init(&kv->lock, NULL);
+    pthread_cond_init(&kv->more, NULL);
+    if (pthread_create(&kv->thread, NULL, kept_main, kv) != 0) {
+        pthread_cond_destroy(&kv->more);
+        pthread_mutex_destroy(&kv->lock);
+        free(kv);
+        return eng_fail(e, CODE_IO_ERROR, "cannot start a thread: %s", strerror(errno));
+    }
+    e->kv = kv;
+    return 0;
+}
+
+/* Waits for the helper to verify everything handed to it; its first finding
+ * becomes the move's error unless the walk failed already. */
+static int kept_finish(struct eng *e)
+{
+    struct kept_verifier *kv = e->kv;
+    int rc = 0;
+    if (!kv)
+        return 0;
+    pthread_mutex_lock(&kv->lock);
+    kv->closing = true;
+    pthread_cond_signal(&kv->more);
+    pthread_mutex_unlock(&kv->lock);
+    pthread_join(kv->thread, NULL);
+    if (kv->failed) {
+        rc = kv->missing ? eng_fail_dst_changed(e, kv->where)
+                         : eng_fail(e, CODE_IO_ERROR,
+                                    "verification failed: %s differs for %s/%s (the copy was "
+                                    "changed by something else)",
+                                    kv->what, e->job->dst, kv->where);
+    }
+    pthread_cond_destroy(&kv->more);
+    pthread_mutex_destroy(&kv->lock);
+    free(kv);
+    e->kv = NULL;
+    for (size_t i = 0; i < e->n_kept; i++)
+        if (e->kept[i])
+            kept_batch_free(e->kept[i]);
+    free(e->kept);
+    e->kept = NULL;
+    e->n_kept = 0;
+    return rc;
+}
+
 /* The relative path of `name` in the walk's current directory, in a buffer
  * of the run that grows as needed (never truncated). */
 static const char *sync_rel(struct eng *e, struct tree_walk *w, const char *name)
@@ -381,6 +569,11 @@ static int sync_entry(struct tree_walk *w, const char *name, const struct stat *
     if (sync_unchanged(r, st)) {
         struct hl_slot *hs = NULL;
         struct stat d;
+        if (!S_ISLNK(st->st_mode) && !(S_ISREG(st->st_mode) && st->st_nlink > 1)) {
+            kept_add(e, w, name, st);
+            src_record_add(&e->rec, st);
+            return 0;
+        }
         if (fstatat(tree_walk_fd(w, 1), name, &d, AT_SYMLINK_NOFOLLOW) != 0)
             return eng_fail_dst_changed(e, rel);
         if (S_ISREG(st->st_mode) && st->st_nlink > 1) {
@@ -443,6 +636,8 @@ static int sync_dir_post(struct tree_walk *w, const char *name, const struct sta
     if (e->fresh_depth == w->depth + 1)
         e->fresh_depth = 0;
     rel = sync_rel(e, w, name);
+    if (kept_submit(e, w->depth + 1, fds[1], rel) != 0)
+        return -1;
     r = fresh_here ? NULL : ident_set_get(e->ids, rel);
     changed = fresh_here || !sync_unchanged(r, st);
     if (changed && !fresh_here) {
@@ -480,7 +675,12 @@ static int eng_sync(struct eng *e)
     e->fin_bytes = 0;
     /* What could not be removed once copied fails the commit before it
      * changes anything (the pass checks each entry as it meets it). */
-    if (eng_check_root(e) != 0 || eng_walk_source(e, &ops, true) != 0)
+    if (eng_check_root(e) != 0 || kept_start(e) != 0)
+        return -1;
+    rc = eng_walk_source(e, &ops, true);
+    if (rc == 0)
+        rc = kept_submit(e, 1, e->dstfd, "");
+    if (kept_finish(e) != 0 || rc != 0)
         return -1;
     eng_hl_free(&e->hl); /* the verify pass uses it afresh */
     /* The root's names: pruned every time (the record has no entry for it). */

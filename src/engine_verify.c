@@ -21,30 +21,38 @@ static int verify_fail_dst_changed(struct eng *e, struct tree_walk *w, const cha
     return eng_fail_dst_changed(e, rel);
 }
 
+const char *eng_meta_diff(bool is_root, const struct stat *s, const struct stat *d, bool *follows)
+{
+    mode_t mask = S_IFMT | 07777;
+    *follows = true; /* these follow the source: it changed after it was copied */
+    if ((s->st_mode & S_IFMT) != (d->st_mode & S_IFMT))
+        return "type";
+    if (!S_ISDIR(s->st_mode) && s->st_size != d->st_size)
+        return "size";
+    if (!eng_same_mtime(s, d))
+        return "modification time";
+    *follows = false;
+    if (!is_root)
+        mask &= (mode_t)~S_ISGID; /* may be dropped by the kernel for us */
+    if (!S_ISLNK(s->st_mode) && ((s->st_mode ^ d->st_mode) & mask))
+        return "mode";
+    if (is_root && (s->st_uid != d->st_uid || s->st_gid != d->st_gid))
+        return "owner";
+    if ((S_ISCHR(s->st_mode) || S_ISBLK(s->st_mode)) && s->st_rdev != d->st_rdev)
+        return "device number";
+    return NULL;
+}
+
 /* Compares one entry of the copy with its source, field by field. */
 int eng_verify_stat(struct eng *e, struct tree_walk *w, const char *name, const struct stat *s,
                     const struct stat *d)
 {
-    mode_t mask = S_IFMT | 07777;
-    const char *what = NULL;
-    if ((s->st_mode & S_IFMT) != (d->st_mode & S_IFMT))
-        what = "type";
-    else if (!S_ISDIR(s->st_mode) && s->st_size != d->st_size)
-        what = "size";
-    else if (!eng_same_mtime(s, d))
-        what = "modification time";
+    bool follows;
+    const char *what = eng_meta_diff(e->is_root, s, d, &follows);
     if (what && dst_changed(e, d))
         return verify_fail_dst_changed(e, w, name);
-    if (what) /* these follow the source: it changed after it was copied */
+    if (what && follows)
         return eng_fail_w(e, w, ESTALE, "", e->job->src, name);
-    if (!e->is_root)
-        mask &= (mode_t)~S_ISGID; /* may be dropped by the kernel for us */
-    if (!S_ISLNK(s->st_mode) && ((s->st_mode ^ d->st_mode) & mask))
-        what = "mode";
-    else if (e->is_root && (s->st_uid != d->st_uid || s->st_gid != d->st_gid))
-        what = "owner";
-    else if ((S_ISCHR(s->st_mode) || S_ISBLK(s->st_mode)) && s->st_rdev != d->st_rdev)
-        what = "device number";
     if (what && dst_changed(e, d))
         return verify_fail_dst_changed(e, w, name);
     if (what) {

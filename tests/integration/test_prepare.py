@@ -372,6 +372,26 @@ class PrepareTest(AgentTestCase):
                               and "phase" not in m["data"]]), 2, "the ready answer and the cancel's")
         self.assertEqual(self.manager.wait_answer(self.commit("pr-cancel"), 10)["code"], "not_found")
 
+    def test_a_copy_changed_by_someone_else_in_ready_fails_the_commit(self):
+        """The commit verifies the entries it leaves alone too (on its helper
+        thread): a file of the copy changed while the move rested in ready is
+        found, the copy removed, the source kept."""
+        self.start_agent()
+        src = make_tree(os.path.join(self.scratch.a, "mc"), n_small=80)
+        before = snapshot(src)
+        dst = os.path.join(self.scratch.b, "mc")
+        self.manager.wait_answer(self.prepare("mc", src, dst, "pr-dstchg"), 30)
+        victim = sorted(n for n in os.listdir(os.path.join(dst, "plugins")) if n.endswith(".dat"))[0]
+        path = os.path.join(dst, "plugins", victim)
+        os.chmod(path, 0o600 if os.stat(path).st_mode & 0o777 != 0o600 else 0o644)
+        ans = self.manager.wait_answer(self.commit("pr-dstchg"), 60)
+        self.assertFalse(ans["success"], ans)
+        self.assertEqual(ans["code"], "io_error", ans)
+        self.assertIn("plugins/" + victim, ans["error"])
+        self.assertIn("by something else", ans["error"])
+        self.assertFalse(os.path.exists(dst), "the copy was removed")
+        self.assertEqual(snapshot(src), before, "the source is untouched")
+
     def test_prepare_ttl_discards_a_ready_move(self):
         self.start_agent(extra={"prepare_ttl": "1s"})
         src = make_tree(os.path.join(self.scratch.a, "mc"), n_small=30)
