@@ -336,7 +336,7 @@ void agent_send_ready_answer(struct agent *a, const struct journal_rec *r)
         return;
     d = cJSON_Parse(r->ready_answer);
     ack_key(key, sizeof key, "ready", r->move_id);
-    agent_send(a, r->ready_reply, d ? d : cJSON_CreateObject(), NULL, true, key);
+    agent_send_reply(a, r->ready_reply, d ? d : cJSON_CreateObject(), key);
 }
 
 /* Records a prepared move's first entry into ready: the record in phase
@@ -423,7 +423,7 @@ static void agent_on_ready(struct move *m, enum move_code code, const char *erro
         cJSON *d = protocol_failure(code, error);
         cJSON_AddStringToObject(d, "moveId", m->st.move_id);
         cJSON_AddStringToObject(d, "serverName", m->st.server_name);
-        agent_send(a, reply, d, NULL, true, NULL);
+        agent_send_reply(a, reply, d, NULL);
         free(reply);
     }
 }

@@ -125,28 +125,30 @@ class Bridge:
                 self.ready = {"error": "bridge exited"}
             self.cond.notify_all()
 
-    def call(self, op, timeout=30, **kw):
+    def call(self, op, wait=30, **kw):
+        """One bridge operation; `wait`: seconds to wait for the bridge's
+        answer (kw goes to the bridge, a request's `timeout` in ms too)."""
         with self.cond:
             self.next_id += 1
             i = self.next_id
         self.proc.stdin.write(json.dumps(dict(kw, id=i, op=op)) + "\n")
         self.proc.stdin.flush()
         with self.cond:
-            if not self.cond.wait_for(lambda: i in self.answers, timeout):
+            if not self.cond.wait_for(lambda: i in self.answers, wait):
                 raise AssertionError("bridge: no answer to %s" % op)
             return self.answers.pop(i)
 
     def request(self, subject, data, timeout=5000):
         """The answer's data object (a request's payload is its data object)."""
         payload = data if isinstance(data, str) else json.dumps(data)
-        a = self.call("request", subject=subject, data=payload, timeout=timeout, **{})
+        a = self.call("request", wait=timeout / 1000 + 10, subject=subject, data=payload, timeout=timeout)
         if not a["ok"]:
             raise AssertionError("request %s failed: %s" % (subject, a["error"]))
         return json.loads(a["data"])
 
     def try_request(self, subject, data, timeout=5000):
         payload = data if isinstance(data, str) else json.dumps(data)
-        return self.call("request", subject=subject, data=payload, timeout=timeout)
+        return self.call("request", wait=timeout / 1000 + 10, subject=subject, data=payload, timeout=timeout)
 
     def subscribe(self, subject):
         assert self.call("sub", subject=subject)["ok"]

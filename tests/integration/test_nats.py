@@ -139,7 +139,7 @@ class TestNatsSingle(NatsCase):
         self.assertEqual(outside["code"], "path_not_allowed")
         self.assertEqual(b.request(a.subject("server.move_cancel"), {"moveId": "nope"})["code"], "not_found")
         st = b.request(a.subject("server.move_status"), {})
-        self.assertEqual(st, {"success": True, "moves": []})
+        self.assertEqual(st, {"success": True, "moves": [], "reclaimingBytes": 0, "reclaimingEntries": 0})
         # A move: answer on the reply subject, progress events in seq order.
         make_tree(os.path.join(self.scratch.a, "s1"), n_small=50)
         ans = b.request(a.subject("server.move_data"),
@@ -157,6 +157,24 @@ class TestNatsSingle(NatsCase):
         self.assertEqual(again, ans, "an idempotent retry gets the same answer")
         fleet = b.request(PREFIX + ".all.server.move_status", {"moveId": "mv-1"})
         self.assertEqual(fleet["moves"][0]["phase"], "complete")
+        # A prepared move over NATS: ready answered on the prepare's reply,
+        # the commit's answer on its own, with the downtime.
+        make_tree(os.path.join(self.scratch.a, "s2"), n_small=30)
+        self.assertIn("server.move_prepare", hello["capabilities"])
+        ready = b.request(a.subject("server.move_prepare"),
+                          {"serverName": "s2", "oldPath": self.scratch.a + "/s2",
+                           "newPath": self.scratch.b + "/s2", "moveId": "pr-1"}, 30000)
+        self.assertTrue(ready["success"], ready)
+        self.assertEqual(b.request(a.subject("server.move_commit"), {"moveId": "nope"})["code"], "not_found")
+        done = b.request(a.subject("server.move_commit"), {"moveId": "pr-1"}, 30000)
+        self.assertTrue(done["success"], done)
+        self.assertIn("downtimeMs", done)
+        self.assertFalse(os.path.exists(self.scratch.a + "/s2"))
+        phases = [json.loads(m["data"])["phase"] for m in b.messages(".move.progress")
+                  if json.loads(m["data"])["moveId"] == "pr-1"]
+        self.assertIn("ready", phases)
+        self.assertIn("syncing", phases)
+        self.assertEqual(phases[-1], "complete")
         b.wait_for(lambda: b.messages(".heartbeat"), 10, "a heartbeat")
         self.assertEqual(a.stop(), 0)
 
