@@ -97,7 +97,7 @@ static void *kept_main(void *arg)
 static struct kept_batch *kept_at(struct eng *e, size_t depth)
 {
     if (depth >= e->n_kept) {
-        e->kept = xrealloc(e->kept, (depth + 8) * sizeof *e->kept);
+        e->kept = xrealloc(e->kept, (depth + 8) * sizeof(struct kept_batch *));
         for (size_t i = e->n_kept; i < depth + 8; i++)
             e->kept[i] = NULL;
         e->n_kept = depth + 8;
