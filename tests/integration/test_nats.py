@@ -170,8 +170,13 @@ class TestNatsSingle(NatsCase):
         self.assertTrue(done["success"], done)
         self.assertIn("downtimeMs", done)
         self.assertFalse(os.path.exists(self.scratch.a + "/s2"))
-        phases = [json.loads(m["data"])["phase"] for m in b.messages(".move.progress")
-                  if json.loads(m["data"])["moveId"] == "pr-1"]
+        def phases():
+            return [json.loads(m["data"])["phase"] for m in b.messages(".move.progress")
+                    if json.loads(m["data"])["moveId"] == "pr-1"]
+        # Frames and answers travel on different subjects: their order at the
+        # receiver is not the agent's.
+        b.wait_for(lambda: "complete" in phases(), 10, "the terminal frame of pr-1")
+        phases = phases()
         self.assertIn("ready", phases)
         self.assertIn("syncing", phases)
         self.assertEqual(phases[-1], "complete")
