@@ -257,15 +257,17 @@ class PrepareTest(AgentTestCase):
         self.start_agent()
         src = dense_tree(os.path.join(self.scratch.a, "mc"), 200)
         dst = os.path.join(self.scratch.b, "mc")
+        # Sent right behind the prepare (requests are taken in order; a commit
+        # waits for the prepare it names to be accepted): the copy is under
+        # way, whatever the machine's load, with no freezing to race.
         reply = self.prepare("mc", src, dst, "pr-busy")
-        self.wait_phase("pr-busy", "copying")
-        with self.frozen_workers():
-            ans = self.manager.wait_answer(self.commit("pr-busy"), 10)
-            self.assertEqual((ans["success"], ans["code"]), (False, "busy"), ans)
-            self.assertIn("preparing", ans["error"])
-            # The same server or id again: busy as for server.move_data.
-            again = self.manager.wait_answer(self.prepare("mc", src, dst + "2", "pr-busy2"), 10)
-            self.assertEqual(again["code"], "busy")
+        early = self.commit("pr-busy")
+        again_reply = self.prepare("mc", src, dst + "2", "pr-busy2")
+        ans = self.manager.wait_answer(early, 10)
+        self.assertEqual((ans["success"], ans["code"]), (False, "busy"), ans)
+        self.assertIn("preparing", ans["error"])
+        # The same server or id again: busy as for server.move_data.
+        self.assertEqual(self.manager.wait_answer(again_reply, 10)["code"], "busy")
         self.manager.wait_answer(reply, 60)
         self.assertEqual(self.phases("pr-busy")[-1], "ready")
         # A retried prepare of a ready move gets its ready answer again.
@@ -274,7 +276,6 @@ class PrepareTest(AgentTestCase):
         with open(os.path.join(src, "world.img"), "r+b") as f:
             f.write(b"x" * (64 << 20))  # a large change: the commit's final pass takes a while
         first = self.commit("pr-busy")
-        self.wait_phase("pr-busy", "syncing")
         second = self.manager.wait_answer(self.commit("pr-busy"), 10)
         self.assertEqual((second["success"], second["code"]), (False, "busy"), second)
         self.assertTrue(self.manager.wait_answer(first, 60)["success"])
