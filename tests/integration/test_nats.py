@@ -108,6 +108,18 @@ class NatsCase(unittest.TestCase):
         self.agents.append(a)
         return a
 
+    def stream_msgs(self, b, timeout=30):
+        """The OUTCOMES stream's messages; asked again while the cluster is
+        not ready to say (a node just killed, the bridge reconnecting, a
+        stream leader being elected)."""
+        got = {}
+
+        def ok():
+            got.update(b.call("stream_msgs", name="OUTCOMES"))
+            return "msgs" in got
+        wait_until(ok, timeout, "the OUTCOMES stream's messages (last: %s)" % got)
+        return got["msgs"]
+
     def wait_up(self, agent, timeout=20):
         wait_until(lambda: "connection state from=hello to=up" in agent.log(), timeout, "agent up on NATS")
 
@@ -298,7 +310,7 @@ class TestNatsJetStream(NatsCase):
         time.sleep(1)
         self.assertTrue(b.call("stream_add", name="OUTCOMES", subjects=[PREFIX + ".*.move.outcome"])["ok"])
         wait_until(lambda: journal_record(a2.state, "js-1")["delivered"], 30, "outcome acknowledged")
-        msgs = b.call("stream_msgs", name="OUTCOMES")["msgs"]
+        msgs = self.stream_msgs(b)
         self.assertEqual(len(msgs), 1, msgs)
         self.assertEqual(msgs[0]["msgId"], "js-1")
         self.assertEqual(json.loads(msgs[0]["data"]), ans)
@@ -333,7 +345,7 @@ class TestNatsCluster(NatsCase):
         b.wait_for(lambda: any(json.loads(m["data"])["phase"] == "complete"
                                for m in b.messages(".move.progress")), 120, "move complete")
         wait_until(lambda: journal_record(a.state, "fo-1")["delivered"], 30, "outcome stored")
-        msgs = [m for m in b.call("stream_msgs", name="OUTCOMES")["msgs"] if m["msgId"] == "fo-1"]
+        msgs = [m for m in self.stream_msgs(b) if m["msgId"] == "fo-1"]
         self.assertEqual(len(msgs), 1, msgs)
         self.assertTrue(json.loads(msgs[0]["data"])["success"])
         self.assertEqual(a.stop(), 0)
