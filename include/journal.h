@@ -143,9 +143,6 @@ int journal_read(const char *state_dir, void (*fn)(void *arg, struct journal_rec
  * Clear st with move_state_clear. */
 void journal_rec_state(const struct journal_rec *r, struct move_state *st);
 
-/* Fills made_parents with the missing ancestors of path (outermost first). */
-void journal_missing_parents(struct journal_rec *rec, const char *path);
-
 void journal_rec_free(struct journal_rec *rec);
 
 #endif

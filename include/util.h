@@ -51,4 +51,13 @@ void util_statx_to_stat(const struct statx *sx, struct stat *st);
 /* mkdir -p: creates path and its missing parents with mode. 0 or -errno. */
 int util_mkdir_p(const char *path, mode_t mode);
 
+/* Appends to *parents (*n entries) the ancestors of the absolute path that
+ * do not exist (lstat ENOENT), outermost first: what making path creates. */
+void util_missing_parents(const char *path, char ***parents, size_t *n);
+
+/* The whole content of the regular file `name` of dirfd (never through a
+ * symlink), NUL-terminated, or NULL when it cannot be read, is not a regular
+ * file or is larger than max bytes. The caller frees it. */
+char *util_read_small_file(int dirfd, const char *name, size_t max);
+
 #endif

@@ -411,26 +411,6 @@ struct cli_live {
     size_t n_made;
 };
 
-/* The ancestors of path that do not exist, outermost first: what the
- * preparation creates, and a rollback removes. */
-static void cli_missing_parents(struct cli_live *lv, const char *path)
-{
-    char buf[PATH_MAX];
-    struct stat st;
-    size_t len = strlen(path);
-    if (len >= sizeof buf)
-        return;
-    memcpy(buf, path, len + 1);
-    for (char *p = buf + 1; (p = strchr(p, '/')) != NULL; p++) {
-        *p = '\0';
-        if (lstat(buf, &st) != 0 && errno == ENOENT) {
-            lv->made_parents = xrealloc(lv->made_parents, (lv->n_made + 1) * sizeof(char *));
-            lv->made_parents[lv->n_made++] = xstrdup(buf);
-        }
-        *p = '/';
-    }
-}
-
 static void cli_print_json(cJSON *o)
 {
     char *txt = cJSON_PrintUnformatted(o);
@@ -536,7 +516,7 @@ static int cli_live_run(struct cli_live *lv)
         job->dst_preexisted = true;
         job->dst_orig = st;
     } else {
-        cli_missing_parents(lv, job->dst);
+        util_missing_parents(job->dst, &lv->made_parents, &lv->n_made);
     }
     job->made_parents = lv->made_parents;
     job->n_made = lv->n_made;

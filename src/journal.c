@@ -582,30 +582,6 @@ fail:
     return NULL;
 }
 
-static char *read_small_file(int dirfd, const char *name, size_t *len)
-{
-    int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    struct stat st;
-    char *buf;
-    ssize_t n;
-    if (fd < 0)
-        return NULL;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > JOURNAL_MAX_BYTES) {
-        close(fd);
-        return NULL;
-    }
-    buf = xmalloc((size_t)st.st_size + 1);
-    n = read(fd, buf, (size_t)st.st_size);
-    close(fd);
-    if (n != st.st_size) {
-        free(buf);
-        return NULL;
-    }
-    buf[n] = '\0';
-    *len = strlen(buf); /* a record written into a slot is followed by zeros */
-    return buf;
-}
-
 /* ".<id>.tmp": the slot of "<id>.json" when that exists (kept for the
  * move's later writes), else a first write cut short (removed). */
 static void keep_or_drop_temp(DIR *d, const char *name, size_t nl)
@@ -644,7 +620,8 @@ static unsigned journal_scan(DIR *d, const char *moves, bool repair,
             continue;
         memcpy(id, de->d_name, nl - 5);
         id[nl - 5] = '\0';
-        text = read_small_file(dirfd(d), de->d_name, &len);
+        text = util_read_small_file(dirfd(d), de->d_name, JOURNAL_MAX_BYTES);
+        len = text ? strlen(text) : 0; /* a record written into a slot is followed by zeros */
         o = text ? cJSON_ParseWithLength(text, len) : NULL;
         if (o)
             rec = rec_from_json(o, id);
@@ -732,24 +709,6 @@ void journal_rec_state(const struct journal_rec *r, struct move_state *st)
             move_code_from(wc->valuestring, &st->warning_code))
             util_fmt(st->warning, sizeof st->warning, "%s", w->valuestring);
         cJSON_Delete(ans);
-    }
-}
-
-void journal_missing_parents(struct journal_rec *rec, const char *path)
-{
-    char buf[PATH_MAX];
-    struct stat st;
-    size_t len = strlen(path);
-    if (len >= sizeof buf)
-        return;
-    memcpy(buf, path, len + 1);
-    for (char *p = buf + 1; (p = strchr(p, '/')) != NULL; p++) {
-        *p = '\0';
-        if (lstat(buf, &st) != 0 && errno == ENOENT) {
-            rec->made_parents = xrealloc(rec->made_parents, (rec->n_made + 1) * sizeof(char *));
-            rec->made_parents[rec->n_made++] = xstrdup(buf);
-        }
-        *p = '/';
     }
 }
 

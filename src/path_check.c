@@ -130,11 +130,7 @@ enum move_code path_check_apply(const char *old_path, const char *new_path, char
         util_fmt(why, whysz, "newPath %s cannot be created: %s", new_path, strerror(errno));
         return out->code = CODE_DESTINATION_EXISTS;
     } else {
-        struct journal_rec tmp;
-        memset(&tmp, 0, sizeof tmp);
-        journal_missing_parents(&tmp, out->new_real);
-        out->made_parents = tmp.made_parents;
-        out->n_made = tmp.n_made;
+        util_missing_parents(out->new_real, &out->made_parents, &out->n_made);
     }
     /* The identities along both paths, for the busy check on the loop. */
     set_where(where, out->old_norm);

@@ -365,29 +365,6 @@ out:
     return it;
 }
 
-static char *read_record(int dirfd, const char *name)
-{
-    int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    struct stat st;
-    char *buf;
-    ssize_t n;
-    if (fd < 0)
-        return NULL;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > RECLAIM_RECORD_MAX) {
-        close(fd);
-        return NULL;
-    }
-    buf = xmalloc((size_t)st.st_size + 1);
-    n = read(fd, buf, (size_t)st.st_size);
-    close(fd);
-    if (n != st.st_size) {
-        free(buf);
-        return NULL;
-    }
-    buf[n] = '\0';
-    return buf;
-}
-
 /* --- the thread ------------------------------------------------------------------- */
 
 /* Idle I/O class and the lowest CPU priority, for this thread only: a
@@ -568,7 +545,7 @@ void reclaimer_load(struct reclaimer *r, bool (*skip)(void *arg, const char *mov
         if (n <= 5 || n - 5 > MOVE_ID_MAX || strcmp(de->d_name + n - 5, ".json") != 0)
             continue;
         util_fmt(id, sizeof id, "%.*s", (int)(n - 5), de->d_name);
-        text = read_record(dirfd(d), de->d_name);
+        text = util_read_small_file(dirfd(d), de->d_name, RECLAIM_RECORD_MAX);
         it = text ? record_parse(text, id) : NULL;
         free(text);
         if (!it) {

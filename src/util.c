@@ -2,6 +2,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -219,4 +220,45 @@ void util_statx_to_stat(const struct statx *sx, struct stat *st)
     st->st_mtim.tv_nsec = sx->stx_mtime.tv_nsec;
     st->st_ctim.tv_sec = sx->stx_ctime.tv_sec;
     st->st_ctim.tv_nsec = sx->stx_ctime.tv_nsec;
+}
+
+void util_missing_parents(const char *path, char ***parents, size_t *n)
+{
+    char buf[PATH_MAX];
+    struct stat st;
+    size_t len = strlen(path);
+    if (len >= sizeof buf)
+        return;
+    memcpy(buf, path, len + 1);
+    for (char *p = buf + 1; (p = strchr(p, '/')) != NULL; p++) {
+        *p = '\0';
+        if (lstat(buf, &st) != 0 && errno == ENOENT) {
+            *parents = xrealloc(*parents, (*n + 1) * sizeof(char *));
+            (*parents)[(*n)++] = xstrdup(buf);
+        }
+        *p = '/';
+    }
+}
+
+char *util_read_small_file(int dirfd, const char *name, size_t max)
+{
+    int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    struct stat st;
+    char *buf;
+    ssize_t n;
+    if (fd < 0)
+        return NULL;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size > max) {
+        close(fd);
+        return NULL;
+    }
+    buf = xmalloc((size_t)st.st_size + 1);
+    n = read(fd, buf, (size_t)st.st_size);
+    close(fd);
+    if (n != st.st_size) {
+        free(buf);
+        return NULL;
+    }
+    buf[n] = '\0';
+    return buf;
 }
