@@ -188,6 +188,7 @@ int eng_open_src_parent(struct eng *e);
 int eng_open_dst_parent(struct eng *e, bool create);
 int eng_before_removal(struct eng *e);
 int eng_lock_for_cleaning(struct eng *e);
+int eng_end_copy(struct eng *e);
 
 /* engine_copy.c */
 int eng_calculate(struct eng *e);
@@ -223,6 +224,10 @@ bool eng_is_reclaim_name(const struct eng *e, const char *name);
 int eng_reclaim_resume(struct eng *e, int *rfd);
 
 /* engine_recover.c */
+/* A move resumed or committed: what the journal recorded of its
+ * destination (there before the move, its original stat, the parents made
+ * for it), for a rollback. */
+void eng_take_recorded_dst(struct eng *e);
 int eng_undo(struct eng *e);
 int eng_finish(struct eng *e);
 int eng_look_dst(struct eng *e, char *state, size_t size);

@@ -51,6 +51,9 @@ void util_statx_to_stat(const struct statx *sx, struct stat *st);
 /* mkdir -p: creates path and its missing parents with mode. 0 or -errno. */
 int util_mkdir_p(const char *path, mode_t mode);
 
+/* fsync of the directory dir: its entries made durable. 0 or -errno. */
+int util_fsync_dir(const char *dir);
+
 /* Appends to *parents (*n entries) the ancestors of the absolute path that
  * do not exist (lstat ENOENT), outermost first: what making path creates. */
 void util_missing_parents(const char *path, char ***parents, size_t *n);

@@ -120,6 +120,16 @@ static bool eng_look_src(struct eng *e, char *state, size_t size, bool *absent)
  * journaled. That directory's contents are removed when it is there and the
  * source is the directory recorded at acceptance; anything else is left
  * alone and reported. */
+void eng_take_recorded_dst(struct eng *e)
+{
+    const struct engine_job *job = e->job;
+    e->dst_preexisted = job->dst_preexisted;
+    e->dst_orig = job->dst_orig;
+    e->made_parents = xcalloc(job->n_made + 1, sizeof(char *));
+    for (size_t i = 0; i < job->n_made; i++)
+        e->made_parents[e->n_made++] = xstrdup(job->made_parents[i]);
+}
+
 int eng_undo(struct eng *e)
 {
     const struct engine_job *job = e->job;
@@ -127,11 +137,7 @@ int eng_undo(struct eng *e)
     bool src_absent, src_ok = eng_look_src(e, src_state, sizeof src_state, &src_absent);
     int dst;
 
-    e->dst_preexisted = job->dst_preexisted;
-    e->dst_orig = job->dst_orig;
-    e->made_parents = xcalloc(job->n_made + 1, sizeof(char *));
-    for (size_t i = 0; i < job->n_made; i++)
-        e->made_parents[e->n_made++] = xstrdup(job->made_parents[i]);
+    eng_take_recorded_dst(e);
 
     if (job->resume_phase == PHASE_QUEUED || !job->dst_id.known) {
         /* It wrote nothing into newPath (at most it made an empty directory

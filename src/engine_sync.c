@@ -766,11 +766,7 @@ static int eng_adopt_dst(struct eng *e, char *state, size_t size)
     const struct engine_job *job = e->job;
     struct stat lf;
     int dst;
-    e->dst_preexisted = job->dst_preexisted;
-    e->dst_orig = job->dst_orig;
-    e->made_parents = xcalloc(job->n_made + 1, sizeof(char *));
-    for (size_t i = 0; i < job->n_made; i++)
-        e->made_parents[e->n_made++] = xstrdup(job->made_parents[i]);
+    eng_take_recorded_dst(e);
     dst = eng_look_dst(e, state, size);
     if (dst != 1)
         return dst;
@@ -844,14 +840,7 @@ int eng_commit(struct eng *e)
         eng_rollback(e);
         return -1;
     }
-    copy_caps_save(&e->cc.caps);
-    e->res->bytes_copied = e->prog.count.bytes_copied;
-    e->res->files_copied = e->prog.count.files_copied;
-    if (eng_remove_source(e) != 0) {
-        eng_rollback(e);
-        return -1;
-    }
-    return 0;
+    return eng_end_copy(e);
 }
 
 int eng_discard(struct eng *e)

@@ -17,17 +17,6 @@
 #define JOURNAL_VERSION 1
 #define JOURNAL_MAX_BYTES (1u << 20)
 
-static int fsync_dir(const char *dir)
-{
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc = 0;
-    if (fd < 0)
-        return -errno;
-    if (fsync(fd) != 0)
-        rc = -errno;
-    close(fd);
-    return rc;
-}
-
 int journal_open(struct journal *j, const char *state_dir, char *why, size_t whysz)
 {
     char path[PATH_MAX], pid[32];
@@ -229,14 +218,14 @@ static int install_temp(const struct journal *j, const char *tmp, const char *pa
     *kept = false;
     if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_EXCHANGE) == 0) {
         *kept = true;
-        return fsync_dir(j->moves);
+        return util_fsync_dir(j->moves);
     }
     /* ENOENT: no record yet; EINVAL/ENOSYS: the filesystem cannot exchange. */
     if (errno != ENOENT && errno != EINVAL && errno != ENOSYS)
         return -errno;
     if (rename(tmp, path) != 0)
         return -errno;
-    return fsync_dir(j->moves);
+    return util_fsync_dir(j->moves);
 }
 
 static void rec_paths(const struct journal *j, const char *move_id, char *path, size_t psz,
@@ -303,7 +292,7 @@ int journal_reserve(const struct journal *j, const struct journal_rec *rec)
         if (close(fd) != 0 && rc == 0)
             rc = -errno;
         if (rc == 0)
-            rc = fsync_dir(j->moves);
+            rc = util_fsync_dir(j->moves);
         if (rc != 0)
             (void)unlink(tmp);
     }
@@ -334,7 +323,7 @@ void journal_ident_remove(const struct journal *j, const char *move_id)
     char path[PATH_MAX];
     journal_ident_path(j, move_id, path, sizeof path);
     if (unlink(path) == 0)
-        (void)fsync_dir(j->dir);
+        (void)util_fsync_dir(j->dir);
 }
 
 void journal_sweep_idents(const struct journal *j, bool (*keep)(void *arg, const char *move_id),
@@ -366,7 +355,7 @@ void journal_remove(const struct journal *j, const char *move_id)
     rec_paths(j, move_id, path, sizeof path, tmp, sizeof tmp);
     (void)unlink(tmp);
     if (unlink(path) == 0)
-        (void)fsync_dir(j->moves);
+        (void)util_fsync_dir(j->moves);
 }
 
 /* --- reading ------------------------------------------------------------------------ */

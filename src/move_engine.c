@@ -638,12 +638,19 @@ static int eng_copy_move(struct eng *e)
         return -1;
     }
     eng_release_space(e);
+    return eng_end_copy(e);
+}
+
+/* The copy is verified and durable and the journal says cleaning: what was
+ * learned is kept, the counts go to the result, and the source goes. From
+ * here a failure to remove the source keeps the copy and the move has
+ * succeeded; only a source found changed by the reclaim's check (put back
+ * whole) undoes the copy. */
+int eng_end_copy(struct eng *e)
+{
     copy_caps_save(&e->cc.caps);
     e->res->bytes_copied = e->prog.count.bytes_copied;
     e->res->files_copied = e->prog.count.files_copied;
-    /* From here the copy is whole and durable: a failure to remove the
-     * source keeps it, and the move has succeeded; only a source found
-     * changed by the reclaim's check (put back whole) undoes the copy. */
     if (eng_remove_source(e) != 0) {
         eng_rollback(e);
         return -1;

@@ -261,17 +261,6 @@ static void record_path(const struct reclaimer *r, const char *move_id, bool tmp
     util_fmt(buf, size, tmp ? "%s/.%s.tmp" : "%s/%s.json", r->dir, move_id);
 }
 
-static int sync_dir(const char *dir)
-{
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc = 0;
-    if (fd < 0)
-        return -errno;
-    if (fsync(fd) != 0)
-        rc = -errno;
-    close(fd);
-    return rc;
-}
-
 static int record_write(const struct reclaimer *r, const struct reclaim_item *it)
 {
     char path[PATH_MAX], tmp[PATH_MAX], id[48];
@@ -302,7 +291,7 @@ static int record_write(const struct reclaimer *r, const struct reclaim_item *it
     if (rc == 0 && rename(tmp, path) != 0)
         rc = -errno;
     if (rc == 0)
-        rc = sync_dir(r->dir);
+        rc = util_fsync_dir(r->dir);
     if (rc != 0)
         (void)unlink(tmp);
     return rc;
@@ -313,7 +302,7 @@ static void record_remove(const struct reclaimer *r, const char *move_id)
     char path[PATH_MAX];
     record_path(r, move_id, false, path, sizeof path);
     if (unlink(path) == 0)
-        (void)sync_dir(r->dir);
+        (void)util_fsync_dir(r->dir);
 }
 
 static struct reclaim_item *item_new(const char *move_id, const char *dir, dev_t dev, ino_t ino,

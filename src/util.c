@@ -262,3 +262,14 @@ char *util_read_small_file(int dirfd, const char *name, size_t max)
     buf[n] = '\0';
     return buf;
 }
+
+int util_fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc = 0;
+    if (fd < 0)
+        return -errno;
+    if (fsync(fd) != 0)
+        rc = -errno;
+    close(fd);
+    return rc;
+}
