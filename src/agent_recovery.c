@@ -118,6 +118,20 @@ static bool agent_roots_of(struct agent *a, const struct journal_rec *r, char *s
     return lost == NULL;
 }
 
+/* What every move made again from its journal record shares: the record,
+ * the journal, the roots that hold its paths now, the frame interval. */
+static struct move_params recovered_params(struct agent *a, struct journal_rec *r,
+                                           const char *src_root, const char *dst_root)
+{
+    return (struct move_params){
+        .jr = r,
+        .journal = &a->journal,
+        .src_root = src_root,
+        .dst_root = dst_root,
+        .progress_interval_ms = a->cfg.progress_interval_ms,
+    };
+}
+
 /* A move that ended (and was answered) while its worker was stuck on a disk
  * and that the agent left behind: its partial copy is removed now, on a
  * worker, without frames or a second answer. */
@@ -131,15 +145,9 @@ static void agent_resume_rollback(struct agent *a, struct journal_rec *r)
             LF_S("move", r->move_id), LF_S("error", why));
         return;
     }
-    p = (struct move_params){
-        .jr = r,
-        .journal = &a->journal,
-        .src_root = src_root,
-        .dst_root = dst_root,
-        .progress_interval_ms = a->cfg.progress_interval_ms,
-        .mode = ENGINE_UNDO,
-        .silent = true,
-    };
+    p = recovered_params(a, r, src_root, dst_root);
+    p.mode = ENGINE_UNDO;
+    p.silent = true;
     LOG(LOG_WARN, "a move ended while its rollback waited on a stuck disk; rolling it back now",
         LF_S("move", r->move_id), LF_S("path", r->dst));
     m = xmalloc(sizeof *m);
@@ -194,19 +202,13 @@ static void agent_resume_ready(struct agent *a, struct journal_rec *r)
         return;
     }
     journal_ident_path(&a->journal, r->move_id, ident, sizeof ident);
-    p = (struct move_params){
-        .jr = r,
-        .journal = &a->journal,
-        .src_root = src_root,
-        .dst_root = dst_root,
-        .progress_interval_ms = a->cfg.progress_interval_ms,
-        .move_timeout_ms = a->cfg.move_timeout_ms,
-        .stall_timeout_ms = a->cfg.stall_timeout_ms,
-        .mode = ENGINE_PREPARE,
-        .ident_path = ident,
-        .prepare_ttl_ms = a->cfg.prepare_ttl_ms,
-        .reclaim = a->cfg.reclaim,
-    };
+    p = recovered_params(a, r, src_root, dst_root);
+    p.move_timeout_ms = a->cfg.move_timeout_ms;
+    p.stall_timeout_ms = a->cfg.stall_timeout_ms;
+    p.mode = ENGINE_PREPARE;
+    p.ident_path = ident;
+    p.prepare_ttl_ms = a->cfg.prepare_ttl_ms;
+    p.reclaim = a->cfg.reclaim;
     m = xmalloc(sizeof *m);
     if (move_init(m, &a->loop, &p, &agent_move_ops, a) != 0) {
         LOG(LOG_ERROR, "cannot set up the prepared move; its journal file stays",
@@ -295,18 +297,12 @@ static void agent_recover_one(void *arg, struct journal_rec *r)
         agent_end_recovered(a, r, CODE_NEEDS_ATTENTION, why);
         return;
     }
-    p = (struct move_params){
-        .jr = r,
-        .journal = &a->journal,
-        .src_root = src_root,
-        .dst_root = dst_root,
-        .progress_interval_ms = a->cfg.progress_interval_ms,
-        /* A source the reclaim had renamed back (it had changed) is whole at
-         * oldPath again: the copy is undone, as before cleaning. */
-        .mode = r->phase == PHASE_CLEANING && !(r->reclaim.dir && r->reclaim.undone) ? ENGINE_FINISH
-                                                                                     : ENGINE_UNDO,
-        .reclaim = a->cfg.reclaim,
-    };
+    p = recovered_params(a, r, src_root, dst_root);
+    /* A source the reclaim had renamed back (it had changed) is whole at
+     * oldPath again: the copy is undone, as before cleaning. */
+    p.mode = r->phase == PHASE_CLEANING && !(r->reclaim.dir && r->reclaim.undone) ? ENGINE_FINISH
+                                                                                  : ENGINE_UNDO;
+    p.reclaim = a->cfg.reclaim;
     m = xmalloc(sizeof *m);
     if (move_init(m, &a->loop, &p, &agent_move_ops, a) != 0) {
         LOG(LOG_ERROR, "cannot resume the move; its journal file stays", LF_S("move", r->move_id));
