@@ -419,15 +419,26 @@ static void nc_helper(void *arg)
     }
 }
 
+/* On the loop: asks the helper to connect or to close. Before a close the
+ * loop stops watching the socket for good (the poll handle goes, and nats.c's
+ * later wishes for it are ignored): the helper's natsConnection_Close closes
+ * the descriptor, and a poll re-armed on a closed descriptor makes libuv's
+ * epoll_ctl fail, which libuv answers with abort(). */
 static void nc_helper_task(struct nats_client *c, bool connect, bool close)
 {
     uv_mutex_lock(&c->lock);
     if (connect)
         c->h_connect = true;
-    if (close)
+    if (close) {
         c->h_close = true;
+        c->ev_detached = true;
+    }
     uv_cond_signal(&c->cond);
     uv_mutex_unlock(&c->lock);
+    if (close && c->poll) {
+        uv_close((uv_handle_t *)c->poll, nc_poll_closed);
+        c->poll = NULL;
+    }
 }
 
 static void nc_request_flush(struct nats_client *c, uint64_t gen)

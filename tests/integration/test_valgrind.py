@@ -79,7 +79,12 @@ class ValgrindTest(AgentTestCase):
                 rc = proc.wait(120)
                 alog.close()
             report = open(vlog).read()
-            self.assertEqual(rc, 0, report[-4000:])
+            with open(os.path.join(self.scratch.base, "vgn-agent.log")) as f:
+                agent_tail = f.read()[-3000:]
+            died = report.find("Process terminating")
+            self.assertEqual(rc, 0, "the agent's log ends:\n%s\nvalgrind's report %s:\n%s"
+                             % (agent_tail, "where the agent died" if died >= 0 else "ends",
+                                report[died:died + 3000] if died >= 0 else report[-3000:]))
             self.assertIn("ERROR SUMMARY: 0 errors", report)
             m = re.search(r"definitely lost: ([\d,]+) bytes", report)
             self.assertTrue(m is None or m.group(1) == "0", report[-4000:])
