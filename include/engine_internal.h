@@ -196,6 +196,7 @@ int eng_check_space(struct eng *e);
 void eng_release_space(struct eng *e);
 int eng_copy(struct eng *e);
 bool eng_in_granule(struct eng *e, const struct tree_walk *w, const struct stat *st);
+int eng_open_source(struct eng *e, int dir, const char *name, const struct stat *st);
 int eng_copy_file(struct eng *e, struct tree_walk *w, const char *name, const struct stat *st,
                   struct stat *copied, struct ident_blocks *blocks);
 int eng_copy_symlink(struct eng *e, struct tree_walk *w, const char *name, const struct stat *st);

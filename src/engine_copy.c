@@ -113,17 +113,36 @@ void eng_release_space(struct eng *e)
 
 /* --- copying ------------------------------------------------------------------------ */
 
-static int open_source_file(struct eng *e, int dir, const char *name)
+/* Opens the regular file `name` the walk examined as st, for reading.
+ * Returns the descriptor, or -1 with errno set: ESTALE when the name is gone
+ * or is something else now (replaced by a directory, a fifo, another file:
+ * a change of the source, not an I/O error). O_NONBLOCK so that a fifo
+ * swapped in since cannot block the open (it means nothing to a regular
+ * file's reads). */
+int eng_open_source(struct eng *e, int dir, const char *name, const struct stat *st)
 {
-    int fd;
+    int fd = -1, flags = O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK;
+    struct stat now;
     /* O_NOATIME keeps the source's access times (owner or CAP_FOWNER only). */
     if (e->noatime_ok) {
-        fd = openat(dir, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOATIME);
-        if (fd >= 0 || errno != EPERM)
-            return fd;
-        e->noatime_ok = false;
+        fd = openat(dir, name, flags | O_NOATIME);
+        if (fd < 0 && errno == EPERM)
+            e->noatime_ok = false;
     }
-    return openat(dir, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 && !e->noatime_ok)
+        fd = openat(dir, name, flags);
+    if (fd < 0) {
+        if (errno == ENOENT || errno == ELOOP)
+            errno = ESTALE;
+        return -1;
+    }
+    if (fstat(fd, &now) != 0 || !S_ISREG(now.st_mode) || now.st_dev != st->st_dev ||
+        now.st_ino != st->st_ino) {
+        close(fd);
+        errno = ESTALE;
+        return -1;
+    }
+    return fd;
 }
 
 /* ctime too: a rewrite that puts the old mtime back still moves ctime. */
@@ -233,8 +252,9 @@ int eng_copy_file(struct eng *e, struct tree_walk *w, const char *name, const st
 
     e->cur_w = w;
     e->cur_name = name;
-    sfd = open_source_file(e, sdir, name);
-    if (sfd < 0 && e->live && (errno == ENOENT || errno == ELOOP))
+    sfd = eng_open_source(e, sdir, name, st);
+    /* A preparing copy leaves a name gone or replaced to the commit. */
+    if (sfd < 0 && e->live && errno == ESTALE)
         return 1;
     if (sfd < 0)
         return eng_fail_w(e, w, errno, "open", e->job->src, name);
@@ -318,7 +338,8 @@ int eng_copy_symlink(struct eng *e, struct tree_walk *w, const char *name, const
     if (e->live && (n < 0 ? errno == ENOENT || errno == EINVAL : (size_t)n != (size_t)st->st_size))
         rc = 1; /* replaced or gone while examined: left for the commit */
     else if (n < 0)
-        rc = eng_fail_w(e, w, errno, "read link", e->job->src, name);
+        rc = eng_fail_w(e, w, errno == ENOENT || errno == EINVAL ? ESTALE : errno, "read link",
+                        e->job->src, name);
     else if ((size_t)n != (size_t)st->st_size)
         rc = eng_fail_w(e, w, ESTALE, "", e->job->src, name);
     else {
@@ -366,9 +387,9 @@ static int copy_entry(struct tree_walk *w, const char *name, const struct stat *
         /* Never opened: a fifo would block a reader forever. */
         if (rc == 0 && (rc = copy_meta_at(&e->cc, tree_walk_fd(w, 0), tree_walk_fd(w, 1), name, st,
                                           e->is_root)) != 0)
-            rc = e->live && rc == -ENOENT
-                     ? 2
-                     : eng_fail_w(e, w, -rc, "set attributes of", e->job->dst, name);
+            rc = e->live && rc == -ENOENT ? 2
+                                          : eng_fail_w(e, w, rc == -ENOENT ? ESTALE : -rc,
+                                                       "set attributes of", e->job->dst, name);
     }
     if (e->live && rc >= 0) {
         /* 1: vanished before it was read, nothing made; 2: made, but its
@@ -468,15 +489,15 @@ static int eng_wait_granules(struct eng *e)
 static int recheck_one(struct eng *e, const struct suspect *s)
 {
     const char *base;
-    struct stat a, b;
+    struct stat a = {.st_dev = s->dev, .st_ino = s->ino}, b;
     uint64_t h = 0;
     int pfd = eng_open_parent_of(e->srcfd, s->rel, &base), fd, rc;
     if (pfd < 0)
         return eng_fail_at(e, errno == ENOENT ? ESTALE : errno, "open", e->job->src, s->rel);
-    fd = open_source_file(e, pfd, base);
+    fd = eng_open_source(e, pfd, base, &a);
     close(pfd);
     if (fd < 0)
-        return eng_fail_at(e, errno == ENOENT ? ESTALE : errno, "open", e->job->src, s->rel);
+        return eng_fail_at(e, errno, "open", e->job->src, s->rel);
     rc = fstat(fd, &a) != 0 ? -errno : !suspect_same(s, &a) ? -ESTALE : 0;
     if (rc == 0)
         rc = copy_hash_content(&e->cc, fd, &h);

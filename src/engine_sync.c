@@ -406,11 +406,11 @@ static int sync_delta(struct eng *e, struct tree_walk *w, const char *name, cons
                       const uint64_t *old, uint32_t n_old, struct ident_blocks *nb,
                       struct stat *copied, uint64_t *written)
 {
-    int sfd = openat(tree_walk_fd(w, 0), name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC), dfd, rc;
+    int sfd = eng_open_source(e, tree_walk_fd(w, 0), name, st), dfd, rc;
     bool on_write;
     struct stat after;
     if (sfd < 0)
-        return eng_fail_w(e, w, errno == ENOENT ? ESTALE : errno, "open", e->job->src, name);
+        return eng_fail_w(e, w, errno, "open", e->job->src, name);
     dfd = openat(tree_walk_fd(w, 1), name, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
     if (dfd < 0) {
         rc = errno;

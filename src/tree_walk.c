@@ -263,8 +263,12 @@ static int descend(struct tree_walk *w, const char *name, const struct stat *st)
         w->vanished++;
         return 0;
     }
-    if (fds[0] < 0)
-        return walk_fail(w, errno, "open directory", name);
+    if (fds[0] < 0) {
+        /* Gone or no longer a directory since it was examined: a change. */
+        err = errno;
+        w->changed = err == ENOENT || err == ENOTDIR || err == ELOOP;
+        return walk_fail(w, err, "open directory", name);
+    }
     if (walk_stat(fds[0], "", AT_EMPTY_PATH, &os, &mnt, &attrs) != 0) {
         err = errno;
         close(fds[0]);

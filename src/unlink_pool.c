@@ -33,12 +33,15 @@ static void *unlink_pool_thread(void *arg)
                         : 0;
         if (rc == 0)
             rc = unlinkat(job.dirfd, job.name, 0) == 0 ? 0 : errno;
+        /* Raised at once, not under the lock: the other helpers go on
+         * taking jobs while this one waits for it. */
+        if (rc > 0 && rc != ENOENT)
+            atomic_store_explicit(&p->failed, true, memory_order_relaxed);
         pthread_mutex_lock(&p->lock);
         if (rc > 0 && rc != ENOENT && p->err == 0) {
             p->err = rc;
             p->err_arg = job.arg;
             memcpy(p->err_name, job.name, sizeof p->err_name);
-            atomic_store_explicit(&p->failed, true, memory_order_relaxed);
         }
         p->busy--;
         if (rc == 0 || rc == ENOENT)

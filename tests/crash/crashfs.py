@@ -846,10 +846,15 @@ def serve(backing, mountpoint, control, clock_path):
 
     async def control_server():
         sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-        if os.path.exists(control):
-            os.unlink(control)
-        await sock.bind(control)
+        # The socket appears under its name only once it listens: the test
+        # side connects as soon as it sees the name (bind alone would let
+        # that connect be refused).
+        tmp = control + ".tmp"
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        await sock.bind(tmp)
         sock.listen(8)
+        os.rename(tmp, control)
         async with trio.open_nursery() as nursery:
             while True:
                 conn, _ = await sock.accept()

@@ -147,8 +147,13 @@ static void test_pool_stops_at_the_first_refusal(void **state)
         }
     }
     /* f050 and (nearly) everything after it stayed: only removals already
-     * under way on the other helpers when it failed went through. */
-    assert_true(kept >= 1000 - 50 - UNLINK_POOL_THREADS && kept <= 1000 - 50);
+     * under way on the other helpers when it failed went through, and
+     * removals of earlier names not yet under way were dropped. The bounds
+     * leave room for the refusing helper being preempted between its check
+     * and raising the failure (the others go on meanwhile; under a loaded
+     * machine that was seen to be more than one job each): what must hold
+     * is that removal stops, not how many jobs were in flight. */
+    assert_true(kept >= 1000 - 50 - 100 && kept <= 1000 - 50 + UNLINK_POOL_THREADS);
     close(dfd);
     assert_int_equal(rmdir(dir), 0);
 }
