@@ -179,7 +179,7 @@ static int count_entry(struct tree_walk *w, const char *name, const struct stat 
     struct eng *e = w->arg;
     bool fresh = true;
     e->fin_entries++;
-    if (S_ISDIR(st->st_mode) && w->depth == 0 && strcmp(name, "lost+found") == 0)
+    if (S_ISDIR(st->st_mode) && w->depth == 1 && strcmp(name, "lost+found") == 0)
         e->fin_lost_found = true;
     if (S_ISREG(st->st_mode)) {
         /* bytesCopied counts each hard-linked inode once */

@@ -98,6 +98,25 @@ class RecoveryTest(AgentTestCase):
         self.assertFalse(os.path.exists(dst))
         self.assertEqual(self.outcomes("mv-back", reply), ([("error", "needs_attention")], [(False, "needs_attention")]))
 
+    def test_cleaning_killed_into_a_filesystem_root_is_finished(self):
+        # newPath was an empty directory but for its empty lost+found (a
+        # fresh filesystem's root): the copy then has one more entry than
+        # was copied, and that must not make the recovery doubt it.
+        src = many_files(os.path.join(self.scratch.a, "many"))
+        self.start_agent(extra={"reclaim": "inline"})
+        dst = os.path.join(self.scratch.b, "root")
+        os.makedirs(os.path.join(dst, "lost+found"))
+        reply = self.request_move("many", src, dst, "mv-lf")
+        self.wait_phase("mv-lf", "cleaning")
+        with self.paused_agent():
+            self.kill_agent()
+        self.restart_agent(1)
+        ans = self.manager.wait_answer(reply, 60)
+        self.assertTrue(ans["success"], ans)
+        self.assertFalse(os.path.exists(src))
+        self.assertEqual(sum(len(f) for _, _, f in os.walk(dst)), 8000)
+        self.assertEqual(os.listdir(os.path.join(dst, "lost+found")), [])
+
     def test_cleaning_killed_and_copy_damaged_keeps_the_source(self):
         # Killed while cleaning; files of the copy are lost while the agent is
         # down. The rest of the source is then the only good data: kept.
