@@ -66,6 +66,12 @@ void reclaimer_load(struct reclaimer *r, bool (*skip)(void *arg, const char *mov
 int reclaimer_add(struct reclaimer *r, const char *move_id, const char *dir, dev_t dev, ino_t ino,
                   uint64_t entries, uint64_t bytes);
 
+/* Reads state_dir/reclaim without changing anything (for `hostagent
+ * status` when no daemon answers): cb sees each readable record. 0, or
+ * negative errno when the directory cannot be opened (-ENOENT: none yet). */
+int reclaim_list(const char *state_dir, void (*cb)(void *arg, const struct reclaim_item *it),
+                 void *arg);
+
 /* What is left to delete, over every reclaim (any thread). */
 void reclaimer_totals(struct reclaimer *r, uint64_t *bytes, uint64_t *entries);
 

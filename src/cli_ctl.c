@@ -5,6 +5,7 @@
 #include "config.h"
 #include "journal.h"
 #include "move_state.h"
+#include "reclaim.h"
 #include "util.h"
 
 #include <cjson/cJSON.h>
@@ -406,11 +407,30 @@ static long ctl_lock_holder(const char *state_dir)
     return found;
 }
 
+struct ctl_reclaims {
+    FILE *out;
+    bool daemon; /* a daemon holds state_dir (it deletes them now) */
+};
+
+/* One reclaim recorded in state_dir: a moved server's old files still to
+ * delete (reclaim = deferred), which the daemon resumes when it starts. */
+static void ctl_offline_reclaim(void *arg, const struct reclaim_item *it)
+{
+    struct ctl_reclaims *c = arg;
+    fprintf(c->out,
+            "reclaim of move %s: %s (%llu entries, %llu bytes when recorded) is left to delete; "
+            "%s\n",
+            it->move_id, it->dir, (unsigned long long)it->entries, (unsigned long long)it->bytes,
+            c->daemon ? "the daemon deletes it in the background"
+                      : "the daemon's next start deletes it");
+}
+
 static int ctl_status_offline(const struct ctl_args *a, const struct config *cfg, int conn_err)
 {
     struct ctl_offline o = {.moves = cJSON_CreateArray(), .now_ms = util_wall_ms()};
     FILE *note = a->json ? stderr : stdout;
     unsigned unreadable = 0;
+    struct ctl_reclaims rcl;
     long holder = ctl_lock_holder(cfg->state_dir);
     int rc = journal_read(cfg->state_dir, ctl_offline_rec, &o, &unreadable);
 
@@ -438,6 +458,9 @@ static int ctl_status_offline(const struct ctl_args *a, const struct config *cfg
                 "%s cleaning) and answers the manager\n",
                 o.unfinished, o.unfinished == 1 ? "" : "s", o.unfinished == 1 ? "it" : "them",
                 o.unfinished == 1 ? "its" : "their");
+    rcl.out = note;
+    rcl.daemon = holder != 0;
+    (void)reclaim_list(cfg->state_dir, ctl_offline_reclaim, &rcl);
     if (unreadable)
         fprintf(stderr, "hostagent status: %u journal file%s in %s/moves could not be read\n",
                 unreadable, unreadable == 1 ? "" : "s", cfg->state_dir);

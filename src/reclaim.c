@@ -513,22 +513,30 @@ int reclaimer_add(struct reclaimer *r, const char *move_id, const char *dir, dev
     return rc;
 }
 
-void reclaimer_load(struct reclaimer *r, bool (*skip)(void *arg, const char *move_id), void *arg)
+/* Calls fn for every readable record in dir (fn owns the item). tidy (the
+ * daemon, which holds state_dir) also removes writes cut short and sets
+ * unreadable records aside; without it (a reader such as `hostagent
+ * status`) nothing is changed. 0, or negative errno when dir cannot be
+ * opened. */
+static int records_each(const char *dir, bool tidy, void (*fn)(void *arg, struct reclaim_item *it),
+                        void *arg)
 {
-    int dfd = open(r->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), err;
     DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
     struct dirent *de;
     if (!d) {
+        err = -errno;
         if (dfd >= 0)
             close(dfd);
-        return;
+        return err;
     }
     while ((de = readdir(d)) != NULL) {
         size_t n = strlen(de->d_name);
         char id[MOVE_ID_MAX + 1], *text;
         struct reclaim_item *it;
         if (n > 4 && strcmp(de->d_name + n - 4, ".tmp") == 0) {
-            (void)unlinkat(dirfd(d), de->d_name, 0); /* a write cut short */
+            if (tidy)
+                (void)unlinkat(dirfd(d), de->d_name, 0); /* a write cut short */
             continue;
         }
         if (n <= 5 || n - 5 > MOVE_ID_MAX || strcmp(de->d_name + n - 5, ".json") != 0)
@@ -537,27 +545,67 @@ void reclaimer_load(struct reclaimer *r, bool (*skip)(void *arg, const char *mov
         text = util_read_small_file(dirfd(d), de->d_name, RECLAIM_RECORD_MAX);
         it = text ? record_parse(text, id) : NULL;
         free(text);
-        if (!it) {
+        if (it) {
+            fn(arg, it);
+        } else if (tidy) {
             char bad[NAME_MAX + 16];
             util_fmt(bad, sizeof bad, "%s.corrupt", de->d_name);
             LOG(LOG_ERROR, "unreadable reclaim record set aside; its directory is not deleted",
                 LF_S("file", de->d_name));
             (void)renameat(dirfd(d), de->d_name, dirfd(d), bad);
-            continue;
         }
-        if (skip && skip(arg, id)) {
-            item_free(it);
-            continue;
-        }
-        LOG(LOG_INFO, "resuming a reclaim", LF_S("move", id), LF_S("path", it->dir));
-        pthread_mutex_lock(&r->lock);
-        if (queued(r, id))
-            item_free(it);
-        else
-            enqueue(r, it);
-        pthread_mutex_unlock(&r->lock);
     }
     closedir(d);
+    return 0;
+}
+
+struct load_ctx {
+    struct reclaimer *r;
+    bool (*skip)(void *arg, const char *move_id);
+    void *arg;
+};
+
+static void load_one(void *arg, struct reclaim_item *it)
+{
+    struct load_ctx *c = arg;
+    if (c->skip && c->skip(c->arg, it->move_id)) {
+        item_free(it);
+        return;
+    }
+    LOG(LOG_INFO, "resuming a reclaim", LF_S("move", it->move_id), LF_S("path", it->dir));
+    pthread_mutex_lock(&c->r->lock);
+    if (queued(c->r, it->move_id))
+        item_free(it);
+    else
+        enqueue(c->r, it);
+    pthread_mutex_unlock(&c->r->lock);
+}
+
+void reclaimer_load(struct reclaimer *r, bool (*skip)(void *arg, const char *move_id), void *arg)
+{
+    struct load_ctx c = {r, skip, arg};
+    (void)records_each(r->dir, true, load_one, &c);
+}
+
+struct list_ctx {
+    void (*cb)(void *arg, const struct reclaim_item *it);
+    void *arg;
+};
+
+static void list_one(void *arg, struct reclaim_item *it)
+{
+    struct list_ctx *c = arg;
+    c->cb(c->arg, it);
+    item_free(it);
+}
+
+int reclaim_list(const char *state_dir, void (*cb)(void *arg, const struct reclaim_item *it),
+                 void *arg)
+{
+    char dir[PATH_MAX];
+    struct list_ctx c = {cb, arg};
+    util_fmt(dir, sizeof dir, "%s/reclaim", state_dir);
+    return records_each(dir, false, list_one, &c);
 }
 
 void reclaimer_totals(struct reclaimer *r, uint64_t *bytes, uint64_t *entries)

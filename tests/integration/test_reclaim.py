@@ -238,6 +238,16 @@ class ReclaimTest(AgentTestCase):
             self.assertEqual(self.records(), ["mv-kr.json"])
             self.kill_agent()
         self.assertTrue(os.path.isdir(rdir))
+        # With no daemon, `hostagent status` names the reclaim left to do
+        # from state_dir, and changes nothing there.
+        recs = os.path.join(self.scratch.state, "reclaim")
+        mtimes = {n: os.stat(os.path.join(recs, n)).st_mtime_ns for n in os.listdir(recs)}
+        r = subprocess.run([BIN, "status", "--config", self.agent.cfg_path], capture_output=True, text=True,
+                           timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("reclaim of move mv-kr: %s (4004 entries, " % rdir, r.stdout)
+        self.assertIn("is left to delete; the daemon's next start deletes it", r.stdout)
+        self.assertEqual({n: os.stat(os.path.join(recs, n)).st_mtime_ns for n in os.listdir(recs)}, mtimes)
         self.restart_agent(1)
         wait_until(lambda: not os.path.lexists(rdir) and self.records() == [], 120,
                    "the reclaim resumed and finished")
