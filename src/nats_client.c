@@ -384,6 +384,12 @@ static void nc_helper(void *arg)
             e->status = natsConnection_Connect(&fresh, c->opts);
             if (e->status != NATS_OK && e->status != NATS_NOT_YET_CONNECTED) {
                 const char *txt = nats_GetLastError(NULL);
+                char stack[2048];
+                /* "No server available" may hide why each server failed:
+                 * a refusal of the credentials must still be named. */
+                if (nats_GetLastErrorStack(stack, sizeof stack) == NATS_OK &&
+                    (strstr(stack, "uthorization") || strstr(stack, "uthentication")))
+                    e->status = NATS_CONNECTION_AUTH_FAILED;
                 e->text = xstrdup(txt && *txt ? txt : natsStatus_GetText(e->status));
                 if (fresh)
                     natsConnection_Destroy(fresh);
@@ -633,8 +639,11 @@ static void nc_subscribe(struct nats_client *c)
         util_fmt(subj, sizeof subj, "%sserver.move_status", c->all_prefix);
         s = natsConnection_Subscribe(&c->sub_all, c->nc, subj, nc_on_msg, c);
     }
+    /* Closed already: the server let the connection in and then shut it
+     * (refused credentials come that way); its closed event says why. */
     if (s != NATS_OK)
-        LOG(LOG_ERROR, "cannot subscribe to the agent's subjects", LF_S("subject", subj),
+        LOG(s == NATS_CONNECTION_CLOSED ? LOG_DEBUG : LOG_ERROR,
+            "cannot subscribe to the agent's subjects", LF_S("subject", subj),
             LF_S("error", natsStatus_GetText(s)));
     if (c->cfg->nats_jetstream && !c->js) {
         jsOptions jo;

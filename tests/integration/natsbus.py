@@ -22,10 +22,21 @@ def free_port():
 
 
 def ensure_npm():
-    """nats.js from the lockfile (npm ci) when it is not installed yet."""
-    if not os.path.isdir(os.path.join(NATS_DIR, "node_modules", "nats")):
+    """nats.js and @nats-io/jwt from the lockfile (npm ci) when they are not
+    installed yet."""
+    modules = os.path.join(NATS_DIR, "node_modules")
+    if not all(os.path.isdir(os.path.join(modules, m)) for m in ("nats", "@nats-io/jwt")):
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NATS_DIR, check=True,
                        capture_output=True)
+
+
+def auth_keys(directory):
+    """Keys and JWTs made by tests/nats/authgen.mjs (the NATS project's own
+    libraries) in directory; returns {"userPub", "accountPub", "accountJwt"}."""
+    ensure_npm()
+    out = subprocess.run(["node", os.path.join(NATS_DIR, "authgen.mjs"), directory], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out)
 
 
 class NatsCluster:

@@ -14,7 +14,7 @@ import time
 import unittest
 
 from harness import BIN, SANITIZED, Scratch, journal_record, make_tree, wait_until
-from natsbus import Bridge, NatsCluster
+from natsbus import Bridge, NatsCluster, auth_keys
 
 PREFIX = "hostagent"
 REFMANAGER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "manager", "refmanager.py")
@@ -79,9 +79,13 @@ class NatsCase(unittest.TestCase):
 
     def setUp(self):
         self.scratch = Scratch("256m")
-        self.cluster = NatsCluster(self.scratch.base, self.nodes, self.jetstream, self.auth)
+        self.cluster = NatsCluster(self.scratch.base, self.nodes, self.jetstream, self.server_auth())
         self.bridges = []
         self.agents = []
+
+    def server_auth(self):
+        """The servers' authentication configuration."""
+        return self.auth
 
     def tearDown(self):
         try:
@@ -284,6 +288,55 @@ class TestNatsAuth(NatsCase):
         a2 = self.agent(agent_id="na2", extra={"nats_user": "agent", "nats_password_file": pw})
         self.wait_up(a2)
         self.assertEqual(b.request(a2.subject("server.move_status"), {})["moves"], [])
+
+
+class TestNatsNKey(NatsCase):
+    """nats_nkey_seed_file: the agent signs the server's nonce with its own
+    Ed25519 code (nkey.c) for a key the server lists."""
+
+    def server_auth(self):
+        self.keys = os.path.join(self.scratch.base, "keys")
+        os.makedirs(self.keys)
+        info = auth_keys(self.keys)
+        return "authorization { users = [ {nkey: %s}, {user: mgr, password: mgrpw} ] }" % info["userPub"]
+
+    def test_listed_key_is_let_in_and_an_unknown_one_refused(self):
+        a = self.agent(extra={"nats_nkey_seed_file": os.path.join(self.keys, "user.nk")})
+        self.wait_up(a)
+        b = self.bridge("--user", "mgr", "--pass", "mgrpw")
+        self.assertEqual(b.request(a.subject("server.move_status"), {})["moves"], [])
+        a2 = self.agent(agent_id="na2", extra={"nats_nkey_seed_file": os.path.join(self.keys, "other.nk")})
+        wait_until(lambda: "refused the agent's credentials" in a2.log(), 20, "the refusal logged")
+        self.assertNotIn("connection state from=hello to=up", a2.log())
+        self.assertNotIn("error cannot subscribe", a2.log(), "only the refusal is an error")
+
+
+class TestNatsCreds(NatsCase):
+    """nats_creds_file: a user JWT and its nkey, on a server in operator
+    (decentralised JWT) mode, as NATS fleets are run."""
+
+    def server_auth(self):
+        self.keys = os.path.join(self.scratch.base, "keys")
+        os.makedirs(self.keys)
+        info = auth_keys(self.keys)
+        return 'operator: "%s"\nresolver: MEMORY\nresolver_preload: { %s: "%s" }' % (
+            os.path.join(self.keys, "operator.jwt"), info["accountPub"], info["accountJwt"])
+
+    def test_a_user_of_the_account_moves_and_a_stranger_is_refused(self):
+        a = self.agent(extra={"nats_creds_file": os.path.join(self.keys, "agent.creds")})
+        self.wait_up(a)
+        b = self.bridge("--creds", os.path.join(self.keys, "bridge.creds"))
+        b.subscribe(a.subject("move.progress"))
+        src = make_tree(os.path.join(self.scratch.a, "s1"), n_small=5)
+        dst = os.path.join(self.scratch.b, "s1")
+        ans = b.request(a.subject("server.move_data"), {"serverName": "s1", "oldPath": src, "newPath": dst,
+                                                       "moveId": "cr-1"}, timeout=60000)
+        self.assertTrue(ans["success"], ans)
+        wait_until(lambda: any(json.loads(m["data"]).get("phase") == "complete" for m in b.messages()), 20,
+                   "the progress frames through the account")
+        a2 = self.agent(agent_id="na2", extra={"nats_creds_file": os.path.join(self.keys, "stranger.creds")})
+        wait_until(lambda: "refused the agent's credentials" in a2.log(), 20, "the refusal logged")
+        self.assertNotIn("connection state from=hello to=up", a2.log())
 
 
 class TestNatsJetStream(NatsCase):
