@@ -41,7 +41,8 @@ struct nats_client {
     uv_loop_t *loop;
     const struct config *cfg;
     natsOptions *opts;
-    natsConnection *nc; /* set by the loop once the connect thread is back */
+    natsOptions *probe_opts; /* one plain attempt, to learn why connecting fails */
+    natsConnection *nc;      /* set by the loop once the connect thread is back */
     jsCtx *js;
     natsSubscription *sub_agent, *sub_all;
     char prefix[CONFIG_NATS_PREFIX_MAX + 200]; /* "<prefix>.<agentId>." */
@@ -65,6 +66,7 @@ struct nats_client {
     uint64_t flush_want, flush_done; /* flush generations (the flusher thread) */
     bool h_connect, h_close;         /* tasks for the helper thread */
     natsConnection *h_nc;            /* the helper's connection (it destroys a failed one) */
+    uint64_t h_probe_ms;             /* helper thread only: its last probe (monotonic) */
     uint32_t rnd;                    /* the reconnect jitter's generator */
 
     /* The loop's own: */
@@ -83,6 +85,7 @@ struct nats_client {
     struct nats_outcome *outcomes;
     unsigned restarts;
     uint64_t last_warn_ms, last_fail_log_ms;
+    uint64_t last_cause_log_ms; /* a failure with a known cause (see nc_log_failure) */
     bool helper_done, got_closed, had_nc;
 };
 

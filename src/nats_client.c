@@ -21,6 +21,7 @@
 #define NATS_PUBACK_WAIT_MS 5000 /* JetStream's PubAck; then the outcome is sent again */
 #define NATS_FAIL_LOG_GAP_MS 60000u
 #define NATS_WARN_GAP_MS 30000u
+#define NATS_PROBE_TIMEOUT_MS 2000 /* a probe's connect (nc_probe) */
 
 enum nats_ev_kind {
     EV_MSG,          /* a request */
@@ -83,6 +84,32 @@ static void nc_post(struct nats_client *c, struct nats_event *e)
         c->ev_msgs++;
     uv_async_send(&c->wake);
     uv_mutex_unlock(&c->lock);
+}
+
+/* Runs on the helper thread when the first connect failed and nats.c goes
+ * on retrying in the background (NOT_YET_CONNECTED): nats.c then no longer
+ * says why. One plain attempt with the same servers, TLS and credentials
+ * does (a certificate not accepted, refused credentials), at most once a
+ * minute, so that servers that are down are not asked twice as often. */
+static void nc_probe(struct nats_client *c, struct nats_event *e)
+{
+    natsConnection *p = NULL;
+    uint64_t now = util_mono_ms();
+    const char *txt, *cut;
+    if (c->h_probe_ms && now - c->h_probe_ms < NATS_FAIL_LOG_GAP_MS)
+        return;
+    c->h_probe_ms = now;
+    if (natsConnection_Connect(&p, c->probe_opts) == NATS_OK) {
+        natsConnection_Destroy(p); /* up by now: the retry will find it */
+        return;
+    }
+    txt = nats_GetLastError(NULL);
+    if (!txt || !*txt)
+        return;
+    /* "(conn.c:733): SSL handshake error: ...": nats.c's source line out. */
+    cut = txt[0] == '(' ? strstr(txt, "): ") : NULL;
+    free(e->text);
+    e->text = xstrdup(cut ? cut + 3 : txt);
 }
 
 /* The connection's last error, as text (for an event's detail). */
@@ -396,6 +423,8 @@ static void nc_helper(void *arg)
                 fresh = NULL;
             } else {
                 e->text = nc_last_error(fresh);
+                if (e->status == NATS_NOT_YET_CONNECTED)
+                    nc_probe(c, e);
             }
             e->nc = fresh;
             uv_mutex_lock(&c->lock);
@@ -612,16 +641,29 @@ static bool nc_is_auth(const struct nats_event *e)
 static void nc_log_failure(struct nats_client *c, const struct nats_event *e, const char *what)
 {
     uint64_t now = util_mono_ms();
-    if (nc_is_auth(e)) {
-        if (c->last_fail_log_ms && now - c->last_fail_log_ms < NATS_WARN_GAP_MS)
+    bool tls = e->text && strstr(e->text, "SSL handshake error");
+    /* A failure whose cause is known (refused credentials, a certificate
+     * not accepted) has its own gap: a vaguer line just before ("no server
+     * available") must not hide it, and vaguer ones stay quiet while the
+     * cause is being repeated. */
+    if (nc_is_auth(e) || tls) {
+        if (c->last_cause_log_ms && now - c->last_cause_log_ms < NATS_WARN_GAP_MS)
             return;
-        c->last_fail_log_ms = now;
-        LOG(LOG_ERROR,
-            "the NATS server refused the agent's credentials (check nats_creds_file, "
-            "nats_nkey_seed_file, nats_user/nats_password_file or token); retrying",
-            LF_S("servers", c->cfg->nats_servers_raw), LF_S("detail", e->text ? e->text : ""));
+        c->last_cause_log_ms = c->last_fail_log_ms = now;
+        if (tls)
+            LOG(LOG_ERROR,
+                "the NATS server's TLS certificate was not accepted (check ca_file and the host "
+                "name in nats_servers); retrying",
+                LF_S("servers", c->cfg->nats_servers_raw), LF_S("detail", e->text));
+        else
+            LOG(LOG_ERROR,
+                "the NATS server refused the agent's credentials (check nats_creds_file, "
+                "nats_nkey_seed_file, nats_user/nats_password_file or token); retrying",
+                LF_S("servers", c->cfg->nats_servers_raw), LF_S("detail", e->text ? e->text : ""));
         return;
     }
+    if (c->last_cause_log_ms && now - c->last_cause_log_ms < NATS_FAIL_LOG_GAP_MS)
+        return;
     if (c->last_fail_log_ms && now - c->last_fail_log_ms < NATS_FAIL_LOG_GAP_MS)
         return;
     c->last_fail_log_ms = now;
@@ -1092,6 +1134,8 @@ static void nc_destroy(struct transport *t)
         natsConnection_Destroy(c->h_nc);
     if (c->opts)
         natsOptions_Destroy(c->opts);
+    if (c->probe_opts)
+        natsOptions_Destroy(c->probe_opts);
     /* nats.c's own threads (delivery, timers, callbacks) end here. */
     (void)nats_CloseAndWait(NATS_CLOSE_WAIT_MS);
     while (c->ev_head) {
@@ -1142,60 +1186,20 @@ static int nc_status_err(natsStatus s, const char *what)
     return -EINVAL;
 }
 
-int nats_client_init(struct nats_client *c, uv_loop_t *loop, const struct config *cfg,
-                     const struct transport_ops *ops, void *owner)
+/* What the connection and its probe share: the servers, the name, TLS and
+ * the credentials. */
+static int nc_options_common(struct nats_client *c, natsOptions *o)
 {
-    natsOptions *o = NULL;
-    natsStatus s;
+    const struct config *cfg = c->cfg;
     bool tls = false;
     char name[200];
-
-    memset(c, 0, sizeof *c);
-    c->base.impl = &nats_client_impl;
-    c->base.ops = ops;
-    c->base.owner = owner;
-    c->loop = loop;
-    c->cfg = cfg;
-    c->loop_thread = uv_thread_self();
-    c->rnd = (uint32_t)rand();
-    util_fmt(c->prefix, sizeof c->prefix, "%s.%s.", cfg->nats_subject_prefix, cfg->agent_id);
-    util_fmt(c->all_prefix, sizeof c->all_prefix, "%s.all.", cfg->nats_subject_prefix);
-    util_fmt(c->outcome_subject, sizeof c->outcome_subject, "%smove.outcome", c->prefix);
-    if (uv_mutex_init(&c->lock) != 0 || uv_cond_init(&c->cond) != 0)
-        return -ENOMEM;
-    c->lock_ready = true;
-    uv_async_init(loop, &c->wake, nc_on_wake);
-    c->wake.data = c;
-    c->wake_open = true;
-    uv_timer_init(loop, &c->retry_timer);
-    uv_timer_init(loop, &c->restart_timer);
-    uv_timer_init(loop, &c->close_timer);
-    c->retry_timer.data = c->restart_timer.data = c->close_timer.data = c;
-    c->open_handles = 4;
-
     for (size_t i = 0; i < cfg->n_nats_servers; i++)
         tls |= strncmp(cfg->nats_servers[i], "tls://", 6) == 0;
     util_fmt(name, sizeof name, "hostagent %s", cfg->agent_id);
-    s = natsOptions_Create(&o);
-    if (s != NATS_OK)
-        return nc_status_err(s, "options");
-    c->opts = o;
     if (nc_status_err(
             natsOptions_SetServers(o, (const char **)cfg->nats_servers, (int)cfg->n_nats_servers),
             "nats_servers") ||
-        nc_status_err(natsOptions_SetName(o, name), "name") ||
-        nc_status_err(natsOptions_SetMaxReconnect(o, -1), "reconnect") ||
-        nc_status_err(natsOptions_SetCustomReconnectDelay(o, nc_reconnect_delay, c), "backoff") ||
-        nc_status_err(natsOptions_SetRetryOnFailedConnect(o, true, nc_on_connected, c), "retry") ||
-        nc_status_err(natsOptions_SetDisconnectedCB(o, nc_on_disconnected, c), "callbacks") ||
-        nc_status_err(natsOptions_SetReconnectedCB(o, nc_on_reconnected, c), "callbacks") ||
-        nc_status_err(natsOptions_SetClosedCB(o, nc_on_closed, c), "callbacks") ||
-        nc_status_err(natsOptions_SetErrorHandler(o, nc_on_error, c), "callbacks") ||
-        nc_status_err(natsOptions_SetPingInterval(o, (int64_t)cfg->ping_interval_ms), "pings") ||
-        nc_status_err(natsOptions_SetMaxPingsOut(o, 3), "pings") ||
-        nc_status_err(
-            natsOptions_SetEventLoop(o, c, nc_ev_attach, nc_ev_read, nc_ev_write, nc_ev_detach),
-            "event loop"))
+        nc_status_err(natsOptions_SetName(o, name), "name"))
         return -EINVAL;
     if (tls && nc_status_err(natsOptions_SetSecure(o, true), "tls"))
         return -EINVAL;
@@ -1226,6 +1230,66 @@ int nats_client_init(struct nats_client *c, uv_loop_t *loop, const struct config
         nc_status_err(natsOptions_SetUserInfo(o, cfg->nats_user, cfg->nats_password), "nats_user"))
         return -EINVAL;
     if (cfg->token && nc_status_err(natsOptions_SetToken(o, cfg->token), "token"))
+        return -EINVAL;
+    return 0;
+}
+
+int nats_client_init(struct nats_client *c, uv_loop_t *loop, const struct config *cfg,
+                     const struct transport_ops *ops, void *owner)
+{
+    natsOptions *o;
+    natsStatus s;
+
+    memset(c, 0, sizeof *c);
+    c->base.impl = &nats_client_impl;
+    c->base.ops = ops;
+    c->base.owner = owner;
+    c->loop = loop;
+    c->cfg = cfg;
+    c->loop_thread = uv_thread_self();
+    c->rnd = (uint32_t)rand();
+    util_fmt(c->prefix, sizeof c->prefix, "%s.%s.", cfg->nats_subject_prefix, cfg->agent_id);
+    util_fmt(c->all_prefix, sizeof c->all_prefix, "%s.all.", cfg->nats_subject_prefix);
+    util_fmt(c->outcome_subject, sizeof c->outcome_subject, "%smove.outcome", c->prefix);
+    if (uv_mutex_init(&c->lock) != 0 || uv_cond_init(&c->cond) != 0)
+        return -ENOMEM;
+    c->lock_ready = true;
+    uv_async_init(loop, &c->wake, nc_on_wake);
+    c->wake.data = c;
+    c->wake_open = true;
+    uv_timer_init(loop, &c->retry_timer);
+    uv_timer_init(loop, &c->restart_timer);
+    uv_timer_init(loop, &c->close_timer);
+    c->retry_timer.data = c->restart_timer.data = c->close_timer.data = c;
+    c->open_handles = 4;
+
+    s = natsOptions_Create(&c->opts);
+    if (s != NATS_OK)
+        return nc_status_err(s, "options");
+    o = c->opts;
+    if (nc_options_common(c, o) != 0 ||
+        nc_status_err(natsOptions_SetMaxReconnect(o, -1), "reconnect") ||
+        nc_status_err(natsOptions_SetCustomReconnectDelay(o, nc_reconnect_delay, c), "backoff") ||
+        nc_status_err(natsOptions_SetRetryOnFailedConnect(o, true, nc_on_connected, c), "retry") ||
+        nc_status_err(natsOptions_SetDisconnectedCB(o, nc_on_disconnected, c), "callbacks") ||
+        nc_status_err(natsOptions_SetReconnectedCB(o, nc_on_reconnected, c), "callbacks") ||
+        nc_status_err(natsOptions_SetClosedCB(o, nc_on_closed, c), "callbacks") ||
+        nc_status_err(natsOptions_SetErrorHandler(o, nc_on_error, c), "callbacks") ||
+        nc_status_err(natsOptions_SetPingInterval(o, (int64_t)cfg->ping_interval_ms), "pings") ||
+        nc_status_err(natsOptions_SetMaxPingsOut(o, 3), "pings") ||
+        nc_status_err(
+            natsOptions_SetEventLoop(o, c, nc_ev_attach, nc_ev_read, nc_ev_write, nc_ev_detach),
+            "event loop"))
+        return -EINVAL;
+    /* The probe: one attempt, no retry, on nats.c's own threads (see
+     * nc_probe). */
+    s = natsOptions_Create(&c->probe_opts);
+    if (s != NATS_OK)
+        return nc_status_err(s, "options");
+    o = c->probe_opts;
+    if (nc_options_common(c, o) != 0 ||
+        nc_status_err(natsOptions_SetAllowReconnect(o, false), "probe") ||
+        nc_status_err(natsOptions_SetTimeout(o, NATS_PROBE_TIMEOUT_MS), "probe"))
         return -EINVAL;
     return 0;
 }

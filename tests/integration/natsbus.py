@@ -42,20 +42,21 @@ def auth_keys(directory):
 class NatsCluster:
     """n nats-server processes on loopback; a cluster (routes) when n > 1."""
 
-    def __init__(self, base, n=1, jetstream=False, auth=""):
+    def __init__(self, base, n=1, jetstream=False, auth="", name="nats"):
         if not os.path.exists(NATS_SERVER):
             raise AssertionError("nats-server is not installed (Debian package nats-server)")
         self.base = base
+        self.name = name
         self.n = n
         self.ports = [free_port() for _ in range(n)]
         self.cports = [free_port() for _ in range(n)] if n > 1 else []
         self.procs = [None] * n
         self.confs = []
         for i in range(n):
-            conf = os.path.join(base, "nats-%d.conf" % i)
+            conf = os.path.join(base, "%s-%d.conf" % (name, i))
             lines = ["server_name: n%d" % i, "listen: 127.0.0.1:%d" % self.ports[i], auth]
             if jetstream:
-                lines.append('jetstream { store_dir: "%s" }' % os.path.join(base, "js-%d" % i))
+                lines.append('jetstream { store_dir: "%s" }' % os.path.join(base, "%s-js-%d" % (name, i)))
             if n > 1:
                 routes = ", ".join("nats-route://127.0.0.1:%d" % p for j, p in enumerate(self.cports) if j != i)
                 lines.append("cluster { name: c1, listen: 127.0.0.1:%d, routes: [%s] }" % (self.cports[i], routes))
@@ -73,7 +74,7 @@ class NatsCluster:
         return ",".join(self.url(i) for i in range(self.n))
 
     def start(self, i):
-        log = open(os.path.join(self.base, "nats-%d.log" % i), "a")
+        log = open(os.path.join(self.base, "%s-%d.log" % (self.name, i)), "a")
         self.procs[i] = subprocess.Popen([NATS_SERVER, "-c", self.confs[i]], stdout=log, stderr=log)
         log.close()
         deadline = time.time() + 10

@@ -339,6 +339,43 @@ class TestNatsCreds(NatsCase):
         self.assertNotIn("connection state from=hello to=up", a2.log())
 
 
+class TestNatsTls(NatsCase):
+    """tls:// servers: verified against ca_file, host name included; a
+    certificate the agent cannot trust is refused, named in the log."""
+
+    def server_auth(self):
+        from test_tls import make_pki
+        self.pki = os.path.join(self.scratch.base, "pki")
+        os.makedirs(self.pki)
+        make_pki(self.pki)
+        return self.tls_conf("good")
+
+    def tls_conf(self, cert):
+        return 'tls { cert_file: "%s", key_file: "%s" }' % (os.path.join(self.pki, cert + ".pem"),
+                                                           os.path.join(self.pki, cert + ".key"))
+
+    def tls_urls(self, cluster):
+        return cluster.urls.replace("nats://", "tls://")
+
+    def test_verified_server_and_refused_ones(self):
+        ca = os.path.join(self.pki, "ca.pem")
+        a = self.agent(servers=self.tls_urls(self.cluster), extra={"ca_file": ca})
+        self.wait_up(a)
+        b = self.bridge("--ca", ca)
+        self.assertEqual(b.request(a.subject("server.move_status"), {})["moves"], [])
+        # The same server without ca_file: the system store does not know the test CA.
+        a2 = self.agent(agent_id="na2", servers=self.tls_urls(self.cluster))
+        # A server whose certificate names another host.
+        wrong = NatsCluster(os.path.join(self.scratch.base), 1, auth=self.tls_conf("wrong"), name="wrong")
+        self.addCleanup(wrong.stop)
+        a3 = self.agent(agent_id="na3", servers=self.tls_urls(wrong), extra={"ca_file": ca})
+        for ag, why in ((a2, "unable to get local issuer certificate"), (a3, "IP address mismatch")):
+            wait_until(lambda: "TLS certificate was not accepted" in ag.log(), 20, "the refusal in the log")
+            self.assertIn(why, ag.log())
+            self.assertNotIn("to=up", ag.log())
+        self.assertNotIn("certificate", a.log())
+
+
 class TestNatsJetStream(NatsCase):
     jetstream = True
 

@@ -1,6 +1,6 @@
 // bridge.mjs: the tests' NATS client (the official nats.js), driven line by
 // line over stdin/stdout by the Python tests and the reference manager.
-// Usage: node bridge.mjs URL[,URL...] [--user U --pass P | --token T | --creds FILE]
+// Usage: node bridge.mjs URL[,URL...] [--user U --pass P | --token T | --creds FILE] [--ca FILE]
 // Each stdin line is one JSON command with an "id"; each answer is one JSON
 // line {"id":..,...}; messages of subscriptions come as {"event":"msg",...}.
 import { readFileSync } from "node:fs";
@@ -15,6 +15,7 @@ for (let i = 1; i < args.length; i += 2) {
   else if (args[i] === "--pass") opts.pass = args[i + 1];
   else if (args[i] === "--token") opts.token = args[i + 1];
   else if (args[i] === "--creds") opts.authenticator = credsAuthenticator(readFileSync(args[i + 1]));
+  else if (args[i] === "--ca") opts.tls = { caFile: args[i + 1] };
 }
 const out = (o) => process.stdout.write(JSON.stringify(o) + "\n");
 let nc;
