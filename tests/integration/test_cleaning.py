@@ -186,14 +186,16 @@ class CleaningTest(AgentTestCase):
         self.assert_failed_untouched(ans, "permission_denied", src, before, dst, theirs)
 
     def test_unremovable_source_found_after_the_copy_is_refused_before_the_first_removal(self):
-        # The parent of oldPath turns immutable while verifying: oldPath could
-        # be emptied but never removed. Found by the check before cleaning.
+        # The parent of oldPath turns immutable after the move was accepted
+        # (while it copies: a stop at a verifying frame could land after the
+        # check, progress frames being throttled): oldPath could be emptied
+        # but never removed. Found by the check before cleaning.
         parent = os.path.join(self.scratch.a, "games")
         os.mkdir(parent)
         src = many_files(os.path.join(parent, "mc-par"), dirs=8, per_dir=5000)
         self.start_agent()
         dst = os.path.join(self.scratch.b, "mc-par")
-        stopped = self.stop_agent_at("mv-par", "verifying", 20)
+        stopped = self.stop_agent_at("mv-par", "copying")
         reply = self.request_move("mc-par", src, dst, "mv-par")
         self.wait_stopped(stopped)
         subprocess.run(["chattr", "+i", parent], check=True)
