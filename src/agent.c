@@ -321,8 +321,9 @@ static void agent_reload(struct agent *a)
     uv_timer_set_repeat(&a->heartbeat, a->cfg.heartbeat_interval_ms);
     uv_timer_set_repeat(&a->metrics_timer, a->cfg.heartbeat_interval_ms);
     a->metrics.agent_id = a->cfg.agent_id;
-    LOG(LOG_INFO, "config reloaded", LF_S("file", a->config_path));
     agent_write_metrics(a); /* a new metrics_file at once; the old one goes */
+    /* Last: once this is logged, everything of the reload is in effect. */
+    LOG(LOG_INFO, "config reloaded", LF_S("file", a->config_path));
 }
 
 static void agent_on_signal(uv_signal_t *s, int signum)
