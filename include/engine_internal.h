@@ -78,6 +78,7 @@ struct eng {
     struct engine_progress prog;
     struct copy_ctx cc;
     bool is_root, noatime_ok;
+    bool src_synced; /* the reclaim's rename made durable by fsync of its directories */
     int srcfd, dstfd;
     dev_t src_dev;
     struct stat src_st;

@@ -375,6 +375,24 @@ static bool rcl_put_back(struct rcl *r)
  * put back whole (res: source_changed), the caller rolls back the copy. A
  * source that cannot be put back stays where it is and the move succeeds
  * with a warning naming it (nothing of it is deleted). */
+/* The rename made durable by the directories it changed rather than by a
+ * syncfs of the source's filesystem, which would also write back whatever
+ * else is dirty there (a game host's other servers) before the answer:
+ * seconds on a busy disk, where an fsync of a directory commits just the
+ * journal. 0 or -1 (then eng_make_durable falls back to syncfs). */
+static int rcl_sync_dirs(struct rcl *r)
+{
+    int fd = openat(r->holder, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc;
+    if (fd < 0)
+        return -1;
+    rc = fsync(fd);
+    close(fd);
+    /* Entries moved into a reclaim directory of our own: its names too. */
+    if (rc == 0 && r->in_mount)
+        rc = fsync(r->rfd);
+    return rc == 0 ? 0 : -1;
+}
+
 int eng_reclaim(struct eng *e)
 {
     struct rcl r;
@@ -411,6 +429,7 @@ int eng_reclaim(struct eng *e)
     }
     if (rc == 0) {
         res->reclaim = true;
+        e->src_synced = rcl_sync_dirs(&r) == 0;
         LOG(LOG_DEBUG, "source renamed into its reclaim directory", LF_S("old", e->job->src),
             LF_S("reclaim", res->reclaimed.dir), LF_U("entries", res->reclaimed.entries));
     }

@@ -686,16 +686,20 @@ static int sync_fs_of(int pfd, const char *path)
  * removed by the cleaning, a partial copy removed by a rollback, a rename.
  * Without it a power cut after the answer can bring back a source the answer
  * said was moved, or undo a rename it said was done (tests/crash/run). A
- * failure is logged; the outcome stands (it is what the disk holds now). */
+ * reclaim's rename into its directory was made durable by fsync of the
+ * directories it changed (rcl_sync_dirs): then the source's filesystem is
+ * not synced as a whole. A failure is logged; the outcome stands (it is
+ * what the disk holds now). */
 static void eng_make_durable(struct eng *e)
 {
     struct stat a, b;
     int rc;
-    if (e->src_pfd >= 0 && (rc = sync_fs_of(e->src_pfd, e->job->src)) != 0)
+    bool src_sync = e->src_pfd >= 0 && !e->src_synced;
+    if (src_sync && (rc = sync_fs_of(e->src_pfd, e->job->src)) != 0)
         LOG(LOG_WARN, "could not sync the source's filesystem", LF_S("path", e->job->src),
             LF_S("reason", strerror(-rc)));
     if (e->dst_pfd >= 0 &&
-        (e->src_pfd < 0 || fstat(e->src_pfd, &a) != 0 || fstat(e->dst_pfd, &b) != 0 ||
+        (!src_sync || fstat(e->src_pfd, &a) != 0 || fstat(e->dst_pfd, &b) != 0 ||
          a.st_dev != b.st_dev) &&
         (rc = sync_fs_of(e->dst_pfd, e->job->dst)) != 0)
         LOG(LOG_WARN, "could not sync the destination's filesystem", LF_S("path", e->job->dst),
