@@ -79,6 +79,7 @@ struct eng {
     struct copy_ctx cc;
     bool is_root, noatime_ok;
     bool src_synced; /* the reclaim's rename made durable by fsync of its directories */
+    bool renamed;    /* a rename move's rename(2) stands (eng_make_durable) */
     int srcfd, dstfd;
     dev_t src_dev;
     struct stat src_st;

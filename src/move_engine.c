@@ -536,6 +536,7 @@ static int eng_rename(struct eng *e)
                 "at the new path",
                 LF_S("old", e->job->src), LF_S("new", e->job->dst),
                 LF_S("reason", strerror(errno)));
+            e->renamed = true;
             return 0;
         }
         if (had_dst && mkdirat(e->dst_pfd, e->dst_base, 0700) == 0) {
@@ -549,6 +550,7 @@ static int eng_rename(struct eng *e)
         eng_rollback(e);
         return eng_stop_code(e);
     }
+    e->renamed = true;
     return 0;
 }
 
@@ -681,20 +683,58 @@ static int sync_fs_of(int pfd, const char *path)
     return rc;
 }
 
+static int fsync_dir_at(int fd, const char *path)
+{
+    int d = path ? open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+                 : openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int rc;
+    if (d < 0)
+        return -1;
+    rc = fsync(d);
+    close(d);
+    return rc;
+}
+
+/* A rename made durable by the directories it changed: both parents, and
+ * the parent of each directory made for newPath (made_parents, outermost
+ * first). 0, or -1 when one could not be synced (then syncfs). */
+static int eng_sync_rename_dirs(struct eng *e)
+{
+    char parent[PATH_MAX];
+    if (fsync_dir_at(e->src_pfd, NULL) != 0 || fsync_dir_at(e->dst_pfd, NULL) != 0)
+        return -1;
+    for (size_t i = 0; i < e->n_made; i++) {
+        const char *slash = strrchr(e->made_parents[i], '/');
+        if (!slash)
+            return -1;
+        util_fmt(parent, sizeof parent, "%.*s",
+                 slash == e->made_parents[i] ? 1 : (int)(slash - e->made_parents[i]),
+                 e->made_parents[i]);
+        if (fsync_dir_at(-1, parent) != 0)
+            return -1;
+    }
+    return 0;
+}
+
 /* Before the outcome is recorded (the caller journals it when this returns),
  * whatever the move changed on either filesystem is made durable: a source
  * removed by the cleaning, a partial copy removed by a rollback, a rename.
  * Without it a power cut after the answer can bring back a source the answer
  * said was moved, or undo a rename it said was done (tests/crash/run). A
- * reclaim's rename into its directory was made durable by fsync of the
- * directories it changed (rcl_sync_dirs): then the source's filesystem is
- * not synced as a whole. A failure is logged; the outcome stands (it is
- * what the disk holds now). */
+ * reclaim's rename into its directory (rcl_sync_dirs) and a rename move
+ * (eng_sync_rename_dirs) are made durable by fsync of the directories they
+ * changed: then the filesystem is not synced as a whole. A failure is logged; the outcome stands
+ * (it is what the disk holds now). */
 static void eng_make_durable(struct eng *e)
 {
     struct stat a, b;
     int rc;
-    bool src_sync = e->src_pfd >= 0 && !e->src_synced;
+    bool src_sync;
+    /* A rename, like the reclaim's, by its directories: a syncfs would
+     * write back everything dirty on that filesystem first. */
+    if (e->renamed && e->src_pfd >= 0 && e->dst_pfd >= 0 && eng_sync_rename_dirs(e) == 0)
+        return;
+    src_sync = e->src_pfd >= 0 && !e->src_synced;
     if (src_sync && (rc = sync_fs_of(e->src_pfd, e->job->src)) != 0)
         LOG(LOG_WARN, "could not sync the source's filesystem", LF_S("path", e->job->src),
             LF_S("reason", strerror(-rc)));

@@ -204,6 +204,13 @@ static int push_level(struct tree_walk *w, const int fds[2], const struct stat *
     if ((rc = list_dir(l)) != 0) {
         w->depth--;
         level_close(l);
+        /* Removed while we listed it (a dead directory reads ENOENT): a
+         * live tree's change, left for the commit; otherwise a change. */
+        if (rc == -ENOENT && name && w->live) {
+            w->vanished++;
+            return 0;
+        }
+        w->changed = rc == -ENOENT && name;
         return walk_fail(w, -rc, "read directory", name);
     }
     /* Bound the descriptors held: close the oldest open level. */

@@ -3,6 +3,7 @@ on demand): a stuck write never blocks the answer or the stop, errors name the
 side that failed, and a hung mount never freezes the event loop."""
 import json
 import os
+import shutil
 import signal
 import time
 
@@ -175,6 +176,33 @@ class BlameTest(FaultTestCase):
         self.assertNotIn("stop the game server", ans["error"])
         self.assertEqual(snapshot(src), before)
         self.assertFalse(os.path.exists(os.path.join(fs.backing, "mc")))
+
+
+class ChangedUnderTheWalkTest(FaultTestCase):
+    """A directory removed while the agent lists it (its listing then reads
+    ENOENT) is a change of the source, not an I/O error: source_changed,
+    nothing copied is left, the source as it now is."""
+
+    def test_directory_removed_while_it_is_listed_is_source_changed(self):
+        fs = self.fuse("src")
+        self.start_agent(roots=[fs.mountpoint, self.scratch.b])
+        src = make_tree(os.path.join(fs.mountpoint, "mc"), n_small=10)
+        os.makedirs(os.path.join(src, "gone"))
+        for i in range(3):
+            with open(os.path.join(src, "gone", "f%d" % i), "w") as f:
+                f.write("x" * 100)
+        dst = os.path.join(self.scratch.b, "mc")
+        fs.hang("readdir", "mc/gone")
+        reply = self.request_move("mc", src, dst, "mv-gone")
+        wait_until(lambda: fs.hung() >= 1, 20, "the listing to hang")
+        shutil.rmtree(os.path.join(fs.backing, "mc", "gone"))
+        before = snapshot(os.path.join(fs.backing, "mc"))
+        fs.release()
+        ans = self.manager.wait_answer(reply, 60)
+        self.assertEqual((ans["success"], ans["code"]), (False, "source_changed"), ans)
+        self.assertIn("mc/gone", ans["error"])
+        self.assertFalse(os.path.exists(dst), "no partial copy")
+        self.assertEqual(snapshot(os.path.join(fs.backing, "mc")), before)
 
 
 class HungMountTest(FaultTestCase):
