@@ -169,6 +169,7 @@ static inline int64_t eng_ts_ns(const struct timespec *t)
 int eng_fail(struct eng *e, enum move_code code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 int eng_stop_code(struct eng *e);
+int eng_changed_errno(int err);
 int eng_fail_at(struct eng *e, int err, const char *what, const char *root, const char *rel);
 int eng_fail_w(struct eng *e, struct tree_walk *w, int err, const char *what, const char *root,
                const char *name);

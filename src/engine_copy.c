@@ -493,7 +493,7 @@ static int recheck_one(struct eng *e, const struct suspect *s)
     uint64_t h = 0;
     int pfd = eng_open_parent_of(e->srcfd, s->rel, &base), fd, rc;
     if (pfd < 0)
-        return eng_fail_at(e, errno == ENOENT ? ESTALE : errno, "open", e->job->src, s->rel);
+        return eng_fail_at(e, eng_changed_errno(errno), "open", e->job->src, s->rel);
     fd = eng_open_source(e, pfd, base, &a);
     close(pfd);
     if (fd < 0)

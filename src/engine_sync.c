@@ -724,11 +724,11 @@ static int eng_verify_synced(struct eng *e)
             return -1;
         sp = eng_open_parent_of(e->srcfd, rel, &base);
         dp = sp >= 0 ? eng_open_parent_of(e->dstfd, rel, &base) : -1;
-        if (sp < 0 || dp < 0)
-            rc = eng_fail_at(e, errno == ENOENT ? ESTALE : errno, "open", e->job->src, rel);
+        if (sp < 0)
+            rc = eng_fail_at(e, eng_changed_errno(errno), "open", e->job->src, rel);
         else if (fstatat(sp, base, &s, AT_SYMLINK_NOFOLLOW) != 0)
             rc = eng_fail_at(e, errno == ENOENT ? ESTALE : errno, "stat", e->job->src, rel);
-        else if (fstatat(dp, base, &d, AT_SYMLINK_NOFOLLOW) != 0)
+        else if (dp < 0 || fstatat(dp, base, &d, AT_SYMLINK_NOFOLLOW) != 0)
             rc = eng_fail_dst_changed(e, rel);
         else if (eng_verify_stat(e, &top, rel, &s, &d) != 0)
             rc = -1;

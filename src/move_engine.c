@@ -43,6 +43,14 @@ int eng_stop_code(struct eng *e)
                                                  : "the move was stopped");
 }
 
+/* An error of reaching a source entry by its path that means the path
+ * changed (a component gone, or no longer a directory: replaced by a file
+ * or a symlink) as ESTALE, so that it is answered source_changed. */
+int eng_changed_errno(int err)
+{
+    return err == ENOENT || err == ENOTDIR || err == ELOOP ? ESTALE : err;
+}
+
 /* Fails with the code of err, naming what and where: "copy /a/b: No space". */
 int eng_fail_at(struct eng *e, int err, const char *what, const char *root, const char *rel)
 {
