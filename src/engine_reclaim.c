@@ -364,17 +364,6 @@ static bool rcl_put_back(struct rcl *r)
     return ok;
 }
 
-/* The deferred reclaim. Called in phase cleaning (the stop word locked, the
- * journal saying cleaning), with the source open. The source leaves oldPath
- * by rename(2) into its reclaim directory, named in the journal first; then,
- * when the record of what was copied is whole (e->guarded), one walk
- * compares every renamed entry with it. Returns 0: the source is in
- * e->res->reclaimed (e->res->reclaim), the move has succeeded; 1: nothing
- * was renamed (the directory could not be made or journaled), the caller
- * removes the source inline; -1: the source was not what was copied and was
- * put back whole (res: source_changed), the caller rolls back the copy. A
- * source that cannot be put back stays where it is and the move succeeds
- * with a warning naming it (nothing of it is deleted). */
 /* The rename made durable by the directories it changed rather than by a
  * syncfs of the source's filesystem, which would also write back whatever
  * else is dirty there (a game host's other servers) before the answer:
@@ -393,6 +382,17 @@ static int rcl_sync_dirs(struct rcl *r)
     return rc == 0 ? 0 : -1;
 }
 
+/* The deferred reclaim. Called in phase cleaning (the stop word locked, the
+ * journal saying cleaning), with the source open. The source leaves oldPath
+ * by rename(2) into its reclaim directory, named in the journal first; then,
+ * when the record of what was copied is whole (e->guarded), one walk
+ * compares every renamed entry with it. Returns 0: the source is in
+ * e->res->reclaimed (e->res->reclaim), the move has succeeded; 1: nothing
+ * was renamed (the directory could not be made or journaled), the caller
+ * removes the source inline; -1: the source was not what was copied and was
+ * put back whole (res: source_changed), the caller rolls back the copy. A
+ * source that cannot be put back stays where it is and the move succeeds
+ * with a warning naming it (nothing of it is deleted). */
 int eng_reclaim(struct eng *e)
 {
     struct rcl r;

@@ -731,8 +731,8 @@ static int eng_sync_rename_dirs(struct eng *e)
  * said was moved, or undo a rename it said was done (tests/crash/run). A
  * reclaim's rename into its directory (rcl_sync_dirs) and a rename move
  * (eng_sync_rename_dirs) are made durable by fsync of the directories they
- * changed: then the filesystem is not synced as a whole. A failure is logged; the outcome stands
- * (it is what the disk holds now). */
+ * changed: then the filesystem is not synced as a whole. A failure is
+ * logged; the outcome stands (it is what the disk holds now). */
 static void eng_make_durable(struct eng *e)
 {
     struct stat a, b;
