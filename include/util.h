@@ -54,6 +54,10 @@ int util_mkdir_p(const char *path, mode_t mode);
 /* fsync of the directory dir: its entries made durable. 0 or -errno. */
 int util_fsync_dir(const char *dir);
 
+/* The same for dir relative to dirfd (an O_PATH descriptor will do: dir "."
+ * reopens it for reading). */
+int util_fsync_dir_at(int dirfd, const char *dir);
+
 /* Appends to *parents (*n entries) the ancestors of the absolute path that
  * do not exist (lstat ENOENT), outermost first: what making path creates. */
 void util_missing_parents(const char *path, char ***parents, size_t *n);

@@ -132,8 +132,7 @@ int eng_open_source(struct eng *e, int dir, const char *name, const struct stat 
     if (fd < 0 && !e->noatime_ok)
         fd = openat(dir, name, flags);
     if (fd < 0) {
-        if (errno == ENOENT || errno == ELOOP)
-            errno = ESTALE;
+        errno = eng_changed_errno(errno);
         return -1;
     }
     if (fstat(fd, &now) != 0 || !S_ISREG(now.st_mode) || now.st_dev != st->st_dev ||

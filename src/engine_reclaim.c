@@ -371,15 +371,10 @@ static bool rcl_put_back(struct rcl *r)
  * journal. 0 or -1 (then eng_make_durable falls back to syncfs). */
 static int rcl_sync_dirs(struct rcl *r)
 {
-    int fd = openat(r->holder, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc;
-    if (fd < 0)
+    if (util_fsync_dir_at(r->holder, ".") != 0)
         return -1;
-    rc = fsync(fd);
-    close(fd);
     /* Entries moved into a reclaim directory of our own: its names too. */
-    if (rc == 0 && r->in_mount)
-        rc = fsync(r->rfd);
-    return rc == 0 ? 0 : -1;
+    return r->in_mount && fsync(r->rfd) != 0 ? -1 : 0;
 }
 
 /* The deferred reclaim. Called in phase cleaning (the stop word locked, the

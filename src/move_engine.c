@@ -691,25 +691,13 @@ static int sync_fs_of(int pfd, const char *path)
     return rc;
 }
 
-static int fsync_dir_at(int fd, const char *path)
-{
-    int d = path ? open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-                 : openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    int rc;
-    if (d < 0)
-        return -1;
-    rc = fsync(d);
-    close(d);
-    return rc;
-}
-
 /* A rename made durable by the directories it changed: both parents, and
  * the parent of each directory made for newPath (made_parents, outermost
  * first). 0, or -1 when one could not be synced (then syncfs). */
 static int eng_sync_rename_dirs(struct eng *e)
 {
     char parent[PATH_MAX];
-    if (fsync_dir_at(e->src_pfd, NULL) != 0 || fsync_dir_at(e->dst_pfd, NULL) != 0)
+    if (util_fsync_dir_at(e->src_pfd, ".") != 0 || util_fsync_dir_at(e->dst_pfd, ".") != 0)
         return -1;
     for (size_t i = 0; i < e->n_made; i++) {
         const char *slash = strrchr(e->made_parents[i], '/');
@@ -718,7 +706,7 @@ static int eng_sync_rename_dirs(struct eng *e)
         util_fmt(parent, sizeof parent, "%.*s",
                  slash == e->made_parents[i] ? 1 : (int)(slash - e->made_parents[i]),
                  e->made_parents[i]);
-        if (fsync_dir_at(-1, parent) != 0)
+        if (util_fsync_dir(parent) != 0)
             return -1;
     }
     return 0;

@@ -265,7 +265,12 @@ char *util_read_small_file(int dirfd, const char *name, size_t max)
 
 int util_fsync_dir(const char *dir)
 {
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc = 0;
+    return util_fsync_dir_at(AT_FDCWD, dir);
+}
+
+int util_fsync_dir_at(int dirfd, const char *dir)
+{
+    int fd = openat(dirfd, dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc = 0;
     if (fd < 0)
         return -errno;
     if (fsync(fd) != 0)
