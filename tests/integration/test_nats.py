@@ -87,6 +87,12 @@ class NatsCase(unittest.TestCase):
         """The servers' authentication configuration."""
         return self.auth
 
+    def make_keys(self):
+        """Keys and JWTs in self.keys (natsbus.auth_keys)."""
+        self.keys = os.path.join(self.scratch.base, "keys")
+        os.makedirs(self.keys)
+        return auth_keys(self.keys)
+
     def tearDown(self):
         try:
             for a in self.agents:
@@ -295,9 +301,7 @@ class TestNatsNKey(NatsCase):
     Ed25519 code (nkey.c) for a key the server lists."""
 
     def server_auth(self):
-        self.keys = os.path.join(self.scratch.base, "keys")
-        os.makedirs(self.keys)
-        info = auth_keys(self.keys)
+        info = self.make_keys()
         return "authorization { users = [ {nkey: %s}, {user: mgr, password: mgrpw} ] }" % info["userPub"]
 
     def test_listed_key_is_let_in_and_an_unknown_one_refused(self):
@@ -316,9 +320,7 @@ class TestNatsCreds(NatsCase):
     (decentralised JWT) mode, as NATS fleets are run."""
 
     def server_auth(self):
-        self.keys = os.path.join(self.scratch.base, "keys")
-        os.makedirs(self.keys)
-        info = auth_keys(self.keys)
+        info = self.make_keys()
         return 'operator: "%s"\nresolver: MEMORY\nresolver_preload: { %s: "%s" }' % (
             os.path.join(self.keys, "operator.jwt"), info["accountPub"], info["accountJwt"])
 
@@ -366,7 +368,7 @@ class TestNatsTls(NatsCase):
         # The same server without ca_file: the system store does not know the test CA.
         a2 = self.agent(agent_id="na2", servers=self.tls_urls(self.cluster))
         # A server whose certificate names another host.
-        wrong = NatsCluster(os.path.join(self.scratch.base), 1, auth=self.tls_conf("wrong"), name="wrong")
+        wrong = NatsCluster(self.scratch.base, 1, auth=self.tls_conf("wrong"), name="wrong")
         self.addCleanup(wrong.stop)
         a3 = self.agent(agent_id="na3", servers=self.tls_urls(wrong), extra={"ca_file": ca})
         for ag, why in ((a2, "unable to get local issuer certificate"), (a3, "IP address mismatch")):
