@@ -135,6 +135,10 @@ struct eng {
     struct kept_verifier *kv; /* syncing: verifies what it leaves alone, on its own thread */
     struct kept_batch **kept; /* syncing: the batch of each level of the walk, by depth */
     size_t n_kept;
+    /* Per level of the walk (by depth), what a directory's pre callback
+     * learned for its post callback (ENG_LVL_*). */
+    uint8_t *lvl;
+    size_t n_lvl;
     char **synced_rel; /* syncing: the entries it copied, for the verify pass */
     size_t n_synced_rel, cap_synced_rel;
     /* Finishing after a restart: the reclaim directory the journal named,
@@ -201,7 +205,11 @@ int eng_copy(struct eng *e);
 bool eng_in_granule(struct eng *e, const struct tree_walk *w, const struct stat *st);
 int eng_open_source(struct eng *e, int dir, const char *name, const struct stat *st);
 int eng_copy_file(struct eng *e, struct tree_walk *w, const char *name, const struct stat *st,
-                  struct stat *copied, struct ident_blocks *blocks);
+                  struct stat *copied, struct ident_blocks *blocks, struct stat *made);
+/* The flags of a directory at walk depth `depth`, kept from its pre to its
+ * post callback. */
+enum { ENG_LVL_SUSPECT = 1, ENG_LVL_DST_CHANGED = 2 };
+uint8_t *eng_lvl(struct eng *e, size_t depth);
 int eng_copy_symlink(struct eng *e, struct tree_walk *w, const char *name, const struct stat *st);
 int eng_recheck(struct eng *e);
 

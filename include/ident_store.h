@@ -7,7 +7,8 @@
  * difference, modulo 2^64, from the same field of the previous record, which
  * starts as all zeros):
  *
- *   header   "HAID" (4 bytes), version (u32, 1)
+ *   header   "HAID" (4 bytes), version (u32, 2; a version 1 file, which never has
+ *            IDENT_DST, is read too)
  *   record*  varint shared   bytes of the path in common with the previous one
  *            varint suffix_len, suffix bytes (the path is prev[0..shared) + suffix)
  *            varint head     flags << 3 | ctime_first << 2 | has_target << 1 | has_blocks
@@ -17,6 +18,9 @@
  *            ctime_first == 1: zz ctime_ns delta, zz (mtime_ns - this ctime_ns)
  *              (the writer picks the shorter: ctime == mtime for files written
  *              in place, ctimes close in walk order for a tree copied before)
+ *            [IDENT_DST in flags] zz dst_ino delta, zz dst_ctime_ns delta (from the
+ *              last record that had IDENT_DST; copies made in walk order have
+ *              close inodes and ctimes)
  *            [has_target] varint len, len bytes
  *            [has_blocks] varint n_blocks (>= 1), n_blocks x u64 XXH3-64
  *   trailer  u64 record count, u64 XXH3-64 of every byte before it (count too)
@@ -44,14 +48,23 @@ enum {
     /* its content/entry is in the copy (an entry that vanished while being
      * read is recorded without it) */
     IDENT_COPIED = 1u << 1,
+    /* the copy's own identity once the agent last touched it (dst_ino,
+     * dst_ctime_ns) is known: the commit trusts the copy's entry only while
+     * it still shows that identity (issue 20, item 1) */
+    IDENT_DST = 1u << 2,
 };
-#define IDENT_FLAGS_KNOWN (IDENT_SUSPECT | IDENT_COPIED)
+#define IDENT_FLAGS_KNOWN (IDENT_SUSPECT | IDENT_COPIED | IDENT_DST)
 
 struct ident_rec {
     uint32_t mode; /* type and permission bits (st_mode) */
     uint32_t uid, gid, nlink, flags;
     uint64_t dev, ino, size;
     int64_t mtime_ns, ctime_ns;
+    /* with IDENT_DST: the copy's inode and ctime right after the agent made
+     * it and set its attributes (ctime cannot be set back: any later write,
+     * chmod, xattr, rename or new name inside a directory moves it) */
+    uint64_t dst_ino;
+    int64_t dst_ctime_ns;
     const char *target; /* symlink target, NULL otherwise (owned by the set/writer once stored) */
     /* XXH3-64 of each IDENT_BLOCK_SIZE block of the content as copied (last
      * one short), holes hashed as zeros; 0 for files under IDENT_BLOCK_MIN */
@@ -60,6 +73,10 @@ struct ident_rec {
 };
 /* Fills the stat fields, target/blocks NULL, flags 0. */
 void ident_rec_from_stat(struct ident_rec *r, const struct stat *st);
+/* Sets IDENT_DST and the copy's identity from d (the copy's lstat). */
+void ident_rec_set_dst(struct ident_rec *r, const struct stat *d);
+/* Whether d (the copy's lstat) is the copy r recorded (false without IDENT_DST). */
+bool ident_rec_dst_same(const struct ident_rec *r, const struct stat *d);
 
 /* An in-memory set of records keyed by path relative to the tree root (""
  * is not stored; paths never start with '/'). Loaded from / saved to one

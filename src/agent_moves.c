@@ -409,6 +409,10 @@ static void agent_on_ready(struct move *m, enum move_code code, const char *erro
     reply = jr->reply;
     jr->reply = NULL;
     jr->phase = PHASE_READY;
+    /* A reclaim directory the commit named is gone (the source was put back
+     * whole): nothing to resume or delete. */
+    free(jr->reclaim.dir);
+    memset(&jr->reclaim, 0, sizeof jr->reclaim);
     jr->count = m->st.count;
     jr->seq = m->st.seq;
     jr->ready_at_ms = m->ready_at_wall_ms;

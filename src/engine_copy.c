@@ -175,6 +175,17 @@ bool eng_in_granule(struct eng *e, const struct tree_walk *w, const struct stat 
     return last_stamp(st) + e->grain > eng_ts_ns(&w->stat_clock);
 }
 
+uint8_t *eng_lvl(struct eng *e, size_t depth)
+{
+    if (depth >= e->n_lvl) {
+        size_t n = depth + 16;
+        e->lvl = xrealloc(e->lvl, n);
+        memset(e->lvl + e->n_lvl, 0, n - e->n_lvl);
+        e->n_lvl = n;
+    }
+    return &e->lvl[depth];
+}
+
 /* Remembers a copied file for eng_recheck, with the hash of what was copied. */
 static void note_suspect(struct eng *e, struct tree_walk *w, const char *name,
                          const struct stat *st, uint64_t hash)
@@ -199,10 +210,11 @@ static void note_suspect(struct eng *e, struct tree_walk *w, const char *name,
 }
 
 /* A preparing copy's record of one entry: its identity as the walk examined
- * it (before it was read), flags (IDENT_COPIED, IDENT_SUSPECT), and the
- * block hashes of what was copied. */
+ * it (before it was read), flags (IDENT_COPIED, IDENT_SUSPECT), the block
+ * hashes of what was copied, and `made`, the copy's own lstat once the agent
+ * is done with it (NULL: not known; the commit then copies it again). */
 static int record_live(struct eng *e, struct tree_walk *w, const char *name, const struct stat *st,
-                       uint32_t flags, const struct ident_blocks *b)
+                       uint32_t flags, const struct ident_blocks *b, const struct stat *made)
 {
     size_t cap = w->path_cap + strlen(name) + 2; /* never truncated */
     char *rel = xmalloc(cap);
@@ -211,6 +223,8 @@ static int record_live(struct eng *e, struct tree_walk *w, const char *name, con
     tree_walk_relpath(w, name, rel, cap);
     ident_rec_from_stat(&r, st);
     r.flags = flags;
+    if (made && (flags & IDENT_COPIED))
+        ident_rec_set_dst(&r, made);
     if (b && b->n) {
         r.blocks = b->v;
         r.n_blocks = b->n;
@@ -236,12 +250,13 @@ done:
 }
 
 /* Copies one regular file; *copied receives its source's identity as it
- * was copied (from the open descriptor, after the copy: it matched st).
+ * was copied (from the open descriptor, after the copy: it matched st), and
+ * *made (when not NULL) the copy's, once its attributes are set.
  * A preparing copy (e->live) takes the file as it reads, whatever changes
  * meanwhile, returns 1 when it vanished before it was opened, and keeps the
  * block hashes of a large file in *blocks (initialised by the caller). */
 int eng_copy_file(struct eng *e, struct tree_walk *w, const char *name, const struct stat *st,
-                  struct stat *copied, struct ident_blocks *blocks)
+                  struct stat *copied, struct ident_blocks *blocks, struct stat *made)
 {
     int sdir = tree_walk_fd(w, 0), ddir = tree_walk_fd(w, 1);
     int sfd, dfd, rc;
@@ -290,6 +305,8 @@ int eng_copy_file(struct eng *e, struct tree_walk *w, const char *name, const st
     *copied = after;
     rc = copy_meta_fd(&e->cc, sfd, dfd, st, e->is_root);
     close(sfd);
+    if (rc == 0 && made && fstat(dfd, made) != 0)
+        rc = -errno;
     if (rc != 0) {
         close(dfd);
         return eng_fail_w(e, w, -rc, "set attributes of", e->job->dst, name);
@@ -353,7 +370,7 @@ int eng_copy_symlink(struct eng *e, struct tree_walk *w, const char *name, const
 static int copy_entry(struct tree_walk *w, const char *name, const struct stat *st)
 {
     struct eng *e = w->arg;
-    struct stat copied = *st;
+    struct stat copied = *st, made, *mp = NULL;
     struct ident_blocks blocks;
     bool suspect = e->live && eng_in_granule(e, w, st);
     int rc = 0;
@@ -369,7 +386,9 @@ static int copy_entry(struct tree_walk *w, const char *name, const struct stat *
         if (hs && hs->dst_rel) {
             rc = copy_hardlink(e, w, name, hs);
         } else {
-            rc = eng_copy_file(e, w, name, st, &copied, e->live ? &blocks : NULL);
+            rc = eng_copy_file(e, w, name, st, &copied, e->live ? &blocks : NULL,
+                               e->live ? &made : NULL);
+            mp = e->live && rc == 0 ? &made : NULL;
             if (rc == 0 && e->live)
                 ident_blocks_finish(&blocks);
             if (rc == 0 && hs) {
@@ -394,8 +413,12 @@ static int copy_entry(struct tree_walk *w, const char *name, const struct stat *
         /* 1: vanished before it was read, nothing made; 2: made, but its
          * source vanished before its attributes were read. */
         uint32_t flags = (rc == 0 ? IDENT_COPIED : 0) | (suspect ? IDENT_SUSPECT : 0);
+        /* The copy's identity as the agent left it (a hard link's second
+         * name: its inode; its ctime moves with every link, see the commit). */
+        if (rc == 0 && !mp && fstatat(tree_walk_fd(w, 1), name, &made, AT_SYMLINK_NOFOLLOW) == 0)
+            mp = &made;
         if (rc != 1)
-            rc = record_live(e, w, name, st, flags, &blocks);
+            rc = record_live(e, w, name, st, flags, &blocks, mp);
         ident_blocks_free(&blocks);
         if (rc != 0)
             return -1;
@@ -424,11 +447,11 @@ static int copy_dir_pre(struct tree_walk *w, const char *name, const struct stat
             return eng_fail_w(e, w, errno, "create directory", e->job->dst, name);
     }
     /* Its names are the ones copied if its times still match after its
-     * contents (copy_dir_post). */
+     * contents (copy_dir_post). A preparing copy records it after them, with
+     * the copy's identity once its attributes are set; whether it was
+     * examined in its granule is known now. */
     if (e->live) {
-        if (record_live(e, w, name, st,
-                        IDENT_COPIED | (eng_in_granule(e, w, st) ? IDENT_SUSPECT : 0), NULL) != 0)
-            return -1;
+        *eng_lvl(e, w->depth) = eng_in_granule(e, w, st) ? ENG_LVL_SUSPECT : 0;
     } else {
         src_record_add(&e->rec, st);
     }
@@ -450,6 +473,14 @@ static int copy_dir_post(struct tree_walk *w, const char *name, const struct sta
     rc = copy_meta_fd(&e->cc, fds[0], fds[1], st, e->is_root);
     if (rc != 0)
         return eng_fail_w(e, w, -rc, "set attributes of", e->job->dst, name);
+    if (e->live) {
+        struct stat made;
+        bool suspect = *eng_lvl(e, w->depth) & ENG_LVL_SUSPECT;
+        if (fstat(fds[1], &made) != 0)
+            return eng_fail_w(e, w, errno, "stat", e->job->dst, name);
+        return record_live(e, w, name, st, IDENT_COPIED | (suspect ? IDENT_SUSPECT : 0), NULL,
+                           &made);
+    }
     return 0;
 }
 

@@ -5,6 +5,7 @@
  * discard of a prepared copy (ENGINE_DISCARD). */
 #include "engine_internal.h"
 
+#include <assert.h>
 #include <dirent.h>
 
 /* --- the entries left alone, verified on a second thread ----------------------------- */
@@ -18,7 +19,9 @@
  * directory. The copy's entries in a batch are never touched by the pass. */
 struct kept {
     char *name;
-    struct stat st; /* the source's, as the pass found it (= the record) */
+    struct stat st;   /* the source's, as the pass found it (= the record) */
+    uint64_t dst_ino; /* the copy's, as the record holds it (IDENT_DST) */
+    int64_t dst_ctime_ns;
 };
 
 struct kept_batch {
@@ -29,11 +32,19 @@ struct kept_batch {
     struct kept_batch *next;
 };
 
+/* Batches handed over and not yet verified, at most: each holds a directory
+ * descriptor, and a cold, wide tree would otherwise queue one per directory
+ * while the helper waits on the disk (EMFILE). The walk waits for room. */
+#define KEPT_MAX_QUEUED 16
+
 struct kept_verifier {
     pthread_t thread;
     pthread_mutex_t lock;
-    pthread_cond_t more;
+    pthread_cond_t more, room;
     struct kept_batch *head, *tail;
+    size_t queued;
+    atomic_int *stop; /* the move's stop word: a stop ends the checks */
+    bool stopped;     /* it did: what was left is not verified */
     bool closing;
     bool is_root;
     bool failed; /* the first difference, kept for the walk's thread */
@@ -55,10 +66,23 @@ static void kept_batch_free(struct kept_batch *b)
 
 static void kept_check(struct kept_verifier *kv, const struct kept_batch *b)
 {
-    for (size_t i = 0; i < b->n && !kv->failed; i++) {
+    for (size_t i = 0; i < b->n && !kv->failed && !kv->stopped; i++) {
         struct stat d;
+        int stop = atomic_load_explicit(kv->stop, memory_order_relaxed);
+        if (stop != CODE_NONE && stop != ENGINE_STOP_LOCKED) {
+            pthread_mutex_lock(&kv->lock);
+            kv->stopped = true;
+            pthread_mutex_unlock(&kv->lock);
+            break;
+        }
         bool follows, missing = fstatat(b->dfd, b->v[i].name, &d, AT_SYMLINK_NOFOLLOW) != 0;
         const char *what = missing ? NULL : eng_meta_diff(kv->is_root, &b->v[i].st, &d, &follows);
+        /* The copy must still be the entry the agent made: a rewrite that put
+         * size and mtime back still moved its ctime. */
+        if (!missing && !what && d.st_ino != b->v[i].dst_ino)
+            what = "inode";
+        if (!missing && !what && eng_ts_ns(&d.st_ctim) != b->v[i].dst_ctime_ns)
+            what = "change time";
         if (missing || what) {
             pthread_mutex_lock(&kv->lock);
             kv->failed = true;
@@ -84,6 +108,8 @@ static void *kept_main(void *arg)
             kv->head = b->next;
             if (!kv->head)
                 kv->tail = NULL;
+            kv->queued--;
+            pthread_cond_signal(&kv->room);
         }
         pthread_mutex_unlock(&kv->lock);
         if (!b)
@@ -109,7 +135,8 @@ static struct kept_batch *kept_at(struct eng *e, size_t depth)
     return e->kept[depth];
 }
 
-static void kept_add(struct eng *e, struct tree_walk *w, const char *name, const struct stat *st)
+static void kept_add(struct eng *e, struct tree_walk *w, const char *name, const struct stat *st,
+                     const struct ident_rec *r)
 {
     struct kept_batch *b = kept_at(e, w->depth);
     if (b->n == b->cap) {
@@ -118,6 +145,8 @@ static void kept_add(struct eng *e, struct tree_walk *w, const char *name, const
     }
     b->v[b->n].name = xstrdup(name);
     b->v[b->n].st = *st;
+    b->v[b->n].dst_ino = r->dst_ino;
+    b->v[b->n].dst_ctime_ns = r->dst_ctime_ns;
     b->n++;
 }
 
@@ -136,11 +165,16 @@ static int kept_submit(struct eng *e, size_t depth, int dfd, const char *dir_rel
     }
     b->dir_rel = xstrdup(dir_rel);
     pthread_mutex_lock(&e->kv->lock);
+    /* The helper drains the queue even when it stops checking (a finding,
+     * a stop), so this wait always ends. */
+    while (e->kv->queued >= KEPT_MAX_QUEUED)
+        pthread_cond_wait(&e->kv->room, &e->kv->lock);
     if (e->kv->tail)
         e->kv->tail->next = b;
     else
         e->kv->head = b;
     e->kv->tail = b;
+    e->kv->queued++;
     pthread_cond_signal(&e->kv->more);
     pthread_mutex_unlock(&e->kv->lock);
     return 0;
@@ -150,9 +184,12 @@ static int kept_start(struct eng *e)
 {
     struct kept_verifier *kv = xcalloc(1, sizeof *kv);
     kv->is_root = e->is_root;
+    kv->stop = e->job->stop;
     pthread_mutex_init(&kv->lock, NULL);
     pthread_cond_init(&kv->more, NULL);
+    pthread_cond_init(&kv->room, NULL);
     if (pthread_create(&kv->thread, NULL, kept_main, kv) != 0) {
+        pthread_cond_destroy(&kv->room);
         pthread_cond_destroy(&kv->more);
         pthread_mutex_destroy(&kv->lock);
         free(kv);
@@ -181,7 +218,12 @@ static int kept_finish(struct eng *e)
                                     "verification failed: %s differs for %s/%s (the copy was "
                                     "changed by something else)",
                                     kv->what, e->job->dst, kv->where);
+    } else if (kv->stopped) {
+        /* Entries were left unverified: never a success. */
+        rc = eng_stop_code(e);
+        assert(rc != 0);
     }
+    pthread_cond_destroy(&kv->room);
     pthread_cond_destroy(&kv->more);
     pthread_mutex_destroy(&kv->lock);
     free(kv);
@@ -235,10 +277,20 @@ static bool same_target(int sdir, int ddir, const char *name)
  * target, its hard-link group. A difference is the copy's, not the
  * source's: someone changed the copy. */
 static int sync_verify_kept(struct eng *e, struct tree_walk *w, const char *name,
-                            const struct stat *st, const struct stat *d, struct hl_slot *hs)
+                            const struct stat *st, const struct stat *d, struct hl_slot *hs,
+                            const struct ident_rec *r)
 {
     if (eng_verify_stat(e, w, name, st, d) != 0)
         return -1;
+    /* The copy the agent made, unchanged since: its inode, and (but for a
+     * file of several names, whose ctime each later link moved) its ctime. */
+    if (d->st_ino != r->dst_ino ||
+        (!S_ISREG(d->st_mode) && eng_ts_ns(&d->st_ctim) != r->dst_ctime_ns))
+        return eng_fail(e, CODE_IO_ERROR,
+                        "verification failed: %s differs for %s/%s (the copy was changed by "
+                        "something else)",
+                        d->st_ino != r->dst_ino ? "inode" : "change time", e->job->dst,
+                        sync_rel(e, w, name));
     if (S_ISLNK(st->st_mode) && !same_target(tree_walk_fd(w, 0), tree_walk_fd(w, 1), name))
         return eng_fail_dst_changed(e, sync_rel(e, w, name));
     if (hs && hs->dst_rel && hs->dst_ino != d->st_ino)
@@ -252,21 +304,27 @@ static int sync_verify_kept(struct eng *e, struct tree_walk *w, const char *name
  * old mtime back, an xattr, a new name of the same inode. */
 static bool sync_unchanged(const struct ident_rec *r, const struct stat *st)
 {
-    return r && (r->flags & IDENT_COPIED) && !(r->flags & IDENT_SUSPECT) &&
-           r->mode == (uint32_t)st->st_mode && r->ino == (uint64_t)st->st_ino &&
-           r->dev == (uint64_t)st->st_dev && r->uid == (uint32_t)st->st_uid &&
-           r->gid == (uint32_t)st->st_gid && r->nlink == (uint32_t)st->st_nlink &&
+    /* Without the copy's own identity (a record of an older agent) nothing
+     * says the copy still holds it: copied again. */
+    return r && (r->flags & IDENT_COPIED) && (r->flags & IDENT_DST) &&
+           !(r->flags & IDENT_SUSPECT) && r->mode == (uint32_t)st->st_mode &&
+           r->ino == (uint64_t)st->st_ino && r->dev == (uint64_t)st->st_dev &&
+           r->uid == (uint32_t)st->st_uid && r->gid == (uint32_t)st->st_gid &&
+           r->nlink == (uint32_t)st->st_nlink &&
            (S_ISDIR(st->st_mode) || r->size == (uint64_t)st->st_size) &&
            r->mtime_ns == eng_ts_ns(&st->st_mtim) && r->ctime_ns == eng_ts_ns(&st->st_ctim);
 }
 
-/* Records what the copy now holds at rel. */
+/* Records what the copy now holds at rel: the source's identity st, and
+ * the copy's own, made (NULL: not known, the next commit copies it again). */
 static int sync_put(struct eng *e, const char *rel, const struct stat *st, uint32_t flags,
-                    const struct ident_blocks *b, const char *target)
+                    const struct ident_blocks *b, const char *target, const struct stat *made)
 {
     struct ident_rec r;
     ident_rec_from_stat(&r, st);
     r.flags = flags;
+    if (made && (flags & IDENT_COPIED))
+        ident_rec_set_dst(&r, made);
     r.target = target;
     if (b && b->n) {
         r.blocks = b->v;
@@ -282,7 +340,7 @@ static int sync_put(struct eng *e, const char *rel, const struct stat *st, uint3
  * hashes (so a commit stopped half way is still right the next time). */
 static int sync_forget(struct eng *e, const char *rel, const struct stat *st)
 {
-    return sync_put(e, rel, st, 0, NULL, NULL);
+    return sync_put(e, rel, st, 0, NULL, NULL, NULL);
 }
 
 static int rm_file(struct tree_walk *w, const char *name, const struct stat *st)
@@ -445,8 +503,8 @@ static int sync_copy(struct eng *e, struct tree_walk *w, const char *name, const
                      const char *rel, const struct ident_rec *r, bool fresh_dir)
 {
     int ddir = tree_walk_fd(w, 1), rc = 0;
-    struct stat d, copied = *st;
-    bool have_d = !fresh_dir && fstatat(ddir, name, &d, AT_SYMLINK_NOFOLLOW) == 0;
+    struct stat d, copied = *st, made;
+    bool have_d = !fresh_dir && fstatat(ddir, name, &d, AT_SYMLINK_NOFOLLOW) == 0, have_made;
     bool suspect = eng_in_granule(e, w, st);
     struct hl_slot *hs = NULL;
     struct ident_blocks nb;
@@ -489,7 +547,7 @@ static int sync_copy(struct eng *e, struct tree_walk *w, const char *name, const
             goto fail;
         if (S_ISREG(st->st_mode)) {
             rc = eng_copy_file(e, w, name, st, &copied,
-                               st->st_size >= (off_t)IDENT_BLOCK_MIN ? &nb : NULL);
+                               st->st_size >= (off_t)IDENT_BLOCK_MIN ? &nb : NULL, NULL);
             if (rc == 0)
                 ident_blocks_finish(&nb);
             written = (uint64_t)st->st_size;
@@ -536,7 +594,11 @@ done:
             n = 0;
         target[n] = '\0';
     }
-    rc = sync_put(e, rel_copy, &copied, IDENT_COPIED | (suspect ? IDENT_SUSPECT : 0), &nb, target);
+    /* The copy as the pass left it (a later link of its inode moves a hard
+     * link's ctime; the commit compares only its inode then). */
+    have_made = fstatat(ddir, name, &made, AT_SYMLINK_NOFOLLOW) == 0;
+    rc = sync_put(e, rel_copy, &copied, IDENT_COPIED | (suspect ? IDENT_SUSPECT : 0), &nb, target,
+                  have_made ? &made : NULL);
     sync_note(e, rel_copy);
     ident_blocks_free(&nb);
     free(target);
@@ -570,7 +632,7 @@ static int sync_entry(struct tree_walk *w, const char *name, const struct stat *
         struct hl_slot *hs = NULL;
         struct stat d;
         if (!S_ISLNK(st->st_mode) && !(S_ISREG(st->st_mode) && st->st_nlink > 1)) {
-            kept_add(e, w, name, st);
+            kept_add(e, w, name, st, r);
             src_record_add(&e->rec, st);
             return 0;
         }
@@ -580,7 +642,7 @@ static int sync_entry(struct tree_walk *w, const char *name, const struct stat *
             bool fresh;
             hs = eng_hl_get(&e->hl, st->st_dev, st->st_ino, &fresh);
         }
-        if (sync_verify_kept(e, w, name, st, &d, hs) != 0)
+        if (sync_verify_kept(e, w, name, st, &d, hs, r) != 0)
             return -1;
         if (hs && !hs->dst_rel) {
             hs->dst_rel = xstrdup(sync_rel(e, w, name));
@@ -602,7 +664,14 @@ static int sync_dir_pre(struct tree_walk *w, const char *name, const struct stat
     if (eng_stop_code(e) != 0 || eng_check_removable(e, w, name, st, w->attrs) != 0)
         return -1;
     sync_count(e, w, name, st);
+    *eng_lvl(e, w->depth) = 0;
     if (!fresh_dir && fstatat(ddir, name, &d, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(d.st_mode)) {
+        const struct ident_rec *r = ident_set_get(e->ids, rel);
+        /* Names made, removed or renamed in the copy by someone else since
+         * the agent left it moved its ctime: pruned after its contents like
+         * a source directory whose names changed. */
+        if (!r || !ident_rec_dst_same(r, &d))
+            *eng_lvl(e, w->depth) = ENG_LVL_DST_CHANGED;
         src_record_add(&e->rec, st);
         return 0;
     }
@@ -639,7 +708,7 @@ static int sync_dir_post(struct tree_walk *w, const char *name, const struct sta
     if (kept_submit(e, w->depth + 1, fds[1], rel) != 0)
         return -1;
     r = fresh_here ? NULL : ident_set_get(e->ids, rel);
-    changed = fresh_here || !sync_unchanged(r, st);
+    changed = fresh_here || !sync_unchanged(r, st) || (*eng_lvl(e, w->depth) & ENG_LVL_DST_CHANGED);
     if (changed && !fresh_here) {
         char *rel_copy = xstrdup(rel);
         rc = sync_prune(e, fds[0], fds[1], rel_copy, false);
@@ -659,9 +728,12 @@ static int sync_dir_post(struct tree_walk *w, const char *name, const struct sta
     }
     if (eng_verify_stat(e, w, name, st, &d) != 0)
         return -1;
-    if (changed)
+    /* The record follows the copy's directory wherever the pass touched it
+     * (a name copied or removed in it moved its ctime too). */
+    if (changed || !ident_rec_dst_same(r, &d))
         return sync_put(e, sync_rel(e, w, name), st,
-                        IDENT_COPIED | (eng_in_granule(e, w, st) ? IDENT_SUSPECT : 0), NULL, NULL);
+                        IDENT_COPIED | (changed && eng_in_granule(e, w, st) ? IDENT_SUSPECT : 0),
+                        NULL, NULL, &d);
     return 0;
 }
 
@@ -776,13 +848,17 @@ static int eng_adopt_dst(struct eng *e, char *state, size_t size)
     return 1;
 }
 
-/* A failed commit: a source still changing keeps the copy and its record
- * (the move is ready again); anything else removes the copy. */
+/* A failed commit. source_changed has one meaning: the server still runs.
+ * Met anywhere before the source is gone (the final pass, verifying, the
+ * check before the removal, or the reclaim's check right after its rename,
+ * which put the source back whole), it keeps the copy and its record and
+ * the move is ready again. Anything else removes the copy. */
 static int eng_commit_failed(struct eng *e)
 {
     int rc;
     if (e->res->code == CODE_SOURCE_CHANGED &&
-        (e->prog.phase == PHASE_SYNCING || e->prog.phase == PHASE_VERIFYING)) {
+        (e->prog.phase == PHASE_SYNCING || e->prog.phase == PHASE_VERIFYING ||
+         e->prog.phase == PHASE_CLEANING)) {
         rc = ident_set_save(e->ids, e->job->ident_path);
         if (rc == 0) {
             e->res->back_to_ready = true;
@@ -795,6 +871,39 @@ static int eng_commit_failed(struct eng *e)
     return -1;
 }
 
+/* The source of a commit, opened (e->srcfd, e->src_st): it must still be the
+ * directory that was prepared. Gone or replaced while the move rested in
+ * ready, the prepared copy is of nothing that is there any more: the commit
+ * fails source_missing and the caller removes the copy (all or nothing: no
+ * stale copy stays behind). */
+static int eng_commit_open_source(struct eng *e)
+{
+    int err = 0;
+    if (eng_open_src_parent(e) != 0) {
+        err = ENOENT;
+    } else {
+        e->srcfd = openat(e->src_pfd, e->src_base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (e->srcfd < 0 || fstat(e->srcfd, &e->src_st) != 0)
+            err = errno;
+    }
+    if (err == ENOENT || err == ENOTDIR || err == ELOOP) {
+        e->res->code = CODE_NONE; /* eng_open_src_parent's words are not the cause */
+        return eng_fail(e, CODE_SOURCE_MISSING,
+                        "%s is gone (removed or replaced while the move rested in ready); the "
+                        "prepared copy at %s was removed",
+                        e->job->src, e->job->dst);
+    }
+    if (err != 0)
+        return eng_fail_at(e, err, "open", e->job->src, NULL);
+    if (e->job->src_id.known &&
+        (e->src_st.st_dev != e->job->src_id.dev || e->src_st.st_ino != e->job->src_id.ino))
+        return eng_fail(e, CODE_SOURCE_MISSING,
+                        "%s is no longer the directory that was prepared (replaced while the "
+                        "move rested in ready); the prepared copy at %s was removed",
+                        e->job->src, e->job->dst);
+    return 0;
+}
+
 int eng_commit(struct eng *e)
 {
     char state[256];
@@ -803,25 +912,20 @@ int eng_commit(struct eng *e)
     e->prog.count.files_total = e->prog.count.files_copied = e->job->files_copied;
     e->prog.count.bytes_total = e->prog.count.bytes_copied = e->job->bytes_copied;
     e->committing = true;
-    if (eng_open_src_parent(e) != 0)
-        return -1;
-    e->srcfd = openat(e->src_pfd, e->src_base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (e->srcfd < 0 || fstat(e->srcfd, &e->src_st) != 0)
-        return eng_fail_at(e, errno, "open", e->job->src, NULL);
-    if (e->job->src_id.known &&
-        (e->src_st.st_dev != e->job->src_id.dev || e->src_st.st_ino != e->job->src_id.ino))
-        return eng_fail(e, CODE_SOURCE_CHANGED,
-                        "%s is no longer the directory that was prepared; nothing was touched",
-                        e->job->src);
-    e->src_dev = e->src_st.st_dev;
-    e->grain = 2000000000;
-    eng_note_grain(e, &e->src_st);
+    /* The copy first: only the directory this move made is ever removed. */
     rc = eng_adopt_dst(e, state, sizeof state);
     if (rc != 1)
         return eng_fail(e, CODE_IO_ERROR,
                         "the prepared copy at %s is %s, not the directory this move made; "
                         "nothing was touched",
                         e->job->dst, state);
+    if (eng_commit_open_source(e) != 0) {
+        eng_rollback(e);
+        return -1;
+    }
+    e->src_dev = e->src_st.st_dev;
+    e->grain = 2000000000;
+    eng_note_grain(e, &e->src_st);
     copy_caps_load(&e->cc.caps, e->src_dev, e->job->dst_id.dev);
     rc = ident_set_load(&e->ids, e->job->ident_path);
     if (rc != 0) {
@@ -836,11 +940,9 @@ int eng_commit(struct eng *e)
     e->res->files_synced = e->synced_files;
     LOG(LOG_INFO, "final pass done", LF_S("src", e->job->src), LF_U("files", e->synced_files),
         LF_U("bytes", e->synced_bytes), LF_U("entries", e->entries));
-    if (eng_before_removal(e) != 0 || eng_lock_for_cleaning(e) != 0) {
-        eng_rollback(e);
-        return -1;
-    }
-    return eng_end_copy(e);
+    if (eng_before_removal(e) != 0 || eng_lock_for_cleaning(e) != 0 || eng_end_copy(e) != 0)
+        return eng_commit_failed(e);
+    return 0;
 }
 
 int eng_discard(struct eng *e)

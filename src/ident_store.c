@@ -15,7 +15,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
-#define IDENT_VERSION 1u
+#define IDENT_VERSION 2u /* 2: IDENT_DST and the copy's identity */
 #define IDENT_HEADER_BYTES 8u
 #define IDENT_TRAILER_BYTES 16u
 /* The smallest record: eleven one-byte varints and an empty suffix's length. */
@@ -114,6 +114,19 @@ void ident_rec_from_stat(struct ident_rec *r, const struct stat *st)
     r->ctime_ns = (int64_t)st->st_ctim.tv_sec * 1000000000 + st->st_ctim.tv_nsec;
 }
 
+void ident_rec_set_dst(struct ident_rec *r, const struct stat *d)
+{
+    r->flags |= IDENT_DST;
+    r->dst_ino = (uint64_t)d->st_ino;
+    r->dst_ctime_ns = (int64_t)d->st_ctim.tv_sec * 1000000000 + d->st_ctim.tv_nsec;
+}
+
+bool ident_rec_dst_same(const struct ident_rec *r, const struct stat *d)
+{
+    return (r->flags & IDENT_DST) && r->dst_ino == (uint64_t)d->st_ino &&
+           r->dst_ctime_ns == (int64_t)d->st_ctim.tv_sec * 1000000000 + d->st_ctim.tv_nsec;
+}
+
 /* --- the streaming writer ------------------------------------------------- */
 
 struct ident_writer {
@@ -126,6 +139,8 @@ struct ident_writer {
     char *prev; /* the previous record's path, for the shared prefix */
     size_t prev_len, prev_cap;
     struct ident_rec last; /* the previous record's fields, for the deltas */
+    uint64_t last_dst_ino; /* of the last record with IDENT_DST */
+    int64_t last_dst_ctime_ns;
     uint64_t count;
 };
 
@@ -231,6 +246,13 @@ static int writer_fields(struct ident_writer *w, const struct ident_rec *r)
     n += varint_encode(b + n, r->nlink);
     n += varint_encode(b + n, ctime_first ? c_prev : m_prev);
     n += varint_encode(b + n, ctime_first ? m_own : c_own);
+    if (r->flags & IDENT_DST) {
+        n += varint_encode(b + n, zigzag(r->dst_ino - w->last_dst_ino));
+        n += varint_encode(b + n,
+                           zigzag((uint64_t)r->dst_ctime_ns - (uint64_t)w->last_dst_ctime_ns));
+        w->last_dst_ino = r->dst_ino;
+        w->last_dst_ctime_ns = r->dst_ctime_ns;
+    }
     if ((rc = writer_put(w, b, n)) < 0)
         return rc;
     if (has_target) {
@@ -713,11 +735,11 @@ static uint32_t cur_delta32(struct cursor *c, uint32_t base)
 /* Decodes one record's fields after its path into r (target and blocks in
  * the set's arena). False when they do not parse. */
 static bool load_fields(struct ident_set *s, struct cursor *c, const struct ident_rec *last,
-                        struct ident_rec *r)
+                        struct ident_rec *dst_last, unsigned version, struct ident_rec *r)
 {
     uint64_t head = cur_varint(c);
     memset(r, 0, sizeof *r);
-    if (head >> 3 > IDENT_FLAGS_KNOWN)
+    if (head >> 3 > IDENT_FLAGS_KNOWN || (version < 2 && (head >> 3) & IDENT_DST))
         return false;
     r->flags = (uint32_t)(head >> 3);
     r->mode = cur_delta32(c, last->mode);
@@ -733,6 +755,12 @@ static bool load_fields(struct ident_set *s, struct cursor *c, const struct iden
     } else {
         r->mtime_ns = (int64_t)((uint64_t)last->mtime_ns + unzigzag(cur_varint(c)));
         r->ctime_ns = (int64_t)((uint64_t)r->mtime_ns + unzigzag(cur_varint(c)));
+    }
+    if (r->flags & IDENT_DST) {
+        r->dst_ino = dst_last->dst_ino + unzigzag(cur_varint(c));
+        r->dst_ctime_ns = (int64_t)((uint64_t)dst_last->dst_ctime_ns + unzigzag(cur_varint(c)));
+        dst_last->dst_ino = r->dst_ino;
+        dst_last->dst_ctime_ns = r->dst_ctime_ns;
     }
     if (head & 2) {
         uint64_t tl = cur_varint(c);
@@ -762,13 +790,14 @@ static bool load_fields(struct ident_set *s, struct cursor *c, const struct iden
 
 /* Decodes the records between c->p and c->end (header and trailer already
  * checked) into s. 0 or -EBADMSG. */
-static int load_records(struct ident_set *s, struct cursor *c, uint64_t count)
+static int load_records(struct ident_set *s, struct cursor *c, uint64_t count, unsigned version)
 {
     char *path = NULL;
     size_t plen = 0, pcap = 0;
-    struct ident_rec last, r;
+    struct ident_rec last, dst_last, r;
     uint64_t n = 0;
     memset(&last, 0, sizeof last);
+    memset(&dst_last, 0, sizeof dst_last);
     while (c->p < c->end) {
         uint64_t shared = cur_varint(c), suf = cur_varint(c);
         if (c->bad || shared > plen || suf > (uint64_t)(c->end - c->p) || shared + suf == 0 ||
@@ -783,7 +812,7 @@ static int load_records(struct ident_set *s, struct cursor *c, uint64_t count)
         memcpy(path + shared, c->p, suf);
         plen = shared + suf;
         c->p += suf;
-        if (path[0] == '/' || !load_fields(s, c, &last, &r)) {
+        if (path[0] == '/' || !load_fields(s, c, &last, &dst_last, version, &r)) {
             c->bad = true;
             break;
         }
@@ -802,14 +831,19 @@ int ident_set_load(struct ident_set **out, const char *path)
     unsigned char *buf = NULL;
     size_t len = 0;
     uint64_t count;
+    unsigned version = 0;
     struct cursor c;
     struct ident_set *s;
     int rc = read_all(path, &buf, &len);
     if (rc < 0)
         return rc;
+    if (len >= IDENT_HEADER_BYTES)
+        version = get_le32(buf + 4);
+    /* Version 1 (before IDENT_DST) is read: a move prepared by an older agent
+     * can still be committed (its entries are then all copied again). */
     if (len < IDENT_HEADER_BYTES + IDENT_TRAILER_BYTES ||
-        memcmp(buf, ident_magic, sizeof ident_magic) != 0 || get_le32(buf + 4) != IDENT_VERSION ||
-        XXH3_64bits(buf, len - 8) != get_le64(buf + len - 8)) {
+        memcmp(buf, ident_magic, sizeof ident_magic) != 0 || version < 1 ||
+        version > IDENT_VERSION || XXH3_64bits(buf, len - 8) != get_le64(buf + len - 8)) {
         free(buf);
         return -EBADMSG;
     }
@@ -823,7 +857,7 @@ int ident_set_load(struct ident_set **out, const char *path)
     c.p = buf + IDENT_HEADER_BYTES;
     c.end = buf + len - IDENT_TRAILER_BYTES;
     c.bad = false;
-    rc = load_records(s, &c, count);
+    rc = load_records(s, &c, count, version);
     free(buf);
     if (rc < 0) {
         ident_set_free(s);

@@ -648,24 +648,25 @@ static int eng_copy_move(struct eng *e)
         return -1;
     }
     eng_release_space(e);
-    return eng_end_copy(e);
+    if (eng_end_copy(e) != 0) {
+        eng_rollback(e);
+        return -1;
+    }
+    return 0;
 }
 
 /* The copy is verified and durable and the journal says cleaning: what was
  * learned is kept, the counts go to the result, and the source goes. From
  * here a failure to remove the source keeps the copy and the move has
  * succeeded; only a source found changed by the reclaim's check (put back
- * whole) undoes the copy. */
+ * whole) returns -1 (source_changed): the caller undoes the copy, or a
+ * commit keeps it and is ready again. */
 int eng_end_copy(struct eng *e)
 {
     copy_caps_save(&e->cc.caps);
     e->res->bytes_copied = e->prog.count.bytes_copied;
     e->res->files_copied = e->prog.count.files_copied;
-    if (eng_remove_source(e) != 0) {
-        eng_rollback(e);
-        return -1;
-    }
-    return 0;
+    return eng_remove_source(e);
 }
 
 static int sync_fs_of(int pfd, const char *path)
@@ -806,6 +807,7 @@ int engine_run(const struct engine_job *job, struct engine_result *res)
     free(e.suspects);
     free(e.cc.buf);
     free(e.relbuf);
+    free(e.lvl);
     for (size_t i = 0; i < e.n_synced_rel; i++)
         free(e.synced_rel[i]);
     free(e.synced_rel);

@@ -51,8 +51,9 @@ bool move_phase_may_follow(enum move_phase from, enum move_phase to)
 {
     if (move_phase_terminal(from))
         return false;
-    if (to == PHASE_READY && (from == PHASE_SYNCING || from == PHASE_VERIFYING))
-        return true; /* a commit that met a changing source */
+    if (to == PHASE_READY &&
+        (from == PHASE_SYNCING || from == PHASE_VERIFYING || from == PHASE_CLEANING))
+        return true; /* a commit that met a changing source (put back whole if renamed) */
     return move_phase_terminal(to) || to > from;
 }
 

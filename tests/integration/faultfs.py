@@ -14,7 +14,7 @@ or "error ..."):
     ping                   "ok"
 
 OP is one of lookup, getattr, open, read, write, create, mkdir, readdir,
-unlink, rmdir, or "any". PATH is relative to the mount point ("srv/world.img",
+unlink, rmdir, rename (matched on the old path), or "any". PATH is relative to the mount point ("srv/world.img",
 "" for the root), or "*" for every path. A rule for a directory also matches
 everything below it ("srv" matches "srv/a/b"). Lookups and attributes are
 never cached by the kernel (timeouts 0), so every path walk reaches us.
@@ -37,7 +37,7 @@ import time
 
 FUSE_PYTHON = "/usr/bin/python3"  # Debian's, with pyfuse3 and trio
 OPS = ("lookup", "getattr", "open", "read", "write", "create", "mkdir", "readdir", "unlink", "rmdir",
-       "any")
+       "rename", "any")
 
 
 # --- test side -------------------------------------------------------------------
@@ -356,8 +356,13 @@ def serve(backing, mountpoint, control):
         async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
             old = self.child(parent_inode_old, name_old)
             new = self.child(parent_inode_new, name_new)
-            if flags:
+            await rules.apply("rename", self.rel(old))
+            # RENAME_NOREPLACE (1) is kept (the reclaim renames with it);
+            # anything else is not served.
+            if flags & ~1:
                 raise pyfuse3.FUSEError(errno.EINVAL)
+            if flags and os.path.lexists(new):
+                raise pyfuse3.FUSEError(errno.EEXIST)
             try:
                 os.rename(old, new)
             except OSError as e:

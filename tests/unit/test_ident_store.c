@@ -82,6 +82,10 @@ static void assert_rec_equal(const struct ident_rec *a, const struct ident_rec *
     assert_int_equal(a->size, b->size);
     assert_true(a->mtime_ns == b->mtime_ns);
     assert_true(a->ctime_ns == b->ctime_ns);
+    if (a->flags & IDENT_DST) {
+        assert_int_equal(a->dst_ino, b->dst_ino);
+        assert_true(a->dst_ctime_ns == b->dst_ctime_ns);
+    }
     if (a->target || b->target) {
         assert_non_null(a->target);
         assert_non_null(b->target);
@@ -183,6 +187,17 @@ static void kinds(const char **paths, struct ident_rec *recs)
     recs[8].mtime_ns = -1234567890123; /* before 1970 */
     recs[8].ctime_ns = INT64_MAX;      /* the widest ctime delta */
     recs[8].dev = UINT64_MAX;          /* the widest dev delta */
+    /* The copy's identity, on some records only: the deltas skip the others,
+     * and go both ways. */
+    recs[1].flags |= IDENT_DST;
+    recs[1].dst_ino = 900000;
+    recs[1].dst_ctime_ns = 1700000000123456789;
+    recs[3].flags |= IDENT_DST;
+    recs[3].dst_ino = 899999;
+    recs[3].dst_ctime_ns = 1700000000123456790;
+    recs[4].flags |= IDENT_DST;
+    recs[4].dst_ino = UINT64_MAX;
+    recs[4].dst_ctime_ns = -5;
 }
 
 static void test_round_trip_every_kind(void **state)
@@ -674,6 +689,8 @@ static void test_sealed_but_invalid_records_rejected(void **state)
                                                0, 0};
     static const unsigned char nul_path[] = {0, 1, 0, IDENT_COPIED << 3, 2, 0, 2, 0, 0, 0, 1, 0, 0};
     static const unsigned char bad_flags[] = {0, 1, 'a', 1 << 6, 2, 0, 2, 0, 0, 0, 1, 0, 0};
+    static const unsigned char dst_ok[] = {
+        0, 1, 'a', (IDENT_COPIED | IDENT_DST) << 3, 2, 0, 2, 0, 0, 0, 1, 0, 0, 10, 1};
     static const unsigned char long_name[] = {0,
                                               16,
                                               'a',
@@ -752,7 +769,22 @@ static void test_sealed_but_invalid_records_rejected(void **state)
     assert_rejected(file);
     write_sealed(file, long_varint, sizeof long_varint, 1, 1);
     assert_rejected(file);
-    write_sealed(file, ok, sizeof ok, 1, 2); /* another version */
+    write_sealed(file, ok, sizeof ok, 1, 2); /* version 2 reads version 1's records */
+    ident_set_free(load_ok(file));
+    write_sealed(file, ok, sizeof ok, 1, 3); /* another version */
+    assert_rejected(file);
+    write_sealed(file, ok, sizeof ok, 1, 0);
+    assert_rejected(file);
+    /* The copy's identity: known to version 2, never in a version 1 file. */
+    write_sealed(file, dst_ok, sizeof dst_ok, 1, 2);
+    s = load_ok(file);
+    assert_int_equal(ident_set_get(s, "a")->flags, IDENT_COPIED | IDENT_DST);
+    assert_int_equal(ident_set_get(s, "a")->dst_ino, 5);
+    assert_true(ident_set_get(s, "a")->dst_ctime_ns == -1);
+    ident_set_free(s);
+    write_sealed(file, dst_ok, sizeof dst_ok, 1, 1);
+    assert_rejected(file);
+    write_sealed(file, dst_ok, sizeof dst_ok - 1, 1, 2); /* its identity cut */
     assert_rejected(file);
 }
 
