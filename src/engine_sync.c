@@ -139,6 +139,7 @@ static void kept_add(struct eng *e, struct tree_walk *w, const char *name, const
                      const struct ident_rec *r)
 {
     struct kept_batch *b = kept_at(e, w->depth);
+    assert(r != NULL); /* an entry left alone has its record (sync_unchanged) */
     if (b->n == b->cap) {
         b->cap = b->cap ? 2 * b->cap : 64;
         b->v = xrealloc(b->v, b->cap * sizeof *b->v);
@@ -280,6 +281,7 @@ static int sync_verify_kept(struct eng *e, struct tree_walk *w, const char *name
                             const struct stat *st, const struct stat *d, struct hl_slot *hs,
                             const struct ident_rec *r)
 {
+    assert(r != NULL); /* an entry left alone has its record (sync_unchanged) */
     if (eng_verify_stat(e, w, name, st, d) != 0)
         return -1;
     /* The copy the agent made, unchanged since: its inode, and (but for a
