@@ -630,7 +630,7 @@ static int sync_entry(struct tree_walk *w, const char *name, const struct stat *
     if (eng_stop_code(e) != 0 || eng_check_removable(e, w, name, st, w->attrs) != 0)
         return -1;
     sync_count(e, w, name, st);
-    if (sync_unchanged(r, st)) {
+    if (r && sync_unchanged(r, st)) {
         struct hl_slot *hs = NULL;
         struct stat d;
         if (!S_ISLNK(st->st_mode) && !(S_ISREG(st->st_mode) && st->st_nlink > 1)) {
