@@ -5,7 +5,10 @@
 #      including the valgrind run of the daemon;
 #   2. AddressSanitizer + UndefinedBehaviorSanitizer build: the whole suite
 #      again (without valgrind, which cannot run a sanitized binary);
-#   3. ThreadSanitizer build: the worker/loop hand-off tests (label handoff);
+#   3. ThreadSanitizer build: the worker/loop hand-off tests (label handoff)
+#      and the integration tests that between them start every thread the
+#      daemon has (label tsan: moves, kept verifier, reclaimer, unlink pool,
+#      NATS helper, path checks);
 #   4. libFuzzer: the frame/request parser and the config parser, about a
 #      minute in all (scripts/fuzz.sh).
 # Installs what it needs first (Debian 12, as root). Integration tests mount
@@ -43,7 +46,7 @@ echo "=== lint: clang-format and clang-tidy"
 "$here/scripts/lint.sh"
 run_build plain ""
 run_build asan address
-run_build tsan thread -L handoff
+run_build tsan thread -L 'handoff|tsan'
 echo "=== fuzz: frame parser and config parser, ${FUZZ_SECONDS:-30}s each (clang, ASan+UBSan)"
 "$here/scripts/fuzz.sh"
 echo "=== all test builds passed in $(( $(date +%s) - start )) s"

@@ -82,11 +82,12 @@ void agent_start_queued(struct agent *a)
 static void agent_recheck_done(struct move *m, struct path_check *c, bool timed_out)
 {
     const struct path_check_result *r = &c->out;
-    enum move_code code = r->code;
+    /* Timed out, the check's thread may still be writing its result: not
+     * read then (ThreadSanitizer saw the race). */
+    enum move_code code = timed_out ? CODE_IO_ERROR : r->code;
     char why[MOVE_ERROR_MAX];
     m->check = NULL;
     if (timed_out) {
-        code = CODE_IO_ERROR;
         agent_hung_text(why, sizeof why, atomic_load(&c->where));
     } else if (code != CODE_NONE) {
         util_fmt(why, sizeof why, "%s", r->why);
