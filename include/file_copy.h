@@ -20,6 +20,7 @@ struct ident_blocks;
 struct copy_caps {
     dev_t src_dev, dst_dev;
     bool no_clone, no_cfr, no_sendfile;
+    bool no_punch; /* the destination cannot punch holes (fallocate) */
 };
 
 /* Fills caps from what earlier moves learned about this pair (process-wide). */
@@ -50,14 +51,26 @@ struct copy_ctx {
 int copy_data(struct copy_ctx *c, int sfd, int dfd, const struct stat *st, uint64_t *hash,
               bool *failed_on_write);
 
+/* What a delta copy did, in bytes. */
+struct copy_delta_stats {
+    uint64_t read;    /* of the source's data regions, read and hashed */
+    uint64_t holes;   /* of the source's holes: hashed as zeros, never read */
+    uint64_t written; /* of the copy rewritten: data written, or zeros (a hole punched) */
+};
+
 /* Brings dfd, a copy of an earlier state of the source whose blocks hashed
- * to old[0..n_old) (ident_store.h), up to sfd's st->st_size bytes, writing
- * only the blocks whose hash differs or that are new; the source's block
- * hashes are fed to nb. *written: the bytes written. Returns 0,
- * -ECANCELED, -ESTALE (the source ended early) or -errno
- * (*failed_on_write for the destination side). */
+ * to old[0..n_old) (ident_store.h, holes hashed as zeros), up to sfd's
+ * st->st_size bytes, rewriting only the blocks whose hash differs or that
+ * are new. The source's holes (SEEK_DATA/SEEK_HOLE) are not read: a block
+ * inside one hashes as zeros, and where the copy held something else there
+ * a hole is punched in it (zeros written where the filesystem cannot punch),
+ * so a 4 KiB change in a 64 GiB sparse file costs the reading of its data,
+ * not of its size. The source's block hashes are appended to nb (which must
+ * be empty). Returns 0, -ECANCELED, -ESTALE (the source ended early) or
+ * -errno (*failed_on_write for the destination side); *ds says what it did. */
 int copy_delta(struct copy_ctx *c, int sfd, int dfd, const struct stat *st, const uint64_t *old,
-               uint32_t n_old, struct ident_blocks *nb, uint64_t *written, bool *failed_on_write);
+               uint32_t n_old, struct ident_blocks *nb, struct copy_delta_stats *ds,
+               bool *failed_on_write);
 
 /* XXH3 of the whole content of fd, read from the disk: fsync, then drop the
  * cached pages so the read is not served from memory. */

@@ -145,8 +145,15 @@ struct ident_blocks {
 void ident_blocks_init(struct ident_blocks *b);
 /* Any chunking; cuts at IDENT_BLOCK_SIZE boundaries. */
 void ident_blocks_feed(struct ident_blocks *b, const void *data, size_t len);
-void ident_blocks_zeros(struct ident_blocks *b, uint64_t len); /* a hole */
-void ident_blocks_finish(struct ident_blocks *b);              /* the last short block */
+/* A hole: as if len zero bytes were fed, without hashing whole blocks. */
+void ident_blocks_zeros(struct ident_blocks *b, uint64_t len);
+/* Appends the hash of a whole block (or of the last, short one) hashed
+ * elsewhere; only between blocks (nothing fed since the last cut). */
+void ident_blocks_push(struct ident_blocks *b, uint64_t h);
+/* XXH3-64 of len zero bytes (len <= IDENT_BLOCK_SIZE): a hole's block hash
+ * (a whole block's is computed once). */
+uint64_t ident_zeros_hash(uint64_t len);
+void ident_blocks_finish(struct ident_blocks *b); /* the last short block */
 void ident_blocks_free(struct ident_blocks *b);
 
 #endif

@@ -59,6 +59,11 @@ struct move_counters {
     uint64_t bytes_total, bytes_copied;
     uint64_t files_total, files_copied;
     uint64_t phase_done, phase_total; /* the current phase's own, for phasePercent */
+    /* Bytes of content the engine went through (read and written, or a
+     * hole passed over), whether bytes_copied counts them or not (a commit's
+     * final pass does not): progress for stall_timeout, never shown nor
+     * journaled. */
+    uint64_t io_bytes;
 };
 
 struct move_state {

@@ -315,8 +315,10 @@ int eng_copy_file(struct eng *e, struct tree_walk *w, const char *name, const st
         return eng_fail_w(e, w, errno, "write", e->job->dst, name);
     if (suspect && !e->live)
         note_suspect(e, w, name, &after, hash);
-    /* Holes count as copied: make the counter land on the file's size. */
-    e->prog.count.bytes_copied = start + (uint64_t)st->st_size;
+    /* Holes count as copied: make the counter land on the file's size. A
+     * commit's final pass counts no bytes (see eng_on_bytes). */
+    if (e->prog.phase != PHASE_SYNCING)
+        e->prog.count.bytes_copied = start + (uint64_t)st->st_size;
     /* A file that changed between the calculation and its copy (a consistent
      * copy of its newer state) must not push the counter past the total. */
     if (e->prog.count.bytes_copied > e->prog.count.bytes_total)

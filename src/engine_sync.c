@@ -461,7 +461,8 @@ static bool sync_delta_ok(const struct ident_rec *r, const struct stat *st, cons
            st->st_size >= (off_t)IDENT_BLOCK_MIN && st->st_nlink == 1 && d->st_nlink == 1;
 }
 
-/* Rewrites only the changed blocks of the copy of a large file. */
+/* Rewrites only the changed blocks of the copy of a large file (its holes
+ * are not read: copy_delta). */
 static int sync_delta(struct eng *e, struct tree_walk *w, const char *name, const struct stat *st,
                       const uint64_t *old, uint32_t n_old, struct ident_blocks *nb,
                       struct stat *copied, uint64_t *written)
@@ -469,6 +470,7 @@ static int sync_delta(struct eng *e, struct tree_walk *w, const char *name, cons
     int sfd = eng_open_source(e, tree_walk_fd(w, 0), name, st), dfd, rc;
     bool on_write;
     struct stat after;
+    struct copy_delta_stats ds;
     if (sfd < 0)
         return eng_fail_w(e, w, errno, "open", e->job->src, name);
     dfd = openat(tree_walk_fd(w, 1), name, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
@@ -479,8 +481,13 @@ static int sync_delta(struct eng *e, struct tree_walk *w, const char *name, cons
     }
     e->cur_w = w;
     e->cur_name = name;
-    rc = copy_delta(&e->cc, sfd, dfd, st, old, n_old, nb, written, &on_write);
+    rc = copy_delta(&e->cc, sfd, dfd, st, old, n_old, nb, &ds, &on_write);
     e->cur_w = NULL;
+    *written = ds.written;
+    LOG(LOG_DEBUG, "large file brought up to date by blocks", LF_S("src", e->job->src),
+        LF_S("path", sync_rel(e, w, name)), LF_U("size", (uint64_t)st->st_size),
+        LF_U("read", ds.read), LF_U("holes", ds.holes), LF_U("written", ds.written),
+        LF_I("rc", rc));
     if (rc == 0 && (fstat(sfd, &after) != 0 || after.st_ino != st->st_ino ||
                     after.st_size != st->st_size || !eng_same_times(&after, st)))
         rc = -ESTALE;
@@ -510,7 +517,7 @@ static int sync_copy(struct eng *e, struct tree_walk *w, const char *name, const
     bool suspect = eng_in_granule(e, w, st);
     struct hl_slot *hs = NULL;
     struct ident_blocks nb;
-    uint64_t *old = NULL, written = 0, keep = e->prog.count.bytes_copied;
+    uint64_t *old = NULL, written = 0;
     uint32_t n_old = 0;
     char *target = NULL, *rel_copy = xstrdup(rel);
 
@@ -606,7 +613,6 @@ done:
     free(target);
     free(old);
     free(rel_copy);
-    e->prog.count.bytes_copied = keep;
     if (rc != 0)
         return -1;
     src_record_add(&e->rec, &copied);
@@ -617,7 +623,6 @@ fail:
     ident_blocks_free(&nb);
     free(old);
     free(rel_copy);
-    e->prog.count.bytes_copied = keep;
     return -1;
 }
 

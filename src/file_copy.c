@@ -286,13 +286,50 @@ int copy_data(struct copy_ctx *c, int sfd, int dfd, const struct stat *st, uint6
     return rc;
 }
 
-int copy_delta(struct copy_ctx *c, int sfd, int dfd, const struct stat *st, const uint64_t *old,
-               uint32_t n_old, struct ident_blocks *nb, uint64_t *written, bool *failed_on_write)
+/* The source's next data region at or after off, for the delta copy:
+ * [*data, *hole). *data == size: nothing but a hole up to the end. Without
+ * SEEK_DATA the rest counts as data (read as before). */
+static void delta_map(int fd, off_t off, off_t size, off_t *data, off_t *hole)
 {
-    off_t size = st->st_size, off = 0;
+    off_t d = lseek(fd, off, SEEK_DATA), h;
+    if (d < 0) {
+        /* ENXIO: no data from off on (a file that shrank meanwhile is
+         * caught by the caller's check of its identity afterwards). */
+        *data = errno == ENXIO ? size : off;
+        *hole = size;
+        return;
+    }
+    if (d > size)
+        d = size;
+    h = lseek(fd, d, SEEK_HOLE);
+    *data = d;
+    *hole = h < 0 || h > size ? size : h;
+}
+
+/* Makes [off, off + n) of the copy read as zeros: a hole punched where the
+ * filesystem can (the copy stays as sparse as its source), else zeros
+ * written. */
+static int delta_zero(struct copy_ctx *c, int dfd, off_t off, size_t n)
+{
+    if (!c->caps.no_punch) {
+        if (fallocate(dfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, (off_t)n) == 0)
+            return 0;
+        if (errno != EOPNOTSUPP && errno != ENOSYS)
+            return -errno;
+        c->caps.no_punch = true;
+    }
+    memset(c->buf, 0, n);
+    return write_all(dfd, c->buf, n, off);
+}
+
+int copy_delta(struct copy_ctx *c, int sfd, int dfd, const struct stat *st, const uint64_t *old,
+               uint32_t n_old, struct ident_blocks *nb, struct copy_delta_stats *ds,
+               bool *failed_on_write)
+{
+    off_t size = st->st_size, off = 0, data = -1, hole = -1;
     uint32_t i = 0;
     struct stat d;
-    *written = 0;
+    memset(ds, 0, sizeof *ds);
     *failed_on_write = false;
     if (!c->buf)
         c->buf = xmalloc(FILE_COPY_BUF);
@@ -302,35 +339,55 @@ int copy_delta(struct copy_ctx *c, int sfd, int dfd, const struct stat *st, cons
     }
     while (off < size) {
         size_t want = (size_t)(size - off < IDENT_BLOCK_SIZE ? size - off : IDENT_BLOCK_SIZE);
-        size_t got = 0;
+        off_t end = off + (off_t)want;
+        bool in_hole;
         uint64_t h;
         if (stopped(c))
             return -ECANCELED;
-        while (got < want) {
-            ssize_t n = pread(sfd, c->buf + got, want - got, off + (off_t)got);
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n < 0)
-                return -errno;
-            if (n == 0)
-                return -ESTALE;
-            got += (size_t)n;
+        if (off >= hole)
+            delta_map(sfd, off, size, &data, &hole);
+        /* A block that lies in a hole of the source reads as zeros: its hash
+         * is known without reading it (holes hash as zeros in the record). */
+        in_hole = data >= end;
+        if (in_hole) {
+            h = ident_zeros_hash(want);
+            ds->holes += want;
+        } else {
+            size_t got = 0;
+            while (got < want) {
+                ssize_t n = pread(sfd, c->buf + got, want - got, off + (off_t)got);
+                if (n < 0 && errno == EINTR)
+                    continue;
+                if (n < 0)
+                    return -errno;
+                if (n == 0)
+                    return -ESTALE;
+                got += (size_t)n;
+            }
+            ds->read += want;
+            h = XXH3_64bits(c->buf, want);
         }
-        h = XXH3_64bits(c->buf, want);
-        ident_blocks_feed(nb, c->buf, want);
+        ident_blocks_push(nb, h);
         /* The old block is only trusted whole: a short last block that grew
          * is written again. */
-        if (i >= n_old || old[i] != h || off + (off_t)want > d.st_size) {
-            int rc = write_all(dfd, c->buf, want, off);
+        if (i >= n_old || old[i] != h || end > d.st_size) {
+            /* Past the copy's end a hole needs nothing: the final
+             * ftruncate extends the copy with zeros. */
+            size_t n = !in_hole           ? want
+                       : off >= d.st_size ? 0
+                                          : (size_t)((end < d.st_size ? end : d.st_size) - off);
+            int rc = !in_hole ? write_all(dfd, c->buf, n, off)
+                     : n > 0  ? delta_zero(c, dfd, off, n)
+                              : 0;
             if (rc != 0) {
                 *failed_on_write = true;
                 return rc;
             }
-            *written += want;
+            ds->written += n;
         }
         if (c->progress)
             c->progress(c->arg, want);
-        off += (off_t)want;
+        off = end;
         i++;
     }
     if (d.st_size != size && ftruncate(dfd, size) != 0) {

@@ -6,8 +6,10 @@
 
 #include "util.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -878,15 +880,26 @@ void ident_blocks_init(struct ident_blocks *b)
     XXH3_64bits_reset(b->st);
 }
 
-static void blocks_cut(struct ident_blocks *b)
+static void blocks_append(struct ident_blocks *b, uint64_t h)
 {
     if (b->n == b->cap) {
         b->cap = b->cap ? b->cap * 2 : 16;
         b->v = xrealloc(b->v, (size_t)b->cap * sizeof *b->v);
     }
-    b->v[b->n++] = XXH3_64bits_digest(b->st);
+    b->v[b->n++] = h;
+}
+
+static void blocks_cut(struct ident_blocks *b)
+{
+    blocks_append(b, XXH3_64bits_digest(b->st));
     XXH3_64bits_reset(b->st);
     b->fill = 0;
+}
+
+void ident_blocks_push(struct ident_blocks *b, uint64_t h)
+{
+    assert(b->fill == 0); /* only between whole blocks */
+    blocks_append(b, h);
 }
 
 void ident_blocks_feed(struct ident_blocks *b, const void *data, size_t len)
@@ -903,14 +916,66 @@ void ident_blocks_feed(struct ident_blocks *b, const void *data, size_t len)
     }
 }
 
-void ident_blocks_zeros(struct ident_blocks *b, uint64_t len)
+static const unsigned char zeros16k[16u << 10];
+
+static void feed_zeros(XXH3_state_t *st, uint64_t len)
 {
-    static const unsigned char zeros[16u << 10];
     while (len > 0) {
-        size_t k = len < sizeof zeros ? (size_t)len : sizeof zeros;
-        ident_blocks_feed(b, zeros, k);
+        size_t k = len < sizeof zeros16k ? (size_t)len : sizeof zeros16k;
+        XXH3_64bits_update(st, zeros16k, k);
         len -= k;
     }
+}
+
+static pthread_once_t zero_block_once = PTHREAD_ONCE_INIT;
+static uint64_t zero_block_hash;
+
+static void zero_block_init(void)
+{
+    XXH3_state_t *st = XXH3_createState();
+    if (!st)
+        util_oom(1);
+    XXH3_64bits_reset(st);
+    feed_zeros(st, IDENT_BLOCK_SIZE);
+    zero_block_hash = XXH3_64bits_digest(st);
+    XXH3_freeState(st);
+}
+
+uint64_t ident_zeros_hash(uint64_t len)
+{
+    XXH3_state_t *st;
+    uint64_t h;
+    if (len == IDENT_BLOCK_SIZE) {
+        (void)pthread_once(&zero_block_once, zero_block_init);
+        return zero_block_hash;
+    }
+    st = XXH3_createState();
+    if (!st)
+        util_oom(1);
+    XXH3_64bits_reset(st);
+    feed_zeros(st, len);
+    h = XXH3_64bits_digest(st);
+    XXH3_freeState(st);
+    return h;
+}
+
+void ident_blocks_zeros(struct ident_blocks *b, uint64_t len)
+{
+    /* Hashing a 64 GiB hole byte by byte costs seconds of CPU; every whole
+     * block of zeros has the same hash, so only the partial blocks at the
+     * ends are hashed. */
+    uint64_t k = b->fill > 0 ? IDENT_BLOCK_SIZE - b->fill : 0;
+    if (k > len)
+        k = len;
+    feed_zeros(b->st, k);
+    b->fill += k;
+    len -= k;
+    if (b->fill == IDENT_BLOCK_SIZE)
+        blocks_cut(b);
+    for (; len >= IDENT_BLOCK_SIZE; len -= IDENT_BLOCK_SIZE)
+        blocks_append(b, ident_zeros_hash(IDENT_BLOCK_SIZE));
+    feed_zeros(b->st, len);
+    b->fill += len;
 }
 
 void ident_blocks_finish(struct ident_blocks *b)

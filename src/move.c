@@ -602,7 +602,8 @@ static void move_apply(struct move *m, const struct progress_item *it)
     if (it->kind == PROGRESS_PHASE || it->count.bytes_copied > m->st.count.bytes_copied ||
         it->count.files_copied > m->st.count.files_copied ||
         it->count.files_total > m->st.count.files_total ||
-        it->count.phase_done != m->st.count.phase_done)
+        it->count.phase_done != m->st.count.phase_done ||
+        it->count.io_bytes != m->st.count.io_bytes)
         m->last_progress_ms = util_mono_ms();
     if (it->kind == PROGRESS_END) {
         /* The worker's last acts were this push and its wake-up: the join is
@@ -653,6 +654,7 @@ static void move_apply(struct move *m, const struct progress_item *it)
         m->st.count.files_copied = it->count.files_copied;
     m->st.count.phase_done = it->count.phase_done;
     m->st.count.phase_total = it->count.phase_total;
+    m->st.count.io_bytes = it->count.io_bytes;
     m->entries = m->st.phase == PHASE_CALCULATING ? it->count.files_total
                  : m->st.phase == PHASE_COPYING   ? it->count.files_copied
                                                   : it->count.phase_done;

@@ -180,7 +180,14 @@ int eng_phase(struct eng *e, enum move_phase phase, uint64_t phase_total)
 void eng_on_bytes(void *arg, uint64_t delta)
 {
     struct eng *e = arg;
-    e->prog.count.bytes_copied += delta;
+    e->prog.count.io_bytes += delta;
+    /* bytesCopied counts the tree, not the work: a commit's final pass brings
+     * files of a tree counted whole at ready up to date, and its bytes would
+     * push bytesCopied past bytesTotal (which it then never leaves, as the
+     * counters never go down). The pass sets both to the final tree's at its
+     * end; io_bytes shows the loop that it moves meanwhile. */
+    if (e->prog.phase != PHASE_SYNCING)
+        e->prog.count.bytes_copied += delta;
     if (e->claimed) {
         uint64_t r = atomic_load(&e->claim.remaining);
         atomic_store(&e->claim.remaining, r > delta ? r - delta : 0);

@@ -7,6 +7,9 @@ or "error ..."):
 
     fail OP PATH [ERRNO]   OP on PATH fails with ERRNO (default EIO)
     hang OP PATH           OP on PATH waits until "release"
+    slow OP PATH MS        OP on PATH takes MS milliseconds per MiB it moves
+                           (read, write; MS per request for the others), one
+                           request at a time: a slow disk still making progress
     release                lets every waiting request go on and drops the
                            hang rules (fail rules stay)
     clear                  release, then drop every rule
@@ -105,6 +108,9 @@ class FaultFS:
     def hang(self, op, path):
         self.command("hang %s %s" % (op, path))
 
+    def slow(self, op, path, ms_per_mib):
+        self.command("slow %s %s %d" % (op, path, ms_per_mib))
+
     def release(self):
         self.command("release")
 
@@ -164,6 +170,8 @@ def serve(backing, mountpoint, control):
         def __init__(self):
             self.fail = {}  # (op, path) -> errno
             self.hang = set()
+            self.slow = {}  # (op, path) -> ms per MiB
+            self.slow_lock = trio.Lock()
             self.release = trio.Event()
             self.waiting = 0
 
@@ -181,7 +189,12 @@ def serve(backing, mountpoint, control):
                     return (rop, rpath)
             return None
 
-        async def apply(self, op, path):
+        async def apply(self, op, path, nbytes=0):
+            slow = self.find(self.slow, op, path)
+            if slow:
+                async with self.slow_lock:
+                    mib = nbytes / (1 << 20) if nbytes else 1
+                    await trio.sleep(self.slow[slow] / 1000.0 * mib)
             if self.find(self.hang, op, path):
                 ev = self.release
                 self.waiting += 1
@@ -397,14 +410,14 @@ def serve(backing, mountpoint, control):
                 return "?"
 
         async def read(self, fh, off, size):
-            await rules.apply("read", self.fd_path(fh))
+            await rules.apply("read", self.fd_path(fh), size)
             try:
                 return os.pread(fh, size, off)
             except OSError as e:
                 raise pyfuse3.FUSEError(e.errno)
 
         async def write(self, fh, off, buf):
-            await rules.apply("write", self.fd_path(fh))
+            await rules.apply("write", self.fd_path(fh), len(buf))
             try:
                 return os.pwrite(fh, buf, off)
             except OSError as e:
@@ -469,13 +482,15 @@ def serve(backing, mountpoint, control):
             reply = "ok"
             try:
                 cmd = words[0] if words else ""
-                if cmd in ("fail", "hang"):
+                if cmd in ("fail", "hang", "slow"):
                     op, path = words[1], (words[2] if len(words) > 2 else "")
                     if op not in OPS:
                         raise ValueError("unknown op " + op)
                     path = "" if path in (".", "/") else path.strip("/") if path != "*" else path
                     if cmd == "fail":
                         rules.fail[(op, path)] = getattr(errno, words[3]) if len(words) > 3 else errno.EIO
+                    elif cmd == "slow":
+                        rules.slow[(op, path)] = int(words[3])
                     else:
                         rules.hang.add((op, path))
                 elif cmd == "release":
@@ -483,6 +498,7 @@ def serve(backing, mountpoint, control):
                 elif cmd == "clear":
                     rules.do_release()
                     rules.fail.clear()
+                    rules.slow.clear()
                 elif cmd == "hung":
                     reply = "ok %d" % rules.waiting
                 elif cmd != "ping":

@@ -1012,6 +1012,37 @@ static void test_blocks_holes_equal_zeros(void **state)
     free(data);
 }
 
+static void test_blocks_zeros_hash_and_push(void **state)
+{
+    /* A hole's block hash without hashing it: the same as hashing zeros, for
+     * a whole block (cached) and a short one; a pushed hash is a block. */
+    unsigned char *zeros = calloc(1, IDENT_BLOCK_SIZE);
+    struct ident_blocks a, b;
+    (void)state;
+    assert_non_null(zeros);
+    assert_true(ident_zeros_hash(IDENT_BLOCK_SIZE) == XXH3_64bits(zeros, IDENT_BLOCK_SIZE));
+    assert_true(ident_zeros_hash(IDENT_BLOCK_SIZE) == XXH3_64bits(zeros, IDENT_BLOCK_SIZE));
+    assert_true(ident_zeros_hash(1) == XXH3_64bits(zeros, 1));
+    assert_true(ident_zeros_hash(IDENT_BLOCK_SIZE - 4096) ==
+                XXH3_64bits(zeros, IDENT_BLOCK_SIZE - 4096));
+    ident_blocks_init(&a);
+    ident_blocks_init(&b);
+    for (int i = 0; i < 3; i++)
+        ident_blocks_feed(&a, zeros, IDENT_BLOCK_SIZE);
+    ident_blocks_feed(&a, zeros, 777);
+    ident_blocks_finish(&a);
+    ident_blocks_push(&b, ident_zeros_hash(IDENT_BLOCK_SIZE));
+    ident_blocks_zeros(&b, 2 * IDENT_BLOCK_SIZE); /* at a boundary: whole blocks only */
+    ident_blocks_push(&b, ident_zeros_hash(777));
+    ident_blocks_finish(&b); /* nothing pending: no empty block */
+    assert_int_equal(a.n, 4);
+    assert_int_equal(b.n, 4);
+    assert_memory_equal(a.v, b.v, 4 * sizeof(uint64_t));
+    ident_blocks_free(&a);
+    ident_blocks_free(&b);
+    free(zeros);
+}
+
 static void test_blocks_change_in_one_place(void **state)
 {
     /* What the commit relies on: a change in one block changes only that
@@ -1062,6 +1093,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_odd_paths, setup, teardown),
         cmocka_unit_test_setup_teardown(test_blocks_feed_equals_hash_blocks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_blocks_holes_equal_zeros, setup, teardown),
+        cmocka_unit_test(test_blocks_zeros_hash_and_push),
         cmocka_unit_test(test_blocks_change_in_one_place),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
