@@ -14,7 +14,7 @@
 
 #define CONTROL_MAX_CLIENTS 8
 #define CONTROL_LINE_MAX 65536u /* one request, without its newline */
-#define CONTROL_IDLE_MS 10000u  /* a client silent this long is closed */
+#define CONTROL_IDLE_MS 10000u  /* this long without a request line: closed */
 #define CONTROL_BACKLOG 16
 
 struct control;

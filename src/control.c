@@ -88,6 +88,10 @@ static void client_stop_reading(struct control_client *cl)
 
 static void client_on_idle(uv_timer_t *t);
 
+/* (Re)starts the idle timer. Only the connection, a request line taken and
+ * its answer written start it: bytes without a newline, and empty lines,
+ * never do, or a client dripping a byte every few seconds would hold its
+ * slot for ever. */
 static void client_touch(struct control_client *cl)
 {
     uv_timer_start(&cl->idle, client_on_idle, CONTROL_IDLE_MS, 0);
@@ -191,6 +195,8 @@ static void client_pump(struct control_client *cl)
         if (n > 0 && cl->buf[n - 1] == '\r')
             n--;
         cl->buf[n] = '\0';
+        if (n > 0)
+            client_touch(cl);
         answer = n > 0 ? cl->ctl->ops->request(cl->ctl, &cl->peer, cl->buf, n) : NULL;
         memmove(cl->buf, cl->buf + consumed, cl->len - consumed);
         cl->len -= consumed;
@@ -218,7 +224,6 @@ static void client_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     if (nread == 0)
         return;
     cl->len += (size_t)nread;
-    client_touch(cl);
     client_pump(cl);
 }
 

@@ -9,6 +9,7 @@ import os
 import socket
 import stat
 import subprocess
+import threading
 import time
 
 from harness import BIN, Agent, AgentTestCase, dense_tree, make_tree, snapshot, wait_until
@@ -291,6 +292,52 @@ class HostileClientsTest(CtlTestCase):
         self.assertFalse(os.path.exists(src))
         self.assertEqual(self.status().returncode, 0)
         self.assertTrue(self.manager.wait_answer(self.manager.request("server.move_status", {}), 20)["success"])
+
+
+class SlowDripTest(CtlTestCase):
+    def test_slow_drip_clients_are_closed_and_free_their_slots(self):
+        """8 clients that send a byte every 2 s and never a newline take every
+        slot, but only for their 10 s: the idle time counts from the
+        connection (or the last request line), not from the last byte. Then
+        a real `hostagent status` is served."""
+        self.start_agent()
+        drippers = [self.connect() for _ in range(8)]
+        extra = self.connect()
+        self.assertEqual(json.loads(extra.read_until_closed())["code"], "busy", "the 8 hold every slot")
+        extra.close()
+        answers = [None] * len(drippers)
+        prefix = b'{"subject":"server.move_status","data":{"serverName":"' + b"x" * 64
+
+        def drip(i, c):
+            # A byte, then 2 s of waiting for the daemon's answer, again and
+            # again: 60 s of it is six times the promised 10 s.
+            c.s.settimeout(2)
+            for k in range(30):
+                try:
+                    c.sendall(prefix[k:k + 1])
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # closed already: its answer is waiting to be read
+                try:
+                    chunk = c.s.recv(65536)
+                except socket.timeout:
+                    continue
+                c.s.settimeout(20)
+                answers[i] = json.loads(chunk + c.read_until_closed())
+                return
+
+        threads = [threading.Thread(target=drip, args=(i, c)) for i, c in enumerate(drippers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for c in drippers:
+            c.close()
+        for ans in answers:
+            self.assertIsNotNone(ans, "a client dripping a byte every 2 s was never timed out")
+            self.assertEqual((ans["success"], ans["code"]), (False, "timeout"), ans)
+            self.assertIn("no complete request line within 10 s", ans["error"])
+        r = self.status("--json")
+        self.assertEqual((r.returncode, r.stdout), (0, "[]\n"), r.stderr)
 
 
 class NoDaemonTest(CtlTestCase):
