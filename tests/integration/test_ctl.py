@@ -39,6 +39,16 @@ class CtlTestCase(AgentTestCase):
                 frozen.enter_context(self.frozen_workers())
             yield
 
+    def write_conf(self, name, sock):
+        """A config of its own for a daemon or command line on socket sock."""
+        path = os.path.join(self.scratch.base, name)
+        with open(path, "w") as f:
+            f.write("manager_url = %s\nagent_id = it-agent\ntoken = it-token-0123456789\n"
+                    "allowed_roots = %s\nstate_dir = %s\ncontrol_socket = %s\nlog_level = debug\n"
+                    % (self.manager.url, self.scratch.a, self.scratch.state, sock))
+        os.chmod(path, 0o644)
+        return path
+
     def status(self, *extra, user=None):
         return ctl(self.agent.cfg_path, "status", *extra, user=user)
 
@@ -458,6 +468,73 @@ class SocketTest(CtlTestCase):
         with open(sock) as f:
             self.assertEqual(f.read(), "keep me\n")
         os.unlink(sock)
+
+    def test_unsafe_socket_directory_is_refused(self):
+        """Whoever may write to the socket's directory, or to one above it
+        without the sticky bit, could put their own socket in its place: the
+        daemon refuses to start there (exit 1, logged), touching nothing."""
+        base = self.scratch.base
+
+        def tree(*parts, mode=0o700, owner=0):
+            d = os.path.join(base, *parts)
+            os.makedirs(d, exist_ok=True)
+            os.chmod(d, mode)
+            os.chown(d, owner, owner)
+            return d
+
+        cases = []
+        d = tree("theirs", owner=65534)
+        cases.append((d, "the control socket's directory %s belongs to uid 65534, not to root or uid 0" % d))
+        for mode, shown in ((0o777, "0777"), (0o770, "0770"), (0o1777, "1777")):
+            d = tree("mode%o" % mode, mode=mode)
+            cases.append((d, "the control socket's directory %s is writable by its group or others (mode %s)"
+                          % (d, shown)))
+        real = tree("real")
+        link = os.path.join(base, "link")
+        os.symlink(real, link)
+        cases.append((link, "the control socket's directory %s is a symbolic link" % link))
+        above = tree("open", mode=0o777)
+        cases.append((tree("open", "run"), "%s, above the control socket's directory, is writable by its group or "
+                      "others without the sticky bit (mode 0777)" % above))
+        above = tree("nob", mode=0o755, owner=65534)
+        cases.append((tree("nob", "run"), "%s, above the control socket's directory, belongs to uid 65534" % above))
+        # A symlink above it: the directories of the resolved path count too.
+        deeper = os.path.dirname(tree("open", "deeper", "run"))
+        os.symlink(deeper, os.path.join(base, "via"))
+        cases.append((os.path.join(base, "via", "run"), "%s, above the control socket's directory, is writable"
+                      % os.path.dirname(deeper)))
+
+        for d, words in cases:
+            sock = os.path.join(d, "control.sock")
+            stale = socket.socket(socket.AF_UNIX)  # a dead daemon's socket, which must stay
+            stale.bind(sock)
+            stale.close()
+            before = os.lstat(d)
+            r = subprocess.run([BIN, "--config", self.write_conf("unsafe.conf", sock)], capture_output=True,
+                               text=True, timeout=60)
+            self.assertEqual(r.returncode, 1, (d, r.stderr[-2000:]))
+            self.assertIn("cannot start", r.stderr)
+            self.assertIn(words, r.stderr)
+            self.assertTrue(stat.S_ISSOCK(os.lstat(sock).st_mode), "nothing in it is touched")
+            after = os.lstat(d)
+            self.assertEqual((after.st_mode, after.st_uid), (before.st_mode, before.st_uid))
+            os.unlink(sock)
+
+        # Under a sticky directory (as /tmp), and in a directory of root's
+        # that only root may write (0755): served.
+        tree("sticky", mode=0o1777)
+        tree("sticky", "run")
+        tree("plain", mode=0o755)
+        sock = os.path.join(base, "sticky", "run", "control.sock")
+        self.start_agent(extra={"control_socket": sock})
+        r = ctl(self.write_conf("sticky.conf", sock), "status", "--json")
+        self.assertEqual((r.returncode, r.stdout), (0, "[]\n"), r.stderr)
+        self.assertEqual(self.agent.stop(), 0)
+        sock = os.path.join(base, "plain", "control.sock")
+        self.agent = Agent(self.manager, self.scratch, extra={"control_socket": sock}, log_name="agent-2.log")
+        wait_until(lambda: "control socket listening" in self.agent.log(), 30, "the second daemon's socket")
+        r = ctl(self.agent.cfg_path, "status", "--json")
+        self.assertEqual((r.returncode, r.stdout), (0, "[]\n"), r.stderr)
 
     def test_socket_directory_is_made_0700(self):
         deep = os.path.join(self.scratch.base, "made", "here", "ctl.sock")
