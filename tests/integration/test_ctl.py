@@ -350,6 +350,122 @@ class SlowDripTest(CtlTestCase):
         self.assertEqual((r.returncode, r.stdout), (0, "[]\n"), r.stderr)
 
 
+# A server that answers every request on the control socket's path with a
+# forged success, as whoever runs it (here: nobody).
+FAKE_SERVER = r"""
+import json, socket, sys
+listener = socket.socket(socket.AF_UNIX)
+listener.bind(sys.argv[1])
+listener.listen(8)
+print("ready", flush=True)
+while True:
+    conn, _ = listener.accept()
+    line = conn.makefile("rb").readline()
+    if line:
+        subject = json.loads(line)["subject"]
+        answer = ({"success": True, "moves": [], "reclaimingBytes": 0, "reclaimingEntries": 0}
+                  if subject == "server.move_status" else {"success": True, "moveId": "forged"})
+        conn.sendall(json.dumps(answer).encode() + b"\n")
+        print("answered", subject, flush=True)
+    conn.close()
+"""
+
+
+class PeerCheckTest(CtlTestCase):
+    """The command line believes only root, its own user, or the owner of the
+    socket's directory when only root (or that owner) could have made it."""
+
+    @contextlib.contextmanager
+    def fake_server(self, sock, user="nobody"):
+        proc = subprocess.Popen(["setpriv", "--reuid", user, "--regid", "nogroup", "--clear-groups", "--",
+                                 "/usr/bin/python3", "-c", FAKE_SERVER, sock], stdout=subprocess.PIPE, text=True)
+        try:
+            self.assertEqual(proc.stdout.readline(), "ready\n")
+            yield proc
+        finally:
+            proc.kill()
+            proc.wait()
+            proc.output = proc.stdout.read()  # what it printed after "ready"
+            proc.stdout.close()
+
+    def assert_not_believed(self, cfg, sock, words):
+        for args in (["status"], ["status", "--json"], ["cancel", "mv-x"], ["cancel", "--server", "mc"]):
+            r = ctl(cfg, *args)
+            self.assertEqual((r.returncode, r.stdout), (1, ""), (args, r.stderr))
+            self.assertIn("hostagent %s: the process answering on control socket %s runs as uid 65534 (pid "
+                          % (args[0], sock), r.stderr)
+            self.assertIn(words, r.stderr)
+
+    def test_a_stranger_on_the_socket_is_not_believed(self):
+        base = self.scratch.base
+        # A directory anyone may write to (a mistake the daemon refuses):
+        # nobody's socket there is not believed by root's command line.
+        shared = os.path.join(base, "shared")
+        os.mkdir(shared)
+        os.chmod(shared, 0o777)
+        sock = os.path.join(shared, "control.sock")
+        with self.fake_server(sock) as fake:
+            self.assert_not_believed(self.write_conf("shared.conf", sock), sock,
+                                     "not root, you (uid 0) or the owner of its directory %s (uid 0)" % shared)
+        self.assertEqual(fake.output, "", "no request is sent to a stranger")
+
+        # nobody's own directory, but in a directory anyone may make one in
+        # (sticky, as /tmp): its owner is not taken for the daemon's user.
+        tmp = os.path.join(base, "tmp")
+        os.mkdir(tmp)
+        os.chmod(tmp, 0o1777)
+        theirs = os.path.join(tmp, "hostagent")
+        subprocess.run(["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups", "--",
+                        "mkdir", "-m", "0700", theirs], check=True)
+        sock = os.path.join(theirs, "control.sock")
+        with self.fake_server(sock) as fake:
+            self.assert_not_believed(self.write_conf("tmp.conf", sock), sock,
+                                     "it owns its directory %s, but %s, the directory above the control socket's, "
+                                     "is writable by its group or others (mode 1777)" % (theirs, tmp))
+        self.assertEqual(fake.output, "")
+
+        # The same server in a directory of nobody's that only root could
+        # have made for it (as systemd's RuntimeDirectory for User=nobody):
+        # believed, as the daemon run as nobody is (OwnUserTest).
+        run = os.path.join(base, "run")
+        os.mkdir(run, 0o700)
+        os.chown(run, 65534, 65534)
+        sock = os.path.join(run, "control.sock")
+        with self.fake_server(sock) as fake:
+            r = ctl(self.write_conf("run.conf", sock), "status", "--json")
+            self.assertEqual((r.returncode, r.stdout), (0, "[]\n"), r.stderr)
+        self.assertEqual(fake.output, "answered server.move_status\n")
+
+
+class StuckListenerTest(CtlTestCase):
+    def test_a_listener_that_never_accepts_is_given_up_on(self):
+        """A stopped daemon whose backlog is full: the command line waits at
+        most 5 s for its connection, then says so (exit 1)."""
+        run = os.path.join(self.scratch.base, "run")
+        os.mkdir(run, 0o700)
+        sock = os.path.join(run, "control.sock")
+        listener = socket.socket(socket.AF_UNIX)
+        self.addCleanup(listener.close)
+        listener.bind(sock)
+        listener.listen(0)
+        for _ in range(64):  # fill its backlog: the next connect would wait
+            c = socket.socket(socket.AF_UNIX)
+            c.setblocking(False)
+            self.addCleanup(c.close)
+            try:
+                c.connect(sock)
+            except BlockingIOError:
+                break
+        else:
+            self.fail("the backlog never filled")
+        cfg = self.write_conf("stuck.conf", sock)
+        for args in (["status"], ["status", "--json"], ["cancel", "mv-x"]):
+            r = ctl(cfg, *args, timeout=60)
+            self.assertEqual((r.returncode, r.stdout), (1, ""), (args, r.stderr))
+            self.assertIn("hostagent %s: something listens on control socket %s but took no connection within 5 s"
+                          % (args[0], sock), r.stderr)
+
+
 class NoDaemonTest(CtlTestCase):
     def test_status_reads_state_dir_when_no_daemon_runs(self):
         self.start_agent()
