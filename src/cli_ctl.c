@@ -115,8 +115,10 @@ static int ctl_check_peer(int fd, const char *path, char *why, size_t whysz)
         return 0;
     util_fmt(dir, sizeof dir, "%s", path);
     slash = strrchr(dir, '/');
-    if (!slash)
-        return -EINVAL; /* the config takes only absolute paths */
+    if (!slash) { /* the config takes only absolute paths */
+        util_fmt(why, whysz, "control socket %s is not an absolute path", path);
+        return -EINVAL;
+    }
     slash[slash == dir ? 1 : 0] = '\0';
     if (lstat(dir, &st) != 0) {
         rc = -errno;

@@ -415,7 +415,8 @@ int control_check_dir(const char *dir, uid_t uid, bool private_parent, char *why
 int control_connect(const char *path, unsigned timeout_ms)
 {
     struct sockaddr_un sa;
-    struct timeval tv = {.tv_sec = timeout_ms / 1000u, .tv_usec = timeout_ms % 1000u * 1000};
+    struct timeval tv = {.tv_sec = timeout_ms / 1000u,
+                         .tv_usec = (suseconds_t)(timeout_ms % 1000u) * 1000};
     int fd, rc;
 
     memset(&sa, 0, sizeof sa);
