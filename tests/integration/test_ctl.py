@@ -464,6 +464,12 @@ class StuckListenerTest(CtlTestCase):
             self.assertEqual((r.returncode, r.stdout), (1, ""), (args, r.stderr))
             self.assertIn("hostagent %s: something listens on control socket %s but took no connection within 5 s"
                           % (args[0], sock), r.stderr)
+        # A daemon started on that socket does not wait for it either: the
+        # socket is taken (and stays).
+        r = subprocess.run([BIN, "--config", cfg], capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 1, r.stderr[-2000:])
+        self.assertIn("a process listens on control_socket %s but took no connection within 5 s" % sock, r.stderr)
+        self.assertTrue(stat.S_ISSOCK(os.lstat(sock).st_mode))
 
 
 class NoDaemonTest(CtlTestCase):
