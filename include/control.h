@@ -69,8 +69,9 @@ struct control {
  * for the daemon's euid: an unsafe one is an error, nothing in it touched),
  * replaces a stale socket file (one nobody listens on), binds, chmods the
  * socket 0600 and listens. A socket another process listens on (answering
- * or not), or a file there that is not a socket, is an error. 0, or negative errno with a sentence
- * in why (nothing then needs closing but what control_close does: call it in every case). */
+ * or not), or a file there that is not a socket, is an error. 0, or
+ * negative errno with a sentence in why (nothing then needs closing but
+ * what control_close does: call it in every case). */
 int control_init(struct control *c, uv_loop_t *loop, const char *path,
                  const struct control_ops *ops, void *owner, char *why, size_t whysz);
 
