@@ -3,6 +3,7 @@
  * `status` reads state_dir's journal (read-only, without its lock). */
 #include "cli_ctl.h"
 #include "config.h"
+#include "control.h"
 #include "journal.h"
 #include "move_state.h"
 #include "reclaim.h"
@@ -18,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/un.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define CTL_TIMEOUT_MS 10000
@@ -86,26 +87,62 @@ static int ctl_parse_args(int argc, char **argv, struct ctl_args *a)
 
 /* --- talking to the daemon -------------------------------------------------------- */
 
-/* Connects to the control socket: fd, or -errno (-ENOENT / -ECONNREFUSED:
- * no daemon listens there). */
-static int ctl_connect(const char *path)
+/* Is the process listening on the control socket (fd, connected) one to
+ * believe? The config names no user for the daemon: it runs as whoever
+ * starts it (systemd's User=), and its socket's directory is its own (the
+ * unit's RuntimeDirectory, or the directory it made). So: root, this
+ * command's own user, or the owner of the socket's directory when that
+ * directory is one only root or its owner could have made
+ * (control_check_dir with a private parent). Anyone else could have put
+ * their socket there and would answer what they like: 0, or -EPERM with
+ * why. */
+static int ctl_check_peer(int fd, const char *path, char *why, size_t whysz)
 {
-    struct sockaddr_un sa;
-    int fd, rc;
-    memset(&sa, 0, sizeof sa);
-    sa.sun_family = AF_UNIX;
-    if (strlen(path) >= sizeof sa.sun_path)
-        return -ENAMETOOLONG;
-    memcpy(sa.sun_path, path, strlen(path) + 1);
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -errno;
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+    char dir[PATH_MAX], unsafe[512], *slash;
+    struct ucred cred;
+    socklen_t clen = sizeof cred;
+    struct stat st;
+    uid_t me = geteuid();
+    int rc;
+
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) != 0) {
         rc = -errno;
-        close(fd);
+        util_fmt(why, whysz, "cannot learn who listens on control socket %s: %s", path,
+                 strerror(errno));
         return rc;
     }
-    return fd;
+    if (cred.uid == 0 || cred.uid == me)
+        return 0;
+    util_fmt(dir, sizeof dir, "%s", path);
+    slash = strrchr(dir, '/');
+    if (!slash) { /* the config takes only absolute paths */
+        util_fmt(why, whysz, "control socket %s is not an absolute path", path);
+        return -EINVAL;
+    }
+    slash[slash == dir ? 1 : 0] = '\0';
+    if (lstat(dir, &st) != 0) {
+        rc = -errno;
+        util_fmt(why, whysz, "cannot examine %s, the directory of control socket %s: %s", dir, path,
+                 strerror(errno));
+        return rc;
+    }
+    if (st.st_uid != cred.uid) {
+        util_fmt(why, whysz,
+                 "the process answering on control socket %s runs as uid %u (pid %ld), not root, "
+                 "you (uid %u) or the owner of its directory %s (uid %u): its answers are not "
+                 "believed (is another program listening there?)",
+                 path, (unsigned)cred.uid, (long)cred.pid, (unsigned)me, dir, (unsigned)st.st_uid);
+        return -EPERM;
+    }
+    rc = control_check_dir(dir, cred.uid, true, unsafe, sizeof unsafe);
+    if (rc != 0) {
+        util_fmt(why, whysz,
+                 "the process answering on control socket %s runs as uid %u (pid %ld), not root "
+                 "or you (uid %u); it owns its directory %s, but %s: its answers are not believed",
+                 path, (unsigned)cred.uid, (long)cred.pid, (unsigned)me, dir, unsafe);
+        return -EPERM;
+    }
+    return 0;
 }
 
 /* Sends one request line and reads one answer line (within CTL_TIMEOUT_MS).
@@ -497,10 +534,10 @@ static char *ctl_request_text(const struct ctl_args *a)
 static int ctl_run(const struct ctl_args *a, const struct config *cfg)
 {
     bool status = strcmp(a->cmd, "status") == 0;
-    char why[256], *request;
+    char why[1024], *request;
     const cJSON *moves;
     cJSON *answer;
-    int fd = ctl_connect(cfg->control_socket);
+    int fd = control_connect(cfg->control_socket, CONTROL_CONNECT_TIMEOUT_MS);
 
     if (fd == -ENOENT || fd == -ECONNREFUSED) {
         if (status)
@@ -511,11 +548,23 @@ static int ctl_run(const struct ctl_args *a, const struct config *cfg)
                 cfg->control_socket);
         return 1;
     }
+    if (fd == -ETIMEDOUT) {
+        fprintf(stderr,
+                "hostagent %s: something listens on control socket %s but took no connection "
+                "within %u s (a stopped or stuck daemon?)\n",
+                a->cmd, cfg->control_socket, CONTROL_CONNECT_TIMEOUT_MS / 1000u);
+        return 1;
+    }
     if (fd < 0) {
         fprintf(stderr, "hostagent %s: cannot reach the daemon's control socket %s: %s%s\n", a->cmd,
                 cfg->control_socket, strerror(-fd),
                 fd == -EACCES || fd == -EPERM ? " (it serves only root and the daemon's user)"
                                               : "");
+        return 1;
+    }
+    if (ctl_check_peer(fd, cfg->control_socket, why, sizeof why) != 0) {
+        close(fd);
+        fprintf(stderr, "hostagent %s: %s\n", a->cmd, why);
         return 1;
     }
     request = ctl_request_text(a);

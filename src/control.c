@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -88,6 +89,10 @@ static void client_stop_reading(struct control_client *cl)
 
 static void client_on_idle(uv_timer_t *t);
 
+/* (Re)starts the idle timer. Only the connection, a request line taken and
+ * its answer written start it: bytes without a newline, and empty lines,
+ * never do, or a client dripping a byte every few seconds would hold its
+ * slot for ever. */
 static void client_touch(struct control_client *cl)
 {
     uv_timer_start(&cl->idle, client_on_idle, CONTROL_IDLE_MS, 0);
@@ -191,6 +196,8 @@ static void client_pump(struct control_client *cl)
         if (n > 0 && cl->buf[n - 1] == '\r')
             n--;
         cl->buf[n] = '\0';
+        if (n > 0)
+            client_touch(cl);
         answer = n > 0 ? cl->ctl->ops->request(cl->ctl, &cl->peer, cl->buf, n) : NULL;
         memmove(cl->buf, cl->buf + consumed, cl->len - consumed);
         cl->len -= consumed;
@@ -218,11 +225,8 @@ static void client_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     if (nread == 0)
         return;
     cl->len += (size_t)nread;
-    client_touch(cl);
     client_pump(cl);
 }
-
-/* --- the listening socket ------------------------------------------------------ */
 
 static void control_on_connection(uv_stream_t *server, int status)
 {
@@ -283,11 +287,164 @@ static void control_on_connection(uv_stream_t *server, int status)
     client_start_reading(cl);
 }
 
+/* --- the socket's directory, connecting -------------------------------------------- */
+
+/* One directory above the socket's (see control_check_dir). */
+static int control_check_above(const char *p, uid_t uid, char *why, size_t whysz)
+{
+    struct stat st;
+    int rc;
+    if (stat(p, &st) != 0) {
+        rc = -errno;
+        util_fmt(why, whysz, "cannot examine %s, above the control socket's directory: %s", p,
+                 strerror(errno));
+        return rc;
+    }
+    if (st.st_uid != 0 && st.st_uid != uid) {
+        util_fmt(why, whysz,
+                 "%s, above the control socket's directory, belongs to uid %u, not to root or "
+                 "uid %u: its owner could replace the socket's directory",
+                 p, (unsigned)st.st_uid, (unsigned)uid);
+        return -EPERM;
+    }
+    if ((st.st_mode & 022) && !(st.st_mode & S_ISVTX)) {
+        util_fmt(why, whysz,
+                 "%s, above the control socket's directory, is writable by its group or others "
+                 "without the sticky bit (mode %04o): they could replace the socket's directory",
+                 p, (unsigned)(st.st_mode & 07777));
+        return -EPERM;
+    }
+    return 0;
+}
+
+/* Every directory above dir (dir itself not), up to "/". */
+static int control_check_chain(const char *dir, uid_t uid, char *why, size_t whysz)
+{
+    char p[PATH_MAX];
+    int rc;
+    util_fmt(p, sizeof p, "%s", dir);
+    while (strcmp(p, "/") != 0) {
+        char *slash = strrchr(p, '/');
+        if (!slash)
+            break;
+        slash[slash == p ? 1 : 0] = '\0';
+        rc = control_check_above(p, uid, why, whysz);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+int control_check_dir(const char *dir, uid_t uid, bool private_parent, char *why, size_t whysz)
+{
+    char real[PATH_MAX], parent[PATH_MAX], *slash;
+    struct stat st;
+    int rc;
+
+    if (strlen(dir) >= sizeof real) {
+        util_fmt(why, whysz, "the control socket's directory %s: path too long", dir);
+        return -ENAMETOOLONG;
+    }
+    if (lstat(dir, &st) != 0) {
+        rc = -errno;
+        util_fmt(why, whysz, "cannot examine the control socket's directory %s: %s", dir,
+                 strerror(errno));
+        return rc;
+    }
+    if (S_ISLNK(st.st_mode)) {
+        util_fmt(why, whysz,
+                 "the control socket's directory %s is a symbolic link: whoever can change the "
+                 "link could put the socket elsewhere; name the real directory in control_socket",
+                 dir);
+        return -ELOOP;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        util_fmt(why, whysz, "the control socket's directory %s is not a directory", dir);
+        return -ENOTDIR;
+    }
+    if (st.st_uid != 0 && st.st_uid != uid) {
+        util_fmt(why, whysz,
+                 "the control socket's directory %s belongs to uid %u, not to root or uid %u: "
+                 "its owner could replace the socket; give it to root or to the daemon's user, "
+                 "or set another control_socket",
+                 dir, (unsigned)st.st_uid, (unsigned)uid);
+        return -EPERM;
+    }
+    if (st.st_mode & 022) {
+        util_fmt(why, whysz,
+                 "the control socket's directory %s is writable by its group or others (mode "
+                 "%04o): they could replace the socket; chmod go-w it, or set another "
+                 "control_socket",
+                 dir, (unsigned)(st.st_mode & 07777));
+        return -EPERM;
+    }
+    rc = control_check_chain(dir, uid, why, whysz);
+    if (rc != 0)
+        return rc;
+    if (!realpath(dir, real)) {
+        rc = -errno;
+        util_fmt(why, whysz, "cannot resolve the control socket's directory %s: %s", dir,
+                 strerror(errno));
+        return rc;
+    }
+    if (strcmp(real, dir) != 0) {
+        rc = control_check_chain(real, uid, why, whysz);
+        if (rc != 0)
+            return rc;
+    }
+    if (!private_parent || strcmp(real, "/") == 0)
+        return 0;
+    util_fmt(parent, sizeof parent, "%s", real);
+    slash = strrchr(parent, '/');
+    slash[slash == parent ? 1 : 0] = '\0';
+    if (stat(parent, &st) != 0) {
+        rc = -errno;
+        util_fmt(why, whysz, "cannot examine %s: %s", parent, strerror(errno));
+        return rc;
+    }
+    if (st.st_mode & 022) {
+        util_fmt(why, whysz,
+                 "%s, the directory above the control socket's, is writable by its group or "
+                 "others (mode %04o): anyone could have made %s",
+                 parent, (unsigned)(st.st_mode & 07777), dir);
+        return -EPERM;
+    }
+    return 0;
+}
+
+int control_connect(const char *path, unsigned timeout_ms)
+{
+    struct sockaddr_un sa;
+    struct timeval tv = {.tv_sec = timeout_ms / 1000u,
+                         .tv_usec = (suseconds_t)(timeout_ms % 1000u) * 1000};
+    int fd, rc;
+
+    memset(&sa, 0, sizeof sa);
+    sa.sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof sa.sun_path)
+        return -ENAMETOOLONG;
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    /* A blocking connect to a Unix socket whose listener's backlog is full
+     * waits until it accepts, for ever (a stopped daemon); with a send
+     * timeout it fails with EAGAIN when the timeout is up instead. */
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0 ||
+        connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        rc = errno == EAGAIN ? -ETIMEDOUT : -errno;
+        close(fd);
+        return rc;
+    }
+    return fd;
+}
+
+/* --- the listening socket ------------------------------------------------------ */
+
 /* Is something listening on path? A socket file left by a daemon that died
  * refuses connections: it is stale and goes. Anything else stays. */
 static int control_clear_stale(const char *path, char *why, size_t whysz)
 {
-    struct sockaddr_un sa;
     struct stat st;
     int fd, rc;
 
@@ -305,22 +462,21 @@ static int control_clear_stale(const char *path, char *why, size_t whysz)
                  path);
         return -EEXIST;
     }
-    memset(&sa, 0, sizeof sa);
-    sa.sun_family = AF_UNIX;
-    util_fmt(sa.sun_path, sizeof sa.sun_path, "%s", path);
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        rc = -errno;
-        util_fmt(why, whysz, "cannot make a socket: %s", strerror(errno));
-        return rc;
-    }
-    rc = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 ? 0 : -errno;
-    close(fd);
-    if (rc == 0) {
+    fd = control_connect(path, CONTROL_CONNECT_TIMEOUT_MS);
+    if (fd >= 0) {
+        close(fd);
         util_fmt(why, whysz,
                  "another hostagent daemon answers on control_socket %s (each daemon needs its "
                  "own control_socket)",
                  path);
+        return -EADDRINUSE;
+    }
+    rc = fd;
+    if (rc == -ETIMEDOUT) {
+        util_fmt(why, whysz,
+                 "a process listens on control_socket %s but took no connection within %u s (a "
+                 "stopped daemon?); each daemon needs its own control_socket",
+                 path, CONTROL_CONNECT_TIMEOUT_MS / 1000u);
         return -EADDRINUSE;
     }
     if (rc != -ECONNREFUSED) {
@@ -363,11 +519,13 @@ int control_init(struct control *c, uv_loop_t *loop, const char *path,
         util_fmt(why, whysz, "cannot create %s for control_socket: %s", dir, strerror(-rc));
         return rc;
     }
-    /* The socket is 0600 and every peer is checked, but a directory others
-     * may write to lets them put their own socket in its place. */
-    if (stat(dir, &st) == 0 && ((st.st_mode & 022) || (st.st_uid != c->euid && st.st_uid != 0)))
-        LOG(LOG_WARN, "the control socket's directory is writable by others or not ours",
-            LF_S("dir", dir));
+    /* The socket is 0600 and every peer is checked, but whoever may write
+     * to its directory (or one above) can put their own socket in its
+     * place, and a root `hostagent status` would talk to it: refused, with
+     * nothing in it touched (a stale socket there stays too). */
+    rc = control_check_dir(dir, c->euid, false, why, whysz);
+    if (rc != 0)
+        return rc;
     rc = control_clear_stale(path, why, whysz);
     if (rc != 0)
         return rc;

@@ -9,6 +9,7 @@ import os
 import socket
 import stat
 import subprocess
+import threading
 import time
 
 from harness import BIN, Agent, AgentTestCase, dense_tree, make_tree, snapshot, wait_until
@@ -37,6 +38,16 @@ class CtlTestCase(AgentTestCase):
             with self.paused_agent():  # the copy cannot run on while the freezer is set
                 frozen.enter_context(self.frozen_workers())
             yield
+
+    def write_conf(self, name, sock):
+        """A config of its own for a daemon or command line on socket sock."""
+        path = os.path.join(self.scratch.base, name)
+        with open(path, "w") as f:
+            f.write("manager_url = %s\nagent_id = it-agent\ntoken = it-token-0123456789\n"
+                    "allowed_roots = %s\nstate_dir = %s\ncontrol_socket = %s\nlog_level = debug\n"
+                    % (self.manager.url, self.scratch.a, self.scratch.state, sock))
+        os.chmod(path, 0o644)
+        return path
 
     def status(self, *extra, user=None):
         return ctl(self.agent.cfg_path, "status", *extra, user=user)
@@ -293,6 +304,174 @@ class HostileClientsTest(CtlTestCase):
         self.assertTrue(self.manager.wait_answer(self.manager.request("server.move_status", {}), 20)["success"])
 
 
+class SlowDripTest(CtlTestCase):
+    def test_slow_drip_clients_are_closed_and_free_their_slots(self):
+        """8 clients that send a byte every 2 s and never a newline take every
+        slot, but only for their 10 s: the idle time counts from the
+        connection (or the last request line), not from the last byte. Then
+        a real `hostagent status` is served."""
+        self.start_agent()
+        drippers = [self.connect() for _ in range(8)]
+        extra = self.connect()
+        self.assertEqual(json.loads(extra.read_until_closed())["code"], "busy", "the 8 hold every slot")
+        extra.close()
+        answers = [None] * len(drippers)
+        prefix = b'{"subject":"server.move_status","data":{"serverName":"' + b"x" * 64
+
+        def drip(i, c):
+            # A byte, then 2 s of waiting for the daemon's answer, again and
+            # again: 60 s of it is six times the promised 10 s.
+            c.s.settimeout(2)
+            for k in range(30):
+                try:
+                    c.sendall(prefix[k:k + 1])
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # closed already: its answer is waiting to be read
+                try:
+                    chunk = c.s.recv(65536)
+                except socket.timeout:
+                    continue
+                c.s.settimeout(20)
+                answers[i] = json.loads(chunk + c.read_until_closed())
+                return
+
+        threads = [threading.Thread(target=drip, args=(i, c)) for i, c in enumerate(drippers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for c in drippers:
+            c.close()
+        for ans in answers:
+            self.assertIsNotNone(ans, "a client dripping a byte every 2 s was never timed out")
+            self.assertEqual((ans["success"], ans["code"]), (False, "timeout"), ans)
+            self.assertIn("no complete request line within 10 s", ans["error"])
+        r = self.status("--json")
+        self.assertEqual((r.returncode, r.stdout), (0, "[]\n"), r.stderr)
+
+
+# A server that answers every request on the control socket's path with a
+# forged success, as whoever runs it (here: nobody).
+FAKE_SERVER = r"""
+import json, socket, sys
+listener = socket.socket(socket.AF_UNIX)
+listener.bind(sys.argv[1])
+listener.listen(8)
+print("ready", flush=True)
+while True:
+    conn, _ = listener.accept()
+    line = conn.makefile("rb").readline()
+    if line:
+        subject = json.loads(line)["subject"]
+        answer = ({"success": True, "moves": [], "reclaimingBytes": 0, "reclaimingEntries": 0}
+                  if subject == "server.move_status" else {"success": True, "moveId": "forged"})
+        conn.sendall(json.dumps(answer).encode() + b"\n")
+        print("answered", subject, flush=True)
+    conn.close()
+"""
+
+
+class PeerCheckTest(CtlTestCase):
+    """The command line believes only root, its own user, or the owner of the
+    socket's directory when only root (or that owner) could have made it."""
+
+    @contextlib.contextmanager
+    def fake_server(self, sock, user="nobody"):
+        proc = subprocess.Popen(["setpriv", "--reuid", user, "--regid", "nogroup", "--clear-groups", "--",
+                                 "/usr/bin/python3", "-c", FAKE_SERVER, sock], stdout=subprocess.PIPE, text=True)
+        try:
+            self.assertEqual(proc.stdout.readline(), "ready\n")
+            yield proc
+        finally:
+            proc.kill()
+            proc.wait()
+            proc.output = proc.stdout.read()  # what it printed after "ready"
+            proc.stdout.close()
+
+    def assert_not_believed(self, cfg, sock, words):
+        for args in (["status"], ["status", "--json"], ["cancel", "mv-x"], ["cancel", "--server", "mc"]):
+            r = ctl(cfg, *args)
+            self.assertEqual((r.returncode, r.stdout), (1, ""), (args, r.stderr))
+            self.assertIn("hostagent %s: the process answering on control socket %s runs as uid 65534 (pid "
+                          % (args[0], sock), r.stderr)
+            self.assertIn(words, r.stderr)
+
+    def test_a_stranger_on_the_socket_is_not_believed(self):
+        base = self.scratch.base
+        # A directory anyone may write to (a mistake the daemon refuses):
+        # nobody's socket there is not believed by root's command line.
+        shared = os.path.join(base, "shared")
+        os.mkdir(shared)
+        os.chmod(shared, 0o777)
+        sock = os.path.join(shared, "control.sock")
+        with self.fake_server(sock) as fake:
+            self.assert_not_believed(self.write_conf("shared.conf", sock), sock,
+                                     "not root, you (uid 0) or the owner of its directory %s (uid 0)" % shared)
+        self.assertEqual(fake.output, "", "no request is sent to a stranger")
+
+        # nobody's own directory, but in a directory anyone may make one in
+        # (sticky, as /tmp): its owner is not taken for the daemon's user.
+        tmp = os.path.join(base, "tmp")
+        os.mkdir(tmp)
+        os.chmod(tmp, 0o1777)
+        theirs = os.path.join(tmp, "hostagent")
+        subprocess.run(["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups", "--",
+                        "mkdir", "-m", "0700", theirs], check=True)
+        sock = os.path.join(theirs, "control.sock")
+        with self.fake_server(sock) as fake:
+            self.assert_not_believed(self.write_conf("tmp.conf", sock), sock,
+                                     "it owns its directory %s, but %s, the directory above the control socket's, "
+                                     "is writable by its group or others (mode 1777)" % (theirs, tmp))
+        self.assertEqual(fake.output, "")
+
+        # The same server in a directory of nobody's that only root could
+        # have made for it (as systemd's RuntimeDirectory for User=nobody):
+        # believed, as the daemon run as nobody is (OwnUserTest).
+        run = os.path.join(base, "run")
+        os.mkdir(run, 0o700)
+        os.chown(run, 65534, 65534)
+        sock = os.path.join(run, "control.sock")
+        with self.fake_server(sock) as fake:
+            r = ctl(self.write_conf("run.conf", sock), "status", "--json")
+            self.assertEqual((r.returncode, r.stdout), (0, "[]\n"), r.stderr)
+        self.assertEqual(fake.output, "answered server.move_status\n")
+
+
+class StuckListenerTest(CtlTestCase):
+    def test_a_listener_that_never_accepts_is_given_up_on(self):
+        """A stopped daemon whose backlog is full: the command line waits at
+        most 5 s for its connection, then says so (exit 1)."""
+        run = os.path.join(self.scratch.base, "run")
+        os.mkdir(run, 0o700)
+        sock = os.path.join(run, "control.sock")
+        listener = socket.socket(socket.AF_UNIX)
+        self.addCleanup(listener.close)
+        listener.bind(sock)
+        listener.listen(0)
+        for _ in range(64):  # fill its backlog: the next connect would wait
+            c = socket.socket(socket.AF_UNIX)
+            c.setblocking(False)
+            self.addCleanup(c.close)
+            try:
+                c.connect(sock)
+            except BlockingIOError:
+                break
+        else:
+            self.fail("the backlog never filled")
+        cfg = self.write_conf("stuck.conf", sock)
+        for args in (["status"], ["status", "--json"], ["cancel", "mv-x"]):
+            r = ctl(cfg, *args, timeout=60)
+            self.assertEqual((r.returncode, r.stdout), (1, ""), (args, r.stderr))
+            self.assertIn("hostagent %s: something listens on control socket %s but took no connection within 5 s"
+                          % (args[0], sock), r.stderr)
+        # A daemon started on that socket does not wait for it either: the
+        # socket is taken (and stays).
+        r = subprocess.run([BIN, "--config", cfg], capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 1, r.stderr[-2000:])
+        self.assertIn("a process listens on control_socket %s but took no connection within 5 s" % sock, r.stderr)
+        self.assertTrue(stat.S_ISSOCK(os.lstat(sock).st_mode))
+
+
 class NoDaemonTest(CtlTestCase):
     def test_status_reads_state_dir_when_no_daemon_runs(self):
         self.start_agent()
@@ -411,6 +590,73 @@ class SocketTest(CtlTestCase):
         with open(sock) as f:
             self.assertEqual(f.read(), "keep me\n")
         os.unlink(sock)
+
+    def test_unsafe_socket_directory_is_refused(self):
+        """Whoever may write to the socket's directory, or to one above it
+        without the sticky bit, could put their own socket in its place: the
+        daemon refuses to start there (exit 1, logged), touching nothing."""
+        base = self.scratch.base
+
+        def tree(*parts, mode=0o700, owner=0):
+            d = os.path.join(base, *parts)
+            os.makedirs(d, exist_ok=True)
+            os.chmod(d, mode)
+            os.chown(d, owner, owner)
+            return d
+
+        cases = []
+        d = tree("theirs", owner=65534)
+        cases.append((d, "the control socket's directory %s belongs to uid 65534, not to root or uid 0" % d))
+        for mode, shown in ((0o777, "0777"), (0o770, "0770"), (0o1777, "1777")):
+            d = tree("mode%o" % mode, mode=mode)
+            cases.append((d, "the control socket's directory %s is writable by its group or others (mode %s)"
+                          % (d, shown)))
+        real = tree("real")
+        link = os.path.join(base, "link")
+        os.symlink(real, link)
+        cases.append((link, "the control socket's directory %s is a symbolic link" % link))
+        above = tree("open", mode=0o777)
+        cases.append((tree("open", "run"), "%s, above the control socket's directory, is writable by its group or "
+                      "others without the sticky bit (mode 0777)" % above))
+        above = tree("nob", mode=0o755, owner=65534)
+        cases.append((tree("nob", "run"), "%s, above the control socket's directory, belongs to uid 65534" % above))
+        # A symlink above it: the directories of the resolved path count too.
+        deeper = os.path.dirname(tree("open", "deeper", "run"))
+        os.symlink(deeper, os.path.join(base, "via"))
+        cases.append((os.path.join(base, "via", "run"), "%s, above the control socket's directory, is writable"
+                      % os.path.dirname(deeper)))
+
+        for d, words in cases:
+            sock = os.path.join(d, "control.sock")
+            stale = socket.socket(socket.AF_UNIX)  # a dead daemon's socket, which must stay
+            stale.bind(sock)
+            stale.close()
+            before = os.lstat(d)
+            r = subprocess.run([BIN, "--config", self.write_conf("unsafe.conf", sock)], capture_output=True,
+                               text=True, timeout=60)
+            self.assertEqual(r.returncode, 1, (d, r.stderr[-2000:]))
+            self.assertIn("cannot start", r.stderr)
+            self.assertIn(words, r.stderr)
+            self.assertTrue(stat.S_ISSOCK(os.lstat(sock).st_mode), "nothing in it is touched")
+            after = os.lstat(d)
+            self.assertEqual((after.st_mode, after.st_uid), (before.st_mode, before.st_uid))
+            os.unlink(sock)
+
+        # Under a sticky directory (as /tmp), and in a directory of root's
+        # that only root may write (0755): served.
+        tree("sticky", mode=0o1777)
+        tree("sticky", "run")
+        tree("plain", mode=0o755)
+        sock = os.path.join(base, "sticky", "run", "control.sock")
+        self.start_agent(extra={"control_socket": sock})
+        r = ctl(self.write_conf("sticky.conf", sock), "status", "--json")
+        self.assertEqual((r.returncode, r.stdout), (0, "[]\n"), r.stderr)
+        self.assertEqual(self.agent.stop(), 0)
+        sock = os.path.join(base, "plain", "control.sock")
+        self.agent = Agent(self.manager, self.scratch, extra={"control_socket": sock}, log_name="agent-2.log")
+        wait_until(lambda: "control socket listening" in self.agent.log(), 30, "the second daemon's socket")
+        r = ctl(self.agent.cfg_path, "status", "--json")
+        self.assertEqual((r.returncode, r.stdout), (0, "[]\n"), r.stderr)
 
     def test_socket_directory_is_made_0700(self):
         deep = os.path.join(self.scratch.base, "made", "here", "ctl.sock")
