@@ -97,6 +97,14 @@ int nats_client_init(struct nats_client *c, uv_loop_t *loop, const struct config
 /* The NATS transport's implementation of transport.h. */
 extern const struct transport_impl nats_client_impl;
 
+/* nats.c's event-loop callbacks (natsOptions_SetEventLoop; loop is the
+ * client itself), public for the unit test. attach may come from any thread
+ * (the helper connects) and again at each reconnect; detach comes once, when
+ * nats.c closes the connection, after which the client holds no pointer to
+ * it (ev_nc is NULL) and nothing on the loop hands it back to nats.c. */
+natsStatus nats_client_ev_attach(void **user, void *loop, natsConnection *nc, natsSock sock);
+natsStatus nats_client_ev_detach(void *user);
+
 /* Subject of an agent's event: "<prefix>.<agentId>.<subject>" into buf. */
 void nats_subject(char *buf, size_t sz, const char *prefix, const char *agent_id,
                   const char *subject);

@@ -150,7 +150,7 @@ static void nc_kick(struct nats_client *c)
     uv_mutex_unlock(&c->lock);
 }
 
-static natsStatus nc_ev_attach(void **user, void *loop, natsConnection *nc, natsSock sock)
+natsStatus nats_client_ev_attach(void **user, void *loop, natsConnection *nc, natsSock sock)
 {
     struct nats_client *c = loop; /* we hand the client itself as nats.c's "loop" */
     *user = c;
@@ -188,12 +188,18 @@ static natsStatus nc_ev_write(void *user, bool add)
     return nc_ev_want(user, UV_WRITABLE, add);
 }
 
-static natsStatus nc_ev_detach(void *user)
+natsStatus nats_client_ev_detach(void *user)
 {
     struct nats_client *c = user;
     uv_mutex_lock(&c->lock);
     c->ev_detached = true;
     c->ev_want = 0;
+    /* nats.c detaches once, when it closes the connection, and drops its
+     * own reference right after: a poll event the loop still has in hand
+     * must not give the connection back to nats.c (see nc_on_poll), nor may
+     * the pointer outlive it. */
+    c->ev_nc = NULL;
+    c->ev_sock = -1;
     uv_mutex_unlock(&c->lock);
     nc_kick(c);
     return NATS_OK;
@@ -1277,9 +1283,9 @@ int nats_client_init(struct nats_client *c, uv_loop_t *loop, const struct config
         nc_status_err(natsOptions_SetErrorHandler(o, nc_on_error, c), "callbacks") ||
         nc_status_err(natsOptions_SetPingInterval(o, (int64_t)cfg->ping_interval_ms), "pings") ||
         nc_status_err(natsOptions_SetMaxPingsOut(o, 3), "pings") ||
-        nc_status_err(
-            natsOptions_SetEventLoop(o, c, nc_ev_attach, nc_ev_read, nc_ev_write, nc_ev_detach),
-            "event loop"))
+        nc_status_err(natsOptions_SetEventLoop(o, c, nats_client_ev_attach, nc_ev_read, nc_ev_write,
+                                               nats_client_ev_detach),
+                      "event loop"))
         return -EINVAL;
     /* The probe: one attempt, no retry, on nats.c's own threads (see
      * nc_probe). */
