@@ -28,10 +28,16 @@ struct nats_out {
     size_t len;
 };
 
-/* A move's outcome waiting for JetStream's PubAck. */
+/* A move's outcome waiting for JetStream's PubAck. msg_id, its
+ * Nats-Msg-Id, is "<agent_id>:<moveId>:<acceptedAtMs>": one per agent and
+ * per move (two agents' moves, or two moves of one agent, with one moveId
+ * are two outcomes), the same for every re-send of this outcome, also after
+ * a restart (the acceptance time is the journal's), so that the stream's
+ * duplicate window still drops repeats. No ':' is in a moveId, and the
+ * last part is digits: two ids of different agents or moves never match. */
 struct nats_outcome {
     struct nats_outcome *next;
-    char *move_id, *body, *ack_key;
+    char *move_id, *msg_id, *body, *ack_key;
     uint64_t next_try_ms; /* monotonic */
     unsigned attempt;
 };

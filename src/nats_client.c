@@ -6,6 +6,7 @@
  * close) run on one helper thread of ours. */
 #include "nats_client.h"
 #include "log.h"
+#include "move_state.h"
 #include "nkey.h"
 #include "protocol.h"
 #include "util.h"
@@ -516,6 +517,7 @@ static void out_free(struct nats_out *m)
 static void outcome_free(struct nats_outcome *o)
 {
     free(o->move_id);
+    free(o->msg_id);
     free(o->body);
     free(o->ack_key);
     free(o);
@@ -826,11 +828,11 @@ static void nc_try_outcomes(struct nats_client *c)
             continue;
         s = natsMsg_Create(&msg, c->outcome_subject, NULL, o->body, (int)strlen(o->body));
         if (s == NATS_OK)
-            s = natsMsgHeader_Set(msg, "Nats-Msg-Id", o->move_id);
+            s = natsMsgHeader_Set(msg, "Nats-Msg-Id", o->msg_id);
         if (s == NATS_OK) {
             jsPubOptions_Init(&po);
             po.MaxWait = NATS_PUBACK_WAIT_MS;
-            po.MsgId = o->move_id;
+            po.MsgId = o->msg_id;
             s = js_PublishMsgAsync(c->js, &msg, &po);
         }
         natsMsg_Destroy(msg); /* NULL once the library took it */
@@ -843,14 +845,14 @@ static void nc_on_puback_event(struct nats_client *c, struct nats_event *e)
 {
     struct nats_outcome **pp, *o;
     uint64_t now = util_mono_ms();
-    for (pp = &c->outcomes; *pp && strcmp((*pp)->move_id, e->subject) != 0; pp = &(*pp)->next)
+    for (pp = &c->outcomes; *pp && strcmp((*pp)->msg_id, e->subject) != 0; pp = &(*pp)->next)
         ;
     o = *pp;
     if (!o)
         return; /* stored already: a late answer to an earlier send */
     if (e->ok) {
         LOG(LOG_INFO, "move outcome stored by JetStream", LF_S("move", o->move_id),
-            LF_S("stream", e->text ? e->text : ""), LF_U("seq", e->gen),
+            LF_S("msg_id", o->msg_id), LF_S("stream", e->text ? e->text : ""), LF_U("seq", e->gen),
             LF_S("duplicate", e->duplicate ? "yes" : "no"));
         *pp = o->next;
         if (o->ack_key && c->base.ops->acked)
@@ -1030,14 +1032,17 @@ static void nc_send(struct transport *t, const char *subject, cJSON *data,
     nc_queue(c, m);
 }
 
-static void nc_outcome(struct transport *t, const char *move_id, const char *answer,
-                       const char *ack_key)
+static void nc_outcome(struct transport *t, const char *move_id, uint64_t accepted_ms,
+                       const char *answer, const char *ack_key)
 {
     struct nats_client *c = (struct nats_client *)t;
     struct nats_outcome *o, **pp;
+    char msg_id[sizeof c->prefix + MOVE_ID_MAX + 32];
     if (!c->cfg->nats_jetstream || c->base.state == CONN_CLOSED)
         return;
-    for (pp = &c->outcomes; *pp && strcmp((*pp)->move_id, move_id) != 0; pp = &(*pp)->next)
+    util_fmt(msg_id, sizeof msg_id, "%s:%s:%llu", c->cfg->agent_id, move_id,
+             (unsigned long long)accepted_ms);
+    for (pp = &c->outcomes; *pp && strcmp((*pp)->msg_id, msg_id) != 0; pp = &(*pp)->next)
         ;
     if (*pp) {
         o = *pp;
@@ -1046,6 +1051,7 @@ static void nc_outcome(struct transport *t, const char *move_id, const char *ans
     } else {
         o = xcalloc(1, sizeof *o);
         o->move_id = xstrdup(move_id);
+        o->msg_id = xstrdup(msg_id);
         *pp = o;
     }
     o->body = xstrdup(answer);

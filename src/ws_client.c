@@ -793,11 +793,12 @@ static void ws_impl_send(struct transport *t, const char *subject, cJSON *data,
 }
 
 /* The answer itself is the outcome here: its pong acknowledges it. */
-static void ws_impl_outcome(struct transport *t, const char *move_id, const char *answer,
-                            const char *ack_key)
+static void ws_impl_outcome(struct transport *t, const char *move_id, uint64_t accepted_ms,
+                            const char *answer, const char *ack_key)
 {
     (void)t;
     (void)move_id;
+    (void)accepted_ms;
     (void)answer;
     (void)ack_key;
 }

@@ -20,6 +20,12 @@ PREFIX = "hostagent"
 REFMANAGER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "manager", "refmanager.py")
 
 
+def msg_id(agent_id, state, move_id):
+    """The Nats-Msg-Id of a move's outcome: agent, moveId and the move's
+    acceptance time (its journal record's)."""
+    return "%s:%s:%d" % (agent_id, move_id, journal_record(state, move_id)["startedAtMs"])
+
+
 class NatsAgent:
     """The real hostagent with transport = nats."""
 
@@ -404,7 +410,69 @@ class TestNatsJetStream(NatsCase):
         wait_until(lambda: journal_record(a2.state, "js-1")["delivered"], 30, "outcome acknowledged")
         msgs = self.stream_msgs(b)
         self.assertEqual(len(msgs), 1, msgs)
-        self.assertEqual(msgs[0]["msgId"], "js-1")
+        self.assertEqual(msgs[0]["msgId"], msg_id("na1", a2.state, "js-1"))
+        self.assertEqual(json.loads(msgs[0]["data"]), ans)
+
+    def move(self, b, a, server, move_id):
+        os.makedirs(os.path.join(self.scratch.a, server))
+        with open(os.path.join(self.scratch.a, server, "f"), "w") as f:
+            f.write(server * 1000)
+        return b.request(a.subject("server.move_data"),
+                         {"serverName": server, "oldPath": os.path.join(self.scratch.a, server),
+                          "newPath": os.path.join(self.scratch.b, server), "moveId": move_id}, 30000)
+
+    def test_two_agents_moves_of_one_move_id_are_two_outcomes(self):
+        """Managers pick moveIds, and agent-made ones can meet across hosts:
+        the outcome of each agent's move is stored, the second one is not
+        taken for a repeat of the first."""
+        b = self.bridge()
+        self.assertTrue(b.call("stream_add", name="OUTCOMES", subjects=[PREFIX + ".*.move.outcome"])["ok"])
+        ja = self.agent(agent_id="ja", extra={"nats_jetstream": "true"})
+        jb = self.agent(agent_id="jb", extra={"nats_jetstream": "true"})
+        self.wait_up(ja)
+        self.wait_up(jb)
+        answers = {}
+        for ag, server in ((ja, "s1"), (jb, "s2")):
+            answers[ag.agent_id] = self.move(b, ag, server, "same")
+            self.assertTrue(answers[ag.agent_id]["success"], answers[ag.agent_id])
+            wait_until(lambda: journal_record(ag.state, "same")["delivered"], 30, "outcome acknowledged")
+        msgs = self.stream_msgs(b)
+        self.assertEqual(sorted(m["subject"] for m in msgs),
+                         [PREFIX + ".ja.move.outcome", PREFIX + ".jb.move.outcome"], msgs)
+        for m in msgs:
+            agent_id = m["subject"].split(".")[1]
+            state = ja.state if agent_id == "ja" else jb.state
+            self.assertEqual(m["msgId"], msg_id(agent_id, state, "same"))
+            self.assertEqual(json.loads(m["data"]), answers[agent_id])
+        self.assertNotIn("duplicate=yes", jb.log())
+
+    def test_outcome_sent_again_after_a_restart_is_dropped_as_a_repeat(self):
+        """The PubAck lost (a stream that sends none stands in for it): the
+        outcome is published again, also by the next run, with the same
+        Nats-Msg-Id; the stream keeps one copy, and the PubAck that finally
+        comes says "duplicate"."""
+        b = self.bridge()
+        self.assertTrue(b.call("stream_add", name="OUTCOMES", subjects=[PREFIX + ".*.move.outcome"],
+                               no_ack=True)["ok"])
+        a = self.agent(extra={"nats_jetstream": "true"})
+        self.wait_up(a)
+        ans = self.move(b, a, "s1", "js-2")
+        self.assertTrue(ans["success"], ans)
+        wait_until(lambda: len(self.stream_msgs(b)) == 1, 30, "the outcome in the stream")
+        wait_until(lambda: "JetStream did not store the move outcome" in a.log(), 30, "the PubAck missed")
+        self.assertEqual(a.stop(), 0)
+        self.agents.remove(a)
+        self.assertFalse(journal_record(a.state, "js-2")["delivered"])
+        a2 = self.agent(extra={"nats_jetstream": "true"}, log_name="agent-na1-2.log")
+        self.wait_up(a2)
+        self.assertFalse(b.call("stream_update", name="OUTCOMES", no_ack=False)["no_ack"])
+        wait_until(lambda: journal_record(a2.state, "js-2")["delivered"], 30, "outcome acknowledged")
+        self.assertIn("move outcome stored by JetStream move=js-2", a2.log())
+        stored = [l for l in a2.log().splitlines() if "move outcome stored by JetStream" in l]
+        self.assertIn("duplicate=yes", stored[-1])
+        msgs = self.stream_msgs(b)
+        self.assertEqual(len(msgs), 1, msgs)
+        self.assertEqual(msgs[0]["msgId"], msg_id("na1", a2.state, "js-2"))
         self.assertEqual(json.loads(msgs[0]["data"]), ans)
 
 
@@ -437,7 +505,7 @@ class TestNatsCluster(NatsCase):
         b.wait_for(lambda: any(json.loads(m["data"])["phase"] == "complete"
                                for m in b.messages(".move.progress")), 120, "move complete")
         wait_until(lambda: journal_record(a.state, "fo-1")["delivered"], 30, "outcome stored")
-        msgs = [m for m in self.stream_msgs(b) if m["msgId"] == "fo-1"]
+        msgs = [m for m in self.stream_msgs(b) if m["msgId"] == msg_id("na1", a.state, "fo-1")]
         self.assertEqual(len(msgs), 1, msgs)
         self.assertTrue(json.loads(msgs[0]["data"])["success"])
         self.assertEqual(a.stop(), 0)
