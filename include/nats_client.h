@@ -16,6 +16,22 @@
 /* Something a nats.c thread hands to the loop thread (see nats_client.c). */
 struct nats_event;
 
+/* A run's random instance id: 16 hex digits. */
+#define NATS_INSTANCE_LEN 16
+
+/* Another run of hostagent heard on this agent_id's presence subject
+ * (nats_client.c: one agent per agent_id). */
+struct nats_peer {
+    struct nats_peer *next;
+    char instance[NATS_INSTANCE_LEN + 1];
+    char hostname[256];
+    long long pid;
+    uint64_t started_ms;       /* its start (wall clock, its own) */
+    bool serving;              /* it takes the agent_id's requests */
+    uint64_t serving_since_ms; /* since when (wall clock), while serving */
+    uint64_t heard_ms;         /* its last announcement (monotonic, ours) */
+};
+
 /* A message held while the connection is not up (merged like on WebSocket),
  * or published and waiting for the flush that proves the server got it. */
 struct nats_out {
@@ -50,7 +66,7 @@ struct nats_client {
     natsOptions *probe_opts; /* one plain attempt, to learn why connecting fails */
     natsConnection *nc;      /* set by the loop once the connect thread is back */
     jsCtx *js;
-    natsSubscription *sub_agent, *sub_all;
+    natsSubscription *sub_agent, *sub_all;     /* the requests: only while serving */
     char prefix[CONFIG_NATS_PREFIX_MAX + 200]; /* "<prefix>.<agentId>." */
     char all_prefix[CONFIG_NATS_PREFIX_MAX + 8];
     char outcome_subject[CONFIG_NATS_PREFIX_MAX + 200];
@@ -93,6 +109,23 @@ struct nats_client {
     uint64_t last_warn_ms, last_fail_log_ms;
     uint64_t last_cause_log_ms; /* a failure with a known cause (see nc_log_failure) */
     bool helper_done, got_closed, had_nc;
+
+    /* One agent per agent_id (the loop's; see nats_client.c): */
+    char instance[NATS_INSTANCE_LEN + 1]; /* this run's, random */
+    char hostname[256];
+    uint64_t started_ms; /* this run's start (wall clock) */
+    char presence_subject[CONFIG_NATS_PREFIX_MAX + 200];
+    char inbox[64]; /* where the answers to this run's presence queries come */
+    natsSubscription *sub_presence, *sub_inbox;
+    bool serving;              /* subscribed to the requests (sub_agent, sub_all) */
+    bool claiming;             /* a presence query is out; claim_timer runs */
+    bool yielded;              /* has left the agent_id to another run since it last served */
+    uint64_t serving_since_ms; /* wall clock, while serving */
+    struct nats_peer *peers;   /* other runs heard, each for its presence_ttl */
+    unsigned n_peers;
+    uv_timer_t presence_timer; /* announcements every heartbeat_interval; expiry */
+    uv_timer_t claim_timer;    /* the wait for answers to a presence query */
+    uint64_t last_conflict_log_ms;
 };
 
 /* Prepares the options (servers, auth, TLS, callbacks) on loop. 0 or

@@ -17,6 +17,8 @@ enum conn_state {
     CONN_CONNECTING, /* resolving, TCP, TLS, upgrade / CONNECT */
     CONN_HELLO,      /* connected; agent.hello not yet written */
     CONN_UP,         /* hello written: frames flow */
+    CONN_DUPLICATE,  /* NATS: connected, but another agent serves this agent_id: this one
+                        takes no request and publishes nothing on its subjects (held) */
     CONN_BACKOFF,    /* waiting before the next attempt */
     CONN_CLOSING,    /* shutting down: flushing, then "going away" */
     CONN_CLOSED,     /* shut down for good */

@@ -8,9 +8,9 @@
 #include <stdlib.h>
 
 static const char *const state_names[] = {
-    [CONN_IDLE] = "idle",     [CONN_CONNECTING] = "connecting", [CONN_HELLO] = "hello",
-    [CONN_UP] = "up",         [CONN_BACKOFF] = "backoff",       [CONN_CLOSING] = "closing",
-    [CONN_CLOSED] = "closed",
+    [CONN_IDLE] = "idle",       [CONN_CONNECTING] = "connecting", [CONN_HELLO] = "hello",
+    [CONN_UP] = "up",           [CONN_DUPLICATE] = "duplicate",   [CONN_BACKOFF] = "backoff",
+    [CONN_CLOSING] = "closing", [CONN_CLOSED] = "closed",
 };
 
 const char *transport_state_name(enum conn_state s)

@@ -26,6 +26,8 @@ bool ws_client_state_may_follow(enum conn_state from, enum conn_state to)
         return from == CONN_CONNECTING;
     case CONN_UP:
         return from == CONN_HELLO;
+    case CONN_DUPLICATE:
+        return false; /* NATS only */
     case CONN_BACKOFF:
         return from == CONN_CONNECTING || from == CONN_HELLO || from == CONN_UP;
     case CONN_CLOSING:

@@ -29,20 +29,23 @@ def msg_id(agent_id, state, move_id):
 class NatsAgent:
     """The real hostagent with transport = nats."""
 
-    def __init__(self, base, servers, agent_id="na1", roots=(), state=None, extra=None, log_name=None):
+    def __init__(self, base, servers, agent_id="na1", roots=(), state=None, extra=None, log_name=None,
+                 name=None):
+        """name: for its files (default agent_id): two agents of one agent_id."""
         self.base = base
         self.agent_id = agent_id
-        self.state = state or os.path.join(base, "state-" + agent_id)
+        name = name or agent_id
+        self.state = state or os.path.join(base, "state-" + name)
         os.makedirs(self.state, exist_ok=True)
-        self.cfg_path = os.path.join(base, "agent-%s.conf" % agent_id)
-        self.log_path = os.path.join(base, log_name or "agent-%s.log" % agent_id)
+        self.cfg_path = os.path.join(base, "agent-%s.conf" % name)
+        self.log_path = os.path.join(base, log_name or "agent-%s.log" % name)
         conf = {
             "transport": "nats",
             "nats_servers": servers,
             "agent_id": agent_id,
             "allowed_roots": ", ".join(roots) if roots else base,
             "state_dir": self.state,
-            "control_socket": os.path.join(base, "ctl-%s.sock" % agent_id),
+            "control_socket": os.path.join(base, "ctl-%s.sock" % name),
             "heartbeat_interval": "1s",
             "progress_interval": "100ms",
             "reconnect_min": "100ms",
@@ -232,6 +235,158 @@ class TestNatsSingle(NatsCase):
             r = subprocess.run([BIN, "--check-config", "--config", conf], capture_output=True, text=True)
             self.assertNotEqual(r.returncode, 0, text)
             self.assertIn(want, r.stderr + r.stdout, text)
+
+
+YIELDS = "error another hostagent runs with this agent_id and comes first: this one does not serve it"
+SERVES = "error another hostagent runs with this agent_id: this one serves it, the other does not"
+SERVING = "serving the agent_id's requests"
+
+
+class TestNatsOneAgentId(NatsCase):
+    """Two agents with one agent_id (a cloned config or VM): one serves it,
+    the other refuses to, loudly; a request gets one answer, never two."""
+
+    def clone_root(self):
+        # The clone's allowed root: the paths of the first agent's moves are
+        # not allowed there, so an answer from it would be path_not_allowed
+        # (as in the report: that answer first, then the real one).
+        root = os.path.join(self.scratch.base, "clone-root")
+        os.makedirs(root, exist_ok=True)
+        return (root,)
+
+    def presence(self, b, agent, serving):
+        """The agent's announcements on the presence subject saying serving."""
+        out = []
+        for m in b.messages(".agent.presence"):
+            d = json.loads(m["data"])
+            if d.get("pid") == agent.proc.pid and d.get("serving") is serving and not d.get("leaving"):
+                out.append(d)
+        return out
+
+    def answers_to(self, b, reply):
+        return [json.loads(m["data"]) for m in b.messages() if m["subject"] == reply]
+
+    def ask(self, b, agent, request, data, reply):
+        """Publishes a request with its own reply subject (b subscribed to
+        _INBOX.dup.>): every answer to it is seen, not only the first."""
+        b.call("publish", subject=agent.subject(request), reply=reply, data=json.dumps(data))
+        b.wait_for(lambda: self.answers_to(b, reply), 60, "an answer on " + reply)
+
+    def one_answer_each(self, b, replies):
+        """Every reply subject got exactly one answer, and the fleet-wide
+        status (every agent answers it) one from this agent_id: a second
+        answer would come within the gather's window."""
+        fleet = b.call("gather", subject=PREFIX + ".all.server.move_status", data="{}", wait=1500, expect=2)
+        self.assertEqual(len(fleet["replies"]), 1, fleet)
+        for r in replies:
+            self.assertEqual(len(self.answers_to(b, r)), 1, (r, self.answers_to(b, r)))
+        return json.loads(fleet["replies"][0]["data"])
+
+    def test_a_second_agent_of_an_agent_id_does_not_serve_it(self):
+        b = self.bridge()
+        b.subscribe(PREFIX + ".dup.>")
+        b.subscribe("_INBOX.dup.>")
+        first = self.agent(agent_id="dup", name="first")
+        self.wait_up(first)
+        b.wait_for(lambda: self.presence(b, first, True), 20, "the first agent serving")
+        clone = self.agent(agent_id="dup", name="clone", roots=self.clone_root())
+        wait_until(lambda: YIELDS in clone.log(), 30, "the clone standing back, loudly")
+        line = next(x for x in clone.log().splitlines() if YIELDS in x)
+        self.assertIn("other_pid=%d" % first.proc.pid, line)
+        self.assertIn("connection state from=hello to=duplicate", clone.log())
+        wait_until(lambda: SERVES in first.log(), 30, "the conflict in the first agent's log")
+        self.assertIn("other_pid=%d" % clone.proc.pid, next(x for x in first.log().splitlines() if SERVES in x))
+        # A move: one answer (the first agent's success), never the clone's.
+        src = make_tree(os.path.join(self.scratch.a, "s1"), n_small=20)
+        dst = os.path.join(self.scratch.b, "s1")
+        self.ask(b, first, "server.move_data",
+                 {"serverName": "s1", "oldPath": src, "newPath": dst, "moveId": "dup-1"}, "_INBOX.dup.1")
+        ans = self.answers_to(b, "_INBOX.dup.1")[0]
+        self.assertTrue(ans["success"], ans)
+        self.assertTrue(os.path.isdir(dst))
+        self.ask(b, first, "server.move_status", {}, "_INBOX.dup.2")
+        st = self.one_answer_each(b, ["_INBOX.dup.1", "_INBOX.dup.2"])
+        self.assertEqual([m["moveId"] for m in st["moves"]], ["dup-1"])
+        self.assertNotIn(SERVING, clone.log())
+        self.assertNotIn("request refused", clone.log())
+        # Nothing of the clone's on the agent_id's subjects but its presence.
+        self.assertEqual([json.loads(m["data"])["pid"] for m in b.messages(".agent.hello")], [first.proc.pid])
+        self.assertTrue(self.presence(b, clone, False))
+        self.assertFalse(self.presence(b, clone, True))
+        # The first agent goes: the other one serves the agent_id now.
+        self.assertEqual(first.stop(), 0)
+        wait_until(lambda: SERVING + ": no other hostagent serves it any more" in clone.log(), 30,
+                   "the clone serving")
+        self.wait_up(clone)
+        b.wait_for(lambda: len(b.messages(".agent.hello")) == 2, 20, "the clone's hello")
+        self.assertEqual(json.loads(b.messages(".agent.hello")[1]["data"])["pid"], clone.proc.pid)
+        self.ask(b, clone, "server.move_status", {}, "_INBOX.dup.3")
+        self.assertEqual(self.answers_to(b, "_INBOX.dup.3")[0]["moves"], [], "the clone's own (empty) history")
+
+    def test_the_serving_agent_killed_the_other_takes_over(self):
+        b = self.bridge()
+        b.subscribe(PREFIX + ".dup.>")
+        first = self.agent(agent_id="dup", name="first")
+        self.wait_up(first)
+        b.wait_for(lambda: self.presence(b, first, True), 20, "the first agent serving")
+        clone = self.agent(agent_id="dup", name="clone", roots=self.clone_root())
+        wait_until(lambda: YIELDS in clone.log(), 30, "the clone standing back")
+        first.kill()  # no goodbye: the clone waits until the first is not heard any more
+        wait_until(lambda: SERVING in clone.log(), 60, "the clone serving")
+        self.assertIn("the other hostagent with this agent_id is not heard any more", clone.log())
+        self.wait_up(clone)
+        self.assertEqual(b.request(clone.subject("server.move_status"), {})["moves"], [])
+
+    def test_an_agent_paused_and_resumed_takes_its_agent_id_back(self):
+        """A VM paused (SIGSTOP stands in): the other agent of the agent_id
+        no longer hears it and serves; resumed, the first one (serving
+        since earlier) keeps the agent_id and the other stands back again,
+        also when both were serving."""
+        b = self.bridge()
+        b.subscribe(PREFIX + ".dup.>")
+        b.subscribe("_INBOX.dup.>")
+        first = self.agent(agent_id="dup", name="first")
+        self.wait_up(first)
+        b.wait_for(lambda: self.presence(b, first, True), 20, "the first agent serving")
+        clone = self.agent(agent_id="dup", name="clone", roots=self.clone_root())
+        wait_until(lambda: YIELDS in clone.log(), 30, "the clone standing back")
+        os.kill(first.proc.pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: SERVING in clone.log(), 60, "the clone serving while the first is paused")
+            self.wait_up(clone)
+            back = len(self.presence(b, clone, False))
+        finally:
+            os.kill(first.proc.pid, signal.SIGCONT)
+        wait_until(lambda: clone.log().count(YIELDS) == 2, 30, "the clone standing back again")
+        self.assertIn("connection state from=up to=duplicate", clone.log())
+        b.wait_for(lambda: len(self.presence(b, clone, False)) > back, 20, "the clone's announcement")
+        wait_until(lambda: SERVES in first.log(), 30, "the conflict in the first agent's log")
+        self.assertNotIn("to=duplicate", first.log())
+        self.ask(b, first, "server.move_status", {}, "_INBOX.dup.p1")
+        self.one_answer_each(b, ["_INBOX.dup.p1"])
+
+    def test_started_at_once_one_serves(self):
+        """Both connect at the same instant: both may take the agent_id
+        before their announcements cross; then one stands back (the one that
+        began serving later), and requests get one answer each."""
+        b = self.bridge()
+        b.subscribe(PREFIX + ".dup.>")
+        b.subscribe("_INBOX.dup.>")
+        x = self.agent(agent_id="dup", name="x")
+        y = self.agent(agent_id="dup", name="y")
+        wait_until(lambda: YIELDS in x.log() or YIELDS in y.log(), 30, "one of them standing back")
+        loser, winner = (x, y) if YIELDS in x.log() else (y, x)
+        # Its "not serving" goes out after it unsubscribed, on the same
+        # connection: once it is here, the server hands the loser no request.
+        b.wait_for(lambda: self.presence(b, loser, False), 20, "the loser's announcement")
+        self.wait_up(winner)
+        self.assertNotIn(YIELDS, winner.log())
+        replies = []
+        for i in range(5):
+            replies.append("_INBOX.dup.r%d" % i)
+            self.ask(b, winner, "server.move_status", {}, replies[-1])
+        self.one_answer_each(b, replies)
+        self.assertNotIn("to=up", loser.log().split(YIELDS)[-1], "the loser stays back")
 
 
 class TestRefManagerNats(NatsCase):
