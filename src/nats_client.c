@@ -1449,7 +1449,7 @@ static void nc_on_wake(uv_async_t *a)
     c->ev_dropped = 0;
     uv_mutex_unlock(&c->lock);
     if (dropped)
-        LOG(LOG_WARN, "requests dropped: the agent did not keep up with NATS",
+        LOG(LOG_WARN, "messages dropped: the agent did not keep up with NATS",
             LF_U("dropped", dropped));
     while (e) {
         struct nats_event *next = e->next;

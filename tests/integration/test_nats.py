@@ -357,8 +357,9 @@ class TestNatsOneAgentId(NatsCase):
             back = len(self.presence(b, clone, False))
         finally:
             os.kill(first.proc.pid, signal.SIGCONT)
-        wait_until(lambda: clone.log().count(YIELDS) == 2, 30, "the clone standing back again")
-        self.assertIn("connection state from=up to=duplicate", clone.log())
+        back_again = "connection state from=up to=duplicate"
+        wait_until(lambda: back_again in clone.log() and YIELDS in clone.log().split(back_again)[-1], 30,
+                   "the clone standing back again, loudly")
         b.wait_for(lambda: len(self.presence(b, clone, False)) > back, 20, "the clone's announcement")
         wait_until(lambda: SERVES in first.log(), 30, "the conflict in the first agent's log")
         self.assertNotIn("to=duplicate", first.log())
