@@ -93,7 +93,7 @@ class LiveViewNatsTest(unittest.TestCase):
                 return [m for m in manager.all_messages() if m["subject"].startswith(manager.inbox)]
             manager.wait_for(answers, 30, "the answer to the page's request")
             self.assertEqual(len(answers()), 1, answers())
-            self.assertTrue(answers[0]["data"]["success"])
+            self.assertTrue(answers()[0]["data"]["success"])
             self.assertEqual(manager.errors, [])
         finally:
             if view:
