@@ -954,7 +954,7 @@ static void nc_on_presence(struct nats_client *c, const struct nats_event *e)
     cJSON *d;
     const cJSON *id, *inst, *host, *serving;
     struct nats_peer *p;
-    bool ok = true, fresh = false, was_serving;
+    bool ok = true, pid_ok = true, fresh = false, was_serving;
     uint64_t started, since;
     if (c->base.state == CONN_CLOSING || c->base.state == CONN_CLOSED)
         return;
@@ -1005,7 +1005,7 @@ static void nc_on_presence(struct nats_client *c, const struct nats_event *e)
     }
     was_serving = p->serving;
     util_fmt(p->hostname, sizeof p->hostname, "%s", cJSON_IsString(host) ? host->valuestring : "");
-    p->pid = (long long)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(d, "pid"));
+    p->pid = (long long)nc_json_u64(d, "pid", &pid_ok); /* for the log only: 0 if absent */
     p->started_ms = started;
     p->serving = cJSON_IsTrue(serving);
     p->serving_since_ms = since;

@@ -289,11 +289,21 @@ class TestNatsOneAgentId(NatsCase):
         first = self.agent(agent_id="dup", name="first")
         self.wait_up(first)
         b.wait_for(lambda: self.presence(b, first, True), 20, "the first agent serving")
-        clone = self.agent(agent_id="dup", name="clone", roots=self.clone_root())
+        prom = os.path.join(self.scratch.base, "clone.prom")
+        clone = self.agent(agent_id="dup", name="clone", roots=self.clone_root(), extra={"metrics_file": prom})
         wait_until(lambda: YIELDS in clone.log(), 30, "the clone standing back, loudly")
         line = next(x for x in clone.log().splitlines() if YIELDS in x)
         self.assertIn("other_pid=%d" % first.proc.pid, line)
         self.assertIn("connection state from=hello to=duplicate", clone.log())
+
+        def prom_text():
+            try:
+                with open(prom) as f:
+                    return f.read()
+            except FileNotFoundError:
+                return ""
+        wait_until(lambda: 'hostagent_connection_state{state="duplicate"} 1' in prom_text(), 30,
+                   "the clone's metrics saying duplicate")
         wait_until(lambda: SERVES in first.log(), 30, "the conflict in the first agent's log")
         self.assertIn("other_pid=%d" % clone.proc.pid, next(x for x in first.log().splitlines() if SERVES in x))
         # A move: one answer (the first agent's success), never the clone's.
