@@ -16,6 +16,22 @@
 /* Something a nats.c thread hands to the loop thread (see nats_client.c). */
 struct nats_event;
 
+/* A run's random instance id: 16 hex digits. */
+#define NATS_INSTANCE_LEN 16
+
+/* Another run of hostagent heard on this agent_id's presence subject
+ * (nats_client.c: one agent per agent_id). */
+struct nats_peer {
+    struct nats_peer *next;
+    char instance[NATS_INSTANCE_LEN + 1];
+    char hostname[256];
+    long long pid;
+    uint64_t started_ms;       /* its start (wall clock, its own) */
+    bool serving;              /* it takes the agent_id's requests */
+    uint64_t serving_since_ms; /* since when (wall clock), while serving */
+    uint64_t heard_ms;         /* its last announcement (monotonic, ours) */
+};
+
 /* A message held while the connection is not up (merged like on WebSocket),
  * or published and waiting for the flush that proves the server got it. */
 struct nats_out {
@@ -28,10 +44,16 @@ struct nats_out {
     size_t len;
 };
 
-/* A move's outcome waiting for JetStream's PubAck. */
+/* A move's outcome waiting for JetStream's PubAck. msg_id, its
+ * Nats-Msg-Id, is "<agent_id>:<moveId>:<acceptedAtMs>": one per agent and
+ * per move (two agents' moves, or two moves of one agent, with one moveId
+ * are two outcomes), the same for every re-send of this outcome, also after
+ * a restart (the acceptance time is the journal's), so that the stream's
+ * duplicate window still drops repeats. No ':' is in a moveId, and the
+ * last part is digits: two ids of different agents or moves never match. */
 struct nats_outcome {
     struct nats_outcome *next;
-    char *move_id, *body, *ack_key;
+    char *move_id, *msg_id, *body, *ack_key;
     uint64_t next_try_ms; /* monotonic */
     unsigned attempt;
 };
@@ -44,7 +66,7 @@ struct nats_client {
     natsOptions *probe_opts; /* one plain attempt, to learn why connecting fails */
     natsConnection *nc;      /* set by the loop once the connect thread is back */
     jsCtx *js;
-    natsSubscription *sub_agent, *sub_all;
+    natsSubscription *sub_agent, *sub_all;     /* the requests: only while serving */
     char prefix[CONFIG_NATS_PREFIX_MAX + 200]; /* "<prefix>.<agentId>." */
     char all_prefix[CONFIG_NATS_PREFIX_MAX + 8];
     char outcome_subject[CONFIG_NATS_PREFIX_MAX + 200];
@@ -87,6 +109,23 @@ struct nats_client {
     uint64_t last_warn_ms, last_fail_log_ms;
     uint64_t last_cause_log_ms; /* a failure with a known cause (see nc_log_failure) */
     bool helper_done, got_closed, had_nc;
+
+    /* One agent per agent_id (the loop's; see nats_client.c): */
+    char instance[NATS_INSTANCE_LEN + 1]; /* this run's, random */
+    char hostname[256];
+    uint64_t started_ms; /* this run's start (wall clock) */
+    char presence_subject[CONFIG_NATS_PREFIX_MAX + 200];
+    char inbox[64]; /* where the answers to this run's presence queries come */
+    natsSubscription *sub_presence, *sub_inbox;
+    bool serving;              /* subscribed to the requests (sub_agent, sub_all) */
+    bool claiming;             /* a presence query is out; claim_timer runs */
+    bool yielded;              /* has left the agent_id to another run since it last served */
+    uint64_t serving_since_ms; /* wall clock, while serving */
+    struct nats_peer *peers;   /* other runs heard, each for its presence_ttl */
+    unsigned n_peers;
+    uv_timer_t presence_timer; /* announcements every heartbeat_interval; expiry */
+    uv_timer_t claim_timer;    /* the wait for answers to a presence query */
+    uint64_t last_conflict_log_ms;
 };
 
 /* Prepares the options (servers, auth, TLS, callbacks) on loop. 0 or
@@ -96,6 +135,14 @@ int nats_client_init(struct nats_client *c, uv_loop_t *loop, const struct config
 
 /* The NATS transport's implementation of transport.h. */
 extern const struct transport_impl nats_client_impl;
+
+/* nats.c's event-loop callbacks (natsOptions_SetEventLoop; loop is the
+ * client itself), public for the unit test. attach may come from any thread
+ * (the helper connects) and again at each reconnect; detach comes once, when
+ * nats.c closes the connection, after which the client holds no pointer to
+ * it (ev_nc is NULL) and nothing on the loop hands it back to nats.c. */
+natsStatus nats_client_ev_attach(void **user, void *loop, natsConnection *nc, natsSock sock);
+natsStatus nats_client_ev_detach(void *user);
 
 /* Subject of an agent's event: "<prefix>.<agentId>.<subject>" into buf. */
 void nats_subject(char *buf, size_t sz, const char *prefix, const char *agent_id,

@@ -17,6 +17,8 @@ enum conn_state {
     CONN_CONNECTING, /* resolving, TCP, TLS, upgrade / CONNECT */
     CONN_HELLO,      /* connected; agent.hello not yet written */
     CONN_UP,         /* hello written: frames flow */
+    CONN_DUPLICATE,  /* NATS: connected, but another agent serves this agent_id: this one
+                        takes no request and publishes nothing on its subjects (held) */
     CONN_BACKOFF,    /* waiting before the next attempt */
     CONN_CLOSING,    /* shutting down: flushing, then "going away" */
     CONN_CLOSED,     /* shut down for good */
@@ -54,10 +56,13 @@ struct transport_impl {
                  const struct transport_send *how);
     /* A move's outcome (its answer's data object, printed), once it is
      * recorded in the journal; again after a restart until acknowledged.
-     * A transport that stores outcomes durably acknowledges ack_key when
-     * they are stored; the others ignore this. */
-    void (*outcome)(struct transport *t, const char *move_id, const char *answer,
-                    const char *ack_key);
+     * accepted_ms (the journal's startedAtMs, wall clock) tells this move
+     * from another of the same moveId (ids are the manager's, and come back
+     * once a move leaves the history); the same outcome sent again carries
+     * the same value. A transport that stores outcomes durably acknowledges
+     * ack_key when they are stored; the others ignore this. */
+    void (*outcome)(struct transport *t, const char *move_id, uint64_t accepted_ms,
+                    const char *answer, const char *ack_key);
     void (*shutdown)(struct transport *t);
     void (*close)(struct transport *t);
     void (*destroy)(struct transport *t);
@@ -80,8 +85,8 @@ int transport_create(struct transport **out, uv_loop_t *loop, const struct confi
 void transport_start(struct transport *t);
 void transport_send(struct transport *t, const char *subject, cJSON *data,
                     const struct transport_send *how);
-void transport_outcome(struct transport *t, const char *move_id, const char *answer,
-                       const char *ack_key);
+void transport_outcome(struct transport *t, const char *move_id, uint64_t accepted_ms,
+                       const char *answer, const char *ack_key);
 /* Flushes what is queued, says goodbye, stops reconnecting;
  * ops->state(CONN_CLOSED) when done. */
 void transport_shutdown(struct transport *t);

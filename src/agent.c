@@ -167,7 +167,9 @@ static void agent_notify_status(struct agent *a)
 {
     notify_send(&a->notify, "STATUS=%s%s; %u move%s active", a->stopping ? "stopping, " : "",
                 a->tr->state == CONN_UP ? "connected to the manager"
-                                        : transport_state_name(a->tr->state),
+                : a->tr->state == CONN_DUPLICATE
+                    ? "NOT SERVING: another hostagent runs with this agent_id (see the log)"
+                    : transport_state_name(a->tr->state),
                 a->n_moves, a->n_moves == 1 ? "" : "s");
 }
 

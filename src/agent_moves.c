@@ -564,5 +564,5 @@ void agent_resend_outcome(struct agent *a, const struct journal_rec *r, const st
         agent_send_reply(a, r->reply, d ? d : cJSON_CreateObject(), key);
     }
     ack_key(key, sizeof key, "answer", r->move_id);
-    transport_outcome(a->tr, r->move_id, r->answer ? r->answer : "{}", key);
+    transport_outcome(a->tr, r->move_id, r->started_at_ms, r->answer ? r->answer : "{}", key);
 }

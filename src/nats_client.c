@@ -3,9 +3,11 @@
  * connection event nats.c delivers on its threads is handed to the loop
  * thread through one locked queue and uv_async_send, so the agent's state is
  * only ever touched by the loop thread. Blocking calls (connect, flush,
- * close) run on one helper thread of ours. */
+ * close) run on one helper thread of ours. One run of hostagent serves an
+ * agent_id at a time (the presence protocol, below). */
 #include "nats_client.h"
 #include "log.h"
+#include "move_state.h"
 #include "nkey.h"
 #include "protocol.h"
 #include "util.h"
@@ -14,17 +16,24 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
 
-#define NATS_EV_MSGS_MAX 4096u   /* requests waiting for the loop; more are dropped */
+#define NATS_EV_MSGS_MAX 4096u   /* messages waiting for the loop; more are dropped */
 #define NATS_CLOSE_WAIT_MS 5000u /* a stop waits this long for the last flush */
 #define NATS_FLUSH_TIMEOUT_MS 10000
 #define NATS_PUBACK_WAIT_MS 5000 /* JetStream's PubAck; then the outcome is sent again */
 #define NATS_FAIL_LOG_GAP_MS 60000u
 #define NATS_WARN_GAP_MS 30000u
-#define NATS_PROBE_TIMEOUT_MS 2000 /* a probe's connect (nc_probe) */
+#define NATS_PROBE_TIMEOUT_MS 2000      /* a probe's connect (nc_probe) */
+#define NATS_CLAIM_WAIT_MS 2000u        /* the answers to a presence query are awaited this long */
+#define NATS_CONFLICT_LOG_GAP_MS 60000u /* another run on our agent_id: logged again this often */
+#define NATS_PEERS_MAX 16u              /* other runs remembered; more are not */
+#define NATS_PRESENCE_MAX_BYTES 2048u   /* a longer announcement is none of ours */
 
 enum nats_ev_kind {
     EV_MSG,          /* a request */
+    EV_PRESENCE,     /* another run's announcement, or the server's "no responders" */
     EV_CONNECT_DONE, /* the helper's connect returned */
     EV_CONNECTED,    /* first connection after a failed start */
     EV_DISCONNECTED,
@@ -46,6 +55,7 @@ struct nats_event {
     size_t len;
     uint64_t gen;
     bool ok, duplicate;
+    bool no_responders; /* EV_PRESENCE: nobody listened to our presence query */
     int err_code;
 };
 
@@ -80,7 +90,7 @@ static void nc_post(struct nats_client *c, struct nats_event *e)
     else
         c->ev_head = e;
     c->ev_tail = e;
-    if (e->kind == EV_MSG)
+    if (e->kind == EV_MSG || e->kind == EV_PRESENCE)
         c->ev_msgs++;
     uv_async_send(&c->wake);
     uv_mutex_unlock(&c->lock);
@@ -150,7 +160,7 @@ static void nc_kick(struct nats_client *c)
     uv_mutex_unlock(&c->lock);
 }
 
-static natsStatus nc_ev_attach(void **user, void *loop, natsConnection *nc, natsSock sock)
+natsStatus nats_client_ev_attach(void **user, void *loop, natsConnection *nc, natsSock sock)
 {
     struct nats_client *c = loop; /* we hand the client itself as nats.c's "loop" */
     *user = c;
@@ -188,12 +198,18 @@ static natsStatus nc_ev_write(void *user, bool add)
     return nc_ev_want(user, UV_WRITABLE, add);
 }
 
-static natsStatus nc_ev_detach(void *user)
+natsStatus nats_client_ev_detach(void *user)
 {
     struct nats_client *c = user;
     uv_mutex_lock(&c->lock);
     c->ev_detached = true;
     c->ev_want = 0;
+    /* nats.c detaches once, when it closes the connection, and drops its
+     * own reference right after: a poll event the loop still has in hand
+     * must not give the connection back to nats.c (see nc_on_poll), nor may
+     * the pointer outlive it. */
+    c->ev_nc = NULL;
+    c->ev_sock = -1;
     uv_mutex_unlock(&c->lock);
     nc_kick(c);
     return NATS_OK;
@@ -286,6 +302,38 @@ static void nc_on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, v
     e->subject = xstrdup(natsMsg_GetSubject(msg));
     e->reply = reply && *reply ? xstrdup(reply) : NULL;
     e->len = (size_t)natsMsg_GetDataLength(msg);
+    e->data = xmalloc(e->len + 1);
+    memcpy(e->data, natsMsg_GetData(msg), e->len);
+    e->data[e->len] = '\0';
+    natsMsg_Destroy(msg);
+    nc_post(c, e);
+}
+
+/* A message on the presence subject or on this run's inbox (the answers to
+ * its presence queries, or the server's "no responders" for one). */
+static void nc_on_presence_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg,
+                               void *closure)
+{
+    struct nats_client *c = closure;
+    struct nats_event *e;
+    const char *reply = natsMsg_GetReply(msg);
+    int len = natsMsg_GetDataLength(msg);
+    bool full;
+    (void)nc;
+    (void)sub;
+    uv_mutex_lock(&c->lock);
+    full = c->ev_msgs >= NATS_EV_MSGS_MAX;
+    if (full)
+        c->ev_dropped++;
+    uv_mutex_unlock(&c->lock);
+    if (full || len < 0 || (size_t)len > NATS_PRESENCE_MAX_BYTES) {
+        natsMsg_Destroy(msg);
+        return;
+    }
+    e = nc_event(EV_PRESENCE);
+    e->no_responders = natsMsg_IsNoResponders(msg);
+    e->reply = reply && *reply ? xstrdup(reply) : NULL;
+    e->len = (size_t)len;
     e->data = xmalloc(e->len + 1);
     memcpy(e->data, natsMsg_GetData(msg), e->len);
     e->data[e->len] = '\0';
@@ -510,6 +558,7 @@ static void out_free(struct nats_out *m)
 static void outcome_free(struct nats_outcome *o)
 {
     free(o->move_id);
+    free(o->msg_id);
     free(o->body);
     free(o->ack_key);
     free(o);
@@ -578,30 +627,11 @@ static void nc_queue(struct nats_client *c, struct nats_out *m)
 
 static void nc_try_outcomes(struct nats_client *c);
 
-/* Connected (first time or again): hello first, then what was held. */
-static void nc_connected(struct nats_client *c, const char *how)
+/* Serving and connected: hello first, then what was held. */
+static void nc_go_up(struct nats_client *c)
 {
-    char url[256] = "";
     struct nats_out *hello;
     cJSON *d;
-    if (c->base.state == CONN_CLOSING || c->base.state == CONN_CLOSED || !c->nc)
-        return;
-    if (c->base.state == CONN_UP)
-        return; /* a late duplicate */
-    if (c->base.state != CONN_CONNECTING)
-        nc_enter(c, CONN_CONNECTING);
-    nc_enter(c, CONN_HELLO);
-    (void)natsConnection_GetConnectedUrl(c->nc, url, sizeof url);
-    LOG(LOG_INFO, how, LF_S("server", url));
-    c->base.last_pong_wall_ms = util_wall_ms();
-    /* Written but not known to have arrived: sent again, first. */
-    if (c->unacked_head) {
-        c->unacked_tail->next = c->head;
-        if (!c->head)
-            c->tail = c->unacked_tail;
-        c->head = c->unacked_head;
-        c->unacked_head = c->unacked_tail = NULL;
-    }
     d = c->base.ops->hello(&c->base);
     hello = xcalloc(1, sizeof *hello);
     hello->subject = xmalloc(sizeof c->prefix + 16);
@@ -628,6 +658,450 @@ static void nc_connected(struct nats_client *c, const char *how)
         nc_after_publish(c, m);
     }
     nc_try_outcomes(c);
+}
+
+/* --- one agent per agent_id (loop) ------------------------------------------------------------
+ * Two runs of hostagent with one agent_id (a cloned config or VM) would both
+ * take the id's requests, and a requester would get two answers and take the
+ * first (path_not_allowed from the clone while the real host moves the
+ * data). So each run has a random instance id and speaks a small presence
+ * protocol on <prefix>.<agent_id>.agent.presence:
+ *
+ * - An announcement (JSON: agentId, instance, hostname, pid, startedAt,
+ *   startedAtMs, serving, servingSinceMs; leaving at a stop) goes out every
+ *   heartbeat_interval, at each change, and as the answer to a query.
+ * - A run that connects takes no request yet: it publishes a query (an
+ *   announcement with its inbox as the reply subject), then listens on the
+ *   presence subject itself (the server decides about the query first, so
+ *   its "no responders" tells at once that no other run is there);
+ *   otherwise it waits NATS_CLAIM_WAIT_MS for the answers. Two runs that
+ *   claim at once hear each other's query unless both queries came before
+ *   both subscriptions: then both got "no responders", both serve, and
+ *   their first announcements settle it (below).
+ * - Of the runs heard, one serves: a serving run before one that does not,
+ *   then the earlier servingSinceMs, then the earlier start, then the lower
+ *   instance id (one order, computed alike by every run). A run that hears
+ *   of one before it does not serve: it unsubscribes from the requests (or
+ *   never subscribes), holds what it would publish on the id's subjects
+ *   (hello, heartbeats, frames, answers, outcomes: they go out once it
+ *   serves), enters CONN_DUPLICATE and logs an error naming the other run,
+ *   again every minute while it is there; the serving run logs it too.
+ * - A run is forgotten when it says it leaves (a stop) or after 3
+ *   heartbeat intervals + NATS_CLAIM_WAIT_MS unheard; a run that did not
+ *   serve then claims the id again.
+ * - The requests are subscribed in a queue group named after the agent_id:
+ *   while two runs serve (they connected at the same instant, before their
+ *   announcements crossed), NATS hands each request to one of them only, so
+ *   a request gets one answer, or none when the run it went to has just
+ *   stopped serving, never two. */
+
+struct nc_rank {
+    bool serving;
+    uint64_t since, started;
+    const char *instance;
+};
+
+/* Whether a has the agent_id before b (the order above). */
+static bool nc_rank_before(const struct nc_rank *a, const struct nc_rank *b)
+{
+    if (a->serving != b->serving)
+        return a->serving;
+    if (a->serving && a->since != b->since)
+        return a->since < b->since;
+    if (a->started != b->started)
+        return a->started < b->started;
+    return strcmp(a->instance, b->instance) < 0;
+}
+
+static struct nc_rank nc_rank_self(const struct nats_client *c)
+{
+    return (struct nc_rank){c->serving, c->serving_since_ms, c->started_ms, c->instance};
+}
+
+static struct nc_rank nc_rank_peer(const struct nats_peer *p)
+{
+    return (struct nc_rank){p->serving, p->serving_since_ms, p->started_ms, p->instance};
+}
+
+/* The first run heard that has the agent_id before this one; NULL: none. */
+static struct nats_peer *nc_better_peer(const struct nats_client *c)
+{
+    struct nc_rank me = nc_rank_self(c);
+    for (struct nats_peer *p = c->peers; p; p = p->next) {
+        struct nc_rank r = nc_rank_peer(p);
+        if (nc_rank_before(&r, &me))
+            return p;
+    }
+    return NULL;
+}
+
+/* This run's announcement: on the presence subject (to NULL) or to a
+ * query's reply subject; query: with this run's inbox as its reply subject,
+ * for every other run to answer. */
+static void nc_presence_send(struct nats_client *c, const char *to, bool query, bool leaving)
+{
+    cJSON *d = cJSON_CreateObject();
+    char ts[UTIL_TIME_LEN];
+    char *body;
+    natsStatus s;
+    if (!c->nc) {
+        cJSON_Delete(d);
+        return;
+    }
+    cJSON_AddStringToObject(d, "agentId", c->cfg->agent_id);
+    cJSON_AddStringToObject(d, "instance", c->instance);
+    cJSON_AddStringToObject(d, "hostname", c->hostname);
+    cJSON_AddNumberToObject(d, "pid", (double)getpid());
+    util_rfc3339(c->started_ms, ts);
+    cJSON_AddStringToObject(d, "startedAt", ts);
+    json_add_u64(d, "startedAtMs", c->started_ms);
+    cJSON_AddBoolToObject(d, "serving", c->serving);
+    if (c->serving)
+        json_add_u64(d, "servingSinceMs", c->serving_since_ms);
+    if (leaving)
+        cJSON_AddTrueToObject(d, "leaving");
+    body = cJSON_PrintUnformatted(d);
+    cJSON_Delete(d);
+    if (!body)
+        util_oom(0);
+    if (query)
+        s = natsConnection_PublishRequestString(c->nc, c->presence_subject, c->inbox, body);
+    else
+        s = natsConnection_PublishString(c->nc, to ? to : c->presence_subject, body);
+    if (s != NATS_OK)
+        LOG(LOG_DEBUG, "presence not published", LF_S("error", natsStatus_GetText(s)));
+    cJSON_free(body);
+}
+
+/* One line at level error naming the other run and which of the two serves
+ * (this one unless one heard comes before it). */
+static void nc_conflict_log(struct nats_client *c)
+{
+    const struct nats_peer *better = nc_better_peer(c), *p = better ? better : c->peers;
+    char ts[UTIL_TIME_LEN];
+    if (!p)
+        return;
+    c->last_conflict_log_ms = util_mono_ms();
+    util_rfc3339(p->started_ms, ts);
+    LOG(LOG_ERROR,
+        better ? "another hostagent runs with this agent_id and comes first: this one does not "
+                 "serve it (it takes no request and publishes nothing on the agent_id's subjects "
+                 "while the other runs); give every agent its own agent_id"
+               : "another hostagent runs with this agent_id: this one serves it, the other does "
+                 "not; give every agent its own agent_id",
+        LF_S("agent_id", c->cfg->agent_id), LF_S("instance", c->instance),
+        LF_S("other_hostname", p->hostname), LF_I("other_pid", p->pid),
+        LF_S("other_instance", p->instance), LF_S("other_started", ts),
+        LF_S("other_serving", p->serving ? "yes" : "no"));
+}
+
+/* Takes the agent_id's requests: <prefix>.<id>.server.* and the fleet's
+ * <prefix>.all.server.move_status, in the queue group named after the
+ * agent_id (see above). */
+static void nc_take_requests(struct nats_client *c)
+{
+    char subj[sizeof c->prefix + 32];
+    const char *queue = c->cfg->agent_id;
+    natsStatus s;
+    util_fmt(subj, sizeof subj, "%sserver.*", c->prefix);
+    s = natsConnection_QueueSubscribe(&c->sub_agent, c->nc, subj, queue, nc_on_msg, c);
+    if (s == NATS_OK) {
+        util_fmt(subj, sizeof subj, "%sserver.move_status", c->all_prefix);
+        s = natsConnection_QueueSubscribe(&c->sub_all, c->nc, subj, queue, nc_on_msg, c);
+    }
+    /* Closed already: the server let the connection in and then shut it
+     * (refused credentials come that way); its closed event says why. */
+    if (s != NATS_OK)
+        LOG(s == NATS_CONNECTION_CLOSED ? LOG_DEBUG : LOG_ERROR,
+            "cannot subscribe to the agent's subjects", LF_S("subject", subj),
+            LF_S("error", natsStatus_GetText(s)));
+    c->serving = true;
+    c->serving_since_ms = util_wall_ms();
+}
+
+/* Takes no more requests. A request nats.c has already handed over is
+ * dropped on the loop (nc_handle): another run answers the next ones. */
+static void nc_drop_requests(struct nats_client *c)
+{
+    if (c->sub_agent) {
+        (void)natsSubscription_Unsubscribe(c->sub_agent);
+        natsSubscription_Destroy(c->sub_agent);
+    }
+    if (c->sub_all) {
+        (void)natsSubscription_Unsubscribe(c->sub_all);
+        natsSubscription_Destroy(c->sub_all);
+    }
+    c->sub_agent = c->sub_all = NULL;
+    c->serving = false;
+    c->serving_since_ms = 0;
+}
+
+static void nc_listen_presence(struct nats_client *c)
+{
+    natsStatus s;
+    if (c->sub_presence || !c->nc)
+        return;
+    s = natsConnection_Subscribe(&c->sub_presence, c->nc, c->presence_subject, nc_on_presence_msg,
+                                 c);
+    if (s != NATS_OK)
+        LOG(s == NATS_CONNECTION_CLOSED ? LOG_DEBUG : LOG_ERROR,
+            "cannot subscribe to the agent_id's presence subject",
+            LF_S("subject", c->presence_subject), LF_S("error", natsStatus_GetText(s)));
+}
+
+/* Another run has the agent_id before this one: serve no more (or not). The
+ * announcement that says so goes out after the unsubscribe, on the same
+ * connection: whoever receives it knows the server no longer hands this run
+ * a request. */
+static void nc_yield(struct nats_client *c)
+{
+    c->claiming = false;
+    uv_timer_stop(&c->claim_timer);
+    nc_drop_requests(c);
+    c->yielded = true;
+    nc_listen_presence(c);
+    nc_enter(c, CONN_DUPLICATE);
+    nc_conflict_log(c);
+    nc_presence_send(c, NULL, false, false);
+}
+
+/* No other run has the agent_id before this one: take its requests, then
+ * hello and what was held. */
+static void nc_serve(struct nats_client *c)
+{
+    nc_take_requests(c);
+    LOG(c->yielded ? LOG_WARN : LOG_INFO,
+        c->yielded ? "serving the agent_id's requests: no other hostagent serves it any more"
+                   : "serving the agent_id's requests",
+        LF_S("agent_id", c->cfg->agent_id), LF_S("instance", c->instance));
+    c->yielded = false;
+    nc_presence_send(c, NULL, false, false);
+    nc_go_up(c);
+}
+
+static void nc_on_claim_timer(uv_timer_t *t);
+
+/* Connected and not serving: asks who else runs with this agent_id. */
+static void nc_claim(struct nats_client *c)
+{
+    if (!c->nc)
+        return;
+    if (c->base.state != CONN_HELLO)
+        nc_enter(c, CONN_HELLO);
+    c->claiming = true;
+    nc_presence_send(c, NULL, true, false);
+    nc_listen_presence(c); /* after the query: see above */
+    uv_timer_start(&c->claim_timer, nc_on_claim_timer, NATS_CLAIM_WAIT_MS, 0);
+}
+
+/* The answers are in ("no responders", or the wait is over): serve, or not. */
+static void nc_claim_end(struct nats_client *c)
+{
+    if (!c->claiming)
+        return;
+    c->claiming = false;
+    uv_timer_stop(&c->claim_timer);
+    if (c->base.state != CONN_HELLO || !c->nc)
+        return;
+    if (nc_better_peer(c)) {
+        nc_yield(c);
+        return;
+    }
+    nc_serve(c);
+}
+
+static void nc_on_claim_timer(uv_timer_t *t)
+{
+    nc_claim_end(t->data);
+}
+
+static void nc_peer_unlink(struct nats_client *c, struct nats_peer *p, const char *why)
+{
+    struct nats_peer **pp;
+    for (pp = &c->peers; *pp && *pp != p; pp = &(*pp)->next)
+        ;
+    if (!*pp)
+        return;
+    *pp = p->next;
+    c->n_peers--;
+    LOG(LOG_WARN, why, LF_S("agent_id", c->cfg->agent_id), LF_S("other_hostname", p->hostname),
+        LF_I("other_pid", p->pid), LF_S("other_instance", p->instance));
+    free(p);
+}
+
+/* A run that did not serve, and that no run heard comes before any more,
+ * claims the agent_id again. */
+static void nc_maybe_reclaim(struct nats_client *c)
+{
+    if (c->base.state == CONN_DUPLICATE && !nc_better_peer(c))
+        nc_claim(c);
+}
+
+static uint64_t nc_json_u64(const cJSON *o, const char *key, bool *ok)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    double d = cJSON_IsNumber(v) ? cJSON_GetNumberValue(v) : -1;
+    if (d < 0 || d > 9007199254740992.0) {
+        *ok = false;
+        return 0;
+    }
+    return (uint64_t)d;
+}
+
+/* Another run's announcement (or an answer to our query). */
+static void nc_on_presence(struct nats_client *c, const struct nats_event *e)
+{
+    cJSON *d;
+    const cJSON *id, *inst, *host, *serving;
+    struct nats_peer *p;
+    bool ok = true, pid_ok = true, fresh = false, was_serving;
+    uint64_t started, since;
+    if (c->base.state == CONN_CLOSING || c->base.state == CONN_CLOSED)
+        return;
+    if (e->no_responders) {
+        /* Nobody listens on the presence subject: no other run is there. */
+        nc_claim_end(c);
+        return;
+    }
+    d = cJSON_ParseWithLength(e->data, e->len);
+    id = cJSON_GetObjectItemCaseSensitive(d, "agentId");
+    inst = cJSON_GetObjectItemCaseSensitive(d, "instance");
+    host = cJSON_GetObjectItemCaseSensitive(d, "hostname");
+    serving = cJSON_GetObjectItemCaseSensitive(d, "serving");
+    started = nc_json_u64(d, "startedAtMs", &ok);
+    since = cJSON_IsTrue(serving) ? nc_json_u64(d, "servingSinceMs", &ok) : 0;
+    if (!ok || !cJSON_IsString(id) || strcmp(id->valuestring, c->cfg->agent_id) != 0 ||
+        !cJSON_IsString(inst) || strlen(inst->valuestring) != NATS_INSTANCE_LEN ||
+        !cJSON_IsBool(serving)) {
+        LOG(LOG_DEBUG, "presence message ignored: not an announcement of this agent_id",
+            LF_S("subject", c->presence_subject));
+        cJSON_Delete(d);
+        return;
+    }
+    if (strcmp(inst->valuestring, c->instance) == 0) {
+        cJSON_Delete(d); /* our own */
+        return;
+    }
+    for (p = c->peers; p && strcmp(p->instance, inst->valuestring) != 0; p = p->next)
+        ;
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(d, "leaving"))) {
+        cJSON_Delete(d);
+        if (p)
+            nc_peer_unlink(c, p, "the other hostagent with this agent_id stopped");
+        nc_maybe_reclaim(c);
+        return;
+    }
+    if (!p) {
+        if (c->n_peers >= NATS_PEERS_MAX) {
+            cJSON_Delete(d);
+            return;
+        }
+        p = xcalloc(1, sizeof *p);
+        util_fmt(p->instance, sizeof p->instance, "%s", inst->valuestring);
+        p->next = c->peers;
+        c->peers = p;
+        c->n_peers++;
+        fresh = true;
+    }
+    was_serving = p->serving;
+    util_fmt(p->hostname, sizeof p->hostname, "%s", cJSON_IsString(host) ? host->valuestring : "");
+    p->pid = (long long)nc_json_u64(d, "pid", &pid_ok); /* for the log only: 0 if absent */
+    p->started_ms = started;
+    p->serving = cJSON_IsTrue(serving);
+    p->serving_since_ms = since;
+    p->heard_ms = util_mono_ms();
+    cJSON_Delete(d);
+    /* A query is answered; a run not known yet learns of this one. */
+    if (e->reply)
+        nc_presence_send(c, e->reply, false, false);
+    else if (fresh && c->sub_presence)
+        nc_presence_send(c, NULL, false, false);
+    if (!fresh && was_serving && !p->serving)
+        LOG(LOG_INFO, "the other hostagent with this agent_id does not serve it any more",
+            LF_S("other_instance", p->instance));
+    if ((c->serving || c->claiming) && nc_better_peer(c)) {
+        nc_yield(c);
+        return;
+    }
+    if (fresh)
+        nc_conflict_log(c);
+    nc_maybe_reclaim(c);
+}
+
+/* Every heartbeat_interval: this run's announcement, runs no longer heard
+ * forgotten, the conflict logged again while it lasts. */
+static void nc_on_presence_timer(uv_timer_t *t)
+{
+    struct nats_client *c = t->data;
+    uint64_t now = util_mono_ms(), every = c->cfg->heartbeat_interval_ms;
+    uint64_t ttl = 3 * every + NATS_CLAIM_WAIT_MS;
+    struct nats_peer *p, *next;
+    uv_timer_set_repeat(t, every);
+    if (c->base.state == CONN_CLOSING || c->base.state == CONN_CLOSED)
+        return;
+    for (p = c->peers; p; p = next) {
+        next = p->next;
+        if (now - p->heard_ms > ttl)
+            nc_peer_unlink(c, p, "the other hostagent with this agent_id is not heard any more");
+    }
+    if (c->sub_presence && (c->base.state == CONN_UP || c->base.state == CONN_DUPLICATE))
+        nc_presence_send(c, NULL, false, false);
+    if (c->base.state == CONN_DUPLICATE && !nc_better_peer(c)) {
+        nc_claim(c);
+        return;
+    }
+    if (c->peers && now - c->last_conflict_log_ms >= NATS_CONFLICT_LOG_GAP_MS)
+        nc_conflict_log(c);
+}
+
+/* At a stop: tells the other runs that this one goes (one that waits for the
+ * agent_id takes it at once) and stops listening for them. True when the
+ * message went out (a flush should carry it before the close). */
+static bool nc_leave(struct nats_client *c, enum conn_state was)
+{
+    if (!c->nc || (was != CONN_UP && was != CONN_DUPLICATE && was != CONN_HELLO))
+        return false;
+    c->claiming = false;
+    uv_timer_stop(&c->claim_timer);
+    nc_presence_send(c, NULL, false, true);
+    if (c->sub_presence) {
+        (void)natsSubscription_Unsubscribe(c->sub_presence);
+        natsSubscription_Destroy(c->sub_presence);
+        c->sub_presence = NULL;
+    }
+    return true;
+}
+
+/* Connected (first time or again). A run that serves goes on (its
+ * subscriptions came back with the connection; its query finds a run that
+ * took the agent_id meanwhile); any other claims the agent_id first. */
+static void nc_connected(struct nats_client *c, const char *how)
+{
+    char url[256] = "";
+    if (c->base.state == CONN_CLOSING || c->base.state == CONN_CLOSED || !c->nc)
+        return;
+    if (c->base.state == CONN_UP || c->base.state == CONN_DUPLICATE || c->claiming)
+        return; /* a late duplicate */
+    if (c->base.state != CONN_CONNECTING)
+        nc_enter(c, CONN_CONNECTING);
+    nc_enter(c, CONN_HELLO);
+    (void)natsConnection_GetConnectedUrl(c->nc, url, sizeof url);
+    LOG(LOG_INFO, how, LF_S("server", url));
+    c->base.last_pong_wall_ms = util_wall_ms();
+    /* Written but not known to have arrived: sent again, first. */
+    if (c->unacked_head) {
+        c->unacked_tail->next = c->head;
+        if (!c->head)
+            c->tail = c->unacked_tail;
+        c->head = c->unacked_head;
+        c->unacked_head = c->unacked_tail = NULL;
+    }
+    if (!c->serving) {
+        nc_claim(c);
+        return;
+    }
+    nc_presence_send(c, NULL, true, false);
+    nc_go_up(c);
 }
 
 static bool nc_is_auth(const struct nats_event *e)
@@ -671,21 +1145,16 @@ static void nc_log_failure(struct nats_client *c, const struct nats_event *e, co
         LF_S("detail", e->text && *e->text ? e->text : natsStatus_GetText(e->status)));
 }
 
+/* At each new connection (before it is up): this run's inbox for the
+ * answers to its presence queries, and JetStream. The requests and the
+ * presence subject come with the claim. */
 static void nc_subscribe(struct nats_client *c)
 {
-    char subj[sizeof c->prefix + 32];
     natsStatus s;
-    util_fmt(subj, sizeof subj, "%sserver.*", c->prefix);
-    s = natsConnection_Subscribe(&c->sub_agent, c->nc, subj, nc_on_msg, c);
-    if (s == NATS_OK) {
-        util_fmt(subj, sizeof subj, "%sserver.move_status", c->all_prefix);
-        s = natsConnection_Subscribe(&c->sub_all, c->nc, subj, nc_on_msg, c);
-    }
-    /* Closed already: the server let the connection in and then shut it
-     * (refused credentials come that way); its closed event says why. */
+    s = natsConnection_Subscribe(&c->sub_inbox, c->nc, c->inbox, nc_on_presence_msg, c);
     if (s != NATS_OK)
         LOG(s == NATS_CONNECTION_CLOSED ? LOG_DEBUG : LOG_ERROR,
-            "cannot subscribe to the agent's subjects", LF_S("subject", subj),
+            "cannot subscribe to the agent's inbox", LF_S("subject", c->inbox),
             LF_S("error", natsStatus_GetText(s)));
     if (c->cfg->nats_jetstream && !c->js) {
         jsOptions jo;
@@ -715,17 +1184,20 @@ static void nc_on_restart_timer(uv_timer_t *t)
 }
 
 /* nats.c closed the connection by itself (e.g. refused credentials twice):
- * start over after a backoff, forever. */
+ * start over after a backoff, forever (and claim the agent_id again). */
 static void nc_restart_later(struct nats_client *c)
 {
     uint64_t delay =
         transport_backoff_delay(c->cfg->reconnect_min_ms, c->cfg->reconnect_max_ms, c->restarts++,
                                 (double)rand() / ((double)RAND_MAX + 1));
-    if (c->sub_agent)
-        natsSubscription_Destroy(c->sub_agent);
-    if (c->sub_all)
-        natsSubscription_Destroy(c->sub_all);
-    c->sub_agent = c->sub_all = NULL;
+    nc_drop_requests(c);
+    if (c->sub_presence)
+        natsSubscription_Destroy(c->sub_presence);
+    if (c->sub_inbox)
+        natsSubscription_Destroy(c->sub_inbox);
+    c->sub_presence = c->sub_inbox = NULL;
+    c->claiming = false;
+    uv_timer_stop(&c->claim_timer);
     if (c->js)
         jsCtx_Destroy(c->js);
     c->js = NULL;
@@ -820,11 +1292,11 @@ static void nc_try_outcomes(struct nats_client *c)
             continue;
         s = natsMsg_Create(&msg, c->outcome_subject, NULL, o->body, (int)strlen(o->body));
         if (s == NATS_OK)
-            s = natsMsgHeader_Set(msg, "Nats-Msg-Id", o->move_id);
+            s = natsMsgHeader_Set(msg, "Nats-Msg-Id", o->msg_id);
         if (s == NATS_OK) {
             jsPubOptions_Init(&po);
             po.MaxWait = NATS_PUBACK_WAIT_MS;
-            po.MsgId = o->move_id;
+            po.MsgId = o->msg_id;
             s = js_PublishMsgAsync(c->js, &msg, &po);
         }
         natsMsg_Destroy(msg); /* NULL once the library took it */
@@ -837,14 +1309,14 @@ static void nc_on_puback_event(struct nats_client *c, struct nats_event *e)
 {
     struct nats_outcome **pp, *o;
     uint64_t now = util_mono_ms();
-    for (pp = &c->outcomes; *pp && strcmp((*pp)->move_id, e->subject) != 0; pp = &(*pp)->next)
+    for (pp = &c->outcomes; *pp && strcmp((*pp)->msg_id, e->subject) != 0; pp = &(*pp)->next)
         ;
     o = *pp;
     if (!o)
         return; /* stored already: a late answer to an earlier send */
     if (e->ok) {
         LOG(LOG_INFO, "move outcome stored by JetStream", LF_S("move", o->move_id),
-            LF_S("stream", e->text ? e->text : ""), LF_U("seq", e->gen),
+            LF_S("msg_id", o->msg_id), LF_S("stream", e->text ? e->text : ""), LF_U("seq", e->gen),
             LF_S("duplicate", e->duplicate ? "yes" : "no"));
         *pp = o->next;
         if (o->ack_key && c->base.ops->acked)
@@ -873,8 +1345,16 @@ static void nc_handle(struct nats_client *c, struct nats_event *e)
 {
     switch (e->kind) {
     case EV_MSG:
-        if (c->base.state != CONN_CLOSED)
+        /* Handed over before this run stopped serving: the run that serves
+         * now takes the next ones. */
+        if (!c->serving)
+            LOG(LOG_DEBUG, "request dropped: this run does not serve the agent_id",
+                LF_S("subject", e->subject));
+        else if (c->base.state != CONN_CLOSED)
             nc_deliver(c, e);
+        break;
+    case EV_PRESENCE:
+        nc_on_presence(c, e);
         break;
     case EV_CONNECT_DONE:
         if (!e->nc) {
@@ -906,8 +1386,10 @@ static void nc_handle(struct nats_client *c, struct nats_event *e)
         nc_connected(c, e->kind == EV_CONNECTED ? "connected to NATS" : "reconnected to NATS");
         break;
     case EV_DISCONNECTED:
+        c->claiming = false; /* claimed again at the reconnect */
+        uv_timer_stop(&c->claim_timer);
         if (c->base.state == CONN_UP || c->base.state == CONN_HELLO ||
-            c->base.state == CONN_CONNECTING) {
+            c->base.state == CONN_DUPLICATE || c->base.state == CONN_CONNECTING) {
             nc_log_failure(c, e, "lost the NATS server; trying the others");
             nc_enter(c, CONN_BACKOFF);
         }
@@ -967,7 +1449,7 @@ static void nc_on_wake(uv_async_t *a)
     c->ev_dropped = 0;
     uv_mutex_unlock(&c->lock);
     if (dropped)
-        LOG(LOG_WARN, "requests dropped: the agent did not keep up with NATS",
+        LOG(LOG_WARN, "messages dropped: the agent did not keep up with NATS",
             LF_U("dropped", dropped));
     while (e) {
         struct nats_event *next = e->next;
@@ -988,6 +1470,8 @@ static void nc_start(struct transport *t)
     LOG(LOG_INFO, "connecting to NATS", LF_S("servers", c->cfg->nats_servers_raw),
         LF_S("subjects", c->prefix));
     nc_helper_task(c, true, false);
+    uv_timer_start(&c->presence_timer, nc_on_presence_timer, c->cfg->heartbeat_interval_ms,
+                   c->cfg->heartbeat_interval_ms);
     if (uv_thread_create(&c->helper, nc_helper, c) != 0) {
         LOG0(LOG_ERROR, "cannot start the NATS helper thread");
         return;
@@ -1024,14 +1508,17 @@ static void nc_send(struct transport *t, const char *subject, cJSON *data,
     nc_queue(c, m);
 }
 
-static void nc_outcome(struct transport *t, const char *move_id, const char *answer,
-                       const char *ack_key)
+static void nc_outcome(struct transport *t, const char *move_id, uint64_t accepted_ms,
+                       const char *answer, const char *ack_key)
 {
     struct nats_client *c = (struct nats_client *)t;
     struct nats_outcome *o, **pp;
+    char msg_id[sizeof c->prefix + MOVE_ID_MAX + 32];
     if (!c->cfg->nats_jetstream || c->base.state == CONN_CLOSED)
         return;
-    for (pp = &c->outcomes; *pp && strcmp((*pp)->move_id, move_id) != 0; pp = &(*pp)->next)
+    util_fmt(msg_id, sizeof msg_id, "%s:%s:%llu", c->cfg->agent_id, move_id,
+             (unsigned long long)accepted_ms);
+    for (pp = &c->outcomes; *pp && strcmp((*pp)->msg_id, msg_id) != 0; pp = &(*pp)->next)
         ;
     if (*pp) {
         o = *pp;
@@ -1040,6 +1527,7 @@ static void nc_outcome(struct transport *t, const char *move_id, const char *ans
     } else {
         o = xcalloc(1, sizeof *o);
         o->move_id = xstrdup(move_id);
+        o->msg_id = xstrdup(msg_id);
         *pp = o;
     }
     o->body = xstrdup(answer);
@@ -1067,18 +1555,22 @@ static void nc_shutdown(struct transport *t)
 {
     struct nats_client *c = (struct nats_client *)t;
     enum conn_state was = c->base.state;
+    bool left;
     if (was == CONN_CLOSING || was == CONN_CLOSED)
         return;
     uv_timer_stop(&c->restart_timer);
     uv_timer_stop(&c->retry_timer);
+    uv_timer_stop(&c->presence_timer);
     nc_enter(c, CONN_CLOSING);
+    left = nc_leave(c, was);
     if (!c->helper_running) {
         nc_finish_close(c);
         return;
     }
-    if (was == CONN_UP && c->unacked_head) {
-        /* The last answers: wait (a while) for the flush that confirms them. */
-        nc_request_flush(c, c->gen);
+    if ((was == CONN_UP && c->unacked_head) || left) {
+        /* The last answers, and the goodbye to other runs of the agent_id:
+         * wait (a while) for the flush that confirms them. */
+        nc_request_flush(c, ++c->gen);
         uv_timer_start(&c->close_timer, nc_on_close_timer, NATS_CLOSE_WAIT_MS, 0);
         return;
     }
@@ -1111,6 +1603,8 @@ static void nc_close(struct transport *t)
         uv_close((uv_handle_t *)&c->retry_timer, nc_handle_closed);
         uv_close((uv_handle_t *)&c->restart_timer, nc_handle_closed);
         uv_close((uv_handle_t *)&c->close_timer, nc_handle_closed);
+        uv_close((uv_handle_t *)&c->presence_timer, nc_handle_closed);
+        uv_close((uv_handle_t *)&c->claim_timer, nc_handle_closed);
     }
 }
 
@@ -1130,6 +1624,10 @@ static void nc_destroy(struct transport *t)
         natsSubscription_Destroy(c->sub_agent);
     if (c->sub_all)
         natsSubscription_Destroy(c->sub_all);
+    if (c->sub_presence)
+        natsSubscription_Destroy(c->sub_presence);
+    if (c->sub_inbox)
+        natsSubscription_Destroy(c->sub_inbox);
     if (c->h_nc)
         natsConnection_Destroy(c->h_nc);
     if (c->opts)
@@ -1157,6 +1655,11 @@ static void nc_destroy(struct transport *t)
         struct nats_outcome *o = c->outcomes;
         c->outcomes = o->next;
         outcome_free(o);
+    }
+    while (c->peers) {
+        struct nats_peer *p = c->peers;
+        c->peers = p->next;
+        free(p);
     }
     if (c->lock_ready) {
         uv_cond_destroy(&c->cond);
@@ -1234,6 +1737,21 @@ static int nc_options_common(struct nats_client *c, natsOptions *o)
     return 0;
 }
 
+/* This run's identity on the presence subject: a random instance id (the
+ * clock, pid and an address when the kernel has no randomness yet), the host
+ * name, the start time; and the inbox its presence queries are answered on. */
+static void nc_make_instance(struct nats_client *c)
+{
+    uint64_t r = 0;
+    if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r)
+        r = util_wall_ms() ^ ((uint64_t)getpid() << 40) ^ (uint64_t)(uintptr_t)c;
+    util_fmt(c->instance, sizeof c->instance, "%016llx", (unsigned long long)r);
+    if (gethostname(c->hostname, sizeof c->hostname - 1) != 0)
+        c->hostname[0] = '\0';
+    c->started_ms = util_wall_ms();
+    util_fmt(c->inbox, sizeof c->inbox, "_INBOX.hostagent-%s", c->instance);
+}
+
 int nats_client_init(struct nats_client *c, uv_loop_t *loop, const struct config *cfg,
                      const struct transport_ops *ops, void *owner)
 {
@@ -1251,6 +1769,8 @@ int nats_client_init(struct nats_client *c, uv_loop_t *loop, const struct config
     util_fmt(c->prefix, sizeof c->prefix, "%s.%s.", cfg->nats_subject_prefix, cfg->agent_id);
     util_fmt(c->all_prefix, sizeof c->all_prefix, "%s.all.", cfg->nats_subject_prefix);
     util_fmt(c->outcome_subject, sizeof c->outcome_subject, "%smove.outcome", c->prefix);
+    util_fmt(c->presence_subject, sizeof c->presence_subject, "%sagent.presence", c->prefix);
+    nc_make_instance(c);
     if (uv_mutex_init(&c->lock) != 0 || uv_cond_init(&c->cond) != 0)
         return -ENOMEM;
     c->lock_ready = true;
@@ -1260,8 +1780,11 @@ int nats_client_init(struct nats_client *c, uv_loop_t *loop, const struct config
     uv_timer_init(loop, &c->retry_timer);
     uv_timer_init(loop, &c->restart_timer);
     uv_timer_init(loop, &c->close_timer);
+    uv_timer_init(loop, &c->presence_timer);
+    uv_timer_init(loop, &c->claim_timer);
     c->retry_timer.data = c->restart_timer.data = c->close_timer.data = c;
-    c->open_handles = 4;
+    c->presence_timer.data = c->claim_timer.data = c;
+    c->open_handles = 6;
 
     s = natsOptions_Create(&c->opts);
     if (s != NATS_OK)
@@ -1277,9 +1800,9 @@ int nats_client_init(struct nats_client *c, uv_loop_t *loop, const struct config
         nc_status_err(natsOptions_SetErrorHandler(o, nc_on_error, c), "callbacks") ||
         nc_status_err(natsOptions_SetPingInterval(o, (int64_t)cfg->ping_interval_ms), "pings") ||
         nc_status_err(natsOptions_SetMaxPingsOut(o, 3), "pings") ||
-        nc_status_err(
-            natsOptions_SetEventLoop(o, c, nc_ev_attach, nc_ev_read, nc_ev_write, nc_ev_detach),
-            "event loop"))
+        nc_status_err(natsOptions_SetEventLoop(o, c, nats_client_ev_attach, nc_ev_read, nc_ev_write,
+                                               nats_client_ev_detach),
+                      "event loop"))
         return -EINVAL;
     /* The probe: one attempt, no retry, on nats.c's own threads (see
      * nc_probe). */

@@ -8,9 +8,9 @@
 #include <stdlib.h>
 
 static const char *const state_names[] = {
-    [CONN_IDLE] = "idle",     [CONN_CONNECTING] = "connecting", [CONN_HELLO] = "hello",
-    [CONN_UP] = "up",         [CONN_BACKOFF] = "backoff",       [CONN_CLOSING] = "closing",
-    [CONN_CLOSED] = "closed",
+    [CONN_IDLE] = "idle",       [CONN_CONNECTING] = "connecting", [CONN_HELLO] = "hello",
+    [CONN_UP] = "up",           [CONN_DUPLICATE] = "duplicate",   [CONN_BACKOFF] = "backoff",
+    [CONN_CLOSING] = "closing", [CONN_CLOSED] = "closed",
 };
 
 const char *transport_state_name(enum conn_state s)
@@ -60,10 +60,10 @@ void transport_send(struct transport *t, const char *subject, cJSON *data,
     t->impl->send(t, subject, data, how);
 }
 
-void transport_outcome(struct transport *t, const char *move_id, const char *answer,
-                       const char *ack_key)
+void transport_outcome(struct transport *t, const char *move_id, uint64_t accepted_ms,
+                       const char *answer, const char *ack_key)
 {
-    t->impl->outcome(t, move_id, answer, ack_key);
+    t->impl->outcome(t, move_id, accepted_ms, answer, ack_key);
 }
 
 void transport_shutdown(struct transport *t)

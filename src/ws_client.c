@@ -26,6 +26,8 @@ bool ws_client_state_may_follow(enum conn_state from, enum conn_state to)
         return from == CONN_CONNECTING;
     case CONN_UP:
         return from == CONN_HELLO;
+    case CONN_DUPLICATE:
+        return false; /* NATS only */
     case CONN_BACKOFF:
         return from == CONN_CONNECTING || from == CONN_HELLO || from == CONN_UP;
     case CONN_CLOSING:
@@ -793,11 +795,12 @@ static void ws_impl_send(struct transport *t, const char *subject, cJSON *data,
 }
 
 /* The answer itself is the outcome here: its pong acknowledges it. */
-static void ws_impl_outcome(struct transport *t, const char *move_id, const char *answer,
-                            const char *ack_key)
+static void ws_impl_outcome(struct transport *t, const char *move_id, uint64_t accepted_ms,
+                            const char *answer, const char *ack_key)
 {
     (void)t;
     (void)move_id;
+    (void)accepted_ms;
     (void)answer;
     (void)ack_key;
 }

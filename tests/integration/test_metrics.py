@@ -20,7 +20,7 @@ CODES = ["none", "invalid_request", "path_not_allowed", "invalid_paths", "source
          "destination_exists", "busy", "too_many_moves", "unknown_subject", "not_found", "no_space",
          "permission_denied", "io_error", "source_changed", "cancelled", "timeout", "shutting_down",
          "interrupted"]
-STATES = ["idle", "connecting", "hello", "up", "backoff", "closing", "closed"]
+STATES = ["idle", "connecting", "hello", "up", "duplicate", "backoff", "closing", "closed"]
 TYPES = {
     "hostagent_info": "gauge",
     "hostagent_start_time_seconds": "gauge",

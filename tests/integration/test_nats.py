@@ -20,23 +20,32 @@ PREFIX = "hostagent"
 REFMANAGER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "manager", "refmanager.py")
 
 
+def msg_id(agent_id, state, move_id):
+    """The Nats-Msg-Id of a move's outcome: agent, moveId and the move's
+    acceptance time (its journal record's)."""
+    return "%s:%s:%d" % (agent_id, move_id, journal_record(state, move_id)["startedAtMs"])
+
+
 class NatsAgent:
     """The real hostagent with transport = nats."""
 
-    def __init__(self, base, servers, agent_id="na1", roots=(), state=None, extra=None, log_name=None):
+    def __init__(self, base, servers, agent_id="na1", roots=(), state=None, extra=None, log_name=None,
+                 name=None):
+        """name: for its files (default agent_id): two agents of one agent_id."""
         self.base = base
         self.agent_id = agent_id
-        self.state = state or os.path.join(base, "state-" + agent_id)
+        name = name or agent_id
+        self.state = state or os.path.join(base, "state-" + name)
         os.makedirs(self.state, exist_ok=True)
-        self.cfg_path = os.path.join(base, "agent-%s.conf" % agent_id)
-        self.log_path = os.path.join(base, log_name or "agent-%s.log" % agent_id)
+        self.cfg_path = os.path.join(base, "agent-%s.conf" % name)
+        self.log_path = os.path.join(base, log_name or "agent-%s.log" % name)
         conf = {
             "transport": "nats",
             "nats_servers": servers,
             "agent_id": agent_id,
             "allowed_roots": ", ".join(roots) if roots else base,
             "state_dir": self.state,
-            "control_socket": os.path.join(base, "ctl-%s.sock" % agent_id),
+            "control_socket": os.path.join(base, "ctl-%s.sock" % name),
             "heartbeat_interval": "1s",
             "progress_interval": "100ms",
             "reconnect_min": "100ms",
@@ -228,6 +237,169 @@ class TestNatsSingle(NatsCase):
             self.assertIn(want, r.stderr + r.stdout, text)
 
 
+YIELDS = "error another hostagent runs with this agent_id and comes first: this one does not serve it"
+SERVES = "error another hostagent runs with this agent_id: this one serves it, the other does not"
+SERVING = "serving the agent_id's requests"
+
+
+class TestNatsOneAgentId(NatsCase):
+    """Two agents with one agent_id (a cloned config or VM): one serves it,
+    the other refuses to, loudly; a request gets one answer, never two."""
+
+    def clone_root(self):
+        # The clone's allowed root: the paths of the first agent's moves are
+        # not allowed there, so an answer from it would be path_not_allowed
+        # (as in the report: that answer first, then the real one).
+        root = os.path.join(self.scratch.base, "clone-root")
+        os.makedirs(root, exist_ok=True)
+        return (root,)
+
+    def presence(self, b, agent, serving):
+        """The agent's announcements on the presence subject saying serving."""
+        out = []
+        for m in b.messages(".agent.presence"):
+            d = json.loads(m["data"])
+            if d.get("pid") == agent.proc.pid and d.get("serving") is serving and not d.get("leaving"):
+                out.append(d)
+        return out
+
+    def answers_to(self, b, reply):
+        return [json.loads(m["data"]) for m in b.messages() if m["subject"] == reply]
+
+    def ask(self, b, agent, request, data, reply):
+        """Publishes a request with its own reply subject (b subscribed to
+        _INBOX.dup.>): every answer to it is seen, not only the first."""
+        b.call("publish", subject=agent.subject(request), reply=reply, data=json.dumps(data))
+        b.wait_for(lambda: self.answers_to(b, reply), 60, "an answer on " + reply)
+
+    def one_answer_each(self, b, replies):
+        """Every reply subject got exactly one answer, and the fleet-wide
+        status (every agent answers it) one from this agent_id: a second
+        answer would come within the gather's window."""
+        fleet = b.call("gather", subject=PREFIX + ".all.server.move_status", data="{}", wait=1500, expect=2)
+        self.assertEqual(len(fleet["replies"]), 1, fleet)
+        for r in replies:
+            self.assertEqual(len(self.answers_to(b, r)), 1, (r, self.answers_to(b, r)))
+        return json.loads(fleet["replies"][0]["data"])
+
+    def test_a_second_agent_of_an_agent_id_does_not_serve_it(self):
+        b = self.bridge()
+        b.subscribe(PREFIX + ".dup.>")
+        b.subscribe("_INBOX.dup.>")
+        first = self.agent(agent_id="dup", name="first")
+        self.wait_up(first)
+        b.wait_for(lambda: self.presence(b, first, True), 20, "the first agent serving")
+        prom = os.path.join(self.scratch.base, "clone.prom")
+        clone = self.agent(agent_id="dup", name="clone", roots=self.clone_root(), extra={"metrics_file": prom})
+        wait_until(lambda: YIELDS in clone.log(), 30, "the clone standing back, loudly")
+        line = next(x for x in clone.log().splitlines() if YIELDS in x)
+        self.assertIn("other_pid=%d" % first.proc.pid, line)
+        self.assertIn("connection state from=hello to=duplicate", clone.log())
+
+        def prom_text():
+            try:
+                with open(prom) as f:
+                    return f.read()
+            except FileNotFoundError:
+                return ""
+        wait_until(lambda: 'hostagent_connection_state{state="duplicate"} 1' in prom_text(), 30,
+                   "the clone's metrics saying duplicate")
+        wait_until(lambda: SERVES in first.log(), 30, "the conflict in the first agent's log")
+        self.assertIn("other_pid=%d" % clone.proc.pid, next(x for x in first.log().splitlines() if SERVES in x))
+        # A move: one answer (the first agent's success), never the clone's.
+        src = make_tree(os.path.join(self.scratch.a, "s1"), n_small=20)
+        dst = os.path.join(self.scratch.b, "s1")
+        self.ask(b, first, "server.move_data",
+                 {"serverName": "s1", "oldPath": src, "newPath": dst, "moveId": "dup-1"}, "_INBOX.dup.1")
+        ans = self.answers_to(b, "_INBOX.dup.1")[0]
+        self.assertTrue(ans["success"], ans)
+        self.assertTrue(os.path.isdir(dst))
+        self.ask(b, first, "server.move_status", {}, "_INBOX.dup.2")
+        st = self.one_answer_each(b, ["_INBOX.dup.1", "_INBOX.dup.2"])
+        self.assertEqual([m["moveId"] for m in st["moves"]], ["dup-1"])
+        self.assertNotIn(SERVING, clone.log())
+        self.assertNotIn("request refused", clone.log())
+        # Nothing of the clone's on the agent_id's subjects but its presence.
+        self.assertEqual([json.loads(m["data"])["pid"] for m in b.messages(".agent.hello")], [first.proc.pid])
+        self.assertTrue(self.presence(b, clone, False))
+        self.assertFalse(self.presence(b, clone, True))
+        # The first agent goes: the other one serves the agent_id now.
+        self.assertEqual(first.stop(), 0)
+        wait_until(lambda: SERVING + ": no other hostagent serves it any more" in clone.log(), 30,
+                   "the clone serving")
+        self.wait_up(clone)
+        b.wait_for(lambda: len(b.messages(".agent.hello")) == 2, 20, "the clone's hello")
+        self.assertEqual(json.loads(b.messages(".agent.hello")[1]["data"])["pid"], clone.proc.pid)
+        self.ask(b, clone, "server.move_status", {}, "_INBOX.dup.3")
+        self.assertEqual(self.answers_to(b, "_INBOX.dup.3")[0]["moves"], [], "the clone's own (empty) history")
+
+    def test_the_serving_agent_killed_the_other_takes_over(self):
+        b = self.bridge()
+        b.subscribe(PREFIX + ".dup.>")
+        first = self.agent(agent_id="dup", name="first")
+        self.wait_up(first)
+        b.wait_for(lambda: self.presence(b, first, True), 20, "the first agent serving")
+        clone = self.agent(agent_id="dup", name="clone", roots=self.clone_root())
+        wait_until(lambda: YIELDS in clone.log(), 30, "the clone standing back")
+        first.kill()  # no goodbye: the clone waits until the first is not heard any more
+        wait_until(lambda: SERVING in clone.log(), 60, "the clone serving")
+        self.assertIn("the other hostagent with this agent_id is not heard any more", clone.log())
+        self.wait_up(clone)
+        self.assertEqual(b.request(clone.subject("server.move_status"), {})["moves"], [])
+
+    def test_an_agent_paused_and_resumed_takes_its_agent_id_back(self):
+        """A VM paused (SIGSTOP stands in): the other agent of the agent_id
+        no longer hears it and serves; resumed, the first one (serving
+        since earlier) keeps the agent_id and the other stands back again,
+        also when both were serving."""
+        b = self.bridge()
+        b.subscribe(PREFIX + ".dup.>")
+        b.subscribe("_INBOX.dup.>")
+        first = self.agent(agent_id="dup", name="first")
+        self.wait_up(first)
+        b.wait_for(lambda: self.presence(b, first, True), 20, "the first agent serving")
+        clone = self.agent(agent_id="dup", name="clone", roots=self.clone_root())
+        wait_until(lambda: YIELDS in clone.log(), 30, "the clone standing back")
+        os.kill(first.proc.pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: SERVING in clone.log(), 60, "the clone serving while the first is paused")
+            self.wait_up(clone)
+            back = len(self.presence(b, clone, False))
+        finally:
+            os.kill(first.proc.pid, signal.SIGCONT)
+        back_again = "connection state from=up to=duplicate"
+        wait_until(lambda: back_again in clone.log() and YIELDS in clone.log().split(back_again)[-1], 30,
+                   "the clone standing back again, loudly")
+        b.wait_for(lambda: len(self.presence(b, clone, False)) > back, 20, "the clone's announcement")
+        wait_until(lambda: SERVES in first.log(), 30, "the conflict in the first agent's log")
+        self.assertNotIn("to=duplicate", first.log())
+        self.ask(b, first, "server.move_status", {}, "_INBOX.dup.p1")
+        self.one_answer_each(b, ["_INBOX.dup.p1"])
+
+    def test_started_at_once_one_serves(self):
+        """Both connect at the same instant: both may take the agent_id
+        before their announcements cross; then one stands back (the one that
+        began serving later), and requests get one answer each."""
+        b = self.bridge()
+        b.subscribe(PREFIX + ".dup.>")
+        b.subscribe("_INBOX.dup.>")
+        x = self.agent(agent_id="dup", name="x")
+        y = self.agent(agent_id="dup", name="y")
+        wait_until(lambda: YIELDS in x.log() or YIELDS in y.log(), 30, "one of them standing back")
+        loser, winner = (x, y) if YIELDS in x.log() else (y, x)
+        # Its "not serving" goes out after it unsubscribed, on the same
+        # connection: once it is here, the server hands the loser no request.
+        b.wait_for(lambda: self.presence(b, loser, False), 20, "the loser's announcement")
+        self.wait_up(winner)
+        self.assertNotIn(YIELDS, winner.log())
+        replies = []
+        for i in range(5):
+            replies.append("_INBOX.dup.r%d" % i)
+            self.ask(b, winner, "server.move_status", {}, replies[-1])
+        self.one_answer_each(b, replies)
+        self.assertNotIn("to=up", loser.log().split(YIELDS)[-1], "the loser stays back")
+
+
 class TestRefManagerNats(NatsCase):
     """tests/manager/refmanager.py --nats: the demo's manager drives a move of
     an agent with transport = nats and exits on its answer."""
@@ -254,6 +426,12 @@ class TestRefManagerNats(NatsCase):
                 mgr.wait()
         self.assertEqual(mgr.returncode, 0, out[-3000:] + err[-3000:])
         msgs = [json.loads(x) for x in out.splitlines()]
+        # Frames and the answer travel on different subjects: their order in
+        # the output is not the agent's. The answer is the one message on
+        # the manager's inbox, wherever it is; the manager exited once it
+        # had it and the move's terminal frame.
+        answers = [m for m in msgs if m["subject"].startswith("_INBOX.refmanager-")]
+        self.assertEqual(len(answers), 1, out)
         hellos = [m["data"]["agentId"] for m in msgs if m["subject"] == "agent.hello"]
         self.assertIn("rm1", hellos)
         frames = [m["data"] for m in msgs if m["subject"] == "move.progress"]
@@ -264,8 +442,7 @@ class TestRefManagerNats(NatsCase):
         phases = [f["phase"] for f in frames]
         for p in ("copying", "verifying", "complete"):
             self.assertIn(p, phases)
-        answer = msgs[-1]
-        self.assertTrue(answer["subject"].startswith("_INBOX.refmanager-"), answer)
+        answer = answers[0]
         self.assertTrue(answer["data"]["success"], answer)
         self.assertEqual(answer["data"]["moveId"], frames[-1]["moveId"])
         self.assertEqual(frames[-1]["phase"], "complete")
@@ -404,7 +581,69 @@ class TestNatsJetStream(NatsCase):
         wait_until(lambda: journal_record(a2.state, "js-1")["delivered"], 30, "outcome acknowledged")
         msgs = self.stream_msgs(b)
         self.assertEqual(len(msgs), 1, msgs)
-        self.assertEqual(msgs[0]["msgId"], "js-1")
+        self.assertEqual(msgs[0]["msgId"], msg_id("na1", a2.state, "js-1"))
+        self.assertEqual(json.loads(msgs[0]["data"]), ans)
+
+    def move(self, b, a, server, move_id):
+        os.makedirs(os.path.join(self.scratch.a, server))
+        with open(os.path.join(self.scratch.a, server, "f"), "w") as f:
+            f.write(server * 1000)
+        return b.request(a.subject("server.move_data"),
+                         {"serverName": server, "oldPath": os.path.join(self.scratch.a, server),
+                          "newPath": os.path.join(self.scratch.b, server), "moveId": move_id}, 30000)
+
+    def test_two_agents_moves_of_one_move_id_are_two_outcomes(self):
+        """Managers pick moveIds, and agent-made ones can meet across hosts:
+        the outcome of each agent's move is stored, the second one is not
+        taken for a repeat of the first."""
+        b = self.bridge()
+        self.assertTrue(b.call("stream_add", name="OUTCOMES", subjects=[PREFIX + ".*.move.outcome"])["ok"])
+        ja = self.agent(agent_id="ja", extra={"nats_jetstream": "true"})
+        jb = self.agent(agent_id="jb", extra={"nats_jetstream": "true"})
+        self.wait_up(ja)
+        self.wait_up(jb)
+        answers = {}
+        for ag, server in ((ja, "s1"), (jb, "s2")):
+            answers[ag.agent_id] = self.move(b, ag, server, "same")
+            self.assertTrue(answers[ag.agent_id]["success"], answers[ag.agent_id])
+            wait_until(lambda: journal_record(ag.state, "same")["delivered"], 30, "outcome acknowledged")
+        msgs = self.stream_msgs(b)
+        self.assertEqual(sorted(m["subject"] for m in msgs),
+                         [PREFIX + ".ja.move.outcome", PREFIX + ".jb.move.outcome"], msgs)
+        for m in msgs:
+            agent_id = m["subject"].split(".")[1]
+            state = ja.state if agent_id == "ja" else jb.state
+            self.assertEqual(m["msgId"], msg_id(agent_id, state, "same"))
+            self.assertEqual(json.loads(m["data"]), answers[agent_id])
+        self.assertNotIn("duplicate=yes", jb.log())
+
+    def test_outcome_sent_again_after_a_restart_is_dropped_as_a_repeat(self):
+        """The PubAck lost (a stream that sends none stands in for it): the
+        outcome is published again, also by the next run, with the same
+        Nats-Msg-Id; the stream keeps one copy, and the PubAck that finally
+        comes says "duplicate"."""
+        b = self.bridge()
+        self.assertTrue(b.call("stream_add", name="OUTCOMES", subjects=[PREFIX + ".*.move.outcome"],
+                               no_ack=True)["ok"])
+        a = self.agent(extra={"nats_jetstream": "true"})
+        self.wait_up(a)
+        ans = self.move(b, a, "s1", "js-2")
+        self.assertTrue(ans["success"], ans)
+        wait_until(lambda: len(self.stream_msgs(b)) == 1, 30, "the outcome in the stream")
+        wait_until(lambda: "JetStream did not store the move outcome" in a.log(), 30, "the PubAck missed")
+        self.assertEqual(a.stop(), 0)
+        self.agents.remove(a)
+        self.assertFalse(journal_record(a.state, "js-2")["delivered"])
+        a2 = self.agent(extra={"nats_jetstream": "true"}, log_name="agent-na1-2.log")
+        self.wait_up(a2)
+        self.assertFalse(b.call("stream_update", name="OUTCOMES", no_ack=False)["no_ack"])
+        wait_until(lambda: journal_record(a2.state, "js-2")["delivered"], 30, "outcome acknowledged")
+        self.assertIn("move outcome stored by JetStream move=js-2", a2.log())
+        stored = [l for l in a2.log().splitlines() if "move outcome stored by JetStream" in l]
+        self.assertIn("duplicate=yes", stored[-1])
+        msgs = self.stream_msgs(b)
+        self.assertEqual(len(msgs), 1, msgs)
+        self.assertEqual(msgs[0]["msgId"], msg_id("na1", a2.state, "js-2"))
         self.assertEqual(json.loads(msgs[0]["data"]), ans)
 
 
@@ -437,7 +676,7 @@ class TestNatsCluster(NatsCase):
         b.wait_for(lambda: any(json.loads(m["data"])["phase"] == "complete"
                                for m in b.messages(".move.progress")), 120, "move complete")
         wait_until(lambda: journal_record(a.state, "fo-1")["delivered"], 30, "outcome stored")
-        msgs = [m for m in self.stream_msgs(b) if m["msgId"] == "fo-1"]
+        msgs = [m for m in self.stream_msgs(b) if m["msgId"] == msg_id("na1", a.state, "fo-1")]
         self.assertEqual(len(msgs), 1, msgs)
         self.assertTrue(json.loads(msgs[0]["data"])["success"])
         self.assertEqual(a.stop(), 0)

@@ -84,11 +84,16 @@ class LiveViewNatsTest(unittest.TestCase):
             drive_page(self, view, scratch, "liveview-nats.png", agent_id="web-nats")
             # What the page showed came from the agent's frames on NATS, and
             # the page's request was answered on the manager's reply inbox.
+            # The page waited for the terminal frame; the answer travels on
+            # another subject and may come after it: wait for it.
             phases = [f["phase"] for f in manager.frames()]
             self.assertEqual(phases[-1], "complete")
-            answers = [m for m in manager.all_messages() if m["subject"].startswith(manager.inbox)]
-            self.assertEqual(len(answers), 1, answers)
-            self.assertTrue(answers[0]["data"]["success"])
+
+            def answers():
+                return [m for m in manager.all_messages() if m["subject"].startswith(manager.inbox)]
+            manager.wait_for(answers, 30, "the answer to the page's request")
+            self.assertEqual(len(answers()), 1, answers())
+            self.assertTrue(answers()[0]["data"]["success"])
             self.assertEqual(manager.errors, [])
         finally:
             if view:

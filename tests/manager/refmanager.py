@@ -312,6 +312,7 @@ class Manager(BaseManager):
 
 NATS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "nats")
 AGENT_EVENTS = ("agent.hello", "heartbeat", "move.progress")
+TERMINAL_PHASES = ("complete", "error", "cancelled")
 
 
 class NatsAgentView:
@@ -551,7 +552,8 @@ def main():
     ap = argparse.ArgumentParser(description="hostagent reference manager")
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--move", nargs=3, metavar=("SERVER", "OLD", "NEW"),
-                    help="after the agent's hello, send one server.move_data and exit on its answer")
+                    help="after the agent's hello, send one server.move_data and exit on its answer "
+                    "(and, for a move, once its terminal frame is in too)")
     ap.add_argument("--print-frames", action="store_true", help="print every frame as JSON")
     ap.add_argument("--web-port", type=int, help="serve the live view on 127.0.0.1:PORT")
     ap.add_argument("--move-delay", type=float, default=0,
@@ -628,6 +630,17 @@ def main():
             server, old, new = args.move
             reply = m.request("server.move_data", {"serverName": server, "oldPath": old, "newPath": new})
             ans = m.wait_answer(reply, timeout=24 * 3600)
+            if ans.get("moveId"):
+                # A move's terminal frame goes out before its answer. On one
+                # WebSocket it arrives first; over NATS frames and answers
+                # travel on different subjects and may arrive in either
+                # order: wait for it, so that what was printed is the whole
+                # move either way.
+                try:
+                    m.wait_for(lambda: any(f.get("phase") in TERMINAL_PHASES for f in m.frames(ans["moveId"])),
+                               60, "the terminal frame of move %s" % ans["moveId"])
+                except TimeoutError as e:
+                    print("refmanager: %s" % e, file=sys.stderr, flush=True)
             if args.hold:
                 print("the move is done; the live view stays up until Ctrl-C", flush=True)
                 while True:

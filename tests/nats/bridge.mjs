@@ -78,10 +78,22 @@ async function handle(cmd) {
     case "stream_add": {
       const jsm = await nc.jetstreamManager();
       try {
+        // no_ack: the stream stores what it gets but sends no PubAck (an
+        // acknowledgement lost on its way), until stream_update says otherwise.
         const si = await jsm.streams.add({ name: cmd.name, subjects: cmd.subjects,
                                            num_replicas: cmd.replicas ?? 1,
+                                           no_ack: cmd.no_ack ?? false,
                                            duplicate_window: 3600 * 1e9 });
         return out({ id, ok: true, name: si.config.name });
+      } catch (e) {
+        return out({ id, ok: false, error: String(e) });
+      }
+    }
+    case "stream_update": {
+      const jsm = await nc.jetstreamManager();
+      try {
+        const si = await jsm.streams.update(cmd.name, { no_ack: cmd.no_ack ?? false });
+        return out({ id, ok: true, no_ack: si.config.no_ack ?? false });
       } catch (e) {
         return out({ id, ok: false, error: String(e) });
       }
