@@ -122,14 +122,35 @@ static void nc_probe(struct nats_client *c, struct nats_event *e)
     e->text = xstrdup(cut ? cut + 3 : txt);
 }
 
+/* natsConnection_GetLastError formats into one buffer of the connection
+ * and hands out a pointer to it: two threads asking at once (a callback of
+ * nats.c's and the helper) would read it while it is rewritten
+ * (ThreadSanitizer saw it). Every caller asks and copies under this lock. */
+static pthread_mutex_t nc_error_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* The connection's last error, copied (for an event's detail): its text, or
+ * `fallback`'s, or that of the status; *status (may be NULL) gets it. */
+static char *nc_error_text(natsConnection *nc, natsStatus fallback, natsStatus *status)
+{
+    const char *txt = NULL;
+    char *out;
+    natsStatus s;
+    pthread_mutex_lock(&nc_error_lock);
+    s = nc ? natsConnection_GetLastError(nc, &txt) : NATS_OK;
+    out = xstrdup(txt && *txt           ? txt
+                  : fallback != NATS_OK ? natsStatus_GetText(fallback)
+                  : s != NATS_OK        ? natsStatus_GetText(s)
+                                        : "");
+    pthread_mutex_unlock(&nc_error_lock);
+    if (status)
+        *status = s;
+    return out;
+}
+
 /* The connection's last error, as text (for an event's detail). */
 static char *nc_last_error(natsConnection *nc)
 {
-    const char *txt = NULL;
-    natsStatus s = nc ? natsConnection_GetLastError(nc, &txt) : NATS_OK;
-    if (txt && *txt)
-        return xstrdup(txt);
-    return xstrdup(s != NATS_OK ? natsStatus_GetText(s) : "");
+    return nc_error_text(nc, NATS_OK, NULL);
 }
 
 void nats_subject(char *buf, size_t sz, const char *prefix, const char *agent_id,
@@ -344,11 +365,7 @@ static void nc_on_presence_msg(natsConnection *nc, natsSubscription *sub, natsMs
 static void nc_on_conn_event(natsConnection *nc, void *closure, enum nats_ev_kind kind)
 {
     struct nats_event *e = nc_event(kind);
-    const char *txt = NULL;
-    e->status = natsConnection_GetLastError(nc, &txt);
-    e->text = xstrdup(txt && *txt            ? txt
-                      : e->status != NATS_OK ? natsStatus_GetText(e->status)
-                                             : "");
+    e->text = nc_error_text(nc, NATS_OK, &e->status);
     nc_post(closure, e);
 }
 
@@ -375,11 +392,9 @@ static void nc_on_closed(natsConnection *nc, void *closure)
 static void nc_on_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
 {
     struct nats_event *e = nc_event(EV_ERROR);
-    const char *txt = NULL;
     (void)sub;
-    natsConnection_GetLastError(nc, &txt);
     e->status = err;
-    e->text = xstrdup(txt && *txt ? txt : natsStatus_GetText(err));
+    e->text = nc_error_text(nc, err, NULL);
     nc_post(closure, e);
 }
 
@@ -509,6 +524,14 @@ static void nc_helper(void *arg)
  * epoll_ctl fail, which libuv answers with abort(). */
 static void nc_helper_task(struct nats_client *c, bool connect, bool close)
 {
+    /* The poll goes first (uv_close takes the descriptor out of epoll at
+     * once), and only then is the helper told: its close of the descriptor
+     * must come after our last epoll_ctl on it (ThreadSanitizer saw the
+     * two race when the helper was told first). */
+    if (close && c->poll) {
+        uv_close((uv_handle_t *)c->poll, nc_poll_closed);
+        c->poll = NULL;
+    }
     uv_mutex_lock(&c->lock);
     if (connect)
         c->h_connect = true;
@@ -518,10 +541,6 @@ static void nc_helper_task(struct nats_client *c, bool connect, bool close)
     }
     uv_cond_signal(&c->cond);
     uv_mutex_unlock(&c->lock);
-    if (close && c->poll) {
-        uv_close((uv_handle_t *)c->poll, nc_poll_closed);
-        c->poll = NULL;
-    }
 }
 
 static void nc_request_flush(struct nats_client *c, uint64_t gen)
