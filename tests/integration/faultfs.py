@@ -13,11 +13,13 @@ or "error ..."):
     hung                   "ok N": how many requests are waiting now
     ping                   "ok"
 
-OP is one of lookup, getattr, open, read, write, create, mkdir, readdir,
-unlink, rmdir, or "any". PATH is relative to the mount point ("srv/world.img",
+OP is one of lookup, getattr, open, read, write, fsync, create, mkdir,
+readdir, unlink, rmdir, or "any". PATH is relative to the mount point ("srv/world.img",
 "" for the root), or "*" for every path. A rule for a directory also matches
 everything below it ("srv" matches "srv/a/b"). Lookups and attributes are
 never cached by the kernel (timeouts 0), so every path walk reaches us.
+rename(2) with RENAME_NOREPLACE is served (checked, then renamed: nothing else
+renames behind the tests' back); other rename flags are refused (EINVAL).
 
 Server side (needs Debian's python3-pyfuse3; run with /usr/bin/python3):
     python3 faultfs.py BACKING MOUNTPOINT CONTROL_SOCKET
@@ -36,8 +38,9 @@ import sys
 import time
 
 FUSE_PYTHON = "/usr/bin/python3"  # Debian's, with pyfuse3 and trio
-OPS = ("lookup", "getattr", "open", "read", "write", "create", "mkdir", "readdir", "unlink", "rmdir",
-       "any")
+OPS = ("lookup", "getattr", "open", "read", "write", "fsync", "create", "mkdir", "readdir", "unlink",
+       "rmdir", "any")
+RENAME_NOREPLACE = 1
 
 
 # --- test side -------------------------------------------------------------------
@@ -356,8 +359,10 @@ def serve(backing, mountpoint, control):
         async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
             old = self.child(parent_inode_old, name_old)
             new = self.child(parent_inode_new, name_new)
-            if flags:
+            if flags & ~RENAME_NOREPLACE:
                 raise pyfuse3.FUSEError(errno.EINVAL)
+            if flags & RENAME_NOREPLACE and os.path.lexists(new):
+                raise pyfuse3.FUSEError(errno.EEXIST)
             try:
                 os.rename(old, new)
             except OSError as e:
@@ -409,6 +414,7 @@ def serve(backing, mountpoint, control):
             pass
 
         async def fsync(self, fh, datasync):
+            await rules.apply("fsync", self.fd_path(fh))
             try:
                 os.fsync(fh)
             except OSError as e:

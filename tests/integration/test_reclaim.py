@@ -21,6 +21,14 @@ def reclaim_dir(src, move_id, in_mount=False):
     return os.path.join(src if in_mount else os.path.dirname(src), PREFIX + move_id)
 
 
+def record_name(move_id, rdir):
+    """The reclaim record's file in state_dir/reclaim: the moveId and the
+    reclaim directory's device and inode (two moves with one moveId never
+    share one)."""
+    st = os.stat(rdir)
+    return "%s@%d-%d.json" % (move_id, st.st_dev, st.st_ino)
+
+
 class ReclaimTest(AgentTestCase):
     def status(self, **sel):
         return self.manager.wait_answer(self.manager.request("server.move_status", sel), 20)
@@ -82,7 +90,7 @@ class ReclaimTest(AgentTestCase):
             self.assertFalse(os.path.lexists(src))
             self.assertEqual(snapshot(dst), before)
             self.assertEqual(snapshot(rdir), before)
-            self.assertEqual(self.records(), ["mv-rc.json"])
+            self.assertEqual(self.records(), [record_name("mv-rc", rdir)])
             st = self.status()
             self.assertEqual(st["reclaimingEntries"], entries, st)
             self.assertEqual(st["reclaimingBytes"], ans["bytesCopied"], st)
@@ -235,7 +243,7 @@ class ReclaimTest(AgentTestCase):
         with self.frozen_workers("ha-reclaim"):
             ans = self.move("mc", src, dst, "mv-kr")
             self.assertTrue(ans["success"], ans)
-            self.assertEqual(self.records(), ["mv-kr.json"])
+            self.assertEqual(self.records(), [record_name("mv-kr", rdir)])
             self.kill_agent()
         self.assertTrue(os.path.isdir(rdir))
         # With no daemon, `hostagent status` names the reclaim left to do
@@ -269,7 +277,7 @@ class ReclaimTest(AgentTestCase):
         self.assertEqual(self.agent.stop(timeout=20), 0)
         self.assertLess(time.monotonic() - t0, 10, "the reclaim held up the stop")
         if os.path.lexists(rdir):
-            self.assertEqual(self.records(), ["mv-term.json"])
+            self.assertEqual(self.records(), [record_name("mv-term", rdir)])
         self.restart_agent(1)
         wait_until(lambda: not os.path.lexists(rdir) and self.records() == [], 120,
                    "the reclaim resumed and finished")
@@ -283,7 +291,8 @@ class ReclaimTest(AgentTestCase):
             for r in replies:
                 self.assertTrue(self.manager.wait_answer(r, 120)["success"])
             self.assertEqual(self.status()["reclaimingEntries"], sum(2 + 2 * (300 + i) for i in range(3)))
-            self.assertEqual(self.records(), ["mv-c0.json", "mv-c1.json", "mv-c2.json"])
+            self.assertEqual(self.records(), sorted(record_name("mv-c%d" % i, reclaim_dir(s, "mv-c%d" % i))
+                                                    for i, s in enumerate(srcs)))
         for i, s in enumerate(srcs):
             wait_until(lambda: not os.path.lexists(reclaim_dir(s, "mv-c%d" % i)), 120, "reclaim %d" % i)
         wait_until(lambda: self.status()["reclaimingEntries"] == 0, 10, "nothing left")
