@@ -335,3 +335,78 @@ class ReclaimTest(AgentTestCase):
         log = self.agent.log()
         self.assertIn("not the directory recorded", log)
         self.assertIn("could not delete everything", log)
+
+
+class ReusedMoveIdTest(AgentTestCase):
+    """Issue 20, item 3: a manager may use a moveId again once the agent has
+    forgotten it (its history keeps the last 100 ended moves). A reclaim of
+    the earlier move still running is not overwritten: each reclaim has its
+    own record (moveId, device and inode of its directory) and its own
+    directory (a second one beside the same oldPath's parent takes the next
+    name), both are counted, and a restart resumes both."""
+
+    status = ReclaimTest.status
+    records = ReclaimTest.records
+
+    def forget_move_ids(self, tag, n=100):
+        """n quick moves (renames on one filesystem) push every earlier move
+        out of the agent's history."""
+        base = os.path.join(self.scratch.a, "fill-" + tag)
+        for first in range(0, n, 20):  # within the agent's queue
+            replies = []
+            for i in range(first, min(n, first + 20)):
+                os.makedirs(os.path.join(base, "s%d" % i))
+                open(os.path.join(base, "s%d" % i, "f"), "w").close()
+                replies.append(self.request_move("fill-%s-%d" % (tag, i), os.path.join(base, "s%d" % i),
+                                                 os.path.join(base, "t%d" % i), "mv-fill-%s-%d" % (tag, i)))
+            for r in replies:
+                ans = self.manager.wait_answer(r, 120)
+                self.assertTrue(ans["success"], ans)
+
+    def test_a_moveid_used_again_keeps_every_reclaim_and_a_restart_resumes_them_all(self):
+        self.start_agent(extra={"max_concurrent_moves": "8"})
+        p1, p2 = os.path.join(self.scratch.a, "p1"), os.path.join(self.scratch.a, "p2")
+        # A and C side by side (one parent), B elsewhere; one moveId for all three.
+        srcs = [many_files(os.path.join(p1, "mcA"), dirs=2, per_dir=100),
+                many_files(os.path.join(p2, "mcB"), dirs=2, per_dir=150),
+                many_files(os.path.join(p1, "mcC"), dirs=2, per_dir=200)]
+        for k, src in enumerate(srcs):
+            with open(os.path.join(src, "world.dat"), "wb") as f:
+                f.write(os.urandom(10000 * (k + 1)))
+        rdirs = [reclaim_dir(srcs[0], "mv-same"), reclaim_dir(srcs[1], "mv-same"),
+                 reclaim_dir(srcs[2], "mv-same") + "~2"]
+        entries = bytes_ = 0
+        with self.frozen_workers("ha-reclaim"):
+            for k, src in enumerate(srcs):
+                if k:
+                    self.forget_move_ids(str(k))
+                before = snapshot(src)
+                name = "srv%d" % k
+                ans = self.move(name, src, os.path.join(self.scratch.b, name), "mv-same")
+                self.assertTrue(ans["success"], ans)
+                self.assertEqual(ans["oldPath"], src, "answered from the history: not a new move")
+                self.assertFalse(os.path.lexists(src))
+                # Its old files wait in a reclaim directory of its own.
+                self.assertEqual(snapshot(rdirs[k]), before)
+                self.assertEqual(journal_record(self.scratch.state, "mv-same")["reclaim"]["dir"], rdirs[k])
+                entries += sum(len(d) + len(f) for _, d, f in os.walk(rdirs[k]))
+                bytes_ += ans["bytesCopied"]
+                st = self.status()
+                self.assertEqual((st["reclaimingEntries"], st["reclaimingBytes"]), (entries, bytes_), st)
+                self.assertEqual(self.records(), sorted(record_name("mv-same", r) for r in rdirs[:k + 1]))
+            self.kill_agent()  # nothing deleted yet: every reclaim is left to the next start
+        for r in rdirs:
+            self.assertTrue(os.path.isdir(r), r)
+        r = subprocess.run([BIN, "status", "--config", self.agent.cfg_path], capture_output=True, text=True,
+                           timeout=30)
+        for d in rdirs:
+            self.assertIn("reclaim of move mv-same: %s (" % d, r.stdout)
+        self.restart_agent(1)
+        wait_until(lambda: not any(os.path.lexists(r) for r in rdirs) and self.records() == [], 120,
+                   "every reclaim resumed and finished")
+        resumed = [line for line in self.agent.log().splitlines() if "resuming a reclaim" in line]
+        for d in rdirs:
+            self.assertEqual(len([line for line in resumed if line.endswith("path=" + d)]), 1, (d, resumed))
+        self.assertEqual(sorted(os.listdir(p1)), [])
+        self.assertEqual(sorted(os.listdir(p2)), [])
+        wait_until(lambda: self.status()["reclaimingEntries"] == 0, 10, "nothing left")
