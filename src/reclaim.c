@@ -355,12 +355,14 @@ static int record_write(const char *dir, const struct reclaim_item *it)
     record_path(dir, it->key, false, path, sizeof path);
     record_path(dir, it->key, true, tmp, sizeof tmp);
     fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0)
+    if (fd < 0) {
         rc = -errno;
-    else if ((rc = util_pwrite_all(fd, text, strlen(text), 0)) == 0 && fsync(fd) != 0)
-        rc = -errno;
-    if (fd >= 0)
+    } else {
+        rc = util_pwrite_all(fd, text, strlen(text), 0);
+        if (rc == 0 && fsync(fd) != 0)
+            rc = -errno;
         close(fd);
+    }
     cJSON_free(text);
     if (rc == 0 && rename(tmp, path) != 0)
         rc = -errno;
