@@ -237,8 +237,12 @@ static void agent_maybe_finish_stop(struct agent *a)
     for (struct move *m = a->moves; m; m = m->next) {
         if (move_is_resting(m))
             continue; /* a prepared move in ready stays ready (its record says so) */
-        if (m->st.phase != PHASE_CLEANING || !agent_left_behind(a, m, now))
-            return; /* it ends (or is ended) by itself */
+        /* A move in cleaning refuses the stop, and one whose worker is stuck
+         * in its journal write cannot be ended beside it (move_abandon): both
+         * are left behind once silent, their records as their workers left
+         * them. Any other move ends (or is ended) by itself. */
+        if ((m->st.phase != PHASE_CLEANING && !m->abandon_waits) || !agent_left_behind(a, m, now))
+            return;
         stuck++;
     }
     for (struct move *m = a->orphans; m; m = m->next) {

@@ -294,22 +294,28 @@ class StuckStateAndReclaimTest(FaultTestCase):
         return [m for c in self.manager.connections for (_, m, _) in c.messages
                 if m is not None and m.get("subject") == "heartbeat"]
 
-    def test_a_worker_stuck_in_its_journal_fsync_never_freezes_the_loop(self):
+    def worker_stuck_in_its_journal_write(self, extra=None):
+        """A move whose worker hangs in the fsync of its journal record (the
+        verifying phase's) on a FUSE state_dir."""
         state = self.fuse("state")
         src_fs = self.fuse("src")
         dense_tree(os.path.join(src_fs.backing, "mc"), 32)
         src = os.path.join(src_fs.mountpoint, "mc")
         dst = os.path.join(self.scratch.b, "mc")
         before = snapshot(src)
-        self.start_agent(extra={"state_dir": state.mountpoint, "heartbeat_interval": "1s"},
-                         roots=[src_fs.mountpoint, self.scratch.b])
+        self.roots = [src_fs.mountpoint, self.scratch.b]
+        self.start_agent(extra=dict({"state_dir": state.mountpoint, "heartbeat_interval": "1s"}, **(extra or {})),
+                         roots=self.roots)
         src_fs.hang("read", "mc/world.img")
         reply = self.request_move("mc", src, dst, "mv-slow")
         wait_until(lambda: src_fs.hung() >= 1, 20, "the copy to hang")
-        # The worker's next journal write (the verifying phase) hangs in fsync.
         state.hang("fsync", "moves/.mv-slow.tmp")
         src_fs.release()
         wait_until(lambda: state.hung() >= 1, 30, "the worker's journal write to hang")
+        return state, src, dst, before, reply
+
+    def test_a_worker_stuck_in_its_journal_fsync_never_freezes_the_loop(self):
+        state, src, dst, before, reply = self.worker_stuck_in_its_journal_write()
         cancel = self.manager.request("server.move_cancel", {"moveId": "mv-slow"})
         self.assertTrue(self.manager.wait_answer(cancel, 5)["success"])
         # Stopped and silent: 2 s on, the loop's stuck-worker path finds it in
@@ -337,6 +343,27 @@ class StuckStateAndReclaimTest(FaultTestCase):
         self.assertEqual(journal_record(state.mountpoint, "mv-slow")["phase"], "cancelled")
         self.assertEqual(snapshot(src), before)
         self.assertEqual(len(self.manager.answers(reply)), 1)
+
+    def test_sigterm_with_a_worker_stuck_in_its_journal_write_stops_and_the_next_start_settles_it(self):
+        state, src, dst, before, reply = self.worker_stuck_in_its_journal_write()
+        self.agent.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: "hostagent stopped" in self.agent.log(), 60,
+                   "the stop to finish with the journal write hung")
+        self.assertGreaterEqual(state.hung(), 1, "the journal write was still hung")
+        self.assertIn("stuck writing its journal record", self.agent.log())
+        self.assertEqual(self.manager.answers(reply), [], "an outcome it could not record")
+        state.release()
+        rc = self.agent.proc.wait(20)
+        self.agent.logf.close()
+        self.assertEqual(rc, 0, self.agent.log()[-3000:])
+
+        self.agent = Agent(self.manager, self.scratch, roots=self.roots, log_name="agent2.log",
+                           extra={"state_dir": state.mountpoint})
+        ans = self.manager.wait_answer(reply, 60)
+        self.assertEqual((ans["success"], ans["code"]), (False, "interrupted"), ans)
+        wait_until(lambda: not os.path.exists(dst), 30, "the rollback at start")
+        self.assertEqual(snapshot(src), before)
+        self.assertEqual(len(self.manager.answers(reply)), 1, "one move, one outcome")
 
     def test_sigterm_leaves_a_hung_reclaim_behind_and_the_next_start_resumes_it(self):
         fs = self.fuse("src")
