@@ -7,6 +7,7 @@ confined to its directory, counted in heartbeat, status and metrics.
 `reclaim = inline` keeps deleting before the answer."""
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -395,18 +396,25 @@ class ReusedMoveIdTest(AgentTestCase):
                 self.assertEqual((st["reclaimingEntries"], st["reclaimingBytes"]), (entries, bytes_), st)
                 self.assertEqual(self.records(), sorted(record_name("mv-same", r) for r in rdirs[:k + 1]))
             self.kill_agent()  # nothing deleted yet: every reclaim is left to the next start
-        for r in rdirs:
-            self.assertTrue(os.path.isdir(r), r)
-        r = subprocess.run([BIN, "status", "--config", self.agent.cfg_path], capture_output=True, text=True,
-                           timeout=30)
         for d in rdirs:
-            self.assertIn("reclaim of move mv-same: %s (" % d, r.stdout)
+            self.assertTrue(os.path.isdir(d), d)
+        # With no daemon, `hostagent status` lists every one of them.
+        out = subprocess.run([BIN, "status", "--config", self.agent.cfg_path], capture_output=True, text=True,
+                             timeout=30).stdout
+        for d in rdirs:
+            self.assertIn("reclaim of move mv-same: %s (" % d, out)
         self.restart_agent(1)
-        wait_until(lambda: not any(os.path.lexists(r) for r in rdirs) and self.records() == [], 120,
+        wait_until(lambda: not any(os.path.lexists(d) for d in rdirs) and self.records() == [], 120,
                    "every reclaim resumed and finished")
         resumed = [line for line in self.agent.log().splitlines() if "resuming a reclaim" in line]
         for d in rdirs:
             self.assertEqual(len([line for line in resumed if line.endswith("path=" + d)]), 1, (d, resumed))
+        # Each started with the counts it was recorded with: together, what
+        # the first run counted.
+        started = [re.search(r" entries=(\d+) bytes=(\d+)", line).groups()
+                   for line in self.agent.log().splitlines() if "reclaim started" in line]
+        self.assertEqual(len(started), 3, started)
+        self.assertEqual((sum(int(e) for e, _ in started), sum(int(b) for _, b in started)), (entries, bytes_))
         self.assertEqual(sorted(os.listdir(p1)), [])
         self.assertEqual(sorted(os.listdir(p2)), [])
         wait_until(lambda: self.status()["reclaimingEntries"] == 0, 10, "nothing left")
