@@ -110,6 +110,7 @@ struct agent {
     struct metrics metrics;
     /* Deletes the reclaim directories of deferred reclaims after the answer. */
     struct reclaimer reclaimer;
+    bool reclaim_left; /* a stop left its thread behind (stuck on a disk) */
     /* The lifecycle's reaction when a move left the list (released: an
      * orphan's worker came back): the queue moves on, a stop may finish.
      * Set by agent_init, called by agent_moves.c, which sits below it. */

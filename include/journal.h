@@ -100,6 +100,14 @@ void journal_close(struct journal *j);
  * the next slot. */
 int journal_write(const struct journal *j, const struct journal_rec *rec);
 
+/* journal_write in two steps, for a thread that must hold no lock while it
+ * writes (a move's worker, move.c): the record's text (the caller frees
+ * it), taken while rec is stable; then that text written as the record of
+ * move_id in the directory `moves` (a journal's j->moves, copied: the
+ * writer may outlive the journal struct). 0 or -errno. */
+char *journal_format(const struct journal_rec *rec);
+int journal_write_text(const char *moves, const char *move_id, const char *text);
+
 /* Reserves, once rec's record exists, the slot for its later writes: room
  * for the record with its outcome (the error text and the answer). Called at
  * acceptance; a failure means the outcome might not be recordable later, and

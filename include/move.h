@@ -97,6 +97,7 @@ struct move {
      * a worker stuck in the kernel can outlive this struct. */
     struct move_work *work;
     bool abandoned;                  /* ended by the loop while the worker is stuck */
+    bool abandon_waits;              /* logged: the stuck worker is writing the journal record */
     enum move_phase abandoned_phase; /* the phase it was in then */
     bool silent;
     /* Ended with its source renamed into jr->reclaim's directory: the owner
@@ -177,10 +178,12 @@ int move_commit(struct move *m);
  * copy (or a resumed rollback), not a commit or a discard. */
 bool move_holds_slot(const struct move *m);
 
-/* Changes the move's journal record with fn and writes it, under the
- * worker block's lock (safe while a worker runs: it writes the record under
- * the same lock). 0, or negative errno of the write; -ENOENT when the record
- * is no longer the move's to write. */
+/* Changes the move's journal record with fn (under the worker block's
+ * lock) and writes it, safe while a worker runs: when the worker is writing
+ * the record right now, it writes it once more with the change (0 is
+ * returned at once; the loop never waits for the worker's disk), else the
+ * loop writes it (the worker waits for that). 0, or negative errno of the
+ * write; -ENOENT when the record is no longer the move's to write. */
 int move_record_update(struct move *m, void (*fn)(struct journal_rec *jr, void *arg), void *arg);
 
 /* The worker thread exists (running, or stuck after the move ended). */

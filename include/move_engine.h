@@ -63,9 +63,10 @@ typedef int (*engine_dst_fn)(void *arg, const struct stat *st);
 /* A deferred reclaim (see engine_reclaim.c): the source renamed away into
  * this directory on its own filesystem, to be deleted after the answer. */
 struct engine_reclaim {
-    char dir[PATH_MAX]; /* "<parent of oldPath>/.hostagent-reclaim-<moveId>", or inside oldPath */
-    bool in_mount;      /* oldPath is a mount point: its entries went into dir, inside it */
-    dev_t dev;          /* dir's identity: checked before anything in it is deleted */
+    /* "<parent of oldPath>/.hostagent-reclaim-<moveId>[~n]", or inside oldPath */
+    char dir[PATH_MAX];
+    bool in_mount; /* oldPath is a mount point: its entries went into dir, inside it */
+    dev_t dev;     /* dir's identity: checked before anything in it is deleted */
     ino_t ino;
     uint64_t entries, bytes; /* what it holds (the verified copy's counts) */
     bool undone;             /* (on_reclaim) the source was renamed back: nothing to delete */

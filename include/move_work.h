@@ -19,6 +19,14 @@
  * the loop has not let go of them. Everything else of a move (its MoveState,
  * the throttle, the timers) is the loop's alone, in struct move.
  *
+ * `lock` is never held across a disk write: the loop takes it on its
+ * stuck-worker paths (move_abandon, move_detach), which must not wait for a
+ * state_dir that is slow or hung. A journal write is made from a text taken
+ * under the lock (journal_format), then written with the lock released while
+ * `rec_busy` says a write is under way; the loop takes the record over
+ * (`no_record`) only when none is, and a change the loop makes meanwhile
+ * (move_record_update) sets `rec_again`: the writer writes once more.
+ *
  *   field            written by                        read by
  *   ---------------  --------------------------------  --------------------------------
  *   job inputs       loop, before each thread starts   worker (engine_job); loop (src,
@@ -38,17 +46,24 @@
  *   lock             --                                --
  *   refs             both, under lock                  both, under lock
  *   detached         loop, under lock                  worker, under lock (wake-ups)
- *   no_record        loop, under lock                  worker, under lock (journal)
+ *   no_record        loop, under lock, !rec_busy       worker, under lock (journal)
+ *   rec_busy         the writer (worker or loop),      both, under lock; the worker
+ *                    under lock                        waits (rec_idle) for the loop's
+ *   rec_again        loop, under lock, rec_busy        the writer, under lock
+ *   moves_dir        loop, at creation                 the writer (outside the lock)
  *   async            loop (before the thread starts)   worker, under lock, !detached
  *   jr, journal      worker, under lock, !no_record;   loop after the worker is gone or
- *   (jr->reclaim     loop before start and at the end   no_record is set
- *   included)
+ *   (jr->reclaim     loop before start and at the end   no_record is set; the writer
+ *   included)                                          under lock (journal_format)
  */
 struct move_work {
     pthread_mutex_t lock;
     int refs;
     bool detached;
     bool no_record;
+    bool rec_busy, rec_again;
+    pthread_cond_t rec_idle; /* rec_busy went false */
+    char *moves_dir;         /* the journal's moves directory, copied */
     uv_async_t *async;
     uv_thread_t thread;
     struct journal_rec *jr;

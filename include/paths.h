@@ -12,6 +12,17 @@
  * move can read, write or hide a reclaim directory. */
 #define PATHS_RECLAIM_PREFIX ".hostagent-reclaim-"
 
+/* The n-th name a reclaim of move_id may take beside (or inside) oldPath:
+ * PATHS_RECLAIM_PREFIX + moveId for n = 1; when an earlier reclaim of a
+ * move with the same moveId still holds that name, "~n" is appended (n >= 2;
+ * '~' is not in the moveId alphabet, so no other moveId's name looks so).
+ * The name is cut short when buf is too small. */
+#define PATHS_RECLAIM_NAMES_MAX 64
+void paths_reclaim_name(char *buf, size_t size, const char *move_id, unsigned n);
+
+/* name is one of move_id's reclaim names (any n). */
+bool paths_is_reclaim_name(const char *name, const char *move_id);
+
 /* Protocol path syntax: absolute, at most PATH_MAX-1 bytes, components of at
  * most NAME_MAX bytes, no "//", "." or ".." components, no NUL (a NUL escape
  * reaches us as U+FFFF, see protocol.c). One trailing '/' is accepted and

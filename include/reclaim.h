@@ -11,7 +11,6 @@
 
 #include "move_state.h"
 
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -19,33 +18,46 @@
 #include <sys/types.h>
 #include <uv.h>
 
+/* A record's name in state_dir/reclaim without ".json": moveId "@" the
+ * reclaim directory's device "-" inode, so that two reclaims of moves with
+ * one moveId (a manager may use an id again once the agent forgot it) never
+ * share a record; records written before (named by the moveId alone) are
+ * read as well. */
+#define RECLAIM_KEY_MAX (MOVE_ID_MAX + 48)
+
 /* One reclaim directory to delete. */
 struct reclaim_item {
     char move_id[MOVE_ID_MAX + 1];
-    char *dir; /* absolute; its last component is PATHS_RECLAIM_PREFIX + move_id */
+    char key[RECLAIM_KEY_MAX + 1]; /* its record: state_dir/reclaim/<key>.json */
+    char *dir; /* absolute; its last component is one of move_id's reclaim names */
     dev_t dev;
     ino_t ino;
     uint64_t entries, bytes; /* what it held when it was recorded */
     int result;              /* 0, or the negative errno it ended with */
+    /* Added again while it ran (see reclaimer_add): it runs once more, with
+     * these counts, and its record stays until then. */
+    bool again;
+    uint64_t again_entries, again_bytes;
     struct reclaim_item *next;
 };
 
+/* What the loop and the thread share (reclaim.c): a reference-counted block
+ * of its own, so that a thread left behind at exit never touches the
+ * loop's memory. */
+struct reclaim_shared;
+
 struct reclaimer {
     uv_loop_t *loop;
-    uv_async_t async; /* the thread -> the loop: reclaims ended (`done`) */
+    uv_async_t async; /* the thread -> the loop: reclaims ended, the thread exited */
     uv_thread_t thread;
-    bool thread_started, closing;
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    struct reclaim_item *queue;      /* under lock: waiting, in order */
-    struct reclaim_item *cur;        /* under lock: being deleted (the thread's) */
-    struct reclaim_item *done;       /* under lock: ended, for the loop */
-    bool stopping;                   /* under lock: the thread exits */
-    atomic_int stop;                 /* read by the deletion at every entry */
-    _Atomic uint64_t bytes, entries; /* left to delete, over every reclaim */
-    char *dir;                       /* state_dir/reclaim */
+    bool thread_started, exit_told;
+    struct reclaim_shared *s;
+    unsigned last_beat;    /* loop: the thread's sign of life as last seen */
+    uint64_t last_life_ms; /* loop: when it last changed */
     /* Called on the loop for each ended reclaim (may be NULL). */
     void (*ended)(struct reclaimer *r, const struct reclaim_item *it);
+    /* Called on the loop once the thread has exited after a stop (may be NULL). */
+    void (*exited)(struct reclaimer *r);
     void *owner;
     void (*close_cb)(struct reclaimer *r);
 };
@@ -54,15 +66,20 @@ struct reclaimer {
  * 0 or negative errno; either way reclaimer_close() follows. */
 int reclaimer_init(struct reclaimer *r, uv_loop_t *loop, const char *state_dir);
 
-/* Queues the reclaims recorded by an earlier run, except those for which
- * skip(arg, moveId) says true (their move is being recovered and hands its
- * reclaim over when it ends). Unreadable records are logged and set aside. */
-void reclaimer_load(struct reclaimer *r, bool (*skip)(void *arg, const char *move_id), void *arg);
+/* Queues the reclaims recorded by an earlier run (both record formats),
+ * except those for which skip(arg, it) says true (the reclaim directory a
+ * move being recovered named: it hands its reclaim over when it ends).
+ * Unreadable records are logged and set aside; a second record of one
+ * directory (the old format beside the new one) is removed. */
+void reclaimer_load(struct reclaimer *r, bool (*skip)(void *arg, const struct reclaim_item *it),
+                    void *arg);
 
-/* Records (durably, before it returns) and queues one reclaim. A reclaim of
- * the same moveId already queued or running is not queued twice. 0, or
- * negative errno when it could not be recorded (it is queued all the same:
- * only a restart before it ends would leave the directory behind). */
+/* Records (durably, before it returns) and queues one reclaim. The same
+ * directory (path, device and inode) already queued is not queued twice;
+ * one being deleted right now is deleted once more after it (the same
+ * identity can only be a directory made since). 0, or negative errno when
+ * it could not be recorded (it is queued all the same: only a restart
+ * before it ends would leave the directory behind). */
 int reclaimer_add(struct reclaimer *r, const char *move_id, const char *dir, dev_t dev, ino_t ino,
                   uint64_t entries, uint64_t bytes);
 
@@ -79,13 +96,26 @@ void reclaimer_totals(struct reclaimer *r, uint64_t *bytes, uint64_t *entries);
  * next start resumes. Loop thread. */
 void reclaimer_stop(struct reclaimer *r);
 
-/* Stops, joins the thread, closes the handle; cb runs once it is closed. */
-void reclaimer_close(struct reclaimer *r, void (*cb)(struct reclaimer *r));
+/* The thread has not exited yet (loop). */
+bool reclaimer_running(const struct reclaimer *r);
+
+/* How long the thread has shown no sign of life (an entry deleted, its
+ * exit), as seen by the loop's calls to this function; 0 when it has
+ * exited. Loop thread. */
+uint64_t reclaimer_quiet_ms(struct reclaimer *r, uint64_t now);
+
+/* Stops, waits up to wait_ms for the thread to exit, then joins it, or,
+ * when it has not exited (stuck in the kernel on a disk that does not
+ * answer), detaches it: it keeps its own reference to what it uses, never
+ * wakes the loop again, and its records stay for the next start. Closes
+ * the handle; cb runs once it is closed. */
+void reclaimer_close(struct reclaimer *r, uint64_t wait_ms, void (*cb)(struct reclaimer *r));
 
 /* What a deletion has done so far; the totals (may be NULL) are counted
  * down as it goes, shared with other threads. */
 struct reclaim_progress {
     _Atomic uint64_t *bytes, *entries;
+    atomic_uint *beat; /* counted up at every entry deleted (may be NULL) */
     uint64_t bytes_done, entries_done;
 };
 

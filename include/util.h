@@ -58,6 +58,12 @@ int util_fsync_dir(const char *dir);
  * reopens it for reading). */
 int util_fsync_dir_at(int dirfd, const char *dir);
 
+/* Writes all len bytes of buf at offset off of fd, going on after a short
+ * write. 0, or the negative errno of the write that failed (-EIO when one
+ * wrote nothing without saying why): never an errno left by an earlier
+ * call. */
+int util_pwrite_all(int fd, const void *buf, size_t len, off_t off);
+
 /* Appends to *parents (*n entries) the ancestors of the absolute path that
  * do not exist (lstat ENOENT), outermost first: what making path creates. */
 void util_missing_parents(const char *path, char ***parents, size_t *n);

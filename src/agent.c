@@ -68,13 +68,19 @@ void agent_add_reclaiming(struct agent *a, cJSON *d)
 }
 
 /* A reclaim recorded by the last run whose move is being recovered now: its
- * move hands it over when it ends (it checks the directory first). */
-static bool agent_reclaim_skip(void *arg, const char *move_id)
+ * move hands it over when it ends (it checks the directory first). Known by
+ * the directory its journal record names, not by the moveId alone: an older
+ * move with the same id may have a reclaim of its own to resume. */
+static bool agent_reclaim_skip(void *arg, const struct reclaim_item *it)
 {
     struct agent *a = arg;
-    for (struct move *m = a->moves; m; m = m->next)
-        if (strcmp(m->st.move_id, move_id) == 0)
+    for (struct move *m = a->moves; m; m = m->next) {
+        const struct journal_reclaim *rc = m->jr ? &m->jr->reclaim : NULL;
+        if (rc && rc->dir && strcmp(m->st.move_id, it->move_id) == 0 &&
+            strcmp(rc->dir, it->dir) == 0 && rc->id.dev == (uint64_t)it->dev &&
+            rc->id.ino == (uint64_t)it->ino)
             return true;
+    }
     return false;
 }
 
@@ -141,7 +147,9 @@ static void agent_teardown(struct agent *a)
         move_close(m, agent_free_move);
     }
     transport_close(a->tr);
-    reclaimer_close(&a->reclaimer, NULL);
+    /* A stop has waited for the reclaim thread already (agent_maybe_finish_stop);
+     * a start that failed has not (it exits at once, being idle). */
+    reclaimer_close(&a->reclaimer, a->reclaim_left ? 0 : AGENT_STOP_STUCK_MS, NULL);
     control_close(&a->control);
     uv_close((uv_handle_t *)&a->sig_term, agent_on_handle_closed);
     uv_close((uv_handle_t *)&a->sig_int, agent_on_handle_closed);
@@ -207,12 +215,21 @@ static bool agent_left_behind(const struct agent *a, const struct move *m, uint6
     return move_is_running(m) && quiet >= AGENT_STOP_STUCK_MS && since >= AGENT_STOP_STUCK_MS;
 }
 
+/* Is the reclaim thread stuck, for a stop? The same rule as a worker's: it
+ * stops at its next entry, so only a deletion held in the kernel keeps it. */
+static bool agent_reclaim_left_behind(struct agent *a, uint64_t now)
+{
+    return reclaimer_quiet_ms(&a->reclaimer, now) >= AGENT_STOP_STUCK_MS &&
+           now - a->stop_started_ms >= AGENT_STOP_STUCK_MS;
+}
+
 /* Once every move has ended (and its answer is queued), close the link. A
  * stopped move whose worker does not come back is ended by its own timer
  * (move.c) and waited for like the other workers still out there (rollbacks
- * of ended moves, a move in cleaning): while they show signs of life, and
- * at least AGENT_STOP_STUCK_MS after the stop began; then they are left
- * behind (their journal records say what the next start must finish). */
+ * of ended moves, a move in cleaning, the reclaim thread): while they show
+ * signs of life, and at least AGENT_STOP_STUCK_MS after the stop began; then
+ * they are left behind (their journal records, and the reclaim's records,
+ * say what the next start must finish). */
 static void agent_maybe_finish_stop(struct agent *a)
 {
     uint64_t now = util_mono_ms();
@@ -222,13 +239,23 @@ static void agent_maybe_finish_stop(struct agent *a)
     for (struct move *m = a->moves; m; m = m->next) {
         if (move_is_resting(m))
             continue; /* a prepared move in ready stays ready (its record says so) */
-        if (m->st.phase != PHASE_CLEANING || !agent_left_behind(a, m, now))
-            return; /* it ends (or is ended) by itself */
+        /* A move in cleaning refuses the stop, and one whose worker is stuck
+         * in its journal write cannot be ended beside it (move_abandon): both
+         * are left behind once silent, their records as their workers left
+         * them. Any other move ends (or is ended) by itself. */
+        if ((m->st.phase != PHASE_CLEANING && !m->abandon_waits) || !agent_left_behind(a, m, now))
+            return;
         stuck++;
     }
     for (struct move *m = a->orphans; m; m = m->next) {
         if (!agent_left_behind(a, m, now))
             return;
+        stuck++;
+    }
+    if (reclaimer_running(&a->reclaimer)) {
+        if (!agent_reclaim_left_behind(a, now))
+            return; /* it exits at its next entry (reclaimer's exited callback) */
+        a->reclaim_left = true;
         stuck++;
     }
     if (stuck)
@@ -252,6 +279,12 @@ static void agent_on_move_gone(struct agent *a, bool released)
 static void agent_on_stop_wait(uv_timer_t *t)
 {
     agent_maybe_finish_stop(container_of(t, struct agent, stop_wait));
+}
+
+/* The reclaim thread has exited after the stop: the stop may finish now. */
+static void agent_on_reclaimer_exited(struct reclaimer *r)
+{
+    agent_maybe_finish_stop(r->owner);
 }
 
 static void agent_stop(struct agent *a, const char *signame)
@@ -388,6 +421,8 @@ int agent_init(struct agent *a, const char *config_path, struct config *cfg)
     uv_timer_init(&a->loop, &a->stop_timer);
     uv_timer_init(&a->loop, &a->stop_wait);
     rc = reclaimer_init(&a->reclaimer, &a->loop, a->cfg.state_dir);
+    a->reclaimer.owner = a;
+    a->reclaimer.exited = agent_on_reclaimer_exited;
     if (rc != 0)
         goto fail_ws;
     rc = path_checker_init(&a->checker, &a->loop, agent_on_check, a);

@@ -18,7 +18,7 @@ struct rcl_renamed {
 
 struct rcl {
     struct eng *e;
-    char name[NAME_MAX + 1]; /* PATHS_RECLAIM_PREFIX + moveId */
+    char name[NAME_MAX + 1]; /* one of the moveId's reclaim names (paths_reclaim_name) */
     bool in_mount;
     int holder; /* the directory that holds the reclaim directory (not owned) */
     int rfd;    /* the reclaim directory */
@@ -33,9 +33,7 @@ struct rcl {
 
 bool eng_is_reclaim_name(const struct eng *e, const char *name)
 {
-    size_t n = sizeof PATHS_RECLAIM_PREFIX - 1;
-    return e->job->move_id && strncmp(name, PATHS_RECLAIM_PREFIX, n) == 0 &&
-           strcmp(name + n, e->job->move_id) == 0;
+    return e->job->move_id && paths_is_reclaim_name(name, e->job->move_id);
 }
 
 static void rcl_free(struct rcl *r)
@@ -137,9 +135,25 @@ static int rcl_rename_whole(struct rcl *r)
 {
     struct eng *e = r->e;
     struct stat pre, post;
+    unsigned n;
     r->holder = e->src_pfd;
     if (fstat(e->srcfd, &pre) != 0)
         return 1;
+    /* A free name, before the journal names it: an earlier move with the
+     * same moveId (its id since forgotten) may still be reclaiming beside
+     * oldPath under the first one. Only the agent makes such names (no
+     * request path may hold one) and no two moves with one moveId run at
+     * once, so a name free now is still free at the rename. */
+    for (n = 1; n <= PATHS_RECLAIM_NAMES_MAX; n++) {
+        paths_reclaim_name(r->name, sizeof r->name, e->job->move_id, n);
+        if (fstatat(e->src_pfd, r->name, &post, AT_SYMLINK_NOFOLLOW) != 0 && errno == ENOENT)
+            break;
+    }
+    if (n > PATHS_RECLAIM_NAMES_MAX) {
+        LOG(LOG_WARN, "every reclaim directory name is taken beside the source; removing it inline",
+            LF_S("path", e->job->src));
+        return 1;
+    }
     rcl_describe(r, &pre);
     if (rcl_journal(r) != 0)
         return 1;
@@ -189,23 +203,32 @@ static void rcl_free_list(char **v, size_t n)
 
 /* The reclaim directory inside a mount point: ours, or one the journal
  * named before a crash (recovery), or an empty one left by a crash before
- * the journal named it. Opens it as r->rfd; false when it is none of those. */
+ * the journal named it; a name held by anything else (an earlier reclaim of
+ * a move with the same moveId) is passed over for the next one
+ * (paths_reclaim_name). Opens it as r->rfd; false when none can be had. */
 static bool rcl_make_in_mount(struct rcl *r, bool *journaled)
 {
     struct eng *e = r->e;
     const struct engine_reclaim *was = &e->job->resume_reclaim;
     struct stat st;
+    unsigned n;
     *journaled = false;
-    if (mkdirat(e->srcfd, r->name, 0700) != 0) {
+    for (n = 1; n <= PATHS_RECLAIM_NAMES_MAX; n++) {
+        paths_reclaim_name(r->name, sizeof r->name, e->job->move_id, n);
+        if (mkdirat(e->srcfd, r->name, 0700) == 0)
+            break;
         if (errno != EEXIST)
             return false;
         if (fstatat(e->srcfd, r->name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode) &&
-            was->dir[0] && st.st_dev == was->dev && st.st_ino == was->ino)
+            was->dir[0] && st.st_dev == was->dev && st.st_ino == was->ino) {
             *journaled = true;
-        else if (unlinkat(e->srcfd, r->name, AT_REMOVEDIR) != 0 ||
-                 mkdirat(e->srcfd, r->name, 0700) != 0)
-            return false;
+            break;
+        }
+        if (unlinkat(e->srcfd, r->name, AT_REMOVEDIR) == 0 && mkdirat(e->srcfd, r->name, 0700) == 0)
+            break;
     }
+    if (n > PATHS_RECLAIM_NAMES_MAX)
+        return false;
     r->made = true;
     r->rfd = openat(e->srcfd, r->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     return r->rfd >= 0;
@@ -396,7 +419,6 @@ int eng_reclaim(struct eng *e)
     memset(&r, 0, sizeof r);
     r.e = e;
     r.rfd = -1;
-    util_fmt(r.name, sizeof r.name, "%s%s", PATHS_RECLAIM_PREFIX, e->job->move_id);
     r.in_mount = guard_is_mount_point(e->src_pfd, e->src_base);
     rc = r.in_mount ? rcl_rename_entries(&r) : rcl_rename_whole(&r);
     if (rc == 0 && e->guarded)

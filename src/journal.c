@@ -58,9 +58,9 @@ int journal_open(struct journal *j, const char *state_dir, char *why, size_t why
         goto fail;
     }
     n = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
-    if (ftruncate(j->lock_fd, 0) != 0 || pwrite(j->lock_fd, pid, (size_t)n, 0) != n) {
-        rc = -errno;
-        util_fmt(why, whysz, "cannot write %s: %s", path, strerror(errno));
+    rc = ftruncate(j->lock_fd, 0) != 0 ? -errno : util_pwrite_all(j->lock_fd, pid, (size_t)n, 0);
+    if (rc != 0) {
+        util_fmt(why, whysz, "cannot write %s: %s", path, strerror(-rc));
         goto fail;
     }
     return 0;
@@ -202,9 +202,9 @@ static int fill_temp(int fd, const char *text, size_t len, size_t want)
     size = st.st_size;
     if ((size_t)size < len + 1)
         size = (off_t)(want > len + 1 ? want : len + 1);
-    if (pwrite(fd, text, len, 0) != (ssize_t)len || pwrite(fd, "\n", 1, (off_t)len) != 1)
-        return errno ? -errno : -EIO;
-    if ((rc = write_zeros(fd, (off_t)len + 1, size)) != 0)
+    if ((rc = util_pwrite_all(fd, text, len, 0)) != 0 ||
+        (rc = util_pwrite_all(fd, "\n", 1, (off_t)len)) != 0 ||
+        (rc = write_zeros(fd, (off_t)len + 1, size)) != 0)
         return rc;
     if (fsync(fd) != 0)
         return -errno;
@@ -213,41 +213,55 @@ static int fill_temp(int fd, const char *text, size_t len, size_t want)
 
 /* Installs the written temp as the record: exchanged with the old record
  * when there is one (the old one stays as the next slot), else renamed. */
-static int install_temp(const struct journal *j, const char *tmp, const char *path, bool *kept)
+static int install_temp(const char *moves, const char *tmp, const char *path, bool *kept)
 {
     *kept = false;
     if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_EXCHANGE) == 0) {
         *kept = true;
-        return util_fsync_dir(j->moves);
+        return util_fsync_dir(moves);
     }
     /* ENOENT: no record yet; EINVAL/ENOSYS: the filesystem cannot exchange. */
     if (errno != ENOENT && errno != EINVAL && errno != ENOSYS)
         return -errno;
     if (rename(tmp, path) != 0)
         return -errno;
-    return util_fsync_dir(j->moves);
+    return util_fsync_dir(moves);
 }
 
-static void rec_paths(const struct journal *j, const char *move_id, char *path, size_t psz,
-                      char *tmp, size_t tsz)
+static void rec_paths(const char *moves, const char *move_id, char *path, size_t psz, char *tmp,
+                      size_t tsz)
 {
-    util_fmt(path, psz, "%s/%s.json", j->moves, move_id);
-    util_fmt(tmp, tsz, "%s/.%s.tmp", j->moves, move_id);
+    util_fmt(path, psz, "%s/%s.json", moves, move_id);
+    util_fmt(tmp, tsz, "%s/.%s.tmp", moves, move_id);
+}
+
+char *journal_format(const struct journal_rec *rec)
+{
+    cJSON *o = rec_to_json(rec);
+    char *printed = cJSON_PrintUnformatted(o), *text;
+    cJSON_Delete(o);
+    if (!printed)
+        util_oom(0);
+    text = xstrdup(printed);
+    cJSON_free(printed);
+    return text;
 }
 
 int journal_write(const struct journal *j, const struct journal_rec *rec)
 {
+    char *text = journal_format(rec);
+    int rc = journal_write_text(j->moves, rec->move_id, text);
+    free(text);
+    return rc;
+}
+
+int journal_write_text(const char *moves, const char *move_id, const char *text)
+{
     char path[PATH_MAX], tmp[PATH_MAX];
-    cJSON *o = rec_to_json(rec);
-    char *text = cJSON_PrintUnformatted(o);
-    size_t len;
+    size_t len = strlen(text);
     bool kept;
     int fd, rc = 0;
-    cJSON_Delete(o);
-    if (!text)
-        util_oom(0);
-    len = strlen(text);
-    rec_paths(j, rec->move_id, path, sizeof path, tmp, sizeof tmp);
+    rec_paths(moves, move_id, path, sizeof path, tmp, sizeof tmp);
     /* The slot when there is one (no O_TRUNC: its blocks are reused). */
     fd = open(tmp, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0) {
@@ -257,12 +271,11 @@ int journal_write(const struct journal *j, const struct journal_rec *rec)
         if (close(fd) != 0 && rc == 0)
             rc = -errno;
         if (rc == 0)
-            rc = install_temp(j, tmp, path, &kept);
+            rc = install_temp(moves, tmp, path, &kept);
         /* On a failure the temp stays: it is the slot of the next try. */
     }
-    cJSON_free(text);
     if (rc != 0)
-        LOG(LOG_ERROR, "cannot write the journal", LF_S("move", rec->move_id), LF_S("path", path),
+        LOG(LOG_ERROR, "cannot write the journal", LF_S("move", move_id), LF_S("path", path),
             LF_S("reason", strerror(-rc)));
     return rc;
 }
@@ -279,7 +292,7 @@ int journal_reserve(const struct journal *j, const struct journal_rec *rec)
         util_oom(0);
     want = slot_size(strlen(text));
     cJSON_free(text);
-    rec_paths(j, rec->move_id, path, sizeof path, tmp, sizeof tmp);
+    rec_paths(j->moves, rec->move_id, path, sizeof path, tmp, sizeof tmp);
     fd = open(tmp, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0) {
         rc = -errno;
@@ -352,7 +365,7 @@ void journal_sweep_idents(const struct journal *j, bool (*keep)(void *arg, const
 void journal_remove(const struct journal *j, const char *move_id)
 {
     char path[PATH_MAX], tmp[PATH_MAX];
-    rec_paths(j, move_id, path, sizeof path, tmp, sizeof tmp);
+    rec_paths(j->moves, move_id, path, sizeof path, tmp, sizeof tmp);
     (void)unlink(tmp);
     if (unlink(path) == 0)
         (void)util_fsync_dir(j->moves);

@@ -17,6 +17,7 @@ static struct move_work *work_new(const struct move_params *p)
     const struct journal_rec *jr = p->jr;
     struct move_work *w = xcalloc(1, sizeof *w);
     pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->rec_idle, NULL);
     w->refs = 1;
     w->src = xstrdup(jr->src);
     w->dst = xstrdup(jr->dst);
@@ -38,6 +39,7 @@ static struct move_work *work_new(const struct move_params *p)
     }
     w->jr = p->jr;
     w->journal = p->journal;
+    w->moves_dir = p->journal ? xstrdup(p->journal->moves) : NULL;
     w->no_record = p->silent;
     w->dst_preexisted = jr->dst_preexisted;
     w->dst_orig = jr->dst_orig;
@@ -77,6 +79,8 @@ static void work_unref(struct move_work *w)
     free(w->src_root);
     free(w->dst_root);
     free(w->ident_path);
+    free(w->moves_dir);
+    pthread_cond_destroy(&w->rec_idle);
     pthread_mutex_destroy(&w->lock);
     free(w);
 }
@@ -115,23 +119,69 @@ static void move_report(void *arg, const struct engine_progress *p, bool phase_s
         work_wake(w);
 }
 
+/* The worker's journal write: fn changes jr under the lock (unless the loop
+ * has taken the record: then `taken` is returned and nothing happens), and
+ * the text taken there is written with the lock released (see move_work.h:
+ * the loop takes this lock on its stuck-worker paths and must never wait
+ * for a disk). Written once more when the loop changed jr meanwhile
+ * (rec_again). The worker still waits for its write before it goes on, so a
+ * phase is recorded before its frame is sent. 0 when the record holds fn's
+ * change, else -errno. */
+static int work_record(struct move_work *w, void (*fn)(struct journal_rec *jr, const void *arg),
+                       const void *arg, int taken)
+{
+    bool written = false;
+    int rc = 0;
+    pthread_mutex_lock(&w->lock);
+    while (w->rec_busy) /* the loop's own write (move_record_update): one file at a time */
+        pthread_cond_wait(&w->rec_idle, &w->lock);
+    if (w->no_record) {
+        pthread_mutex_unlock(&w->lock);
+        return taken;
+    }
+    fn(w->jr, arg);
+    w->jr->seq = atomic_load(&w->seq_sent);
+    do {
+        char *text = journal_format(w->jr);
+        int r;
+        w->rec_busy = true;
+        w->rec_again = false;
+        pthread_mutex_unlock(&w->lock);
+        r = journal_write_text(w->moves_dir, w->move_id, text);
+        free(text);
+        /* Back from the disk: a sign of life (a slow state_dir is no stuck worker). */
+        atomic_fetch_add_explicit(&w->beat, 1, memory_order_relaxed);
+        written = written || r == 0;
+        rc = written ? 0 : r;
+        pthread_mutex_lock(&w->lock);
+        w->rec_busy = false;
+    } while (w->rec_again && !w->no_record);
+    pthread_cond_broadcast(&w->rec_idle);
+    pthread_mutex_unlock(&w->lock);
+    return rc;
+}
+
+static void set_phase(struct journal_rec *jr, const void *arg)
+{
+    const struct engine_progress *p = arg;
+    jr->phase = p->phase;
+    jr->count = p->count;
+}
+
 /* On the worker, when a phase begins: the journal says so before its work
  * (for cleaning, before anything of the source is removed). Not once the
  * loop has ended the move without this worker: the record is the loop's. */
 static int move_on_phase(void *arg, const struct engine_progress *p)
 {
-    struct move_work *w = arg;
-    struct journal_rec *jr = w->jr;
-    int rc = 0;
-    pthread_mutex_lock(&w->lock);
-    if (!w->no_record) {
-        jr->phase = p->phase;
-        jr->count = p->count;
-        jr->seq = atomic_load(&w->seq_sent);
-        rc = journal_write(w->journal, jr);
-    }
-    pthread_mutex_unlock(&w->lock);
-    return rc;
+    return work_record(arg, set_phase, p, 0);
+}
+
+static void set_dst(struct journal_rec *jr, const void *arg)
+{
+    const struct stat *st = arg;
+    jr->dst_id.known = true;
+    jr->dst_id.dev = (uint64_t)st->st_dev;
+    jr->dst_id.ino = (uint64_t)st->st_ino;
 }
 
 /* On the worker, once the destination directory is open and before anything
@@ -140,49 +190,33 @@ static int move_on_phase(void *arg, const struct engine_progress *p)
 static int move_on_dst(void *arg, const struct stat *st)
 {
     struct move_work *w = arg;
-    struct journal_rec *jr = w->jr;
-    int rc = 0;
     atomic_store(&w->dst_dev, (uint64_t)st->st_dev);
     atomic_store(&w->dst_ino, (uint64_t)st->st_ino);
     atomic_store(&w->dst_known, true);
-    pthread_mutex_lock(&w->lock);
-    if (!w->no_record) {
-        jr->dst_id.known = true;
-        jr->dst_id.dev = (uint64_t)st->st_dev;
-        jr->dst_id.ino = (uint64_t)st->st_ino;
-        jr->seq = atomic_load(&w->seq_sent);
-        rc = journal_write(w->journal, jr);
-    }
-    pthread_mutex_unlock(&w->lock);
-    return rc;
+    return work_record(w, set_dst, st, 0);
+}
+
+static void set_reclaim(struct journal_rec *jr, const void *arg)
+{
+    const struct engine_reclaim *r = arg;
+    free(jr->reclaim.dir);
+    jr->reclaim.dir = xstrdup(r->dir);
+    jr->reclaim.in_mount = r->in_mount;
+    jr->reclaim.undone = r->undone;
+    jr->reclaim.id.known = true;
+    jr->reclaim.id.dev = (uint64_t)r->dev;
+    jr->reclaim.id.ino = (uint64_t)r->ino;
+    jr->reclaim.entries = r->entries;
+    jr->reclaim.bytes = r->bytes;
 }
 
 /* On the worker, right before the source is renamed into its reclaim
  * directory (and again if it is renamed back): the journal names the
- * directory first, so recovery looks for the source there. */
+ * directory first, so recovery looks for the source there. Once the loop
+ * let go of the record: no rename it cannot see. */
 static int move_on_reclaim(void *arg, const struct engine_reclaim *r)
 {
-    struct move_work *w = arg;
-    struct journal_rec *jr = w->jr;
-    int rc = 0;
-    pthread_mutex_lock(&w->lock);
-    if (!w->no_record) {
-        free(jr->reclaim.dir);
-        jr->reclaim.dir = xstrdup(r->dir);
-        jr->reclaim.in_mount = r->in_mount;
-        jr->reclaim.undone = r->undone;
-        jr->reclaim.id.known = true;
-        jr->reclaim.id.dev = (uint64_t)r->dev;
-        jr->reclaim.id.ino = (uint64_t)r->ino;
-        jr->reclaim.entries = r->entries;
-        jr->reclaim.bytes = r->bytes;
-        jr->seq = atomic_load(&w->seq_sent);
-        rc = journal_write(w->journal, jr);
-    } else {
-        rc = -ECANCELED; /* the loop let go of the record: no rename it cannot see */
-    }
-    pthread_mutex_unlock(&w->lock);
-    return rc;
+    return work_record(arg, set_reclaim, r, -ECANCELED);
 }
 
 static struct engine_id engine_id_of(const struct journal_id *id)
@@ -445,9 +479,25 @@ static void move_abandon(struct move *m, uint64_t now)
 {
     char why[MOVE_ERROR_MAX], at[MOVE_CURRENT_MAX + 64];
     int code = atomic_load(&m->work->stop);
+    bool busy;
     pthread_mutex_lock(&m->work->lock);
-    m->work->no_record = true;
+    busy = m->work->rec_busy;
+    if (!busy)
+        m->work->no_record = true;
     pthread_mutex_unlock(&m->work->lock);
+    if (busy) {
+        /* Stuck in its journal write (state_dir does not answer): the loop
+         * cannot record the outcome beside it (one record, one writer), so
+         * the move ends once that write returns; the loop goes on. */
+        if (!m->abandon_waits)
+            LOG(LOG_ERROR,
+                "a stopped move's thread is stuck writing its journal record in state_dir; the "
+                "move ends once that write returns",
+                LF_S("move", m->st.move_id), LF_S("phase", move_phase_name(m->st.phase)),
+                LF_U("quiet_ms", now - m->last_life_ms));
+        m->abandon_waits = true;
+        return;
+    }
     m->abandoned = true;
     m->abandoned_phase = m->st.phase;
     if (m->st.current_file[0])
@@ -865,12 +915,29 @@ static int move_discard(struct move *m, enum move_code code, const char *why)
 int move_record_update(struct move *m, void (*fn)(struct journal_rec *jr, void *arg), void *arg)
 {
     struct move_work *w = m->work;
-    int rc = -ENOENT;
+    char *text;
+    int rc;
     pthread_mutex_lock(&w->lock);
-    if (!w->no_record && w->jr && w->journal) {
-        fn(w->jr, arg);
-        rc = journal_write(w->journal, w->jr);
+    if (w->no_record || !w->jr || !w->moves_dir) {
+        pthread_mutex_unlock(&w->lock);
+        return -ENOENT;
     }
+    fn(w->jr, arg);
+    if (w->rec_busy) {
+        /* The worker is writing it: it writes once more with this change,
+         * and the loop does not wait for its disk. */
+        w->rec_again = true;
+        pthread_mutex_unlock(&w->lock);
+        return 0;
+    }
+    text = journal_format(w->jr);
+    w->rec_busy = true;
+    pthread_mutex_unlock(&w->lock);
+    rc = journal_write_text(w->moves_dir, w->move_id, text);
+    free(text);
+    pthread_mutex_lock(&w->lock);
+    w->rec_busy = false;
+    pthread_cond_broadcast(&w->rec_idle);
     pthread_mutex_unlock(&w->lock);
     return rc;
 }

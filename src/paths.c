@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -55,6 +56,32 @@ int path_check_syntax(const char *p, char *norm, const char **why)
         c = comp + n;
     }
     return 0;
+}
+
+void paths_reclaim_name(char *buf, size_t size, const char *move_id, unsigned n)
+{
+    if (n <= 1)
+        snprintf(buf, size, "%s%s", PATHS_RECLAIM_PREFIX, move_id);
+    else
+        snprintf(buf, size, "%s%s~%u", PATHS_RECLAIM_PREFIX, move_id, n);
+}
+
+bool paths_is_reclaim_name(const char *name, const char *move_id)
+{
+    size_t np = sizeof PATHS_RECLAIM_PREFIX - 1, ni = strlen(move_id);
+    const char *tail;
+    if (strncmp(name, PATHS_RECLAIM_PREFIX, np) != 0 || strncmp(name + np, move_id, ni) != 0)
+        return false;
+    tail = name + np + ni;
+    if (*tail == '\0')
+        return true;
+    /* "~n", n from 2 without leading zeros: exactly the names made above. */
+    if (tail[0] != '~' || tail[1] < '1' || tail[1] > '9' || strlen(tail + 1) > 9)
+        return false;
+    for (const char *c = tail + 1; *c; c++)
+        if (*c < '0' || *c > '9')
+            return false;
+    return strcmp(tail, "~1") != 0;
 }
 
 int path_resolve(const char *norm, char *resolved, dev_t *nearest_dev)

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <time.h>
 #include <unistd.h>
 
 /* linux/ioprio.h is not in every libc's headers. */
@@ -55,6 +57,8 @@ static void del_count(struct del *d, const struct stat *st)
     uint64_t b = S_ISREG(st->st_mode) && st->st_nlink <= 1 ? (uint64_t)st->st_size : 0;
     if (!d->p)
         return;
+    if (d->p->beat)
+        atomic_fetch_add_explicit(d->p->beat, 1, memory_order_relaxed);
     d->p->entries_done++;
     d->p->bytes_done += b;
     count_down(d->p->entries, 1);
@@ -253,20 +257,89 @@ int reclaim_delete(const char *dir, dev_t dev, ino_t ino, atomic_int *stop,
     return 0;
 }
 
-/* --- records in state_dir/reclaim ------------------------------------------------- */
+/* --- what the thread shares with the loop ------------------------------------------ */
 
-static void record_path(const struct reclaimer *r, const char *move_id, bool tmp, char *buf,
-                        size_t size)
+/* The thread's own block (see reclaim.h): the loop and the thread each hold
+ * a reference; the last one frees it. Nothing in it is the agent's, so a
+ * thread left behind at exit (reclaimer_close) can come back from the
+ * kernel at any time and still find everything it uses. */
+struct reclaim_shared {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;             /* the thread waits for work; close for its exit */
+    int refs;                        /* under lock */
+    bool stopping;                   /* under lock: the thread exits */
+    bool exited;                     /* under lock: it has left its loop */
+    bool detached;                   /* under lock: the loop let go (no wake-ups) */
+    uv_async_t *async;               /* the loop's, used only under lock and !detached */
+    struct reclaim_item *queue;      /* under lock: waiting, in order */
+    struct reclaim_item *cur;        /* under lock: being deleted (the thread's) */
+    struct reclaim_item *done;       /* under lock: ended, for the loop */
+    atomic_int stop;                 /* read by the deletion at every entry */
+    atomic_uint beat;                /* a sign of life: every entry deleted, the exit */
+    _Atomic uint64_t bytes, entries; /* left to delete, over every reclaim */
+    char *dir;                       /* state_dir/reclaim */
+};
+
+static void item_free(struct reclaim_item *it)
 {
-    util_fmt(buf, size, tmp ? "%s/.%s.tmp" : "%s/%s.json", r->dir, move_id);
+    free(it->dir);
+    free(it);
 }
 
-static int record_write(const struct reclaimer *r, const struct reclaim_item *it)
+static void items_free(struct reclaim_item *list)
+{
+    struct reclaim_item *next;
+    for (; list; list = next) {
+        next = list->next;
+        item_free(list);
+    }
+}
+
+static void shared_unref(struct reclaim_shared *s)
+{
+    bool last;
+    pthread_mutex_lock(&s->lock);
+    last = --s->refs == 0;
+    pthread_mutex_unlock(&s->lock);
+    if (!last)
+        return;
+    items_free(s->queue);
+    items_free(s->done);
+    if (s->cur)
+        item_free(s->cur);
+    free(s->dir);
+    pthread_cond_destroy(&s->cond);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
+
+/* Wakes the loop, unless it let go of the thread. Under s->lock. */
+static void shared_wake(struct reclaim_shared *s)
+{
+    if (!s->detached && s->async)
+        uv_async_send(s->async);
+}
+
+/* --- records in state_dir/reclaim ------------------------------------------------- */
+
+/* The record's name: "<moveId>@<dev>-<ino>" (the current format). */
+static void key_of(char *buf, size_t size, const char *move_id, dev_t dev, ino_t ino)
+{
+    util_fmt(buf, size, "%s@%llu-%llu", move_id, (unsigned long long)dev, (unsigned long long)ino);
+}
+
+static void record_path(const char *dir, const char *key, bool tmp, char *buf, size_t size)
+{
+    util_fmt(buf, size, tmp ? "%s/.%s.tmp" : "%s/%s.json", dir, key);
+}
+
+/* Writes it->key's record (temp, fsync, rename, directory fsync). No lock
+ * may be held: it waits for the disk. 0 or -errno. */
+static int record_write(const char *dir, const struct reclaim_item *it)
 {
     char path[PATH_MAX], tmp[PATH_MAX], id[48];
     cJSON *o = cJSON_CreateObject();
     char *text;
-    size_t len;
     int fd, rc = 0;
     cJSON_AddNumberToObject(o, "version", 1);
     cJSON_AddStringToObject(o, "moveId", it->move_id);
@@ -279,30 +352,33 @@ static int record_write(const struct reclaimer *r, const struct reclaim_item *it
     cJSON_Delete(o);
     if (!text)
         util_oom(0);
-    len = strlen(text);
-    record_path(r, it->move_id, false, path, sizeof path);
-    record_path(r, it->move_id, true, tmp, sizeof tmp);
+    record_path(dir, it->key, false, path, sizeof path);
+    record_path(dir, it->key, true, tmp, sizeof tmp);
     fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0 || write(fd, text, len) != (ssize_t)len || fsync(fd) != 0)
-        rc = errno ? -errno : -EIO;
-    if (fd >= 0)
+    if (fd < 0) {
+        rc = -errno;
+    } else {
+        rc = util_pwrite_all(fd, text, strlen(text), 0);
+        if (rc == 0 && fsync(fd) != 0)
+            rc = -errno;
         close(fd);
+    }
     cJSON_free(text);
     if (rc == 0 && rename(tmp, path) != 0)
         rc = -errno;
     if (rc == 0)
-        rc = util_fsync_dir(r->dir);
+        rc = util_fsync_dir(dir);
     if (rc != 0)
         (void)unlink(tmp);
     return rc;
 }
 
-static void record_remove(const struct reclaimer *r, const char *move_id)
+static void record_remove(const char *dir, const char *key)
 {
     char path[PATH_MAX];
-    record_path(r, move_id, false, path, sizeof path);
+    record_path(dir, key, false, path, sizeof path);
     if (unlink(path) == 0)
-        (void)util_fsync_dir(r->dir);
+        (void)util_fsync_dir(dir);
 }
 
 static struct reclaim_item *item_new(const char *move_id, const char *dir, dev_t dev, ino_t ino,
@@ -310,6 +386,7 @@ static struct reclaim_item *item_new(const char *move_id, const char *dir, dev_t
 {
     struct reclaim_item *it = xcalloc(1, sizeof *it);
     util_fmt(it->move_id, sizeof it->move_id, "%s", move_id);
+    key_of(it->key, sizeof it->key, move_id, dev, ino);
     it->dir = xstrdup(dir);
     it->dev = dev;
     it->ino = ino;
@@ -318,14 +395,16 @@ static struct reclaim_item *item_new(const char *move_id, const char *dir, dev_t
     return it;
 }
 
-static void item_free(struct reclaim_item *it)
+/* The same directory: path, device and inode. */
+static bool same_dir(const struct reclaim_item *a, const struct reclaim_item *b)
 {
-    free(it->dir);
-    free(it);
+    return a->dev == b->dev && a->ino == b->ino && strcmp(a->dir, b->dir) == 0;
 }
 
-/* Parses one record strictly; NULL when anything is missing or odd. */
-static struct reclaim_item *record_parse(const char *text, const char *file_id)
+/* Parses one record strictly; NULL when anything is missing or odd. key is
+ * the file's name without ".json": "<moveId>@<dev>-<ino>", whose parts must
+ * be the record's, or (the format before) the moveId alone. */
+static struct reclaim_item *record_parse(const char *text, const char *key)
 {
     cJSON *o = cJSON_Parse(text);
     const cJSON *mid = cJSON_GetObjectItemCaseSensitive(o, "moveId");
@@ -335,20 +414,23 @@ static struct reclaim_item *record_parse(const char *text, const char *file_id)
     const cJSON *byt = cJSON_GetObjectItemCaseSensitive(o, "bytes");
     struct reclaim_item *it = NULL;
     unsigned long long dev, ino;
-    char tail, want[NAME_MAX + 1];
+    char tail, want[RECLAIM_KEY_MAX + 1];
     const char *slash;
     if (!cJSON_IsString(mid) || !cJSON_IsString(dir) || !cJSON_IsString(id) ||
         !cJSON_IsNumber(ent) || !cJSON_IsNumber(byt) || ent->valuedouble < 0 ||
-        byt->valuedouble < 0 || strcmp(mid->valuestring, file_id) != 0 ||
-        strlen(mid->valuestring) > MOVE_ID_MAX ||
+        byt->valuedouble < 0 || strlen(mid->valuestring) > MOVE_ID_MAX ||
+        strchr(mid->valuestring, '@') || strchr(mid->valuestring, '/') ||
         sscanf(id->valuestring, "%llu:%llu%c", &dev, &ino, &tail) != 2)
         goto out;
-    util_fmt(want, sizeof want, "%s%s", PATHS_RECLAIM_PREFIX, mid->valuestring);
+    key_of(want, sizeof want, mid->valuestring, (dev_t)dev, (ino_t)ino);
+    if (strcmp(key, want) != 0 && strcmp(key, mid->valuestring) != 0)
+        goto out;
     slash = strrchr(dir->valuestring, '/');
-    if (dir->valuestring[0] != '/' || !slash || strcmp(slash + 1, want) != 0)
+    if (dir->valuestring[0] != '/' || !slash || !paths_is_reclaim_name(slash + 1, mid->valuestring))
         goto out;
     it = item_new(mid->valuestring, dir->valuestring, (dev_t)dev, (ino_t)ino,
                   (uint64_t)ent->valuedouble, (uint64_t)byt->valuedouble);
+    util_fmt(it->key, sizeof it->key, "%s", key); /* an old record keeps its name */
 out:
     cJSON_Delete(o);
     return it;
@@ -368,27 +450,29 @@ static void lower_priority(void)
     (void)setpriority(PRIO_PROCESS, (id_t)tid, 19);
 }
 
-static void reclaim_one(struct reclaimer *r, struct reclaim_item *it)
+/* One deletion of it->dir. True when it ended for good (deleted, or left to
+ * the operator): its record was removed. */
+static bool reclaim_one(struct reclaim_shared *s, struct reclaim_item *it)
 {
     char why[PATH_MAX + 256];
-    struct reclaim_progress p = {.bytes = &r->bytes, .entries = &r->entries};
+    struct reclaim_progress p = {.bytes = &s->bytes, .entries = &s->entries, .beat = &s->beat};
     uint64_t t0 = util_mono_ms();
     LOG(LOG_INFO, "reclaim started", LF_S("move", it->move_id), LF_S("path", it->dir),
         LF_U("entries", it->entries), LF_U("bytes", it->bytes));
     /* One unlink at a time: a background reclaim must stay light. */
-    it->result = reclaim_delete(it->dir, it->dev, it->ino, &r->stop, &p, false, why, sizeof why);
+    it->result = reclaim_delete(it->dir, it->dev, it->ino, &s->stop, &p, false, why, sizeof why);
     /* What it holds now; once it ended, none of it counts any more. */
     it->entries = it->entries > p.entries_done ? it->entries - p.entries_done : 0;
     it->bytes = it->bytes > p.bytes_done ? it->bytes - p.bytes_done : 0;
     if (it->result != -ECANCELED) {
-        count_down(&r->entries, it->entries);
-        count_down(&r->bytes, it->bytes);
+        count_down(&s->entries, it->entries);
+        count_down(&s->bytes, it->bytes);
     }
     if (it->result == -ECANCELED || it->result == -EAGAIN) {
         LOG(it->result == -EAGAIN ? LOG_WARN : LOG_INFO,
             "reclaim stopped; it resumes at the next start", LF_S("move", it->move_id),
             LF_S("path", it->dir), LF_S("reason", it->result == -EAGAIN ? why : "stopped"));
-        return;
+        return false;
     }
     if (it->result == 0)
         LOG(LOG_INFO, "reclaim done", LF_S("move", it->move_id), LF_S("path", it->dir),
@@ -396,35 +480,63 @@ static void reclaim_one(struct reclaimer *r, struct reclaim_item *it)
     else
         LOG(LOG_ERROR, "reclaim could not delete everything; what is left stays for the operator",
             LF_S("move", it->move_id), LF_S("path", it->dir), LF_S("reason", why));
-    record_remove(r, it->move_id);
+    record_remove(s->dir, it->key);
+    return true;
 }
 
 static void reclaim_thread(void *arg)
 {
-    struct reclaimer *r = arg;
+    struct reclaim_shared *s = arg;
     (void)pthread_setname_np(pthread_self(), "ha-reclaim");
     lower_priority();
-    pthread_mutex_lock(&r->lock);
+    pthread_mutex_lock(&s->lock);
     for (;;) {
         struct reclaim_item *it;
-        while (!r->stopping && !r->queue)
-            pthread_cond_wait(&r->cond, &r->lock);
-        if (r->stopping)
+        bool gone;
+        while (!s->stopping && !s->queue)
+            pthread_cond_wait(&s->cond, &s->lock);
+        if (s->stopping)
             break;
-        it = r->queue;
-        r->queue = it->next;
+        it = s->queue;
+        s->queue = it->next;
         it->next = NULL;
-        r->cur = it;
-        pthread_mutex_unlock(&r->lock);
-        reclaim_one(r, it);
-        pthread_mutex_lock(&r->lock);
-        r->cur = NULL;
-        it->next = r->done;
-        r->done = it;
-        if (!r->closing)
-            uv_async_send(&r->async);
+        s->cur = it;
+        for (;;) {
+            pthread_mutex_unlock(&s->lock);
+            gone = reclaim_one(s, it);
+            pthread_mutex_lock(&s->lock);
+            if (!it->again)
+                break;
+            /* Added again while it ran (reclaimer_add): a directory made
+             * since with the identity of the one just deleted. Its record
+             * must be there (this run may have removed it after the add
+             * looked), then it runs once more; or, stopped, the next start
+             * runs it. */
+            it->again = false;
+            it->entries = it->again_entries;
+            it->bytes = it->again_bytes;
+            pthread_mutex_unlock(&s->lock);
+            if (gone && record_write(s->dir, it) != 0)
+                LOG(LOG_ERROR, "cannot record a reclaim in state_dir; it runs now all the same",
+                    LF_S("move", it->move_id), LF_S("path", it->dir));
+            pthread_mutex_lock(&s->lock);
+            if (!gone || s->stopping) {
+                count_down(&s->entries, it->entries);
+                count_down(&s->bytes, it->bytes);
+                break;
+            }
+        }
+        s->cur = NULL;
+        it->next = s->done;
+        s->done = it;
+        shared_wake(s);
     }
-    pthread_mutex_unlock(&r->lock);
+    s->exited = true;
+    atomic_fetch_add(&s->beat, 1);
+    pthread_cond_broadcast(&s->cond);
+    shared_wake(s);
+    pthread_mutex_unlock(&s->lock);
+    shared_unref(s);
 }
 
 /* --- the loop's side --------------------------------------------------------------- */
@@ -433,31 +545,47 @@ static void on_async(uv_async_t *h)
 {
     struct reclaimer *r = h->data;
     struct reclaim_item *list, *next;
-    pthread_mutex_lock(&r->lock);
-    list = r->done;
-    r->done = NULL;
-    pthread_mutex_unlock(&r->lock);
+    bool exited;
+    pthread_mutex_lock(&r->s->lock);
+    list = r->s->done;
+    r->s->done = NULL;
+    exited = r->s->exited;
+    pthread_mutex_unlock(&r->s->lock);
     for (; list; list = next) {
         next = list->next;
         if (r->ended)
             r->ended(r, list);
         item_free(list);
     }
+    if (exited && !r->exit_told) {
+        r->exit_told = true;
+        if (r->exited)
+            r->exited(r);
+    }
 }
 
 int reclaimer_init(struct reclaimer *r, uv_loop_t *loop, const char *state_dir)
 {
+    struct reclaim_shared *s = xcalloc(1, sizeof *s);
+    pthread_condattr_t ca;
     char path[PATH_MAX];
     int rc;
     memset(r, 0, sizeof *r);
     r->loop = loop;
-    pthread_mutex_init(&r->lock, NULL);
-    pthread_cond_init(&r->cond, NULL);
-    atomic_init(&r->stop, 0);
-    atomic_init(&r->bytes, 0);
-    atomic_init(&r->entries, 0);
+    r->s = s;
+    pthread_mutex_init(&s->lock, NULL);
+    /* Monotonic: reclaimer_close's bounded wait ignores clock changes. */
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->cond, &ca);
+    pthread_condattr_destroy(&ca);
+    s->refs = 1;
+    atomic_init(&s->stop, 0);
+    atomic_init(&s->beat, 0);
+    atomic_init(&s->bytes, 0);
+    atomic_init(&s->entries, 0);
     util_fmt(path, sizeof path, "%s/reclaim", state_dir);
-    r->dir = xstrdup(path);
+    s->dir = xstrdup(path);
     if (mkdir(path, 0700) != 0 && errno != EEXIST) {
         LOG(LOG_ERROR, "cannot create the reclaim records' directory", LF_S("path", path),
             LF_S("reason", strerror(errno)));
@@ -466,50 +594,111 @@ int reclaimer_init(struct reclaimer *r, uv_loop_t *loop, const char *state_dir)
     if (rc != 0)
         return rc;
     r->async.data = r;
-    rc = uv_thread_create(&r->thread, reclaim_thread, r);
-    if (rc != 0)
+    s->async = &r->async;
+    s->refs++; /* the thread's */
+    rc = uv_thread_create(&r->thread, reclaim_thread, s);
+    if (rc != 0) {
+        s->refs--;
         return rc;
+    }
     r->thread_started = true;
+    r->last_life_ms = util_mono_ms();
     return 0;
 }
 
-static bool queued(const struct reclaimer *r, const char *move_id)
+/* An item of the same directory, waiting or being deleted. Under lock. */
+static struct reclaim_item *find_same(const struct reclaim_shared *s, const struct reclaim_item *it)
 {
-    for (const struct reclaim_item *it = r->queue; it; it = it->next)
-        if (strcmp(it->move_id, move_id) == 0)
-            return true;
-    return r->cur && strcmp(r->cur->move_id, move_id) == 0;
+    for (struct reclaim_item *q = s->queue; q; q = q->next)
+        if (same_dir(q, it))
+            return q;
+    return s->cur && same_dir(s->cur, it) ? s->cur : NULL;
 }
 
-static void enqueue(struct reclaimer *r, struct reclaim_item *it)
+static void enqueue(struct reclaim_shared *s, struct reclaim_item *it)
 {
     struct reclaim_item **tail;
-    atomic_fetch_add(&r->bytes, it->bytes);
-    atomic_fetch_add(&r->entries, it->entries);
-    for (tail = &r->queue; *tail; tail = &(*tail)->next)
+    atomic_fetch_add(&s->bytes, it->bytes);
+    atomic_fetch_add(&s->entries, it->entries);
+    for (tail = &s->queue; *tail; tail = &(*tail)->next)
         ;
     *tail = it;
-    pthread_cond_signal(&r->cond);
+    pthread_cond_signal(&s->cond);
+}
+
+/* it is of a directory already waiting or being deleted (found as q):
+ * counted with its newer numbers; one being deleted runs once more after
+ * (reclaim_thread). Under lock; it is freed. */
+static void merge(struct reclaim_shared *s, struct reclaim_item *q, struct reclaim_item *it)
+{
+    atomic_fetch_add(&s->bytes, it->bytes);
+    atomic_fetch_add(&s->entries, it->entries);
+    if (q == s->cur) {
+        if (q->again) {
+            count_down(&s->entries, q->again_entries);
+            count_down(&s->bytes, q->again_bytes);
+        }
+        q->again = true;
+        q->again_entries = it->entries;
+        q->again_bytes = it->bytes;
+    } else {
+        count_down(&s->entries, q->entries);
+        count_down(&s->bytes, q->bytes);
+        q->entries = it->entries;
+        q->bytes = it->bytes;
+    }
+    item_free(it);
+}
+
+/* After the record of `it` was written: a record of the format before (named
+ * by the moveId alone) of the same directory is the same reclaim, and
+ * goes (left by the run that recorded it, skipped at this start because its
+ * move was being recovered). */
+static void drop_old_record(const char *dir, const struct reclaim_item *it)
+{
+    char name[MOVE_ID_MAX + 8], *text;
+    struct reclaim_item *old;
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return;
+    util_fmt(name, sizeof name, "%s.json", it->move_id);
+    text = util_read_small_file(dfd, name, RECLAIM_RECORD_MAX);
+    old = text ? record_parse(text, it->move_id) : NULL;
+    if (old && same_dir(old, it) && unlinkat(dfd, name, 0) == 0)
+        (void)fsync(dfd);
+    if (old)
+        item_free(old);
+    free(text);
+    close(dfd);
 }
 
 int reclaimer_add(struct reclaimer *r, const char *move_id, const char *dir, dev_t dev, ino_t ino,
                   uint64_t entries, uint64_t bytes)
 {
-    struct reclaim_item *it = item_new(move_id, dir, dev, ino, entries, bytes);
-    int rc = record_write(r, it);
+    struct reclaim_shared *s = r->s;
+    struct reclaim_item *it = item_new(move_id, dir, dev, ino, entries, bytes), *q;
+    int rc;
+    pthread_mutex_lock(&s->lock);
+    q = find_same(s, it);
+    if (q) { /* its record is there (or written again by the thread) */
+        merge(s, q, it);
+        pthread_mutex_unlock(&s->lock);
+        return 0;
+    }
+    pthread_mutex_unlock(&s->lock);
+    /* Written with no lock held: the thread takes it between entries. Only
+     * the loop adds, so nothing of this directory can be queued meanwhile. */
+    rc = record_write(s->dir, it);
     if (rc != 0)
         LOG(LOG_ERROR,
             "cannot record a reclaim in state_dir; it runs now, but a restart before it ends "
             "leaves the directory behind",
             LF_S("move", move_id), LF_S("path", dir), LF_S("reason", strerror(-rc)));
-    pthread_mutex_lock(&r->lock);
-    if (queued(r, move_id)) {
-        pthread_mutex_unlock(&r->lock);
-        item_free(it);
-        return rc;
-    }
-    enqueue(r, it);
-    pthread_mutex_unlock(&r->lock);
+    else
+        drop_old_record(s->dir, it);
+    pthread_mutex_lock(&s->lock);
+    enqueue(s, it);
+    pthread_mutex_unlock(&s->lock);
     return rc;
 }
 
@@ -532,18 +721,18 @@ static int records_each(const char *dir, bool tidy, void (*fn)(void *arg, struct
     }
     while ((de = readdir(d)) != NULL) {
         size_t n = strlen(de->d_name);
-        char id[MOVE_ID_MAX + 1], *text;
+        char key[RECLAIM_KEY_MAX + 1], *text;
         struct reclaim_item *it;
         if (n > 4 && strcmp(de->d_name + n - 4, ".tmp") == 0) {
             if (tidy)
                 (void)unlinkat(dirfd(d), de->d_name, 0); /* a write cut short */
             continue;
         }
-        if (n <= 5 || n - 5 > MOVE_ID_MAX || strcmp(de->d_name + n - 5, ".json") != 0)
+        if (n <= 5 || n - 5 > RECLAIM_KEY_MAX || strcmp(de->d_name + n - 5, ".json") != 0)
             continue;
-        util_fmt(id, sizeof id, "%.*s", (int)(n - 5), de->d_name);
+        util_fmt(key, sizeof key, "%.*s", (int)(n - 5), de->d_name);
         text = util_read_small_file(dirfd(d), de->d_name, RECLAIM_RECORD_MAX);
-        it = text ? record_parse(text, id) : NULL;
+        it = text ? record_parse(text, key) : NULL;
         free(text);
         if (it) {
             fn(arg, it);
@@ -561,30 +750,41 @@ static int records_each(const char *dir, bool tidy, void (*fn)(void *arg, struct
 
 struct load_ctx {
     struct reclaimer *r;
-    bool (*skip)(void *arg, const char *move_id);
+    bool (*skip)(void *arg, const struct reclaim_item *it);
     void *arg;
 };
 
 static void load_one(void *arg, struct reclaim_item *it)
 {
     struct load_ctx *c = arg;
-    if (c->skip && c->skip(c->arg, it->move_id)) {
+    struct reclaim_shared *s = c->r->s;
+    struct reclaim_item *q;
+    if (c->skip && c->skip(c->arg, it)) {
+        item_free(it);
+        return;
+    }
+    pthread_mutex_lock(&s->lock);
+    q = find_same(s, it);
+    if (q) {
+        /* Two records of one directory (the format before beside the
+         * current one): one reclaim, one record. */
+        pthread_mutex_unlock(&s->lock);
+        LOG(LOG_INFO, "a second record of one reclaim removed", LF_S("move", it->move_id),
+            LF_S("path", it->dir), LF_S("record", it->key));
+        record_remove(s->dir, it->key);
         item_free(it);
         return;
     }
     LOG(LOG_INFO, "resuming a reclaim", LF_S("move", it->move_id), LF_S("path", it->dir));
-    pthread_mutex_lock(&c->r->lock);
-    if (queued(c->r, it->move_id))
-        item_free(it);
-    else
-        enqueue(c->r, it);
-    pthread_mutex_unlock(&c->r->lock);
+    enqueue(s, it);
+    pthread_mutex_unlock(&s->lock);
 }
 
-void reclaimer_load(struct reclaimer *r, bool (*skip)(void *arg, const char *move_id), void *arg)
+void reclaimer_load(struct reclaimer *r, bool (*skip)(void *arg, const struct reclaim_item *it),
+                    void *arg)
 {
     struct load_ctx c = {r, skip, arg};
-    (void)records_each(r->dir, true, load_one, &c);
+    (void)records_each(r->s->dir, true, load_one, &c);
 }
 
 struct list_ctx {
@@ -610,48 +810,100 @@ int reclaim_list(const char *state_dir, void (*cb)(void *arg, const struct recla
 
 void reclaimer_totals(struct reclaimer *r, uint64_t *bytes, uint64_t *entries)
 {
-    *bytes = atomic_load(&r->bytes);
-    *entries = atomic_load(&r->entries);
+    /* Closed: nothing is being deleted any more. */
+    *bytes = r->s ? atomic_load(&r->s->bytes) : 0;
+    *entries = r->s ? atomic_load(&r->s->entries) : 0;
 }
 
 void reclaimer_stop(struct reclaimer *r)
 {
-    atomic_store(&r->stop, 1);
-    pthread_mutex_lock(&r->lock);
-    r->stopping = true;
-    pthread_cond_signal(&r->cond);
-    pthread_mutex_unlock(&r->lock);
+    atomic_store(&r->s->stop, 1);
+    pthread_mutex_lock(&r->s->lock);
+    r->s->stopping = true;
+    pthread_cond_broadcast(&r->s->cond);
+    pthread_mutex_unlock(&r->s->lock);
+}
+
+bool reclaimer_running(const struct reclaimer *r)
+{
+    bool exited;
+    if (!r->thread_started)
+        return false;
+    pthread_mutex_lock(&r->s->lock);
+    exited = r->s->exited;
+    pthread_mutex_unlock(&r->s->lock);
+    return !exited;
+}
+
+uint64_t reclaimer_quiet_ms(struct reclaimer *r, uint64_t now)
+{
+    unsigned beat;
+    if (!reclaimer_running(r))
+        return 0;
+    beat = atomic_load(&r->s->beat);
+    if (beat != r->last_beat) {
+        r->last_beat = beat;
+        r->last_life_ms = now;
+        return 0;
+    }
+    return now > r->last_life_ms ? now - r->last_life_ms : 0;
 }
 
 static void on_closed(uv_handle_t *h)
 {
     struct reclaimer *r = h->data;
-    struct reclaim_item *it, *next;
-    for (it = r->queue; it; it = next) {
-        next = it->next;
-        item_free(it);
-    }
-    for (it = r->done; it; it = next) {
-        next = it->next;
-        item_free(it);
-    }
-    r->queue = r->done = NULL;
-    free(r->dir);
-    r->dir = NULL;
-    pthread_cond_destroy(&r->cond);
-    pthread_mutex_destroy(&r->lock);
+    struct reclaim_item *queue, *done;
+    pthread_mutex_lock(&r->s->lock);
+    queue = r->s->queue;
+    done = r->s->done;
+    r->s->queue = r->s->done = NULL;
+    pthread_mutex_unlock(&r->s->lock);
+    items_free(queue);
+    items_free(done);
+    shared_unref(r->s);
+    r->s = NULL;
     if (r->close_cb)
         r->close_cb(r);
 }
 
-void reclaimer_close(struct reclaimer *r, void (*cb)(struct reclaimer *r))
+/* Waits until the thread has exited or wait_ms have passed; true when it
+ * has exited. Under s->lock. */
+static bool wait_exit(struct reclaim_shared *s, uint64_t wait_ms)
 {
-    reclaimer_stop(r);
-    if (r->thread_started) {
-        uv_thread_join(&r->thread);
-        r->thread_started = false;
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += (time_t)(wait_ms / 1000);
+    until.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
     }
-    r->closing = true;
+    while (!s->exited)
+        if (pthread_cond_timedwait(&s->cond, &s->lock, &until) == ETIMEDOUT)
+            break;
+    return s->exited;
+}
+
+void reclaimer_close(struct reclaimer *r, uint64_t wait_ms, void (*cb)(struct reclaimer *r))
+{
+    struct reclaim_shared *s = r->s;
+    bool exited = true;
+    reclaimer_stop(r);
+    pthread_mutex_lock(&s->lock);
+    if (r->thread_started)
+        exited = wait_exit(s, wait_ms);
+    s->detached = true; /* no wake-up of the loop from here on */
+    s->async = NULL;
+    pthread_mutex_unlock(&s->lock);
+    if (r->thread_started && exited) {
+        uv_thread_join(&r->thread);
+    } else if (r->thread_started) {
+        /* Never joined: it may never return. It holds its own reference. */
+        pthread_detach(r->thread);
+        LOG0(LOG_ERROR, "left the reclaim thread behind, stuck on a disk that does not answer; "
+                        "its reclaim resumes at the next start");
+    }
+    r->thread_started = false;
     r->close_cb = cb;
     r->async.data = r;
     if (!r->async.loop) { /* reclaimer_init failed before the handle */

@@ -278,3 +278,21 @@ int util_fsync_dir_at(int dirfd, const char *dir)
     close(fd);
     return rc;
 }
+
+int util_pwrite_all(int fd, const void *buf, size_t len, off_t off)
+{
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t w = pwrite(fd, p, len, off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return -errno;
+        if (w == 0)
+            return -EIO; /* nothing written and no reason given */
+        p += w;
+        len -= (size_t)w;
+        off += w;
+    }
+    return 0;
+}

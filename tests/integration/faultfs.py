@@ -16,11 +16,13 @@ or "error ..."):
     hung                   "ok N": how many requests are waiting now
     ping                   "ok"
 
-OP is one of lookup, getattr, open, read, write, create, mkdir, readdir,
-unlink, rmdir, rename (matched on the old path), or "any". PATH is relative to the mount point ("srv/world.img",
+OP is one of lookup, getattr, open, read, write, fsync, create, mkdir,
+readdir, unlink, rmdir, rename (matched on the old path), or "any". PATH is relative to the mount point ("srv/world.img",
 "" for the root), or "*" for every path. A rule for a directory also matches
 everything below it ("srv" matches "srv/a/b"). Lookups and attributes are
 never cached by the kernel (timeouts 0), so every path walk reaches us.
+rename(2) with RENAME_NOREPLACE is served (checked, then renamed: nothing else
+renames behind the tests' back); other rename flags are refused (EINVAL).
 
 Server side (needs Debian's python3-pyfuse3; run with /usr/bin/python3):
     python3 faultfs.py BACKING MOUNTPOINT CONTROL_SOCKET
@@ -39,8 +41,9 @@ import sys
 import time
 
 FUSE_PYTHON = "/usr/bin/python3"  # Debian's, with pyfuse3 and trio
-OPS = ("lookup", "getattr", "open", "read", "write", "create", "mkdir", "readdir", "unlink", "rmdir",
-       "rename", "any")
+OPS = ("lookup", "getattr", "open", "read", "write", "fsync", "create", "mkdir", "readdir", "unlink",
+       "rmdir", "rename", "any")
+RENAME_NOREPLACE = 1
 
 
 # --- test side -------------------------------------------------------------------
@@ -370,11 +373,11 @@ def serve(backing, mountpoint, control):
             old = self.child(parent_inode_old, name_old)
             new = self.child(parent_inode_new, name_new)
             await rules.apply("rename", self.rel(old))
-            # RENAME_NOREPLACE (1) is kept (the reclaim renames with it);
-            # anything else is not served.
-            if flags & ~1:
+            # RENAME_NOREPLACE is kept (the reclaim renames with it); any
+            # other flag is not served.
+            if flags & ~RENAME_NOREPLACE:
                 raise pyfuse3.FUSEError(errno.EINVAL)
-            if flags and os.path.lexists(new):
+            if flags & RENAME_NOREPLACE and os.path.lexists(new):
                 raise pyfuse3.FUSEError(errno.EEXIST)
             try:
                 os.rename(old, new)
@@ -427,6 +430,7 @@ def serve(backing, mountpoint, control):
             pass
 
         async def fsync(self, fh, datasync):
+            await rules.apply("fsync", self.fd_path(fh))
             try:
                 os.fsync(fh)
             except OSError as e:

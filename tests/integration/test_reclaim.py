@@ -7,6 +7,7 @@ confined to its directory, counted in heartbeat, status and metrics.
 `reclaim = inline` keeps deleting before the answer."""
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -19,6 +20,14 @@ PREFIX = ".hostagent-reclaim-"
 
 def reclaim_dir(src, move_id, in_mount=False):
     return os.path.join(src if in_mount else os.path.dirname(src), PREFIX + move_id)
+
+
+def record_name(move_id, rdir):
+    """The reclaim record's file in state_dir/reclaim: the moveId and the
+    reclaim directory's device and inode (two moves with one moveId never
+    share one)."""
+    st = os.stat(rdir)
+    return "%s@%d-%d.json" % (move_id, st.st_dev, st.st_ino)
 
 
 class ReclaimTest(AgentTestCase):
@@ -82,7 +91,7 @@ class ReclaimTest(AgentTestCase):
             self.assertFalse(os.path.lexists(src))
             self.assertEqual(snapshot(dst), before)
             self.assertEqual(snapshot(rdir), before)
-            self.assertEqual(self.records(), ["mv-rc.json"])
+            self.assertEqual(self.records(), [record_name("mv-rc", rdir)])
             st = self.status()
             self.assertEqual(st["reclaimingEntries"], entries, st)
             self.assertEqual(st["reclaimingBytes"], ans["bytesCopied"], st)
@@ -235,7 +244,7 @@ class ReclaimTest(AgentTestCase):
         with self.frozen_workers("ha-reclaim"):
             ans = self.move("mc", src, dst, "mv-kr")
             self.assertTrue(ans["success"], ans)
-            self.assertEqual(self.records(), ["mv-kr.json"])
+            self.assertEqual(self.records(), [record_name("mv-kr", rdir)])
             self.kill_agent()
         self.assertTrue(os.path.isdir(rdir))
         # With no daemon, `hostagent status` names the reclaim left to do
@@ -269,7 +278,7 @@ class ReclaimTest(AgentTestCase):
         self.assertEqual(self.agent.stop(timeout=20), 0)
         self.assertLess(time.monotonic() - t0, 10, "the reclaim held up the stop")
         if os.path.lexists(rdir):
-            self.assertEqual(self.records(), ["mv-term.json"])
+            self.assertEqual(self.records(), [record_name("mv-term", rdir)])
         self.restart_agent(1)
         wait_until(lambda: not os.path.lexists(rdir) and self.records() == [], 120,
                    "the reclaim resumed and finished")
@@ -283,7 +292,8 @@ class ReclaimTest(AgentTestCase):
             for r in replies:
                 self.assertTrue(self.manager.wait_answer(r, 120)["success"])
             self.assertEqual(self.status()["reclaimingEntries"], sum(2 + 2 * (300 + i) for i in range(3)))
-            self.assertEqual(self.records(), ["mv-c0.json", "mv-c1.json", "mv-c2.json"])
+            self.assertEqual(self.records(), sorted(record_name("mv-c%d" % i, reclaim_dir(s, "mv-c%d" % i))
+                                                    for i, s in enumerate(srcs)))
         for i, s in enumerate(srcs):
             wait_until(lambda: not os.path.lexists(reclaim_dir(s, "mv-c%d" % i)), 120, "reclaim %d" % i)
         wait_until(lambda: self.status()["reclaimingEntries"] == 0, 10, "nothing left")
@@ -326,3 +336,85 @@ class ReclaimTest(AgentTestCase):
         log = self.agent.log()
         self.assertIn("not the directory recorded", log)
         self.assertIn("could not delete everything", log)
+
+
+class ReusedMoveIdTest(AgentTestCase):
+    """Issue 20, item 3: a manager may use a moveId again once the agent has
+    forgotten it (its history keeps the last 100 ended moves). A reclaim of
+    the earlier move still running is not overwritten: each reclaim has its
+    own record (moveId, device and inode of its directory) and its own
+    directory (a second one beside the same oldPath's parent takes the next
+    name), both are counted, and a restart resumes both."""
+
+    status = ReclaimTest.status
+    records = ReclaimTest.records
+
+    def forget_move_ids(self, tag, n=100):
+        """n quick moves (renames on one filesystem) push every earlier move
+        out of the agent's history."""
+        base = os.path.join(self.scratch.a, "fill-" + tag)
+        for first in range(0, n, 20):  # within the agent's queue
+            replies = []
+            for i in range(first, min(n, first + 20)):
+                os.makedirs(os.path.join(base, "s%d" % i))
+                open(os.path.join(base, "s%d" % i, "f"), "w").close()
+                replies.append(self.request_move("fill-%s-%d" % (tag, i), os.path.join(base, "s%d" % i),
+                                                 os.path.join(base, "t%d" % i), "mv-fill-%s-%d" % (tag, i)))
+            for r in replies:
+                ans = self.manager.wait_answer(r, 120)
+                self.assertTrue(ans["success"], ans)
+
+    def test_a_moveid_used_again_keeps_every_reclaim_and_a_restart_resumes_them_all(self):
+        self.start_agent(extra={"max_concurrent_moves": "8"})
+        p1, p2 = os.path.join(self.scratch.a, "p1"), os.path.join(self.scratch.a, "p2")
+        # A and C side by side (one parent), B elsewhere; one moveId for all three.
+        srcs = [many_files(os.path.join(p1, "mcA"), dirs=2, per_dir=100),
+                many_files(os.path.join(p2, "mcB"), dirs=2, per_dir=150),
+                many_files(os.path.join(p1, "mcC"), dirs=2, per_dir=200)]
+        for k, src in enumerate(srcs):
+            with open(os.path.join(src, "world.dat"), "wb") as f:
+                f.write(os.urandom(10000 * (k + 1)))
+        rdirs = [reclaim_dir(srcs[0], "mv-same"), reclaim_dir(srcs[1], "mv-same"),
+                 reclaim_dir(srcs[2], "mv-same") + "~2"]
+        entries = bytes_ = 0
+        with self.frozen_workers("ha-reclaim"):
+            for k, src in enumerate(srcs):
+                if k:
+                    self.forget_move_ids(str(k))
+                before = snapshot(src)
+                name = "srv%d" % k
+                ans = self.move(name, src, os.path.join(self.scratch.b, name), "mv-same")
+                self.assertTrue(ans["success"], ans)
+                self.assertEqual(ans["oldPath"], src, "answered from the history: not a new move")
+                self.assertFalse(os.path.lexists(src))
+                # Its old files wait in a reclaim directory of its own.
+                self.assertEqual(snapshot(rdirs[k]), before)
+                self.assertEqual(journal_record(self.scratch.state, "mv-same")["reclaim"]["dir"], rdirs[k])
+                entries += sum(len(d) + len(f) for _, d, f in os.walk(rdirs[k]))
+                bytes_ += ans["bytesCopied"]
+                st = self.status()
+                self.assertEqual((st["reclaimingEntries"], st["reclaimingBytes"]), (entries, bytes_), st)
+                self.assertEqual(self.records(), sorted(record_name("mv-same", r) for r in rdirs[:k + 1]))
+            self.kill_agent()  # nothing deleted yet: every reclaim is left to the next start
+        for d in rdirs:
+            self.assertTrue(os.path.isdir(d), d)
+        # With no daemon, `hostagent status` lists every one of them.
+        out = subprocess.run([BIN, "status", "--config", self.agent.cfg_path], capture_output=True, text=True,
+                             timeout=30).stdout
+        for d in rdirs:
+            self.assertIn("reclaim of move mv-same: %s (" % d, out)
+        self.restart_agent(1)
+        wait_until(lambda: not any(os.path.lexists(d) for d in rdirs) and self.records() == [], 120,
+                   "every reclaim resumed and finished")
+        resumed = [line for line in self.agent.log().splitlines() if "resuming a reclaim" in line]
+        for d in rdirs:
+            self.assertEqual(len([line for line in resumed if line.endswith("path=" + d)]), 1, (d, resumed))
+        # Each started with the counts it was recorded with: together, what
+        # the first run counted.
+        started = [re.search(r" entries=(\d+) bytes=(\d+)", line).groups()
+                   for line in self.agent.log().splitlines() if "reclaim started" in line]
+        self.assertEqual(len(started), 3, started)
+        self.assertEqual((sum(int(e) for e, _ in started), sum(int(b) for _, b in started)), (entries, bytes_))
+        self.assertEqual(sorted(os.listdir(p1)), [])
+        self.assertEqual(sorted(os.listdir(p2)), [])
+        wait_until(lambda: self.status()["reclaimingEntries"] == 0, 10, "nothing left")

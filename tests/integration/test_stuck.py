@@ -281,3 +281,121 @@ class HungMountTest(FaultTestCase):
         fs.release()
         wait_until(lambda: not os.path.exists(os.path.join(self.scratch.b, "a")), 30, "the late rollback")
         self.assertFalse(os.path.exists(os.path.join(self.scratch.b, "srv")))
+
+
+class StuckStateAndReclaimTest(FaultTestCase):
+    """Issue 20, item 10: a worker writes its journal record with no lock the
+    loop takes (a state_dir whose fsync hangs never freezes the loop, not even
+    on the stuck-worker path of a stopped move), and the reclaim thread is
+    waited for by a stop like a worker, then left behind when its disk does
+    not answer (the next start resumes the reclaim)."""
+
+    def heartbeats(self):
+        return [m for c in self.manager.connections for (_, m, _) in c.messages
+                if m is not None and m.get("subject") == "heartbeat"]
+
+    def worker_stuck_in_its_journal_write(self, extra=None):
+        """A move whose worker hangs in the fsync of its journal record (the
+        verifying phase's) on a FUSE state_dir."""
+        state = self.fuse("state")
+        src_fs = self.fuse("src")
+        dense_tree(os.path.join(src_fs.backing, "mc"), 32)
+        src = os.path.join(src_fs.mountpoint, "mc")
+        dst = os.path.join(self.scratch.b, "mc")
+        before = snapshot(src)
+        self.roots = [src_fs.mountpoint, self.scratch.b]
+        self.start_agent(extra=dict({"state_dir": state.mountpoint, "heartbeat_interval": "1s"}, **(extra or {})),
+                         roots=self.roots)
+        src_fs.hang("read", "mc/world.img")
+        reply = self.request_move("mc", src, dst, "mv-slow")
+        wait_until(lambda: src_fs.hung() >= 1, 20, "the copy to hang")
+        state.hang("fsync", "moves/.mv-slow.tmp")
+        src_fs.release()
+        wait_until(lambda: state.hung() >= 1, 30, "the worker's journal write to hang")
+        return state, src, dst, before, reply
+
+    def test_a_worker_stuck_in_its_journal_fsync_never_freezes_the_loop(self):
+        state, src, dst, before, reply = self.worker_stuck_in_its_journal_write()
+        cancel = self.manager.request("server.move_cancel", {"moveId": "mv-slow"})
+        self.assertTrue(self.manager.wait_answer(cancel, 5)["success"])
+        # Stopped and silent: 2 s on, the loop's stuck-worker path finds it in
+        # its journal write, and goes on without waiting for it: heartbeats
+        # (one a second) keep coming well past that, status is answered.
+        n = len(self.heartbeats())
+        self.manager.wait_for(lambda: len(self.heartbeats()) >= n + 5, 30,
+                              "heartbeats while the worker is stuck in its journal write")
+        wait_until(lambda: "stuck writing its journal record" in self.agent.log(), 20,
+                   "the loop to find the worker stuck in its journal write")
+        n = len(self.heartbeats())
+        self.manager.wait_for(lambda: len(self.heartbeats()) >= n + 2, 10, "heartbeats after that")
+        st = self.manager.wait_answer(self.manager.request("server.move_status", {"moveId": "mv-slow"}), 5)
+        self.assertEqual(len(st["moves"]), 1, st)
+        self.assertNotIn(st["moves"][0]["phase"], ("cancelled", "error", "complete"),
+                         "ended before its outcome could be recorded")
+        self.assertEqual(self.manager.answers(reply), [])
+        self.assertGreaterEqual(state.hung(), 1, "the journal write was still hung")
+        state.release()
+        ans = self.manager.wait_answer(reply, 30)
+        self.assertEqual((ans["success"], ans["code"]), (False, "cancelled"), ans)
+        wait_until(lambda: not os.path.exists(dst), 30, "the rollback")
+        wait_until(lambda: not journal_record(state.mountpoint, "mv-slow").get("rollbackPending"), 10,
+                   "the record settled")
+        self.assertEqual(journal_record(state.mountpoint, "mv-slow")["phase"], "cancelled")
+        self.assertEqual(snapshot(src), before)
+        self.assertEqual(len(self.manager.answers(reply)), 1)
+
+    def test_sigterm_with_a_worker_stuck_in_its_journal_write_stops_and_the_next_start_settles_it(self):
+        state, src, dst, before, reply = self.worker_stuck_in_its_journal_write()
+        self.agent.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: "hostagent stopped" in self.agent.log(), 60,
+                   "the stop to finish with the journal write hung")
+        self.assertGreaterEqual(state.hung(), 1, "the journal write was still hung")
+        self.assertIn("stuck writing its journal record", self.agent.log())
+        self.assertEqual(self.manager.answers(reply), [], "an outcome it could not record")
+        state.release()
+        rc = self.agent.proc.wait(20)
+        self.agent.logf.close()
+        self.assertEqual(rc, 0, self.agent.log()[-3000:])
+
+        self.agent = Agent(self.manager, self.scratch, roots=self.roots, log_name="agent2.log",
+                           extra={"state_dir": state.mountpoint})
+        ans = self.manager.wait_answer(reply, 60)
+        self.assertEqual((ans["success"], ans["code"]), (False, "interrupted"), ans)
+        wait_until(lambda: not os.path.exists(dst), 30, "the rollback at start")
+        self.assertEqual(snapshot(src), before)
+        self.assertEqual(len(self.manager.answers(reply)), 1, "one move, one outcome")
+
+    def test_sigterm_leaves_a_hung_reclaim_behind_and_the_next_start_resumes_it(self):
+        fs = self.fuse("src")
+        for d in range(2):
+            os.makedirs(os.path.join(fs.backing, "mc", "d%d" % d))
+            for i in range(50):
+                open(os.path.join(fs.backing, "mc", "d%d" % d, "f%d" % i), "w").close()
+        rname = ".hostagent-reclaim-mv-rh"
+        rdir = os.path.join(fs.backing, rname)
+        records = os.path.join(self.scratch.state, "reclaim")
+        fs.hang("unlink", rname)  # only the reclaim's deletion unlinks there
+        self.start_agent(roots=[fs.mountpoint, self.scratch.b])
+        ans = self.move("mc", os.path.join(fs.mountpoint, "mc"), os.path.join(self.scratch.b, "mc"), "mv-rh")
+        self.assertTrue(ans["success"], ans)
+        wait_until(lambda: fs.hung() >= 1, 20, "the reclaim to hang")
+        self.assertTrue(os.path.isdir(rdir))
+        self.agent.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: "hostagent stopped" in self.agent.log(), 60,
+                   "the stop to finish with the reclaim hung")
+        self.assertGreaterEqual(fs.hung(), 1, "the reclaim was still hung")
+        self.assertIn("left the reclaim thread behind", self.agent.log())
+        self.assertEqual(len(os.listdir(records)), 1, "its record stays")
+        # The process is reaped once the kernel call returns.
+        fs.release()
+        rc = self.agent.proc.wait(20)
+        self.agent.logf.close()
+        self.assertEqual(rc, 0, self.agent.log()[-3000:])
+
+        self.agent = Agent(self.manager, self.scratch, roots=[fs.mountpoint, self.scratch.b],
+                           log_name="agent2.log")
+        self.manager.wait_connection(2, 20)
+        wait_until(lambda: not os.path.lexists(rdir) and os.listdir(records) == [], 60,
+                   "the reclaim resumed and finished")
+        self.assertIn("resuming a reclaim", self.agent.log())
+        self.assertEqual(os.listdir(fs.backing), [])
