@@ -39,7 +39,13 @@ run_build() { # name sanitizer ctest-args...
 # halt_on_error makes every ASan/UBSan report a failure; leak checking is on.
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1:exitcode=86"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
-export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1"
+# The suppressions (tests/tsan.supp) where an agent run as nobody can read
+# them too (the checkout may be under root's 0700 home).
+tsan_supp=$(mktemp /tmp/hostagent-tsan-XXXXXX.supp)
+cp "$here/tests/tsan.supp" "$tsan_supp"
+chmod 644 "$tsan_supp"
+trap 'rm -f "$tsan_supp"' EXIT
+export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$tsan_supp"
 
 start=$(date +%s)
 echo "=== lint: clang-format and clang-tidy"
