@@ -48,8 +48,16 @@ struct statx;
 struct stat;
 void util_statx_to_stat(const struct statx *sx, struct stat *st);
 
-/* mkdir -p: creates path and its missing parents with mode. 0 or -errno. */
+/* mkdir -p: creates path and its missing parents with mode, each made
+ * durable (util_mkdir_durable) before the next is made in it. 0 or -errno. */
 int util_mkdir_p(const char *path, mode_t mode);
+
+/* mkdir of one directory, made durable: when it was made, its parent is
+ * fsynced before this returns (an entry is on the disk only once its
+ * directory is synced: what is renamed into the new directory later must not
+ * vanish with it at a power cut). An existing directory is left as it is
+ * (0). 0 or -errno. */
+int util_mkdir_durable(const char *path, mode_t mode);
 
 /* fsync of the directory dir: its entries made durable. 0 or -errno. */
 int util_fsync_dir(const char *dir);

@@ -189,12 +189,16 @@ static void rcl_free_list(char **v, size_t n)
 
 /* The reclaim directory inside a mount point: ours, or one the journal
  * named before a crash (recovery), or an empty one left by a crash before
- * the journal named it. Opens it as r->rfd; false when it is none of those. */
+ * the journal named it. Opens it as r->rfd; false when it is none of those.
+ * One made here is durable (oldPath fsynced) before anything is renamed
+ * into it: entries renamed into a directory whose own entry a power cut
+ * could still undo would be lost with it (docs/design.md, "Power cuts"). */
 static bool rcl_make_in_mount(struct rcl *r, bool *journaled)
 {
     struct eng *e = r->e;
     const struct engine_reclaim *was = &e->job->resume_reclaim;
     struct stat st;
+    int rc;
     *journaled = false;
     if (mkdirat(e->srcfd, r->name, 0700) != 0) {
         if (errno != EEXIST)
@@ -207,6 +211,12 @@ static bool rcl_make_in_mount(struct rcl *r, bool *journaled)
             return false;
     }
     r->made = true;
+    /* Also one found here after a restart: seen is not yet durable when
+     * only the agent, not the power, had stopped. */
+    if ((rc = util_fsync_dir_at(e->srcfd, ".")) != 0) {
+        errno = -rc;
+        return false;
+    }
     r->rfd = openat(e->srcfd, r->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     return r->rfd >= 0;
 }

@@ -191,14 +191,27 @@ int util_mkdir_p(const char *path, mode_t mode)
         if (*p == '/' || *p == '\0') {
             char c = *p;
             *p = '\0';
-            if (mkdir(buf, mode) != 0 && errno != EEXIST)
-                return -errno;
+            int rc = util_mkdir_durable(buf, mode);
+            if (rc != 0)
+                return rc;
             *p = c;
             if (c == '\0')
                 break;
         }
     }
     return 0;
+}
+
+int util_mkdir_durable(const char *path, mode_t mode)
+{
+    char parent[PATH_MAX];
+    const char *slash = strrchr(path, '/');
+    if (mkdir(path, mode) != 0)
+        return errno == EEXIST ? 0 : -errno;
+    if (!slash)
+        return util_fsync_dir(".");
+    util_fmt(parent, sizeof parent, "%.*s", slash == path ? 1 : (int)(slash - path), path);
+    return util_fsync_dir(parent);
 }
 
 void util_statx_to_stat(const struct statx *sx, struct stat *st)
