@@ -59,6 +59,14 @@ int util_mkdir_p(const char *path, mode_t mode);
  * (0). 0 or -errno. */
 int util_mkdir_durable(const char *path, mode_t mode);
 
+/* Removes the directories a move made for a path (dirs: outermost first, n
+ * of them), innermost first, each only when empty. They were made durable
+ * (util_mkdir_durable, eng_open_dst_parent): each removal is made durable
+ * too, by fsync of its parent, or a power cut would bring an empty one back.
+ * Errors are ignored (what cannot go stays). Blocking: a worker's, not the
+ * loop's. */
+void util_rmdir_made(char *const *dirs, size_t n);
+
 /* fsync of the directory dir: its entries made durable. 0 or -errno. */
 int util_fsync_dir(const char *dir);
 

@@ -214,6 +214,19 @@ int util_mkdir_durable(const char *path, mode_t mode)
     return util_fsync_dir(parent);
 }
 
+void util_rmdir_made(char *const *dirs, size_t n)
+{
+    char parent[PATH_MAX];
+    for (size_t i = n; i-- > 0;) {
+        const char *slash = strrchr(dirs[i], '/');
+        if (rmdir(dirs[i]) != 0 || !slash)
+            continue;
+        util_fmt(parent, sizeof parent, "%.*s", slash == dirs[i] ? 1 : (int)(slash - dirs[i]),
+                 dirs[i]);
+        (void)util_fsync_dir(parent);
+    }
+}
+
 void util_statx_to_stat(const struct statx *sx, struct stat *st)
 {
     memset(st, 0, sizeof *st);
