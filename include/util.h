@@ -48,8 +48,24 @@ struct statx;
 struct stat;
 void util_statx_to_stat(const struct statx *sx, struct stat *st);
 
-/* mkdir -p: creates path and its missing parents with mode. 0 or -errno. */
+/* mkdir -p: creates path and its missing parents with mode, each made
+ * durable (util_mkdir_durable) before the next is made in it. 0 or -errno. */
 int util_mkdir_p(const char *path, mode_t mode);
+
+/* mkdir of one directory, made durable: when it was made, its parent is
+ * fsynced before this returns (an entry is on the disk only once its
+ * directory is synced: what is renamed into the new directory later must not
+ * vanish with it at a power cut). An existing directory is left as it is
+ * (0). 0 or -errno. */
+int util_mkdir_durable(const char *path, mode_t mode);
+
+/* Removes the directories a move made for a path (dirs: outermost first, n
+ * of them), innermost first, each only when empty. They were made durable
+ * (util_mkdir_durable, eng_open_dst_parent): each removal is made durable
+ * too, by fsync of its parent, or a power cut would bring an empty one back.
+ * Errors are ignored (what cannot go stays). Blocking: a worker's, not the
+ * loop's. */
+void util_rmdir_made(char *const *dirs, size_t n);
 
 /* fsync of the directory dir: its entries made durable. 0 or -errno. */
 int util_fsync_dir(const char *dir);

@@ -298,6 +298,5 @@ void eng_rollback(struct eng *e)
     if (e->dst_created && e->dst_pfd >= 0 && unlinkat(e->dst_pfd, e->dst_base, AT_REMOVEDIR) != 0)
         LOG(LOG_WARN, "rollback could not remove the destination", LF_S("path", e->job->dst),
             LF_S("reason", strerror(errno)));
-    for (size_t i = e->n_made; i-- > 0;)
-        (void)rmdir(e->made_parents[i]);
+    util_rmdir_made(e->made_parents, e->n_made);
 }

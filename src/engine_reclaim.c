@@ -205,13 +205,17 @@ static void rcl_free_list(char **v, size_t n)
  * named before a crash (recovery), or an empty one left by a crash before
  * the journal named it; a name held by anything else (an earlier reclaim of
  * a move with the same moveId) is passed over for the next one
- * (paths_reclaim_name). Opens it as r->rfd; false when none can be had. */
+ * (paths_reclaim_name). Opens it as r->rfd; false when none can be had.
+ * One made here is durable (oldPath fsynced) before anything is renamed
+ * into it: entries renamed into a directory whose own entry a power cut
+ * could still undo would be lost with it (docs/design.md, "Power cuts"). */
 static bool rcl_make_in_mount(struct rcl *r, bool *journaled)
 {
     struct eng *e = r->e;
     const struct engine_reclaim *was = &e->job->resume_reclaim;
     struct stat st;
     unsigned n;
+    int rc;
     *journaled = false;
     for (n = 1; n <= PATHS_RECLAIM_NAMES_MAX; n++) {
         paths_reclaim_name(r->name, sizeof r->name, e->job->move_id, n);
@@ -230,6 +234,12 @@ static bool rcl_make_in_mount(struct rcl *r, bool *journaled)
     if (n > PATHS_RECLAIM_NAMES_MAX)
         return false;
     r->made = true;
+    /* Also one found here after a restart: seen is not yet durable when
+     * only the agent, not the power, had stopped. */
+    if ((rc = util_fsync_dir_at(e->srcfd, ".")) != 0) {
+        errno = -rc;
+        return false;
+    }
     r->rfd = openat(e->srcfd, r->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     return r->rfd >= 0;
 }

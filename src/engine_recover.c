@@ -147,8 +147,7 @@ int eng_undo(struct eng *e)
                               sizeof dst_state);
         if (!src_ok)
             return eng_mismatch(e, src_state, dst_state);
-        for (size_t i = e->n_made; i-- > 0;)
-            (void)rmdir(e->made_parents[i]); /* only empty ones go */
+        util_rmdir_made(e->made_parents, e->n_made); /* only empty ones go */
         return eng_fail(e, CODE_INTERRUPTED,
                         "the agent stopped before it wrote anything at %s; checked at its restart: "
                         "%s is %s, and %s is %s, left as it is",

@@ -964,8 +964,7 @@ int eng_discard(struct eng *e)
     if (dst == 1)
         eng_rollback(e);
     else
-        for (size_t i = e->n_made; i-- > 0;)
-            (void)rmdir(e->made_parents[i]);
+        util_rmdir_made(e->made_parents, e->n_made);
     if (eng_stop_code(e) != 0)
         return -1;
     return eng_fail(e, CODE_CANCELLED, "the prepared copy was discarded");

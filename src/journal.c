@@ -28,9 +28,9 @@ int journal_open(struct journal *j, const char *state_dir, char *why, size_t why
         return rc;
     }
     util_fmt(path, sizeof path, "%s/moves", state_dir);
-    if (mkdir(path, 0700) != 0 && errno != EEXIST) {
-        rc = -errno;
-        util_fmt(why, whysz, "cannot create %s: %s", path, strerror(errno));
+    /* Durable before a record is renamed into it (docs/design.md, "Power cuts"). */
+    if ((rc = util_mkdir_durable(path, 0700)) != 0) {
+        util_fmt(why, whysz, "cannot create %s: %s", path, strerror(-rc));
         return rc;
     }
     j->dir = xstrdup(state_dir);

@@ -429,7 +429,14 @@ int eng_open_src_parent(struct eng *e)
 }
 
 /* Opens (creating what is missing, remembered for rollback) the parent of dst
- * beneath its root, one component at a time, never through a symlink. */
+ * beneath its root, one component at a time, never through a symlink. Each
+ * directory made is durable before the next is made in it, and so before
+ * anything is renamed or copied into it: its parent is fsynced right after
+ * the mkdir, top-down. A directory's entry is durable only once that
+ * directory is synced; a rename into a parent whose own entry could still
+ * vanish with a power cut would take the server with it, oldPath's entry
+ * gone with the rename's and newPath's parent never on the disk
+ * (docs/design.md, "Power cuts"). */
 int eng_open_dst_parent(struct eng *e, bool create)
 {
     const char *rel = rel_to(e->job->dst, e->job->dst_root);
@@ -451,8 +458,13 @@ int eng_open_dst_parent(struct eng *e, bool create)
         comp[n] = '\0';
         util_fmt(made, sizeof made, "%.*s", (int)(slash - e->job->dst), e->job->dst);
         if (create && mkdirat(fd, comp, 0755) == 0) {
+            int rc;
             e->made_parents = xrealloc(e->made_parents, (e->n_made + 1) * sizeof(char *));
             e->made_parents[e->n_made++] = xstrdup(made);
+            if ((rc = util_fsync_dir_at(fd, ".")) != 0) {
+                close(fd);
+                return eng_fail_at(e, -rc, "sync the new directory", made, NULL);
+            }
         } else if (create && errno != EEXIST) {
             int err = errno;
             close(fd);
@@ -699,24 +711,14 @@ static int sync_fs_of(int pfd, const char *path)
     return rc;
 }
 
-/* A rename made durable by the directories it changed: both parents, and
- * the parent of each directory made for newPath (made_parents, outermost
- * first). 0, or -1 when one could not be synced (then syncfs). */
+/* A rename made durable by the directories it changed: both parents. The
+ * directories made for newPath were made durable before the rename
+ * (eng_open_dst_parent), so newPath's parent cannot vanish under it. 0, or
+ * -1 when one could not be synced (then syncfs). */
 static int eng_sync_rename_dirs(struct eng *e)
 {
-    char parent[PATH_MAX];
     if (util_fsync_dir_at(e->src_pfd, ".") != 0 || util_fsync_dir_at(e->dst_pfd, ".") != 0)
         return -1;
-    for (size_t i = 0; i < e->n_made; i++) {
-        const char *slash = strrchr(e->made_parents[i], '/');
-        if (!slash)
-            return -1;
-        util_fmt(parent, sizeof parent, "%.*s",
-                 slash == e->made_parents[i] ? 1 : (int)(slash - e->made_parents[i]),
-                 e->made_parents[i]);
-        if (util_fsync_dir(parent) != 0)
-            return -1;
-    }
     return 0;
 }
 

@@ -586,9 +586,10 @@ int reclaimer_init(struct reclaimer *r, uv_loop_t *loop, const char *state_dir)
     atomic_init(&s->entries, 0);
     util_fmt(path, sizeof path, "%s/reclaim", state_dir);
     s->dir = xstrdup(path);
-    if (mkdir(path, 0700) != 0 && errno != EEXIST) {
+    /* Durable before a record is renamed into it (docs/design.md, "Power cuts"). */
+    if ((rc = util_mkdir_durable(path, 0700)) != 0) {
         LOG(LOG_ERROR, "cannot create the reclaim records' directory", LF_S("path", path),
-            LF_S("reason", strerror(errno)));
+            LF_S("reason", strerror(-rc)));
     }
     rc = uv_async_init(loop, &r->async, on_async);
     if (rc != 0)

@@ -191,14 +191,40 @@ int util_mkdir_p(const char *path, mode_t mode)
         if (*p == '/' || *p == '\0') {
             char c = *p;
             *p = '\0';
-            if (mkdir(buf, mode) != 0 && errno != EEXIST)
-                return -errno;
+            int rc = util_mkdir_durable(buf, mode);
+            if (rc != 0)
+                return rc;
             *p = c;
             if (c == '\0')
                 break;
         }
     }
     return 0;
+}
+
+int util_mkdir_durable(const char *path, mode_t mode)
+{
+    char parent[PATH_MAX];
+    const char *slash = strrchr(path, '/');
+    if (mkdir(path, mode) != 0)
+        return errno == EEXIST ? 0 : -errno;
+    if (!slash)
+        return util_fsync_dir(".");
+    util_fmt(parent, sizeof parent, "%.*s", slash == path ? 1 : (int)(slash - path), path);
+    return util_fsync_dir(parent);
+}
+
+void util_rmdir_made(char *const *dirs, size_t n)
+{
+    char parent[PATH_MAX];
+    for (size_t i = n; i-- > 0;) {
+        const char *slash = strrchr(dirs[i], '/');
+        if (rmdir(dirs[i]) != 0 || !slash)
+            continue;
+        util_fmt(parent, sizeof parent, "%.*s", slash == dirs[i] ? 1 : (int)(slash - dirs[i]),
+                 dirs[i]);
+        (void)util_fsync_dir(parent);
+    }
 }
 
 void util_statx_to_stat(const struct statx *sx, struct stat *st)

@@ -16,7 +16,11 @@ tree, a model of what a disk would still hold after a power cut. The rules
   never synced: it comes back empty (delayed allocation: zero-length files
   after a crash), with its attributes and, for a symlink, its target.
   A rename is one journal transaction: fsync of either directory makes both
-  sides durable (ext4 never shows one name gone and the other not there).
+  sides durable (ext4 never shows one name gone and the other not there) —
+  but the new name lands only in a directory the disk holds: renamed into a
+  directory whose own entry is not durable yet, the old name's removal is
+  made durable and the new name is not (stricter than ext4: a directory
+  made and renamed into must be made durable first, docs/design.md).
 - everything becomes durable with syncfs/sync (the agent's syncfs reaches
   us through the LD_PRELOAD shim syncfs_shim.c as an fsetxattr of the name
   "user.crashfs.syncfs" on the descriptor; see the shim).
@@ -45,6 +49,8 @@ Faults (control commands, one line each, answered "ok ..." / "error ..."):
     freeze                 the power goes now
     count                  "ok N": mutating operations so far (all mounts)
     cutinfo                "ok N OP PATH": the operation the power went at here
+    oplog                  "ok [[N, OP, PATH], ...]" (JSON): the mutating operations
+                           done here since the last thaw
     frozen                 "ok 0|1"
     restore                power back: rebuild from what was durable
     thaw                   (after every mount's restore) the clock starts again
@@ -58,6 +64,7 @@ Server (Debian's python3-pyfuse3, /usr/bin/python3):
 """
 import ctypes
 import errno
+import json
 import mmap
 import os
 import socket
@@ -296,6 +303,7 @@ def serve(backing, mountpoint, control, clock_path):
             self.dents = {}
             self.cut_info = ""
             self.pending_renames = []  # (old dir, old name, new dir, new name, vino)
+            self.oplog = []  # (n, op, path) of the mutating operations here since the thaw
 
     s = State()
 
@@ -447,6 +455,8 @@ def serve(backing, mountpoint, control, clock_path):
                         fr = 1
                         s.cut_info = "%d %s %s" % (n, op, path)
                         print("power cut at operation", s.cut_info, flush=True)
+                    else:
+                        s.oplog.append((n, op, path))
                     struct.pack_into("<QQQ", clock, 0, n, cut, fr)
             finally:
                 fcntl_lock(False)
@@ -807,6 +817,8 @@ def serve(backing, mountpoint, control, clock_path):
             return "ok %d" % struct.unpack_from("<Q", clock, 0)[0]
         elif cmd == "cutinfo":
             return "ok " + s.cut_info
+        elif cmd == "oplog":
+            return "ok " + json.dumps(s.oplog)
         elif cmd == "frozen":
             return "ok %d" % int(frozen())
         elif cmd == "hung":
@@ -822,6 +834,7 @@ def serve(backing, mountpoint, control, clock_path):
             struct.pack_into("<QQQ", clock, 0, 0, 0, 0)
             fcntl_lock(False)
             s.cut_info = ""
+            s.oplog = []
             s.thaw.set()
             s.thaw = trio.Event()
         elif cmd == "sync":
@@ -842,7 +855,9 @@ def serve(backing, mountpoint, control, clock_path):
                 reply = command(buf.decode().split())
             except (ValueError, IndexError, AttributeError, OSError) as e:
                 reply = "error %r" % e
-            await conn.send(reply.encode() + b"\n")
+            out = reply.encode() + b"\n"
+            while out:  # send(2) may take part of a long reply (oplog)
+                out = out[await conn.send(out):]
 
     async def control_server():
         sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)

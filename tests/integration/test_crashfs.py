@@ -1,6 +1,7 @@
 """The forgetful test filesystem itself (tests/crash/crashfs.py): a power cut
 keeps exactly what its rules say is durable, so the crash test's "held" means
 something. Each case writes through the mount, cuts the power, and looks."""
+import json
 import os
 import subprocess
 import sys
@@ -88,6 +89,24 @@ class CrashFSTest(unittest.TestCase):
         self.fsync_dir(self.p("e"))  # one side's fsync: the whole rename
         self.cut()
         self.assertEqual((os.listdir(self.p("d")), os.listdir(self.p("e"))), ([], ["moved"]))
+
+    def test_rename_into_a_directory_not_yet_durable_loses_both_names(self):
+        # The rule the agent orders its renames by (docs/design.md, "Power
+        # cuts"): a directory made and renamed into before it is durable.
+        os.mkdir(self.p("e"))
+        os.rename(self.p("d", "old"), self.p("e", "moved"))
+        self.fsync_dir(self.p("d"))  # the rename: the old name's removal is durable
+        self.fsync_dir(self.p("e"))  # e's entries, not e's own entry in the root
+        self.cut()
+        self.assertEqual((os.listdir(self.p("d")), os.path.exists(self.p("e"))), ([], False))
+
+    def test_oplog_lists_the_mutating_operations(self):
+        self.fs.command("thaw")  # the log starts at the thaw
+        os.mkdir(self.p("e"))
+        os.rename(self.p("d", "old"), self.p("e", "moved"))
+        os.stat(self.p("e", "moved"))  # not mutating: not logged
+        log = json.loads(self.fs.command("oplog"))
+        self.assertEqual(log, [[1, "mkdir", "e"], [2, "rename", "d/old"]])
 
     def test_syncfs_through_the_shim_keeps_everything(self):
         os.makedirs(self.p("a", "b"))

@@ -107,6 +107,15 @@ class FsFaultTest(AgentTestCase):
         self.dst_fs.fail("syncfs", "*", "EIO")
         self.fails("io_error", "sync")
 
+    def test_rename_into_a_parent_that_cannot_be_made_durable(self):
+        # A rename (one filesystem) into a newPath whose parent the move
+        # makes: that parent must be durable before the rename (issue 20).
+        # Its parent's fsync fails: nothing is renamed, the parent made for
+        # it goes, and a power cut changes nothing of that.
+        self.dst = os.path.join(self.src_fs.mountpoint, "moved", "world")
+        self.src_fs.fail("fsyncdir", "/", "EIO")  # the mount's root
+        self.fails("io_error", "sync the new directory %s" % os.path.dirname(self.dst))
+
     def test_hanging_read_ends_with_timeout(self):
         self.src_fs.hang("read", "srv/world/region/r.2.mca")
         reply = self.manager.request("server.move_data", {"serverName": "world", "oldPath": self.src,
