@@ -157,6 +157,10 @@ class MetricsTest(AgentTestCase):
         small = make_tree(os.path.join(self.scratch.a, "small"), n_small=5)
         big_reply = self.request_move("big", big, os.path.join(self.scratch.b, "big"), "mv-big")
         self.wait_phase("mv-big", "copying")
+        # Frozen once it has copied something (the phase's first frame may
+        # come before any byte: seen under ASan in a fresh chroot).
+        self.manager.wait_for(lambda: any(f.get("bytesCopied", 0) > 0 for f in self.manager.frames("mv-big")),
+                              60, "the big move's first bytes")
         with contextlib.ExitStack() as frozen:
             with self.paused_agent():
                 frozen.enter_context(self.frozen_workers())
