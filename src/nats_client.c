@@ -302,6 +302,19 @@ static bool nc_on_loop(const struct nats_client *c)
 
 /* --- nats.c's callbacks (its threads) ------------------------------------------------------ */
 
+/* Whether the loop's queue of messages is full (the message is then
+ * dropped, and counted). */
+static bool nc_queue_full(struct nats_client *c)
+{
+    bool full;
+    uv_mutex_lock(&c->lock);
+    full = c->ev_msgs >= NATS_EV_MSGS_MAX;
+    if (full)
+        c->ev_dropped++;
+    uv_mutex_unlock(&c->lock);
+    return full;
+}
+
 static void nc_on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
     struct nats_client *c = closure;
@@ -310,11 +323,7 @@ static void nc_on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, v
     bool full;
     (void)nc;
     (void)sub;
-    uv_mutex_lock(&c->lock);
-    full = c->ev_msgs >= NATS_EV_MSGS_MAX;
-    if (full)
-        c->ev_dropped++;
-    uv_mutex_unlock(&c->lock);
+    full = nc_queue_full(c);
     if (full) {
         natsMsg_Destroy(msg);
         return;
@@ -342,11 +351,7 @@ static void nc_on_presence_msg(natsConnection *nc, natsSubscription *sub, natsMs
     bool full;
     (void)nc;
     (void)sub;
-    uv_mutex_lock(&c->lock);
-    full = c->ev_msgs >= NATS_EV_MSGS_MAX;
-    if (full)
-        c->ev_dropped++;
-    uv_mutex_unlock(&c->lock);
+    full = nc_queue_full(c);
     if (full || len < 0 || (size_t)len > NATS_PRESENCE_MAX_BYTES) {
         natsMsg_Destroy(msg);
         return;
