@@ -930,26 +930,11 @@ static void feed_zeros(XXH3_state_t *st, uint64_t len)
 static pthread_once_t zero_block_once = PTHREAD_ONCE_INIT;
 static uint64_t zero_block_hash;
 
-static void zero_block_init(void)
+/* XXH3-64 of len zero bytes, computed. */
+static uint64_t zeros_hash_of(uint64_t len)
 {
     XXH3_state_t *st = XXH3_createState();
-    if (!st)
-        util_oom(1);
-    XXH3_64bits_reset(st);
-    feed_zeros(st, IDENT_BLOCK_SIZE);
-    zero_block_hash = XXH3_64bits_digest(st);
-    XXH3_freeState(st);
-}
-
-uint64_t ident_zeros_hash(uint64_t len)
-{
-    XXH3_state_t *st;
     uint64_t h;
-    if (len == IDENT_BLOCK_SIZE) {
-        (void)pthread_once(&zero_block_once, zero_block_init);
-        return zero_block_hash;
-    }
-    st = XXH3_createState();
     if (!st)
         util_oom(1);
     XXH3_64bits_reset(st);
@@ -957,6 +942,20 @@ uint64_t ident_zeros_hash(uint64_t len)
     h = XXH3_64bits_digest(st);
     XXH3_freeState(st);
     return h;
+}
+
+static void zero_block_init(void)
+{
+    zero_block_hash = zeros_hash_of(IDENT_BLOCK_SIZE);
+}
+
+uint64_t ident_zeros_hash(uint64_t len)
+{
+    if (len == IDENT_BLOCK_SIZE) {
+        (void)pthread_once(&zero_block_once, zero_block_init);
+        return zero_block_hash;
+    }
+    return zeros_hash_of(len);
 }
 
 void ident_blocks_zeros(struct ident_blocks *b, uint64_t len)
