@@ -14,7 +14,8 @@
 
 struct ident_blocks;
 
-#define FILE_COPY_CHUNK (8u << 20) /* bytes between progress reports and stop checks */
+#define FILE_COPY_CHUNK (8u << 20)   /* bytes between progress reports and stop checks */
+#define FILE_COPY_WB_STEP (8u << 20) /* write-behind: bytes started at a time */
 
 /* What works between one source and one destination filesystem. */
 struct copy_caps {
@@ -38,6 +39,18 @@ struct copy_ctx {
     /* Bytes of the current file done (holes included), after each chunk. */
     void (*progress)(void *arg, uint64_t delta);
     void *arg;
+    /* Write-behind (file_copy.c): a file's content is pushed to the disk
+     * FILE_COPY_WB_STEP at a time as it is copied, so that a move holds at
+     * most two steps of dirty or in-flight data per file. */
+    bool write_behind;
+    /* Drop the source's pages from the cache once copied: a move reads
+     * them once and removes them (not for a preparing copy: the running
+     * server's hot pages stay). */
+    bool drop_source;
+    /* After each write-behind wait: the bytes written back and the
+     * nanoseconds from starting their writeback to its end (the disk's
+     * latency for us: the pace controller's signal). May sleep. NULL: none. */
+    void (*on_writeback)(void *arg, uint64_t bytes, uint64_t latency_ns);
     char *buf; /* FILE_COPY_BUF bytes, allocated on first use */
     unsigned xattr_warnings;
     char xattr_first_warning[256];

@@ -20,9 +20,10 @@ void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 
-/* Monotonic milliseconds (for intervals) and wall-clock milliseconds since
- * the epoch (for timestamps shown to people). */
+/* Monotonic milliseconds (for intervals; nanoseconds for short ones) and
+ * wall-clock milliseconds since the epoch (for timestamps shown to people). */
 uint64_t util_mono_ms(void);
+uint64_t util_mono_ns(void);
 uint64_t util_wall_ms(void);
 
 /* Formats wall_ms as RFC 3339 UTC with milliseconds: 2026-11-22T21:04:05.123Z.

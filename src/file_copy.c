@@ -134,10 +134,71 @@ static int copy_probe(struct copy_ctx *c, int sfd, int dfd, off_t off, size_t wa
     return 0;
 }
 
+/* --- write-behind ----------------------------------------------------------------- */
+
+/* A copy left to the kernel's writeback piles up as dirty pages (up to
+ * vm.dirty_ratio of memory: gigabytes) that are written out in bursts filling
+ * the disk's queue; a neighbour's fsync then waits behind them (and ext4's
+ * journal commit for it writes our ordered data first). So a file's content
+ * is pushed to the disk as it is copied: each time FILE_COPY_WB_STEP more is
+ * written, the writeback of that step is started (SYNC_FILE_RANGE_WRITE,
+ * which queues it in this thread's name, so with its I/O priority) and the
+ * step before is waited for: at most two steps of a file are dirty or in
+ * flight. The pages waited for are clean and dropped from the cache (they
+ * would only push the neighbours' hot data out), the source's too when the
+ * move removes it. How long a step took from its start to its end is the
+ * disk's latency for us: c->on_writeback paces the copy by it. A failure of
+ * sync_file_range is not the copy's (the final syncfs reports a write
+ * error): write-behind just stops for the file. */
+struct wb {
+    int sfd, dfd;
+    off_t started, done;    /* writeback started up to, waited for up to */
+    uint64_t started_at_ns; /* when the step [done, started) was started */
+    bool off;
+};
+
+static void wb_begin(const struct copy_ctx *c, struct wb *wb, int sfd, int dfd)
+{
+    memset(wb, 0, sizeof *wb);
+    wb->sfd = sfd;
+    wb->dfd = dfd;
+    wb->off = !c->write_behind;
+}
+
+/* Written up to `to`: starts the next step when a whole one is there (or at
+ * the end, with last), after waiting for the one before. */
+static void wb_step(struct copy_ctx *c, struct wb *wb, off_t to, bool last)
+{
+    uint64_t now;
+    if (wb->off || to <= wb->started || (!last && to - wb->started < (off_t)FILE_COPY_WB_STEP))
+        return;
+    if (wb->started > wb->done) {
+        if (sync_file_range(wb->dfd, wb->done, wb->started - wb->done,
+                            SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                                SYNC_FILE_RANGE_WAIT_AFTER) != 0) {
+            wb->off = true;
+            return;
+        }
+        now = util_mono_ns();
+        (void)posix_fadvise(wb->dfd, wb->done, wb->started - wb->done, POSIX_FADV_DONTNEED);
+        if (c->drop_source)
+            (void)posix_fadvise(wb->sfd, wb->done, wb->started - wb->done, POSIX_FADV_DONTNEED);
+        if (c->on_writeback)
+            c->on_writeback(c->arg, (uint64_t)(wb->started - wb->done), now - wb->started_at_ns);
+        wb->done = wb->started;
+    }
+    if (sync_file_range(wb->dfd, wb->started, to - wb->started, SYNC_FILE_RANGE_WRITE) != 0) {
+        wb->off = true;
+        return;
+    }
+    wb->started_at_ns = util_mono_ns();
+    wb->started = to;
+}
+
 /* Copies [off, end) at the same offsets. Returns 0, -ECANCELED, -ESTALE
  * (source shorter than expected) or -errno (*wr set for a write failure). */
 static int copy_range(struct copy_ctx *c, int sfd, int dfd, off_t off, off_t end, XXH3_state_t *h,
-                      bool *wr)
+                      struct wb *wb, bool *wr)
 {
     while (off < end) {
         size_t want = (size_t)(end - off < FILE_COPY_CHUNK ? end - off : FILE_COPY_CHUNK);
@@ -211,6 +272,7 @@ static int copy_range(struct copy_ctx *c, int sfd, int dfd, off_t off, off_t end
             done = (size_t)n;
         }
         off += (off_t)done;
+        wb_step(c, wb, off, false);
         if (c->progress)
             c->progress(c->arg, done);
     }
@@ -223,9 +285,11 @@ int copy_data(struct copy_ctx *c, int sfd, int dfd, const struct stat *st, uint6
     XXH3_state_t *h = NULL;
     off_t size = st->st_size, off = 0;
     bool sparse = (off_t)st->st_blocks * 512 < size;
+    struct wb wb;
     int rc = 0;
 
     *failed_on_write = false;
+    wb_begin(c, &wb, sfd, dfd);
     if (!c->buf)
         c->buf = xmalloc(FILE_COPY_BUF);
     if (c->checksum) {
@@ -250,7 +314,7 @@ int copy_data(struct copy_ctx *c, int sfd, int dfd, const struct stat *st, uint6
             if (data < 0) {
                 if (errno != ENXIO) {
                     /* No SEEK_DATA here: copy the rest as it is. */
-                    rc = copy_range(c, sfd, dfd, off, size, h, failed_on_write);
+                    rc = copy_range(c, sfd, dfd, off, size, h, &wb, failed_on_write);
                     break;
                 }
                 data = size; /* nothing but a hole to the end */
@@ -268,7 +332,7 @@ int copy_data(struct copy_ctx *c, int sfd, int dfd, const struct stat *st, uint6
             hole = lseek(sfd, off, SEEK_HOLE);
             if (hole < 0 || hole > size)
                 hole = size;
-            rc = copy_range(c, sfd, dfd, off, hole, h, failed_on_write);
+            rc = copy_range(c, sfd, dfd, off, hole, h, &wb, failed_on_write);
             off = hole;
         }
         if (rc == 0 && ftruncate(dfd, size) != 0) {
@@ -276,8 +340,12 @@ int copy_data(struct copy_ctx *c, int sfd, int dfd, const struct stat *st, uint6
             rc = -errno;
         }
     } else {
-        rc = copy_range(c, sfd, dfd, 0, size, h, failed_on_write);
+        rc = copy_range(c, sfd, dfd, 0, size, h, &wb, failed_on_write);
     }
+    /* A file of a step or more: its tail's writeback starts now (waited for
+     * by the final syncfs); a smaller one is left to the kernel. */
+    if (rc == 0 && wb.started > 0)
+        wb_step(c, &wb, size, true);
     if (h) {
         if (rc == 0)
             *hash = XXH3_64bits_digest(h);
