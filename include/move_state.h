@@ -64,6 +64,11 @@ struct move_counters {
      * final pass does not): progress for stall_timeout, never shown nor
      * journaled. */
     uint64_t io_bytes;
+    /* The pace the copy is held to (pace.h): bytes/s, 0 when none; yielding
+     * when that is the disk-latency controller giving way to other I/O, not
+     * the operator's cap. Shown (rateLimit, yielding), never journaled. */
+    uint64_t rate_limit;
+    bool yielding;
 };
 
 struct move_state {

@@ -38,7 +38,12 @@ struct move_request {
     char move_id[MOVE_ID_MAX + 1]; /* "" when absent */
     const char *old_path;          /* into the frame */
     const char *new_path;          /* into the frame */
+    uint64_t max_rate;             /* maxRate, bytes/s; 0 when absent */
 };
+
+/* maxRate's bounds: at least 1 MiB/s, and an integer a double holds exactly. */
+#define PROTOCOL_MAX_RATE_MIN (1ull << 20)
+#define PROTOCOL_MAX_RATE_MAX (1ull << 53)
 
 /* Field types and bounds of server.move_data (invalid_request). Paths are
  * only checked for being strings here; their rules are in paths.c. */

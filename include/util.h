@@ -90,4 +90,12 @@ void util_missing_parents(const char *path, char ***parents, size_t *n);
  * file or is larger than max bytes. The caller frees it. */
 char *util_read_small_file(int dirfd, const char *name, size_t max);
 
+/* The calling thread's I/O class (ioprio_set for its own thread id):
+ * honoured by the BFQ and mq-deadline schedulers, and carried by the I/O the
+ * thread submits itself (reads, sync_file_range's writeback), not by the
+ * kernel's background writeback. level 0-7 for the best-effort class (7
+ * the lowest). 0 or -errno. */
+enum util_io_class { UTIL_IO_NORMAL, UTIL_IO_LOW, UTIL_IO_IDLE };
+int util_set_io_class(enum util_io_class c);
+
 #endif

@@ -132,6 +132,13 @@ cJSON *move_state_to_json(const struct move_state *s)
     json_add_u64(o, "bytesPerSecond", s->bytes_per_second);
     if (s->eta_seconds >= 0)
         json_add_u64(o, "etaSeconds", (uint64_t)s->eta_seconds);
+    /* Only while a limit holds a running move: an idle disk's frames stay
+     * as they were. */
+    if (s->count.rate_limit && !move_phase_terminal(s->phase)) {
+        json_add_u64(o, "rateLimit", s->count.rate_limit);
+        if (s->count.yielding)
+            cJSON_AddBoolToObject(o, "yielding", true);
+    }
     json_add_u64(o, "elapsedMs", s->elapsed_ms);
     if (s->current_file[0])
         add_clean_string(o, "currentFile", s->current_file);

@@ -137,6 +137,7 @@ int protocol_parse_move_data(const cJSON *data, struct move_request *req, char *
     const cJSON *op = cJSON_GetObjectItemCaseSensitive(data, "oldPath");
     const cJSON *np = cJSON_GetObjectItemCaseSensitive(data, "newPath");
     const cJSON *mi = cJSON_GetObjectItemCaseSensitive(data, "moveId");
+    const cJSON *mr = cJSON_GetObjectItemCaseSensitive(data, "maxRate");
 
     memset(req, 0, sizeof *req);
     if (!cJSON_IsString(sn) || !protocol_name_ok(sn->valuestring, SERVER_NAME_MAX)) {
@@ -157,6 +158,16 @@ int protocol_parse_move_data(const cJSON *data, struct move_request *req, char *
                  MOVE_ID_MAX);
         return -1;
     }
+    /* The bounds first: the cast that tests for an integer needs them. */
+    if (mr && (!cJSON_IsNumber(mr) || !(mr->valuedouble >= (double)PROTOCOL_MAX_RATE_MIN) ||
+               mr->valuedouble > (double)PROTOCOL_MAX_RATE_MAX ||
+               mr->valuedouble != (double)(uint64_t)mr->valuedouble)) {
+        util_fmt(why, whysz, "maxRate must be an integer number of bytes per second, at least %llu",
+                 (unsigned long long)PROTOCOL_MAX_RATE_MIN);
+        return -1;
+    }
+    if (mr)
+        req->max_rate = (uint64_t)mr->valuedouble;
     snprintf(req->server_name, sizeof req->server_name, "%s", sn->valuestring);
     if (mi)
         snprintf(req->move_id, sizeof req->move_id, "%s", mi->valuestring);

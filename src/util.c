@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
@@ -328,4 +329,21 @@ int util_pwrite_all(int fd, const void *buf, size_t len, off_t off)
         off += w;
     }
     return 0;
+}
+
+/* <linux/ioprio.h> is not in every libc's headers: the ABI's values. */
+#define UTIL_IOPRIO_WHO_PROCESS 1
+#define UTIL_IOPRIO_CLASS_BE 2
+#define UTIL_IOPRIO_CLASS_IDLE 3
+#define UTIL_IOPRIO_CLASS_SHIFT 13
+
+int util_set_io_class(enum util_io_class c)
+{
+    pid_t tid = (pid_t)syscall(SYS_gettid);
+    /* normal: best effort at the default level (4), what a thread has
+     * before anything is set (IOPRIO_CLASS_NONE follows the CPU nice). */
+    int prio = c == UTIL_IO_IDLE  ? UTIL_IOPRIO_CLASS_IDLE << UTIL_IOPRIO_CLASS_SHIFT
+               : c == UTIL_IO_LOW ? (UTIL_IOPRIO_CLASS_BE << UTIL_IOPRIO_CLASS_SHIFT) | 7
+                                  : (UTIL_IOPRIO_CLASS_BE << UTIL_IOPRIO_CLASS_SHIFT) | 4;
+    return syscall(SYS_ioprio_set, UTIL_IOPRIO_WHO_PROCESS, tid, prio) == 0 ? 0 : -errno;
 }

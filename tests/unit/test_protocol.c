@@ -147,6 +147,19 @@ static void test_move_data_fields(void **state)
         {"{\"serverName\":\"mc\",\"oldPath\":\"/a\",\"newPath\":\"/b\",\"moveId\":5}", "moveId"},
         {"{\"serverName\":\"mc\",\"oldPath\":\"/a\",\"newPath\":\"/b\",\"moveId\":\"a b\"}",
          "moveId"},
+        /* maxRate: an integer of bytes/s, at least 1 MiB/s, exact in a double */
+        {"{\"serverName\":\"mc\",\"oldPath\":\"/a\",\"newPath\":\"/b\",\"maxRate\":\"9\"}",
+         "maxRate"},
+        {"{\"serverName\":\"mc\",\"oldPath\":\"/a\",\"newPath\":\"/b\",\"maxRate\":1048575}",
+         "maxRate"},
+        {"{\"serverName\":\"mc\",\"oldPath\":\"/a\",\"newPath\":\"/b\",\"maxRate\":-5e6}",
+         "maxRate"},
+        {"{\"serverName\":\"mc\",\"oldPath\":\"/a\",\"newPath\":\"/b\",\"maxRate\":2097152.5}",
+         "maxRate"},
+        {"{\"serverName\":\"mc\",\"oldPath\":\"/a\",\"newPath\":\"/b\",\"maxRate\":1e300}",
+         "maxRate"},
+        {"{\"serverName\":\"mc\",\"oldPath\":\"/a\",\"newPath\":\"/b\",\"maxRate\":null}",
+         "maxRate"},
     };
     char name129[200], id65[120], json[512];
     (void)state;
@@ -161,6 +174,17 @@ static void test_move_data_fields(void **state)
     assert_int_equal(
         move_data("{\"serverName\":\"mc\",\"oldPath\":\"/a\",\"newPath\":\"/b\"}", &r, why), 0);
     assert_string_equal(r.move_id, "");
+    assert_int_equal(r.max_rate, 0);
+    assert_int_equal(move_data("{\"serverName\":\"mc\",\"oldPath\":\"/a\",\"newPath\":\"/b\","
+                               "\"maxRate\":1048576}",
+                               &r, why),
+                     0);
+    assert_int_equal(r.max_rate, 1048576);
+    assert_int_equal(move_data("{\"serverName\":\"mc\",\"oldPath\":\"/a\",\"newPath\":\"/b\","
+                               "\"maxRate\":9007199254740992}",
+                               &r, why),
+                     0);
+    assert_int_equal(r.max_rate, 1ull << 53);
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         if (move_data(bad[i].json, &r, why) == 0 || !strstr(why, bad[i].field))
             fail_msg("case %zu: why '%s'", i, why);
