@@ -103,15 +103,27 @@ static void cli_fmt_finished(char *rate, size_t rsz, char *when, size_t wsz,
         util_fmt(rate, rsz, "avg %s", avg);
 }
 
+/* The rate, and what holds it when something does: the disk-latency
+ * controller giving way to other I/O ("yielding") or the operator's cap. */
+static void cli_fmt_rate(char *buf, size_t size, const struct move_state *s)
+{
+    char r[16];
+    util_fmt_rate(r, sizeof r, s->bytes_per_second);
+    util_fmt(buf, size, "%s%s", r,
+             s->count.yielding     ? " yielding"
+             : s->count.rate_limit ? " capped"
+                                   : "");
+}
+
 static void cli_draw_bar(struct cli_move *cm, const struct move_state *s)
 {
-    char done[16], total[16], rate[24], eta[24], head[176], line[1024];
+    char done[16], total[16], rate[32], eta[24], head[184], line[1024];
     unsigned width = term_width(), bar = 20, filled;
     size_t used, room;
     const char *cur = s->current_file;
     fmt_bytes(done, sizeof done, s->count.bytes_copied);
     fmt_bytes(total, sizeof total, s->count.bytes_total);
-    util_fmt_rate(rate, sizeof rate, s->bytes_per_second);
+    cli_fmt_rate(rate, sizeof rate, s);
     if (s->eta_seconds >= 0)
         util_fmt(eta, sizeof eta, "eta %llds", (long long)s->eta_seconds);
     else
@@ -138,8 +150,8 @@ static void cli_draw_bar(struct cli_move *cm, const struct move_state *s)
 
 static void cli_print_line(const struct move_state *s)
 {
-    char rate[24], when[24];
-    util_fmt_rate(rate, sizeof rate, s->bytes_per_second);
+    char rate[32], when[24];
+    cli_fmt_rate(rate, sizeof rate, s);
     if (s->phase == PHASE_COMPLETE)
         cli_fmt_finished(rate, sizeof rate, when, sizeof when, s);
     printf("%-11s %6.2f%%  files %llu/%llu  bytes %llu/%llu  %s", move_phase_name(s->phase),
