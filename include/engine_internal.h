@@ -1,6 +1,28 @@
-/* engine_internal.h: what the move engine's passes share (move_engine.c, engine_copy.c,
- * engine_verify.c, engine_clean.c, engine_recover.c): the state of one run and the
- * helpers every pass uses. Private to the engine. */
+/* engine_internal.h: what the move engine's files share: the state of one run
+ * (struct eng) and each file's part, declared below by floor. Private to the
+ * engine.
+ *
+ * The engine's layering (a file calls only files below it, never up):
+ *
+ *   move_engine.c       the flow on top: engine_run, its modes and phase
+ *                       sequence, rename, durability; calls any file below
+ *   engine_sync.c       commit and discard; calls verify, copy, reclaim,
+ *                       clean and the floor
+ *   engine_recover.c    undo and finish after a crash; calls reclaim, clean
+ *                       and the floor
+ *   engine_copy.c       calculating and copying; calls clean and the floor
+ *   engine_verify.c     verifying, the check before removal; calls clean
+ *                       and the floor
+ *   engine_reclaim.c    removing the source (reclaim, else cleaning); calls
+ *                       clean and the floor
+ *   engine_clean.c      what can be removed, cleaning, rollback; calls only
+ *                       the floor
+ *   the floor:          engine_paths.c (calls engine_report.c),
+ *                       engine_report.c, engine_hardlinks.c (call nothing
+ *                       of the engine)
+ *
+ * Passes at one height (copy and verify; sync and recover) do not call each
+ * other. */
 #ifndef HOSTAGENT_ENGINE_INTERNAL_H
 #define HOSTAGENT_ENGINE_INTERNAL_H
 
@@ -169,7 +191,7 @@ static inline int64_t eng_ts_ns(const struct timespec *t)
     return (int64_t)t->tv_sec * 1000000000 + t->tv_nsec;
 }
 
-/* move_engine.c: results, reports, hard links, paths, removability */
+/* --- the floor: engine_report.c (results and progress) --- */
 int eng_fail(struct eng *e, enum move_code code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 int eng_stop_code(struct eng *e);
@@ -180,24 +202,57 @@ int eng_fail_w(struct eng *e, struct tree_walk *w, int err, const char *what, co
 int eng_fail_dst_changed(struct eng *e, const char *rel);
 int eng_fail_walk(struct eng *e, struct tree_walk *w);
 int eng_walk_source(struct eng *e, const struct tree_walk_ops *ops, bool mirrored);
-void eng_note_grain(struct eng *e, const struct stat *st);
 void eng_report(struct eng *e, struct tree_walk *w, const char *name);
 int eng_phase(struct eng *e, enum move_phase phase, uint64_t phase_total);
 void eng_on_bytes(void *arg, uint64_t delta);
+
+/* --- the floor: engine_hardlinks.c (the hard-link table) --- */
 struct hl_slot *eng_hl_get(struct hl_table *t, dev_t dev, ino_t ino, bool *fresh);
 struct hl_slot *eng_hl_find(const struct hl_table *t, dev_t dev, ino_t ino);
 void eng_hl_free(struct hl_table *t);
+
+/* --- the floor: engine_paths.c (paths beneath the roots, the recorded tops) --- */
 int eng_open_parent_of(int root, const char *rel, const char **base);
+int eng_fail_changed(struct eng *e, int err, const char *path);
+int eng_open_src_parent(struct eng *e);
+int eng_open_dst_parent(struct eng *e, bool create);
+bool eng_id_matches(const struct engine_id *want, const struct stat *st);
+int eng_look_dst(struct eng *e, char *state, size_t size);
+/* A move resumed or committed: what the journal recorded of its
+ * destination (there before the move, its original stat, the parents made
+ * for it), for a rollback. */
+void eng_take_recorded_dst(struct eng *e);
+
+/* --- engine_clean.c (the lowest pass) --- */
 int eng_check_removable(struct eng *e, struct tree_walk *w, const char *name, const struct stat *st,
                         uint64_t attrs);
 int eng_check_root(struct eng *e);
-int eng_open_src_parent(struct eng *e);
-int eng_open_dst_parent(struct eng *e, bool create);
-int eng_before_removal(struct eng *e);
 int eng_lock_for_cleaning(struct eng *e);
-int eng_end_copy(struct eng *e);
+int eng_clean_check(void *ctx, int dirfd, const char *name, const void *arg);
+int eng_clean(struct eng *e);
+void eng_clean_stopped(struct eng *e);
+void eng_rollback(struct eng *e);
 
-/* engine_copy.c */
+/* --- engine_reclaim.c --- */
+int eng_reclaim(struct eng *e);
+int eng_remove_source(struct eng *e);
+int eng_end_copy(struct eng *e);
+bool eng_is_reclaim_name(const struct eng *e, const char *name);
+int eng_reclaim_resume(struct eng *e, int *rfd);
+
+/* --- engine_verify.c --- */
+int eng_verify(struct eng *e);
+int eng_verify_stat(struct eng *e, struct tree_walk *w, const char *name, const struct stat *s,
+                    const struct stat *d);
+/* What differs between an entry of the copy (d) and its source (s), or NULL;
+ * *follows: a field that follows the source's content (type, size, mtime).
+ * Pure: any thread. */
+const char *eng_meta_diff(bool is_root, const struct stat *s, const struct stat *d, bool *follows);
+int eng_check_source(struct eng *e);
+int eng_before_removal(struct eng *e);
+
+/* --- engine_copy.c --- */
+void eng_note_grain(struct eng *e, const struct stat *st);
 int eng_calculate(struct eng *e);
 int eng_check_space(struct eng *e);
 void eng_release_space(struct eng *e);
@@ -213,38 +268,11 @@ uint8_t *eng_lvl(struct eng *e, size_t depth);
 int eng_copy_symlink(struct eng *e, struct tree_walk *w, const char *name, const struct stat *st);
 int eng_recheck(struct eng *e);
 
-/* engine_verify.c */
-int eng_verify(struct eng *e);
-int eng_verify_stat(struct eng *e, struct tree_walk *w, const char *name, const struct stat *s,
-                    const struct stat *d);
-/* What differs between an entry of the copy (d) and its source (s), or NULL;
- * *follows: a field that follows the source's content (type, size, mtime).
- * Pure: any thread. */
-const char *eng_meta_diff(bool is_root, const struct stat *s, const struct stat *d, bool *follows);
-int eng_check_source(struct eng *e);
-
-/* engine_clean.c */
-int eng_clean_check(void *ctx, int dirfd, const char *name, const void *arg);
-int eng_clean(struct eng *e);
-void eng_clean_stopped(struct eng *e);
-void eng_rollback(struct eng *e);
-
-/* engine_reclaim.c */
-int eng_reclaim(struct eng *e);
-int eng_remove_source(struct eng *e);
-bool eng_is_reclaim_name(const struct eng *e, const char *name);
-int eng_reclaim_resume(struct eng *e, int *rfd);
-
-/* engine_recover.c */
-/* A move resumed or committed: what the journal recorded of its
- * destination (there before the move, its original stat, the parents made
- * for it), for a rollback. */
-void eng_take_recorded_dst(struct eng *e);
+/* --- engine_recover.c --- */
 int eng_undo(struct eng *e);
 int eng_finish(struct eng *e);
-int eng_look_dst(struct eng *e, char *state, size_t size);
 
-/* engine_sync.c */
+/* --- engine_sync.c --- */
 int eng_commit(struct eng *e);
 int eng_discard(struct eng *e);
 

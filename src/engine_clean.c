@@ -1,6 +1,68 @@
-/* engine_clean.c: cleaning (removing the source, guarded by the record) and
- * rolling back (removing the partial copy). */
+/* engine_clean.c: the lowest pass: whether the cleaning will be able to
+ * remove the source (checked by the passes before anything is removed), the
+ * lock that enters the cleaning phase, cleaning (removing the source,
+ * guarded by the record) and rolling back (removing the partial copy).
+ * Calls only the engine's floor. */
 #include "engine_internal.h"
+
+/* --- what the cleaning can remove --------------------------------------------------- */
+
+/* The cleaning could not remove path (or path/rel): the move cannot finish. */
+static int eng_fail_unremovable(struct eng *e, int err, const char *path, const char *rel,
+                                const char *why)
+{
+    enum move_code code =
+        err == EACCES || err == EPERM ? CODE_PERMISSION_DENIED : engine_errno_code(err);
+    return eng_fail(e, code,
+                    "%s%s%s cannot be removed once copied, so the move cannot be done: %s; "
+                    "the source was not touched",
+                    path, rel && *rel ? "/" : "", rel ? rel : "", why);
+}
+
+/* Whether the cleaning will be able to remove `name` of the walk's current
+ * directory (st, attrs: its statx), and for a directory everything in it;
+ * checked before anything is removed, so that such a move fails with its
+ * source whole instead of stopping half way through the removal. */
+int eng_check_removable(struct eng *e, struct tree_walk *w, const char *name, const struct stat *st,
+                        uint64_t attrs)
+{
+    char why[256], rel[MOVE_ERROR_MAX / 2];
+    int err =
+        guard_entry_removable(st, attrs, &w->lv[w->depth - 1].st, e->is_root, why, sizeof why);
+    if (err == 0 && S_ISDIR(st->st_mode))
+        err = guard_dir_writable(tree_walk_fd(w, 0), name, attrs, why, sizeof why);
+    if (err == 0)
+        return 0;
+    tree_walk_relpath(w, name, rel, sizeof rel);
+    return eng_fail_unremovable(e, err, e->job->src, rel, why);
+}
+
+/* The same for the top directory: its entries must be removable, and it
+ * must be removable from its parent unless it is a mount point (it stays). */
+int eng_check_root(struct eng *e)
+{
+    const char *src = e->job->src, *slash = strrchr(src, '/');
+    char why[256], pwhy[PATH_MAX + 300], parent[PATH_MAX];
+    struct stat st, pst;
+    uint64_t attrs, pattrs;
+    int err;
+    util_fmt(parent, sizeof parent, "%.*s", slash && slash != src ? (int)(slash - src) : 1, src);
+    if ((err = guard_stat(e->src_pfd, e->src_base, &st, &attrs)) != 0)
+        return eng_fail_at(e, -err, "stat", src, NULL);
+    if ((err = guard_stat(e->src_pfd, ".", &pst, &pattrs)) != 0)
+        return eng_fail_at(e, -err, "stat", parent, NULL);
+    if ((err = guard_dir_writable(e->src_pfd, e->src_base, attrs, why, sizeof why)) != 0)
+        return eng_fail_unremovable(e, err, src, NULL, why);
+    if (guard_is_mount_point(e->src_pfd, e->src_base))
+        return 0;
+    if ((err = guard_entry_removable(&st, attrs, &pst, e->is_root, why, sizeof why)) != 0)
+        return eng_fail_unremovable(e, err, src, NULL, why);
+    if ((err = guard_dir_writable(e->src_pfd, ".", pattrs, why, sizeof why)) != 0) {
+        util_fmt(pwhy, sizeof pwhy, "its parent %s: %s", parent, why);
+        return eng_fail_unremovable(e, err, src, NULL, pwhy);
+    }
+    return 0;
+}
 
 /* --- cleaning (the source) and rolling back (the destination) ---------------------- */
 
@@ -152,6 +214,20 @@ static int clean_unlinkat_dir(struct tree_walk *w, const char *name, const struc
     e->dirs_removed++;
     e->prog.count.phase_done++;
     eng_report(e, w, name);
+    return 0;
+}
+
+/* From here on no stop is taken: a request that came first wins instead.
+ * The cleaning phase is recorded (journal) before anything is removed. */
+int eng_lock_for_cleaning(struct eng *e)
+{
+    int expected = CODE_NONE;
+    if (!atomic_compare_exchange_strong(e->job->stop, &expected, ENGINE_STOP_LOCKED))
+        return eng_stop_code(e);
+    if (eng_phase(e, PHASE_CLEANING, e->prog.count.files_copied) != 0)
+        return eng_fail(e, CODE_IO_ERROR,
+                        "cannot record the cleaning phase in the journal; the source was "
+                        "not touched and the copy was removed");
     return 0;
 }
 

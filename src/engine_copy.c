@@ -1,8 +1,35 @@
-/* engine_copy.c: the calculating and copying passes, and the free-space claim. */
+/* engine_copy.c: the calculating and copying passes, the free-space claim,
+ * and the source's timestamp granularity. Calls engine_clean.c (what can be
+ * removed) and the engine's floor. */
 #include "engine_internal.h"
 
 static pthread_mutex_t claims_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct space_claim *claims;
+
+/* --- the source's timestamp granularity ------------------------------------------ */
+
+/* The coarsest timestamp granularity an entry's mtime and ctime allow: the
+ * largest of the granularities Linux filesystems use (2 s FAT, 1 s ext3 and
+ * ext4 with 128-byte inodes, 10 ms exFAT, 1 us, 100 ns NTFS/CIFS, 1 ns)
+ * that divides both. The filesystem's true granularity divides every stamp
+ * it wrote, so it is never larger than this: the smallest value over a tree
+ * is a safe bound (statx does not report the granularity). */
+static int64_t stamp_grain(const struct stat *st)
+{
+    static const int64_t grains[] = {2000000000, 1000000000, 10000000, 1000000, 1000, 100};
+    int64_t m = eng_ts_ns(&st->st_mtim), c = eng_ts_ns(&st->st_ctim);
+    for (size_t i = 0; i < sizeof grains / sizeof grains[0]; i++)
+        if (m % grains[i] == 0 && c % grains[i] == 0)
+            return grains[i];
+    return 1;
+}
+
+void eng_note_grain(struct eng *e, const struct stat *st)
+{
+    int64_t g = stamp_grain(st);
+    if (g < e->grain)
+        e->grain = g;
+}
 
 /* --- calculating -------------------------------------------------------------------- */
 

@@ -1,6 +1,8 @@
 /* engine_reclaim.c: removing the source once the copy is verified and
  * durable: renamed away into its reclaim directory and checked against the
- * record of what was copied (deferred reclaim), or deleted here (inline). */
+ * record of what was copied (deferred reclaim), or deleted here (inline);
+ * and the end of every copy that removes its source (eng_end_copy). Calls
+ * engine_clean.c and the engine's floor. */
 #include "engine_internal.h"
 
 #include <dirent.h>
@@ -480,6 +482,20 @@ int eng_remove_source(struct eng *e)
     if (rc > 0 && eng_clean(e) != 0)
         eng_clean_stopped(e);
     return 0;
+}
+
+/* The copy is verified and durable and the journal says cleaning: what was
+ * learned is kept, the counts go to the result, and the source goes. From
+ * here a failure to remove the source keeps the copy and the move has
+ * succeeded; only a source found changed by the reclaim's check (put back
+ * whole) returns -1 (source_changed): the caller undoes the copy, or a
+ * commit keeps it and is ready again. */
+int eng_end_copy(struct eng *e)
+{
+    copy_caps_save(&e->cc.caps);
+    e->res->bytes_copied = e->prog.count.bytes_copied;
+    e->res->files_copied = e->prog.count.files_copied;
+    return eng_remove_source(e);
 }
 
 /* Recovery: the reclaim directory the journal named, looked at beneath its

@@ -1,49 +1,9 @@
 /* engine_recover.c: after a crash: undo a partial copy, or finish a cleaning,
- * only when the disk matches the journal. */
+ * only when the disk matches the journal. Calls engine_reclaim.c,
+ * engine_clean.c and the engine's floor (engine_paths.c looks at the tops). */
 #include "engine_internal.h"
 
 /* --- recovery after a crash: look first, remove only what matches ----------------- */
-
-static bool id_matches(const struct engine_id *want, const struct stat *st)
-{
-    return want->known && S_ISDIR(st->st_mode) && st->st_dev == want->dev &&
-           st->st_ino == want->ino;
-}
-
-static const char *type_name(mode_t mode)
-{
-    return S_ISDIR(mode)    ? "a directory"
-           : S_ISREG(mode)  ? "a regular file"
-           : S_ISLNK(mode)  ? "a symlink"
-           : S_ISFIFO(mode) ? "a fifo"
-           : S_ISSOCK(mode) ? "a socket"
-                            : "a device node";
-}
-
-static bool describe_stat(const struct stat *st, const struct engine_id *want, char *buf,
-                          size_t size)
-{
-    bool match = id_matches(want, st);
-    util_fmt(buf, size, "%s (device %u:%u, inode %llu)%s", type_name(st->st_mode),
-             major(st->st_dev), minor(st->st_dev), (unsigned long long)st->st_ino,
-             !want->known || !S_ISDIR(st->st_mode) ? ""
-             : match                               ? ", the one the journal recorded"
-                                                   : ", not the one the journal recorded");
-    return match;
-}
-
-bool engine_describe(const char *path, const struct engine_id *want, char *buf, size_t size)
-{
-    struct stat st;
-    if (lstat(path, &st) != 0) {
-        if (errno == ENOENT || errno == ENOTDIR)
-            util_fmt(buf, size, "absent");
-        else
-            util_fmt(buf, size, "not examinable (%s)", strerror(errno));
-        return false;
-    }
-    return describe_stat(&st, want, buf, size);
-}
 
 /* The disk does not match the journal: log both paths' state, touch nothing,
  * and say so. */
@@ -62,43 +22,6 @@ static int eng_mismatch(struct eng *e, const char *src_state, const char *dst_st
                     "its journal, so it touched nothing: %s is %s; %s is %s. Check both before "
                     "starting the server",
                     job->src, src_state, job->dst, dst_state);
-}
-
-/* Looks at dst through its parent beneath the root (never through a
- * symlink). Returns 1 when it is the directory the journal recorded (then
- * e->dstfd is open on it), 0 when it is absent, -1 when it is something else
- * or cannot be examined; state describes it. */
-int eng_look_dst(struct eng *e, char *state, size_t size)
-{
-    const struct engine_job *job = e->job;
-    struct stat st;
-    int prc = eng_open_dst_parent(e, false);
-    e->res->code = CODE_NONE;
-    e->res->error[0] = '\0';
-    if (prc == 1) {
-        util_fmt(state, size, "absent (its parent directory too)");
-        return 0;
-    }
-    if (prc < 0) {
-        util_fmt(state, size,
-                 "not examinable: a directory on its path was replaced (by a "
-                 "symlink or a file)");
-        return -1;
-    }
-    if (fstatat(e->dst_pfd, e->dst_base, &st, AT_SYMLINK_NOFOLLOW) != 0) {
-        if (errno == ENOENT) {
-            util_fmt(state, size, "absent");
-            return 0;
-        }
-        util_fmt(state, size, "not examinable (%s)", strerror(errno));
-        return -1;
-    }
-    if (!describe_stat(&st, &job->dst_id, state, size))
-        return -1;
-    e->dstfd = openat(e->dst_pfd, e->dst_base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (e->dstfd < 0 || fstat(e->dstfd, &st) != 0 || !describe_stat(&st, &job->dst_id, state, size))
-        return -1; /* swapped between the look and the open */
-    return 1;
 }
 
 /* Looks at src by name: true when it is the directory the journal recorded
@@ -120,16 +43,6 @@ static bool eng_look_src(struct eng *e, char *state, size_t size, bool *absent)
  * journaled. That directory's contents are removed when it is there and the
  * source is the directory recorded at acceptance; anything else is left
  * alone and reported. */
-void eng_take_recorded_dst(struct eng *e)
-{
-    const struct engine_job *job = e->job;
-    e->dst_preexisted = job->dst_preexisted;
-    e->dst_orig = job->dst_orig;
-    e->made_parents = xcalloc(job->n_made + 1, sizeof(char *));
-    for (size_t i = 0; i < job->n_made; i++)
-        e->made_parents[e->n_made++] = xstrdup(job->made_parents[i]);
-}
-
 int eng_undo(struct eng *e)
 {
     const struct engine_job *job = e->job;
@@ -293,7 +206,7 @@ int eng_finish(struct eng *e)
     if (!src_absent) {
         e->srcfd = openat(e->src_pfd, e->src_base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (e->srcfd < 0 || fstat(e->srcfd, &st) != 0 ||
-            (job->src_id.known && !id_matches(&job->src_id, &st)))
+            (job->src_id.known && !eng_id_matches(&job->src_id, &st)))
             return eng_mismatch(e, "changed while it was being examined", dst_state);
     }
     /* A deferred reclaim may have renamed the source (or, from a mount
@@ -318,5 +231,3 @@ int eng_finish(struct eng *e)
         return 0; /* its removal had ended */
     return eng_remove_source(e);
 }
-
-/* syncfs of the filesystem that holds the directory pfd (parent of path). */

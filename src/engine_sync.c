@@ -2,7 +2,8 @@
  * over the source against the preparing copy's record (syncing) copies only
  * what is new or changed and removes from the copy what the source no longer
  * has; the move then ends as any copy does (verify, durable, clean). And the
- * discard of a prepared copy (ENGINE_DISCARD). */
+ * discard of a prepared copy (ENGINE_DISCARD). Calls engine_verify.c,
+ * engine_copy.c, engine_reclaim.c, engine_clean.c and the engine's floor. */
 #include "engine_internal.h"
 
 #include <assert.h>

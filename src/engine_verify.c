@@ -1,5 +1,6 @@
 /* engine_verify.c: the verifying pass, and the source checked against the
- * record before the first removal. */
+ * record before the first removal. Calls engine_clean.c (what can be
+ * removed) and the engine's floor. */
 #include "engine_internal.h"
 
 /* --- verifying ---------------------------------------------------------------------- */
@@ -278,4 +279,19 @@ int eng_check_source(struct eng *e)
         return eng_fail_changed_after(e, NULL, "entries were removed from it");
     e->guarded = true;
     return 0;
+}
+
+/* Before the source may go, it is checked against the record of what was
+ * copied and for what could not be removed, before anything is. A commit
+ * whose source goes by a deferred reclaim skips that walk (the server is
+ * stopped and waits): its final pass checked each entry's removability a
+ * moment ago, and the reclaim compares every entry with the record right
+ * after the rename, before anything is deleted. */
+int eng_before_removal(struct eng *e)
+{
+    if (e->committing && e->job->reclaim == RECLAIM_DEFERRED && e->job->move_id) {
+        e->guarded = true;
+        return 0;
+    }
+    return eng_check_source(e);
 }
