@@ -18,7 +18,8 @@
  *   engine_clean.c      what can be removed, cleaning, rollback; calls only
  *                       the floor
  *   the floor:          engine_paths.c (calls engine_report.c),
- *                       engine_report.c, engine_hardlinks.c (call nothing
+ *                       engine_report.c (calls engine_pace.c),
+ *                       engine_pace.c, engine_hardlinks.c (call nothing
  *                       of the engine)
  *
  * Passes at one height (copy and verify; sync and recover) do not call each
@@ -28,6 +29,7 @@
 
 #include "move_engine.h"
 #include "clean_guard.h"
+#include "pace.h"
 #include "file_copy.h"
 #include "ident_store.h"
 #include "paths.h"
@@ -166,6 +168,8 @@ struct eng {
     /* Finishing after a restart: the reclaim directory the journal named,
      * found with its recorded identity (-1: none). */
     int rcl_fd;
+    struct pace pace; /* copying: the cap and the disk-latency controller */
+    int io_class;     /* the worker's I/O class now (-1: left as it was) */
 };
 
 static inline bool eng_same_time(const struct timespec *a, const struct timespec *b)
@@ -205,6 +209,16 @@ int eng_walk_source(struct eng *e, const struct tree_walk_ops *ops, bool mirrore
 void eng_report(struct eng *e, struct tree_walk *w, const char *name);
 int eng_phase(struct eng *e, enum move_phase phase, uint64_t phase_total);
 void eng_on_bytes(void *arg, uint64_t delta);
+
+/* --- the floor: engine_pace.c (the copy's pace) --- */
+/* Sets up write-behind, the I/O class and the pace for this run. */
+void eng_pace_init(struct eng *e);
+/* delta bytes of content were copied: in phase copying, holds the copy to
+ * its pace (sleeps, returning early when a stop is asked) and puts the pace
+ * into the progress counters. */
+void eng_pace(struct eng *e, uint64_t delta);
+/* At the end of the run: logs how often the copy yielded, if it did. */
+void eng_pace_done(struct eng *e);
 
 /* --- the floor: engine_hardlinks.c (the hard-link table) --- */
 struct hl_slot *eng_hl_get(struct hl_table *t, dev_t dev, ino_t ino, bool *fresh);

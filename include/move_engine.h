@@ -86,6 +86,14 @@ struct engine_id {
     ino_t ino;
 };
 
+/* What an operator sets for a move's pace (config io_priority and max_rate,
+ * the request's maxRate), owned by the caller: the loop changes it (SIGHUP)
+ * while the worker reads it at every step of the copy. */
+struct engine_knobs {
+    _Atomic uint64_t max_rate; /* bytes/s, 0: none (the adaptive pace only) */
+    _Atomic int io_class;      /* enum util_io_class of the worker thread */
+};
+
 struct engine_job {
     const char *src; /* resolved oldPath: an existing directory */
     const char *dst; /* resolved newPath: absent or an empty directory */
@@ -131,6 +139,9 @@ struct engine_job {
      * file in state_dir; see ident_store.h). PREPARE writes it; COMMIT reads
      * it, and rewrites it when the move goes back to ready. */
     const char *ident_path;
+    /* The pace of the copy (engine_pace.c); NULL: no cap, the thread's I/O
+     * class left as it is (the adaptive pace runs either way). */
+    struct engine_knobs *knobs;
     /* ENGINE_UNDO: the destination as the journal recorded it at acceptance. */
     bool dst_preexisted;
     struct stat dst_orig;

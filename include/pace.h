@@ -21,12 +21,18 @@
 #define PACE_TARGET_NS (5ull * 1000 * 1000)
 /* Time the token bucket lends: writes may run this far ahead of the rate. */
 #define PACE_BURST_NS (50ull * 1000 * 1000)
+/* Quiet again: the rate doubles every this long. */
+#define PACE_RISE_NS (200ull * 1000 * 1000)
+#define PACE_BASE_SLOTS 10 /* seconds of step latencies the idle one is the lowest of */
 
 struct pace {
     _Atomic uint64_t max_rate; /* bytes/s, 0: no cap */
     bool adaptive;
-    uint64_t base_ns;   /* the lowest latency of a step seen: the disk when it was ours */
-    uint64_t rate;      /* the controller's limit, bytes/s; 0: full speed */
+    uint64_t base_ns;                   /* the idle latency of a step: the disk when it was ours */
+    uint64_t base_min[PACE_BASE_SLOTS]; /* the lowest of each recent second (0: none) */
+    uint64_t base_slot;                 /* the second of the newest */
+    uint64_t rate;                      /* the controller's limit, bytes/s; 0: full speed */
+    uint64_t rate_at_ns;                /* when it was set (it doubles every PACE_RISE_NS since) */
     uint64_t full_rate; /* bytes/s written at full speed (moving average); 0: not yet known */
     uint64_t last_ns;   /* the previous sample's time */
     uint64_t next_ns;   /* token bucket: when the bytes so far are paid for */

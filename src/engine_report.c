@@ -174,5 +174,6 @@ void eng_on_bytes(void *arg, uint64_t delta)
     }
     if (e->prog.phase == PHASE_COPYING)
         e->prog.count.phase_done = e->prog.count.bytes_copied;
+    eng_pace(e, delta);
     eng_report(e, e->cur_w, e->cur_name);
 }

@@ -244,6 +244,7 @@ int engine_run(const struct engine_job *job, struct engine_result *res)
     e.cc.stop = job->stop;
     e.cc.progress = eng_on_bytes;
     e.cc.arg = &e;
+    eng_pace_init(&e);
 
     switch (job->mode) {
     case ENGINE_UNDO:
@@ -268,6 +269,7 @@ int engine_run(const struct engine_job *job, struct engine_result *res)
         break;
     }
     eng_make_durable(&e);
+    eng_pace_done(&e);
 
     if (e.srcfd >= 0)
         close(e.srcfd);

@@ -9,6 +9,7 @@
  * little and are left out. */
 #define PACE_NORM_BYTES (8ull << 20)
 #define PACE_MIN_SAMPLE (1ull << 20)
+#define SEC (1000ull * 1000 * 1000)
 
 void pace_init(struct pace *p, uint64_t max_rate, bool adaptive)
 {
@@ -24,13 +25,33 @@ void pace_set_max(struct pace *p, uint64_t max_rate)
 
 static uint64_t per_second(uint64_t bytes, uint64_t ns)
 {
-    return ns ? (uint64_t)((double)bytes * 1e9 / (double)ns) : 0;
+    return ns ? (uint64_t)((double)bytes * (double)SEC / (double)ns) : 0;
+}
+
+/* The idle latency: the lowest of the last PACE_BASE_SLOTS seconds (one
+ * minimum per second, as LEDBAT keeps its base delay), so that one lucky
+ * step does not make every later one look congested forever, while a
+ * neighbour that saves now and then cannot raise it: it has quiet moments. */
+static uint64_t pace_base(struct pace *p, uint64_t lat, uint64_t now_ns)
+{
+    uint64_t slot = now_ns / SEC, base = 0;
+    if (slot != p->base_slot) {
+        /* Seconds without a sample leave their slots empty. */
+        for (uint64_t s = p->base_slot + 1; s <= slot && s <= p->base_slot + PACE_BASE_SLOTS; s++)
+            p->base_min[s % PACE_BASE_SLOTS] = 0;
+        p->base_slot = slot;
+    }
+    if (p->base_min[slot % PACE_BASE_SLOTS] == 0 || lat < p->base_min[slot % PACE_BASE_SLOTS])
+        p->base_min[slot % PACE_BASE_SLOTS] = lat;
+    for (unsigned i = 0; i < PACE_BASE_SLOTS; i++)
+        if (p->base_min[i] && (base == 0 || p->base_min[i] < base))
+            base = p->base_min[i];
+    return base;
 }
 
 void pace_sample(struct pace *p, uint64_t bytes, uint64_t latency_ns, uint64_t now_ns)
 {
-    uint64_t lat, interval = p->last_ns && now_ns > p->last_ns ? now_ns - p->last_ns : 0;
-    uint64_t allowed;
+    uint64_t lat, allowed, interval = p->last_ns && now_ns > p->last_ns ? now_ns - p->last_ns : 0;
     p->last_ns = now_ns;
     if (!p->adaptive || bytes < PACE_MIN_SAMPLE)
         return;
@@ -40,25 +61,21 @@ void pace_sample(struct pace *p, uint64_t bytes, uint64_t latency_ns, uint64_t n
         uint64_t r = per_second(bytes, interval);
         p->full_rate = p->full_rate ? (3 * p->full_rate + r) / 4 : r;
     }
-    if (p->base_ns == 0 || lat < p->base_ns)
-        p->base_ns = lat;
+    p->base_ns = pace_base(p, lat, now_ns);
     /* Someone else's I/O is queued beside ours when a step takes clearly
      * longer than it did when the disk was ours: at least PACE_TARGET_NS
-     * more, and at least twice as long (a fast disk's few microseconds
-     * vary by more than themselves). */
+     * more, and at least twice as long (a fast disk's few milliseconds vary
+     * by more than themselves). */
     allowed = p->base_ns + (p->base_ns > PACE_TARGET_NS ? p->base_ns : PACE_TARGET_NS);
     if (lat > allowed) {
-        uint64_t from = p->rate        ? p->rate
-                        : p->full_rate ? p->full_rate
-                                       : per_second(bytes, interval);
-        p->rate = from / 2 > PACE_MIN_RATE ? from / 2 : PACE_MIN_RATE;
+        uint64_t from = pace_limit(p);
+        if (from == 0)
+            from = p->full_rate ? p->full_rate : per_second(bytes, interval);
+        /* A gentle step down (the disk is shared, not lost): a neighbour
+         * that stays busy brings it down a step per sample. */
+        p->rate = from / 10 * 7 > PACE_MIN_RATE ? from / 10 * 7 : PACE_MIN_RATE;
+        p->rate_at_ns = now_ns;
         p->yields++;
-    } else if (p->rate) {
-        /* Quiet again: a quarter more each step, full speed once the
-         * rate passes what full speed was. */
-        p->rate += p->rate / 4;
-        if (p->full_rate == 0 || p->rate >= p->full_rate)
-            p->rate = 0;
     }
 }
 
@@ -76,9 +93,23 @@ bool pace_yielding(struct pace *p)
     return p->rate != 0 && (cap == 0 || p->rate < cap);
 }
 
+/* Quiet since the last step down: the rate doubles every PACE_RISE_NS,
+ * and is full speed again once it passes what full speed was. */
+static void pace_rise(struct pace *p, uint64_t now_ns)
+{
+    while (p->rate && now_ns >= p->rate_at_ns + PACE_RISE_NS) {
+        p->rate *= 2;
+        p->rate_at_ns += PACE_RISE_NS;
+        if (p->full_rate == 0 || p->rate >= p->full_rate)
+            p->rate = 0;
+    }
+}
+
 uint64_t pace_delay(struct pace *p, uint64_t bytes, uint64_t now_ns)
 {
-    uint64_t limit = pace_limit(p);
+    uint64_t limit;
+    pace_rise(p, now_ns);
+    limit = pace_limit(p);
     if (limit == 0) {
         p->next_ns = 0;
         return 0;
@@ -87,6 +118,6 @@ uint64_t pace_delay(struct pace *p, uint64_t bytes, uint64_t now_ns)
      * buy a burst that would flood the disk afterwards. */
     if (p->next_ns + PACE_BURST_NS < now_ns)
         p->next_ns = now_ns - PACE_BURST_NS;
-    p->next_ns += (uint64_t)((double)bytes * 1e9 / (double)limit);
+    p->next_ns += (uint64_t)((double)bytes * (double)SEC / (double)limit);
     return p->next_ns > now_ns ? p->next_ns - now_ns : 0;
 }
