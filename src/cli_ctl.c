@@ -282,10 +282,18 @@ static void row_of(const cJSON *m, char cells[COLS][160])
         util_fmt(cells[3], 160, "%.1f%%", v);
     else
         util_fmt(cells[3], 160, "-");
-    if (active && num_of(m, "bytesPerSecond", &v) && v > 0)
-        util_fmt_rate(cells[4], 160, (uint64_t)v);
-    else
+    if (active && num_of(m, "bytesPerSecond", &v) && v > 0) {
+        const cJSON *y = cJSON_GetObjectItemCaseSensitive(m, "yielding");
+        char rate[16];
+        util_fmt_rate(rate, sizeof rate, (uint64_t)v);
+        /* What holds the rate, when something does (docs/protocol.md, Pace). */
+        util_fmt(cells[4], 160, "%s%s", rate,
+                 cJSON_IsTrue(y)                       ? " yielding"
+                 : num_of(m, "rateLimit", &v) && v > 0 ? " capped"
+                                                       : "");
+    } else {
         util_fmt(cells[4], 160, "-");
+    }
     if (active && num_of(m, "etaSeconds", &v) && v >= 0)
         fmt_eta(cells[5], 160, (uint64_t)v);
     else
