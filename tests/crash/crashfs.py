@@ -59,6 +59,10 @@ Faults (control commands, one line each, answered "ok ..." / "error ..."):
 OP: lookup getattr open read write create mkdir mknod symlink link unlink
 rmdir rename readdir setattr setxattr fsync fsyncdir syncfs any.
 
+The pass-through itself (inodes, paths, the requests, the fail/hang rules,
+the control socket) is tests/fuse/passfs.py; the process wrapper of the test
+side is tests/fuse/fusemount.py.
+
 Server (Debian's python3-pyfuse3, /usr/bin/python3):
     python3 crashfs.py BACKING MOUNTPOINT CONTROL_SOCKET CLOCK_FILE
 """
@@ -67,14 +71,14 @@ import errno
 import json
 import mmap
 import os
-import socket
 import stat
 import struct
 import subprocess
 import sys
-import time
 
-FUSE_PYTHON = "/usr/bin/python3"
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fuse"))
+from fusemount import FuseMount  # noqa: E402
+
 SYNCFS_XATTR = "user.crashfs.syncfs"
 OPS = ("lookup", "getattr", "open", "read", "write", "create", "mkdir", "mknod", "symlink", "link", "unlink",
        "rmdir", "rename", "readdir", "setattr", "setxattr", "fsync", "fsyncdir", "syncfs", "any")
@@ -101,103 +105,19 @@ def shim_env(shim):
     return {"LD_PRELOAD": shim,
             "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"}
 
-
-# --- test side -------------------------------------------------------------------
-
-class CrashFS:
+class CrashFS(FuseMount):
     """Runs crashfs.py in a child process and talks to it."""
+    NAME = "crashfs"
+    SCRIPT = os.path.abspath(__file__)
+    LOG_MODE = "a"
+    COMMAND_TIMEOUT = 30
 
     def __init__(self, backing, mountpoint, clock):
-        self.backing = backing
-        self.mountpoint = mountpoint
+        super().__init__(backing, mountpoint)
         self.clock = clock
-        self.control = mountpoint.rstrip("/") + ".ctl"
-        self.log_path = mountpoint.rstrip("/") + ".log"
-        self.proc = None
 
-    def start(self, timeout=20):
-        os.makedirs(self.backing, exist_ok=True)
-        os.makedirs(self.mountpoint, exist_ok=True)
-        if not os.path.exists(FUSE_PYTHON):
-            raise AssertionError("crashfs needs %s with pyfuse3 (Debian: python3-pyfuse3)" % FUSE_PYTHON)
-        self.log = open(self.log_path, "a")
-        self.proc = subprocess.Popen([FUSE_PYTHON, os.path.abspath(__file__), self.backing, self.mountpoint,
-                                      self.control, self.clock], stdout=self.log, stderr=self.log)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError("crashfs exited at start: %s" % self.read_log())
-            if os.path.ismount(self.mountpoint) and os.path.exists(self.control):
-                self.conn_id = os.minor(os.stat(self.mountpoint).st_dev)
-                try:
-                    self.command("ping")
-                    return self
-                except ConnectionRefusedError:
-                    pass  # bound, not listening yet
-            time.sleep(0.05)
-        self.stop()
-        raise AssertionError("crashfs did not come up: %s" % self.read_log())
-
-    def read_log(self):
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return f.read()[-3000:]
-        except OSError:
-            return ""
-
-    def command(self, line, timeout=30):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        try:
-            s.connect(self.control)
-            s.sendall(line.encode() + b"\n")
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                buf += chunk
-        finally:
-            s.close()
-        reply = buf.decode().strip()
-        if not reply.startswith("ok"):
-            raise AssertionError("crashfs %r: %r" % (line, reply))
-        return reply[2:].strip()
-
-    def fail(self, op, path, err="EIO"):
-        self.command("fail %s %s %s" % (op, path, err))
-
-    def hang(self, op, path):
-        self.command("hang %s %s" % (op, path))
-
-    def stop(self):
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            try:
-                self.command("clear", timeout=5)
-            except (OSError, AssertionError):
-                pass
-        for _ in range(50):
-            if not os.path.ismount(self.mountpoint):
-                break
-            if subprocess.run(["fusermount3", "-u", self.mountpoint], stderr=subprocess.DEVNULL).returncode == 0:
-                break
-            time.sleep(0.1)
-        else:
-            subprocess.run(["umount", "-l", self.mountpoint], stderr=subprocess.DEVNULL)
-            try:
-                with open("/sys/fs/fuse/connections/%d/abort" % self.conn_id, "w") as f:
-                    f.write("1")
-            except OSError:
-                pass
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-        self.log.close()
+    def args(self):
+        return super().args() + [self.clock]
 
 
 # --- the durable model -------------------------------------------------------------
@@ -274,24 +194,30 @@ def set_attrs(path, r):
 
 # --- server side -------------------------------------------------------------------
 
+# The mutating operations (those the clock counts), and the names the rules
+# and the clock know two requests by.
+MUTATING = {"create", "mkdir", "mknod", "symlink", "link", "unlink", "rmdir", "rename", "write", "setattr",
+            "setxattr", "fsync", "fsyncdir", "syncfs"}
+ALIASES = {"opendir": "open", "removexattr": "setxattr"}
+
+
 def serve(backing, mountpoint, control, clock_path):
+    import fcntl
+
+    import passfs
     import pyfuse3
     import trio
 
     libc = ctypes.CDLL(None, use_errno=True)
-    clock_fd = os.open(clock_path, os.O_RDWR)
-    clock = mmap.mmap(clock_fd, CLOCK_SIZE)
 
-    def frozen():
-        return struct.unpack_from("<Q", clock, 16)[0] != 0
+    class CrashOps(passfs.PassFS):
+        OPS = OPS
 
-    class State:
         def __init__(self):
-            self.fail = {}  # (op, path) -> errno
-            self.hang = set()
-            self.release = trio.Event()
-            self.thaw = trio.Event()
-            self.waiting = 0
+            super().__init__(backing)
+            self.clock_fd = os.open(clock_path, os.O_RDWR)
+            self.clock = mmap.mmap(self.clock_fd, CLOCK_SIZE)
+            self.thaw_ev = trio.Event()
             self.enospc = None  # bytes left before ENOSPC
             # vino <-> backing: the inode numbers we show stay the same
             # when the backing tree is rebuilt after a power cut.
@@ -305,593 +231,263 @@ def serve(backing, mountpoint, control, clock_path):
             self.pending_renames = []  # (old dir, old name, new dir, new name, vino)
             self.oplog = []  # (n, op, path) of the mutating operations here since the thaw
 
-    s = State()
+        def frozen(self):
+            return struct.unpack_from("<Q", self.clock, 16)[0] != 0
 
-    def rel(path):
-        r = os.path.relpath(path, backing)
-        return "" if r == "." else r
+        def fcntl_lock(self, on):
+            fcntl.lockf(self.clock_fd, fcntl.LOCK_EX if on else fcntl.LOCK_UN)
 
-    def vino_of(path, st=None):
-        st = st or os.lstat(path)
-        if path == backing:
-            v = pyfuse3.ROOT_INODE
-            s.b2v[st.st_ino] = v
-        else:
-            v = s.b2v.get(st.st_ino)
-            if v is None:
-                v = s.next_vino
-                s.next_vino += 1
-                s.b2v[st.st_ino] = v
-        s.paths[v] = path
-        return v
-
-    def path_of(v):
-        try:
-            return s.paths[v]
-        except KeyError:
-            raise pyfuse3.FUSEError(errno.ENOENT)
-
-    def live_entries(dpath):
-        return {name: vino_of(os.path.join(dpath, name)) for name in os.listdir(dpath)}
-
-    # --- durability ----------------------------------------------------------
-    def sync_all():
-        """syncfs: the durable model becomes the live tree."""
-        s.inodes, s.dents, s.pending_renames = {}, {}, []
-        todo = [backing]
-        while todo:
-            d = todo.pop()
-            dv = vino_of(d)
-            s.inodes[dv] = capture(d)
-            s.dents[dv] = live_entries(d)
-            for name, v in s.dents[dv].items():
-                p = os.path.join(d, name)
-                if os.path.isdir(p) and not os.path.islink(p):
-                    todo.append(p)
-                elif v not in s.inodes:
-                    s.inodes[v] = capture(p)
-
-    def ensure_inode(v, path):
-        """An entry made durable names an inode the disk may not hold yet: it
-        holds it with its attributes and without its unsynced data."""
-        if v in s.inodes:
-            return
-        s.inodes[v] = capture(path, with_data=False)
-        if stat.S_ISDIR(s.inodes[v].mode):
-            s.dents[v] = {}
-
-    def sync_entry(v, path):
-        """Makes the entry naming `path` durable, and new parents' entries."""
-        while path != backing:
-            parent = os.path.dirname(path)
-            pv = vino_of(parent)
-            ensure_inode(v, path)
-            known = pv in s.dents
-            if not known:
-                ensure_inode(pv, parent)
-            s.dents[pv][os.path.basename(path)] = v
-            if known:
-                break
-            v, path = pv, parent
-
-    def apply_renames(dv):
-        keep = []
-        for (od, on, nd, nn, v) in s.pending_renames:
-            if dv not in (od, nd):
-                keep.append((od, on, nd, nn, v))
-                continue
-            if od in s.dents and s.dents[od].get(on) == v:
-                del s.dents[od][on]
-            np_ = os.path.join(s.paths.get(nd, ""), nn)
-            if nd in s.dents and os.path.lexists(np_) and vino_of(np_) == v:
-                ensure_inode(v, np_)
-                s.dents[nd][nn] = v
-        s.pending_renames = keep
-
-    def sync_dir(dv):
-        path = path_of(dv)
-        apply_renames(dv)
-        ensure_inode(dv, path)
-        s.inodes[dv] = capture(path, with_data=False)
-        s.dents[dv] = live_entries(path)
-        for name, v in s.dents[dv].items():
-            ensure_inode(v, os.path.join(path, name))
-
-    def sync_file(v):
-        path = path_of(v)
-        if not os.path.lexists(path):
-            return
-        s.inodes[v] = capture(path)
-        if stat.S_ISDIR(s.inodes[v].mode):
-            sync_dir(v)
-            return
-        sync_entry(v, path)
-
-    def restore():
-        """Power back: the backing tree becomes what was durable."""
-        for name in os.listdir(backing):
-            p = os.path.join(backing, name)
-            if os.path.isdir(p) and not os.path.islink(p):
-                subprocess.run(["rm", "-rf", "--one-file-system", p], check=True)
+        def inode_of(self, path, st=None):
+            """Our own numbers (vino), not the backing tree's."""
+            st = st or os.lstat(path)
+            if path == backing:
+                v = pyfuse3.ROOT_INODE
+                self.b2v[st.st_ino] = v
             else:
-                os.unlink(p)
-        s.b2v, s.paths = {}, {}
-        made = {}  # vino -> backing path, for hard links
-        rootv = pyfuse3.ROOT_INODE
-        vino_of(backing)
-        todo = [(rootv, backing)]
-        dirs = []
-        while todo:
-            dv, dpath = todo.pop()
-            dirs.append((dv, dpath))
-            for name, v in sorted(s.dents.get(dv, {}).items()):
-                p = os.path.join(dpath, name)
-                r = s.inodes[v]
-                if v in made and not stat.S_ISDIR(r.mode):
-                    os.link(made[v], p, follow_symlinks=False)
-                    continue
-                if v in made:
-                    continue  # a directory has one name
-                materialize(p, r)
-                made[v] = p
-                s.b2v[os.lstat(p).st_ino] = v
-                s.paths[v] = p
-                if stat.S_ISDIR(r.mode):
-                    todo.append((v, p))
-        for dv, dpath in reversed(dirs):  # contents first, then the times
-            set_attrs(dpath, s.inodes[dv])
-        s.pending_renames = []
+                v = self.b2v.get(st.st_ino)
+                if v is None:
+                    v = self.next_vino
+                    self.next_vino += 1
+                    self.b2v[st.st_ino] = v
+            self.paths[v] = path
+            return v
 
-    # --- the clock: counted operations and the power cut -----------------------
-    async def gate(op, path, mutating):
-        """Every request passes here first: the power cut, then the rules."""
-        if mutating:
-            fcntl_lock(True)
-            try:
-                n, cut, fr = struct.unpack_from("<QQQ", clock, 0)
-                if not fr:
-                    n += 1
-                    if cut and n >= cut:
-                        fr = 1
-                        s.cut_info = "%d %s %s" % (n, op, path)
-                        print("power cut at operation", s.cut_info, flush=True)
-                    else:
-                        s.oplog.append((n, op, path))
-                    struct.pack_into("<QQQ", clock, 0, n, cut, fr)
-            finally:
-                fcntl_lock(False)
-        if frozen():
-            s.waiting += 1
-            try:
-                await s.thaw.wait()
-            finally:
-                s.waiting -= 1
-            raise pyfuse3.FUSEError(errno.EIO)  # never done: its caller is dead
-        if find(s.hang, op, path):
-            ev = s.release
-            s.waiting += 1
-            print("hang", op, path, flush=True)
-            try:
-                await ev.wait()
-            finally:
-                s.waiting -= 1
-        key = find(s.fail, op, path)
-        if key:
-            print("fail", op, path, flush=True)
-            raise pyfuse3.FUSEError(s.fail[key])
+        def live_entries(self, dpath):
+            return {name: self.inode_of(os.path.join(dpath, name)) for name in os.listdir(dpath)}
 
-    import fcntl
+        # --- durability ------------------------------------------------------
+        def sync_all(self):
+            """syncfs: the durable model becomes the live tree."""
+            self.inodes, self.dents, self.pending_renames = {}, {}, []
+            todo = [backing]
+            while todo:
+                d = todo.pop()
+                dv = self.inode_of(d)
+                self.inodes[dv] = capture(d)
+                self.dents[dv] = self.live_entries(d)
+                for name, v in self.dents[dv].items():
+                    p = os.path.join(d, name)
+                    if os.path.isdir(p) and not os.path.islink(p):
+                        todo.append(p)
+                    elif v not in self.inodes:
+                        self.inodes[v] = capture(p)
 
-    def fcntl_lock(on):
-        fcntl.lockf(clock_fd, fcntl.LOCK_EX if on else fcntl.LOCK_UN)
-
-    def matches(rule_path, path):
-        if rule_path == "*":
-            return True
-        if rule_path == "":
-            return path == ""
-        return path == rule_path or path.startswith(rule_path + "/")
-
-    def find(table, op, path):
-        for (rop, rpath) in (table if isinstance(table, set) else table.keys()):
-            if rop in (op, "any") and matches(rpath, path):
-                return (rop, rpath)
-        return None
-
-    def oserr(e):
-        return pyfuse3.FUSEError(e.errno or errno.EIO)
-
-    class Ops(pyfuse3.Operations):
-        def attrs(self, path):
-            try:
-                st = os.lstat(path)
-            except OSError as e:
-                raise oserr(e)
-            a = pyfuse3.EntryAttributes()
-            for k in ("st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size", "st_atime_ns",
-                      "st_mtime_ns", "st_ctime_ns"):
-                setattr(a, k, getattr(st, k))
-            a.st_blksize = st.st_blksize
-            a.st_blocks = st.st_blocks
-            a.st_ino = vino_of(path, st)
-            a.generation = 0
-            a.entry_timeout = 0
-            a.attr_timeout = 0
-            return a
-
-        def child(self, parent, name):
-            return os.path.join(path_of(parent), os.fsdecode(name))
-
-        async def lookup(self, parent_inode, name, ctx=None):
-            path = self.child(parent_inode, name)
-            await gate("lookup", rel(path), False)
-            return self.attrs(path)
-
-        async def getattr(self, inode, ctx=None):
-            path = path_of(inode)
-            await gate("getattr", rel(path), False)
-            return self.attrs(path)
-
-        async def setattr(self, inode, attr, fields, fh, ctx):
-            path = path_of(inode)
-            await gate("setattr", rel(path), True)
-            try:
-                if fields.update_size:
-                    if fh is not None:
-                        os.ftruncate(fh, attr.st_size)
-                    else:
-                        os.truncate(path, attr.st_size)
-                if fields.update_mode and not os.path.islink(path):
-                    os.chmod(path, attr.st_mode & 0o7777)
-                if fields.update_uid or fields.update_gid:
-                    os.chown(path, attr.st_uid if fields.update_uid else -1,
-                             attr.st_gid if fields.update_gid else -1, follow_symlinks=False)
-                if fields.update_atime or fields.update_mtime:
-                    st = os.lstat(path)
-                    at = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
-                    mt = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
-                    os.utime(path, ns=(at, mt), follow_symlinks=False)
-            except OSError as e:
-                raise oserr(e)
-            return self.attrs(path)
-
-        async def readlink(self, inode, ctx):
-            try:
-                return os.fsencode(os.readlink(path_of(inode)))
-            except OSError as e:
-                raise oserr(e)
-
-        async def opendir(self, inode, ctx):
-            await gate("open", rel(path_of(inode)), False)
-            return inode
-
-        async def readdir(self, fh, start_id, token):
-            path = path_of(fh)
-            await gate("readdir", rel(path), False)
-            try:
-                names = sorted(os.listdir(path))
-            except OSError as e:
-                raise oserr(e)
-            for i, name in enumerate(names[start_id:], start_id + 1):
-                try:
-                    a = self.attrs(os.path.join(path, name))
-                except pyfuse3.FUSEError:
-                    continue
-                if not pyfuse3.readdir_reply(token, os.fsencode(name), a, i):
-                    break
-
-        async def releasedir(self, fh):
-            pass
-
-        async def made(self, op, parent_inode, name, ctx, fn):
-            path = self.child(parent_inode, name)
-            await gate(op, rel(path), True)
-            try:
-                fn(path)
-                os.chown(path, ctx.uid, ctx.gid, follow_symlinks=False)
-            except OSError as e:
-                raise oserr(e)
-            return self.attrs(path)
-
-        async def mkdir(self, parent_inode, name, mode, ctx):
-            return await self.made("mkdir", parent_inode, name, ctx, lambda p: os.mkdir(p, mode))
-
-        async def mknod(self, parent_inode, name, mode, rdev, ctx):
-            return await self.made("mknod", parent_inode, name, ctx, lambda p: os.mknod(p, mode, rdev))
-
-        async def symlink(self, parent_inode, name, target, ctx):
-            return await self.made("symlink", parent_inode, name, ctx,
-                                   lambda p: os.symlink(os.fsdecode(target), p))
-
-        async def link(self, inode, new_parent_inode, new_name, ctx):
-            path = self.child(new_parent_inode, new_name)
-            await gate("link", rel(path), True)
-            try:
-                os.link(path_of(inode), path, follow_symlinks=False)
-            except OSError as e:
-                raise oserr(e)
-            return self.attrs(path)
-
-        def forget_if_last(self, path):
-            """A backing inode number freed by this removal may be reused."""
-            try:
-                st = os.lstat(path)
-            except OSError:
+        def ensure_inode(self, v, path):
+            """An entry made durable names an inode the disk may not hold yet: it
+            holds it with its attributes and without its unsynced data."""
+            if v in self.inodes:
                 return
-            if st.st_nlink <= 1 or stat.S_ISDIR(st.st_mode):
-                s.b2v.pop(st.st_ino, None)
+            self.inodes[v] = capture(path, with_data=False)
+            if stat.S_ISDIR(self.inodes[v].mode):
+                self.dents[v] = {}
 
-        async def unlink(self, parent_inode, name, ctx):
-            path = self.child(parent_inode, name)
-            await gate("unlink", rel(path), True)
-            try:
-                st = os.lstat(path)
-                os.unlink(path)
-            except OSError as e:
-                raise oserr(e)
-            if st.st_nlink <= 1:
-                s.b2v.pop(st.st_ino, None)
+        def sync_entry(self, v, path):
+            """Makes the entry naming `path` durable, and new parents' entries."""
+            while path != backing:
+                parent = os.path.dirname(path)
+                pv = self.inode_of(parent)
+                self.ensure_inode(v, path)
+                known = pv in self.dents
+                if not known:
+                    self.ensure_inode(pv, parent)
+                self.dents[pv][os.path.basename(path)] = v
+                if known:
+                    break
+                v, path = pv, parent
 
-        async def rmdir(self, parent_inode, name, ctx):
-            path = self.child(parent_inode, name)
-            await gate("rmdir", rel(path), True)
-            try:
-                st = os.lstat(path)
-                os.rmdir(path)
-            except OSError as e:
-                raise oserr(e)
-            s.b2v.pop(st.st_ino, None)
+        def apply_renames(self, dv):
+            keep = []
+            for (od, on, nd, nn, v) in self.pending_renames:
+                if dv not in (od, nd):
+                    keep.append((od, on, nd, nn, v))
+                    continue
+                if od in self.dents and self.dents[od].get(on) == v:
+                    del self.dents[od][on]
+                np_ = os.path.join(self.paths.get(nd, ""), nn)
+                if nd in self.dents and os.path.lexists(np_) and self.inode_of(np_) == v:
+                    self.ensure_inode(v, np_)
+                    self.dents[nd][nn] = v
+            self.pending_renames = keep
 
-        async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-            old = self.child(parent_inode_old, name_old)
-            new = self.child(parent_inode_new, name_new)
-            await gate("rename", rel(old), True)
-            try:
-                vo = vino_of(old)
-                vn = vino_of(new) if os.path.lexists(new) else None
-                replaced = os.lstat(new) if vn is not None and flags == 0 else None
-                if flags:
-                    if libc.renameat2(-100, os.fsencode(old), -100, os.fsencode(new), flags) != 0:
-                        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        def sync_dir(self, dv):
+            path = self.path_of(dv)
+            self.apply_renames(dv)
+            self.ensure_inode(dv, path)
+            self.inodes[dv] = capture(path, with_data=False)
+            self.dents[dv] = self.live_entries(path)
+            for name, v in self.dents[dv].items():
+                self.ensure_inode(v, os.path.join(path, name))
+
+        def sync_file(self, v):
+            path = self.path_of(v)
+            if not os.path.lexists(path):
+                return
+            self.inodes[v] = capture(path)
+            if stat.S_ISDIR(self.inodes[v].mode):
+                self.sync_dir(v)
+                return
+            self.sync_entry(v, path)
+
+        def sync_fd(self, fh, path):
+            self.sync_file(self.inode_of(path, os.fstat(fh)))
+
+        def restore(self):
+            """Power back: the backing tree becomes what was durable."""
+            for name in os.listdir(backing):
+                p = os.path.join(backing, name)
+                if os.path.isdir(p) and not os.path.islink(p):
+                    subprocess.run(["rm", "-rf", "--one-file-system", p], check=True)
                 else:
-                    os.rename(old, new)
-            except OSError as e:
-                raise oserr(e)
-            if replaced is not None and (replaced.st_nlink <= 1 or stat.S_ISDIR(replaced.st_mode)):
-                s.b2v.pop(replaced.st_ino, None)
-            s.pending_renames.append((parent_inode_old, os.path.basename(old), parent_inode_new,
-                                      os.path.basename(new), vo))
-            exchange = flags & 2
-            if exchange and vn is not None:
-                s.pending_renames.append((parent_inode_new, os.path.basename(new), parent_inode_old,
-                                          os.path.basename(old), vn))
-            for v, p in list(s.paths.items()):
-                for a, b in ((old, new), (new, old)) if exchange else ((old, new),):
-                    if p == a or p.startswith(a + "/"):
-                        s.paths[v] = b + p[len(a):]
-                        break
-            # vino_of(new) after the swap, so paths are right
-            vino_of(new)
-            if exchange:
-                vino_of(old)
+                    os.unlink(p)
+            self.b2v, self.paths = {}, {}
+            made = {}  # vino -> backing path, for hard links
+            rootv = pyfuse3.ROOT_INODE
+            self.inode_of(backing)
+            todo = [(rootv, backing)]
+            dirs = []
+            while todo:
+                dv, dpath = todo.pop()
+                dirs.append((dv, dpath))
+                for name, v in sorted(self.dents.get(dv, {}).items()):
+                    p = os.path.join(dpath, name)
+                    r = self.inodes[v]
+                    if v in made and not stat.S_ISDIR(r.mode):
+                        os.link(made[v], p, follow_symlinks=False)
+                        continue
+                    if v in made:
+                        continue  # a directory has one name
+                    materialize(p, r)
+                    made[v] = p
+                    self.b2v[os.lstat(p).st_ino] = v
+                    self.paths[v] = p
+                    if stat.S_ISDIR(r.mode):
+                        todo.append((v, p))
+            for dv, dpath in reversed(dirs):  # contents first, then the times
+                set_attrs(dpath, self.inodes[dv])
+            self.pending_renames = []
 
-        async def open(self, inode, flags, ctx):
-            path = path_of(inode)
-            await gate("open", rel(path), False)
-            try:
-                fd = os.open(path, flags & ~os.O_NOFOLLOW)
-            except OSError as e:
-                raise oserr(e)
-            return pyfuse3.FileInfo(fh=fd, keep_cache=False)
-
-        async def create(self, parent_inode, name, mode, flags, ctx):
-            path = self.child(parent_inode, name)
-            await gate("create", rel(path), True)
-            try:
-                fd = os.open(path, flags | os.O_CREAT, mode)
-                os.fchown(fd, ctx.uid, ctx.gid)
-            except OSError as e:
-                raise oserr(e)
-            return pyfuse3.FileInfo(fh=fd, keep_cache=False), self.attrs(path)
-
-        def fd_path(self, fh):
-            try:
-                return os.readlink("/proc/self/fd/%d" % fh)
-            except OSError:
-                return "?"
-
-        async def read(self, fh, off, size):
-            await gate("read", rel(self.fd_path(fh)), False)
-            try:
-                return os.pread(fh, size, off)
-            except OSError as e:
-                raise oserr(e)
-
-        async def write(self, fh, off, buf):
-            await gate("write", rel(self.fd_path(fh)), True)
-            if s.enospc is not None:
-                if len(buf) > s.enospc:
+        # --- the clock: counted operations and the power cut -------------------
+        async def gate(self, op, path, nbytes=0):
+            """Every request passes here first: the power cut, then the rules."""
+            op = ALIASES.get(op, op)
+            if op in MUTATING:
+                self.fcntl_lock(True)
+                try:
+                    n, cut, fr = struct.unpack_from("<QQQ", self.clock, 0)
+                    if not fr:
+                        n += 1
+                        if cut and n >= cut:
+                            fr = 1
+                            self.cut_info = "%d %s %s" % (n, op, path)
+                            print("power cut at operation", self.cut_info, flush=True)
+                        else:
+                            self.oplog.append((n, op, path))
+                        struct.pack_into("<QQQ", self.clock, 0, n, cut, fr)
+                finally:
+                    self.fcntl_lock(False)
+            if self.frozen():
+                self.waiting += 1
+                try:
+                    await self.thaw_ev.wait()
+                finally:
+                    self.waiting -= 1
+                raise pyfuse3.FUSEError(errno.EIO)  # never done: its caller is dead
+            await super().gate(op, path)
+            if op == "write" and self.enospc is not None:
+                if nbytes > self.enospc:
                     raise pyfuse3.FUSEError(errno.ENOSPC)
-                s.enospc -= len(buf)
-            try:
-                return os.pwrite(fh, buf, off)
-            except OSError as e:
-                raise oserr(e)
+                self.enospc -= nbytes
 
-        async def flush(self, fh):
-            pass
+        # --- what the requests leave to us -----------------------------------
+        def unlinked(self, st):
+            """A backing inode number freed by this removal may be reused."""
+            if st.st_nlink <= 1 or stat.S_ISDIR(st.st_mode):
+                self.b2v.pop(st.st_ino, None)
 
-        async def fsync(self, fh, datasync):
-            path = self.fd_path(fh)
-            await gate("fsync", rel(path), True)
-            try:
-                sync_file(vino_of(path, os.fstat(fh)))
-            except OSError as e:
-                raise oserr(e)
+        def rename_backing(self, parent_old, old, parent_new, new, flags):
+            """Every flag is passed on (RENAME_NOREPLACE, RENAME_EXCHANGE)."""
+            vo = self.inode_of(old)
+            vn = self.inode_of(new) if os.path.lexists(new) else None
+            replaced = os.lstat(new) if vn is not None and flags == 0 else None
+            if flags:
+                if libc.renameat2(-100, os.fsencode(old), -100, os.fsencode(new), flags) != 0:
+                    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+            else:
+                os.rename(old, new)
+            return vo, vn, replaced
 
-        async def release(self, fh):
-            os.close(fh)
-
-        async def fsyncdir(self, fh, datasync):
-            await gate("fsyncdir", rel(path_of(fh)), True)
-            try:
-                sync_dir(fh)
-            except OSError as e:
-                raise oserr(e)
-
-        async def statfs(self, ctx):
-            st = os.statvfs(backing)
-            r = pyfuse3.StatvfsData()
-            for k in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree",
-                      "f_favail", "f_namemax"):
-                setattr(r, k, getattr(st, k))
-            return r
-
-        async def getxattr(self, inode, name, ctx):
-            try:
-                return os.getxattr(path_of(inode), os.fsdecode(name), follow_symlinks=False)
-            except OSError as e:
-                raise pyfuse3.FUSEError(errno.ENODATA if e.errno == errno.ENODATA else e.errno)
+        def renamed(self, parent_old, old, parent_new, new, flags, before):
+            vo, vn, replaced = before
+            if replaced is not None:
+                self.unlinked(replaced)
+            self.pending_renames.append((parent_old, os.path.basename(old), parent_new, os.path.basename(new), vo))
+            exchange = flags & passfs.RENAME_EXCHANGE
+            if exchange and vn is not None:
+                self.pending_renames.append((parent_new, os.path.basename(new), parent_old,
+                                             os.path.basename(old), vn))
+            # after the paths followed the rename (an exchange swaps them)
+            self.inode_of(new)
+            if exchange:
+                self.inode_of(old)
 
         async def setxattr(self, inode, name, value, ctx):
-            path = path_of(inode)
-            if os.fsdecode(name) == SYNCFS_XATTR:  # the shim's syncfs
-                await gate("syncfs", rel(path), True)
-                try:
-                    sync_all()
-                except OSError as e:
-                    raise oserr(e)
-                return
-            await gate("setxattr", rel(path), True)
-            try:
-                os.setxattr(path, os.fsdecode(name), value, follow_symlinks=False)
-            except OSError as e:
-                raise oserr(e)
+            if os.fsdecode(name) != SYNCFS_XATTR:
+                return await super().setxattr(inode, name, value, ctx)
+            await self.gate("syncfs", self.rel(self.path_of(inode)))  # the shim's syncfs
+            passfs.call(self.sync_all)
 
-        async def listxattr(self, inode, ctx):
-            try:
-                return [os.fsencode(n) for n in os.listxattr(path_of(inode), follow_symlinks=False)]
-            except OSError as e:
-                raise oserr(e)
+        # --- control -----------------------------------------------------------
+        def clear(self):
+            super().clear()
+            self.enospc = None
 
-        async def removexattr(self, inode, name, ctx):
-            path = path_of(inode)
-            await gate("setxattr", rel(path), True)
-            try:
-                os.removexattr(path, os.fsdecode(name), follow_symlinks=False)
-            except OSError as e:
-                raise oserr(e)
-
-    def command(words):
-        cmd = words[0] if words else ""
-        if cmd in ("fail", "hang"):
-            op, path = words[1], (words[2] if len(words) > 2 else "")
-            if op not in OPS:
-                raise ValueError("unknown op " + op)
-            path = "" if path in (".", "/") else path.strip("/") if path != "*" else path
-            if cmd == "fail":
-                s.fail[(op, path)] = getattr(errno, words[3]) if len(words) > 3 else errno.EIO
+        def command(self, words):
+            cmd = words[0] if words else ""
+            clock = self.clock
+            if cmd == "enospc":
+                self.enospc = int(words[1])
+            elif cmd == "cut":
+                self.fcntl_lock(True)
+                n, _, fr = struct.unpack_from("<QQQ", clock, 0)
+                struct.pack_into("<QQQ", clock, 0, n, int(words[1]), fr)
+                self.fcntl_lock(False)
+            elif cmd == "freeze":  # the power goes now
+                self.fcntl_lock(True)
+                n, cut, _ = struct.unpack_from("<QQQ", clock, 0)
+                struct.pack_into("<QQQ", clock, 0, n, cut, 1)
+                self.fcntl_lock(False)
+                print("power cut now, after operation", n, flush=True)
+            elif cmd == "count":
+                return "ok %d" % struct.unpack_from("<Q", clock, 0)[0]
+            elif cmd == "cutinfo":
+                return "ok " + self.cut_info
+            elif cmd == "oplog":
+                return "ok " + json.dumps(self.oplog)
+            elif cmd == "frozen":
+                return "ok %d" % int(self.frozen())
+            elif cmd == "restore":
+                if not self.frozen():
+                    raise ValueError("the power is on")
+                self.thaw_ev.set()  # the frozen requests fail, never done
+                self.thaw_ev = trio.Event()
+                self.restore()
+            elif cmd == "thaw":  # every mount restored: the power is back
+                self.fcntl_lock(True)
+                struct.pack_into("<QQQ", clock, 0, 0, 0, 0)
+                self.fcntl_lock(False)
+                self.cut_info = ""
+                self.oplog = []
+                self.thaw_ev.set()
+                self.thaw_ev = trio.Event()
+            elif cmd == "sync":
+                self.sync_all()
             else:
-                s.hang.add((op, path))
-        elif cmd in ("release", "clear"):
-            s.hang.clear()
-            s.release.set()
-            s.release = trio.Event()
-            if cmd == "clear":
-                s.fail.clear()
-                s.enospc = None
-        elif cmd == "enospc":
-            s.enospc = int(words[1])
-        elif cmd == "cut":
-            fcntl_lock(True)
-            n, _, fr = struct.unpack_from("<QQQ", clock, 0)
-            struct.pack_into("<QQQ", clock, 0, n, int(words[1]), fr)
-            fcntl_lock(False)
-        elif cmd == "freeze":  # the power goes now
-            fcntl_lock(True)
-            n, cut, _ = struct.unpack_from("<QQQ", clock, 0)
-            struct.pack_into("<QQQ", clock, 0, n, cut, 1)
-            fcntl_lock(False)
-            print("power cut now, after operation", n, flush=True)
-        elif cmd == "count":
-            return "ok %d" % struct.unpack_from("<Q", clock, 0)[0]
-        elif cmd == "cutinfo":
-            return "ok " + s.cut_info
-        elif cmd == "oplog":
-            return "ok " + json.dumps(s.oplog)
-        elif cmd == "frozen":
-            return "ok %d" % int(frozen())
-        elif cmd == "hung":
-            return "ok %d" % s.waiting
-        elif cmd == "restore":
-            if not frozen():
-                raise ValueError("the power is on")
-            s.thaw.set()  # the frozen requests fail, never done
-            s.thaw = trio.Event()
-            restore()
-        elif cmd == "thaw":  # every mount restored: the power is back
-            fcntl_lock(True)
-            struct.pack_into("<QQQ", clock, 0, 0, 0, 0)
-            fcntl_lock(False)
-            s.cut_info = ""
-            s.oplog = []
-            s.thaw.set()
-            s.thaw = trio.Event()
-        elif cmd == "sync":
-            sync_all()
-        elif cmd != "ping":
-            raise ValueError("unknown command " + cmd)
-        return "ok"
+                return super().command(words)
+            return "ok"
 
-    async def control_client(conn):
-        with conn:
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = await conn.recv(4096)
-                if not chunk:
-                    return
-                buf += chunk
-            try:
-                reply = command(buf.decode().split())
-            except (ValueError, IndexError, AttributeError, OSError) as e:
-                reply = "error %r" % e
-            out = reply.encode() + b"\n"
-            while out:  # send(2) may take part of a long reply (oplog)
-                out = out[await conn.send(out):]
-
-    async def control_server():
-        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-        # The socket appears under its name only once it listens: the test
-        # side connects as soon as it sees the name (bind alone would let
-        # that connect be refused).
-        tmp = control + ".tmp"
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        await sock.bind(tmp)
-        sock.listen(8)
-        os.rename(tmp, control)
-        async with trio.open_nursery() as nursery:
-            while True:
-                conn, _ = await sock.accept()
-                nursery.start_soon(control_client, conn)
-
-    async def main():
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(control_server)
-            await pyfuse3.main(max_tasks=64)
-            nursery.cancel_scope.cancel()
-
-    sync_all()  # what is there at mount time is on the disk
-    options = set(pyfuse3.default_options)
-    options.add("fsname=crashfs")
-    options.add("allow_other")
-    pyfuse3.init(Ops(), mountpoint, options)
-    try:
-        trio.run(main)
-    finally:
-        pyfuse3.close(unmount=False)
-        if os.path.exists(control):
-            os.unlink(control)
+    fs = CrashOps()
+    fs.sync_all()  # what is there at mount time is on the disk
+    passfs.serve(fs, "crashfs", mountpoint, control)
 
 
 if __name__ == "__main__":
