@@ -1,6 +1,7 @@
 /* nats_client.h: the agent on NATS (nats.c on the agent's libuv loop):
  * requests from subjects, events published, outcomes stored through
- * JetStream, failover across the cluster. */
+ * JetStream, failover across the cluster. Its files (nats_client.c and those
+ * below it) share include/nats_internal.h. */
 #ifndef HOSTAGENT_NATS_CLIENT_H
 #define HOSTAGENT_NATS_CLIENT_H
 
@@ -13,50 +14,14 @@
 #include <stdint.h>
 #include <uv.h>
 
-/* Something a nats.c thread hands to the loop thread (see nats_client.c). */
+/* Private to the NATS client's files (include/nats_internal.h). */
 struct nats_event;
+struct nats_peer;
+struct nats_out;
+struct nats_outcome;
 
 /* A run's random instance id: 16 hex digits. */
 #define NATS_INSTANCE_LEN 16
-
-/* Another run of hostagent heard on this agent_id's presence subject
- * (nats_client.c: one agent per agent_id). */
-struct nats_peer {
-    struct nats_peer *next;
-    char instance[NATS_INSTANCE_LEN + 1];
-    char hostname[256];
-    long long pid;
-    uint64_t started_ms;       /* its start (wall clock, its own) */
-    bool serving;              /* it takes the agent_id's requests */
-    uint64_t serving_since_ms; /* since when (wall clock), while serving */
-    uint64_t heard_ms;         /* its last announcement (monotonic, ours) */
-};
-
-/* A message held while the connection is not up (merged like on WebSocket),
- * or published and waiting for the flush that proves the server got it. */
-struct nats_out {
-    struct nats_out *next;
-    char *subject; /* the full NATS subject */
-    char *merge_key, *ack_key;
-    bool keep;
-    uint64_t gen; /* published before this flush request */
-    char *body;
-    size_t len;
-};
-
-/* A move's outcome waiting for JetStream's PubAck. msg_id, its
- * Nats-Msg-Id, is "<agent_id>:<moveId>:<acceptedAtMs>": one per agent and
- * per move (two agents' moves, or two moves of one agent, with one moveId
- * are two outcomes), the same for every re-send of this outcome, also after
- * a restart (the acceptance time is the journal's), so that the stream's
- * duplicate window still drops repeats. No ':' is in a moveId, and the
- * last part is digits: two ids of different agents or moves never match. */
-struct nats_outcome {
-    struct nats_outcome *next;
-    char *move_id, *msg_id, *body, *ack_key;
-    uint64_t next_try_ms; /* monotonic */
-    unsigned attempt;
-};
 
 struct nats_client {
     struct transport base; /* first: the agent holds a struct transport * */
@@ -107,10 +72,10 @@ struct nats_client {
     struct nats_outcome *outcomes;
     unsigned restarts;
     uint64_t last_warn_ms, last_fail_log_ms;
-    uint64_t last_cause_log_ms; /* a failure with a known cause (see nc_log_failure) */
+    uint64_t last_cause_log_ms; /* a failure with a known cause (see nats_client.c) */
     bool helper_done, got_closed, had_nc;
 
-    /* One agent per agent_id (the loop's; see nats_client.c): */
+    /* One agent per agent_id (the loop's; see nats_presence.c): */
     char instance[NATS_INSTANCE_LEN + 1]; /* this run's, random */
     char hostname[256];
     uint64_t started_ms; /* this run's start (wall clock) */
@@ -135,14 +100,6 @@ int nats_client_init(struct nats_client *c, uv_loop_t *loop, const struct config
 
 /* The NATS transport's implementation of transport.h. */
 extern const struct transport_impl nats_client_impl;
-
-/* nats.c's event-loop callbacks (natsOptions_SetEventLoop; loop is the
- * client itself), public for the unit test. attach may come from any thread
- * (the helper connects) and again at each reconnect; detach comes once, when
- * nats.c closes the connection, after which the client holds no pointer to
- * it (ev_nc is NULL) and nothing on the loop hands it back to nats.c. */
-natsStatus nats_client_ev_attach(void **user, void *loop, natsConnection *nc, natsSock sock);
-natsStatus nats_client_ev_detach(void *user);
 
 /* Subject of an agent's event: "<prefix>.<agentId>.<subject>" into buf. */
 void nats_subject(char *buf, size_t sz, const char *prefix, const char *agent_id,

@@ -1,6 +1,7 @@
 /* transport.h: the one small interface between the agent and the link to
  * its manager(s): the WebSocket client (ws_client.c) or the NATS client
- * (nats_client.c) behind it. Everything here runs on the loop thread. */
+ * (nats_client.c) behind it, made by transport_create(). Everything here
+ * runs on the loop thread. */
 #ifndef HOSTAGENT_TRANSPORT_H
 #define HOSTAGENT_TRANSPORT_H
 
@@ -77,10 +78,6 @@ struct transport {
     uint64_t last_pong_wall_ms; /* the far end last answered a ping (0: never) */
 };
 
-/* Makes the transport cfg->transport names, on loop. 0 or negative errno. */
-int transport_create(struct transport **out, uv_loop_t *loop, const struct config *cfg,
-                     const struct transport_ops *ops, void *owner);
-
 /* Begins connecting; reconnects forever until transport_shutdown(). */
 void transport_start(struct transport *t);
 void transport_send(struct transport *t, const char *subject, cJSON *data,
@@ -96,6 +93,10 @@ void transport_close(struct transport *t);
 void transport_destroy(struct transport *t);
 
 const char *transport_state_name(enum conn_state s);
+
+/* For the transports: takes state next (nothing when it is the state
+ * already), logs the change and tells the owner (ops->state). */
+void transport_enter(struct transport *t, enum conn_state next);
 
 /* Backoff before attempt n (0-based): min * 2^n capped at max, minus up to
  * a quarter of jitter, never below min. rnd in [0, 1). */

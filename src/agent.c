@@ -4,6 +4,7 @@
 #include "log.h"
 #include "paths.h"
 #include "protocol.h"
+#include "transport_create.h"
 #include "util.h"
 
 #include <assert.h>

@@ -1,11 +1,8 @@
 /* transport.c: the transport interface's dispatch, the connection state
- * names and the reconnect backoff every transport uses. */
+ * names, the state change and the reconnect backoff every transport uses.
+ * The factory that picks a transport is above the clients (transport_create.c). */
 #include "transport.h"
-#include "nats_client.h"
-#include "util.h"
-#include "ws_client.h"
-
-#include <stdlib.h>
+#include "log.h"
 
 static const char *const state_names[] = {
     [CONN_IDLE] = "idle",       [CONN_CONNECTING] = "connecting", [CONN_HELLO] = "hello",
@@ -30,23 +27,15 @@ uint64_t transport_backoff_delay(uint64_t min_ms, uint64_t max_ms, unsigned n, d
     return d < min_ms ? min_ms : d;
 }
 
-int transport_create(struct transport **out, uv_loop_t *loop, const struct config *cfg,
-                     const struct transport_ops *ops, void *owner)
+void transport_enter(struct transport *t, enum conn_state next)
 {
-    int rc;
-    *out = NULL;
-    if (cfg->transport == TRANSPORT_NATS) {
-        struct nats_client *n = xcalloc(1, sizeof *n);
-        rc = nats_client_init(n, loop, cfg, ops, owner);
-        *out = &n->base;
-    } else {
-        struct ws_client *w = xcalloc(1, sizeof *w);
-        rc = ws_client_init(w, loop, cfg, ops, owner);
-        *out = &w->base;
-    }
-    /* Even on failure: its handles may be open, the owner closes and
-     * destroys it. */
-    return rc;
+    if (t->state == next)
+        return;
+    LOG(LOG_DEBUG, "connection state", LF_S("from", transport_state_name(t->state)),
+        LF_S("to", transport_state_name(next)));
+    t->state = next;
+    if (t->ops->state)
+        t->ops->state(t, next);
 }
 
 void transport_start(struct transport *t)

@@ -50,11 +50,7 @@ static void enter_state(struct ws_client *c, enum conn_state next)
         assert(!"connection state change not allowed");
         return;
     }
-    LOG(LOG_DEBUG, "connection state", LF_S("from", transport_state_name(c->base.state)),
-        LF_S("to", transport_state_name(next)));
-    c->base.state = next;
-    if (c->base.ops->state)
-        c->base.ops->state(&c->base, next);
+    transport_enter(&c->base, next);
 }
 
 /* --- queue --------------------------------------------------------------- */

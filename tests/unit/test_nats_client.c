@@ -7,7 +7,7 @@
 #include <cmocka.h>
 
 #include "config.h"
-#include "nats_client.h"
+#include "nats_internal.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,7 +26,7 @@ static int fake_connection;
 
 static void on_detach_thread(void *user)
 {
-    (void)nats_client_ev_detach(user);
+    (void)nats_adapter_detach(user);
 }
 
 /* nats.c closes a connection from its own threads (a close on the helper,
@@ -54,7 +54,7 @@ static void test_detach_forgets_the_connection(void **state)
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
 
     /* Attached on the loop thread: the socket is watched at once. */
-    assert_int_equal(nats_client_ev_attach(&user, c, (natsConnection *)&fake_connection, sv[0]),
+    assert_int_equal(nats_adapter_attach(&user, c, (natsConnection *)&fake_connection, sv[0]),
                      NATS_OK);
     assert_ptr_equal(user, c);
     assert_ptr_equal(c->ev_nc, (natsConnection *)&fake_connection);
