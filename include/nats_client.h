@@ -101,8 +101,4 @@ int nats_client_init(struct nats_client *c, uv_loop_t *loop, const struct config
 /* The NATS transport's implementation of transport.h. */
 extern const struct transport_impl nats_client_impl;
 
-/* Subject of an agent's event: "<prefix>.<agentId>.<subject>" into buf. */
-void nats_subject(char *buf, size_t sz, const char *prefix, const char *agent_id,
-                  const char *subject);
-
 #endif

@@ -19,12 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-void nats_subject(char *buf, size_t sz, const char *prefix, const char *agent_id,
-                  const char *subject)
-{
-    util_fmt(buf, sz, "%s.%s.%s", prefix, agent_id, subject);
-}
-
 /* Connected (first time or again). A run that serves goes on (its
  * subscriptions came back with the connection; its query finds a run that
  * took the agent_id meanwhile); any other claims the agent_id first. */
