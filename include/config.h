@@ -2,6 +2,7 @@
 #ifndef HOSTAGENT_CONFIG_H
 #define HOSTAGENT_CONFIG_H
 
+#include "config_value.h"
 #include "log.h"
 
 #include <stdbool.h>
@@ -16,18 +17,10 @@ enum verify_mode { VERIFY_METADATA = 0, VERIFY_CHECKSUM = 1 };
 enum transport_kind { TRANSPORT_WEBSOCKET = 0, TRANSPORT_NATS = 1 };
 
 #define CONFIG_NATS_SERVERS_MAX 32
-#define CONFIG_NATS_PREFIX_MAX 128
 
 /* When the source's space is given back: after the answer (renamed into a
  * reclaim directory and deleted in the background) or before it. */
 enum reclaim_mode { RECLAIM_DEFERRED = 0, RECLAIM_INLINE = 1 };
-
-struct config_url {
-    bool tls;
-    char *host; /* without IPv6 brackets */
-    int port;
-    char *path; /* path and query, at least "/" */
-};
 
 struct config {
     char *manager_url;
@@ -86,21 +79,9 @@ int config_load_stream(FILE *f, const char *file, struct config *cfg, struct con
 void config_free(struct config *cfg);
 void config_errors_free(struct config_errors *errs);
 
-/* Value parsers, exposed for the tests. 0 on success, -EINVAL otherwise. */
-int config_parse_duration(const char *s, uint64_t *ms);
-int config_parse_size(const char *s, uint64_t *bytes);
-int config_parse_bool(const char *s, bool *b);
-int config_parse_url(const char *s, struct config_url *u, const char **why);
-void config_url_free(struct config_url *u);
 /* A reload keeps the transport of the running process: moves the
  * transport's keys (transport, nats_*) from old into fresh, and fresh's
  * into old (freed with it). */
 void config_keep_transport(struct config *fresh, struct config *old);
-
-/* One nats:// or tls:// server URL: host[:port], nothing else. */
-int config_parse_nats_url(const char *s, const char **why);
-/* A subject prefix: 1..CONFIG_NATS_PREFIX_MAX bytes of dot-separated tokens
- * of [A-Za-z0-9_-]. */
-bool config_subject_prefix_ok(const char *s);
 
 #endif

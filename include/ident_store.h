@@ -1,6 +1,7 @@
 /* ident_store.h: the identity of every source entry as a preparing copy read
- * it (issue 12), kept in state_dir so a prepared move survives a restart, and
- * the block hashes of large files, so the commit rewrites only what changed.
+ * it (issue 12), kept in state_dir so a prepared move survives a restart,
+ * with the block hashes of large files (ident_blocks.h), so the commit
+ * rewrites only what changed.
  *
  * File format (all integers little-endian; "varint" is unsigned LEB128, at
  * most 10 bytes; "zz" is a zigzag-encoded signed varint; "delta" is the
@@ -33,13 +34,12 @@
 #ifndef HOSTAGENT_IDENT_STORE_H
 #define HOSTAGENT_IDENT_STORE_H
 
+#include "ident_blocks.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/stat.h>
-
-#define IDENT_BLOCK_SIZE (128u << 10) /* bytes per block hash */
-#define IDENT_BLOCK_MIN (1u << 20)    /* regular files at least this big keep block hashes */
 
 enum {
     /* changed within the timestamp granule it was read in: the commit recopies
@@ -126,34 +126,5 @@ int ident_writer_add(struct ident_writer *w, const char *rel, const struct ident
 int ident_writer_finish(
     struct ident_writer *w); /* fsync, rename to path, fsync dir; frees w; 0 or -errno */
 void ident_writer_abort(struct ident_writer *w); /* removes path.tmp, frees w */
-
-/* Block hashing helper used by both sides: XXH3-64 of each IDENT_BLOCK_SIZE
- * block of fd's content (pread; holes read as zeros), up to size bytes;
- * fills *out (malloc'd, caller frees; NULL when size is 0) and *n. 0, -ESTALE
- * when the file ends before size (it changed), or -errno. */
-int ident_hash_blocks(int fd, uint64_t size, uint64_t **out, uint32_t *n);
-
-/* The incremental form, for the copy, which hashes blocks as it writes
- * them: v[0..n) are the finished blocks, fill the bytes of the current one. */
-struct XXH3_state_s;
-struct ident_blocks {
-    uint64_t *v;
-    uint32_t n, cap;
-    uint64_t fill;
-    struct XXH3_state_s *st; /* private */
-};
-void ident_blocks_init(struct ident_blocks *b);
-/* Any chunking; cuts at IDENT_BLOCK_SIZE boundaries. */
-void ident_blocks_feed(struct ident_blocks *b, const void *data, size_t len);
-/* A hole: as if len zero bytes were fed, without hashing whole blocks. */
-void ident_blocks_zeros(struct ident_blocks *b, uint64_t len);
-/* Appends the hash of a whole block (or of the last, short one) hashed
- * elsewhere; only between blocks (nothing fed since the last cut). */
-void ident_blocks_push(struct ident_blocks *b, uint64_t h);
-/* XXH3-64 of len zero bytes (len <= IDENT_BLOCK_SIZE): a hole's block hash
- * (a whole block's is computed once). */
-uint64_t ident_zeros_hash(uint64_t len);
-void ident_blocks_finish(struct ident_blocks *b); /* the last short block */
-void ident_blocks_free(struct ident_blocks *b);
 
 #endif

@@ -1,5 +1,6 @@
 /* move_work.h: the thread boundary of a move: everything its worker thread
- * and the event loop share, in one block. Only move.c includes it. */
+ * and the event loop share, in one block. Only move.c (the loop's side) and
+ * move_worker.c (the worker's side) include it. */
 #ifndef HOSTAGENT_MOVE_WORK_H
 #define HOSTAGENT_MOVE_WORK_H
 
@@ -97,5 +98,17 @@ struct move_work {
     struct journal_id src_id, dst_id;
     struct move_counters resumed;
 };
+
+/* A new block with one reference (the loop's), its lock, ring and the
+ * worker's atomics initialised; the job's inputs are left to the loop. */
+struct move_work *move_worker_alloc(void);
+
+/* Drops one reference (the loop's or the worker's); the last frees the block. */
+void move_worker_unref(struct move_work *w);
+
+/* The worker thread's entry (uv_thread_create), arg the block: runs the
+ * engine's job, pushes its end into the ring, wakes the loop unless it let
+ * go, and drops the worker's reference. */
+void move_worker_main(void *arg);
 
 #endif

@@ -46,8 +46,8 @@ struct progress_ring {
     struct progress_item slots[RING_CAP];
     _Atomic uint32_t head; /* next slot to write; only the producer stores it */
     _Atomic uint32_t tail; /* next slot to read; only the consumer stores it */
-    /* Producer-private: the newest STEP that did not fit. */
-    struct progress_item pending;
+    /* Producer-private: the newest STEP that did not fit is kept aside (in
+     * kept[], offered to the consumer). */
     bool has_pending;
     uint64_t merged; /* STEP items merged away, for tests and debug logs */
     struct progress_item kept[3];
@@ -66,10 +66,6 @@ void ring_init(struct progress_ring *r);
  * should be woken: false only when the item replaced a kept STEP that the
  * consumer has not taken yet (the wake-up for that one is still due). */
 bool ring_push(struct progress_ring *r, const struct progress_item *it);
-
-/* Producer side: moves a kept STEP into the ring if there is room now and
- * the consumer has not taken it. True when it did. */
-bool ring_flush(struct progress_ring *r);
 
 /* Consumer side: takes the oldest item; false when the ring is empty. */
 bool ring_pop(struct progress_ring *r, struct progress_item *out);

@@ -1,4 +1,6 @@
-/* config.c: reads agent.conf: key = value lines, checked against one key table. */
+/* config.c: reads agent.conf: key = value lines, each key checked and set through one table
+ * of keys (its setter, bounds, choices); defaults, the checks across keys, the transport's keys
+ * kept over a reload. The syntax of single values is config_value.c's. */
 #include "config.h"
 #include "util.h"
 
@@ -16,82 +18,9 @@
 #include <string.h>
 #include <unistd.h>
 
-enum key_type {
-    K_URL,
-    K_AGENT_ID,
-    K_ABS_PATH,
-    K_FILE_PATH,
-    K_READABLE_FILE,
-    K_TOKEN,
-    K_TOKEN_FILE,
-    K_ROOTS,
-    K_LEVEL,
-    K_FORMAT,
-    K_DURATION,
-    K_COUNT,
-    K_SIZE,
-    K_BOOL,
-    K_VERIFY,
-    K_RECLAIM,
-    K_SOCKET,
-    K_TRANSPORT,
-    K_NATS_SERVERS,
-    K_SECRET_FILE,
-    K_NATS_USER,
-    K_PASSWORD_FILE,
-    K_SUBJECT_PREFIX,
-};
-
 #define SEC 1000ull
 #define MIN (60ull * SEC)
 #define HOUR (60ull * MIN)
-
-struct key_def {
-    const char *name;
-    enum key_type type;
-    size_t off;
-    uint64_t lo, hi; /* bounds for durations (ms), counts and sizes */
-    bool zero_means_none;
-    bool whole_seconds;
-};
-
-#define F(m) offsetof(struct config, m)
-static const struct key_def key_table[] = {
-    {"manager_url", K_URL, F(manager_url), 0, 0, false, false},
-    {"agent_id", K_AGENT_ID, F(agent_id), 0, 0, false, false},
-    {"token_file", K_TOKEN_FILE, F(token_file), 0, 0, false, false},
-    {"token", K_TOKEN, F(token), 0, 0, false, false},
-    {"allowed_roots", K_ROOTS, F(allowed_roots), 0, 0, false, false},
-    {"state_dir", K_ABS_PATH, F(state_dir), 0, 0, false, false},
-    {"log_level", K_LEVEL, F(log_level), 0, 0, false, false},
-    {"log_format", K_FORMAT, F(log_format), 0, 0, false, false},
-    {"heartbeat_interval", K_DURATION, F(heartbeat_interval_ms), 1 * SEC, HOUR, false, false},
-    {"ping_interval", K_DURATION, F(ping_interval_ms), 1 * SEC, HOUR, false, true},
-    {"progress_interval", K_DURATION, F(progress_interval_ms), 50, MIN, false, false},
-    {"reconnect_min", K_DURATION, F(reconnect_min_ms), 100, HOUR, false, false},
-    {"reconnect_max", K_DURATION, F(reconnect_max_ms), 1 * SEC, 24 * HOUR, false, false},
-    {"max_concurrent_moves", K_COUNT, F(max_concurrent_moves), 1, 64, false, false},
-    {"max_queued_moves", K_COUNT, F(max_queued_moves), 0, 1024, false, false},
-    {"move_timeout", K_DURATION, F(move_timeout_ms), 1 * SEC, 30ull * 24 * HOUR, true, false},
-    {"stall_timeout", K_DURATION, F(stall_timeout_ms), 10 * SEC, 24 * HOUR, false, false},
-    {"verify", K_VERIFY, F(verify), 0, 0, false, false},
-    {"reclaim", K_RECLAIM, F(reclaim), 0, 0, false, false},
-    {"max_message_bytes", K_SIZE, F(max_message_bytes), 1024, 64ull << 20, false, false},
-    {"ca_file", K_READABLE_FILE, F(ca_file), 0, 0, false, false},
-    {"tls_insecure", K_BOOL, F(tls_insecure), 0, 0, false, false},
-    {"metrics_file", K_FILE_PATH, F(metrics_file), 0, 0, false, false},
-    {"control_socket", K_SOCKET, F(control_socket), 0, 0, false, false},
-    {"prepare_ttl", K_DURATION, F(prepare_ttl_ms), 1 * SEC, 30ull * 24 * HOUR, true, false},
-    {"transport", K_TRANSPORT, F(transport), 0, 0, false, false},
-    {"nats_servers", K_NATS_SERVERS, F(nats_servers), 0, 0, false, false},
-    {"nats_creds_file", K_SECRET_FILE, F(nats_creds_file), 0, 0, false, false},
-    {"nats_nkey_seed_file", K_SECRET_FILE, F(nats_nkey_seed_file), 0, 0, false, false},
-    {"nats_user", K_NATS_USER, F(nats_user), 0, 0, false, false},
-    {"nats_password_file", K_PASSWORD_FILE, F(nats_password_file), 0, 0, false, false},
-    {"nats_subject_prefix", K_SUBJECT_PREFIX, F(nats_subject_prefix), 0, 0, false, false},
-    {"nats_jetstream", K_BOOL, F(nats_jetstream), 0, 0, false, false},
-};
-#undef F
 
 static void config_defaults(struct config *cfg)
 {
@@ -141,166 +70,6 @@ static void errs_add(struct config_errors *errs, const char *file, int line, con
     errs->lines[errs->n++] = xstrdup(full);
 }
 
-int config_parse_duration(const char *s, uint64_t *ms)
-{
-    char *end;
-    unsigned long long v;
-    uint64_t mult;
-    if (!isdigit((unsigned char)*s))
-        return -EINVAL;
-    errno = 0;
-    v = strtoull(s, &end, 10);
-    if (errno)
-        return -EINVAL;
-    if (strcmp(end, "") == 0 || strcmp(end, "s") == 0)
-        mult = SEC;
-    else if (strcmp(end, "ms") == 0)
-        mult = 1;
-    else if (strcmp(end, "m") == 0)
-        mult = MIN;
-    else if (strcmp(end, "h") == 0)
-        mult = HOUR;
-    else
-        return -EINVAL;
-    if (v > UINT64_MAX / mult)
-        return -EINVAL;
-    *ms = v * mult;
-    return 0;
-}
-
-int config_parse_size(const char *s, uint64_t *bytes)
-{
-    char *end;
-    unsigned long long v;
-    unsigned shift = 0;
-    if (!isdigit((unsigned char)*s))
-        return -EINVAL;
-    errno = 0;
-    v = strtoull(s, &end, 10);
-    if (errno)
-        return -EINVAL;
-    if (strcmp(end, "") == 0)
-        shift = 0;
-    else if (strcmp(end, "K") == 0)
-        shift = 10;
-    else if (strcmp(end, "M") == 0)
-        shift = 20;
-    else if (strcmp(end, "G") == 0)
-        shift = 30;
-    else
-        return -EINVAL;
-    if (v > (UINT64_MAX >> shift))
-        return -EINVAL;
-    *bytes = (uint64_t)v << shift;
-    return 0;
-}
-
-int config_parse_bool(const char *s, bool *b)
-{
-    static const char *const yes[] = {"true", "yes", "on", "1"};
-    static const char *const no[] = {"false", "no", "off", "0"};
-    for (size_t i = 0; i < ARRAY_SIZE(yes); i++) {
-        if (strcmp(s, yes[i]) == 0) {
-            *b = true;
-            return 0;
-        }
-        if (strcmp(s, no[i]) == 0) {
-            *b = false;
-            return 0;
-        }
-    }
-    return -EINVAL;
-}
-
-void config_url_free(struct config_url *u)
-{
-    free(u->host);
-    free(u->path);
-    memset(u, 0, sizeof *u);
-}
-
-int config_parse_url(const char *s, struct config_url *u, const char **why)
-{
-    const char *p, *host_end, *port_start = NULL, *path;
-    size_t hlen;
-    memset(u, 0, sizeof *u);
-    if (strncmp(s, "ws://", 5) == 0) {
-        p = s + 5;
-    } else if (strncmp(s, "wss://", 6) == 0) {
-        p = s + 6;
-        u->tls = true;
-    } else {
-        *why = "must start with ws:// or wss://";
-        return -EINVAL;
-    }
-    for (const char *c = s; *c; c++) {
-        if ((unsigned char)*c <= ' ' || (unsigned char)*c >= 0x7f) {
-            *why = "must not contain spaces or control characters";
-            return -EINVAL;
-        }
-    }
-    path = p + strcspn(p, "/?");
-    if (memchr(p, '@', (size_t)(path - p))) {
-        *why = "must not contain user information (put the token in token_file)";
-        return -EINVAL;
-    }
-    if (*p == '[') {
-        host_end = strchr(p, ']');
-        if (!host_end || host_end > path) {
-            *why = "has an unterminated IPv6 address";
-            return -EINVAL;
-        }
-        hlen = (size_t)(host_end - p - 1);
-        p++;
-        if (host_end[1] == ':')
-            port_start = host_end + 2;
-        else if (host_end + 1 != path) {
-            *why = "has junk after the IPv6 address";
-            return -EINVAL;
-        }
-    } else {
-        const char *colon = memchr(p, ':', (size_t)(path - p));
-        host_end = colon ? colon : path;
-        hlen = (size_t)(host_end - p);
-        if (colon)
-            port_start = colon + 1;
-    }
-    if (hlen == 0 || hlen > 253) {
-        *why = "has no host name";
-        return -EINVAL;
-    }
-    u->port = u->tls ? 443 : 80;
-    if (port_start) {
-        long port = 0;
-        if (port_start == path) {
-            *why = "has an empty port";
-            return -EINVAL;
-        }
-        for (const char *c = port_start; c < path; c++) {
-            if (!isdigit((unsigned char)*c) || port > 65535) {
-                *why = "has a bad port";
-                return -EINVAL;
-            }
-            port = port * 10 + (*c - '0');
-        }
-        if (port < 1 || port > 65535) {
-            *why = "has a port out of range (1-65535)";
-            return -EINVAL;
-        }
-        u->port = (int)port;
-    }
-    u->host = xstrndup(p, hlen);
-    if (*path == '/')
-        u->path = xstrdup(path);
-    else {
-        /* "ws://h?x" has an empty path: the request line needs "/?x". */
-        u->path = xmalloc(strlen(path) + 2);
-        u->path[0] = '/';
-        strcpy(u->path + 1, path);
-    }
-    return 0;
-}
-
 /* Absolute, normalized path: no empty, "." or ".." components. */
 static int abs_path_ok(const char *s, const char **why)
 {
@@ -339,14 +108,14 @@ static char *strip_trailing_slash(char *s)
     return s;
 }
 
-static int token_ok(const char *t)
+static bool token_ok(const char *t)
 {
     if (*t == '\0')
-        return 0;
+        return false;
     for (const unsigned char *p = (const unsigned char *)t; *p; p++)
         if (*p < 0x21 || *p > 0x7e)
-            return 0; /* printable ASCII only: it goes into an HTTP header */
-    return 1;
+            return false; /* printable ASCII only: it goes into an HTTP header */
+    return true;
 }
 
 static char *read_token_file(const char *path, const char **why)
@@ -387,94 +156,6 @@ static char *read_token_file(const char *path, const char **why)
         return NULL;
     }
     return xstrdup(buf);
-}
-
-int config_parse_nats_url(const char *s, const char **why)
-{
-    const char *p, *colon;
-    size_t hlen;
-    if (strncmp(s, "nats://", 7) == 0)
-        p = s + 7;
-    else if (strncmp(s, "tls://", 6) == 0)
-        p = s + 6;
-    else {
-        *why = "must start with nats:// or tls://";
-        return -EINVAL;
-    }
-    for (const char *c = s; *c; c++) {
-        if ((unsigned char)*c <= ' ' || (unsigned char)*c >= 0x7f) {
-            *why = "must not contain spaces or control characters";
-            return -EINVAL;
-        }
-    }
-    if (strchr(p, '@')) {
-        *why = "must not contain user information (use nats_user and nats_password_file, "
-               "nats_creds_file, nats_nkey_seed_file or token_file)";
-        return -EINVAL;
-    }
-    if (strchr(p, '/') || strchr(p, '?')) {
-        *why = "must be scheme://host[:port] without a path";
-        return -EINVAL;
-    }
-    if (*p == '[') {
-        const char *close = strchr(p, ']');
-        if (!close) {
-            *why = "has an unterminated IPv6 address";
-            return -EINVAL;
-        }
-        hlen = (size_t)(close - p - 1);
-        colon = close[1] == ':' ? close + 1 : NULL;
-        if (!colon && close[1] != '\0') {
-            *why = "has junk after the IPv6 address";
-            return -EINVAL;
-        }
-    } else {
-        colon = strchr(p, ':');
-        hlen = colon ? (size_t)(colon - p) : strlen(p);
-    }
-    if (hlen == 0 || hlen > 253) {
-        *why = "has no host name";
-        return -EINVAL;
-    }
-    if (colon) {
-        long port = 0;
-        if (colon[1] == '\0') {
-            *why = "has an empty port";
-            return -EINVAL;
-        }
-        for (const char *c = colon + 1; *c; c++) {
-            if (!isdigit((unsigned char)*c) || port > 65535) {
-                *why = "has a bad port";
-                return -EINVAL;
-            }
-            port = port * 10 + (*c - '0');
-        }
-        if (port < 1 || port > 65535) {
-            *why = "has a bad port";
-            return -EINVAL;
-        }
-    }
-    return 0;
-}
-
-bool config_subject_prefix_ok(const char *s)
-{
-    size_t n = strlen(s), tok = 0;
-    if (n == 0 || n > CONFIG_NATS_PREFIX_MAX)
-        return false;
-    for (const char *c = s;; c++) {
-        if (*c == '.' || *c == '\0') {
-            if (tok == 0)
-                return false; /* an empty token: "a..b", ".a", "a." */
-            if (*c == '\0')
-                return true;
-            tok = 0;
-        } else if (isalnum((unsigned char)*c) || *c == '_' || *c == '-') {
-            tok++;
-        } else {
-            return false;
-        }
-    }
 }
 
 static void free_nats_servers(struct config *cfg)
@@ -593,6 +274,61 @@ static int parse_roots(struct config *cfg, const char *v, const char **why)
     return 0;
 }
 
+/* Why a value was refused: a sentence fragment after the key's name, a
+ * constant or formatted into buf. */
+struct why {
+    const char *text;
+    char buf[256];
+};
+
+static int why_is(struct why *w, const char *text)
+{
+    w->text = text;
+    return -EINVAL;
+}
+
+static int why_fmt(struct why *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static int why_fmt(struct why *w, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    (void)vsnprintf(w->buf, sizeof w->buf, fmt, ap);
+    va_end(ap);
+    w->text = w->buf;
+    return -EINVAL;
+}
+
+/* One name an enum key accepts, and its value. */
+struct choice {
+    const char *name;
+    int value;
+};
+
+struct key_def;
+/* Checks one key's value and sets it into cfg; 0, or -EINVAL with w. */
+typedef int key_set_fn(struct config *cfg, const struct key_def *k, const char *v, struct why *w);
+
+/* One key of agent.conf: where its value goes (off), how it is checked and
+ * set (set), and what that setter reads of the rest. */
+struct key_def {
+    const char *name;
+    key_set_fn *set;
+    size_t off;
+    uint64_t lo, hi;              /* durations (ms), counts, sizes; hi: a path's length limit */
+    bool zero_means_none;         /* durations */
+    bool whole_seconds;           /* durations */
+    bool (*ok)(const char *v);    /* set_checked: the value's test... */
+    const char *why;              /* ...and the words when it fails */
+    const struct choice *choices; /* set_enum: the names, ending with {NULL} */
+    size_t secret_off;            /* set_secret_file: where the file's secret goes */
+};
+
+static void *slot_of(struct config *cfg, const struct key_def *k)
+{
+    return (char *)cfg + k->off;
+}
+
 static void set_str(struct config *cfg, size_t off, const char *v)
 {
     char **slot = (char **)(void *)((char *)cfg + off);
@@ -600,245 +336,268 @@ static void set_str(struct config *cfg, size_t off, const char *v)
     *slot = xstrdup(v);
 }
 
-/* Applies one key; returns 0 or -EINVAL with *why (a sentence fragment). */
-static int apply_key(struct config *cfg, const struct key_def *k, const char *v, const char **why,
-                     char *whybuf, size_t whysz)
+/* Frees a secret without leaving it lying in freed memory. */
+static void secret_free(char *s)
 {
-    void *slot = (char *)cfg + k->off;
-    uint64_t n;
-    switch (k->type) {
-    case K_URL: {
-        struct config_url u;
-        if (config_parse_url(v, &u, why) != 0)
-            return -EINVAL;
-        config_url_free(&cfg->url);
-        cfg->url = u;
-        set_str(cfg, k->off, v);
-        return 0;
-    }
-    case K_AGENT_ID:
-        if (*v == '\0' || strlen(v) > 128 ||
-            strspn(v, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmn"
-                      "opqrstuvwxyz0123456789._-") != strlen(v)) {
-            *why = "must be 1-128 characters of A-Z a-z 0-9 . _ -";
-            return -EINVAL;
-        }
-        set_str(cfg, k->off, v);
-        return 0;
-    case K_ABS_PATH:
-        if (!abs_path_ok(v, why))
-            return -EINVAL;
-        set_str(cfg, k->off, v);
-        strip_trailing_slash(*(char **)slot);
-        return 0;
-    case K_FILE_PATH:
-        /* A file the agent writes: its directory is not checked here, so a
-         * missing one never keeps the agent from starting (the writes log it). */
-        if (!abs_path_ok(v, why))
-            return -EINVAL;
-        if (v[strlen(v) - 1] == '/') {
-            *why = "must name a file, not a directory";
-            return -EINVAL;
-        }
-        set_str(cfg, k->off, v);
-        return 0;
-    case K_SOCKET:
-        if (!abs_path_ok(v, why))
-            return -EINVAL;
-        if (strlen(v) >= sizeof(((struct sockaddr_un *)NULL)->sun_path)) {
-            util_fmt(whybuf, whysz, "must be shorter than %zu bytes (a Unix socket's limit)",
-                     sizeof(((struct sockaddr_un *)NULL)->sun_path));
-            *why = whybuf;
-            return -EINVAL;
-        }
-        if (v[strlen(v) - 1] == '/') {
-            *why = "must name a file, not a directory";
-            return -EINVAL;
-        }
-        set_str(cfg, k->off, v);
-        return 0;
-    case K_READABLE_FILE:
-        if (!abs_path_ok(v, why))
-            return -EINVAL;
-        if (access(v, R_OK) != 0) {
-            util_fmt(whybuf, whysz, "cannot be read: %s", strerror(errno));
-            *why = whybuf;
-            return -EINVAL;
-        }
-        set_str(cfg, k->off, v);
-        return 0;
-    case K_TOKEN:
-        if (!token_ok(v)) {
-            *why = "must be non-empty printable ASCII without spaces";
-            return -EINVAL;
-        }
-        set_str(cfg, k->off, v);
-        return 0;
-    case K_TOKEN_FILE: {
-        char *tok;
-        const char *twhy = NULL;
-        if (!abs_path_ok(v, why))
-            return -EINVAL;
-        tok = read_token_file(v, &twhy);
-        if (!tok) {
-            util_fmt(whybuf, whysz, "cannot be used: %s", twhy);
-            *why = whybuf;
-            return -EINVAL;
-        }
-        set_str(cfg, k->off, v);
-        free(cfg->token);
-        cfg->token = tok;
-        return 0;
-    }
-    case K_ROOTS:
-        return parse_roots(cfg, v, why);
-    case K_TRANSPORT:
-        if (strcmp(v, "websocket") == 0)
-            *(enum transport_kind *)slot = TRANSPORT_WEBSOCKET;
-        else if (strcmp(v, "nats") == 0)
-            *(enum transport_kind *)slot = TRANSPORT_NATS;
-        else {
-            *why = "must be websocket or nats";
-            return -EINVAL;
-        }
-        return 0;
-    case K_NATS_SERVERS:
-        return parse_nats_servers(cfg, v, why, whybuf, whysz);
-    case K_SECRET_FILE: {
-        const char *fwhy = NULL;
-        if (!abs_path_ok(v, why))
-            return -EINVAL;
-        if (secret_file_ok(v, &fwhy) != 0) {
-            util_fmt(whybuf, whysz, "cannot be read: %s", fwhy);
-            *why = whybuf;
-            return -EINVAL;
-        }
-        set_str(cfg, k->off, v);
-        return 0;
-    }
-    case K_NATS_USER:
-        if (!token_ok(v) || strlen(v) > 256) {
-            *why = "must be 1-256 bytes of printable ASCII without spaces";
-            return -EINVAL;
-        }
-        set_str(cfg, k->off, v);
-        return 0;
-    case K_PASSWORD_FILE: {
-        char *pw;
-        const char *pwhy = NULL;
-        if (!abs_path_ok(v, why))
-            return -EINVAL;
-        pw = read_token_file(v, &pwhy);
-        if (!pw) {
-            util_fmt(whybuf, whysz, "cannot be used: %s", pwhy);
-            *why = whybuf;
-            return -EINVAL;
-        }
-        set_str(cfg, k->off, v);
-        if (cfg->nats_password) {
-            memset(cfg->nats_password, 0, strlen(cfg->nats_password));
-            free(cfg->nats_password);
-        }
-        cfg->nats_password = pw;
-        return 0;
-    }
-    case K_SUBJECT_PREFIX:
-        if (!config_subject_prefix_ok(v)) {
-            *why = "must be 1-128 bytes of dot-separated tokens of A-Z a-z 0-9 _ - (no "
-                   "wildcards, no empty token)";
-            return -EINVAL;
-        }
-        set_str(cfg, k->off, v);
-        return 0;
-    case K_LEVEL:
-        if (log_level_parse(v, (enum log_level *)slot) != 0) {
-            *why = "must be error, warn, info or debug";
-            return -EINVAL;
-        }
-        return 0;
-    case K_FORMAT:
-        if (strcmp(v, "text") == 0)
-            *(enum log_format *)slot = LOG_FORMAT_TEXT;
-        else if (strcmp(v, "json") == 0)
-            *(enum log_format *)slot = LOG_FORMAT_JSON;
-        else {
-            *why = "must be text or json";
-            return -EINVAL;
-        }
-        return 0;
-    case K_VERIFY:
-        if (strcmp(v, "metadata") == 0)
-            *(enum verify_mode *)slot = VERIFY_METADATA;
-        else if (strcmp(v, "checksum") == 0)
-            *(enum verify_mode *)slot = VERIFY_CHECKSUM;
-        else {
-            *why = "must be metadata or checksum";
-            return -EINVAL;
-        }
-        return 0;
-    case K_RECLAIM:
-        if (strcmp(v, "deferred") == 0)
-            *(enum reclaim_mode *)slot = RECLAIM_DEFERRED;
-        else if (strcmp(v, "inline") == 0)
-            *(enum reclaim_mode *)slot = RECLAIM_INLINE;
-        else {
-            *why = "must be deferred or inline";
-            return -EINVAL;
-        }
-        return 0;
-    case K_BOOL:
-        if (config_parse_bool(v, (bool *)slot) != 0) {
-            *why = "must be true or false (yes/no, on/off, 1/0)";
-            return -EINVAL;
-        }
-        return 0;
-    case K_DURATION:
-        if (config_parse_duration(v, &n) != 0) {
-            *why = "must be a duration such as 500ms, 15s, 5m or 1h";
-            return -EINVAL;
-        }
-        if (n == 0 && k->zero_means_none) {
-            *(uint64_t *)slot = 0;
+    if (!s)
+        return;
+    memset(s, 0, strlen(s));
+    free(s);
+}
+
+static int set_url(struct config *cfg, const struct key_def *k, const char *v, struct why *w)
+{
+    struct config_url u;
+    if (config_parse_url(v, &u, &w->text) != 0)
+        return -EINVAL;
+    config_url_free(&cfg->url);
+    cfg->url = u;
+    set_str(cfg, k->off, v);
+    return 0;
+}
+
+/* A string whose whole test is k->ok. */
+static int set_checked(struct config *cfg, const struct key_def *k, const char *v, struct why *w)
+{
+    if (!k->ok(v))
+        return why_is(w, k->why);
+    set_str(cfg, k->off, v);
+    return 0;
+}
+
+static bool agent_id_ok(const char *v)
+{
+    return *v != '\0' && strlen(v) <= 128 &&
+           strspn(v, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmn"
+                     "opqrstuvwxyz0123456789._-") == strlen(v);
+}
+
+static bool nats_user_ok(const char *v)
+{
+    return token_ok(v) && strlen(v) <= 256;
+}
+
+/* A directory: kept without its trailing slash. */
+static int set_dir(struct config *cfg, const struct key_def *k, const char *v, struct why *w)
+{
+    if (!abs_path_ok(v, &w->text))
+        return -EINVAL;
+    set_str(cfg, k->off, v);
+    strip_trailing_slash(*(char **)slot_of(cfg, k));
+    return 0;
+}
+
+/* A file the agent writes or binds (k->hi: a socket's length limit). Its
+ * directory is not checked here, so a missing one never keeps the agent
+ * from starting (the writes log it). */
+static int set_file(struct config *cfg, const struct key_def *k, const char *v, struct why *w)
+{
+    if (!abs_path_ok(v, &w->text))
+        return -EINVAL;
+    if (k->hi && strlen(v) >= k->hi)
+        return why_fmt(w, "must be shorter than %zu bytes (a Unix socket's limit)", (size_t)k->hi);
+    if (v[strlen(v) - 1] == '/')
+        return why_is(w, "must name a file, not a directory");
+    set_str(cfg, k->off, v);
+    return 0;
+}
+
+/* A file the agent reads (a CA bundle). */
+static int set_readable(struct config *cfg, const struct key_def *k, const char *v, struct why *w)
+{
+    if (!abs_path_ok(v, &w->text))
+        return -EINVAL;
+    if (access(v, R_OK) != 0)
+        return why_fmt(w, "cannot be read: %s", strerror(errno));
+    set_str(cfg, k->off, v);
+    return 0;
+}
+
+/* A file of secrets read at every connect (its secret is not kept). */
+static int set_secret_path(struct config *cfg, const struct key_def *k, const char *v,
+                           struct why *w)
+{
+    const char *fwhy = NULL;
+    if (!abs_path_ok(v, &w->text))
+        return -EINVAL;
+    if (secret_file_ok(v, &fwhy) != 0)
+        return why_fmt(w, "cannot be read: %s", fwhy);
+    set_str(cfg, k->off, v);
+    return 0;
+}
+
+/* A file holding one secret, read now into k->secret_off. */
+static int set_secret_file(struct config *cfg, const struct key_def *k, const char *v,
+                           struct why *w)
+{
+    char **secret = (char **)(void *)((char *)cfg + k->secret_off);
+    const char *swhy = NULL;
+    char *s;
+    if (!abs_path_ok(v, &w->text))
+        return -EINVAL;
+    s = read_token_file(v, &swhy);
+    if (!s)
+        return why_fmt(w, "cannot be used: %s", swhy);
+    set_str(cfg, k->off, v);
+    secret_free(*secret);
+    *secret = s;
+    return 0;
+}
+
+static int set_roots(struct config *cfg, const struct key_def *k, const char *v, struct why *w)
+{
+    (void)k;
+    return parse_roots(cfg, v, &w->text);
+}
+
+static int set_nats_servers(struct config *cfg, const struct key_def *k, const char *v,
+                            struct why *w)
+{
+    (void)k;
+    return parse_nats_servers(cfg, v, &w->text, w->buf, sizeof w->buf);
+}
+
+static int set_level(struct config *cfg, const struct key_def *k, const char *v, struct why *w)
+{
+    if (log_level_parse(v, slot_of(cfg, k)) != 0)
+        return why_is(w, "must be error, warn, info or debug");
+    return 0;
+}
+
+/* An enum key: one of k->choices, by name; refused with all the names. */
+static int set_enum(struct config *cfg, const struct key_def *k, const char *v, struct why *w)
+{
+    const struct choice *c;
+    for (c = k->choices; c->name; c++) {
+        if (strcmp(v, c->name) == 0) {
+            *(int *)slot_of(cfg, k) = c->value;
             return 0;
         }
-        if (n < k->lo || n > k->hi) {
-            util_fmt(whybuf, whysz, "must be between %llums and %llums%s",
-                     (unsigned long long)k->lo, (unsigned long long)k->hi,
-                     k->zero_means_none ? " (or 0 for none)" : "");
-            *why = whybuf;
-            return -EINVAL;
-        }
-        if (k->whole_seconds && n % SEC != 0) {
-            *why = "must be a whole number of seconds";
-            return -EINVAL;
-        }
-        *(uint64_t *)slot = n;
-        return 0;
-    case K_COUNT: {
-        char *end;
-        unsigned long long c;
-        errno = 0;
-        c = strtoull(v, &end, 10);
-        if (!isdigit((unsigned char)*v) || *end || errno || c < k->lo || c > k->hi) {
-            util_fmt(whybuf, whysz, "must be a whole number from %llu to %llu",
-                     (unsigned long long)k->lo, (unsigned long long)k->hi);
-            *why = whybuf;
-            return -EINVAL;
-        }
-        *(unsigned *)slot = (unsigned)c;
-        return 0;
     }
-    case K_SIZE:
-        if (config_parse_size(v, &n) != 0 || n < k->lo || n > k->hi) {
-            util_fmt(whybuf, whysz, "must be a size from 1K to 64M (K, M, G are powers of 1024)");
-            *why = whybuf;
-            return -EINVAL;
-        }
-        *(uint64_t *)slot = n;
-        return 0;
+    util_fmt(w->buf, sizeof w->buf, "must be");
+    for (const struct choice *d = k->choices; d < c; d++) {
+        size_t len = strlen(w->buf);
+        util_fmt(w->buf + len, sizeof w->buf - len, "%s%s",
+                 d == k->choices ? " "
+                 : d + 1 < c     ? ", "
+                                 : " or ",
+                 d->name);
     }
+    w->text = w->buf;
     return -EINVAL;
 }
+
+static int set_bool(struct config *cfg, const struct key_def *k, const char *v, struct why *w)
+{
+    if (config_parse_bool(v, slot_of(cfg, k)) != 0)
+        return why_is(w, "must be true or false (yes/no, on/off, 1/0)");
+    return 0;
+}
+
+static int set_duration(struct config *cfg, const struct key_def *k, const char *v, struct why *w)
+{
+    uint64_t n;
+    if (config_parse_duration(v, &n) != 0)
+        return why_is(w, "must be a duration such as 500ms, 15s, 5m or 1h");
+    if (n == 0 && k->zero_means_none) {
+        *(uint64_t *)slot_of(cfg, k) = 0;
+        return 0;
+    }
+    if (n < k->lo || n > k->hi)
+        return why_fmt(w, "must be between %llums and %llums%s", (unsigned long long)k->lo,
+                       (unsigned long long)k->hi, k->zero_means_none ? " (or 0 for none)" : "");
+    if (k->whole_seconds && n % SEC != 0)
+        return why_is(w, "must be a whole number of seconds");
+    *(uint64_t *)slot_of(cfg, k) = n;
+    return 0;
+}
+
+static int set_count(struct config *cfg, const struct key_def *k, const char *v, struct why *w)
+{
+    char *end;
+    unsigned long long c;
+    errno = 0;
+    c = strtoull(v, &end, 10);
+    if (!isdigit((unsigned char)*v) || *end || errno || c < k->lo || c > k->hi)
+        return why_fmt(w, "must be a whole number from %llu to %llu", (unsigned long long)k->lo,
+                       (unsigned long long)k->hi);
+    *(unsigned *)slot_of(cfg, k) = (unsigned)c;
+    return 0;
+}
+
+static int set_size(struct config *cfg, const struct key_def *k, const char *v, struct why *w)
+{
+    uint64_t n;
+    if (config_parse_size(v, &n) != 0 || n < k->lo || n > k->hi)
+        return why_is(w, "must be a size from 1K to 64M (K, M, G are powers of 1024)");
+    *(uint64_t *)slot_of(cfg, k) = n;
+    return 0;
+}
+
+/* set_enum stores an int: each enum it sets is one. */
+_Static_assert(sizeof(enum log_format) == sizeof(int), "log_format is an int");
+_Static_assert(sizeof(enum verify_mode) == sizeof(int), "verify_mode is an int");
+_Static_assert(sizeof(enum reclaim_mode) == sizeof(int), "reclaim_mode is an int");
+_Static_assert(sizeof(enum transport_kind) == sizeof(int), "transport_kind is an int");
+
+static const struct choice log_formats[] = {
+    {"text", LOG_FORMAT_TEXT}, {"json", LOG_FORMAT_JSON}, {NULL, 0}};
+static const struct choice verify_modes[] = {
+    {"metadata", VERIFY_METADATA}, {"checksum", VERIFY_CHECKSUM}, {NULL, 0}};
+static const struct choice reclaim_modes[] = {
+    {"deferred", RECLAIM_DEFERRED}, {"inline", RECLAIM_INLINE}, {NULL, 0}};
+static const struct choice transports[] = {
+    {"websocket", TRANSPORT_WEBSOCKET}, {"nats", TRANSPORT_NATS}, {NULL, 0}};
+
+#define F(m) offsetof(struct config, m)
+#define DURATION(m, lo_, hi_) .set = set_duration, .off = F(m), .lo = (lo_), .hi = (hi_)
+static const struct key_def key_table[] = {
+    {"manager_url", .set = set_url, .off = F(manager_url)},
+    {"agent_id", .set = set_checked, .off = F(agent_id), .ok = agent_id_ok,
+     .why = "must be 1-128 characters of A-Z a-z 0-9 . _ -"},
+    {"token_file", .set = set_secret_file, .off = F(token_file), .secret_off = F(token)},
+    {"token", .set = set_checked, .off = F(token), .ok = token_ok,
+     .why = "must be non-empty printable ASCII without spaces"},
+    {"allowed_roots", .set = set_roots, .off = F(allowed_roots)},
+    {"state_dir", .set = set_dir, .off = F(state_dir)},
+    {"log_level", .set = set_level, .off = F(log_level)},
+    {"log_format", .set = set_enum, .off = F(log_format), .choices = log_formats},
+    {"heartbeat_interval", DURATION(heartbeat_interval_ms, 1 * SEC, HOUR)},
+    {"ping_interval", DURATION(ping_interval_ms, 1 * SEC, HOUR), .whole_seconds = true},
+    {"progress_interval", DURATION(progress_interval_ms, 50, MIN)},
+    {"reconnect_min", DURATION(reconnect_min_ms, 100, HOUR)},
+    {"reconnect_max", DURATION(reconnect_max_ms, 1 * SEC, 24 * HOUR)},
+    {"max_concurrent_moves", .set = set_count, .off = F(max_concurrent_moves), .lo = 1, .hi = 64},
+    {"max_queued_moves", .set = set_count, .off = F(max_queued_moves), .lo = 0, .hi = 1024},
+    {"move_timeout", DURATION(move_timeout_ms, 1 * SEC, 30ull * 24 * HOUR),
+     .zero_means_none = true},
+    {"stall_timeout", DURATION(stall_timeout_ms, 10 * SEC, 24 * HOUR)},
+    {"verify", .set = set_enum, .off = F(verify), .choices = verify_modes},
+    {"reclaim", .set = set_enum, .off = F(reclaim), .choices = reclaim_modes},
+    {"max_message_bytes", .set = set_size, .off = F(max_message_bytes), .lo = 1024,
+     .hi = 64ull << 20},
+    {"ca_file", .set = set_readable, .off = F(ca_file)},
+    {"tls_insecure", .set = set_bool, .off = F(tls_insecure)},
+    {"metrics_file", .set = set_file, .off = F(metrics_file)},
+    {"control_socket", .set = set_file, .off = F(control_socket),
+     .hi = sizeof(((struct sockaddr_un *)NULL)->sun_path)},
+    {"prepare_ttl", DURATION(prepare_ttl_ms, 1 * SEC, 30ull * 24 * HOUR), .zero_means_none = true},
+    {"transport", .set = set_enum, .off = F(transport), .choices = transports},
+    {"nats_servers", .set = set_nats_servers, .off = F(nats_servers)},
+    {"nats_creds_file", .set = set_secret_path, .off = F(nats_creds_file)},
+    {"nats_nkey_seed_file", .set = set_secret_path, .off = F(nats_nkey_seed_file)},
+    {"nats_user", .set = set_checked, .off = F(nats_user), .ok = nats_user_ok,
+     .why = "must be 1-256 bytes of printable ASCII without spaces"},
+    {"nats_password_file", .set = set_secret_file, .off = F(nats_password_file),
+     .secret_off = F(nats_password)},
+    {"nats_subject_prefix", .set = set_checked, .off = F(nats_subject_prefix),
+     .ok = config_subject_prefix_ok,
+     .why = "must be 1-128 bytes of dot-separated tokens of A-Z a-z 0-9 _ - (no wildcards, no "
+            "empty token)"},
+    {"nats_jetstream", .set = set_bool, .off = F(nats_jetstream)},
+};
+#undef DURATION
+#undef F
 
 /* The line a key was set on (0 when not set). */
 static int seen_line(const int *seen, const char *name)
@@ -978,7 +737,7 @@ int config_load_stream(FILE *f, const char *file, struct config *cfg, struct con
     while ((len = getline(&line, &cap, f)) >= 0) {
         char *key = NULL, *val = NULL;
         const char *why = NULL;
-        char whybuf[256];
+        struct why w = {0};
         const struct key_def *k = NULL;
         size_t ki;
         int r;
@@ -1009,13 +768,13 @@ int config_load_stream(FILE *f, const char *file, struct config *cfg, struct con
             continue;
         }
         seen[ki] = lineno;
-        if ((k->type == K_TOKEN && seen_line(seen, "token_file")) ||
-            (k->type == K_TOKEN_FILE && seen_line(seen, "token"))) {
+        if ((strcmp(key, "token") == 0 && seen_line(seen, "token_file")) ||
+            (strcmp(key, "token_file") == 0 && seen_line(seen, "token"))) {
             errs_add(errs, file, lineno, "both token and token_file are set; use only one");
             continue;
         }
-        if (apply_key(cfg, k, val, &why, whybuf, sizeof whybuf) != 0)
-            errs_add(errs, file, lineno, "%s %s", key, why);
+        if (k->set(cfg, k, val, &w) != 0)
+            errs_add(errs, file, lineno, "%s %s", key, w.text);
     }
     free(line);
 
@@ -1072,11 +831,7 @@ void config_free(struct config *cfg)
     config_url_free(&cfg->url);
     free(cfg->agent_id);
     free(cfg->token_file);
-    if (cfg->token) {
-        /* Do not leave the secret lying in freed memory. */
-        memset(cfg->token, 0, strlen(cfg->token));
-        free(cfg->token);
-    }
+    secret_free(cfg->token);
     free_roots(cfg);
     free(cfg->state_dir);
     free(cfg->control_socket);
@@ -1087,10 +842,7 @@ void config_free(struct config *cfg)
     free(cfg->nats_nkey_seed_file);
     free(cfg->nats_user);
     free(cfg->nats_password_file);
-    if (cfg->nats_password) {
-        memset(cfg->nats_password, 0, strlen(cfg->nats_password));
-        free(cfg->nats_password);
-    }
+    secret_free(cfg->nats_password);
     free(cfg->nats_subject_prefix);
     memset(cfg, 0, sizeof *cfg);
 }

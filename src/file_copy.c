@@ -1,6 +1,6 @@
 /* file_copy.c: one file's content and metadata (see file_copy.h). */
 #include "file_copy.h"
-#include "ident_store.h"
+#include "ident_blocks.h"
 #include "util.h"
 
 #include <errno.h>

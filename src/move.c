@@ -1,4 +1,9 @@
-/* move.c: a move on the event loop: worker thread, ring drain, frames, phases. */
+/* move.c: a move on the event loop: its worker's start, stop and join, the
+ * drain of the worker's ring into frames, the throttle, the timers (timeouts,
+ * prepare_ttl, a stopped worker that does not come back), abandoning or
+ * detaching a stuck worker, and the loop's own writes of the journal record.
+ * What runs on the worker thread is in move_worker.c; all the two share is
+ * struct move_work (include/move_work.h). */
 #include "move.h"
 #include "log.h"
 #include "move_work.h"
@@ -10,15 +15,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* --- worker thread ------------------------------------------------------- */
+/* --- the shared block ------------------------------------------------------- */
 
+/* The block a move shares with its worker, filled from the move's journal
+ * record: the job's inputs are copies (the worker may outlive the move and
+ * its record). */
 static struct move_work *work_new(const struct move_params *p)
 {
     const struct journal_rec *jr = p->jr;
-    struct move_work *w = xcalloc(1, sizeof *w);
-    pthread_mutex_init(&w->lock, NULL);
-    pthread_cond_init(&w->rec_idle, NULL);
-    w->refs = 1;
+    struct move_work *w = move_worker_alloc();
     w->src = xstrdup(jr->src);
     w->dst = xstrdup(jr->dst);
     w->src_root = p->src_root ? xstrdup(p->src_root) : NULL;
@@ -51,236 +56,10 @@ static struct move_work *work_new(const struct move_params *p)
     w->src_id = jr->src_id;
     w->dst_id = jr->dst_id;
     w->resumed = jr->count;
-    ring_init(&w->ring);
     /* A resumed move only cleans up: nothing to cancel any more. */
     atomic_init(&w->stop, p->mode == ENGINE_UNDO || p->mode == ENGINE_FINISH ? ENGINE_STOP_LOCKED
                                                                              : CODE_NONE);
-    atomic_init(&w->beat, 0);
-    atomic_init(&w->dst_known, false);
-    atomic_init(&w->dst_dev, 0);
-    atomic_init(&w->dst_ino, 0);
     return w;
-}
-
-static void work_unref(struct move_work *w)
-{
-    bool last;
-    pthread_mutex_lock(&w->lock);
-    last = --w->refs == 0;
-    pthread_mutex_unlock(&w->lock);
-    if (!last)
-        return;
-    for (size_t i = 0; i < w->n_made; i++)
-        free(w->made_parents[i]);
-    free(w->made_parents);
-    free(w->move_id);
-    free(w->src);
-    free(w->dst);
-    free(w->src_root);
-    free(w->dst_root);
-    free(w->ident_path);
-    free(w->moves_dir);
-    pthread_cond_destroy(&w->rec_idle);
-    pthread_mutex_destroy(&w->lock);
-    free(w);
-}
-
-/* Wakes the loop, unless it let go of this worker. */
-static void work_wake(struct move_work *w)
-{
-    pthread_mutex_lock(&w->lock);
-    if (!w->detached)
-        uv_async_send(w->async);
-    pthread_mutex_unlock(&w->lock);
-}
-
-static void fill_item(struct progress_item *it, const struct engine_progress *p)
-{
-    it->phase = p->phase;
-    it->count = p->count;
-    if (p->current)
-        util_fmt(it->current, sizeof it->current, "%s", p->current);
-    else
-        it->current[0] = '\0';
-}
-
-/* The engine's progress callback, on the worker: into the ring, then wake
- * the loop. uv_async_send coalesces, so a burst costs one wake-up. */
-static void move_report(void *arg, const struct engine_progress *p, bool phase_start)
-{
-    struct move_work *w = arg;
-    struct progress_item it;
-    atomic_fetch_add_explicit(&w->beat, 1, memory_order_relaxed);
-    it.kind = phase_start ? PROGRESS_PHASE : PROGRESS_STEP;
-    it.code = CODE_NONE;
-    it.error[0] = '\0';
-    fill_item(&it, p);
-    if (ring_push(&w->ring, &it))
-        work_wake(w);
-}
-
-/* The worker's journal write: fn changes jr under the lock (unless the loop
- * has taken the record: then `taken` is returned and nothing happens), and
- * the text taken there is written with the lock released (see move_work.h:
- * the loop takes this lock on its stuck-worker paths and must never wait
- * for a disk). Written once more when the loop changed jr meanwhile
- * (rec_again). The worker still waits for its write before it goes on, so a
- * phase is recorded before its frame is sent. 0 when the record holds fn's
- * change, else -errno. */
-static int work_record(struct move_work *w, void (*fn)(struct journal_rec *jr, const void *arg),
-                       const void *arg, int taken)
-{
-    bool written = false;
-    int rc = 0;
-    pthread_mutex_lock(&w->lock);
-    while (w->rec_busy) /* the loop's own write (move_record_update): one file at a time */
-        pthread_cond_wait(&w->rec_idle, &w->lock);
-    if (w->no_record) {
-        pthread_mutex_unlock(&w->lock);
-        return taken;
-    }
-    fn(w->jr, arg);
-    w->jr->seq = atomic_load(&w->seq_sent);
-    do {
-        char *text = journal_format(w->jr);
-        int r;
-        w->rec_busy = true;
-        w->rec_again = false;
-        pthread_mutex_unlock(&w->lock);
-        r = journal_write_text(w->moves_dir, w->move_id, text);
-        free(text);
-        /* Back from the disk: a sign of life (a slow state_dir is no stuck worker). */
-        atomic_fetch_add_explicit(&w->beat, 1, memory_order_relaxed);
-        written = written || r == 0;
-        rc = written ? 0 : r;
-        pthread_mutex_lock(&w->lock);
-        w->rec_busy = false;
-    } while (w->rec_again && !w->no_record);
-    pthread_cond_broadcast(&w->rec_idle);
-    pthread_mutex_unlock(&w->lock);
-    return rc;
-}
-
-static void set_phase(struct journal_rec *jr, const void *arg)
-{
-    const struct engine_progress *p = arg;
-    jr->phase = p->phase;
-    jr->count = p->count;
-}
-
-/* On the worker, when a phase begins: the journal says so before its work
- * (for cleaning, before anything of the source is removed). Not once the
- * loop has ended the move without this worker: the record is the loop's. */
-static int move_on_phase(void *arg, const struct engine_progress *p)
-{
-    return work_record(arg, set_phase, p, 0);
-}
-
-static void set_dst(struct journal_rec *jr, const void *arg)
-{
-    const struct stat *st = arg;
-    jr->dst_id.known = true;
-    jr->dst_id.dev = (uint64_t)st->st_dev;
-    jr->dst_id.ino = (uint64_t)st->st_ino;
-}
-
-/* On the worker, once the destination directory is open and before anything
- * is written into it: its identity goes into the journal, so that recovery
- * can tell it from anything put at newPath later. */
-static int move_on_dst(void *arg, const struct stat *st)
-{
-    struct move_work *w = arg;
-    atomic_store(&w->dst_dev, (uint64_t)st->st_dev);
-    atomic_store(&w->dst_ino, (uint64_t)st->st_ino);
-    atomic_store(&w->dst_known, true);
-    return work_record(w, set_dst, st, 0);
-}
-
-static void set_reclaim(struct journal_rec *jr, const void *arg)
-{
-    const struct engine_reclaim *r = arg;
-    free(jr->reclaim.dir);
-    jr->reclaim.dir = xstrdup(r->dir);
-    jr->reclaim.in_mount = r->in_mount;
-    jr->reclaim.undone = r->undone;
-    jr->reclaim.id.known = true;
-    jr->reclaim.id.dev = (uint64_t)r->dev;
-    jr->reclaim.id.ino = (uint64_t)r->ino;
-    jr->reclaim.entries = r->entries;
-    jr->reclaim.bytes = r->bytes;
-}
-
-/* On the worker, right before the source is renamed into its reclaim
- * directory (and again if it is renamed back): the journal names the
- * directory first, so recovery looks for the source there. Once the loop
- * let go of the record: no rename it cannot see. */
-static int move_on_reclaim(void *arg, const struct engine_reclaim *r)
-{
-    return work_record(arg, set_reclaim, r, -ECANCELED);
-}
-
-static struct engine_id engine_id_of(const struct journal_id *id)
-{
-    struct engine_id e = {.known = id->known, .dev = (dev_t)id->dev, .ino = (ino_t)id->ino};
-    return e;
-}
-
-static void move_worker(void *arg)
-{
-    struct move_work *w = arg;
-    /* Named for operators (top -H, ps -L) and for the tests' freezer. */
-    (void)pthread_setname_np(pthread_self(), "ha-move");
-    struct engine_job job = {
-        .src = w->src,
-        .dst = w->dst,
-        .src_root = w->src_root,
-        .dst_root = w->dst_root,
-        .rename = w->rename,
-        .verify = w->verify,
-        .stop = &w->stop,
-        .report = move_report,
-        .on_phase = w->jr && w->journal ? move_on_phase : NULL,
-        .on_dst = w->jr && w->journal ? move_on_dst : NULL,
-        .reclaim = w->reclaim,
-        .move_id = w->jr && w->journal ? w->move_id : NULL,
-        .on_reclaim = w->jr && w->journal ? move_on_reclaim : NULL,
-        .resume_reclaim = w->resume_reclaim,
-        .alive = &w->beat,
-        .arg = w,
-        .mode = w->mode,
-        .dst_preexisted = w->dst_preexisted,
-        .dst_orig = w->dst_orig,
-        .made_parents = w->made_parents,
-        .n_made = w->n_made,
-        .resume_phase = w->resume_phase,
-        .files_copied = w->resumed.files_copied,
-        .bytes_copied = w->resumed.bytes_copied,
-        .ident_path = w->ident_path,
-    };
-    struct progress_item it;
-    struct engine_result res;
-
-    job.src_id = engine_id_of(&w->src_id);
-    job.dst_id = engine_id_of(&w->dst_id);
-    engine_run(&job, &res);
-    memset(&it, 0, sizeof it);
-    it.kind = PROGRESS_END;
-    it.code = res.code;
-    util_fmt(it.error, sizeof it.error, "%s", res.error);
-    if (res.code == CODE_NONE && res.warning_code != CODE_NONE) {
-        it.warning = true;
-        it.code = res.warning_code;
-        util_fmt(it.error, sizeof it.error, "%s", res.warning);
-    }
-    it.count.bytes_copied = res.bytes_copied;
-    it.count.files_copied = res.files_copied;
-    it.back_to_ready = res.back_to_ready;
-    it.bytes_synced = res.bytes_synced;
-    it.files_synced = res.files_synced;
-    w->reclaim_ready = res.reclaim && res.code == CODE_NONE;
-    ring_push(&w->ring, &it);
-    work_wake(w);
-    work_unref(w);
 }
 
 /* --- loop side: state ------------------------------------------------------ */
@@ -851,11 +630,11 @@ static int move_start_worker(struct move *m, enum engine_mode mode, int stop_cod
     w->refs++; /* the worker's */
     pthread_mutex_unlock(&w->lock);
     /* Not the libuv threadpool: a long copy would starve uv_fs and DNS work. */
-    rc = uv_thread_create(&m->work->thread, move_worker, m->work);
+    rc = uv_thread_create(&m->work->thread, move_worker_main, m->work);
     if (rc != 0) {
         char why[128];
         m->thread_running = false;
-        work_unref(m->work);
+        move_worker_unref(m->work);
         uv_timer_stop(&m->limit);
         if (m->silent) {
             LOG(LOG_ERROR, "cannot start a worker thread", LF_S("move", m->st.move_id));
@@ -1006,7 +785,7 @@ void move_detach(struct move *m)
 /* Everything but the handles, once they are closed. */
 static void move_release(struct move *m)
 {
-    work_unref(m->work);
+    move_worker_unref(m->work);
     m->work = NULL;
     m->src = m->dst = NULL;
     move_state_clear(&m->st);

@@ -69,7 +69,6 @@ bool ring_push(struct progress_ring *r, const struct progress_item *it)
         }
         if (r->has_pending)
             r->merged++;
-        r->pending = *it;
         r->has_pending = true;
         return kept_publish(r, it);
     }
@@ -82,21 +81,6 @@ bool ring_push(struct progress_ring *r, const struct progress_item *it)
      * non-STEP items in its whole life. */
     assert(room > 0);
     ring_write(r, head, it);
-    return true;
-}
-
-bool ring_flush(struct progress_ring *r)
-{
-    uint32_t head;
-    if (!r->has_pending)
-        return false;
-    head = atomic_load_explicit(&r->head, memory_order_relaxed);
-    if (ring_free(r, head) <= RING_RESERVE)
-        return false;
-    r->has_pending = false;
-    if (!kept_withdraw(r))
-        return false; /* the consumer took it already */
-    ring_write(r, head, &r->pending);
     return true;
 }
 
