@@ -22,6 +22,15 @@ enum transport_kind { TRANSPORT_WEBSOCKET = 0, TRANSPORT_NATS = 1 };
  * reclaim directory and deleted in the background) or before it. */
 enum reclaim_mode { RECLAIM_DEFERRED = 0, RECLAIM_INLINE = 1 };
 
+/* io_priority: the I/O class of a move's worker (util.h's enum
+ * util_io_class, same values); the reclaimer stays idle. */
+enum io_priority { IO_PRIORITY_NORMAL = 0, IO_PRIORITY_LOW = 1, IO_PRIORITY_IDLE = 2 };
+
+/* max_rate's bounds (bytes/s): 0 (none), else at least 1 MiB/s, as a
+ * request's maxRate. */
+#define CONFIG_MAX_RATE_MIN (1ull << 20)
+#define CONFIG_MAX_RATE_MAX (1ull << 53)
+
 struct config {
     char *manager_url;
     struct config_url url;
@@ -45,6 +54,8 @@ struct config {
     uint64_t stall_timeout_ms;
     enum verify_mode verify;
     enum reclaim_mode reclaim;
+    enum io_priority io_priority;
+    uint64_t max_rate; /* bytes/s per move; 0: the adaptive pace only */
     uint64_t max_message_bytes;
     char *ca_file;
     bool tls_insecure;

@@ -65,6 +65,11 @@ struct move_params {
      * made): deferred moves end with the source in a reclaim directory,
      * named in jr->reclaim, for the owner to delete after the answer. */
     enum reclaim_mode reclaim;
+    /* The copy's pace (engine_knobs): the cap in bytes/s (0: none; the
+     * lower of the config's max_rate and the request's maxRate) and the
+     * worker's I/O class. */
+    uint64_t max_rate;
+    enum io_priority io_priority;
 };
 
 #define MOVE_RATE_SAMPLES 24
@@ -145,6 +150,10 @@ struct move {
  * it): a failure may leave handles open. */
 int move_init(struct move *m, uv_loop_t *loop, const struct move_params *p,
               const struct move_ops *ops, void *owner);
+
+/* A SIGHUP's new pace for a move: its running copy takes it at its next
+ * step (a move not started yet, when it starts). */
+void move_set_pace(struct move *m, uint64_t max_rate, enum io_priority io_priority);
 
 /* Sends the "queued" frame: the move waits for a free slot. */
 void move_queue(struct move *m);

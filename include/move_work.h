@@ -44,6 +44,8 @@
  *   beat             worker (each report, removal)     loop (signs of life)
  *   dst_known/_dev/  worker (once newPath is open)     loop (busy check by identity)
  *   _ino
+ *   knobs            loop (at creation, SIGHUP:         worker (each step of the copy)
+ *                    atomics)
  *   lock             --                                --
  *   refs             both, under lock                  both, under lock
  *   detached         loop, under lock                  worker, under lock (wake-ups)
@@ -78,6 +80,7 @@ struct move_work {
     bool reclaim_ready;
     atomic_bool dst_known;
     _Atomic uint64_t dst_dev, dst_ino;
+    struct engine_knobs knobs; /* the copy's pace: cap and I/O class */
 
     /* The job's inputs: copies (the worker may outlive the move and its
      * record), taken from the move's journal record at move_init. */

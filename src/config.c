@@ -45,6 +45,8 @@ static void config_defaults(struct config *cfg)
     cfg->stall_timeout_ms = 5 * MIN;
     cfg->verify = VERIFY_METADATA;
     cfg->reclaim = RECLAIM_DEFERRED;
+    cfg->io_priority = IO_PRIORITY_LOW;
+    cfg->max_rate = 0;
     cfg->max_message_bytes = 1u << 20;
     cfg->tls_insecure = false;
     cfg->prepare_ttl_ms = 24 * HOUR;
@@ -534,10 +536,25 @@ static int set_size(struct config *cfg, const struct key_def *k, const char *v, 
     return 0;
 }
 
+/* A rate in bytes per second: 0 (none), or a size of at least 1M. */
+static int set_rate(struct config *cfg, const struct key_def *k, const char *v, struct why *w)
+{
+    uint64_t n;
+    (void)k;
+    if (strcmp(v, "0") == 0)
+        n = 0;
+    else if (config_parse_size(v, &n) != 0 || n < CONFIG_MAX_RATE_MIN || n > CONFIG_MAX_RATE_MAX)
+        return why_is(w, "must be 0 (no cap) or bytes per second of at least 1M (K, M, G are "
+                         "powers of 1024)");
+    cfg->max_rate = n;
+    return 0;
+}
+
 /* set_enum stores an int: each enum it sets is one. */
 _Static_assert(sizeof(enum log_format) == sizeof(int), "log_format is an int");
 _Static_assert(sizeof(enum verify_mode) == sizeof(int), "verify_mode is an int");
 _Static_assert(sizeof(enum reclaim_mode) == sizeof(int), "reclaim_mode is an int");
+_Static_assert(sizeof(enum io_priority) == sizeof(int), "io_priority is an int");
 _Static_assert(sizeof(enum transport_kind) == sizeof(int), "transport_kind is an int");
 
 static const struct choice log_formats[] = {
@@ -546,6 +563,10 @@ static const struct choice verify_modes[] = {
     {"metadata", VERIFY_METADATA}, {"checksum", VERIFY_CHECKSUM}, {NULL, 0}};
 static const struct choice reclaim_modes[] = {
     {"deferred", RECLAIM_DEFERRED}, {"inline", RECLAIM_INLINE}, {NULL, 0}};
+static const struct choice io_priorities[] = {{"idle", IO_PRIORITY_IDLE},
+                                              {"low", IO_PRIORITY_LOW},
+                                              {"normal", IO_PRIORITY_NORMAL},
+                                              {NULL, 0}};
 static const struct choice transports[] = {
     {"websocket", TRANSPORT_WEBSOCKET}, {"nats", TRANSPORT_NATS}, {NULL, 0}};
 
@@ -574,6 +595,8 @@ static const struct key_def key_table[] = {
     {"stall_timeout", DURATION(stall_timeout_ms, 10 * SEC, 24 * HOUR)},
     {"verify", .set = set_enum, .off = F(verify), .choices = verify_modes},
     {"reclaim", .set = set_enum, .off = F(reclaim), .choices = reclaim_modes},
+    {"io_priority", .set = set_enum, .off = F(io_priority), .choices = io_priorities},
+    {"max_rate", .set = set_rate, .off = F(max_rate)},
     {"max_message_bytes", .set = set_size, .off = F(max_message_bytes), .lo = 1024,
      .hi = 64ull << 20},
     {"ca_file", .set = set_readable, .off = F(ca_file)},

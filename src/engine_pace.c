@@ -6,6 +6,12 @@
  * the engine. */
 #include "engine_internal.h"
 
+/* The knobs carry config.h's io_priority as util.h's class. */
+_Static_assert((int)IO_PRIORITY_NORMAL == (int)UTIL_IO_NORMAL &&
+                   (int)IO_PRIORITY_LOW == (int)UTIL_IO_LOW &&
+                   (int)IO_PRIORITY_IDLE == (int)UTIL_IO_IDLE,
+               "io_priority and util_io_class agree");
+
 #define PACE_SLICE_NS (20ull * 1000 * 1000)    /* a stop is seen within this */
 #define PACE_MIN_SLEEP_NS (1ull * 1000 * 1000) /* shorter waits are owed, not slept */
 

@@ -33,6 +33,8 @@ static struct move_work *work_new(const struct move_params *p)
     w->verify = jr->verify;
     w->mode = p->mode;
     w->reclaim = p->reclaim;
+    atomic_init(&w->knobs.max_rate, p->max_rate);
+    atomic_init(&w->knobs.io_class, (int)p->io_priority);
     w->move_id = xstrdup(jr->move_id);
     if (jr->reclaim.dir && !jr->reclaim.undone) {
         util_fmt(w->resume_reclaim.dir, sizeof w->resume_reclaim.dir, "%s", jr->reclaim.dir);
@@ -645,6 +647,12 @@ static int move_start_worker(struct move *m, enum engine_mode mode, int stop_cod
         return rc;
     }
     return 0;
+}
+
+void move_set_pace(struct move *m, uint64_t max_rate, enum io_priority io_priority)
+{
+    atomic_store_explicit(&m->work->knobs.max_rate, max_rate, memory_order_relaxed);
+    atomic_store_explicit(&m->work->knobs.io_class, (int)io_priority, memory_order_relaxed);
 }
 
 int move_run(struct move *m)

@@ -222,6 +222,7 @@ void move_worker_main(void *arg)
         .files_copied = w->resumed.files_copied,
         .bytes_copied = w->resumed.bytes_copied,
         .ident_path = w->ident_path,
+        .knobs = &w->knobs,
     };
     struct progress_item it;
     struct engine_result res;

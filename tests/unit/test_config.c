@@ -70,6 +70,8 @@ static void test_every_key(void **state)
              "stall_timeout = 10m\n"
              "verify = checksum\n"
              "reclaim = inline\n"
+             "io_priority = idle\n"
+             "max_rate = 50M\n"
              "max_message_bytes = 2M\n"
              "ca_file = %s\n"
              "tls_insecure = yes\n"
@@ -103,6 +105,8 @@ static void test_every_key(void **state)
     assert_int_equal(cfg.stall_timeout_ms, 600000);
     assert_int_equal(cfg.verify, VERIFY_CHECKSUM);
     assert_int_equal(cfg.reclaim, RECLAIM_INLINE);
+    assert_int_equal(cfg.io_priority, IO_PRIORITY_IDLE);
+    assert_int_equal(cfg.max_rate, 50u << 20);
     assert_int_equal(cfg.max_message_bytes, 2u << 20);
     assert_string_equal(cfg.ca_file, tokfile);
     assert_true(cfg.tls_insecure);
@@ -138,6 +142,8 @@ static void test_defaults(void **state)
     assert_int_equal(cfg.stall_timeout_ms, 300000);
     assert_int_equal(cfg.verify, VERIFY_METADATA);
     assert_int_equal(cfg.reclaim, RECLAIM_DEFERRED);
+    assert_int_equal(cfg.io_priority, IO_PRIORITY_LOW);
+    assert_int_equal(cfg.max_rate, 0);
     assert_int_equal(cfg.max_message_bytes, 1u << 20);
     assert_null(cfg.ca_file);
     assert_false(cfg.tls_insecure);
@@ -205,6 +211,10 @@ static void test_bad_values_name_their_line(void **state)
         {"stall_timeout = 0", "between"},
         {"verify = sometimes", "metadata or checksum"},
         {"reclaim = later", "deferred or inline"},
+        {"io_priority = high", "idle, low or normal"},
+        {"max_rate = 100K", "at least 1M"},
+        {"max_rate = -1", "at least 1M"},
+        {"max_rate = fast", "at least 1M"},
         {"max_message_bytes = 1T", "size"},
         {"max_message_bytes = 100", "size"},
         {"ca_file = /nonexistent/ca.pem", "cannot be read"},
