@@ -3,6 +3,7 @@
  * Ctrl-C (or SIGTERM) cancels and rolls back. `--live` prepares while the
  * server runs and commits on Enter (or after --commit-after seconds). */
 #include "cli_move.h"
+#include "config_value.h"
 #include "move_engine.h"
 #include "paths.h"
 #include "reclaim.h"
@@ -680,6 +681,7 @@ int cli_move_main(int argc, char **argv)
 {
     struct cli_move cm;
     struct engine_job job;
+    struct engine_knobs knobs;
     struct engine_result res;
     struct sigaction sa;
     atomic_int stop;
@@ -693,6 +695,10 @@ int cli_move_main(int argc, char **argv)
     memset(&cm, 0, sizeof cm);
     memset(&job, 0, sizeof job);
     job.verify = VERIFY_METADATA;
+    /* The daemon's defaults: the low I/O class, no cap (the adaptive pace). */
+    atomic_init(&knobs.max_rate, 0);
+    atomic_init(&knobs.io_class, (int)IO_PRIORITY_LOW);
+    job.knobs = &knobs;
     for (int i = 0; i < argc; i++) {
         if (strcmp(argv[i], "--json") == 0)
             json = true;
@@ -702,6 +708,21 @@ int cli_move_main(int argc, char **argv)
             job.verify = VERIFY_CHECKSUM;
         else if (strcmp(argv[i], "--live") == 0)
             live = true;
+        else if (strncmp(argv[i], "--max-rate=", 11) == 0) {
+            uint64_t r;
+            if (config_parse_size(argv[i] + 11, &r) != 0 || r < CONFIG_MAX_RATE_MIN ||
+                r > CONFIG_MAX_RATE_MAX) {
+                fprintf(stderr, "hostagent move: --max-rate takes bytes per second, at least 1M "
+                                "(K, M, G are powers of 1024)\n");
+                return 2;
+            }
+            atomic_store(&knobs.max_rate, r);
+        } else if (strcmp(argv[i], "--io-priority=idle") == 0)
+            atomic_store(&knobs.io_class, (int)IO_PRIORITY_IDLE);
+        else if (strcmp(argv[i], "--io-priority=low") == 0)
+            atomic_store(&knobs.io_class, (int)IO_PRIORITY_LOW);
+        else if (strcmp(argv[i], "--io-priority=normal") == 0)
+            atomic_store(&knobs.io_class, (int)IO_PRIORITY_NORMAL);
         else if (strncmp(argv[i], "--commit-after=", 15) == 0) {
             char *end;
             errno = 0;
@@ -722,9 +743,11 @@ int cli_move_main(int argc, char **argv)
         }
     }
     if (nargs != 2) {
-        fprintf(stderr, "usage: hostagent move [--verify=metadata|checksum] [--json] OLD NEW\n"
+        fprintf(stderr, "usage: hostagent move [--verify=metadata|checksum] [--max-rate=RATE] "
+                        "[--io-priority=idle|low|normal] [--json] OLD NEW\n"
                         "       hostagent move --live [--commit-after=SECONDS] "
-                        "[--verify=metadata|checksum] [--json] OLD NEW\n");
+                        "[--verify=metadata|checksum] [--max-rate=RATE] "
+                        "[--io-priority=idle|low|normal] [--json] OLD NEW\n");
         return 2;
     }
     if (commit_after >= 0 && !live) {
