@@ -31,10 +31,11 @@ if [ "$mode" != "--demo" ]; then
     # under the tests' control (nss_wrapper), the metrics file read back with
     # Prometheus' parser, the fault-injecting FUSE filesystem (fuse3,
     # pyfuse3), ext4 loop images and chattr (e2fsprogs), xfs loop images
-    # (xfsprogs), and the live view in Debian's chromium.
+    # (xfsprogs), the live view in Debian's chromium, and the system test's
+    # Debian 12 root booted with systemd (debootstrap).
     PKGS="$PKGS valgrind openssl systemd clang-format clang-tidy clang \
 libclang-rt-14-dev dpkg-dev file lintian libnss-wrapper python3-prometheus-client \
-fuse3 python3-pyfuse3 python3-trio e2fsprogs xfsprogs chromium nats-server"
+fuse3 python3-pyfuse3 python3-trio e2fsprogs xfsprogs chromium nats-server debootstrap"
 fi
 
 missing=""

@@ -2,7 +2,8 @@
 # The whole test suite, as CI runs it (.ci/run calls this script):
 #   0. clang-format and clang-tidy must be clean (scripts/lint.sh);
 #   1. plain build, warnings as errors: every unit and integration test,
-#      including the valgrind run of the daemon;
+#      including the valgrind run of the daemon, and the system test
+#      (label system: the .deb on a booted Debian 12 with systemd; only here);
 #   2. AddressSanitizer + UndefinedBehaviorSanitizer build: the whole suite
 #      again (without valgrind, which cannot run a sanitized binary);
 #   3. ThreadSanitizer build: the worker/loop hand-off tests (label handoff)

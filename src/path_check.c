@@ -4,6 +4,7 @@
 #include "journal.h"
 #include "log.h"
 #include "paths.h"
+#include "sandbox_rw.h"
 #include "util.h"
 
 #include <errno.h>
@@ -132,6 +133,12 @@ enum move_code path_check_apply(const char *old_path, const char *new_path, char
     } else {
         util_missing_parents(out->new_real, &out->made_parents, &out->n_made);
     }
+    /* Both roots are written (the copy into one, the source removed from the
+     * other): one that only the service's sandbox makes read-only is named
+     * with its fix now, not as "Read-only file system" halfway through. */
+    if (sandbox_rw_denied(out->dst_root, "newPath's allowed root", why, whysz) ||
+        sandbox_rw_denied(out->src_root, "oldPath's allowed root", why, whysz))
+        return out->code = CODE_PERMISSION_DENIED;
     /* The identities along both paths, for the busy check on the loop. */
     set_where(where, out->old_norm);
     path_ids_of(out->old_real, &out->old_ids);

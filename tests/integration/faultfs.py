@@ -73,7 +73,8 @@ def serve(backing, mountpoint, control):
             if slow:
                 async with self.slow_lock:
                     mib = nbytes / (1 << 20) if nbytes else 1
-                    await trio.sleep(self.slow[slow] / 1000.0 * mib)
+                    # The rule may have been cleared while this request waited for the lock.
+                    await trio.sleep(self.slow.get(slow, 0) / 1000.0 * mib)
             await super().gate(op, path)
 
         def clear(self):

@@ -3,6 +3,7 @@ man page and /etc/hostagent/agent.conf (only when absent); `cpack -G DEB`
 (built with Debian's hardening flags, as a Debian build would be) makes a
 package that installs where Debian expects, has the right run-time
 dependencies, passes lintian without errors, and installs and runs."""
+import hashlib
 import os
 import re
 import shutil
@@ -177,6 +178,22 @@ class PackageTest(unittest.TestCase):
         subprocess.run(["dpkg-deb", "-e", deb, ctl], check=True)
         with open(os.path.join(ctl, "conffiles")) as f:
             self.assertEqual(f.read().split(), ["/etc/hostagent/agent.conf"])
+        # The maintainer scripts (dh_installsystemd's behaviour), executable,
+        # and no others.
+        self.assertEqual(sorted(n for n in os.listdir(ctl) if n not in ("control", "md5sums", "conffiles")),
+                         ["postinst", "postrm", "prerm"])
+        for name in ("postinst", "prerm", "postrm"):
+            path = os.path.join(ctl, name)
+            self.assertEqual(os.stat(path).st_mode & 0o777, 0o755, name)
+            with open(path) as f:
+                text = f.read()
+            self.assertTrue(text.startswith("#!/bin/sh\n"), name)
+            self.assertEqual(subprocess.run(["sh", "-n", path]).returncode, 0, name)
+        with open(os.path.join(ctl, "postinst")) as f:
+            text = f.read()
+        for word in ("deb-systemd-helper --quiet was-enabled", "deb-systemd-invoke", "daemon-reload",
+                     "wait_for_moves", "UPGRADE_WAIT_MINUTES"):
+            self.assertIn(word, text)
         # Install it into an empty root of our own (its own dpkg database).
         root = os.path.join(self.work, "root")
         os.makedirs(os.path.join(root, "var/lib/dpkg/info"))
@@ -192,3 +209,19 @@ class PackageTest(unittest.TestCase):
         r = subprocess.run([binary, "--check-config", "--config", os.path.join(root, "etc/hostagent/agent.conf")],
                            capture_output=True, text=True)
         self.assertEqual(r.returncode, 0, r.stderr)
+        # The postinst ran for the root, not for this machine (DPKG_ROOT):
+        # enabled there, nothing started here.
+        self.assertTrue(os.path.islink(os.path.join(root, "etc/systemd/system/multi-user.target.wants/"
+                                                          "hostagent.service")))
+        # The unit knows the example it shipped as unconfigured (its hash).
+        with open(os.path.join(root, "lib/systemd/system/hostagent.service")) as f:
+            unit = f.read()
+        with open(os.path.join(root, "etc/hostagent/agent.conf"), "rb") as f:
+            self.assertIn(hashlib.sha256(f.read()).hexdigest() + "  /etc/hostagent/agent.conf", unit)
+        # Purge removes the package's files and the config directory.
+        r = subprocess.run(["dpkg", "--root=" + root, "--force-script-chrootless", "--purge", "hostagent"],
+                           capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        for rel in ("usr/bin/hostagent", "etc/hostagent", "etc/systemd/system/multi-user.target.wants/"
+                    "hostagent.service"):
+            self.assertFalse(os.path.lexists(os.path.join(root, rel)), rel)
