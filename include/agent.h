@@ -115,6 +115,10 @@ struct agent {
      * orphan's worker came back): the queue moves on, a stop may finish.
      * Set by agent_init, called by agent_moves.c, which sits below it. */
     void (*move_gone)(struct agent *a, bool released);
+    /* Requests were decided (or a record they wait for was written): the
+     * requests held back for them run now (agent_requests.c). Set by
+     * agent_init, called by agent_accept.c and agent_moves.c below it. */
+    void (*decided)(struct agent *a);
 };
 
 /* Takes ownership of cfg. 0 or negative errno (nothing started then). */

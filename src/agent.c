@@ -59,14 +59,6 @@ static void agent_on_heartbeat(uv_timer_t *t)
 
 /* --- reclaims ----------------------------------------------------------------------- */
 
-void agent_add_reclaiming(struct agent *a, cJSON *d)
-{
-    uint64_t bytes, entries;
-    reclaimer_totals(&a->reclaimer, &bytes, &entries);
-    json_add_u64(d, "reclaimingBytes", bytes);
-    json_add_u64(d, "reclaimingEntries", entries);
-}
-
 /* A reclaim recorded by the last run whose move is being recovered now: its
  * move hands it over when it ends (it checks the directory first). Known by
  * the directory its journal record names, not by the moveId alone: an older
@@ -396,6 +388,7 @@ int agent_init(struct agent *a, const char *config_path, struct config *cfg)
     memset(cfg, 0, sizeof *cfg);
     a->config_path = xstrdup(config_path);
     a->move_gone = agent_on_move_gone;
+    a->decided = agent_run_deferred;
     a->started_wall_ms = util_wall_ms();
     a->started_mono = util_mono_ms();
     if (gethostname(a->hostname, sizeof a->hostname) != 0)

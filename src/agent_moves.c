@@ -62,6 +62,15 @@ void agent_refuse(struct agent *a, const struct origin *o, enum move_code code, 
     agent_answer(a, o, protocol_failure(code, why));
 }
 
+/* What is left to delete in reclaim directories. */
+void agent_add_reclaiming(struct agent *a, cJSON *d)
+{
+    uint64_t bytes, entries;
+    reclaimer_totals(&a->reclaimer, &bytes, &entries);
+    json_add_u64(d, "reclaimingBytes", bytes);
+    json_add_u64(d, "reclaimingEntries", entries);
+}
+
 /* --- history of ended moves --------------------------------------------------- */
 
 /* Frees an entry; its journal file goes only once the answer was delivered
