@@ -43,6 +43,29 @@ void agent_resend_outcome(struct agent *a, const struct journal_rec *r,
                           const struct move_state *st);
 void agent_send_ready_answer(struct agent *a, const struct journal_rec *r);
 
+/* What a completion of the journal writer (journal_writer.h) needs to find
+ * its move again on the loop: by moveId or by ticket, never by a pointer the
+ * loop may have freed meanwhile. Freed by the completion. */
+struct agent_write {
+    struct agent *a;
+    char move_id[MOVE_ID_MAX + 1];
+    uint64_t ticket;
+    bool retry;          /* a write that failed before, tried again */
+    enum move_phase was; /* the record's phase before this write */
+    char *reply;         /* an answer that waits for the record */
+    enum move_code code;
+    char error[MOVE_ERROR_MAX];
+};
+struct agent_write *agent_write_new(struct agent *a, const char *move_id);
+void agent_write_free(struct agent_write *w);
+/* The move of a->moves whose own record is being written (m->recording). */
+struct move *agent_recording_move(struct agent *a, const char *move_id);
+/* Records h's outcome (h->jr) on the journal writer: h is held meanwhile
+ * (shown as not ended, in phase journaled); once written its terminal frame
+ * and answer are sent (agent_resend_outcome), and if it cannot be written
+ * it stays held and is retried (agent_hold). */
+void agent_record_outcome(struct agent *a, struct agent_ended *h, enum move_phase journaled);
+
 /* reclaimingBytes / reclaimingEntries (heartbeat, status) */
 void agent_add_reclaiming(struct agent *a, cJSON *d);
 

@@ -194,15 +194,103 @@ static bool agent_answer_retry(struct agent *a, const char *reply, const char *m
     return true;
 }
 
-/* Makes the move of a request whose checks all passed. */
+static void agent_decide_pending(struct agent *a);
+
+/* The record of an accepted request is written: its move is made, and runs
+ * or queues (a stop under way ends it at once, answered as any move the
+ * stop ends). p's record is the move's now. */
+static void agent_start_accepted(struct agent *a, struct agent_pending *p)
+{
+    struct path_check_result *res = &p->out;
+    struct journal_rec *jr = p->jr;
+    struct move_params mp;
+    struct move *m, **tail;
+    char ident[PATH_MAX];
+
+    p->jr = NULL;
+    journal_ident_path(&a->journal, jr->move_id, ident, sizeof ident);
+    mp = (struct move_params){
+        .jr = jr,
+        .journal = &a->journal,
+        .writer = &a->writer,
+        .src_root = res->src_root,
+        .dst_root = res->dst_root,
+        .progress_interval_ms = a->cfg.progress_interval_ms,
+        .move_timeout_ms = a->cfg.move_timeout_ms,
+        .stall_timeout_ms = a->cfg.stall_timeout_ms,
+        .mode = p->prepare ? ENGINE_PREPARE : ENGINE_MOVE,
+        .ident_path = p->prepare ? ident : NULL,
+        .prepare_ttl_ms = a->cfg.prepare_ttl_ms,
+        .reclaim = a->cfg.reclaim,
+    };
+    m = xmalloc(sizeof *m);
+    if (move_init(m, &a->loop, &mp, &agent_move_ops, a) != 0) {
+        journal_remove_queued(&a->writer, &a->journal, jr->move_id);
+        journal_rec_free(jr);
+        move_close(m, agent_free_move);
+        agent_refuse(a, FROM_MANAGER(p->reply), CODE_IO_ERROR, "cannot set up the move",
+                     p->req.server_name);
+        return;
+    }
+    for (tail = &a->moves; *tail; tail = &(*tail)->next)
+        ;
+    *tail = m;
+    a->n_moves++;
+    LOG(LOG_INFO, p->prepare ? "prepared move accepted" : "move accepted",
+        LF_S("move", m->st.move_id), LF_S("server", p->req.server_name),
+        LF_S("old", p->req.old_path), LF_S("new", p->req.new_path),
+        LF_S("method", m->st.rename ? "rename" : "copy"));
+    m->src_ids = res->old_ids;
+    m->dst_ids = res->new_ids;
+    /* A stop came while its record was written: it ends at once (queued),
+     * recorded and answered like every move the stop ends. */
+    if (a->stopping)
+        (void)move_stop(m, CODE_SHUTTING_DOWN, "the agent is shutting down");
+    /* Its paths were checked a moment ago: with a free slot and no earlier
+     * move waiting it starts now, and its first frame is "calculating"; only
+     * a move that has to wait sends "queued". */
+    else if (agent_slot_free(a, m))
+        agent_run_move(m);
+    else
+        move_queue(m);
+}
+
+/* On the loop, once the journal writer wrote (or failed to write) an
+ * accepted request's record and its slot: the move is made, or (a record
+ * that could not be written, removed again by the writer) the request is
+ * refused, nothing touched. The requests after it are decided then. */
+static void agent_accept_recorded(void *arg, int rc)
+{
+    struct agent_pending *p = arg, **pp;
+    struct agent *a = p->owner;
+    for (pp = &a->accepting; *pp != p; pp = &(*pp)->next)
+        ;
+    *pp = p->next;
+    if (rc == -ECANCELED) { /* the agent is gone: nothing is sent any more */
+        agent_pending_free(p);
+        return;
+    }
+    if (rc != 0)
+        agent_refuse(a, FROM_MANAGER(p->reply), CODE_IO_ERROR,
+                     "cannot record the move in the journal (state_dir); nothing was touched",
+                     p->req.server_name);
+    else
+        agent_start_accepted(a, p);
+    agent_pending_free(p);
+    agent_decide_pending(a);
+}
+
+/* Accepts a request whose checks all passed: its journal record, and room
+ * for its outcome, are written on the journal writer (a move whose end
+ * could not be recorded is not started); p waits in a->accepting until
+ * then (agent_accept_recorded). */
 static void agent_accept(struct agent *a, struct agent_pending *p)
 {
     struct path_check_result *res = &p->out;
     const struct move_request *req = &p->req;
-    struct move_params mp;
-    struct move *m, **tail;
+    struct agent_pending **tail;
     struct journal_rec *jr;
-    char id[MOVE_ID_MAX + 1], ident[PATH_MAX];
+    char id[MOVE_ID_MAX + 1];
 
     if (req->move_id[0])
         util_fmt(id, sizeof id, "%s", req->move_id);
@@ -238,85 +326,44 @@ static void agent_accept(struct agent *a, struct agent_pending *p)
     }
     jr->started_at_ms = util_wall_ms();
     jr->phase = PHASE_QUEUED;
-    /* The record, and room for its outcome: a move whose end could not be
-     * recorded is not started. */
-    if (journal_write(&a->journal, jr) != 0 || journal_reserve(&a->journal, jr) != 0) {
-        journal_remove(&a->journal, jr->move_id);
-        journal_rec_free(jr);
-        agent_refuse(a, FROM_MANAGER(p->reply), CODE_IO_ERROR,
-                     "cannot record the move in the journal (state_dir); nothing was touched",
-                     req->server_name);
-        return;
-    }
-    journal_ident_path(&a->journal, id, ident, sizeof ident);
-    mp = (struct move_params){
-        .jr = jr,
-        .journal = &a->journal,
-        .src_root = res->src_root,
-        .dst_root = res->dst_root,
-        .progress_interval_ms = a->cfg.progress_interval_ms,
-        .move_timeout_ms = a->cfg.move_timeout_ms,
-        .stall_timeout_ms = a->cfg.stall_timeout_ms,
-        .mode = p->prepare ? ENGINE_PREPARE : ENGINE_MOVE,
-        .ident_path = p->prepare ? ident : NULL,
-        .prepare_ttl_ms = a->cfg.prepare_ttl_ms,
-        .reclaim = a->cfg.reclaim,
-    };
-    m = xmalloc(sizeof *m);
-    if (move_init(m, &a->loop, &mp, &agent_move_ops, a) != 0) {
-        journal_remove(&a->journal, jr->move_id);
-        journal_rec_free(jr);
-        move_close(m, agent_free_move);
-        agent_refuse(a, FROM_MANAGER(p->reply), CODE_IO_ERROR, "cannot set up the move",
-                     req->server_name);
-        return;
-    }
-    for (tail = &a->moves; *tail; tail = &(*tail)->next)
+    p->jr = jr;
+    p->owner = a;
+    for (tail = &a->accepting; *tail; tail = &(*tail)->next)
         ;
-    *tail = m;
-    a->n_moves++;
-    LOG(LOG_INFO, p->prepare ? "prepared move accepted" : "move accepted", LF_S("move", id),
-        LF_S("server", req->server_name), LF_S("old", req->old_path), LF_S("new", req->new_path),
-        LF_S("method", m->st.rename ? "rename" : "copy"));
-    m->src_ids = res->old_ids;
-    m->dst_ids = res->new_ids;
-    /* Its paths were checked a moment ago: with a free slot and no earlier
-     * move waiting it starts now, and its first frame is "calculating"; only
-     * a move that has to wait sends "queued". */
-    if (agent_slot_free(a, m))
-        agent_run_move(m);
-    else
-        move_queue(m);
+    *tail = p;
+    journal_write_queued(&a->writer, &a->journal, jr, true, agent_accept_recorded, p);
 }
 
-/* The checks of a request are in (or ran out of time): its answer. */
-static void agent_decide(struct agent *a, struct agent_pending *p)
+/* The checks of a request are in (or ran out of time): its answer, or its
+ * acceptance (true: p is the acceptance's now, in a->accepting). */
+static bool agent_decide(struct agent *a, struct agent_pending *p)
 {
     char why[MOVE_ERROR_MAX];
     enum move_code code;
     if (p->timed_out) {
         agent_hung_text(why, sizeof why, p->where);
         agent_refuse(a, FROM_MANAGER(p->reply), CODE_IO_ERROR, why, p->req.server_name);
-        return;
+        return false;
     }
     /* A move of that id may have ended while this request was checked. */
     if (agent_answer_retry(a, p->reply, p->req.move_id, p->req.server_name, p->prepare))
-        return;
+        return false;
     if (a->stopping) {
         agent_refuse(a, FROM_MANAGER(p->reply), CODE_SHUTTING_DOWN, "the agent is shutting down",
                      p->req.server_name);
-        return;
+        return false;
     }
     if (p->out.code != CODE_NONE) {
         agent_refuse(a, FROM_MANAGER(p->reply), p->out.code, p->out.why, p->req.server_name);
-        return;
+        return false;
     }
     code = agent_check_busy(a, &p->req, &p->out, why, sizeof why);
     if (code != CODE_NONE) {
         agent_refuse(a, FROM_MANAGER(p->reply), code, why, p->req.server_name);
-        return;
+        return false;
     }
     agent_accept(a, p);
+    return true;
 }
 
 static bool pending_conflict(const struct agent_pending *p, const struct agent_pending *q)
@@ -337,10 +384,9 @@ void agent_pending_free(struct agent_pending *p)
     free(p->old_path);
     free(p->new_path);
     free(p->reply);
+    journal_rec_free(p->jr);
     free(p);
 }
-
-static void agent_decide_pending(struct agent *a);
 
 static void agent_on_order_timer(uv_timer_t *t)
 {
@@ -348,9 +394,11 @@ static void agent_on_order_timer(uv_timer_t *t)
 }
 
 /* Decides the requests whose checks are in, in arrival order: a request
- * waits for an earlier undecided one it could conflict with (same server,
- * same moveId, overlapping paths), so that order keeps deciding who is busy;
- * and for any earlier one still being checked, for at most
+ * waits for every accepted one whose record is still being written (its
+ * move is not made yet, and the busy rules need it), for an earlier
+ * undecided one it could conflict with (same server, same moveId,
+ * overlapping paths), so that order keeps deciding who is busy; and for any
+ * earlier one still being checked, for at most
  * AGENT_ORDER_GRACE_MS after its own check came in, so that moves queue in
  * the order they were asked for (checks run in parallel and finish in any
  * order) while an unrelated request never waits long for a check stuck on
@@ -361,7 +409,7 @@ static void agent_decide_pending(struct agent *a)
     uint64_t now = util_mono_ms(), due = 0;
     while (*pp) {
         struct agent_pending *p = *pp;
-        bool wait = p->check != NULL;
+        bool wait = p->check != NULL || a->accepting;
         for (struct agent_pending *q = a->pending; !wait && q != p; q = q->next) {
             wait = pending_conflict(p, q);
             if (!wait && q->check && now < p->checked_ms + AGENT_ORDER_GRACE_MS) {
@@ -375,8 +423,8 @@ static void agent_decide_pending(struct agent *a)
             continue;
         }
         *pp = p->next;
-        agent_decide(a, p);
-        agent_pending_free(p);
+        if (!agent_decide(a, p))
+            agent_pending_free(p);
     }
     if (due)
         uv_timer_start(&a->order_timer, agent_on_order_timer, due - now, 0);

@@ -87,6 +87,41 @@ static void agent_move_cancel(struct agent *a, const struct frame *f, const stru
                                               : "the prepared move was cancelled while ready");
 }
 
+/* On the loop, once the commit's record is written (or could not be): the
+ * commit starts (a stop under way stops it at once, as it would have a
+ * commit started just before it), or it is refused, the move ready as
+ * before. A move no longer resting (its prepare_ttl ran out meanwhile and it
+ * is being discarded) answers the commit when it ends. */
+static void agent_commit_recorded(void *arg, int rc)
+{
+    struct agent_write *w = arg;
+    struct agent *a = w->a;
+    struct move *m = agent_recording_move(a, w->move_id);
+    if (!m || rc == -ECANCELED) {
+        agent_write_free(w);
+        return;
+    }
+    m->recording = false;
+    if (rc != 0 && move_is_resting(m)) {
+        char *reply = m->jr->reply;
+        m->jr->reply = NULL;
+        m->jr->phase = PHASE_READY;
+        agent_refuse(a, FROM_MANAGER(reply), CODE_IO_ERROR,
+                     "cannot record the commit in the journal (state_dir); nothing was touched",
+                     m->st.server_name);
+        free(reply);
+    } else if (rc == 0 && move_is_resting(m)) {
+        m->commit_mono_ms = util_mono_ms();
+        LOG(LOG_INFO, "commit of a prepared move started", LF_S("move", m->st.move_id),
+            LF_S("server", m->st.server_name), LF_S("via", "manager"));
+        /* A failure ends the move at once (answered to the commit). */
+        if (move_commit(m) == 0 && a->stopping)
+            (void)move_stop(m, CODE_SHUTTING_DOWN, "the agent is shutting down");
+    }
+    agent_write_free(w);
+    a->decided(a);
+}
+
 /* server.move_commit: {"moveId"} or {"serverName"} (both: both must match)
  * of a prepared move resting in ready. not_found: no such move not ended,
  * or it is not a prepared move; busy: still preparing, or a commit (or a
@@ -141,23 +176,15 @@ static void agent_move_commit(struct agent *a, const struct frame *f, const stru
     }
     /* The commit's reply is where the move's end is answered, and the record
      * says syncing before anything is done: a restart during the commit
-     * rolls it back (or settles a rename by name) and answers it there. */
+     * rolls it back (or settles a rename by name) and answers it there. The
+     * commit starts once that is written (agent_commit_recorded); requests
+     * naming the move wait for it meanwhile. */
     free(m->jr->reply);
     m->jr->reply = o->reply ? xstrdup(o->reply) : NULL;
     m->jr->phase = PHASE_SYNCING;
-    if (journal_write(&a->journal, m->jr) != 0) {
-        free(m->jr->reply);
-        m->jr->reply = NULL;
-        m->jr->phase = PHASE_READY;
-        agent_refuse(a, o, CODE_IO_ERROR,
-                     "cannot record the commit in the journal (state_dir); nothing was touched",
-                     m->st.server_name);
-        return;
-    }
-    m->commit_mono_ms = util_mono_ms();
-    LOG(LOG_INFO, "commit of a prepared move started", LF_S("move", m->st.move_id),
-        LF_S("server", m->st.server_name), LF_S("via", o->who));
-    (void)move_commit(m); /* a failure ends the move at once (answered to the commit) */
+    m->recording = true;
+    journal_write_queued(&a->writer, &a->journal, m->jr, false, agent_commit_recorded,
+                         agent_write_new(a, m->st.move_id));
 }
 
 /* Adds one MoveState to a status answer while the answer stays under
@@ -246,27 +273,38 @@ static void agent_dispatch(struct agent *a, const struct frame *f)
     }
 }
 
+/* Does the request name (by serverName or moveId) this move or request? */
+static bool names(const struct move_selector *sel, const char *server, const char *move_id)
+{
+    return (sel->server_name[0] && strcmp(sel->server_name, server) == 0) ||
+           (sel->move_id[0] && strcmp(sel->move_id, move_id) == 0);
+}
+
 /* A cancel, a commit or a status naming a server or a moveId whose
- * server.move_data or server.move_prepare arrived earlier and is still being checked waits for that
- * request's answer (at most its time limit): "data, then cancel" must find the move. Everything
- * else is handled at once, whatever the checks do. */
+ * server.move_data or server.move_prepare arrived earlier and is still being checked, or whose
+ * acceptance is still being recorded, waits for that request's answer (at most its time limit):
+ * "data, then cancel" must find the move. So does one naming a move whose ready or commit is
+ * being recorded: it finds the move as it is once recorded. Everything else is handled at once,
+ * whatever the checks and the journal do. */
 static bool agent_must_wait(struct agent *a, const struct frame *f)
 {
     struct move_selector sel;
     char why[64];
-    if (!a->pending || (strcmp(f->subject, "server.move_cancel") != 0 &&
-                        strcmp(f->subject, "server.move_status") != 0 &&
-                        strcmp(f->subject, "server.move_commit") != 0))
+    if ((strcmp(f->subject, "server.move_cancel") != 0 &&
+         strcmp(f->subject, "server.move_status") != 0 &&
+         strcmp(f->subject, "server.move_commit") != 0))
         return false;
     if (protocol_parse_selector(f->data, &sel, why, sizeof why) != 0)
         return false;
-    for (const struct agent_pending *p = a->pending; p; p = p->next) {
-        if (p->seq >= a->cur_seq)
-            continue;
-        if ((sel.server_name[0] && strcmp(sel.server_name, p->req.server_name) == 0) ||
-            (sel.move_id[0] && strcmp(sel.move_id, p->req.move_id) == 0))
+    for (const struct agent_pending *p = a->pending; p; p = p->next)
+        if (p->seq < a->cur_seq && names(&sel, p->req.server_name, p->req.move_id))
             return true;
-    }
+    for (const struct agent_pending *p = a->accepting; p; p = p->next)
+        if (p->seq < a->cur_seq && names(&sel, p->req.server_name, p->jr->move_id))
+            return true;
+    for (const struct move *m = a->moves; m; m = m->next)
+        if (m->recording && names(&sel, m->st.server_name, m->st.move_id))
+            return true;
     return false;
 }
 

@@ -17,7 +17,6 @@ static struct move_work *work_new(const struct move_params *p)
     const struct journal_rec *jr = p->jr;
     struct move_work *w = xcalloc(1, sizeof *w);
     pthread_mutex_init(&w->lock, NULL);
-    pthread_cond_init(&w->rec_idle, NULL);
     w->refs = 1;
     w->src = xstrdup(jr->src);
     w->dst = xstrdup(jr->dst);
@@ -40,6 +39,7 @@ static struct move_work *work_new(const struct move_params *p)
     w->jr = p->jr;
     w->journal = p->journal;
     w->moves_dir = p->journal ? xstrdup(p->journal->moves) : NULL;
+    w->writer = journal_writer_share(p->writer);
     w->no_record = p->silent;
     w->dst_preexisted = jr->dst_preexisted;
     w->dst_orig = jr->dst_orig;
@@ -80,7 +80,7 @@ static void work_unref(struct move_work *w)
     free(w->dst_root);
     free(w->ident_path);
     free(w->moves_dir);
-    pthread_cond_destroy(&w->rec_idle);
+    journal_writer_unshare(w->writer);
     pthread_mutex_destroy(&w->lock);
     free(w);
 }
@@ -121,42 +121,34 @@ static void move_report(void *arg, const struct engine_progress *p, bool phase_s
 
 /* The worker's journal write: fn changes jr under the lock (unless the loop
  * has taken the record: then `taken` is returned and nothing happens), and
- * the text taken there is written with the lock released (see move_work.h:
- * the loop takes this lock on its stuck-worker paths and must never wait
- * for a disk). Written once more when the loop changed jr meanwhile
- * (rec_again). The worker still waits for its write before it goes on, so a
- * phase is recorded before its frame is sent. 0 when the record holds fn's
- * change, else -errno. */
+ * the text taken there is queued on the journal writer, still under the
+ * lock, so that the records of the move reach the writer in the order they
+ * were made, whoever made them (the loop queues its own the same way,
+ * move_record_update); then the worker waits for its write with the lock
+ * released (see move_work.h: the loop takes this lock on its stuck-worker
+ * paths and must never wait for a disk), `rec_busy` saying so. So a phase is
+ * recorded before its frame is sent. 0 when the record holds fn's change,
+ * else -errno. */
 static int work_record(struct move_work *w, void (*fn)(struct journal_rec *jr, const void *arg),
                        const void *arg, int taken)
 {
-    bool written = false;
-    int rc = 0;
+    struct jw_job *job;
+    int rc;
     pthread_mutex_lock(&w->lock);
-    while (w->rec_busy) /* the loop's own write (move_record_update): one file at a time */
-        pthread_cond_wait(&w->rec_idle, &w->lock);
     if (w->no_record) {
         pthread_mutex_unlock(&w->lock);
         return taken;
     }
     fn(w->jr, arg);
     w->jr->seq = atomic_load(&w->seq_sent);
-    do {
-        char *text = journal_format(w->jr);
-        int r;
-        w->rec_busy = true;
-        w->rec_again = false;
-        pthread_mutex_unlock(&w->lock);
-        r = journal_write_text(w->moves_dir, w->move_id, text);
-        free(text);
-        /* Back from the disk: a sign of life (a slow state_dir is no stuck worker). */
-        atomic_fetch_add_explicit(&w->beat, 1, memory_order_relaxed);
-        written = written || r == 0;
-        rc = written ? 0 : r;
-        pthread_mutex_lock(&w->lock);
-        w->rec_busy = false;
-    } while (w->rec_again && !w->no_record);
-    pthread_cond_broadcast(&w->rec_idle);
+    job = journal_post_text(w->writer, w->moves_dir, w->move_id, journal_format(w->jr));
+    w->rec_busy = true;
+    pthread_mutex_unlock(&w->lock);
+    rc = journal_writer_wait(w->writer, job);
+    /* Back from the disk: a sign of life (a slow state_dir is no stuck worker). */
+    atomic_fetch_add_explicit(&w->beat, 1, memory_order_relaxed);
+    pthread_mutex_lock(&w->lock);
+    w->rec_busy = false;
     pthread_mutex_unlock(&w->lock);
     return rc;
 }
@@ -736,6 +728,8 @@ int move_init(struct move *m, uv_loop_t *loop, const struct move_params *p,
 {
     const struct journal_rec *jr = p->jr;
     int rc;
+    /* Every record of a journaled move goes through the one writer. */
+    assert(!p->journal || p->writer);
     memset(m, 0, sizeof *m);
     m->loop = loop;
     m->ops = ops;
@@ -753,6 +747,7 @@ int move_init(struct move *m, uv_loop_t *loop, const struct move_params *p,
     m->move_timeout_ms = p->move_timeout_ms;
     m->stall_timeout_ms = p->stall_timeout_ms;
     m->jr = p->jr;
+    m->writer = p->writer;
     m->mode = p->mode;
     m->silent = p->silent;
     m->prepared = jr->prepared;
@@ -915,31 +910,16 @@ static int move_discard(struct move *m, enum move_code code, const char *why)
 int move_record_update(struct move *m, void (*fn)(struct journal_rec *jr, void *arg), void *arg)
 {
     struct move_work *w = m->work;
-    char *text;
-    int rc;
     pthread_mutex_lock(&w->lock);
     if (w->no_record || !w->jr || !w->moves_dir) {
         pthread_mutex_unlock(&w->lock);
         return -ENOENT;
     }
     fn(w->jr, arg);
-    if (w->rec_busy) {
-        /* The worker is writing it: it writes once more with this change,
-         * and the loop does not wait for its disk. */
-        w->rec_again = true;
-        pthread_mutex_unlock(&w->lock);
-        return 0;
-    }
-    text = journal_format(w->jr);
-    w->rec_busy = true;
+    /* Queued under the lock: after any record the worker queued before. */
+    journal_write_queued(m->writer, w->journal, w->jr, false, NULL, NULL);
     pthread_mutex_unlock(&w->lock);
-    rc = journal_write_text(w->moves_dir, w->move_id, text);
-    free(text);
-    pthread_mutex_lock(&w->lock);
-    w->rec_busy = false;
-    pthread_cond_broadcast(&w->rec_idle);
-    pthread_mutex_unlock(&w->lock);
-    return rc;
+    return 0;
 }
 
 int move_stop(struct move *m, enum move_code code, const char *why)
