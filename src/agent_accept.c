@@ -328,6 +328,7 @@ static void agent_accept(struct agent *a, struct agent_pending *p)
     jr->phase = PHASE_QUEUED;
     p->jr = jr;
     p->owner = a;
+    p->next = NULL;
     for (tail = &a->accepting; *tail; tail = &(*tail)->next)
         ;
     *tail = p;
