@@ -58,8 +58,10 @@ struct agent_write {
 };
 struct agent_write *agent_write_new(struct agent *a, const char *move_id);
 void agent_write_free(struct agent_write *w);
-/* The move of a->moves whose own record is being written (m->recording). */
-struct move *agent_recording_move(struct agent *a, const char *move_id);
+/* In a completion of w (rc: its result): the move of a->moves whose own
+ * record it wrote (m->recording, cleared now); NULL, w freed, when there
+ * is none any more or the writer was closed (-ECANCELED). */
+struct move *agent_written_move(struct agent_write *w, int rc);
 /* Records h's outcome (h->jr) on the journal writer: h is held meanwhile
  * (shown as not ended, in phase journaled); once written its terminal frame
  * and answer are sent (agent_resend_outcome), and if it cannot be written

@@ -242,12 +242,19 @@ void agent_write_free(struct agent_write *w)
     free(w);
 }
 
-struct move *agent_recording_move(struct agent *a, const char *move_id)
+struct move *agent_written_move(struct agent_write *w, int rc)
 {
-    for (struct move *m = a->moves; m; m = m->next)
-        if (m->recording && strcmp(m->st.move_id, move_id) == 0)
-            return m;
-    return NULL;
+    struct move *m = NULL;
+    if (rc != -ECANCELED)
+        for (m = w->a->moves; m; m = m->next)
+            if (m->recording && strcmp(m->st.move_id, w->move_id) == 0)
+                break;
+    if (!m) {
+        agent_write_free(w);
+        return NULL;
+    }
+    m->recording = false;
+    return m;
 }
 
 /* The held entry whose outcome this ticket writes (none: forgotten since). */
@@ -464,14 +471,11 @@ static void agent_ready_recorded(void *arg, int rc)
 {
     struct agent_write *w = arg;
     struct agent *a = w->a;
-    struct move *m = agent_recording_move(a, w->move_id);
+    struct move *m = agent_written_move(w, rc);
     struct journal_rec *jr;
-    if (!m || rc == -ECANCELED) {
-        agent_write_free(w);
+    if (!m)
         return;
-    }
     jr = m->jr;
-    m->recording = false;
     if (rc == 0 && move_is_resting(m)) {
         if (w->retry)
             LOG(LOG_INFO, "the held ready state is recorded now and answered",
@@ -509,12 +513,9 @@ static void agent_ready_again_recorded(void *arg, int rc)
 {
     struct agent_write *w = arg;
     struct agent *a = w->a;
-    struct move *m = agent_recording_move(a, w->move_id);
-    if (!m || rc == -ECANCELED) {
-        agent_write_free(w);
+    struct move *m = agent_written_move(w, rc);
+    if (!m)
         return;
-    }
-    m->recording = false;
     if (rc != 0)
         LOG(LOG_ERROR, "cannot record that the prepared move is ready again",
             LF_S("move", m->st.move_id));

@@ -96,12 +96,9 @@ static void agent_commit_recorded(void *arg, int rc)
 {
     struct agent_write *w = arg;
     struct agent *a = w->a;
-    struct move *m = agent_recording_move(a, w->move_id);
-    if (!m || rc == -ECANCELED) {
-        agent_write_free(w);
+    struct move *m = agent_written_move(w, rc);
+    if (!m)
         return;
-    }
-    m->recording = false;
     if (rc != 0 && move_is_resting(m)) {
         char *reply = m->jr->reply;
         m->jr->reply = NULL;

@@ -155,17 +155,13 @@ static void on_async(uv_async_t *h)
 int journal_writer_init(struct journal_writer *w, uv_loop_t *loop)
 {
     struct jw_shared *s = xcalloc(1, sizeof *s);
-    pthread_condattr_t ca;
     int rc;
     memset(w, 0, sizeof *w);
     w->loop = loop;
     w->s = s;
     pthread_mutex_init(&s->lock, NULL);
     /* Monotonic: journal_writer_close's bounded wait ignores clock changes. */
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&s->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    util_cond_init_monotonic(&s->cond);
     s->refs = 1;
     s->queue_tail = &s->queue;
     s->done_tail = &s->done;
@@ -283,24 +279,6 @@ uint64_t journal_writer_quiet_ms(struct journal_writer *w, uint64_t now)
     return now > w->last_life_ms ? now - w->last_life_ms : 0;
 }
 
-/* Waits until the thread has exited or wait_ms have passed; true when it
- * has exited. Under s->lock. */
-static bool wait_exit(struct jw_shared *s, uint64_t wait_ms)
-{
-    struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += (time_t)(wait_ms / 1000);
-    until.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
-    while (!s->exited)
-        if (pthread_cond_timedwait(&s->cond, &s->lock, &until) == ETIMEDOUT)
-            break;
-    return s->exited;
-}
-
 static void on_closed(uv_handle_t *h)
 {
     struct journal_writer *w = h->data;
@@ -319,7 +297,7 @@ void journal_writer_close(struct journal_writer *w, uint64_t wait_ms)
     s->closing = true;
     pthread_cond_broadcast(&s->cond);
     if (w->thread_started)
-        exited = wait_exit(s, wait_ms);
+        exited = util_cond_wait_flag(&s->cond, &s->lock, &s->exited, wait_ms);
     s->detached = true; /* no wake-up of the loop from here on */
     s->async = NULL;
     /* What the loop still owes a done: jobs ran, and (left behind) jobs

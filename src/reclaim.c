@@ -544,7 +544,6 @@ static void on_async(uv_async_t *h)
 int reclaimer_init(struct reclaimer *r, uv_loop_t *loop, const char *state_dir)
 {
     struct reclaim_shared *s = xcalloc(1, sizeof *s);
-    pthread_condattr_t ca;
     char path[PATH_MAX];
     int rc;
     memset(r, 0, sizeof *r);
@@ -552,10 +551,7 @@ int reclaimer_init(struct reclaimer *r, uv_loop_t *loop, const char *state_dir)
     r->s = s;
     pthread_mutex_init(&s->lock, NULL);
     /* Monotonic: reclaimer_close's bounded wait ignores clock changes. */
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&s->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    util_cond_init_monotonic(&s->cond);
     s->refs = 1;
     atomic_init(&s->stop, 0);
     atomic_init(&s->beat, 0);
@@ -899,24 +895,6 @@ static void on_closed(uv_handle_t *h)
         r->close_cb(r);
 }
 
-/* Waits until the thread has exited or wait_ms have passed; true when it
- * has exited. Under s->lock. */
-static bool wait_exit(struct reclaim_shared *s, uint64_t wait_ms)
-{
-    struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += (time_t)(wait_ms / 1000);
-    until.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
-    while (!s->exited)
-        if (pthread_cond_timedwait(&s->cond, &s->lock, &until) == ETIMEDOUT)
-            break;
-    return s->exited;
-}
-
 void reclaimer_close(struct reclaimer *r, uint64_t wait_ms, void (*cb)(struct reclaimer *r))
 {
     struct reclaim_shared *s = r->s;
@@ -924,7 +902,7 @@ void reclaimer_close(struct reclaimer *r, uint64_t wait_ms, void (*cb)(struct re
     reclaimer_stop(r);
     pthread_mutex_lock(&s->lock);
     if (r->thread_started)
-        exited = wait_exit(s, wait_ms);
+        exited = util_cond_wait_flag(&s->cond, &s->lock, &s->exited, wait_ms);
     s->detached = true; /* no wake-up of the loop from here on */
     s->async = NULL;
     pthread_mutex_unlock(&s->lock);
