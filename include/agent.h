@@ -6,6 +6,7 @@
 #include "config.h"
 #include "control.h"
 #include "journal.h"
+#include "journal_writer.h"
 #include "metrics.h"
 #include "notify.h"
 #include "move.h"
@@ -41,12 +42,16 @@ struct agent_ended {
     char *answer_data; /* the answer's data object, printed */
     uint64_t ended_mono;
     struct journal_rec *jr; /* until delivered and an hour old; NULL without */
-    /* The outcome could not be recorded in the journal: it is not sent (a
-     * restart would settle the move from its older record, and the manager
-     * would get a second, different outcome) until a retry records it. Shown
+    /* The outcome is not recorded in the journal yet (its write is under
+     * way on the journal writer, or it failed and is retried): it is not
+     * sent (a restart would settle the move from its older record, and the
+     * manager would get a second, different outcome) until it is. Shown
      * meanwhile as not ended, in its last journaled phase. */
     bool held;
     enum move_phase held_phase;
+    bool recording; /* a write of the outcome is under way (ticket: which) */
+    bool retried;   /* a write of it failed before (agent_hold) */
+    uint64_t ticket;
 };
 
 #define AGENT_HELD_RETRY_MS 5000
@@ -63,6 +68,10 @@ struct agent_pending {
     uint64_t checked_ms;  /* when its check came in (monotonic) */
     char where[PATH_MAX]; /* timed out: the path it hung on ("" unknown) */
     struct path_check_result out;
+    /* Accepted: its record is being written (in a->accepting; the move is
+     * made once it is). */
+    struct journal_rec *jr;
+    struct agent *owner;
     struct agent_pending *next;
 };
 
@@ -94,7 +103,11 @@ struct agent {
      * rollbacks left from an earlier run: their paths stay busy. */
     struct move *orphans;
     struct path_checker checker;
-    struct agent_pending *pending;   /* requests being checked, in arrival order */
+    struct agent_pending *pending; /* requests being checked, in arrival order */
+    /* Requests accepted whose record is being written (agent_accept.c): every
+     * later request waits for them to be decided, and a cancel, commit or
+     * status naming one waits for its move. */
+    struct agent_pending *accepting;
     struct agent_deferred *deferred; /* requests waiting for those, in order */
     uint64_t msg_seq, cur_seq;       /* requests received; the one handled now */
     uv_timer_t stop_wait;            /* a stop waiting for workers */
@@ -111,10 +124,19 @@ struct agent {
     /* Deletes the reclaim directories of deferred reclaims after the answer. */
     struct reclaimer reclaimer;
     bool reclaim_left; /* a stop left its thread behind (stuck on a disk) */
+    /* Writes state_dir's records (journal and reclaim) off the loop; what
+     * depends on a record is done in its completion. */
+    struct journal_writer writer;
+    bool writer_left;      /* a stop left its thread behind (stuck on state_dir) */
+    uint64_t write_ticket; /* the last given to an outcome being recorded */
     /* The lifecycle's reaction when a move left the list (released: an
      * orphan's worker came back): the queue moves on, a stop may finish.
      * Set by agent_init, called by agent_moves.c, which sits below it. */
     void (*move_gone)(struct agent *a, bool released);
+    /* Requests were decided (or a record they wait for was written): the
+     * requests held back for them run now (agent_requests.c). Set by
+     * agent_init, called by agent_accept.c and agent_moves.c below it. */
+    void (*decided)(struct agent *a);
 };
 
 /* Takes ownership of cfg. 0 or negative errno (nothing started then). */

@@ -12,6 +12,7 @@
 #define HOSTAGENT_JOURNAL_H
 
 #include "config.h"
+#include "journal_writer.h"
 #include "move_state.h"
 
 #include <stdbool.h>
@@ -107,6 +108,24 @@ int journal_write(const struct journal *j, const struct journal_rec *rec);
  * writer may outlive the journal struct). 0 or -errno. */
 char *journal_format(const struct journal_rec *rec);
 int journal_write_text(const char *moves, const char *move_id, const char *text);
+
+/* On the journal writer (journal_writer.h; w NULL: here and now): rec's
+ * record, its text taken now (the caller may change rec at once); with
+ * reserve (acceptance) its slot too (journal_reserve), and on a failure the
+ * record and its slot are removed. done(arg, rc) follows on the loop (may be
+ * NULL: nothing waits for it). Records of one move are written in the order
+ * they were queued. */
+void journal_write_queued(struct journal_writer *w, const struct journal *j,
+                          const struct journal_rec *rec, bool reserve, jw_done_fn done, void *arg);
+/* journal_remove and journal_ident_remove, queued on the writer the same way. */
+void journal_remove_queued(struct journal_writer *w, const struct journal *j, const char *move_id);
+void journal_ident_remove_queued(struct journal_writer *w, const struct journal *j,
+                                 const char *move_id);
+/* A worker's record: text (taken, a journal_format) queued on the writer's
+ * shared block, to wait for with journal_writer_wait. NULL when the writer
+ * is closing. */
+struct jw_job *journal_post_text(struct jw_shared *s, const char *moves, const char *move_id,
+                                 char *text);
 
 /* Reserves, once rec's record exists, the slot for its later writes: room
  * for the record with its outcome (the error text and the answer). Called at

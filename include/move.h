@@ -46,7 +46,10 @@ struct move_params {
     /* The owner's; it outlives the move's end. The worker rewrites it at each
      * phase change (when journal is set), the owner before and after. */
     struct journal_rec *jr;
-    const struct journal *journal;   /* NULL: the record is never written */
+    const struct journal *journal; /* NULL: the record is never written */
+    /* Where its records are written (the worker's and the loop's), in the
+     * order they are made; required with journal. */
+    struct journal_writer *writer;
     const char *src_root, *dst_root; /* the allowed roots holding src, dst (NULL: "/") */
     uint64_t progress_interval_ms;
     uint64_t move_timeout_ms;  /* 0: none; counted from leaving the queue */
@@ -120,6 +123,7 @@ struct move {
     uint64_t mono_run_started;     /* left the queue (0 while queued) */
     char stop_why[MOVE_ERROR_MAX]; /* the error text of a requested stop */
     struct journal_rec *jr;        /* the owner's, until it takes it at the end */
+    struct journal_writer *writer; /* the owner's (move_params) */
     enum engine_mode mode;
     uint64_t move_timeout_ms, stall_timeout_ms;
     /* A prepared move: one worker per step (prepare, commit, discard); in
@@ -131,7 +135,10 @@ struct move {
     uint64_t commit_mono_ms;             /* the owner's: when the current commit arrived */
     uint64_t bytes_synced, files_synced; /* the last commit's final pass */
     bool ready_held;                     /* the owner's: ready not yet recorded (see agent.c) */
-    uint64_t last_progress_ms;           /* last time a counter or the phase moved */
+    /* The owner's: a record of its own for this move is being written (its
+     * ready, a commit): requests naming the move wait for it. */
+    bool recording;
+    uint64_t last_progress_ms; /* last time a counter or the phase moved */
     uint64_t last_frame_ms, last_log_ms, phase_started_ms;
     uint64_t entries, last_frame_entries; /* entries processed in this phase */
     uint64_t last_frame_bytes;
@@ -188,11 +195,11 @@ int move_commit(struct move *m);
 bool move_holds_slot(const struct move *m);
 
 /* Changes the move's journal record with fn (under the worker block's
- * lock) and writes it, safe while a worker runs: when the worker is writing
- * the record right now, it writes it once more with the change (0 is
- * returned at once; the loop never waits for the worker's disk), else the
- * loop writes it (the worker waits for that). 0, or negative errno of the
- * write; -ENOENT when the record is no longer the move's to write. */
+ * lock) and queues its write on the journal writer, safe while a worker
+ * runs: queued under that lock, it is written after every record the worker
+ * queued before and before any it queues after; the loop never waits for
+ * the disk. 0 once queued; -ENOENT when the record is no longer the move's
+ * to write. */
 int move_record_update(struct move *m, void (*fn)(struct journal_rec *jr, void *arg), void *arg);
 
 /* The worker thread exists (running, or stuck after the move ended). */

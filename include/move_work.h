@@ -22,11 +22,14 @@
  *
  * `lock` is never held across a disk write: the loop takes it on its
  * stuck-worker paths (move_abandon, move_detach), which must not wait for a
- * state_dir that is slow or hung. A journal write is made from a text taken
- * under the lock (journal_format), then written with the lock released while
- * `rec_busy` says a write is under way; the loop takes the record over
- * (`no_record`) only when none is, and a change the loop makes meanwhile
- * (move_record_update) sets `rec_again`: the writer writes once more.
+ * state_dir that is slow or hung. Every record of the move, the worker's and
+ * the loop's, is written by the one journal writer thread (journal_writer.h):
+ * its text is taken under the lock (journal_format) and queued there, so
+ * the writer gets the move's records in the order they were made; the
+ * worker then waits for its write with the lock released while `rec_busy`
+ * says so, and the loop takes the record over (`no_record`) only when no
+ * such wait is under way (a worker stuck in its write is not ended beside
+ * it: see docs/design.md, failure model).
  *
  *   field            written by                        read by
  *   ---------------  --------------------------------  --------------------------------
@@ -50,10 +53,10 @@
  *   refs             both, under lock                  both, under lock
  *   detached         loop, under lock                  worker, under lock (wake-ups)
  *   no_record        loop, under lock, !rec_busy       worker, under lock (journal)
- *   rec_busy         the writer (worker or loop),      both, under lock; the worker
- *                    under lock                        waits (rec_idle) for the loop's
- *   rec_again        loop, under lock, rec_busy        the writer, under lock
- *   moves_dir        loop, at creation                 the writer (outside the lock)
+ *   rec_busy         worker, under lock (its write     loop, under lock (move_abandon)
+ *                    queued and not yet done)
+ *   moves_dir,       loop, at creation                 worker (into the jobs it queues)
+ *   writer
  *   async            loop (before the thread starts)   worker, under lock, !detached
  *   jr, journal      worker, under lock, !no_record;   loop after the worker is gone or
  *   (jr->reclaim     loop before start and at the end   no_record is set; the writer
@@ -64,9 +67,9 @@ struct move_work {
     int refs;
     bool detached;
     bool no_record;
-    bool rec_busy, rec_again;
-    pthread_cond_t rec_idle; /* rec_busy went false */
-    char *moves_dir;         /* the journal's moves directory, copied */
+    bool rec_busy;
+    char *moves_dir;          /* the journal's moves directory, copied */
+    struct jw_shared *writer; /* the journal writer's block (a reference of its own) */
     uv_async_t *async;
     uv_thread_t thread;
     struct journal_rec *jr;

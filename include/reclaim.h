@@ -9,6 +9,7 @@
 #ifndef HOSTAGENT_RECLAIM_H
 #define HOSTAGENT_RECLAIM_H
 
+#include "journal_writer.h"
 #include "move_state.h"
 
 #include <stdatomic.h>
@@ -46,14 +47,27 @@ struct reclaim_item {
  * loop's memory. */
 struct reclaim_shared;
 
+/* A reclaim being recorded on the journal writer: the loop's, until its
+ * record is written; then it is queued. */
+struct reclaim_adding {
+    struct reclaimer *r;
+    struct reclaim_item *it;
+    struct reclaim_adding *next;
+};
+
 struct reclaimer {
     uv_loop_t *loop;
     uv_async_t async; /* the thread -> the loop: reclaims ended, the thread exited */
     uv_thread_t thread;
     bool thread_started, exit_told;
     struct reclaim_shared *s;
-    unsigned last_beat;    /* loop: the thread's sign of life as last seen */
-    uint64_t last_life_ms; /* loop: when it last changed */
+    /* Where its records are written from the loop (reclaimer_add): the
+     * owner's writer, set after reclaimer_init; NULL: here and now. It is
+     * closed before the reclaimer. */
+    struct journal_writer *writer;
+    struct reclaim_adding *adding; /* loop: being recorded, in no order */
+    unsigned last_beat;            /* loop: the thread's sign of life as last seen */
+    uint64_t last_life_ms;         /* loop: when it last changed */
     /* Called on the loop for each ended reclaim (may be NULL). */
     void (*ended)(struct reclaimer *r, const struct reclaim_item *it);
     /* Called on the loop once the thread has exited after a stop (may be NULL). */
@@ -74,12 +88,15 @@ int reclaimer_init(struct reclaimer *r, uv_loop_t *loop, const char *state_dir);
 void reclaimer_load(struct reclaimer *r, bool (*skip)(void *arg, const struct reclaim_item *it),
                     void *arg);
 
-/* Records (durably, before it returns) and queues one reclaim. The same
- * directory (path, device and inode) already queued is not queued twice;
- * one being deleted right now is deleted once more after it (the same
- * identity can only be a directory made since). 0, or negative errno when
- * it could not be recorded (it is queued all the same: only a restart
- * before it ends would leave the directory behind). */
+/* Records (durably) and queues one reclaim: its record is written on
+ * r->writer, and the reclaim is queued once it is (records queued on that
+ * writer after this one are written after it); without a writer, here and
+ * now. The same directory (path, device and inode) already recorded or
+ * queued is not queued twice; one being deleted right now is deleted once
+ * more after it (the same identity can only be a directory made since). 0,
+ * or (without a writer) negative errno when it could not be recorded (it is
+ * queued all the same: only a restart before it ends would leave the
+ * directory behind). Its numbers count in reclaimer_totals at once. */
 int reclaimer_add(struct reclaimer *r, const char *move_id, const char *dir, dev_t dev, ino_t ino,
                   uint64_t entries, uint64_t bytes);
 

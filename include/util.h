@@ -2,6 +2,7 @@
 #ifndef HOSTAGENT_UTIL_H
 #define HOSTAGENT_UTIL_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -24,6 +25,12 @@ char *xstrndup(const char *s, size_t n);
  * wall-clock milliseconds since the epoch (for timestamps shown to people). */
 uint64_t util_mono_ms(void);
 uint64_t util_mono_ns(void);
+
+/* A condition variable on the monotonic clock (for util_cond_wait_flag). */
+void util_cond_init_monotonic(pthread_cond_t *c);
+/* Waits on c (with m held) until *flag is true or wait_ms have passed (c
+ * made by util_cond_init_monotonic: clock changes do not count); *flag. */
+bool util_cond_wait_flag(pthread_cond_t *c, pthread_mutex_t *m, const bool *flag, uint64_t wait_ms);
 uint64_t util_wall_ms(void);
 
 /* Formats wall_ms as RFC 3339 UTC with milliseconds: 2026-11-22T21:04:05.123Z.

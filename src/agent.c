@@ -60,14 +60,6 @@ static void agent_on_heartbeat(uv_timer_t *t)
 
 /* --- reclaims ----------------------------------------------------------------------- */
 
-void agent_add_reclaiming(struct agent *a, cJSON *d)
-{
-    uint64_t bytes, entries;
-    reclaimer_totals(&a->reclaimer, &bytes, &entries);
-    json_add_u64(d, "reclaimingBytes", bytes);
-    json_add_u64(d, "reclaimingEntries", entries);
-}
-
 /* A reclaim recorded by the last run whose move is being recovered now: its
  * move hands it over when it ends (it checks the directory first). Known by
  * the directory its journal record names, not by the moveId alone: an older
@@ -119,6 +111,11 @@ static void agent_teardown(struct agent *a)
     if (a->torn_down)
         return;
     a->torn_down = true;
+    /* First, while every move and request its completions look for is
+     * still there: what is queued is written (a stop waited for it; one
+     * that did not is bounded), the completions not yet run are told it is
+     * too late (-ECANCELED: they only free). */
+    journal_writer_close(&a->writer, a->writer_left ? 0 : AGENT_STOP_STUCK_MS);
     path_checker_close(&a->checker);
     while (a->deferred) {
         struct agent_deferred *d = a->deferred;
@@ -216,6 +213,15 @@ static bool agent_left_behind(const struct agent *a, const struct move *m, uint6
     return move_is_running(m) && quiet >= AGENT_STOP_STUCK_MS && since >= AGENT_STOP_STUCK_MS;
 }
 
+/* Is the journal writer stuck, for a stop? It writes what was queued before
+ * it exits (the outcomes of the moves the stop ended among them): only a
+ * write held in the kernel keeps it. */
+static bool agent_writer_left_behind(struct agent *a, uint64_t now)
+{
+    return journal_writer_quiet_ms(&a->writer, now) >= AGENT_STOP_STUCK_MS &&
+           now - a->stop_started_ms >= AGENT_STOP_STUCK_MS;
+}
+
 /* Is the reclaim thread stuck, for a stop? The same rule as a worker's: it
  * stops at its next entry, so only a deletion held in the kernel keeps it. */
 static bool agent_reclaim_left_behind(struct agent *a, uint64_t now)
@@ -253,6 +259,16 @@ static void agent_maybe_finish_stop(struct agent *a)
             return;
         stuck++;
     }
+    /* The records queued on the journal writer (the ended moves' outcomes,
+     * whose answers wait for them) are written before the link closes, or
+     * left behind with the writer, unsent (the next start settles those
+     * moves from what is on disk). */
+    if (journal_writer_busy(&a->writer)) {
+        if (!agent_writer_left_behind(a, now))
+            return; /* its completions call this again (agent_on_writer_idle) */
+        a->writer_left = true;
+        stuck++;
+    }
     if (reclaimer_running(&a->reclaimer)) {
         if (!agent_reclaim_left_behind(a, now))
             return; /* it exits at its next entry (reclaimer's exited callback) */
@@ -280,6 +296,12 @@ static void agent_on_move_gone(struct agent *a, bool released)
 static void agent_on_stop_wait(uv_timer_t *t)
 {
     agent_maybe_finish_stop(container_of(t, struct agent, stop_wait));
+}
+
+/* The journal writer has nothing left to do: a stop may finish now. */
+static void agent_on_writer_idle(struct journal_writer *w)
+{
+    agent_maybe_finish_stop(w->owner);
 }
 
 /* The reclaim thread has exited after the stop: the stop may finish now. */
@@ -397,6 +419,7 @@ int agent_init(struct agent *a, const char *config_path, struct config *cfg)
     memset(cfg, 0, sizeof *cfg);
     a->config_path = xstrdup(config_path);
     a->move_gone = agent_on_move_gone;
+    a->decided = agent_run_deferred;
     a->started_wall_ms = util_wall_ms();
     a->started_mono = util_mono_ms();
     if (gethostname(a->hostname, sizeof a->hostname) != 0)
@@ -421,11 +444,20 @@ int agent_init(struct agent *a, const char *config_path, struct config *cfg)
     uv_timer_init(&a->loop, &a->heartbeat);
     uv_timer_init(&a->loop, &a->stop_timer);
     uv_timer_init(&a->loop, &a->stop_wait);
-    rc = reclaimer_init(&a->reclaimer, &a->loop, a->cfg.state_dir);
-    a->reclaimer.owner = a;
-    a->reclaimer.exited = agent_on_reclaimer_exited;
-    if (rc != 0)
-        goto fail_ws;
+    {
+        /* Both set up before either can fail: the teardown closes both. */
+        int wrc = journal_writer_init(&a->writer, &a->loop);
+        a->writer.owner = a;
+        a->writer.idle = agent_on_writer_idle;
+        rc = reclaimer_init(&a->reclaimer, &a->loop, a->cfg.state_dir);
+        a->reclaimer.owner = a;
+        a->reclaimer.exited = agent_on_reclaimer_exited;
+        a->reclaimer.writer = &a->writer;
+        if (rc == 0)
+            rc = wrc;
+        if (rc != 0)
+            goto fail_ws;
+    }
     rc = path_checker_init(&a->checker, &a->loop, agent_on_check, a);
     if (rc != 0)
         goto fail_ws;

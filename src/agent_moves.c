@@ -62,6 +62,15 @@ void agent_refuse(struct agent *a, const struct origin *o, enum move_code code, 
     agent_answer(a, o, protocol_failure(code, why));
 }
 
+/* What is left to delete in reclaim directories. */
+void agent_add_reclaiming(struct agent *a, cJSON *d)
+{
+    uint64_t bytes, entries;
+    reclaimer_totals(&a->reclaimer, &bytes, &entries);
+    json_add_u64(d, "reclaimingBytes", bytes);
+    json_add_u64(d, "reclaimingEntries", entries);
+}
+
 /* --- history of ended moves --------------------------------------------------- */
 
 /* Frees an entry; its journal file goes only once the answer was delivered
@@ -77,7 +86,7 @@ static void history_forget(struct agent *a, struct agent_ended *h)
             o->owns_jr = true;
         } else {
             if (h->jr->delivered)
-                journal_remove(&a->journal, h->jr->move_id);
+                journal_remove_queued(&a->writer, &a->journal, h->jr->move_id);
             journal_rec_free(h->jr);
         }
         h->jr = NULL;
@@ -115,7 +124,7 @@ struct agent_ended *agent_history_add(struct agent *a, const struct move_state *
     h->answer_data = xstrdup(answer_data);
     h->jr = jr;
     h->ended_mono = ended_mono;
-    h->held = false;
+    h->held = h->recording = h->retried = false;
     a->hist_pos = (a->hist_pos + 1) % AGENT_HISTORY_MAX;
     return h;
 }
@@ -199,6 +208,7 @@ cJSON *agent_move_answer(const struct move_state *s)
 void agent_hold(struct agent *a, struct agent_ended *h, enum move_phase journaled)
 {
     h->held = true;
+    h->retried = true;
     h->held_phase = journaled;
     LOG(LOG_ERROR,
         "the move's outcome cannot be recorded in the journal; it is held back (no terminal "
@@ -214,6 +224,81 @@ void agent_hold(struct agent *a, struct agent_ended *h, enum move_phase journale
 void agent_free_move(struct move *m)
 {
     free(m);
+}
+
+/* --- records written on the journal writer ------------------------------------- */
+
+struct agent_write *agent_write_new(struct agent *a, const char *move_id)
+{
+    struct agent_write *w = xcalloc(1, sizeof *w);
+    w->a = a;
+    util_fmt(w->move_id, sizeof w->move_id, "%s", move_id);
+    return w;
+}
+
+void agent_write_free(struct agent_write *w)
+{
+    free(w->reply);
+    free(w);
+}
+
+struct move *agent_written_move(struct agent_write *w, int rc)
+{
+    struct move *m = NULL;
+    if (rc != -ECANCELED)
+        for (m = w->a->moves; m; m = m->next)
+            if (m->recording && strcmp(m->st.move_id, w->move_id) == 0)
+                break;
+    if (!m) {
+        agent_write_free(w);
+        return NULL;
+    }
+    m->recording = false;
+    return m;
+}
+
+/* The held entry whose outcome this ticket writes (none: forgotten since). */
+static struct agent_ended *agent_history_ticket(struct agent *a, uint64_t ticket)
+{
+    for (unsigned k = 0; k < a->hist_len; k++) {
+        struct agent_ended *h =
+            &a->history[(a->hist_pos + AGENT_HISTORY_MAX - 1 - k) % AGENT_HISTORY_MAX];
+        if (h->recording && h->ticket == ticket)
+            return h;
+    }
+    return NULL;
+}
+
+/* On the loop, once an outcome's record is written (or could not be): sent
+ * now, or held and retried. */
+static void agent_outcome_recorded(void *arg, int rc)
+{
+    struct agent_write *w = arg;
+    struct agent *a = w->a;
+    struct agent_ended *h = agent_history_ticket(a, w->ticket);
+    if (h && rc != -ECANCELED) {
+        h->recording = false;
+        if (rc == 0) {
+            h->held = false;
+            if (h->retried)
+                LOG(LOG_INFO, "the held outcome is recorded now and sent",
+                    LF_S("move", h->jr->move_id));
+            agent_resend_outcome(a, h->jr, &h->st);
+        } else if (!h->retried) {
+            agent_hold(a, h, h->held_phase);
+        }
+    }
+    agent_write_free(w);
+}
+
+void agent_record_outcome(struct agent *a, struct agent_ended *h, enum move_phase journaled)
+{
+    struct agent_write *w = agent_write_new(a, h->jr->move_id);
+    h->held = true;
+    h->held_phase = journaled;
+    h->recording = true;
+    h->ticket = w->ticket = ++a->write_ticket;
+    journal_write_queued(&a->writer, &a->journal, h->jr, false, agent_outcome_recorded, w);
 }
 
 static void agent_on_ended(struct move *m)
@@ -267,14 +352,12 @@ static void agent_on_ended(struct move *m)
         m->jr = NULL; /* the history's now; an orphan keeps a pointer to it */
     h = agent_history_add(a, &m->st, jr->answer, jr, util_mono_ms());
     /* The source waits in its reclaim directory: recorded for the reclaimer
-     * before the outcome, so that no restart can forget it. */
+     * before the outcome (the journal writer writes both, in this order),
+     * so that no restart can forget it. */
     if (m->reclaim_ready && m->st.phase == PHASE_COMPLETE && jr->reclaim.dir && !jr->reclaim.undone)
         (void)reclaimer_add(&a->reclaimer, jr->move_id, jr->reclaim.dir, (dev_t)jr->reclaim.id.dev,
                             (ino_t)jr->reclaim.id.ino, jr->reclaim.entries, jr->reclaim.bytes);
-    if (journal_write(&a->journal, jr) == 0)
-        agent_resend_outcome(a, jr, &m->st);
-    else
-        agent_hold(a, h, journaled);
+    agent_record_outcome(a, h, journaled);
     cJSON_Delete(answer);
     cJSON_free(printed);
 
@@ -294,7 +377,7 @@ static void agent_on_ended(struct move *m)
         a->orphans = m;
     } else {
         if (m->prepared) /* its worker is gone: the copy's record goes with the move */
-            journal_ident_remove(&a->journal, m->st.move_id);
+            journal_ident_remove_queued(&a->writer, &a->journal, m->st.move_id);
         move_close(m, agent_free_move);
     }
     a->move_gone(a, false);
@@ -339,16 +422,20 @@ void agent_send_ready_answer(struct agent *a, const struct journal_rec *r)
     agent_send_reply(a, r->ready_reply, d ? d : cJSON_CreateObject(), key);
 }
 
-/* Records a prepared move's first entry into ready: the record in phase
- * ready with the prepare's answer, whose reply subject moves from `reply`
- * (the answer that ends the move) to `readyReply`: a move ended while it
- * rests in ready has its terminal frame only. No worker runs. 0 or -errno;
- * on a failure the record in memory is as before. */
-static int agent_record_ready(struct agent *a, struct move *m)
+static void agent_ready_recorded(void *arg, int rc);
+
+/* Records a prepared move's first entry into ready, on the journal writer:
+ * the record in phase ready with the prepare's answer, whose reply subject
+ * moves from `reply` (the answer that ends the move) to `readyReply`: a move
+ * ended while it rests in ready has its terminal frame only. No worker
+ * runs. Held (ready_held) until it is written: then announced
+ * (agent_ready_recorded). */
+static void agent_record_ready(struct agent *a, struct move *m, bool retry)
 {
     struct journal_rec *jr = m->jr;
-    enum move_phase was = jr->phase;
-    int rc;
+    struct agent_write *w = agent_write_new(a, m->st.move_id);
+    w->was = jr->phase;
+    w->retry = retry;
     jr->phase = PHASE_READY;
     jr->count = m->st.count;
     jr->seq = m->st.seq;
@@ -358,15 +445,9 @@ static int agent_record_ready(struct agent *a, struct move *m)
     jr->ready_reply = jr->reply;
     jr->reply = NULL;
     jr->ready_delivered = false;
-    rc = journal_write(&a->journal, jr);
-    if (rc != 0) {
-        jr->phase = was;
-        jr->reply = jr->ready_reply;
-        jr->ready_reply = NULL;
-        free(jr->ready_answer);
-        jr->ready_answer = NULL;
-    }
-    return rc;
+    m->ready_held = true;
+    m->recording = true;
+    journal_write_queued(&a->writer, &a->journal, jr, false, agent_ready_recorded, w);
 }
 
 /* A prepared move's ready is recorded: its frame, then the prepare's answer. */
@@ -381,19 +462,37 @@ static void agent_announce_ready(struct agent *a, struct move *m)
     agent_send_ready_answer(a, m->jr);
 }
 
-static void agent_on_ready(struct move *m, enum move_code code, const char *error)
+/* On the loop, once the ready record is written (or could not be). Like an
+ * outcome: announced and answered only once recorded, else held back and
+ * retried (a restart would roll it back from its older record, and the
+ * manager would have two answers); the record in memory is put back as it
+ * is on disk. */
+static void agent_ready_recorded(void *arg, int rc)
 {
-    struct agent *a = m->owner;
-    struct journal_rec *jr = m->jr;
-    char *reply;
-    if (code == CODE_NONE) {
-        /* Like an outcome: recorded before its frame and answer go out, or
-         * held back (a restart would roll it back from its older record,
-         * and the manager would have two answers). */
-        if (agent_record_ready(a, m) == 0) {
-            agent_announce_ready(a, m);
-        } else {
-            m->ready_held = true;
+    struct agent_write *w = arg;
+    struct agent *a = w->a;
+    struct move *m = agent_written_move(w, rc);
+    struct journal_rec *jr;
+    if (!m)
+        return;
+    jr = m->jr;
+    if (rc == 0 && move_is_resting(m)) {
+        if (w->retry)
+            LOG(LOG_INFO, "the held ready state is recorded now and answered",
+                LF_S("move", m->st.move_id));
+        agent_announce_ready(a, m);
+    } else if (rc == 0) {
+        /* Being discarded already (its prepare_ttl ran out meanwhile): the
+         * prepare still has its answer, the end its frame. */
+        m->ready_held = false;
+        agent_send_ready_answer(a, jr);
+    } else if (move_is_resting(m)) {
+        jr->phase = w->was;
+        jr->reply = jr->ready_reply;
+        jr->ready_reply = NULL;
+        free(jr->ready_answer);
+        jr->ready_answer = NULL;
+        if (!w->retry) {
             LOG(LOG_ERROR,
                 "the prepared move's ready state cannot be recorded in the journal; its answer "
                 "is held back and recorded again every 5 s",
@@ -402,11 +501,52 @@ static void agent_on_ready(struct move *m, enum move_code code, const char *erro
                 uv_timer_start(&a->held_timer, agent_on_held_timer, AGENT_HELD_RETRY_MS,
                                AGENT_HELD_RETRY_MS);
         }
+    }
+    agent_write_free(w);
+    a->decided(a);
+}
+
+/* On the loop, once the record of a move ready again after a failed commit
+ * is written: announced, and the commit answered with its failure (also
+ * when the record could not be written: the copy is ready all the same). */
+static void agent_ready_again_recorded(void *arg, int rc)
+{
+    struct agent_write *w = arg;
+    struct agent *a = w->a;
+    struct move *m = agent_written_move(w, rc);
+    if (!m)
+        return;
+    if (rc != 0)
+        LOG(LOG_ERROR, "cannot record that the prepared move is ready again",
+            LF_S("move", m->st.move_id));
+    if (move_is_resting(m))
+        move_announce(m);
+    if (w->reply) {
+        cJSON *d = protocol_failure(w->code, w->error);
+        cJSON_AddStringToObject(d, "moveId", m->st.move_id);
+        cJSON_AddStringToObject(d, "serverName", m->st.server_name);
+        agent_send_reply(a, w->reply, d, NULL);
+    }
+    agent_write_free(w);
+    a->decided(a);
+}
+
+static void agent_on_ready(struct move *m, enum move_code code, const char *error)
+{
+    struct agent *a = m->owner;
+    struct journal_rec *jr = m->jr;
+    struct agent_write *w;
+    if (code == CODE_NONE) {
+        agent_record_ready(a, m, false);
         return;
     }
     /* A commit met a source still changing: the commit is answered, the move
-     * rests in ready again with its copy and is announced so. */
-    reply = jr->reply;
+     * rests in ready again with its copy and is announced so, once that is
+     * recorded. */
+    w = agent_write_new(a, m->st.move_id);
+    w->reply = jr->reply;
+    w->code = code;
+    util_fmt(w->error, sizeof w->error, "%s", error ? error : "");
     jr->reply = NULL;
     jr->phase = PHASE_READY;
     /* A reclaim directory the commit named is gone (the source was put back
@@ -416,20 +556,11 @@ static void agent_on_ready(struct move *m, enum move_code code, const char *erro
     jr->count = m->st.count;
     jr->seq = m->st.seq;
     jr->ready_at_ms = m->ready_at_wall_ms;
-    if (journal_write(&a->journal, jr) != 0)
-        LOG(LOG_ERROR, "cannot record that the prepared move is ready again",
-            LF_S("move", m->st.move_id));
     LOG(LOG_WARN, "commit failed; the prepared move is ready again", LF_S("move", m->st.move_id),
         LF_S("server", m->st.server_name), LF_S("code", move_code_name(code)),
         LF_S("error", error));
-    move_announce(m);
-    if (reply) {
-        cJSON *d = protocol_failure(code, error);
-        cJSON_AddStringToObject(d, "moveId", m->st.move_id);
-        cJSON_AddStringToObject(d, "serverName", m->st.server_name);
-        agent_send_reply(a, reply, d, NULL);
-        free(reply);
-    }
+    m->recording = true;
+    journal_write_queued(&a->writer, &a->journal, jr, false, agent_ready_again_recorded, w);
 }
 
 /* The worker of an ended move came back: its rollback is done. */
@@ -444,13 +575,13 @@ static void agent_on_released(struct move *m)
         }
     }
     if (m->prepared)
-        journal_ident_remove(&a->journal, m->st.move_id);
+        journal_ident_remove_queued(&a->writer, &a->journal, m->st.move_id);
     if (m->jr) {
         m->jr->rollback_pending = false;
-        (void)journal_write(&a->journal, m->jr);
+        journal_write_queued(&a->writer, &a->journal, m->jr, false, NULL, NULL);
         if (m->owns_jr) {
             if (m->jr->delivered)
-                journal_remove(&a->journal, m->jr->move_id);
+                journal_remove_queued(&a->writer, &a->journal, m->jr->move_id);
             journal_rec_free(m->jr);
         }
         m->jr = NULL;
@@ -489,7 +620,7 @@ static void agent_ready_acked(struct agent *a, const char *move_id)
     h = agent_history_find(a, move_id);
     if (h && h->jr && h->jr->ready_answer && !h->jr->ready_delivered) {
         h->jr->ready_delivered = true;
-        (void)journal_write(&a->journal, h->jr);
+        journal_write_queued(&a->writer, &a->journal, h->jr, false, NULL, NULL);
     }
 }
 
@@ -511,13 +642,14 @@ void agent_on_acked(struct transport *t, const char *key)
         return;
     if (strncmp(key, "answer:", 7) == 0 || (!h->jr->reply && strncmp(key, "final:", 6) == 0)) {
         h->jr->delivered = true;
-        (void)journal_write(&a->journal, h->jr);
+        journal_write_queued(&a->writer, &a->journal, h->jr, false, NULL, NULL);
         LOG(LOG_DEBUG, "move outcome delivered", LF_S("move", h->jr->move_id));
     }
 }
 
 /* Records the held outcomes (and held ready states) again; each one
- * recorded is sent at last. */
+ * recorded is sent at last (in its write's completion). The timer stops
+ * once nothing is held. */
 static void agent_on_held_timer(uv_timer_t *t)
 {
     struct agent *a = container_of(t, struct agent, held_timer);
@@ -525,26 +657,18 @@ static void agent_on_held_timer(uv_timer_t *t)
     for (struct move *m = a->moves; m; m = m->next) {
         if (!m->ready_held || !move_is_resting(m))
             continue;
-        if (agent_record_ready(a, m) != 0) {
-            still = true;
-            continue;
-        }
-        LOG(LOG_INFO, "the held ready state is recorded now and answered",
-            LF_S("move", m->st.move_id));
-        agent_announce_ready(a, m);
+        still = true;
+        if (!m->recording)
+            agent_record_ready(a, m, true);
     }
     for (unsigned k = 0; k < a->hist_len; k++) {
         struct agent_ended *h =
             &a->history[(a->hist_pos + AGENT_HISTORY_MAX - a->hist_len + k) % AGENT_HISTORY_MAX];
         if (!h->held || !h->jr)
             continue;
-        if (journal_write(&a->journal, h->jr) != 0) {
-            still = true;
-            continue;
-        }
-        h->held = false;
-        LOG(LOG_INFO, "the held outcome is recorded now and sent", LF_S("move", h->jr->move_id));
-        agent_resend_outcome(a, h->jr, &h->st);
+        still = true;
+        if (!h->recording)
+            agent_record_outcome(a, h, h->held_phase);
     }
     if (!still)
         uv_timer_stop(t);

@@ -42,10 +42,7 @@ static void agent_end_recovered(struct agent *a, struct journal_rec *r, enum mov
         LF_S("error", r->error));
     h = agent_history_add(a, &st, r->answer, r, util_mono_ms());
     metrics_move_ended(&a->metrics, &st);
-    if (journal_write(&a->journal, r) == 0)
-        agent_resend_outcome(a, r, &st);
-    else
-        agent_hold(a, h, journaled);
+    agent_record_outcome(a, h, journaled);
     move_state_clear(&st);
 }
 
@@ -126,6 +123,7 @@ static struct move_params recovered_params(struct agent *a, struct journal_rec *
     return (struct move_params){
         .jr = r,
         .journal = &a->journal,
+        .writer = &a->writer,
         .src_root = src_root,
         .dst_root = dst_root,
         .progress_interval_ms = a->cfg.progress_interval_ms,
@@ -186,7 +184,7 @@ static void agent_settle_orphan_rename(struct agent *a, struct journal_rec *r)
             LF_S("move", r->move_id));
     }
     r->rollback_pending = false;
-    (void)journal_write(&a->journal, r);
+    journal_write_queued(&a->writer, &a->journal, r, false, NULL, NULL);
 }
 
 /* A prepared move found resting in ready: it stays ready, announced with a
@@ -249,7 +247,7 @@ static void agent_recover_one(void *arg, struct journal_rec *r)
         uint64_t now = util_wall_ms(), age = now > r->ended_at_ms ? now - r->ended_at_ms : 0;
         uint64_t mono = util_mono_ms();
         if (r->delivered && age >= AGENT_HISTORY_MS && !r->rollback_pending) {
-            journal_remove(&a->journal, r->move_id);
+            journal_remove_queued(&a->writer, &a->journal, r->move_id);
             journal_rec_free(r);
             return;
         }

@@ -1,6 +1,7 @@
 /* journal.c: the move journal in state_dir (see journal.h). */
 #include "journal.h"
 #include "log.h"
+#include "state_file.h"
 #include "util.h"
 
 #include <cjson/cJSON.h>
@@ -174,67 +175,6 @@ static size_t slot_size(size_t len)
     return (n + 4095) / 4096 * 4096;
 }
 
-/* Writes zeros into fd from `from` to `to` (real blocks, not holes: a later
- * overwrite then needs no allocation). */
-static int write_zeros(int fd, off_t from, off_t to)
-{
-    static const char zeros[4096];
-    while (from < to) {
-        size_t n = (size_t)(to - from) < sizeof zeros ? (size_t)(to - from) : sizeof zeros;
-        ssize_t w = pwrite(fd, zeros, n, from);
-        if (w <= 0)
-            return w < 0 ? -errno : -EIO;
-        from += w;
-    }
-    return 0;
-}
-
-/* Puts text (and a newline) at the start of the temp file, keeping its size
- * when it is large enough (zeros after the text: the reader stops at the
- * first NUL), else growing it to at least want bytes. */
-static int fill_temp(int fd, const char *text, size_t len, size_t want)
-{
-    struct stat st;
-    off_t size;
-    int rc;
-    if (fstat(fd, &st) != 0)
-        return -errno;
-    size = st.st_size;
-    if ((size_t)size < len + 1)
-        size = (off_t)(want > len + 1 ? want : len + 1);
-    if ((rc = util_pwrite_all(fd, text, len, 0)) != 0 ||
-        (rc = util_pwrite_all(fd, "\n", 1, (off_t)len)) != 0 ||
-        (rc = write_zeros(fd, (off_t)len + 1, size)) != 0)
-        return rc;
-    if (fsync(fd) != 0)
-        return -errno;
-    return 0;
-}
-
-/* Installs the written temp as the record: exchanged with the old record
- * when there is one (the old one stays as the next slot), else renamed. */
-static int install_temp(const char *moves, const char *tmp, const char *path, bool *kept)
-{
-    *kept = false;
-    if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_EXCHANGE) == 0) {
-        *kept = true;
-        return util_fsync_dir(moves);
-    }
-    /* ENOENT: no record yet; EINVAL/ENOSYS: the filesystem cannot exchange. */
-    if (errno != ENOENT && errno != EINVAL && errno != ENOSYS)
-        return -errno;
-    if (rename(tmp, path) != 0)
-        return -errno;
-    return util_fsync_dir(moves);
-}
-
-static void rec_paths(const char *moves, const char *move_id, char *path, size_t psz, char *tmp,
-                      size_t tsz)
-{
-    util_fmt(path, psz, "%s/%s.json", moves, move_id);
-    util_fmt(tmp, tsz, "%s/.%s.tmp", moves, move_id);
-}
-
 char *journal_format(const struct journal_rec *rec)
 {
     cJSON *o = rec_to_json(rec);
@@ -257,62 +197,125 @@ int journal_write(const struct journal *j, const struct journal_rec *rec)
 
 int journal_write_text(const char *moves, const char *move_id, const char *text)
 {
-    char path[PATH_MAX], tmp[PATH_MAX];
-    size_t len = strlen(text);
-    bool kept;
-    int fd, rc = 0;
-    rec_paths(moves, move_id, path, sizeof path, tmp, sizeof tmp);
-    /* The slot when there is one (no O_TRUNC: its blocks are reused). */
-    fd = open(tmp, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0) {
-        rc = -errno;
-    } else {
-        rc = fill_temp(fd, text, len, slot_size(len));
-        if (close(fd) != 0 && rc == 0)
-            rc = -errno;
-        if (rc == 0)
-            rc = install_temp(moves, tmp, path, &kept);
-        /* On a failure the temp stays: it is the slot of the next try. */
-    }
-    if (rc != 0)
+    int rc = state_file_write(moves, move_id, text, slot_size(strlen(text)));
+    char path[PATH_MAX];
+    if (rc != 0) {
+        util_fmt(path, sizeof path, "%s/%s.json", moves, move_id);
         LOG(LOG_ERROR, "cannot write the journal", LF_S("move", move_id), LF_S("path", path),
             LF_S("reason", strerror(-rc)));
+    }
+    return rc;
+}
+
+/* The slot for a record of this text and its outcome. */
+static int reserve_text(const char *moves, const char *move_id, const char *text)
+{
+    int rc = state_file_reserve(moves, move_id, slot_size(strlen(text)));
+    char path[PATH_MAX];
+    if (rc != 0) {
+        util_fmt(path, sizeof path, "%s/.%s.tmp", moves, move_id);
+        LOG(LOG_ERROR, "cannot reserve room for the move's outcome in the journal",
+            LF_S("move", move_id), LF_S("path", path), LF_S("reason", strerror(-rc)));
+    }
     return rc;
 }
 
 int journal_reserve(const struct journal *j, const struct journal_rec *rec)
 {
-    char path[PATH_MAX], tmp[PATH_MAX];
-    cJSON *o = rec_to_json(rec);
-    char *text = cJSON_PrintUnformatted(o);
-    size_t want;
-    int fd, rc = 0;
-    cJSON_Delete(o);
-    if (!text)
-        util_oom(0);
-    want = slot_size(strlen(text));
-    cJSON_free(text);
-    rec_paths(j->moves, rec->move_id, path, sizeof path, tmp, sizeof tmp);
-    fd = open(tmp, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0) {
-        rc = -errno;
-    } else {
-        struct stat st;
-        if (fstat(fd, &st) != 0)
-            rc = -errno;
-        else if ((size_t)st.st_size < want && (rc = write_zeros(fd, st.st_size, (off_t)want)) == 0)
-            rc = fsync(fd) != 0 ? -errno : 0;
-        if (close(fd) != 0 && rc == 0)
-            rc = -errno;
-        if (rc == 0)
-            rc = util_fsync_dir(j->moves);
-        if (rc != 0)
-            (void)unlink(tmp);
-    }
-    if (rc != 0)
-        LOG(LOG_ERROR, "cannot reserve room for the move's outcome in the journal",
-            LF_S("move", rec->move_id), LF_S("path", tmp), LF_S("reason", strerror(-rc)));
+    char *text = journal_format(rec);
+    int rc = reserve_text(j->moves, rec->move_id, text);
+    free(text);
     return rc;
+}
+
+/* --- writing on the writer thread ----------------------------------------------- */
+
+/* A record's write as a job of the journal writer: copies only. */
+struct journal_job {
+    char *moves, *move_id, *text; /* text NULL: a removal */
+    bool reserve;
+};
+
+static struct journal_job *job_new(const char *moves, const char *move_id, char *text)
+{
+    struct journal_job *d = xcalloc(1, sizeof *d);
+    d->moves = xstrdup(moves);
+    d->move_id = xstrdup(move_id);
+    d->text = text;
+    return d;
+}
+
+static void job_free(void *data)
+{
+    struct journal_job *d = data;
+    free(d->moves);
+    free(d->move_id);
+    free(d->text);
+    free(d);
+}
+
+/* The record (and at acceptance its slot: on a failure both go, so that
+ * nothing of a refused move stays). */
+static int job_write(void *data)
+{
+    struct journal_job *d = data;
+    int rc = journal_write_text(d->moves, d->move_id, d->text);
+    if (rc == 0 && d->reserve)
+        rc = reserve_text(d->moves, d->move_id, d->text);
+    if (rc != 0 && d->reserve)
+        state_file_remove(d->moves, d->move_id, true);
+    return rc;
+}
+
+static int job_remove(void *data)
+{
+    struct journal_job *d = data;
+    state_file_remove(d->moves, d->move_id, true);
+    return 0;
+}
+
+/* A prepared move's identity record: d->moves holds state_dir here. */
+static int job_ident_remove(void *data)
+{
+    struct journal_job *d = data;
+    char path[PATH_MAX];
+    util_fmt(path, sizeof path, "%s/%s.ident", d->moves, d->move_id);
+    if (unlink(path) == 0)
+        (void)util_fsync_dir(d->moves);
+    return 0;
+}
+
+static void no_done(void *arg, int rc)
+{
+    (void)arg;
+    (void)rc;
+}
+
+void journal_write_queued(struct journal_writer *w, const struct journal *j,
+                          const struct journal_rec *rec, bool reserve, jw_done_fn done, void *arg)
+{
+    struct journal_job *d = job_new(j->moves, rec->move_id, journal_format(rec));
+    d->reserve = reserve;
+    (void)journal_writer_submit(w, job_write, job_free, d, done ? done : no_done, arg);
+}
+
+void journal_remove_queued(struct journal_writer *w, const struct journal *j, const char *move_id)
+{
+    (void)journal_writer_submit(w, job_remove, job_free, job_new(j->moves, move_id, NULL), no_done,
+                                NULL);
+}
+
+void journal_ident_remove_queued(struct journal_writer *w, const struct journal *j,
+                                 const char *move_id)
+{
+    (void)journal_writer_submit(w, job_ident_remove, job_free, job_new(j->dir, move_id, NULL),
+                                no_done, NULL);
+}
+
+struct jw_job *journal_post_text(struct jw_shared *s, const char *moves, const char *move_id,
+                                 char *text)
+{
+    return journal_writer_post(s, job_write, job_free, job_new(moves, move_id, text));
 }
 
 void journal_id_of(struct journal_id *id, const char *path)
@@ -364,11 +367,7 @@ void journal_sweep_idents(const struct journal *j, bool (*keep)(void *arg, const
 
 void journal_remove(const struct journal *j, const char *move_id)
 {
-    char path[PATH_MAX], tmp[PATH_MAX];
-    rec_paths(j->moves, move_id, path, sizeof path, tmp, sizeof tmp);
-    (void)unlink(tmp);
-    if (unlink(path) == 0)
-        (void)util_fsync_dir(j->moves);
+    state_file_remove(j->moves, move_id, true);
 }
 
 /* --- reading ------------------------------------------------------------------------ */
@@ -584,84 +583,53 @@ fail:
     return NULL;
 }
 
-/* ".<id>.tmp": the slot of "<id>.json" when that exists (kept for the
- * move's later writes), else a first write cut short (removed). */
-static void keep_or_drop_temp(DIR *d, const char *name, size_t nl)
+struct scan_ctx {
+    void (*fn)(void *arg, struct journal_rec *rec);
+    void *arg;
+};
+
+static bool scan_take(void *arg, const char *key, const char *text)
 {
-    char rec[NAME_MAX + 1];
-    struct stat st;
-    if (name[0] == '.' && nl - 5 <= MOVE_ID_MAX) {
-        util_fmt(rec, sizeof rec, "%.*s.json", (int)(nl - 5), name + 1);
-        if (fstatat(dirfd(d), rec, &st, AT_SYMLINK_NOFOLLOW) == 0)
-            return;
-    }
-    (void)unlinkat(dirfd(d), name, 0);
+    struct scan_ctx *c = arg;
+    /* A record written into a slot is followed by zeros: text ends there. */
+    cJSON *o = cJSON_ParseWithLength(text, strlen(text));
+    struct journal_rec *rec = o ? rec_from_json(o, key) : NULL;
+    cJSON_Delete(o);
+    if (!rec)
+        return false;
+    c->fn(c->arg, rec);
+    return true;
 }
 
-/* Reads every record file of the moves directory d (at path moves) and hands
- * the readable ones to fn. With repair (the daemon holding the lock), a temp
- * file cut short is removed and an unreadable record renamed "*.corrupt";
- * without, nothing is touched. Returns the number of unreadable records. */
-static unsigned journal_scan(DIR *d, const char *moves, bool repair,
-                             void (*fn)(void *arg, struct journal_rec *rec), void *arg)
+/* Reads every record of the moves directory and hands the readable ones to
+ * fn; with repair (the daemon holding the lock), a temp cut short is
+ * removed and an unreadable record renamed "*.corrupt". */
+static int journal_scan(const char *moves, bool repair,
+                        void (*fn)(void *arg, struct journal_rec *rec), void *arg,
+                        unsigned *unreadable)
 {
-    struct dirent *de;
-    unsigned unreadable = 0;
-    while ((de = readdir(d)) != NULL) {
-        size_t nl = strlen(de->d_name), len = 0;
-        char id[MOVE_ID_MAX + 1], *text;
-        struct journal_rec *rec = NULL;
-        cJSON *o;
-        if (nl > 4 && strcmp(de->d_name + nl - 4, ".tmp") == 0) {
-            if (repair)
-                keep_or_drop_temp(d, de->d_name, nl);
-            continue;
-        }
-        /* A record: "<id>.json", also when the id starts with '.'. */
-        if (nl <= 5 || strcmp(de->d_name + nl - 5, ".json") != 0 || nl - 5 > MOVE_ID_MAX)
-            continue;
-        memcpy(id, de->d_name, nl - 5);
-        id[nl - 5] = '\0';
-        text = util_read_small_file(dirfd(d), de->d_name, JOURNAL_MAX_BYTES);
-        len = text ? strlen(text) : 0; /* a record written into a slot is followed by zeros */
-        o = text ? cJSON_ParseWithLength(text, len) : NULL;
-        if (o)
-            rec = rec_from_json(o, id);
-        cJSON_Delete(o);
-        free(text);
-        if (rec) {
-            fn(arg, rec);
-            continue;
-        }
-        unreadable++;
-        if (repair) {
-            char from[PATH_MAX], to[PATH_MAX];
-            util_fmt(from, sizeof from, "%s/%s", moves, de->d_name);
-            util_fmt(to, sizeof to, "%s.corrupt", from);
-            LOG(LOG_ERROR,
-                "journal file is unreadable; set aside, nothing touched: check this move's "
-                "paths by hand",
-                LF_S("file", from), LF_S("moved_to", to));
-            if (rename(from, to) != 0)
-                LOG(LOG_ERROR, "cannot set the journal file aside", LF_S("file", from),
-                    LF_S("reason", strerror(errno)));
-        }
-    }
-    return unreadable;
+    struct scan_ctx c = {fn, arg};
+    struct state_scan how = {
+        .key_max = MOVE_ID_MAX,
+        .max_bytes = JOURNAL_MAX_BYTES,
+        .repair = repair,
+        .keep_slots = true,
+        .unreadable = "journal file is unreadable; set aside, nothing touched: check this "
+                      "move's paths by hand",
+        .take = scan_take,
+        .arg = &c,
+    };
+    return state_file_scan(moves, &how, unreadable);
 }
 
 unsigned journal_load(const struct journal *j, void (*fn)(void *arg, struct journal_rec *rec),
                       void *arg)
 {
-    DIR *d = opendir(j->moves);
-    unsigned set_aside;
-    if (!d) {
+    unsigned set_aside = 0;
+    int rc = journal_scan(j->moves, true, fn, arg, &set_aside);
+    if (rc != 0)
         LOG(LOG_ERROR, "cannot read the journal", LF_S("path", j->moves),
-            LF_S("reason", strerror(errno)));
-        return 0;
-    }
-    set_aside = journal_scan(d, j->moves, true, fn, arg);
-    closedir(d);
+            LF_S("reason", strerror(-rc)));
     return set_aside;
 }
 
@@ -669,14 +637,8 @@ int journal_read(const char *state_dir, void (*fn)(void *arg, struct journal_rec
                  unsigned *unreadable)
 {
     char moves[PATH_MAX];
-    DIR *d;
     util_fmt(moves, sizeof moves, "%s/moves", state_dir);
-    d = opendir(moves);
-    if (!d)
-        return -errno;
-    *unreadable = journal_scan(d, moves, false, fn, arg);
-    closedir(d);
-    return 0;
+    return journal_scan(moves, false, fn, arg, unreadable);
 }
 
 void journal_rec_state(const struct journal_rec *r, struct move_state *st)

@@ -47,6 +47,7 @@ static struct move_work *work_new(const struct move_params *p)
     w->jr = p->jr;
     w->journal = p->journal;
     w->moves_dir = p->journal ? xstrdup(p->journal->moves) : NULL;
+    w->writer = journal_writer_share(p->writer);
     w->no_record = p->silent;
     w->dst_preexisted = jr->dst_preexisted;
     w->dst_orig = jr->dst_orig;
@@ -517,6 +518,8 @@ int move_init(struct move *m, uv_loop_t *loop, const struct move_params *p,
 {
     const struct journal_rec *jr = p->jr;
     int rc;
+    /* Every record of a journaled move goes through the one writer. */
+    assert(!p->journal || p->writer);
     memset(m, 0, sizeof *m);
     m->loop = loop;
     m->ops = ops;
@@ -534,6 +537,7 @@ int move_init(struct move *m, uv_loop_t *loop, const struct move_params *p,
     m->move_timeout_ms = p->move_timeout_ms;
     m->stall_timeout_ms = p->stall_timeout_ms;
     m->jr = p->jr;
+    m->writer = p->writer;
     m->mode = p->mode;
     m->silent = p->silent;
     m->prepared = jr->prepared;
@@ -702,31 +706,16 @@ static int move_discard(struct move *m, enum move_code code, const char *why)
 int move_record_update(struct move *m, void (*fn)(struct journal_rec *jr, void *arg), void *arg)
 {
     struct move_work *w = m->work;
-    char *text;
-    int rc;
     pthread_mutex_lock(&w->lock);
     if (w->no_record || !w->jr || !w->moves_dir) {
         pthread_mutex_unlock(&w->lock);
         return -ENOENT;
     }
     fn(w->jr, arg);
-    if (w->rec_busy) {
-        /* The worker is writing it: it writes once more with this change,
-         * and the loop does not wait for its disk. */
-        w->rec_again = true;
-        pthread_mutex_unlock(&w->lock);
-        return 0;
-    }
-    text = journal_format(w->jr);
-    w->rec_busy = true;
+    /* Queued under the lock: after any record the worker queued before. */
+    journal_write_queued(m->writer, w->journal, w->jr, false, NULL, NULL);
     pthread_mutex_unlock(&w->lock);
-    rc = journal_write_text(w->moves_dir, w->move_id, text);
-    free(text);
-    pthread_mutex_lock(&w->lock);
-    w->rec_busy = false;
-    pthread_cond_broadcast(&w->rec_idle);
-    pthread_mutex_unlock(&w->lock);
-    return rc;
+    return 0;
 }
 
 int move_stop(struct move *m, enum move_code code, const char *why)

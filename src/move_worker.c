@@ -18,7 +18,6 @@ struct move_work *move_worker_alloc(void)
 {
     struct move_work *w = xcalloc(1, sizeof *w);
     pthread_mutex_init(&w->lock, NULL);
-    pthread_cond_init(&w->rec_idle, NULL);
     w->refs = 1;
     ring_init(&w->ring);
     atomic_init(&w->beat, 0);
@@ -46,7 +45,7 @@ void move_worker_unref(struct move_work *w)
     free(w->dst_root);
     free(w->ident_path);
     free(w->moves_dir);
-    pthread_cond_destroy(&w->rec_idle);
+    journal_writer_unshare(w->writer);
     pthread_mutex_destroy(&w->lock);
     free(w);
 }
@@ -87,42 +86,34 @@ static void move_report(void *arg, const struct engine_progress *p, bool phase_s
 
 /* The worker's journal write: fn changes jr under the lock (unless the loop
  * has taken the record: then `taken` is returned and nothing happens), and
- * the text taken there is written with the lock released (see move_work.h:
- * the loop takes this lock on its stuck-worker paths and must never wait
- * for a disk). Written once more when the loop changed jr meanwhile
- * (rec_again). The worker still waits for its write before it goes on, so a
- * phase is recorded before its frame is sent. 0 when the record holds fn's
- * change, else -errno. */
+ * the text taken there is queued on the journal writer, still under the
+ * lock, so that the records of the move reach the writer in the order they
+ * were made, whoever made them (the loop queues its own the same way,
+ * move_record_update); then the worker waits for its write with the lock
+ * released (see move_work.h: the loop takes this lock on its stuck-worker
+ * paths and must never wait for a disk), `rec_busy` saying so. So a phase is
+ * recorded before its frame is sent. 0 when the record holds fn's change,
+ * else -errno. */
 static int work_record(struct move_work *w, void (*fn)(struct journal_rec *jr, const void *arg),
                        const void *arg, int taken)
 {
-    bool written = false;
-    int rc = 0;
+    struct jw_job *job;
+    int rc;
     pthread_mutex_lock(&w->lock);
-    while (w->rec_busy) /* the loop's own write (move_record_update): one file at a time */
-        pthread_cond_wait(&w->rec_idle, &w->lock);
     if (w->no_record) {
         pthread_mutex_unlock(&w->lock);
         return taken;
     }
     fn(w->jr, arg);
     w->jr->seq = atomic_load(&w->seq_sent);
-    do {
-        char *text = journal_format(w->jr);
-        int r;
-        w->rec_busy = true;
-        w->rec_again = false;
-        pthread_mutex_unlock(&w->lock);
-        r = journal_write_text(w->moves_dir, w->move_id, text);
-        free(text);
-        /* Back from the disk: a sign of life (a slow state_dir is no stuck worker). */
-        atomic_fetch_add_explicit(&w->beat, 1, memory_order_relaxed);
-        written = written || r == 0;
-        rc = written ? 0 : r;
-        pthread_mutex_lock(&w->lock);
-        w->rec_busy = false;
-    } while (w->rec_again && !w->no_record);
-    pthread_cond_broadcast(&w->rec_idle);
+    job = journal_post_text(w->writer, w->moves_dir, w->move_id, journal_format(w->jr));
+    w->rec_busy = true;
+    pthread_mutex_unlock(&w->lock);
+    rc = journal_writer_wait(w->writer, job);
+    /* Back from the disk: a sign of life (a slow state_dir is no stuck worker). */
+    atomic_fetch_add_explicit(&w->beat, 1, memory_order_relaxed);
+    pthread_mutex_lock(&w->lock);
+    w->rec_busy = false;
     pthread_mutex_unlock(&w->lock);
     return rc;
 }

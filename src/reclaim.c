@@ -3,6 +3,7 @@
 #include "reclaim.h"
 #include "log.h"
 #include "paths.h"
+#include "state_file.h"
 #include "tree_walk.h"
 #include "unlink_pool.h"
 #include "util.h"
@@ -328,19 +329,14 @@ static void key_of(char *buf, size_t size, const char *move_id, dev_t dev, ino_t
     util_fmt(buf, size, "%s@%llu-%llu", move_id, (unsigned long long)dev, (unsigned long long)ino);
 }
 
-static void record_path(const char *dir, const char *key, bool tmp, char *buf, size_t size)
-{
-    util_fmt(buf, size, tmp ? "%s/.%s.tmp" : "%s/%s.json", dir, key);
-}
-
-/* Writes it->key's record (temp, fsync, rename, directory fsync). No lock
- * may be held: it waits for the disk. 0 or -errno. */
+/* Writes it->key's record (state_file.h: temp, fsync, rename, directory
+ * fsync). No lock may be held: it waits for the disk. 0 or -errno. */
 static int record_write(const char *dir, const struct reclaim_item *it)
 {
-    char path[PATH_MAX], tmp[PATH_MAX], id[48];
+    char id[48];
     cJSON *o = cJSON_CreateObject();
     char *text;
-    int fd, rc = 0;
+    int rc;
     cJSON_AddNumberToObject(o, "version", 1);
     cJSON_AddStringToObject(o, "moveId", it->move_id);
     cJSON_AddStringToObject(o, "dir", it->dir);
@@ -352,33 +348,14 @@ static int record_write(const char *dir, const struct reclaim_item *it)
     cJSON_Delete(o);
     if (!text)
         util_oom(0);
-    record_path(dir, it->key, false, path, sizeof path);
-    record_path(dir, it->key, true, tmp, sizeof tmp);
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0) {
-        rc = -errno;
-    } else {
-        rc = util_pwrite_all(fd, text, strlen(text), 0);
-        if (rc == 0 && fsync(fd) != 0)
-            rc = -errno;
-        close(fd);
-    }
+    rc = state_file_write(dir, it->key, text, 0);
     cJSON_free(text);
-    if (rc == 0 && rename(tmp, path) != 0)
-        rc = -errno;
-    if (rc == 0)
-        rc = util_fsync_dir(dir);
-    if (rc != 0)
-        (void)unlink(tmp);
     return rc;
 }
 
 static void record_remove(const char *dir, const char *key)
 {
-    char path[PATH_MAX];
-    record_path(dir, key, false, path, sizeof path);
-    if (unlink(path) == 0)
-        (void)util_fsync_dir(dir);
+    state_file_remove(dir, key, false);
 }
 
 static struct reclaim_item *item_new(const char *move_id, const char *dir, dev_t dev, ino_t ino,
@@ -567,7 +544,6 @@ static void on_async(uv_async_t *h)
 int reclaimer_init(struct reclaimer *r, uv_loop_t *loop, const char *state_dir)
 {
     struct reclaim_shared *s = xcalloc(1, sizeof *s);
-    pthread_condattr_t ca;
     char path[PATH_MAX];
     int rc;
     memset(r, 0, sizeof *r);
@@ -575,10 +551,7 @@ int reclaimer_init(struct reclaimer *r, uv_loop_t *loop, const char *state_dir)
     r->s = s;
     pthread_mutex_init(&s->lock, NULL);
     /* Monotonic: reclaimer_close's bounded wait ignores clock changes. */
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&s->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    util_cond_init_monotonic(&s->cond);
     s->refs = 1;
     atomic_init(&s->stop, 0);
     atomic_init(&s->beat, 0);
@@ -607,20 +580,29 @@ int reclaimer_init(struct reclaimer *r, uv_loop_t *loop, const char *state_dir)
     return 0;
 }
 
-/* An item of the same directory, waiting or being deleted. Under lock. */
-static struct reclaim_item *find_same(const struct reclaim_shared *s, const struct reclaim_item *it)
+/* An item of the same directory, being recorded, waiting or being
+ * deleted. Under lock (and on the loop: r->adding is the loop's). */
+static struct reclaim_item *find_same(const struct reclaimer *r, const struct reclaim_item *it)
 {
+    const struct reclaim_shared *s = r->s;
+    for (struct reclaim_adding *a = r->adding; a; a = a->next)
+        if (same_dir(a->it, it))
+            return a->it;
     for (struct reclaim_item *q = s->queue; q; q = q->next)
         if (same_dir(q, it))
             return q;
     return s->cur && same_dir(s->cur, it) ? s->cur : NULL;
 }
 
-static void enqueue(struct reclaim_shared *s, struct reclaim_item *it)
+/* Queues it for the thread; count: its numbers are not counted yet. Under
+ * lock. */
+static void enqueue(struct reclaim_shared *s, struct reclaim_item *it, bool count)
 {
     struct reclaim_item **tail;
-    atomic_fetch_add(&s->bytes, it->bytes);
-    atomic_fetch_add(&s->entries, it->entries);
+    if (count) {
+        atomic_fetch_add(&s->bytes, it->bytes);
+        atomic_fetch_add(&s->entries, it->entries);
+    }
     for (tail = &s->queue; *tail; tail = &(*tail)->next)
         ;
     *tail = it;
@@ -673,34 +655,104 @@ static void drop_old_record(const char *dir, const struct reclaim_item *it)
     close(dfd);
 }
 
+/* The writer's copy of what it records (the loop may merge newer numbers
+ * into the item meanwhile). */
+struct add_job {
+    char *dir;
+    struct reclaim_item it;
+};
+
+static int add_run(void *data)
+{
+    struct add_job *d = data;
+    int rc = record_write(d->dir, &d->it);
+    if (rc != 0)
+        LOG(LOG_ERROR,
+            "cannot record a reclaim in state_dir; it runs now, but a restart before it ends "
+            "leaves the directory behind",
+            LF_S("move", d->it.move_id), LF_S("path", d->it.dir), LF_S("reason", strerror(-rc)));
+    else
+        drop_old_record(d->dir, &d->it);
+    return rc;
+}
+
+static void add_free(void *data)
+{
+    struct add_job *d = data;
+    free(d->dir);
+    free(d->it.dir);
+    free(d);
+}
+
+/* On the loop: the record is written (or could not be): the reclaim runs.
+ * The writer closed first: not queued; its record (when written) makes the
+ * next start resume it. */
+static void add_done(void *arg, int rc)
+{
+    struct reclaim_adding *a = arg, **pp;
+    struct reclaimer *r = a->r;
+    struct reclaim_shared *s = r->s;
+    for (pp = &r->adding; *pp != a; pp = &(*pp)->next)
+        ;
+    *pp = a->next;
+    pthread_mutex_lock(&s->lock);
+    if (rc == -ECANCELED) {
+        count_down(&s->entries, a->it->entries);
+        count_down(&s->bytes, a->it->bytes);
+        item_free(a->it);
+    } else {
+        enqueue(s, a->it, false);
+    }
+    pthread_mutex_unlock(&s->lock);
+    free(a);
+}
+
 int reclaimer_add(struct reclaimer *r, const char *move_id, const char *dir, dev_t dev, ino_t ino,
                   uint64_t entries, uint64_t bytes)
 {
     struct reclaim_shared *s = r->s;
     struct reclaim_item *it = item_new(move_id, dir, dev, ino, entries, bytes), *q;
-    int rc;
+    struct reclaim_adding *a;
+    struct add_job *d;
     pthread_mutex_lock(&s->lock);
-    q = find_same(s, it);
-    if (q) { /* its record is there (or written again by the thread) */
+    q = find_same(r, it);
+    if (q) { /* its record is there, on its way, or written again by the thread */
         merge(s, q, it);
         pthread_mutex_unlock(&s->lock);
         return 0;
     }
+    /* Counted from now on (heartbeats, status); queued once recorded. */
+    atomic_fetch_add(&s->bytes, it->bytes);
+    atomic_fetch_add(&s->entries, it->entries);
     pthread_mutex_unlock(&s->lock);
-    /* Written with no lock held: the thread takes it between entries. Only
-     * the loop adds, so nothing of this directory can be queued meanwhile. */
-    rc = record_write(s->dir, it);
-    if (rc != 0)
-        LOG(LOG_ERROR,
-            "cannot record a reclaim in state_dir; it runs now, but a restart before it ends "
-            "leaves the directory behind",
-            LF_S("move", move_id), LF_S("path", dir), LF_S("reason", strerror(-rc)));
-    else
-        drop_old_record(s->dir, it);
-    pthread_mutex_lock(&s->lock);
-    enqueue(s, it);
-    pthread_mutex_unlock(&s->lock);
-    return rc;
+    a = xcalloc(1, sizeof *a);
+    a->r = r;
+    a->it = it;
+    a->next = r->adding;
+    r->adding = a;
+    d = xcalloc(1, sizeof *d);
+    d->dir = xstrdup(s->dir);
+    d->it = *it;
+    d->it.dir = xstrdup(it->dir);
+    d->it.next = NULL;
+    /* Only the loop adds, so nothing of this directory can be queued before
+     * add_done. */
+    return journal_writer_submit(r->writer, add_run, add_free, d, add_done, a);
+}
+
+struct each_ctx {
+    void (*fn)(void *arg, struct reclaim_item *it);
+    void *arg;
+};
+
+static bool each_take(void *arg, const char *key, const char *text)
+{
+    struct each_ctx *c = arg;
+    struct reclaim_item *it = record_parse(text, key);
+    if (!it)
+        return false;
+    c->fn(c->arg, it);
+    return true;
 }
 
 /* Calls fn for every readable record in dir (fn owns the item). tidy (the
@@ -711,42 +763,18 @@ int reclaimer_add(struct reclaimer *r, const char *move_id, const char *dir, dev
 static int records_each(const char *dir, bool tidy, void (*fn)(void *arg, struct reclaim_item *it),
                         void *arg)
 {
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), err;
-    DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
-    struct dirent *de;
-    if (!d) {
-        err = -errno;
-        if (dfd >= 0)
-            close(dfd);
-        return err;
-    }
-    while ((de = readdir(d)) != NULL) {
-        size_t n = strlen(de->d_name);
-        char key[RECLAIM_KEY_MAX + 1], *text;
-        struct reclaim_item *it;
-        if (n > 4 && strcmp(de->d_name + n - 4, ".tmp") == 0) {
-            if (tidy)
-                (void)unlinkat(dirfd(d), de->d_name, 0); /* a write cut short */
-            continue;
-        }
-        if (n <= 5 || n - 5 > RECLAIM_KEY_MAX || strcmp(de->d_name + n - 5, ".json") != 0)
-            continue;
-        util_fmt(key, sizeof key, "%.*s", (int)(n - 5), de->d_name);
-        text = util_read_small_file(dirfd(d), de->d_name, RECLAIM_RECORD_MAX);
-        it = text ? record_parse(text, key) : NULL;
-        free(text);
-        if (it) {
-            fn(arg, it);
-        } else if (tidy) {
-            char bad[NAME_MAX + 16];
-            util_fmt(bad, sizeof bad, "%s.corrupt", de->d_name);
-            LOG(LOG_ERROR, "unreadable reclaim record set aside; its directory is not deleted",
-                LF_S("file", de->d_name));
-            (void)renameat(dirfd(d), de->d_name, dirfd(d), bad);
-        }
-    }
-    closedir(d);
-    return 0;
+    struct each_ctx c = {fn, arg};
+    struct state_scan how = {
+        .key_max = RECLAIM_KEY_MAX,
+        .max_bytes = RECLAIM_RECORD_MAX,
+        .repair = tidy,
+        .keep_slots = false,
+        .unreadable = "unreadable reclaim record set aside; its directory is not deleted",
+        .take = each_take,
+        .arg = &c,
+    };
+    unsigned unreadable;
+    return state_file_scan(dir, &how, &unreadable);
 }
 
 struct load_ctx {
@@ -765,7 +793,7 @@ static void load_one(void *arg, struct reclaim_item *it)
         return;
     }
     pthread_mutex_lock(&s->lock);
-    q = find_same(s, it);
+    q = find_same(c->r, it);
     if (q) {
         /* Two records of one directory (the format before beside the
          * current one): one reclaim, one record. */
@@ -777,7 +805,7 @@ static void load_one(void *arg, struct reclaim_item *it)
         return;
     }
     LOG(LOG_INFO, "resuming a reclaim", LF_S("move", it->move_id), LF_S("path", it->dir));
-    enqueue(s, it);
+    enqueue(s, it, true);
     pthread_mutex_unlock(&s->lock);
 }
 
@@ -867,24 +895,6 @@ static void on_closed(uv_handle_t *h)
         r->close_cb(r);
 }
 
-/* Waits until the thread has exited or wait_ms have passed; true when it
- * has exited. Under s->lock. */
-static bool wait_exit(struct reclaim_shared *s, uint64_t wait_ms)
-{
-    struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += (time_t)(wait_ms / 1000);
-    until.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
-    while (!s->exited)
-        if (pthread_cond_timedwait(&s->cond, &s->lock, &until) == ETIMEDOUT)
-            break;
-    return s->exited;
-}
-
 void reclaimer_close(struct reclaimer *r, uint64_t wait_ms, void (*cb)(struct reclaimer *r))
 {
     struct reclaim_shared *s = r->s;
@@ -892,7 +902,7 @@ void reclaimer_close(struct reclaimer *r, uint64_t wait_ms, void (*cb)(struct re
     reclaimer_stop(r);
     pthread_mutex_lock(&s->lock);
     if (r->thread_started)
-        exited = wait_exit(s, wait_ms);
+        exited = util_cond_wait_flag(&s->cond, &s->lock, &s->exited, wait_ms);
     s->detached = true; /* no wake-up of the loop from here on */
     s->async = NULL;
     pthread_mutex_unlock(&s->lock);
