@@ -68,10 +68,10 @@ struct move_params {
      * made): deferred moves end with the source in a reclaim directory,
      * named in jr->reclaim, for the owner to delete after the answer. */
     enum reclaim_mode reclaim;
-    /* The copy's pace (engine_knobs): the cap in bytes/s (0: none; the
-     * lower of the config's max_rate and the request's maxRate) and the
-     * worker's I/O class. */
-    uint64_t max_rate;
+    /* The copy's pace (engine_knobs): the request's maxRate and the
+     * config's max_rate in bytes/s (0: none; the lower of the two caps the
+     * copy), and the worker's I/O class. */
+    uint64_t max_rate_asked, max_rate;
     enum io_priority io_priority;
 };
 
@@ -124,6 +124,7 @@ struct move {
     char stop_why[MOVE_ERROR_MAX]; /* the error text of a requested stop */
     struct journal_rec *jr;        /* the owner's, until it takes it at the end */
     struct journal_writer *writer; /* the owner's (move_params) */
+    uint64_t max_rate_asked;       /* the request's maxRate (0: none) */
     enum engine_mode mode;
     uint64_t move_timeout_ms, stall_timeout_ms;
     /* A prepared move: one worker per step (prepare, commit, discard); in
@@ -158,8 +159,9 @@ struct move {
 int move_init(struct move *m, uv_loop_t *loop, const struct move_params *p,
               const struct move_ops *ops, void *owner);
 
-/* A SIGHUP's new pace for a move: its running copy takes it at its next
- * step (a move not started yet, when it starts). */
+/* A SIGHUP's new pace for a move (the config's max_rate, still under the
+ * request's maxRate, and the I/O class): its running copy takes it at its
+ * next step (a move not started yet, when it starts). */
 void move_set_pace(struct move *m, uint64_t max_rate, enum io_priority io_priority);
 
 /* Sends the "queued" frame: the move waits for a free slot. */

@@ -52,6 +52,10 @@ void pace_sample(struct pace *p, uint64_t bytes, uint64_t latency_ns, uint64_t n
  * (0: none) under the lower of the cap and the controller's rate. */
 uint64_t pace_delay(struct pace *p, uint64_t bytes, uint64_t now_ns);
 
+/* The bytes written so far count as paid at now_ns (the cap was lifted
+ * or raised while the copy waited for it). */
+void pace_forgive(struct pace *p, uint64_t now_ns);
+
 /* The rate the copy is held to now, bytes/s (0: none), and whether what
  * holds it is the controller yielding to someone else (not the cap). */
 uint64_t pace_limit(struct pace *p);

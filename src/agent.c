@@ -380,6 +380,9 @@ static void agent_reload(struct agent *a)
     uv_timer_set_repeat(&a->metrics_timer, a->cfg.heartbeat_interval_ms);
     a->metrics.agent_id = a->cfg.agent_id;
     agent_write_metrics(a); /* a new metrics_file at once; the old one goes */
+    /* The pace applies to the copies running now, at their next step. */
+    for (struct move *m = a->moves; m; m = m->next)
+        move_set_pace(m, a->cfg.max_rate, a->cfg.io_priority);
     /* Last: once this is logged, everything of the reload is in effect. */
     LOG(LOG_INFO, "config reloaded", LF_S("file", a->config_path));
 }

@@ -222,6 +222,9 @@ static void agent_start_accepted(struct agent *a, struct agent_pending *p)
         .ident_path = p->prepare ? ident : NULL,
         .prepare_ttl_ms = a->cfg.prepare_ttl_ms,
         .reclaim = a->cfg.reclaim,
+        .max_rate_asked = p->req.max_rate,
+        .max_rate = a->cfg.max_rate,
+        .io_priority = a->cfg.io_priority,
     };
     m = xmalloc(sizeof *m);
     if (move_init(m, &a->loop, &mp, &agent_move_ops, a) != 0) {

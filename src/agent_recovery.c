@@ -127,6 +127,8 @@ static struct move_params recovered_params(struct agent *a, struct journal_rec *
         .src_root = src_root,
         .dst_root = dst_root,
         .progress_interval_ms = a->cfg.progress_interval_ms,
+        .max_rate = a->cfg.max_rate,
+        .io_priority = a->cfg.io_priority,
     };
 }
 

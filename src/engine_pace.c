@@ -67,10 +67,19 @@ void eng_pace(struct eng *e, uint64_t delta)
         uint64_t slice = wait < PACE_SLICE_NS ? wait : PACE_SLICE_NS;
         struct timespec ts = {(time_t)(slice / 1000000000u), (long)(slice % 1000000000u)};
         int stop = atomic_load_explicit(e->job->stop, memory_order_relaxed);
+        uint64_t limit = pace_limit(&e->pace);
         if (stop != CODE_NONE && stop != ENGINE_STOP_LOCKED)
             return; /* the copy's next check ends it */
         (void)nanosleep(&ts, NULL);
         wait -= slice;
+        /* A SIGHUP that lifted or raised the cap ends the wait it set:
+         * the bytes so far count as paid. */
+        eng_pace_knobs(e);
+        if (pace_limit(&e->pace) == 0 || pace_limit(&e->pace) > limit) {
+            pace_forgive(&e->pace, util_mono_ns());
+            e->prog.count.rate_limit = pace_limit(&e->pace);
+            return;
+        }
     }
 }
 

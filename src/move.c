@@ -17,6 +17,13 @@
 
 /* --- the shared block ------------------------------------------------------- */
 
+/* The cap of a move's copy: the lower of the request's and the config's
+ * (0: neither set one). */
+static uint64_t move_pace_cap(uint64_t asked, uint64_t cfg)
+{
+    return asked && cfg ? (asked < cfg ? asked : cfg) : asked ? asked : cfg;
+}
+
 /* The block a move shares with its worker, filled from the move's journal
  * record: the job's inputs are copies (the worker may outlive the move and
  * its record). */
@@ -33,7 +40,7 @@ static struct move_work *work_new(const struct move_params *p)
     w->verify = jr->verify;
     w->mode = p->mode;
     w->reclaim = p->reclaim;
-    atomic_init(&w->knobs.max_rate, p->max_rate);
+    atomic_init(&w->knobs.max_rate, move_pace_cap(p->max_rate_asked, p->max_rate));
     atomic_init(&w->knobs.io_class, (int)p->io_priority);
     w->move_id = xstrdup(jr->move_id);
     if (jr->reclaim.dir && !jr->reclaim.undone) {
@@ -487,6 +494,8 @@ static void move_apply(struct move *m, const struct progress_item *it)
     m->st.count.phase_done = it->count.phase_done;
     m->st.count.phase_total = it->count.phase_total;
     m->st.count.io_bytes = it->count.io_bytes;
+    m->st.count.rate_limit = it->count.rate_limit;
+    m->st.count.yielding = it->count.yielding;
     m->entries = m->st.phase == PHASE_CALCULATING ? it->count.files_total
                  : m->st.phase == PHASE_COPYING   ? it->count.files_copied
                                                   : it->count.phase_done;
@@ -538,6 +547,7 @@ int move_init(struct move *m, uv_loop_t *loop, const struct move_params *p,
     m->stall_timeout_ms = p->stall_timeout_ms;
     m->jr = p->jr;
     m->writer = p->writer;
+    m->max_rate_asked = p->max_rate_asked;
     m->mode = p->mode;
     m->silent = p->silent;
     m->prepared = jr->prepared;
@@ -655,7 +665,8 @@ static int move_start_worker(struct move *m, enum engine_mode mode, int stop_cod
 
 void move_set_pace(struct move *m, uint64_t max_rate, enum io_priority io_priority)
 {
-    atomic_store_explicit(&m->work->knobs.max_rate, max_rate, memory_order_relaxed);
+    atomic_store_explicit(&m->work->knobs.max_rate, move_pace_cap(m->max_rate_asked, max_rate),
+                          memory_order_relaxed);
     atomic_store_explicit(&m->work->knobs.io_class, (int)io_priority, memory_order_relaxed);
 }
 

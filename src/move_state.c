@@ -132,9 +132,9 @@ cJSON *move_state_to_json(const struct move_state *s)
     json_add_u64(o, "bytesPerSecond", s->bytes_per_second);
     if (s->eta_seconds >= 0)
         json_add_u64(o, "etaSeconds", (uint64_t)s->eta_seconds);
-    /* Only while a limit holds a running move: an idle disk's frames stay
-     * as they were. */
-    if (s->count.rate_limit && !move_phase_terminal(s->phase)) {
+    /* Only while a limit holds a copy (the only phase paced): an idle
+     * disk's frames stay as they were. */
+    if (s->count.rate_limit && s->phase == PHASE_COPYING) {
         json_add_u64(o, "rateLimit", s->count.rate_limit);
         if (s->count.yielding)
             cJSON_AddBoolToObject(o, "yielding", true);

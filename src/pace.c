@@ -121,3 +121,9 @@ uint64_t pace_delay(struct pace *p, uint64_t bytes, uint64_t now_ns)
     p->next_ns += (uint64_t)((double)bytes * (double)SEC / (double)limit);
     return p->next_ns > now_ns ? p->next_ns - now_ns : 0;
 }
+
+void pace_forgive(struct pace *p, uint64_t now_ns)
+{
+    if (p->next_ns > now_ns)
+        p->next_ns = now_ns;
+}

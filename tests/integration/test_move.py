@@ -250,9 +250,11 @@ class SharedDiskTest(AgentTestCase, FrameChecks):
         a = dense_tree(os.path.join(self.scratch.a, "a"), 100)
         b = dense_tree(os.path.join(self.scratch.a, "b"), 100)
         before_b = snapshot(b, content=False)
+        # The first is held to 25 MiB/s (4 s) so that it is still copying
+        # when the second asks, however fast the machine.
         first = self.manager.request("server.move_data", {"serverName": "a", "oldPath": a,
                                                           "newPath": os.path.join(self.scratch.b, "a"),
-                                                          "moveId": "mv-a"})
+                                                          "moveId": "mv-a", "maxRate": 25 << 20})
         self.manager.wait_for(lambda: any(f["phase"] == "copying" for f in self.manager.frames("mv-a")),
                               20, "the first move copying")
         with self.paused_agent():

@@ -292,7 +292,10 @@ class PrepareTest(AgentTestCase):
         ans = self.manager.wait_answer(self.commit(server="nobody"), 10)
         self.assertEqual(ans["code"], "not_found")
         src = dense_tree(os.path.join(self.scratch.a, "plain"), 150)
-        reply = self.request_move("plain", src, os.path.join(self.scratch.b, "plain"), "mv-plain")
+        # Held to 50 MiB/s (3 s): still copying when its workers are frozen.
+        reply = self.manager.request("server.move_data", {
+            "serverName": "plain", "oldPath": src, "newPath": os.path.join(self.scratch.b, "plain"),
+            "moveId": "mv-plain", "maxRate": 50 << 20})
         self.wait_phase("mv-plain", "copying")
         with self.frozen_workers():
             ans = self.manager.wait_answer(self.commit("mv-plain"), 10)

@@ -52,6 +52,19 @@ static void cap_holds_the_rate(void **state)
     assert_int_equal(pace_delay(&p, 8 * MIB, now), 0);
 }
 
+static void forgive_pays_what_is_owed(void **state)
+{
+    struct pace p;
+    uint64_t now = 1000 * MS;
+    (void)state;
+    pace_init(&p, MIB, false);
+    assert_true(pace_delay(&p, 8 * MIB, now) > 7 * 1000 * MS);
+    /* The cap was raised while the copy waited: nothing is owed any more. */
+    pace_set_max(&p, 100 * MIB);
+    pace_forgive(&p, now + MS);
+    assert_int_equal(pace_delay(&p, MIB, now + MS), 10 * MS);
+}
+
 static void pause_buys_no_burst(void **state)
 {
     struct pace p;
@@ -158,6 +171,7 @@ int main(void)
         cmocka_unit_test(no_cap_no_delay),
         cmocka_unit_test(cap_holds_the_rate),
         cmocka_unit_test(pause_buys_no_burst),
+        cmocka_unit_test(forgive_pays_what_is_owed),
         cmocka_unit_test(yields_when_latency_rises_and_comes_back),
         cmocka_unit_test(lucky_step_expires),
         cmocka_unit_test(small_variation_is_not_congestion),
