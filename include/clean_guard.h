@@ -63,7 +63,7 @@ int guard_dir_writable(int dirfd, const char *name, uint64_t attrs, char *why, s
 
 /* Whether an entry (st, attrs) of a directory (dir_st) may be unlinked by
  * this process: neither immutable nor append-only, and in a sticky
- * directory owned by us or in a directory we own, unless privileged (root).
+ * directory owned by us or in a directory we own, unless privileged (CAP_FOWNER).
  * 0, or a positive errno with the reason in why. */
 int guard_entry_removable(const struct stat *st, uint64_t attrs, const struct stat *dir_st,
                           bool privileged, char *why, size_t size);

@@ -101,7 +101,10 @@ struct eng {
     struct engine_result *res;
     struct engine_progress prog;
     struct copy_ctx cc;
-    bool is_root, noatime_ok;
+    /* From the effective capabilities at the start (caps.c), not the uid:
+     * CAP_CHOWN keeps owners (the copy is otherwise the agent's own),
+     * CAP_FOWNER lifts the sticky rule of the cleaning and rollback. */
+    bool can_chown, can_fowner, noatime_ok;
     bool src_synced; /* the reclaim's rename made durable by fsync of its directories */
     bool renamed;    /* a rename move's rename(2) stands (eng_make_durable) */
     int srcfd, dstfd;
@@ -261,7 +264,7 @@ int eng_verify_stat(struct eng *e, struct tree_walk *w, const char *name, const 
 /* What differs between an entry of the copy (d) and its source (s), or NULL;
  * *follows: a field that follows the source's content (type, size, mtime).
  * Pure: any thread. */
-const char *eng_meta_diff(bool is_root, const struct stat *s, const struct stat *d, bool *follows);
+const char *eng_meta_diff(bool can_chown, const struct stat *s, const struct stat *d, bool *follows);
 int eng_check_source(struct eng *e);
 int eng_before_removal(struct eng *e);
 

@@ -103,15 +103,15 @@ int copy_hash_content(struct copy_ctx *c, int fd, uint64_t *hash);
 int copy_xattrs(struct copy_ctx *c, int sfd, int sdir, const char *sname, int dfd, int ddir,
                 const char *dname);
 
-/* Owner (when root), extended attributes, mode and times, from an open
+/* Owner (when can_chown: CAP_CHOWN), extended attributes, mode and times, from an open
  * source to an open destination, in that order: chown first (it clears
  * setuid/setgid and file capabilities), xattrs while the new entry is still
  * writable, then the mode, then the times. Returns 0 or -errno. */
-int copy_meta_fd(struct copy_ctx *c, int sfd, int dfd, const struct stat *st, bool is_root);
+int copy_meta_fd(struct copy_ctx *c, int sfd, int dfd, const struct stat *st, bool can_chown);
 
 /* The same for an entry that is not opened (symlink, fifo, device), relative
  * to its directories, never following it. */
 int copy_meta_at(struct copy_ctx *c, int sdir, int ddir, const char *name, const struct stat *st,
-                 bool is_root);
+                 bool can_chown);
 
 #endif

@@ -28,7 +28,7 @@ int eng_check_removable(struct eng *e, struct tree_walk *w, const char *name, co
 {
     char why[256], rel[MOVE_ERROR_MAX / 2];
     int err =
-        guard_entry_removable(st, attrs, &w->lv[w->depth - 1].st, e->is_root, why, sizeof why);
+        guard_entry_removable(st, attrs, &w->lv[w->depth - 1].st, e->can_fowner, why, sizeof why);
     if (err == 0 && S_ISDIR(st->st_mode))
         err = guard_dir_writable(tree_walk_fd(w, 0), name, attrs, why, sizeof why);
     if (err == 0)
@@ -55,7 +55,7 @@ int eng_check_root(struct eng *e)
         return eng_fail_unremovable(e, err, src, NULL, why);
     if (guard_is_mount_point(e->src_pfd, e->src_base))
         return 0;
-    if ((err = guard_entry_removable(&st, attrs, &pst, e->is_root, why, sizeof why)) != 0)
+    if ((err = guard_entry_removable(&st, attrs, &pst, e->can_fowner, why, sizeof why)) != 0)
         return eng_fail_unremovable(e, err, src, NULL, why);
     if ((err = guard_dir_writable(e->src_pfd, ".", pattrs, why, sizeof why)) != 0) {
         util_fmt(pwhy, sizeof pwhy, "its parent %s: %s", parent, why);
@@ -363,7 +363,7 @@ void eng_rollback(struct eng *e)
         tree_walk_free(&w);
         if (e->dst_preexisted) {
             struct timespec times[2] = {e->dst_orig.st_atim, e->dst_orig.st_mtim};
-            if (e->is_root)
+            if (e->can_chown)
                 (void)fchown(e->dstfd, e->dst_orig.st_uid, e->dst_orig.st_gid);
             (void)fchmod(e->dstfd, e->dst_orig.st_mode & 07777);
             (void)futimens(e->dstfd, times);

@@ -330,7 +330,7 @@ int eng_copy_file(struct eng *e, struct tree_walk *w, const char *name, const st
         return eng_fail_w(e, w, ESTALE, "", e->job->src, name);
     }
     *copied = after;
-    rc = copy_meta_fd(&e->cc, sfd, dfd, st, e->is_root);
+    rc = copy_meta_fd(&e->cc, sfd, dfd, st, e->can_chown);
     close(sfd);
     if (rc == 0 && made && fstat(dfd, made) != 0)
         rc = -errno;
@@ -433,7 +433,7 @@ static int copy_entry(struct tree_walk *w, const char *name, const struct stat *
             rc = eng_fail_w(e, w, errno, "create", e->job->dst, name);
         /* Never opened: a fifo would block a reader forever. */
         if (rc == 0 && (rc = copy_meta_at(&e->cc, tree_walk_fd(w, 0), tree_walk_fd(w, 1), name, st,
-                                          e->is_root)) != 0)
+                                          e->can_chown)) != 0)
             rc = e->live && rc == -ENOENT ? 2
                                           : eng_fail_w(e, w, rc == -ENOENT ? ESTALE : -rc,
                                                        "set attributes of", e->job->dst, name);
@@ -499,7 +499,7 @@ static int copy_dir_post(struct tree_walk *w, const char *name, const struct sta
      * record shows it changed: the commit looks again). */
     if (!e->live && (fstat(fds[0], &after) != 0 || !eng_same_times(&after, st)))
         return eng_fail_w(e, w, ESTALE, "", e->job->src, name);
-    rc = copy_meta_fd(&e->cc, fds[0], fds[1], st, e->is_root);
+    rc = copy_meta_fd(&e->cc, fds[0], fds[1], st, e->can_chown);
     if (rc != 0)
         return eng_fail_w(e, w, -rc, "set attributes of", e->job->dst, name);
     if (e->live) {
@@ -607,7 +607,7 @@ int eng_copy(struct eng *e)
         return -1;
     if (!e->live && (fstat(e->srcfd, &after) != 0 || !eng_same_times(&after, &e->src_st)))
         return eng_fail_at(e, ESTALE, "", e->job->src, NULL);
-    rc = copy_meta_fd(&e->cc, e->srcfd, e->dstfd, &e->src_st, e->is_root);
+    rc = copy_meta_fd(&e->cc, e->srcfd, e->dstfd, &e->src_st, e->can_chown);
     if (rc != 0)
         return eng_fail_at(e, -rc, "set attributes of", e->job->dst, NULL);
     (void)clock_gettime(CLOCK_REALTIME, &e->copy_end);

@@ -47,7 +47,7 @@ struct kept_verifier {
     atomic_int *stop; /* the move's stop word: a stop ends the checks */
     bool stopped;     /* it did: what was left is not verified */
     bool closing;
-    bool is_root;
+    bool can_chown;
     bool failed; /* the first difference, kept for the walk's thread */
     bool missing;
     const char *what;
@@ -77,7 +77,7 @@ static void kept_check(struct kept_verifier *kv, const struct kept_batch *b)
             break;
         }
         bool follows, missing = fstatat(b->dfd, b->v[i].name, &d, AT_SYMLINK_NOFOLLOW) != 0;
-        const char *what = missing ? NULL : eng_meta_diff(kv->is_root, &b->v[i].st, &d, &follows);
+        const char *what = missing ? NULL : eng_meta_diff(kv->can_chown, &b->v[i].st, &d, &follows);
         /* The copy must still be the entry the agent made: a rewrite that put
          * size and mtime back still moved its ctime. */
         if (!missing && !what && d.st_ino != b->v[i].dst_ino)
@@ -185,7 +185,7 @@ static int kept_submit(struct eng *e, size_t depth, int dfd, const char *dir_rel
 static int kept_start(struct eng *e)
 {
     struct kept_verifier *kv = xcalloc(1, sizeof *kv);
-    kv->is_root = e->is_root;
+    kv->can_chown = e->can_chown;
     kv->stop = e->job->stop;
     pthread_mutex_init(&kv->lock, NULL);
     pthread_cond_init(&kv->more, NULL);
@@ -493,7 +493,7 @@ static int sync_delta(struct eng *e, struct tree_walk *w, const char *name, cons
                     after.st_size != st->st_size || !eng_same_times(&after, st)))
         rc = -ESTALE;
     if (rc == 0)
-        rc = copy_meta_fd(&e->cc, sfd, dfd, st, e->is_root);
+        rc = copy_meta_fd(&e->cc, sfd, dfd, st, e->can_chown);
     close(sfd);
     if (close(dfd) != 0 && rc == 0)
         rc = -errno;
@@ -567,7 +567,7 @@ static int sync_copy(struct eng *e, struct tree_walk *w, const char *name, const
             else if (mknodat(ddir, name, (st->st_mode & S_IFMT) | 0600, st->st_rdev) != 0)
                 rc = eng_fail_w(e, w, errno, "create", e->job->dst, name);
             if (rc == 0 &&
-                (rc = copy_meta_at(&e->cc, tree_walk_fd(w, 0), ddir, name, st, e->is_root)) != 0)
+                (rc = copy_meta_at(&e->cc, tree_walk_fd(w, 0), ddir, name, st, e->can_chown)) != 0)
                 rc = eng_fail_w(e, w, rc == -ENOENT ? ESTALE : -rc, "set attributes of",
                                 e->job->dst, name);
         }
@@ -728,7 +728,7 @@ static int sync_dir_post(struct tree_walk *w, const char *name, const struct sta
     if (fstat(fds[0], &after) != 0 || !eng_same_times(&after, st))
         return eng_fail_w(e, w, ESTALE, "", e->job->src, name);
     if (changed || fstat(fds[1], &d) != 0 || !eng_same_mtime(&d, st)) {
-        rc = copy_meta_fd(&e->cc, fds[0], fds[1], st, e->is_root);
+        rc = copy_meta_fd(&e->cc, fds[0], fds[1], st, e->can_chown);
         if (rc != 0)
             return eng_fail_w(e, w, -rc, "set attributes of", e->job->dst, name);
         if (fstat(fds[1], &d) != 0)
@@ -768,7 +768,7 @@ static int eng_sync(struct eng *e)
         return -1;
     if (fstat(e->srcfd, &after) != 0 || !eng_same_times(&after, &e->src_st))
         return eng_fail_at(e, ESTALE, "", e->job->src, NULL);
-    rc = copy_meta_fd(&e->cc, e->srcfd, e->dstfd, &e->src_st, e->is_root);
+    rc = copy_meta_fd(&e->cc, e->srcfd, e->dstfd, &e->src_st, e->can_chown);
     if (rc != 0)
         return eng_fail_at(e, -rc, "set attributes of", e->job->dst, NULL);
     {

@@ -22,7 +22,7 @@ static int verify_fail_dst_changed(struct eng *e, struct tree_walk *w, const cha
     return eng_fail_dst_changed(e, rel);
 }
 
-const char *eng_meta_diff(bool is_root, const struct stat *s, const struct stat *d, bool *follows)
+const char *eng_meta_diff(bool can_chown, const struct stat *s, const struct stat *d, bool *follows)
 {
     mode_t mask = S_IFMT | 07777;
     *follows = true; /* these follow the source: it changed after it was copied */
@@ -33,11 +33,11 @@ const char *eng_meta_diff(bool is_root, const struct stat *s, const struct stat 
     if (!eng_same_mtime(s, d))
         return "modification time";
     *follows = false;
-    if (!is_root)
+    if (!can_chown)
         mask &= (mode_t)~S_ISGID; /* may be dropped by the kernel for us */
     if (!S_ISLNK(s->st_mode) && ((s->st_mode ^ d->st_mode) & mask))
         return "mode";
-    if (is_root && (s->st_uid != d->st_uid || s->st_gid != d->st_gid))
+    if (can_chown && (s->st_uid != d->st_uid || s->st_gid != d->st_gid))
         return "owner";
     if ((S_ISCHR(s->st_mode) || S_ISBLK(s->st_mode)) && s->st_rdev != d->st_rdev)
         return "device number";
@@ -49,7 +49,7 @@ int eng_verify_stat(struct eng *e, struct tree_walk *w, const char *name, const 
                     const struct stat *d)
 {
     bool follows;
-    const char *what = eng_meta_diff(e->is_root, s, d, &follows);
+    const char *what = eng_meta_diff(e->can_chown, s, d, &follows);
     if (what && dst_changed(e, d))
         return verify_fail_dst_changed(e, w, name);
     if (what && follows)

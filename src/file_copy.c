@@ -599,11 +599,11 @@ int copy_xattrs(struct copy_ctx *c, int sfd, int sdir, const char *sname, int df
 
 /* --- owner, mode, times -------------------------------------------------------- */
 
-int copy_meta_fd(struct copy_ctx *c, int sfd, int dfd, const struct stat *st, bool is_root)
+int copy_meta_fd(struct copy_ctx *c, int sfd, int dfd, const struct stat *st, bool can_chown)
 {
     struct timespec times[2] = {st->st_atim, st->st_mtim};
     int rc;
-    if (is_root && fchown(dfd, st->st_uid, st->st_gid) != 0)
+    if (can_chown && fchown(dfd, st->st_uid, st->st_gid) != 0)
         return -errno;
     /* xattrs while the new entry is still writable for us (0600/0700). */
     if ((rc = copy_xattrs(c, sfd, -1, NULL, dfd, -1, NULL)) != 0)
@@ -616,11 +616,11 @@ int copy_meta_fd(struct copy_ctx *c, int sfd, int dfd, const struct stat *st, bo
 }
 
 int copy_meta_at(struct copy_ctx *c, int sdir, int ddir, const char *name, const struct stat *st,
-                 bool is_root)
+                 bool can_chown)
 {
     struct timespec times[2] = {st->st_atim, st->st_mtim};
     int rc;
-    if (is_root && fchownat(ddir, name, st->st_uid, st->st_gid, AT_SYMLINK_NOFOLLOW) != 0)
+    if (can_chown && fchownat(ddir, name, st->st_uid, st->st_gid, AT_SYMLINK_NOFOLLOW) != 0)
         return -errno;
     if ((rc = copy_xattrs(c, -1, sdir, name, -1, ddir, name)) != 0)
         return rc;

@@ -5,6 +5,10 @@
  * engine_*.c, below it (the layering: engine_internal.h); none calls up. */
 #include "engine_internal.h"
 
+#include "caps.h"
+
+#include <linux/capability.h>
+
 /* --- destination setup ----------------------------------------------------------- */
 
 static int open_dst(struct eng *e)
@@ -88,7 +92,7 @@ static int eng_rename(struct eng *e)
         }
         if (had_dst && mkdirat(e->dst_pfd, e->dst_base, 0700) == 0) {
             struct timespec times[2] = {before.st_atim, before.st_mtim};
-            if (e->is_root)
+            if (e->can_chown)
                 (void)fchownat(e->dst_pfd, e->dst_base, before.st_uid, before.st_gid,
                                AT_SYMLINK_NOFOLLOW);
             (void)fchmodat(e->dst_pfd, e->dst_base, before.st_mode & 07777, 0);
@@ -238,7 +242,8 @@ int engine_run(const struct engine_job *job, struct engine_result *res)
     e.job = job;
     e.res = res;
     e.srcfd = e.dstfd = e.src_pfd = e.dst_pfd = e.rcl_fd = -1;
-    e.is_root = geteuid() == 0;
+    e.can_chown = caps_effective(CAP_CHOWN);
+    e.can_fowner = caps_effective(CAP_FOWNER);
     e.noatime_ok = true;
     e.cc.checksum = job->verify == VERIFY_CHECKSUM;
     e.cc.stop = job->stop;
