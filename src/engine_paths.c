@@ -153,6 +153,10 @@ int eng_open_dst_parent(struct eng *e, bool create)
         util_fmt(made, sizeof made, "%.*s", (int)(slash - e->job->dst), e->job->dst);
         if (create && mkdirat(fd, comp, 0755) == 0) {
             int rc;
+            /* root's, as when the agent ran as root: the service's own
+             * user keeps nothing outside its state. */
+            if (e->can_chown && geteuid() != 0)
+                (void)fchownat(fd, comp, 0, 0, AT_SYMLINK_NOFOLLOW);
             e->made_parents = xrealloc(e->made_parents, (e->n_made + 1) * sizeof(char *));
             e->made_parents[e->n_made++] = xstrdup(made);
             if ((rc = util_fsync_dir_at(fd, ".")) != 0) {
