@@ -17,7 +17,7 @@ SRC = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "
 DEB_FILES = """
 ./etc/ ./etc/hostagent/ ./etc/hostagent/agent.conf
 ./lib/ ./lib/systemd/ ./lib/systemd/system/ ./lib/systemd/system/hostagent.service
-./usr/ ./usr/bin/ ./usr/bin/hostagent
+./usr/ ./usr/bin/ ./usr/bin/hostagent ./usr/lib/ ./usr/lib/sysusers.d/ ./usr/lib/sysusers.d/hostagent.conf
 ./usr/share/ ./usr/share/doc/ ./usr/share/doc/hostagent/ ./usr/share/doc/hostagent/README.md
 ./usr/share/doc/hostagent/agent.conf.example ./usr/share/doc/hostagent/changelog.gz
 ./usr/share/doc/hostagent/copyright
@@ -43,23 +43,31 @@ def project_version():
         return re.search(r"project\(hostagent VERSION (\S+)", f.read()).group(1)
 
 
+def satisfied(dep):
+    """None when the installed packages satisfy one Depends entry (no
+    alternatives), else why not."""
+    m = re.fullmatch(r"\s*([a-z0-9.+-]+)(?:\s*\((>=|<=|>>|<<|=)\s*(\S+)\))?\s*", dep)
+    if not m:
+        return "unparsable"
+    name, op, want = m.groups()
+    q = subprocess.run(["dpkg-query", "-W", "-f=${Status} ${Version}", name], capture_output=True, text=True)
+    if q.returncode != 0 or not q.stdout.startswith("install ok installed"):
+        return "not installed"
+    have = q.stdout.split()[-1]
+    ops = {">=": "ge", "<=": "le", ">>": "gt", "<<": "lt", "=": "eq"}
+    if op and subprocess.run(["dpkg", "--compare-versions", have, ops[op], want]).returncode != 0:
+        return "installed " + have
+    return None
+
+
 def unsatisfied(depends):
     """The entries of a Depends field that the installed packages do not satisfy."""
     bad = []
     for dep in depends.split(","):
-        m = re.fullmatch(r"\s*([a-z0-9.+-]+)(?:\s*\((>=|<=|>>|<<|=)\s*(\S+)\))?\s*", dep)
-        if not m:
-            bad.append(dep + " (unparsable)")
-            continue
-        name, op, want = m.groups()
-        q = subprocess.run(["dpkg-query", "-W", "-f=${Status} ${Version}", name], capture_output=True, text=True)
-        if q.returncode != 0 or not q.stdout.startswith("install ok installed"):
-            bad.append(dep + " (not installed)")
-            continue
-        have = q.stdout.split()[-1]
-        ops = {">=": "ge", "<=": "le", ">>": "gt", "<<": "lt", "=": "eq"}
-        if op and subprocess.run(["dpkg", "--compare-versions", have, ops[op], want]).returncode != 0:
-            bad.append("%s (installed %s)" % (dep, have))
+        # "a | b": one installed alternative satisfies it.
+        why = [satisfied(alt) for alt in dep.split("|")]
+        if all(why):
+            bad.append(dep + " (" + why[0] + ")")
     return bad
 
 
@@ -192,7 +200,7 @@ class PackageTest(unittest.TestCase):
         with open(os.path.join(ctl, "postinst")) as f:
             text = f.read()
         for word in ("deb-systemd-helper --quiet was-enabled", "deb-systemd-invoke", "daemon-reload",
-                     "wait_for_moves", "UPGRADE_WAIT_MINUTES"):
+                     "wait_for_moves", "UPGRADE_WAIT_MINUTES", "systemd-sysusers"):
             self.assertIn(word, text)
         # Install it into an empty root of our own (its own dpkg database).
         root = os.path.join(self.work, "root")
@@ -213,6 +221,9 @@ class PackageTest(unittest.TestCase):
         # enabled there, nothing started here.
         self.assertTrue(os.path.islink(os.path.join(root, "etc/systemd/system/multi-user.target.wants/"
                                                           "hostagent.service")))
+        # The service's system user, made in the root (systemd-sysusers).
+        with open(os.path.join(root, "etc/passwd")) as f:
+            self.assertRegex(f.read(), r"(?m)^hostagent:x:\d+:\d+:[^:]*:/var/lib/hostagent:/usr/sbin/nologin$")
         # The unit knows the example it shipped as unconfigured (its hash).
         with open(os.path.join(root, "lib/systemd/system/hostagent.service")) as f:
             unit = f.read()

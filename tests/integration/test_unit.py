@@ -40,7 +40,8 @@ class UnitTest(unittest.TestCase):
     def test_service_and_hardening(self):
         s = self.settings()
         for key, value in [("Type", "notify"), ("Restart", "on-failure"), ("NoNewPrivileges", "yes"),
-                           ("ProtectSystem", "strict"), ("PrivateTmp", "yes"), ("ProtectHome", "no"),
+                           ("ProtectSystem", "strict"), ("PrivateTmp", "yes"), ("ProtectHome", "read-only"),
+                           ("User", "hostagent"), ("Group", "hostagent"),
                            ("StateDirectory", "hostagent"), ("RuntimeDirectory", "hostagent"),
                            ("RuntimeDirectoryMode", "0700")]:
             self.assertEqual(s.get(key), [value], key)
@@ -51,3 +52,18 @@ class UnitTest(unittest.TestCase):
         self.assertEqual(set(s["CapabilityBoundingSet"][0].split()),
                          {"CAP_CHOWN", "CAP_FOWNER", "CAP_FSETID", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH",
                           "CAP_MKNOD", "CAP_SETFCAP"})
+        # Not root: its user holds what the bounding set allows, no more.
+        self.assertEqual(set(s["AmbientCapabilities"][0].split()), set(s["CapabilityBoundingSet"][0].split()))
+
+    def test_exposure(self):
+        d = tempfile.mkdtemp()
+        try:
+            path = os.path.join(d, "hostagent.service")
+            shutil.copy(UNIT, path)
+            r = subprocess.run(["systemd-analyze", "security", "--offline=true", path], capture_output=True,
+                               text=True)
+            m = re.search(r"Overall exposure level for hostagent.service: ([0-9.]+)", r.stdout)
+            self.assertIsNotNone(m, r.stdout + r.stderr)
+            self.assertLessEqual(float(m.group(1)), 2.5, r.stdout)
+        finally:
+            shutil.rmtree(d)

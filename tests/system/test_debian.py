@@ -3,7 +3,9 @@ and mount namespace of its own: see boot.sh; the network is the host's, so
 the reference manager on 127.0.0.1 is reachable): installed with apt,
 enabled and waiting unstarted until configured, a move, the journal, a
 reload, an upgrade during a move, a stop during a copy, the watchdog, the
-ReadWritePaths error, the sandbox's rating, remove and purge.
+ReadWritePaths error, a root under /home, the sandbox's rating, remove and
+purge. The daemon runs as the system user hostagent with the capabilities of
+a faithful copy: the moves keep owners, device nodes and xattrs.
 
 The root comes from sysroot.sh (debootstrap once, then cached); each run
 boots an overlay on it, so nothing of a run stays. The two packages (the
@@ -32,7 +34,7 @@ CACHE = os.environ.get("HOSTAGENT_SYSTEMTEST_CACHE", "/var/cache/hostagent-syste
 SUFFIX2 = "+systemtest2"
 # What `systemd-analyze security hostagent` may rate the unit at most: see
 # the README's Security section for why it is not lower.
-EXPOSURE_MAX = 2.8
+EXPOSURE_MAX = 2.5
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -108,6 +110,8 @@ class DebianSystemTest(unittest.TestCase):
         # service only after its restart): two tmpfs under /srv/games (the
         # unit's ReadWritePaths), a slow disk there (faultfs, served from
         # the host), and /opt/games, an allowed root the unit does not list.
+        # /home/games, a plain directory, is listed later (ProtectHome=read-only).
+        os.makedirs(os.path.join(m, "home/games"))
         for d in ("srv/games/a", "srv/games/b", "opt/games"):
             os.makedirs(os.path.join(m, d))
             cls.mount("-t", "tmpfs", "-o", "size=512m", "tmpfs", os.path.join(m, d))
@@ -181,7 +185,7 @@ class DebianSystemTest(unittest.TestCase):
 
     def write_config(self, heartbeat="15s"):
         with open(self.path("/etc/hostagent/agent.conf"), "w") as f:
-            f.write("manager_url = %s\nagent_id = systemtest\nallowed_roots = /srv/games, /opt/games\n"
+            f.write("manager_url = %s\nagent_id = systemtest\nallowed_roots = /srv/games, /opt/games, /home/games\n"
                     "heartbeat_interval = %s\n" % (self.manager.url, heartbeat))
 
     def request_move(self, src, dst, move_id):
@@ -243,6 +247,16 @@ class DebianSystemTest(unittest.TestCase):
         self.assertFalse(os.path.exists(src))
         journal = self.sh("journalctl -u hostagent --no-pager -o cat").stdout
         self.assertRegex(journal, r"sys-move")
+        # Done by the user hostagent, not root, with the copy's capabilities
+        # effective; root's `hostagent status` believes it (the owner of
+        # /run/hostagent) and is served.
+        status = self.sh("grep -E '^(Uid|CapEff):' /proc/%s/status" % self.prop("MainPID")).stdout
+        uid = self.sh("id -u hostagent").stdout.strip()
+        self.assertRegex(status, r"Uid:\t%s\t%s\t" % (uid, uid))
+        self.assertNotEqual(uid, "0")
+        self.assertIn("CapEff:\t000000008800001f\n", status)  # CHOWN DAC_* FOWNER FSETID MKNOD SETFCAP
+        self.assertEqual(self.sh("stat -c %U /var/lib/hostagent /run/hostagent").stdout.split(), ["hostagent"] * 2)
+        self.assertIn("sys-move", self.sh("hostagent status --config /etc/hostagent/agent.conf").stdout)
 
     def test_03_reload_applies_a_changed_setting(self):
         def beats():
@@ -258,6 +272,9 @@ class DebianSystemTest(unittest.TestCase):
         self.assertIn("config reloaded", self.sh("journalctl -u hostagent --no-pager -o cat").stdout)
 
     def test_04_upgrade_waits_for_the_running_move(self):
+        # State left by a version run as root: the restart gives it to the
+        # user (StateDirectory=).
+        self.sh("chown -R 0:0 /var/lib/hostagent")
         src = self.slow_tree("up")
         before = snapshot(self.path(src))
         old_pid = self.prop("MainPID")
@@ -286,6 +303,7 @@ class DebianSystemTest(unittest.TestCase):
         self.assertEqual(len(self.manager.answers(reply)), 1, "answered exactly once")
         self.assertEqual(self.sh("dpkg-query -W -f='${Version}' hostagent").stdout, project_version() + SUFFIX2)
         self.assertEqual(self.sh("systemctl is-enabled hostagent").stdout.strip(), "enabled")
+        self.assertEqual(self.sh("find /var/lib/hostagent ! -user hostagent -o ! -group hostagent").stdout, "")
 
     def test_05_stop_during_a_copy_rolls_back(self):
         src = self.slow_tree("stop")
@@ -342,6 +360,26 @@ class DebianSystemTest(unittest.TestCase):
         self.assertIn("ReadWritePaths=", ans["error"])
         self.assertIn("/opt/games", ans["error"])
         self.assertTrue(os.path.isdir(self.path("/opt/games/mc")))
+
+    def test_07b_a_root_under_home_listed_in_read_write_paths(self):
+        # ProtectHome=read-only: /home/games, once listed, is writable; a move
+        # into it and one out of it (the source removed) keep owners.
+        os.makedirs(self.path("/etc/systemd/system/hostagent.service.d"), exist_ok=True)
+        with open(self.path("/etc/systemd/system/hostagent.service.d/home.conf"), "w") as f:
+            f.write("[Service]\nReadWritePaths=/home/games\n")
+        n = len(self.hellos())
+        self.sh("systemctl daemon-reload && systemctl restart hostagent")
+        self.wait_reconnected(n)
+        src = self.path("/srv/games/a/home-mc")
+        make_tree(src, n_small=20)
+        os.chown(os.path.join(src, "world"), 1234, 5678)
+        before = snapshot(src)
+        for i, (a, b) in enumerate([("/srv/games/a/home-mc", "/home/games/mc"),
+                                    ("/home/games/mc", "/srv/games/b/from-home")]):
+            ans = self.manager.wait_answer(self.request_move(a, b, "sys-home-%d" % i), 60)
+            self.assertEqual((ans["success"], ans["moveId"]), (True, "sys-home-%d" % i), ans)
+            self.assertEqual(snapshot(self.path(b)), before)
+            self.assertFalse(os.path.exists(self.path(a)))
 
     def test_08_sandbox_rating(self):
         out = self.sh("systemd-analyze security --no-pager hostagent").stdout
