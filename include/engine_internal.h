@@ -264,7 +264,8 @@ int eng_verify_stat(struct eng *e, struct tree_walk *w, const char *name, const 
 /* What differs between an entry of the copy (d) and its source (s), or NULL;
  * *follows: a field that follows the source's content (type, size, mtime).
  * Pure: any thread. */
-const char *eng_meta_diff(bool can_chown, const struct stat *s, const struct stat *d, bool *follows);
+const char *eng_meta_diff(bool can_chown, const struct stat *s, const struct stat *d,
+                          bool *follows);
 int eng_check_source(struct eng *e);
 int eng_before_removal(struct eng *e);
 
