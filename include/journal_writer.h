@@ -13,11 +13,13 @@
  * A job's run sees only its own data (copies: the text of a record, the
  * directory's name), never the loop's memory, so the thread can be left
  * behind at exit (stuck on a disk that does not answer) like a worker: the
- * loop and the thread share one reference-counted block (struct jw_shared),
- * and the thread wakes the loop only through the embedded async handle,
- * under that block's lock, until the loop lets go. */
+ * loop and the thread share one reference-counted block (struct jw_shared,
+ * a bg_thread.h block), and the thread wakes the loop only through the
+ * embedded async handle, under that block's lock, until the loop lets go. */
 #ifndef HOSTAGENT_JOURNAL_WRITER_H
 #define HOSTAGENT_JOURNAL_WRITER_H
+
+#include "bg_thread.h"
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -37,13 +39,9 @@ struct jw_job;
 
 struct journal_writer {
     uv_loop_t *loop;
-    uv_async_t async; /* the thread -> the loop: jobs done, the thread exited */
-    uv_thread_t thread;
-    bool thread_started, exit_told;
+    struct bg_thread bg; /* the thread; its handle: jobs done, the thread exited */
     struct jw_shared *s;
-    unsigned pending;      /* loop: submitted jobs whose done has not run */
-    unsigned last_beat;    /* loop: the thread's sign of life as last seen */
-    uint64_t last_life_ms; /* loop: when it last changed */
+    unsigned pending; /* loop: submitted jobs whose done has not run */
     /* On the loop, after completions, when no submitted job is left (may be
      * NULL): a stop waiting for the records may go on. */
     void (*idle)(struct journal_writer *w);

@@ -43,8 +43,8 @@ struct reclaim_item {
 };
 
 /* What the loop and the thread share (reclaim.c): a reference-counted block
- * of its own, so that a thread left behind at exit never touches the
- * loop's memory. */
+ * of its own (bg_thread.h), so that a thread left behind at exit never
+ * touches the loop's memory. */
 struct reclaim_shared;
 
 /* A reclaim being recorded on the journal writer: the loop's, until its
@@ -57,17 +57,14 @@ struct reclaim_adding {
 
 struct reclaimer {
     uv_loop_t *loop;
-    uv_async_t async; /* the thread -> the loop: reclaims ended, the thread exited */
-    uv_thread_t thread;
-    bool thread_started, exit_told;
+    struct bg_thread bg; /* the thread; its handle: reclaims ended, the thread exited */
+    bool exit_told;
     struct reclaim_shared *s;
     /* Where its records are written from the loop (reclaimer_add): the
      * owner's writer, set after reclaimer_init; NULL: here and now. It is
      * closed before the reclaimer. */
     struct journal_writer *writer;
     struct reclaim_adding *adding; /* loop: being recorded, in no order */
-    unsigned last_beat;            /* loop: the thread's sign of life as last seen */
-    uint64_t last_life_ms;         /* loop: when it last changed */
     /* Called on the loop for each ended reclaim (may be NULL). */
     void (*ended)(struct reclaimer *r, const struct reclaim_item *it);
     /* Called on the loop once the thread has exited after a stop (may be NULL). */

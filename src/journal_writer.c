@@ -2,15 +2,13 @@
  * a time in queue order, and hands their results back to the loop (see
  * journal_writer.h). */
 #include "journal_writer.h"
-#include "log.h"
 #include "util.h"
 
 #include <errno.h>
 #include <pthread.h>
-#include <stdatomic.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 struct jw_job {
     jw_run_fn run;
@@ -24,20 +22,18 @@ struct jw_job {
 };
 
 /* The block the loop and the thread share (and the workers that post):
- * each holds a reference; the last one frees it. */
+ * each holds a reference; the last one frees it (bg_thread.h). bg.cond: the
+ * thread waits for work, posters for their jobs, close for the exit;
+ * bg.detached: no wake-ups, no done list; bg.beat: every job done, the
+ * exit. */
 struct jw_shared {
-    pthread_mutex_t lock;
-    pthread_cond_t cond; /* the thread waits for work, posters for their jobs, close for the exit */
-    int refs;            /* under lock */
-    bool closing;        /* under lock: write what is queued, then exit */
-    bool exited;         /* under lock */
-    bool detached;       /* under lock: the loop let go (no wake-ups, no done list) */
-    uv_async_t *async;   /* the loop's, used only under lock and !detached */
+    struct bg_shared bg;                /* first: bg_shared_unref frees the block */
+    bool closing;                       /* under lock: write what is queued, then exit */
     struct jw_job *queue, **queue_tail; /* under lock, in order */
     struct jw_job *cur;                 /* under lock: being run */
     struct jw_job *done, **done_tail;   /* under lock: loop jobs ran, for the loop */
-    atomic_uint beat;                   /* a sign of life: every job done, the exit */
 };
+_Static_assert(offsetof(struct jw_shared, bg) == 0, "the block starts with its bg_shared");
 
 static void job_free(struct jw_job *j)
 {
@@ -46,15 +42,10 @@ static void job_free(struct jw_job *j)
     free(j);
 }
 
-static void shared_unref(struct jw_shared *s)
+/* The last reference: nobody is left to run or wait for these. */
+static void shared_release(struct bg_shared *bg)
 {
-    bool last;
-    pthread_mutex_lock(&s->lock);
-    last = --s->refs == 0;
-    pthread_mutex_unlock(&s->lock);
-    if (!last)
-        return;
-    /* Nobody is left to run or wait for these. */
+    struct jw_shared *s = (struct jw_shared *)bg;
     while (s->queue) {
         struct jw_job *j = s->queue;
         s->queue = j->next;
@@ -65,9 +56,6 @@ static void shared_unref(struct jw_shared *s)
         s->done = j->next;
         job_free(j);
     }
-    pthread_cond_destroy(&s->cond);
-    pthread_mutex_destroy(&s->lock);
-    free(s);
 }
 
 /* Appends j to the queue and wakes the thread. Under lock. */
@@ -76,7 +64,7 @@ static void enqueue(struct jw_shared *s, struct jw_job *j)
     j->next = NULL;
     *s->queue_tail = j;
     s->queue_tail = &j->next;
-    pthread_cond_broadcast(&s->cond);
+    pthread_cond_broadcast(&s->bg.cond);
 }
 
 static struct jw_job *dequeue(struct jw_shared *s)
@@ -93,42 +81,36 @@ static void writer_thread(void *arg)
 {
     struct jw_shared *s = arg;
     (void)pthread_setname_np(pthread_self(), "ha-journal");
-    pthread_mutex_lock(&s->lock);
+    pthread_mutex_lock(&s->bg.lock);
     for (;;) {
         struct jw_job *j;
         int rc;
         while (!s->queue && !s->closing)
-            pthread_cond_wait(&s->cond, &s->lock);
+            pthread_cond_wait(&s->bg.cond, &s->bg.lock);
         if (!s->queue)
             break; /* closing, and everything queued is written */
         j = s->cur = dequeue(s);
-        pthread_mutex_unlock(&s->lock);
+        pthread_mutex_unlock(&s->bg.lock);
         rc = j->run(j->data);
         if (j->drop)
             j->drop(j->data);
         j->data = NULL;
-        atomic_fetch_add(&s->beat, 1);
-        pthread_mutex_lock(&s->lock);
+        atomic_fetch_add(&s->bg.beat, 1);
+        pthread_mutex_lock(&s->bg.lock);
         s->cur = NULL;
         j->rc = rc;
         j->finished = true;
         if (!j->done) {
-            pthread_cond_broadcast(&s->cond); /* its poster frees it */
-        } else if (s->detached) {
+            pthread_cond_broadcast(&s->bg.cond); /* its poster frees it */
+        } else if (s->bg.detached) {
             free(j); /* its done was called (-ECANCELED) when the loop let go */
         } else {
             *s->done_tail = j;
             s->done_tail = &j->next;
-            uv_async_send(s->async);
+            bg_shared_wake(&s->bg);
         }
     }
-    s->exited = true;
-    atomic_fetch_add(&s->beat, 1);
-    pthread_cond_broadcast(&s->cond);
-    if (!s->detached)
-        uv_async_send(s->async);
-    pthread_mutex_unlock(&s->lock);
-    shared_unref(s);
+    bg_thread_exit(&s->bg);
 }
 
 /* --- the loop's side ------------------------------------------------------------ */
@@ -137,11 +119,11 @@ static void on_async(uv_async_t *h)
 {
     struct journal_writer *w = h->data;
     struct jw_job *list, *next;
-    pthread_mutex_lock(&w->s->lock);
+    pthread_mutex_lock(&w->s->bg.lock);
     list = w->s->done;
     w->s->done = NULL;
     w->s->done_tail = &w->s->done;
-    pthread_mutex_unlock(&w->s->lock);
+    pthread_mutex_unlock(&w->s->bg.lock);
     for (; list; list = next) {
         next = list->next;
         w->pending--;
@@ -155,32 +137,13 @@ static void on_async(uv_async_t *h)
 int journal_writer_init(struct journal_writer *w, uv_loop_t *loop)
 {
     struct jw_shared *s = xcalloc(1, sizeof *s);
-    int rc;
     memset(w, 0, sizeof *w);
     w->loop = loop;
     w->s = s;
-    pthread_mutex_init(&s->lock, NULL);
-    /* Monotonic: journal_writer_close's bounded wait ignores clock changes. */
-    util_cond_init_monotonic(&s->cond);
-    s->refs = 1;
+    bg_shared_init(&s->bg, shared_release);
     s->queue_tail = &s->queue;
     s->done_tail = &s->done;
-    atomic_init(&s->beat, 0);
-    rc = uv_async_init(loop, &w->async, on_async);
-    if (rc != 0)
-        return rc;
-    w->async.data = w;
-    s->async = &w->async;
-    s->refs++; /* the thread's */
-    /* Not the libuv pool: a hung state_dir would hold one of its threads. */
-    rc = uv_thread_create(&w->thread, writer_thread, s);
-    if (rc != 0) {
-        s->refs--;
-        return rc;
-    }
-    w->thread_started = true;
-    w->last_life_ms = util_mono_ms();
-    return 0;
+    return bg_thread_start(&w->bg, &s->bg, loop, on_async, w, writer_thread);
 }
 
 int journal_writer_submit(struct journal_writer *w, jw_run_fn run, jw_free_fn drop, void *data,
@@ -197,17 +160,17 @@ int journal_writer_submit(struct journal_writer *w, jw_run_fn run, jw_free_fn dr
     j = xcalloc(1, sizeof *j);
     *j = (struct jw_job){.run = run, .drop = drop, .data = data, .done = done, .arg = arg};
     w->pending++;
-    pthread_mutex_lock(&w->s->lock);
-    if (!w->thread_started || w->s->closing) {
+    pthread_mutex_lock(&w->s->bg.lock);
+    if (!w->bg.started || w->s->closing) {
         /* Never runs: answered as after a close. */
-        pthread_mutex_unlock(&w->s->lock);
+        pthread_mutex_unlock(&w->s->bg.lock);
         w->pending--;
         done(arg, -ECANCELED);
         job_free(j);
         return 0;
     }
     enqueue(w->s, j);
-    pthread_mutex_unlock(&w->s->lock);
+    pthread_mutex_unlock(&w->s->bg.lock);
     return 0;
 }
 
@@ -220,30 +183,28 @@ struct jw_shared *journal_writer_share(struct journal_writer *w)
 {
     if (!w)
         return NULL;
-    pthread_mutex_lock(&w->s->lock);
-    w->s->refs++;
-    pthread_mutex_unlock(&w->s->lock);
+    bg_shared_ref(&w->s->bg);
     return w->s;
 }
 
 void journal_writer_unshare(struct jw_shared *s)
 {
     if (s)
-        shared_unref(s);
+        bg_shared_unref(&s->bg);
 }
 
 struct jw_job *journal_writer_post(struct jw_shared *s, jw_run_fn run, jw_free_fn drop, void *data)
 {
     struct jw_job *j = xcalloc(1, sizeof *j);
     *j = (struct jw_job){.run = run, .drop = drop, .data = data};
-    pthread_mutex_lock(&s->lock);
-    if (s->closing || s->exited) {
-        pthread_mutex_unlock(&s->lock);
+    pthread_mutex_lock(&s->bg.lock);
+    if (s->closing || s->bg.exited) {
+        pthread_mutex_unlock(&s->bg.lock);
         job_free(j);
         return NULL;
     }
     enqueue(s, j);
-    pthread_mutex_unlock(&s->lock);
+    pthread_mutex_unlock(&s->bg.lock);
     return j;
 }
 
@@ -252,37 +213,30 @@ int journal_writer_wait(struct jw_shared *s, struct jw_job *job)
     int rc;
     if (!job)
         return -ECANCELED;
-    pthread_mutex_lock(&s->lock);
+    pthread_mutex_lock(&s->bg.lock);
     while (!job->finished)
-        pthread_cond_wait(&s->cond, &s->lock);
+        pthread_cond_wait(&s->bg.cond, &s->bg.lock);
     rc = job->rc;
-    pthread_mutex_unlock(&s->lock);
+    pthread_mutex_unlock(&s->bg.lock);
     job_free(job);
     return rc;
 }
 
 uint64_t journal_writer_quiet_ms(struct journal_writer *w, uint64_t now)
 {
-    unsigned beat;
     bool working;
-    if (!w->thread_started)
+    if (!w->bg.started)
         return 0;
-    pthread_mutex_lock(&w->s->lock);
-    working = !w->s->exited && (w->s->queue || w->s->cur);
-    pthread_mutex_unlock(&w->s->lock);
-    beat = atomic_load(&w->s->beat);
-    if (!working || beat != w->last_beat) {
-        w->last_beat = beat;
-        w->last_life_ms = now;
-        return 0;
-    }
-    return now > w->last_life_ms ? now - w->last_life_ms : 0;
+    pthread_mutex_lock(&w->s->bg.lock);
+    working = !w->s->bg.exited && (w->s->queue || w->s->cur);
+    pthread_mutex_unlock(&w->s->bg.lock);
+    return bg_thread_quiet_ms(&w->bg, &w->s->bg, working, now);
 }
 
 static void on_closed(uv_handle_t *h)
 {
     struct journal_writer *w = h->data;
-    shared_unref(w->s);
+    bg_shared_unref(&w->s->bg);
     w->s = NULL;
 }
 
@@ -292,14 +246,11 @@ void journal_writer_close(struct journal_writer *w, uint64_t wait_ms)
     struct jw_job *left = NULL, **tail = &left, *j;
     jw_done_fn cur_done = NULL;
     void *cur_arg = NULL;
-    bool exited = true;
-    pthread_mutex_lock(&s->lock);
+    bool exited;
+    pthread_mutex_lock(&s->bg.lock);
     s->closing = true;
-    pthread_cond_broadcast(&s->cond);
-    if (w->thread_started)
-        exited = util_cond_wait_flag(&s->cond, &s->lock, &s->exited, wait_ms);
-    s->detached = true; /* no wake-up of the loop from here on */
-    s->async = NULL;
+    pthread_cond_broadcast(&s->bg.cond);
+    exited = bg_thread_let_go(&w->bg, &s->bg, wait_ms);
     /* What the loop still owes a done: jobs ran, and (left behind) jobs
      * that never will; a posted one's poster is told it never ran. */
     *tail = s->done;
@@ -317,21 +268,16 @@ void journal_writer_close(struct journal_writer *w, uint64_t wait_ms)
             j->finished = true;
         }
     }
-    pthread_cond_broadcast(&s->cond);
+    pthread_cond_broadcast(&s->bg.cond);
     if (s->cur && s->cur->done) { /* being run by a thread left behind: it frees it */
         cur_done = s->cur->done;
         cur_arg = s->cur->arg;
     }
-    pthread_mutex_unlock(&s->lock);
-    if (w->thread_started && exited) {
-        uv_thread_join(&w->thread);
-    } else if (w->thread_started) {
-        /* Never joined: it may never return. It holds its own reference. */
-        pthread_detach(w->thread);
-        LOG0(LOG_ERROR, "left the journal writer thread behind, stuck on a state_dir that does "
-                        "not answer; what it had not written is settled at the next start");
-    }
-    w->thread_started = false;
+    pthread_mutex_unlock(&s->bg.lock);
+    bg_thread_join_or_detach(&w->bg, exited,
+                             "left the journal writer thread behind, stuck on a state_dir that "
+                             "does not answer; what it had not written is settled at the next "
+                             "start");
     for (struct jw_job *next; left; left = next) {
         next = left->next;
         w->pending--;
@@ -342,10 +288,5 @@ void journal_writer_close(struct journal_writer *w, uint64_t wait_ms)
         w->pending--;
         cur_done(cur_arg, -ECANCELED);
     }
-    w->async.data = w;
-    if (!w->async.loop) { /* journal_writer_init failed before the handle */
-        on_closed((uv_handle_t *)&w->async);
-        return;
-    }
-    uv_close((uv_handle_t *)&w->async, on_closed);
+    bg_thread_close_handle(&w->bg, w, on_closed);
 }

@@ -5,6 +5,7 @@
  * here touches the loop's struct move: only the shared block, and that as
  * move_work.h's table says. */
 #include "move_work.h"
+#include "bg_thread.h"
 #include "util.h"
 
 #include <errno.h>
@@ -29,11 +30,7 @@ struct move_work *move_worker_alloc(void)
 
 void move_worker_unref(struct move_work *w)
 {
-    bool last;
-    pthread_mutex_lock(&w->lock);
-    last = --w->refs == 0;
-    pthread_mutex_unlock(&w->lock);
-    if (!last)
+    if (!bg_unref_last(&w->lock, &w->refs))
         return;
     for (size_t i = 0; i < w->n_made; i++)
         free(w->made_parents[i]);

@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -261,25 +262,21 @@ int reclaim_delete(const char *dir, dev_t dev, ino_t ino, atomic_int *stop,
 /* --- what the thread shares with the loop ------------------------------------------ */
 
 /* The thread's own block (see reclaim.h): the loop and the thread each hold
- * a reference; the last one frees it. Nothing in it is the agent's, so a
- * thread left behind at exit (reclaimer_close) can come back from the
- * kernel at any time and still find everything it uses. */
+ * a reference; the last one frees it (bg_thread.h). Nothing in it is the
+ * agent's, so a thread left behind at exit (reclaimer_close) can come back
+ * from the kernel at any time and still find everything it uses. bg.beat:
+ * every entry deleted, the exit. */
 struct reclaim_shared {
-    pthread_mutex_t lock;
-    pthread_cond_t cond;             /* the thread waits for work; close for its exit */
-    int refs;                        /* under lock */
+    struct bg_shared bg;             /* first: bg_shared_unref frees the block */
     bool stopping;                   /* under lock: the thread exits */
-    bool exited;                     /* under lock: it has left its loop */
-    bool detached;                   /* under lock: the loop let go (no wake-ups) */
-    uv_async_t *async;               /* the loop's, used only under lock and !detached */
     struct reclaim_item *queue;      /* under lock: waiting, in order */
     struct reclaim_item *cur;        /* under lock: being deleted (the thread's) */
     struct reclaim_item *done;       /* under lock: ended, for the loop */
     atomic_int stop;                 /* read by the deletion at every entry */
-    atomic_uint beat;                /* a sign of life: every entry deleted, the exit */
     _Atomic uint64_t bytes, entries; /* left to delete, over every reclaim */
     char *dir;                       /* state_dir/reclaim */
 };
+_Static_assert(offsetof(struct reclaim_shared, bg) == 0, "the block starts with its bg_shared");
 
 static void item_free(struct reclaim_item *it)
 {
@@ -296,29 +293,15 @@ static void items_free(struct reclaim_item *list)
     }
 }
 
-static void shared_unref(struct reclaim_shared *s)
+/* The last reference: what the block holds. */
+static void shared_release(struct bg_shared *bg)
 {
-    bool last;
-    pthread_mutex_lock(&s->lock);
-    last = --s->refs == 0;
-    pthread_mutex_unlock(&s->lock);
-    if (!last)
-        return;
+    struct reclaim_shared *s = (struct reclaim_shared *)bg;
     items_free(s->queue);
     items_free(s->done);
     if (s->cur)
         item_free(s->cur);
     free(s->dir);
-    pthread_cond_destroy(&s->cond);
-    pthread_mutex_destroy(&s->lock);
-    free(s);
-}
-
-/* Wakes the loop, unless it let go of the thread. Under s->lock. */
-static void shared_wake(struct reclaim_shared *s)
-{
-    if (!s->detached && s->async)
-        uv_async_send(s->async);
 }
 
 /* --- records in state_dir/reclaim ------------------------------------------------- */
@@ -432,7 +415,7 @@ static void lower_priority(void)
 static bool reclaim_one(struct reclaim_shared *s, struct reclaim_item *it)
 {
     char why[PATH_MAX + 256];
-    struct reclaim_progress p = {.bytes = &s->bytes, .entries = &s->entries, .beat = &s->beat};
+    struct reclaim_progress p = {.bytes = &s->bytes, .entries = &s->entries, .beat = &s->bg.beat};
     uint64_t t0 = util_mono_ms();
     LOG(LOG_INFO, "reclaim started", LF_S("move", it->move_id), LF_S("path", it->dir),
         LF_U("entries", it->entries), LF_U("bytes", it->bytes));
@@ -466,12 +449,11 @@ static void reclaim_thread(void *arg)
     struct reclaim_shared *s = arg;
     (void)pthread_setname_np(pthread_self(), "ha-reclaim");
     lower_priority();
-    pthread_mutex_lock(&s->lock);
+    pthread_mutex_lock(&s->bg.lock);
     for (;;) {
         struct reclaim_item *it;
-        bool gone;
         while (!s->stopping && !s->queue)
-            pthread_cond_wait(&s->cond, &s->lock);
+            pthread_cond_wait(&s->bg.cond, &s->bg.lock);
         if (s->stopping)
             break;
         it = s->queue;
@@ -479,9 +461,10 @@ static void reclaim_thread(void *arg)
         it->next = NULL;
         s->cur = it;
         for (;;) {
-            pthread_mutex_unlock(&s->lock);
+            bool gone; /* this turn's deletion ended for good */
+            pthread_mutex_unlock(&s->bg.lock);
             gone = reclaim_one(s, it);
-            pthread_mutex_lock(&s->lock);
+            pthread_mutex_lock(&s->bg.lock);
             if (!it->again)
                 break;
             /* Added again while it ran (reclaimer_add): a directory made
@@ -492,11 +475,11 @@ static void reclaim_thread(void *arg)
             it->again = false;
             it->entries = it->again_entries;
             it->bytes = it->again_bytes;
-            pthread_mutex_unlock(&s->lock);
+            pthread_mutex_unlock(&s->bg.lock);
             if (gone && record_write(s->dir, it) != 0)
                 LOG(LOG_ERROR, "cannot record a reclaim in state_dir; it runs now all the same",
                     LF_S("move", it->move_id), LF_S("path", it->dir));
-            pthread_mutex_lock(&s->lock);
+            pthread_mutex_lock(&s->bg.lock);
             if (!gone || s->stopping) {
                 count_down(&s->entries, it->entries);
                 count_down(&s->bytes, it->bytes);
@@ -506,14 +489,9 @@ static void reclaim_thread(void *arg)
         s->cur = NULL;
         it->next = s->done;
         s->done = it;
-        shared_wake(s);
+        bg_shared_wake(&s->bg);
     }
-    s->exited = true;
-    atomic_fetch_add(&s->beat, 1);
-    pthread_cond_broadcast(&s->cond);
-    shared_wake(s);
-    pthread_mutex_unlock(&s->lock);
-    shared_unref(s);
+    bg_thread_exit(&s->bg);
 }
 
 /* --- the loop's side --------------------------------------------------------------- */
@@ -523,11 +501,11 @@ static void on_async(uv_async_t *h)
     struct reclaimer *r = h->data;
     struct reclaim_item *list, *next;
     bool exited;
-    pthread_mutex_lock(&r->s->lock);
+    pthread_mutex_lock(&r->s->bg.lock);
     list = r->s->done;
     r->s->done = NULL;
-    exited = r->s->exited;
-    pthread_mutex_unlock(&r->s->lock);
+    exited = r->s->bg.exited;
+    pthread_mutex_unlock(&r->s->bg.lock);
     for (; list; list = next) {
         next = list->next;
         if (r->ended)
@@ -549,12 +527,8 @@ int reclaimer_init(struct reclaimer *r, uv_loop_t *loop, const char *state_dir)
     memset(r, 0, sizeof *r);
     r->loop = loop;
     r->s = s;
-    pthread_mutex_init(&s->lock, NULL);
-    /* Monotonic: reclaimer_close's bounded wait ignores clock changes. */
-    util_cond_init_monotonic(&s->cond);
-    s->refs = 1;
+    bg_shared_init(&s->bg, shared_release);
     atomic_init(&s->stop, 0);
-    atomic_init(&s->beat, 0);
     atomic_init(&s->bytes, 0);
     atomic_init(&s->entries, 0);
     util_fmt(path, sizeof path, "%s/reclaim", state_dir);
@@ -564,20 +538,7 @@ int reclaimer_init(struct reclaimer *r, uv_loop_t *loop, const char *state_dir)
         LOG(LOG_ERROR, "cannot create the reclaim records' directory", LF_S("path", path),
             LF_S("reason", strerror(-rc)));
     }
-    rc = uv_async_init(loop, &r->async, on_async);
-    if (rc != 0)
-        return rc;
-    r->async.data = r;
-    s->async = &r->async;
-    s->refs++; /* the thread's */
-    rc = uv_thread_create(&r->thread, reclaim_thread, s);
-    if (rc != 0) {
-        s->refs--;
-        return rc;
-    }
-    r->thread_started = true;
-    r->last_life_ms = util_mono_ms();
-    return 0;
+    return bg_thread_start(&r->bg, &s->bg, loop, on_async, r, reclaim_thread);
 }
 
 /* An item of the same directory, being recorded, waiting or being
@@ -606,7 +567,7 @@ static void enqueue(struct reclaim_shared *s, struct reclaim_item *it, bool coun
     for (tail = &s->queue; *tail; tail = &(*tail)->next)
         ;
     *tail = it;
-    pthread_cond_signal(&s->cond);
+    pthread_cond_signal(&s->bg.cond);
 }
 
 /* it is of a directory already waiting or being deleted (found as q):
@@ -695,7 +656,7 @@ static void add_done(void *arg, int rc)
     for (pp = &r->adding; *pp != a; pp = &(*pp)->next)
         ;
     *pp = a->next;
-    pthread_mutex_lock(&s->lock);
+    pthread_mutex_lock(&s->bg.lock);
     if (rc == -ECANCELED) {
         count_down(&s->entries, a->it->entries);
         count_down(&s->bytes, a->it->bytes);
@@ -703,7 +664,7 @@ static void add_done(void *arg, int rc)
     } else {
         enqueue(s, a->it, false);
     }
-    pthread_mutex_unlock(&s->lock);
+    pthread_mutex_unlock(&s->bg.lock);
     free(a);
 }
 
@@ -714,17 +675,17 @@ int reclaimer_add(struct reclaimer *r, const char *move_id, const char *dir, dev
     struct reclaim_item *it = item_new(move_id, dir, dev, ino, entries, bytes), *q;
     struct reclaim_adding *a;
     struct add_job *d;
-    pthread_mutex_lock(&s->lock);
+    pthread_mutex_lock(&s->bg.lock);
     q = find_same(r, it);
     if (q) { /* its record is there, on its way, or written again by the thread */
         merge(s, q, it);
-        pthread_mutex_unlock(&s->lock);
+        pthread_mutex_unlock(&s->bg.lock);
         return 0;
     }
     /* Counted from now on (heartbeats, status); queued once recorded. */
     atomic_fetch_add(&s->bytes, it->bytes);
     atomic_fetch_add(&s->entries, it->entries);
-    pthread_mutex_unlock(&s->lock);
+    pthread_mutex_unlock(&s->bg.lock);
     a = xcalloc(1, sizeof *a);
     a->r = r;
     a->it = it;
@@ -792,12 +753,12 @@ static void load_one(void *arg, struct reclaim_item *it)
         item_free(it);
         return;
     }
-    pthread_mutex_lock(&s->lock);
+    pthread_mutex_lock(&s->bg.lock);
     q = find_same(c->r, it);
     if (q) {
         /* Two records of one directory (the format before beside the
          * current one): one reclaim, one record. */
-        pthread_mutex_unlock(&s->lock);
+        pthread_mutex_unlock(&s->bg.lock);
         LOG(LOG_INFO, "a second record of one reclaim removed", LF_S("move", it->move_id),
             LF_S("path", it->dir), LF_S("record", it->key));
         record_remove(s->dir, it->key);
@@ -806,7 +767,7 @@ static void load_one(void *arg, struct reclaim_item *it)
     }
     LOG(LOG_INFO, "resuming a reclaim", LF_S("move", it->move_id), LF_S("path", it->dir));
     enqueue(s, it, true);
-    pthread_mutex_unlock(&s->lock);
+    pthread_mutex_unlock(&s->bg.lock);
 }
 
 void reclaimer_load(struct reclaimer *r, bool (*skip)(void *arg, const struct reclaim_item *it),
@@ -847,49 +808,42 @@ void reclaimer_totals(struct reclaimer *r, uint64_t *bytes, uint64_t *entries)
 void reclaimer_stop(struct reclaimer *r)
 {
     atomic_store(&r->s->stop, 1);
-    pthread_mutex_lock(&r->s->lock);
+    pthread_mutex_lock(&r->s->bg.lock);
     r->s->stopping = true;
-    pthread_cond_broadcast(&r->s->cond);
-    pthread_mutex_unlock(&r->s->lock);
+    pthread_cond_broadcast(&r->s->bg.cond);
+    pthread_mutex_unlock(&r->s->bg.lock);
 }
 
 bool reclaimer_running(const struct reclaimer *r)
 {
     bool exited;
-    if (!r->thread_started)
+    if (!r->bg.started)
         return false;
-    pthread_mutex_lock(&r->s->lock);
-    exited = r->s->exited;
-    pthread_mutex_unlock(&r->s->lock);
+    pthread_mutex_lock(&r->s->bg.lock);
+    exited = r->s->bg.exited;
+    pthread_mutex_unlock(&r->s->bg.lock);
     return !exited;
 }
 
 uint64_t reclaimer_quiet_ms(struct reclaimer *r, uint64_t now)
 {
-    unsigned beat;
     if (!reclaimer_running(r))
         return 0;
-    beat = atomic_load(&r->s->beat);
-    if (beat != r->last_beat) {
-        r->last_beat = beat;
-        r->last_life_ms = now;
-        return 0;
-    }
-    return now > r->last_life_ms ? now - r->last_life_ms : 0;
+    return bg_thread_quiet_ms(&r->bg, &r->s->bg, true, now);
 }
 
 static void on_closed(uv_handle_t *h)
 {
     struct reclaimer *r = h->data;
     struct reclaim_item *queue, *done;
-    pthread_mutex_lock(&r->s->lock);
+    pthread_mutex_lock(&r->s->bg.lock);
     queue = r->s->queue;
     done = r->s->done;
     r->s->queue = r->s->done = NULL;
-    pthread_mutex_unlock(&r->s->lock);
+    pthread_mutex_unlock(&r->s->bg.lock);
     items_free(queue);
     items_free(done);
-    shared_unref(r->s);
+    bg_shared_unref(&r->s->bg);
     r->s = NULL;
     if (r->close_cb)
         r->close_cb(r);
@@ -898,28 +852,14 @@ static void on_closed(uv_handle_t *h)
 void reclaimer_close(struct reclaimer *r, uint64_t wait_ms, void (*cb)(struct reclaimer *r))
 {
     struct reclaim_shared *s = r->s;
-    bool exited = true;
+    bool exited;
     reclaimer_stop(r);
-    pthread_mutex_lock(&s->lock);
-    if (r->thread_started)
-        exited = util_cond_wait_flag(&s->cond, &s->lock, &s->exited, wait_ms);
-    s->detached = true; /* no wake-up of the loop from here on */
-    s->async = NULL;
-    pthread_mutex_unlock(&s->lock);
-    if (r->thread_started && exited) {
-        uv_thread_join(&r->thread);
-    } else if (r->thread_started) {
-        /* Never joined: it may never return. It holds its own reference. */
-        pthread_detach(r->thread);
-        LOG0(LOG_ERROR, "left the reclaim thread behind, stuck on a disk that does not answer; "
-                        "its reclaim resumes at the next start");
-    }
-    r->thread_started = false;
+    pthread_mutex_lock(&s->bg.lock);
+    exited = bg_thread_let_go(&r->bg, &s->bg, wait_ms);
+    pthread_mutex_unlock(&s->bg.lock);
+    bg_thread_join_or_detach(&r->bg, exited,
+                             "left the reclaim thread behind, stuck on a disk that does not "
+                             "answer; its reclaim resumes at the next start");
     r->close_cb = cb;
-    r->async.data = r;
-    if (!r->async.loop) { /* reclaimer_init failed before the handle */
-        on_closed((uv_handle_t *)&r->async);
-        return;
-    }
-    uv_close((uv_handle_t *)&r->async, on_closed);
+    bg_thread_close_handle(&r->bg, r, on_closed);
 }
