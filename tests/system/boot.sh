@@ -32,11 +32,16 @@ mount -t sysfs sysfs "$root/sys"
 # The unified cgroup hierarchy, mounted here rather than bound from the
 # host's /sys/fs/cgroup: that may be empty (a chroot's /sys bound without
 # its submounts) or a v1/hybrid layout. systemd 252 then runs in unified
-# mode wherever the test runs.
+# mode wherever the test runs. Started with `unshare --cgroup` from a
+# cgroup of its own (as the test does), the booted system sees only that.
 mount -t cgroup2 cgroup2 "$root/sys/fs/cgroup"
 mount -t tmpfs -o mode=755 tmpfs "$root/run"
 mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
 mount --rbind /dev "$root/dev"
+# A copy of a shared mount joins its peers: in a chroot (whose own /dev
+# was left as it was), what is mounted under ROOT/dev (the console here,
+# /dev/shm and /dev/mqueue by systemd) would appear on the host's /dev.
+mount --make-rprivate "$root/dev"
 if [ -n "$console" ]; then
     mount --bind "$console" "$root/dev/console"
 fi

@@ -57,7 +57,7 @@ class DebianSystemTest(unittest.TestCase):
             if not shutil.which(tool):
                 raise AssertionError("%s is needed" % tool)
         cls.work = tempfile.mkdtemp(prefix="hostagent-sys-", dir="/var/tmp")
-        cls.mounts, cls.proc, cls.pid, cls.fs, cls.manager = [], None, None, None, None
+        cls.mounts, cls.proc, cls.pid, cls.fs, cls.manager, cls.cgroup = [], None, None, None, None, None
         try:
             cls.debs = cls.build_packages()
             log("packages built: %s" % [os.path.basename(d) for d in cls.debs])
@@ -119,11 +119,21 @@ class DebianSystemTest(unittest.TestCase):
         # /dev/console is the file console (see boot.sh).
         cls.boot_log, cls.console = os.path.join(cls.work, "boot.log"), os.path.join(cls.work, "console")
         open(cls.console, "w").close()
+        # A cgroup of its own in the unified hierarchy (mounted here: a
+        # chroot's /sys may show none), the root of the booted system's
+        # cgroup namespace: systemd keeps to it (and another booted system
+        # to its own), and the teardown removes what it made there.
+        cls.cgroot = os.path.join(cls.work, "cgroup2")
+        os.makedirs(cls.cgroot)
+        subprocess.run(["mount", "-t", "cgroup2", "cgroup2", cls.cgroot], check=True)
+        cls.cgroup = os.path.join(cls.cgroot, "hostagent-systemtest-" + os.path.basename(cls.work))
+        os.mkdir(cls.cgroup)
         with open(cls.boot_log, "w") as out:
             # --kill-child: the booted system ends with unshare, even when
             # systemd's pid was never known.
-            cls.proc = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "--mount", "--propagation",
-                                         "unchanged", os.path.join(HERE, "boot.sh"), m, cls.console],
+            cls.proc = subprocess.Popen(["sh", "-c", 'echo $$ >"$0/cgroup.procs" && exec "$@"', cls.cgroup,
+                                         "unshare", "--pid", "--fork", "--kill-child", "--mount", "--cgroup",
+                                         "--propagation", "unchanged", os.path.join(HERE, "boot.sh"), m, cls.console],
                                         stdout=out, stderr=subprocess.STDOUT)
 
         def systemd_pid():
@@ -156,6 +166,8 @@ class DebianSystemTest(unittest.TestCase):
                 cls.proc.wait(20)
             except subprocess.TimeoutExpired:
                 cls.proc.kill()
+        if cls.cgroup is not None:
+            cls.remove_cgroup()
         if cls.fs is not None:
             cls.fs.stop()
         for mnt in reversed(cls.mounts):
@@ -163,6 +175,23 @@ class DebianSystemTest(unittest.TestCase):
         if cls.manager is not None:
             cls.manager.stop()
         shutil.rmtree(cls.work, ignore_errors=True)
+
+    @classmethod
+    def remove_cgroup(cls):
+        """Removes the booted system's cgroup tree (bottom up, once the
+        killed processes have left it), then unmounts the hierarchy."""
+        deadline = time.monotonic() + 20
+        while os.path.isdir(cls.cgroup) and time.monotonic() < deadline:
+            for d, _, _ in os.walk(cls.cgroup, topdown=False):
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    pass
+            if os.path.isdir(cls.cgroup):
+                time.sleep(0.1)
+        if os.path.isdir(cls.cgroup):
+            print("left behind: cgroup %s" % cls.cgroup, file=sys.stderr)
+        subprocess.run(["umount", cls.cgroot], capture_output=True)
 
     # --- inside ------------------------------------------------------------------
 
