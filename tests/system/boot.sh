@@ -1,12 +1,14 @@
 #!/bin/sh
-# boot.sh ROOT [CONSOLE]: boots ROOT with systemd as PID 1. Run it as the
+# boot.sh ROOT [LOG]: boots ROOT with systemd as PID 1. Run it as the
 # first process of new PID and mount namespaces, leaving the propagation to
 # this script (unshare's default, making / private, fails in a chroot):
 #   unshare --pid --fork --mount --propagation unchanged tests/system/boot.sh ROOT
 # (the network namespace stays the host's: the test's manager on 127.0.0.1
-# is reachable). CONSOLE, a file, becomes the booted system's /dev/console:
-# systemd's status lines and emergency messages land there, not on the
-# host's console. See ../shared/notes/systemd-in-a-chroot.md.
+# is reachable). LOG, a file, becomes the booted system's /dev/kmsg: what
+# systemd logs before its journal runs (so why it did not boot, if it did
+# not) lands there, not in the host's kernel log; and its /dev/console is
+# then /dev/null, not the host's console.
+# See ../shared/notes/systemd-in-a-chroot.md.
 #
 # It works the same on a host and in a chroot whose /sys was bind-mounted
 # without its cgroup mounts (as CI runs the suite): in a chroot "/" is no
@@ -14,7 +16,7 @@
 # system is entered with `nsenter -r -w` (see test_debian.py).
 set -eu
 root=$1
-console=${2:-}
+log=${2:-}
 say() { echo "boot.sh: $*" >&2; }
 # Nothing mounted here may reach the parent namespace.
 if mount --make-rprivate / 2>/dev/null; then
@@ -39,11 +41,12 @@ mount -t tmpfs -o mode=755 tmpfs "$root/run"
 mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
 mount --rbind /dev "$root/dev"
 # A copy of a shared mount joins its peers: in a chroot (whose own /dev
-# was left as it was), what is mounted under ROOT/dev (the console here,
+# was left as it was), what is mounted under ROOT/dev (kmsg here,
 # /dev/shm and /dev/mqueue by systemd) would appear on the host's /dev.
 mount --make-rprivate "$root/dev"
-if [ -n "$console" ]; then
-    mount --bind "$console" "$root/dev/console"
+if [ -n "$log" ]; then
+    mount --bind "$log" "$root/dev/kmsg"
+    mount --bind /dev/null "$root/dev/console"
 fi
 cd "$root"
 if [ -z "$chrooted" ]; then

@@ -116,9 +116,9 @@ class DebianSystemTest(unittest.TestCase):
         for deb in cls.debs:
             shutil.copy(deb, os.path.join(m, "root"))
         # boot.sh's own messages go to boot.log; the booted system's
-        # /dev/console is the file console (see boot.sh).
-        cls.boot_log, cls.console = os.path.join(cls.work, "boot.log"), os.path.join(cls.work, "console")
-        open(cls.console, "w").close()
+        # /dev/kmsg is the file kmsg (see boot.sh).
+        cls.boot_log, cls.kmsg = os.path.join(cls.work, "boot.log"), os.path.join(cls.work, "kmsg")
+        open(cls.kmsg, "w").close()
         # A cgroup of its own in the unified hierarchy (mounted here: a
         # chroot's /sys may show none), the root of the booted system's
         # cgroup namespace: systemd keeps to it (and another booted system
@@ -133,7 +133,7 @@ class DebianSystemTest(unittest.TestCase):
             # systemd's pid was never known.
             cls.proc = subprocess.Popen(["sh", "-c", 'echo $$ >"$0/cgroup.procs" && exec "$@"', cls.cgroup,
                                          "unshare", "--pid", "--fork", "--kill-child", "--mount", "--cgroup",
-                                         "--propagation", "unchanged", os.path.join(HERE, "boot.sh"), m, cls.console],
+                                         "--propagation", "unchanged", os.path.join(HERE, "boot.sh"), m, cls.kmsg],
                                         stdout=out, stderr=subprocess.STDOUT)
 
         def systemd_pid():
@@ -204,16 +204,16 @@ class DebianSystemTest(unittest.TestCase):
 
     @classmethod
     def boot_report(cls):
-        """What to know when the boot failed: boot.sh's messages, the booted
-        system's console, and its journal if it answers."""
+        """What to know when the boot failed: boot.sh's messages, what
+        systemd logged before its journal ran, and the journal if it answers."""
         def tail(path, n=40):
             try:
                 with open(path, errors="replace") as f:
                     return "".join(f.readlines()[-n:])
             except OSError as e:
                 return str(e)
-        out = "--- boot.sh (unshare's output):\n%s--- the console's last lines:\n%s" % (
-            tail(cls.boot_log), tail(cls.console))
+        out = "--- boot.sh (unshare's output):\n%s--- systemd's early log (its /dev/kmsg), last lines:\n%s" % (
+            tail(cls.boot_log), tail(cls.kmsg))
         if cls.pid is not None and cls.proc.poll() is None:
             r = subprocess.run(cls.inside() + ["systemctl", "--no-pager", "--failed"], capture_output=True,
                                text=True, timeout=30)
