@@ -59,7 +59,7 @@ class DebianSystemTest(unittest.TestCase):
             if not shutil.which(tool):
                 raise AssertionError("%s is needed" % tool)
         cls.work = tempfile.mkdtemp(prefix="hostagent-sys-", dir="/var/tmp")
-        cls.mounts, cls.proc, cls.fs, cls.manager = [], None, None, None
+        cls.mounts, cls.proc, cls.pid, cls.fs, cls.manager, cls.cgroup = [], None, None, None, None, None
         try:
             cls.debs = cls.build_packages()
             log("packages built: %s" % [os.path.basename(d) for d in cls.debs])
@@ -119,30 +119,59 @@ class DebianSystemTest(unittest.TestCase):
         cls.fs.start()
         for deb in cls.debs:
             shutil.copy(deb, os.path.join(m, "root"))
-        cls.proc = subprocess.Popen(["unshare", "--pid", "--fork", "--mount", os.path.join(HERE, "boot.sh"), m],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # boot.sh's own messages go to boot.log; the booted system's
+        # /dev/kmsg is the file kmsg (see boot.sh).
+        cls.boot_log, cls.kmsg = os.path.join(cls.work, "boot.log"), os.path.join(cls.work, "kmsg")
+        open(cls.kmsg, "w").close()
+        # A cgroup of its own in the unified hierarchy (mounted here: a
+        # chroot's /sys may show none), the root of the booted system's
+        # cgroup namespace: systemd keeps to it (and another booted system
+        # to its own), and the teardown removes what it made there.
+        cls.cgroot = os.path.join(cls.work, "cgroup2")
+        os.makedirs(cls.cgroot)
+        subprocess.run(["mount", "-t", "cgroup2", "cgroup2", cls.cgroot], check=True)
+        cls.cgroup = os.path.join(cls.cgroot, "hostagent-systemtest-" + os.path.basename(cls.work))
+        os.mkdir(cls.cgroup)
+        with open(cls.boot_log, "w") as out:
+            # --kill-child: the booted system ends with unshare, even when
+            # systemd's pid was never known.
+            cls.proc = subprocess.Popen(["sh", "-c", 'echo $$ >"$0/cgroup.procs" && exec "$@"', cls.cgroup,
+                                         "unshare", "--pid", "--fork", "--kill-child", "--mount", "--cgroup",
+                                         "--propagation", "unchanged", os.path.join(HERE, "boot.sh"), m, cls.kmsg],
+                                        stdout=out, stderr=subprocess.STDOUT)
 
         def systemd_pid():
+            if cls.proc.poll() is not None:
+                raise AssertionError("unshare and boot.sh ended with exit %d" % cls.proc.returncode)
             try:
                 with open("/proc/%d/task/%d/children" % (cls.proc.pid, cls.proc.pid)) as f:
                     kids = f.read().split()
             except OSError:
                 return None
             return int(kids[0]) if kids else None
-        cls.pid = wait_until(systemd_pid, 20, "systemd started")
-        wait_until(lambda: cls.sh("systemctl is-system-running", check=False).stdout.strip() in
-                   ("running", "degraded"), 60, "the system booted")
+        try:
+            cls.pid = wait_until(systemd_pid, 20, "systemd started")
+            wait_until(lambda: systemd_pid() and cls.sh("systemctl is-system-running", check=False).stdout.strip()
+                       in ("running", "degraded"), 60, "the system booted")
+        except AssertionError as e:
+            raise AssertionError("%s\n%s" % (e, cls.boot_report())) from None
         cls.manager = Manager()
         cls.manager.start()
 
     @classmethod
     def tearDownClass(cls):
         if cls.proc is not None:
-            subprocess.run(["kill", "-9", str(cls.pid)], capture_output=True)
+            # systemd is the PID namespace's init: its end is everyone's.
+            if cls.pid is not None:
+                subprocess.run(["kill", "-9", str(cls.pid)], capture_output=True)
+            else:
+                cls.proc.kill()
             try:
                 cls.proc.wait(20)
             except subprocess.TimeoutExpired:
                 cls.proc.kill()
+        if cls.cgroup is not None:
+            cls.remove_cgroup()
         if cls.fs is not None:
             cls.fs.stop()
         for mnt in reversed(cls.mounts):
@@ -151,26 +180,68 @@ class DebianSystemTest(unittest.TestCase):
             cls.manager.stop()
         shutil.rmtree(cls.work, ignore_errors=True)
 
+    @classmethod
+    def remove_cgroup(cls):
+        """Removes the booted system's cgroup tree (bottom up, once the
+        killed processes have left it), then unmounts the hierarchy."""
+        deadline = time.monotonic() + 20
+        while os.path.isdir(cls.cgroup) and time.monotonic() < deadline:
+            for d, _, _ in os.walk(cls.cgroup, topdown=False):
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    pass
+            if os.path.isdir(cls.cgroup):
+                time.sleep(0.1)
+        if os.path.isdir(cls.cgroup):
+            print("left behind: cgroup %s" % cls.cgroup, file=sys.stderr)
+        subprocess.run(["umount", cls.cgroot], capture_output=True)
+
     # --- inside ------------------------------------------------------------------
+
+    @classmethod
+    def inside(cls):
+        """The command line's start that runs a program in the booted system:
+        its PID and mount namespaces, and its root (-r; in a chroot, the
+        mount namespace's own root is not the booted system's: boot.sh)."""
+        return ["nsenter", "-t", str(cls.pid), "-p", "-m", "-r", "-w"]
+
+    @classmethod
+    def boot_report(cls):
+        """What to know when the boot failed: boot.sh's messages, what
+        systemd logged before its journal ran, and the journal if it answers."""
+        def tail(path, n=40):
+            try:
+                with open(path, errors="replace") as f:
+                    return "".join(f.readlines()[-n:])
+            except OSError as e:
+                return str(e)
+        out = "--- boot.sh (unshare's output):\n%s--- systemd's early log (its /dev/kmsg), last lines:\n%s" % (
+            tail(cls.boot_log), tail(cls.kmsg))
+        if cls.pid is not None and cls.proc.poll() is None:
+            r = subprocess.run(cls.inside() + ["systemctl", "--no-pager", "--failed"], capture_output=True,
+                               text=True, timeout=30)
+            out += "--- systemctl --failed:\n" + r.stdout + r.stderr + cls.journal_tail()
+        return out
 
     @classmethod
     def sh(cls, cmd, check=True, timeout=300):
         """cmd (a shell line) run in the booted system."""
-        r = subprocess.run(["nsenter", "-t", str(cls.pid), "-p", "-m", "env", "-i", "PATH=" + PATH, "LANG=C.UTF-8",
-                            "/bin/sh", "-c", cmd], capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(cls.inside() + ["env", "-i", "PATH=" + PATH, "LANG=C.UTF-8", "/bin/sh", "-c", cmd],
+                           capture_output=True, text=True, timeout=timeout)
         if check and r.returncode != 0:
             raise AssertionError("%s: exit %d\n%s%s%s" % (cmd, r.returncode, r.stdout, r.stderr, cls.journal_tail()))
         return r
 
     @classmethod
     def journal_tail(cls):
-        r = subprocess.run(["nsenter", "-t", str(cls.pid), "-p", "-m", "journalctl", "--no-pager", "-n", "40"],
-                           capture_output=True, text=True)
+        r = subprocess.run(cls.inside() + ["journalctl", "--no-pager", "-n", "40"], capture_output=True, text=True,
+                           timeout=60)
         return "\n--- the journal's last lines:\n" + r.stdout
 
     def spawn(self, cmd):
-        return subprocess.Popen(["nsenter", "-t", str(self.pid), "-p", "-m", "env", "-i", "PATH=" + PATH,
-                                 "LANG=C.UTF-8", "DEBIAN_FRONTEND=noninteractive", "/bin/sh", "-c", cmd],
+        return subprocess.Popen(self.inside() + ["env", "-i", "PATH=" + PATH, "LANG=C.UTF-8",
+                                                 "DEBIAN_FRONTEND=noninteractive", "/bin/sh", "-c", cmd],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def prop(self, name):
