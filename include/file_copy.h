@@ -51,6 +51,9 @@ struct copy_ctx {
      * nanoseconds from starting their writeback to its end (the disk's
      * latency for us: the pace controller's signal). May sleep. NULL: none. */
     void (*on_writeback)(void *arg, uint64_t bytes, uint64_t latency_ns);
+    /* Smaller steps than FILE_COPY_CHUNK while the copy is paced (0: none),
+     * so that it writes in short, even bursts and reports as it goes. */
+    size_t max_chunk;
     char *buf; /* FILE_COPY_BUF bytes, allocated on first use */
     unsigned xattr_warnings;
     char xattr_first_warning[256];

@@ -39,6 +39,17 @@ static void eng_pace_knobs(struct eng *e)
     }
 }
 
+/* The copy's step while held to limit bytes/s: a tenth of a second's worth
+ * (in 64 KiB units, at least one), so that it writes in short even bursts
+ * rather than 8 MiB at once followed by a long wait; 0: unpaced. */
+static size_t eng_pace_chunk(uint64_t limit)
+{
+    uint64_t c = limit / 10 / (64u << 10) * (64u << 10);
+    if (limit == 0 || c >= FILE_COPY_CHUNK)
+        return 0;
+    return c ? (size_t)c : 64u << 10;
+}
+
 void eng_pace_init(struct eng *e)
 {
     pace_init(&e->pace, 0, true);
@@ -55,11 +66,14 @@ void eng_pace_init(struct eng *e)
 void eng_pace(struct eng *e, uint64_t delta)
 {
     uint64_t wait;
-    if (e->prog.phase != PHASE_COPYING)
+    if (e->prog.phase != PHASE_COPYING) {
+        e->cc.max_chunk = 0; /* a commit's final pass runs at full speed */
         return;
+    }
     eng_pace_knobs(e);
     wait = pace_delay(&e->pace, delta, util_mono_ns());
     e->prog.count.rate_limit = pace_limit(&e->pace);
+    e->cc.max_chunk = eng_pace_chunk(e->prog.count.rate_limit);
     e->prog.count.yielding = pace_yielding(&e->pace);
     if (wait < PACE_MIN_SLEEP_NS)
         return; /* the bucket remembers it: paid with a later wait */
@@ -78,6 +92,7 @@ void eng_pace(struct eng *e, uint64_t delta)
         if (pace_limit(&e->pace) == 0 || pace_limit(&e->pace) > limit) {
             pace_forgive(&e->pace, util_mono_ns());
             e->prog.count.rate_limit = pace_limit(&e->pace);
+            e->cc.max_chunk = eng_pace_chunk(e->prog.count.rate_limit);
             return;
         }
     }

@@ -201,7 +201,8 @@ static int copy_range(struct copy_ctx *c, int sfd, int dfd, off_t off, off_t end
                       struct wb *wb, bool *wr)
 {
     while (off < end) {
-        size_t want = (size_t)(end - off < FILE_COPY_CHUNK ? end - off : FILE_COPY_CHUNK);
+        size_t chunk = c->max_chunk ? c->max_chunk : FILE_COPY_CHUNK;
+        size_t want = (size_t)(end - off < (off_t)chunk ? end - off : (off_t)chunk);
         size_t done = 0;
         if (stopped(c))
             return -ECANCELED;
