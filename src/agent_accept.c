@@ -41,6 +41,12 @@ static unsigned agent_busy_slots(struct agent *a)
      * server is stopped meanwhile. */
     for (struct move *m = a->moves; m; m = m->next)
         n += move_holds_slot(m) || m->check != NULL;
+    /* A move whose outcome is being recorded has not ended for the manager
+     * yet (its terminal frame waits for the record): the next one starts
+     * once that frame is out, so that one slot means one move at a time as
+     * the manager sees it too. */
+    for (unsigned k = 0; k < a->hist_len; k++)
+        n += a->history[(a->hist_pos + AGENT_HISTORY_MAX - 1 - k) % AGENT_HISTORY_MAX].recording;
     return n;
 }
 

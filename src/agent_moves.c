@@ -287,6 +287,8 @@ static void agent_outcome_recorded(void *arg, int rc)
         } else if (!h->retried) {
             agent_hold(a, h, h->held_phase);
         }
+        /* Its slot is free now for the manager too (agent_busy_slots). */
+        a->move_gone(a, false);
     }
     agent_write_free(w);
 }
