@@ -25,10 +25,6 @@
 #include <time.h>
 #include <unistd.h>
 
-/* linux/ioprio.h is not in every libc's headers. */
-#define RECLAIM_IOPRIO_WHO_PROCESS 1
-#define RECLAIM_IOPRIO_CLASS_IDLE 3
-#define RECLAIM_IOPRIO_CLASS_SHIFT 13
 #define RECLAIM_RECORD_MAX (64u << 10)
 
 /* --- the deletion ----------------------------------------------------------------- */
@@ -403,10 +399,10 @@ out:
 static void lower_priority(void)
 {
     pid_t tid = (pid_t)syscall(SYS_gettid);
-    int prio = RECLAIM_IOPRIO_CLASS_IDLE << RECLAIM_IOPRIO_CLASS_SHIFT;
-    if (syscall(SYS_ioprio_set, RECLAIM_IOPRIO_WHO_PROCESS, tid, prio) != 0)
+    int rc = util_set_io_class(UTIL_IO_IDLE);
+    if (rc != 0)
         LOG(LOG_DEBUG, "cannot lower the reclaim thread's I/O priority",
-            LF_S("reason", strerror(errno)));
+            LF_S("reason", strerror(-rc)));
     (void)setpriority(PRIO_PROCESS, (id_t)tid, 19);
 }
 
